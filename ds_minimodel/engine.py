@@ -1,0 +1,225 @@
+"""The only module that imports DeepSpeed.
+
+It starts the process group, turns a DeepSpeed JSON into a validated config for this world
+size, builds the engine from the *trainable* parameters only, and offers the ZeRO-3 helpers
+(model construction under `zero.Init`, gathering partitioned parameters, consolidating a
+checkpoint into one fp32 state dict).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+
+import deepspeed  # noqa: E402
+from deepspeed.utils import logger as ds_logger  # noqa: E402
+
+from ds_minimodel.config import OptimConfig  # noqa: E402
+from ds_minimodel.errors import UserError  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(timeout_s: int = 600) -> DistInfo:
+    """Join (or create) the process group under deepspeed, torchrun, mpirun or plain python.
+
+    Launchers export RANK/WORLD_SIZE/...; under mpirun only OMPI_* exist and DeepSpeed discovers
+    the rest through mpi4py; a plain `python` run becomes a world of one on a free local port.
+    The timeout bounds every collective, so a dead peer fails the run instead of hanging it.
+    """
+    under_mpi = "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ
+    if "RANK" not in os.environ and not under_mpi:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    ds_logger.setLevel("WARNING")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(auto_mpi_discovery=under_mpi, timeout=timedelta(seconds=timeout_s),
+                                   verbose=False)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return DistInfo(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def shutdown() -> None:
+    """End a launched script cleanly (without it gloo occasionally aborts at exit)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# DeepSpeed JSON
+
+
+def read_ds_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"DeepSpeed config {path} does not exist")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"DeepSpeed config {path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"DeepSpeed config {path} must be a JSON object")
+    return cfg
+
+
+def resolve_ds_config(raw: dict, world_size: int, *, micro_batch_size=None, grad_accum=None,
+                      dtype: str = "fp32", grad_clip: float = 0.0, source: str = "DeepSpeed config") -> dict:
+    """Fill in the batch triple for this world size and apply the YAML's training settings.
+
+    DeepSpeed needs train_batch_size == micro * accum * world. Any two determine the third;
+    YAML overrides of micro/accum win over the JSON (and then the JSON's train_batch_size is
+    recomputed). A triple that cannot multiply out is an error naming all three numbers.
+    """
+    cfg = json.loads(json.dumps(raw))  # deep copy; never modify the caller's dict
+    problems = []
+    for key in ("optimizer", "scheduler"):
+        if key in cfg:
+            problems.append(f"{source} defines '{key}'; set optim.* in the YAML config instead")
+    if cfg.get("fp16", {}).get("enabled"):
+        problems.append(f"{source} enables fp16, which this toolkit does not support; use train.dtype=bf16")
+    mb = micro_batch_size if micro_batch_size is not None else cfg.get("train_micro_batch_size_per_gpu")
+    ga = grad_accum if grad_accum is not None else cfg.get("gradient_accumulation_steps")
+    tb = None if (micro_batch_size is not None or grad_accum is not None) else cfg.get("train_batch_size")
+    for name, v in (("train_micro_batch_size_per_gpu", mb), ("gradient_accumulation_steps", ga),
+                    ("train_batch_size", tb)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            problems.append(f"{source}: {name} must be a positive integer, got {v!r}")
+    if problems:
+        raise UserError("; ".join(problems))
+    if mb is None and ga is None and tb is None:
+        mb, ga = 1, 1
+    if tb is None:
+        mb, ga = mb or 1, ga or 1
+    elif mb is None or ga is None:
+        known = (mb or ga or 1) * world_size
+        if tb % known:
+            raise UserError(f"{source}: train_batch_size {tb} is not divisible by "
+                            f"{'micro batch' if mb else 'accumulation steps'} x world size {world_size}")
+        mb, ga = (mb, tb // known) if mb else (tb // known, ga or 1)
+    if tb is not None and tb != mb * ga * world_size:
+        raise UserError(
+            f"{source}: train_batch_size {tb} != train_micro_batch_size_per_gpu {mb} x "
+            f"gradient_accumulation_steps {ga} x world size {world_size} (= {mb * ga * world_size})"
+        )
+    cfg.update(train_micro_batch_size_per_gpu=mb, gradient_accumulation_steps=ga,
+               train_batch_size=mb * ga * world_size)
+    cfg["gradient_clipping"] = grad_clip
+    cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": dtype == "bf16"}
+    cfg.setdefault("steps_per_print", 10**9)  # we log ourselves
+    cfg["zero_allow_untested_optimizer"] = True  # torch.optim.AdamW is fine under ZeRO
+    return cfg
+
+
+def zero_stage(ds_config: dict) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def model_init_context(ds_config: dict):
+    """Build the model inside this: under ZeRO-3 each rank then only ever holds its shard."""
+    if zero_stage(ds_config) == 3:
+        return deepspeed.zero.Init(config_dict_or_path=ds_config)
+    return contextlib.nullcontext()
+
+
+def is_partitioned(param: torch.nn.Parameter) -> bool:
+    return hasattr(param, "ds_id")
+
+
+def gathered(params, modifier_rank: int | None = None):
+    """Full (unpartitioned) parameters inside the block; writes from `modifier_rank` persist."""
+    params = list(params)
+    if not any(is_partitioned(p) for p in params):
+        return contextlib.nullcontext()
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+
+# --------------------------------------------------------------------------------------------
+# Engine
+
+
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters only, split as RoBERTa does: no decay on biases and layer norms."""
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def lr_lambda(optim: OptimConfig, total_steps: int):
+    import math
+
+    def factor(step: int) -> float:
+        if optim.warmup_steps and step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "constant":
+            return 1.0
+        span = max(1, total_steps - optim.warmup_steps)
+        progress = min(1.0, (step - optim.warmup_steps) / span)
+        shape = 1.0 - progress if optim.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * shape
+
+    return factor
+
+
+def build_engine(model: torch.nn.Module, ds_config: dict, optim: OptimConfig, total_steps: int):
+    """DeepSpeed engine over the trainable parameters, with torch AdamW and our LR schedule."""
+    groups = optimizer_groups(model, optim.weight_decay)
+    if not groups:
+        raise UserError("nothing to train: every parameter of the model is frozen")
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config, dist_init_required=False)
+    return engine
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer in full, on CPU, on every rank (gathers under ZeRO-3)."""
+    with gathered(module.parameters()):
+        return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+
+
+def consolidate_fp32(checkpoint_dir: str | Path, tag: str, stage: int) -> dict[str, torch.Tensor]:
+    """One fp32 state dict from a DeepSpeed checkpoint of any ZeRO stage (frozen params too)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if stage == 0:
+        states = torch.load(checkpoint_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu",
+                            weights_only=False)
+        return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag))

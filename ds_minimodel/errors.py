@@ -1,0 +1,21 @@
+"""Errors caused by what the user gave us (a path, a flag, a config value), not by a bug.
+
+Launchers catch `UserError`, print `error: <message>` to stderr and exit with status 2, so the
+message must stand alone on one line and name the file, key or value at fault. Internal
+invariants use `assert` instead: those are bugs and deserve a traceback.
+
+The subclasses also derive from the matching built-in exception, so callers that already catch
+`ValueError` or `FileNotFoundError` keep working.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: one line that says what is wrong and where."""
+
+
+class InvalidValueError(UserError, ValueError):
+    """A value (flag, config key, file content) that cannot be used."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or directory the user pointed at does not exist."""

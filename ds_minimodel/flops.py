@@ -1,0 +1,706 @@
+"""FLOPs of one step of every pipeline step kind, split so that frozen parameters count right.
+
+The unit of account is what `torch.utils.flop_counter.FlopCounterMode` counts: every matrix
+product (mm, addmm, bmm, baddbmm, scaled-dot-product attention) costs 2*m*n*k; elementwise ops,
+layer norm, softmax, gelu, tanh, embedding lookups and the embedding's scatter-add backward cost
+nothing. `tests/test_flops.py` holds `step_flops` to that counter with integer equality for every
+step kind, forward and backward separately.
+
+Each matrix product of a step is charged to one component (see COMPONENTS) and one of three
+parts:
+
+* forward: the product itself;
+* input-gradient: dL/d(input) = dL/d(output) @ W, same cost as the forward product. Autograd runs
+  it only where some trainable parameter lies *below* that input, so with the whole body frozen it
+  still runs through every layer between the loss and the (trainable) embeddings, but not below the
+  lowest trainable parameter (MiniPost's top: layer k+1's qkv input-gradient is never computed);
+* weight-gradient: dL/dW = input^T @ dL/d(output), same cost again, only for trainable weights.
+
+So full training costs ~3x the forward (the "6N" rule: 2N forward + 4N backward) and
+embedding-only training through a frozen body ~2x the forward (the "4N" of DESIGN.md §6).
+
+Who is trainable in each step kind is defined once, in `is_trainable`, which both the FLOP count
+(`step_plan`) and `set_requires_grad_for_step` read.
+
+Attention. The scores q@k^T and the mix probs@v are bmm's of 2*B*T*T*d FLOPs each (summed over
+heads: B*h batches of [T, d/h] @ [d/h, T]). Their backward runs both operands' gradients of both
+products (4 products) wherever the gradient has to pass through the layer. That is what the
+explicit implementation (`attention="explicit"`) shows FlopCounterMode. With `attention="sdpa"`:
+on CUDA the counter charges the fused kernels the same forward plus a backward of 5 products (it
+recomputes q@k^T from the saved log-sum-exp); we book that extra product as hardware-only
+`recompute`, not as model FLOPs. On CPU in torch 2.13 the counter sees 0 for SDPA (the CPU kernel
+has no registered formula); the test documents that gap.
+
+MFU counts `total` (model FLOPs), HFU counts `hardware_total` = total + recompute (activation
+checkpointing with `recompute=True`, and flash attention's score recompute under SDPA).
+All numbers are per rank for the given per-rank micro-batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+from ds_minimodel.config import ModelConfig
+from ds_minimodel.errors import UserError
+
+# Step kinds, as named by the launchers.
+STEP_KINDS = (
+    "pretrain",  # plain MLM, everything trainable, route final
+    "pretrain_joint",  # MiniJoint: final + w * mid MLM, everything trainable, route joint
+    "minipost_top",  # MiniPost mini-model: embeddings and layers 1..k frozen, top + MLM head train
+    "adapt_mini",  # MiniJoint mini-model (route mid): only word embeddings + mid-head bias train
+    "adapt_minipost",  # MiniPost mini-model (route final): only word embeddings + lm_head.bias train
+    "adapt_full",  # standard baseline through all layers: only word embeddings + lm_head.bias train
+    "finetune",  # classification head on <s>; everything but the embedding tables trains
+    "eval",  # forward only, final MLM head
+)
+
+# Route of MLMEncoder.forward used by each kind (finetune runs encode() + the task head).
+ROUTE = {
+    "pretrain": "final",
+    "pretrain_joint": "joint",
+    "minipost_top": "final",
+    "adapt_mini": "mid",
+    "adapt_minipost": "final",
+    "adapt_full": "final",
+    "finetune": None,
+    "eval": "final",
+}
+
+COMPONENTS = ("embeddings", "attn_proj", "attn_scores", "mlp", "mid_head", "final_head", "task_head")
+TITLES = {
+    "embeddings": "embeddings",
+    "attn_proj": "attention qkv+out",
+    "attn_scores": "attention scores/values",
+    "mlp": "MLP fc1+fc2",
+    "mid_head": "mid MLM head",
+    "final_head": "final MLM head",
+    "task_head": "task head",
+}
+
+
+@dataclass(frozen=True)
+class Flops:
+    """FLOPs of one component in one step."""
+
+    forward: int = 0
+    input_grad: int = 0
+    weight_grad: int = 0
+    # Hardware-only FLOPs (recomputation); never part of `total`, so never part of MFU.
+    recompute: int = 0
+
+    @property
+    def backward(self) -> int:
+        return self.input_grad + self.weight_grad
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.input_grad + self.weight_grad
+
+    @property
+    def hardware_total(self) -> int:
+        return self.total + self.recompute
+
+    def __add__(self, other: "Flops") -> "Flops":
+        return Flops(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+
+def _si(x: float) -> str:
+    for scale, unit in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= scale:
+            return f"{x / scale:.4g} {unit}"
+    return f"{x:.4g} "
+
+
+@dataclass
+class FlopReport:
+    """FLOPs of one step (per rank), by component, split into forward / input-grad / weight-grad."""
+
+    kind: str
+    batch_size: int
+    seq_len: int
+    num_masked: int
+    components: dict = field(default_factory=dict)  # name -> Flops, every name of COMPONENTS
+
+    def _sum(self, attr: str) -> int:
+        return sum(getattr(f, attr) for f in self.components.values())
+
+    @property
+    def forward(self) -> int:
+        return self._sum("forward")
+
+    @property
+    def input_grad(self) -> int:
+        return self._sum("input_grad")
+
+    @property
+    def weight_grad(self) -> int:
+        return self._sum("weight_grad")
+
+    @property
+    def backward(self) -> int:
+        return self.input_grad + self.weight_grad
+
+    @property
+    def total(self) -> int:
+        """Model FLOPs of the step (what MFU divides)."""
+        return self.forward + self.backward
+
+    @property
+    def recompute(self) -> int:
+        return self._sum("recompute")
+
+    @property
+    def hardware_total(self) -> int:
+        """Model FLOPs plus recomputation (what HFU divides)."""
+        return self.total + self.recompute
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def per_token(self) -> float:
+        """Model FLOPs per input token (every position of the batch, masked or not)."""
+        return self.total / self.tokens
+
+    def mfu(self, step_seconds: float, peak: float | str) -> float:
+        return mfu(self.total / step_seconds, peak)
+
+    def hfu(self, step_seconds: float, peak: float | str) -> float:
+        return hfu(self.hardware_total / step_seconds, peak)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "num_masked": self.num_masked,
+            "components": {name: dataclasses.asdict(f) | {"total": f.total} for name, f in self.components.items()},
+            "forward": self.forward,
+            "input_grad": self.input_grad,
+            "weight_grad": self.weight_grad,
+            "backward": self.backward,
+            "total": self.total,
+            "recompute": self.recompute,
+            "hardware_total": self.hardware_total,
+            "per_token": self.per_token,
+        }
+
+    def table(self) -> str:
+        """Per-component table, per step (FLOPs) and per token (FLOPs / (batch * seq_len))."""
+        cols = ("forward", "input-grad", "weight-grad", "total")
+        w = max(len(t) for t in TITLES.values()) + 2
+        lines = [
+            f"step {self.kind}: batch {self.batch_size} x seq {self.seq_len} = {self.tokens} tokens, "
+            f"{self.num_masked} masked"
+        ]
+        rows = [(TITLES[n], self.components[n]) for n in COMPONENTS]
+        rows.append(("TOTAL", Flops(self.forward, self.input_grad, self.weight_grad, self.recompute)))
+        for title, div in (("per step [FLOP]", 1), ("per token [FLOP]", self.tokens)):
+            lines.append("")
+            lines.append(f"{title:<{w}}" + "".join(f"{c:>14}" for c in cols) + f"{'share':>8}")
+            for name, f in rows:
+                vals = (f.forward, f.input_grad, f.weight_grad, f.total)
+                share = f"{100 * f.total / self.total:7.1f}%" if self.total else "       -"
+                lines.append(f"{name:<{w}}" + "".join(f"{_si(v / div):>14}" for v in vals) + share)
+        if self.recompute:
+            lines.append("")
+            lines.append(
+                f"hardware-only recompute: {_si(self.recompute)}FLOP per step "
+                f"(hardware total {_si(self.hardware_total)}FLOP, for HFU)"
+            )
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Who trains in each step kind (the single source of truth for the count and for freezing).
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in STEP_KINDS:
+        raise UserError(f"unknown step kind {kind!r} (known: {', '.join(STEP_KINDS)})")
+
+
+def _frozen_layers(cfg: ModelConfig, kind: str, minipost_frozen_layers: int | None) -> int | None:
+    """k of a MiniPost mini-model (its cfg has k + n layers); None for other kinds."""
+    if kind != "minipost_top":
+        return None
+    k = minipost_frozen_layers if minipost_frozen_layers is not None else cfg.mid_head_layer
+    if k is None:
+        raise UserError("step minipost_top needs the number of frozen bottom layers k "
+                        "(minipost_frozen_layers, or model.mid_head_layer)")
+    if not 1 <= k < cfg.num_layers:
+        raise UserError(f"minipost_top: frozen layers k={k} must be in 1..num_layers-1 "
+                        f"(model.num_layers={cfg.num_layers} counts the k frozen + the new top layers)")
+    return k
+
+
+def is_trainable(name: str, kind: str, *, frozen_layers: int | None = None) -> bool:
+    """Whether parameter `name` of an MLMEncoder (or `task_head.*`) trains in step `kind`.
+
+    `frozen_layers` is MiniPost's k (minipost_top only). Unused modules (e.g. lm_head under route
+    mid) are frozen so that every trainable parameter gets a gradient.
+    """
+    _check_kind(kind)
+    if kind in ("pretrain", "pretrain_joint"):
+        return not name.startswith("task_head.")
+    if kind == "minipost_top":
+        if name.startswith("layers."):
+            return int(name.split(".")[1]) >= frozen_layers  # 0-based: layers k..k+n-1 = k+1..k+n
+        return name.startswith("lm_head.")  # dense, layer norm, bias; its tied weight is embeddings.word
+    if kind == "adapt_mini":
+        return name in ("embeddings.word", "mid_head.bias")
+    if kind in ("adapt_minipost", "adapt_full"):
+        return name in ("embeddings.word", "lm_head.bias")
+    if kind == "finetune":
+        if name in ("embeddings.word", "embeddings.position", "embeddings.token_type"):
+            return False
+        return not name.startswith(("lm_head.", "mid_head."))  # embeddings.layer_norm trains
+    return False  # eval
+
+
+def set_requires_grad_for_step(model, kind: str, *, minipost_frozen_layers: int | None = None,
+                               task_head=None) -> list[str]:
+    """Freeze/unfreeze `model` (an MLMEncoder) for `kind` as `is_trainable` says; return the
+    trainable names. A tied parameter appears once (as embeddings.word)."""
+    k = _frozen_layers(model.cfg, kind, minipost_frozen_layers)
+    names = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_trainable(name, kind, frozen_layers=k))
+        if p.requires_grad:
+            names.append(name)
+    if task_head is not None:
+        for name, p in task_head.named_parameters():
+            p.requires_grad_(is_trainable("task_head." + name, kind))
+            if p.requires_grad:
+                names.append("task_head." + name)
+    return names
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one step runs and what it trains: everything its FLOPs depend on besides shapes."""
+
+    kind: str
+    depth: int  # layers run
+    mid_head_layer: int | None  # the mid head runs on the output of this layer (None: not run)
+    final_head: bool  # the final MLM head runs on the last layer's output
+    task_head: bool  # the classification head runs on the last layer's <s>
+    embeddings_need_grad: bool  # some embedding parameter trains: gradient reaches layer 1's input
+    word_trainable: bool  # the word table, i.e. the tied MLM decoder weight
+    trainable_layers: tuple  # per layer run, all-or-nothing
+    mlm_head_body_trainable: bool  # dense + layer norm of the MLM head(s) that run
+
+
+def step_plan(cfg: ModelConfig, kind: str, *, minipost_frozen_layers: int | None = None) -> StepPlan:
+    _check_kind(kind)
+    if cfg.vocab_size is None:
+        raise UserError("model.vocab_size must be set to count FLOPs (the MLM head is d x vocab)")
+    k = _frozen_layers(cfg, kind, minipost_frozen_layers)
+    route = ROUTE[kind]
+    if route in ("joint", "mid") and cfg.mid_head_layer is None:
+        raise UserError(f"step {kind} runs the MiniJoint mid head: set model.mid_head_layer")
+    depth = cfg.mid_head_layer if route == "mid" else cfg.num_layers
+
+    def tr(name: str) -> bool:
+        return is_trainable(name, kind, frozen_layers=k)
+
+    head = "mid_head" if route == "mid" else "lm_head"
+    layers = []
+    for i in range(depth):
+        flags = {tr(f"layers.{i}.{p}") for p in (
+            "attention.qkv.weight", "attention.out.weight", "attention_norm.weight",
+            "fc1.weight", "fc2.weight", "mlp_norm.weight")}
+        assert len(flags) == 1, f"{kind}: layer {i} is partly trainable; the count assumes all-or-nothing"
+        layers.append(flags.pop())
+    return StepPlan(
+        kind=kind,
+        depth=depth,
+        mid_head_layer=cfg.mid_head_layer if route in ("joint", "mid") else None,
+        final_head=route in ("joint", "final"),
+        task_head=route is None,
+        embeddings_need_grad=any(tr(f"embeddings.{p}") for p in (
+            "word", "position", "token_type", "layer_norm.weight", "layer_norm.bias")),
+        word_trainable=tr("embeddings.word"),
+        trainable_layers=tuple(layers),
+        mlm_head_body_trainable=tr(f"{head}.dense.weight"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The count.
+
+
+def _linear(rows: int, n_in: int, n_out: int, *, grad_input: bool, grad_weight: bool) -> Flops:
+    """y = x @ W^T + b over `rows` rows. Forward: [rows, n_in] @ [n_in, n_out] = 2*rows*n_in*n_out.
+    dL/dx = dL/dy @ W and dL/dW = dL/dy^T @ x cost the same each; the bias gradient is a row sum
+    (no matmul)."""
+    f = 2 * rows * n_in * n_out
+    return Flops(f, f if grad_input else 0, f if grad_weight else 0)
+
+
+def _mlm_head(cfg: ModelConfig, m: int, *, grad_in: bool, body_trainable: bool, word_trainable: bool) -> Flops:
+    """RoBERTa lm_head on the m gathered masked rows: dense d->d, gelu, LN, tied decoder d->V."""
+    d, v = cfg.hidden_size, cfg.vocab_size
+    # dense: input-grad only if something below the head trains, weight-grad if the head trains.
+    dense = _linear(m, d, d, grad_input=grad_in, grad_weight=body_trainable)
+    # decoder (the [m, V] logits; the chunked kernels must cost the same): its input h needs a
+    # gradient if the dense/LN above or anything below trains; its weight is the word table.
+    decoder = _linear(m, d, v, grad_input=grad_in or body_trainable, grad_weight=word_trainable)
+    return dense + decoder
+
+
+def _flops_of_plan(cfg: ModelConfig, plan: StepPlan, batch_size: int, seq_len: int, num_masked: int,
+                   num_classes: int, recompute: bool) -> FlopReport:
+    d, inter = cfg.hidden_size, cfg.intermediate_size
+    B, T, M = batch_size, seq_len, num_masked
+    rows = B * T  # every position goes through every layer (padding is computed too)
+    c = {name: Flops() for name in COMPONENTS}
+    # embeddings: three table lookups + LN; backward of a lookup is a scatter-add. No matmul.
+    # needs_grad[i]: whether the output of layer i (0 = embeddings) requires grad, i.e. whether some
+    # trainable parameter lies at or below it, i.e. whether autograd carries a gradient into it.
+    needs_grad = [plan.embeddings_need_grad]
+    for i in range(plan.depth):
+        g_in, trains = needs_grad[-1], plan.trainable_layers[i]
+        g = g_in or trains  # gradient flows through this layer's insides (to its weights or below)
+        # qkv: one fused [rows, d] @ [d, 3d]; its input-grad only when x itself needs a gradient
+        # (MiniPost's first trainable layer: x comes from a frozen layer, autograd skips it).
+        proj = _linear(rows, d, 3 * d, grad_input=g_in, grad_weight=trains)
+        # out: [rows, d] @ [d, d]; its input (the attention mix) needs a gradient whenever g does.
+        proj += _linear(rows, d, d, grad_input=g, grad_weight=trains)
+        # scores q@k^T and mix probs@v: B*h bmm's of [T, d/h] @ [d/h, T] and [T, T] @ [T, d/h]:
+        # 2*B*T*T*d each. Backward: dq, dk of the first, dprobs, dv of the second, same cost each.
+        s = 2 * B * T * T * d
+        # SDPA's fused backward recomputes q@k^T (hardware only); explicit attention keeps probs.
+        sdpa_recompute = s if (g and cfg.attention == "sdpa") else 0
+        scores = Flops(2 * s, 4 * s if g else 0, 0, sdpa_recompute)
+        # MLP: fc1 [rows, d] @ [d, I] and fc2 [rows, I] @ [I, d]; gelu and LNs are free.
+        mlp = _linear(rows, d, inter, grad_input=g, grad_weight=trains)
+        mlp += _linear(rows, inter, d, grad_input=g, grad_weight=trains)
+        if recompute and g:
+            # Activation checkpointing per layer re-runs the layer's forward in backward, only
+            # where backward passes (a frozen layer below every trainable parameter is not rerun).
+            proj = dataclasses.replace(proj, recompute=proj.recompute + proj.forward)
+            scores = dataclasses.replace(scores, recompute=scores.recompute + scores.forward)
+            mlp = dataclasses.replace(mlp, recompute=mlp.recompute + mlp.forward)
+        c["attn_proj"] += proj
+        c["attn_scores"] += scores
+        c["mlp"] += mlp
+        needs_grad.append(g)
+    head_args = dict(body_trainable=plan.mlm_head_body_trainable, word_trainable=plan.word_trainable)
+    if plan.final_head:
+        c["final_head"] = _mlm_head(cfg, M, grad_in=needs_grad[plan.depth], **head_args)
+    if plan.mid_head_layer is not None:
+        c["mid_head"] = _mlm_head(cfg, M, grad_in=needs_grad[plan.mid_head_layer], **head_args)
+    if plan.task_head:
+        # Sequence classification on the B <s> states: dense d->d, tanh, out d->C; the head trains.
+        c["task_head"] = _linear(B, d, d, grad_input=needs_grad[plan.depth], grad_weight=True)
+        c["task_head"] += _linear(B, d, num_classes, grad_input=True, grad_weight=True)
+    return FlopReport(kind=plan.kind, batch_size=B, seq_len=T, num_masked=M, components=c)
+
+
+def step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
+               minipost_frozen_layers: int | None = None, num_classes: int = 2,
+               recompute: bool = False) -> FlopReport:
+    """FLOPs of one step of `kind` on a per-rank micro-batch of `batch_size` x `seq_len` tokens of
+    which `num_masked` carry an MLM label.
+
+    `cfg` is the model that runs: for the MiniPost kinds the mini-model of k + n layers (see
+    `minipost_config`), with `minipost_frozen_layers` = k (default: cfg.mid_head_layer).
+    `recompute`: per-layer activation checkpointing (adds to the hardware count only).
+    """
+    for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if v <= 0:
+            raise UserError(f"{name} must be positive, got {v}")
+    if not 0 <= num_masked <= batch_size * seq_len:
+        raise UserError(f"num_masked must be in 0..batch_size*seq_len, got {num_masked}")
+    if num_classes <= 0:
+        raise UserError(f"num_classes must be positive, got {num_classes}")
+    plan = step_plan(cfg, kind, minipost_frozen_layers=minipost_frozen_layers)
+    return _flops_of_plan(cfg, plan, batch_size, seq_len, num_masked, num_classes, recompute)
+
+
+def minipost_config(cfg: ModelConfig, frozen_layers: int, top_layers: int = 1) -> ModelConfig:
+    """The MiniPost mini-model of `cfg`: its bottom `frozen_layers` layers plus `top_layers` new ones,
+    with the final MLM head and no mid head."""
+    if not 1 <= frozen_layers < cfg.num_layers:
+        raise UserError(f"MiniPost frozen layers must be in 1..{cfg.num_layers - 1}, got {frozen_layers}")
+    if top_layers < 1:
+        raise UserError(f"MiniPost top layers must be >= 1, got {top_layers}")
+    return dataclasses.replace(cfg, num_layers=frozen_layers + top_layers, mid_head_layer=None)
+
+
+def expected_masked(batch_size: int, seq_len: int, mask_prob: float) -> int:
+    """Masked positions of a batch: mask_prob of the non-special tokens (all but <s> and </s>)."""
+    return round(mask_prob * batch_size * max(seq_len - 2, 0))
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters and the rules of thumb others use.
+
+
+def param_counts(cfg: ModelConfig) -> dict:
+    """Parameters of MLMEncoder(cfg) by part; the tied decoder weight is the word table, counted once."""
+    d, inter, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    layer = (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * inter + inter) + (inter * d + d) + 2 * d
+    head = (d * d + d) + 2 * d + v  # dense, layer norm, output bias
+    return {
+        "embedding_tables": (v + cfg.max_positions + cfg.type_vocab_size) * d,
+        "embedding_norm": 2 * d,
+        "layers": cfg.num_layers * layer,
+        "lm_head": head,
+        "mid_head": head if cfg.mid_head_layer else 0,
+    }
+
+
+def six_n_rule(cfg: ModelConfig, tokens: int) -> int:
+    """Hugging Face Trainer's `floating_point_ops`: 6 * tokens * num_parameters(exclude_embeddings=True)
+    (transformers 5.x trainer.py; tokens = input_ids.numel()). It drops only nn.Embedding tables
+    (word, position, token type) and ignores which parameters are frozen and the attention term."""
+    p = param_counts(cfg)
+    return 6 * tokens * (sum(p.values()) - p["embedding_tables"])
+
+
+@dataclass(frozen=True)
+class DeepSpeedEstimate:
+    """What DeepSpeed's flops profiler reports for one step of this kind."""
+
+    forward: int  # FlopsProfiler.get_total_flops(): the forward pass it measured
+    step: int  # its "fwd+bwd" numerator: (3 + recompute_fwd_factor) * forward (just forward for eval)
+    matmul: int  # part of `forward` from linear layers and attention matmuls
+    elementwise: int  # part of `forward` from layer norm (5/elem) and gelu (1/elem)
+    zero3_double_count: int  # part of `forward` counted a second time under ZeRO-3
+
+
+def deepspeed_profiler_estimate(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
+                                minipost_frozen_layers: int | None = None, num_classes: int = 2,
+                                zero3: bool = False, recompute_fwd_factor: float = 0.0) -> DeepSpeedEstimate:
+    """DeepSpeed 0.19's flops profiler (deepspeed/profiling/flops_profiler/profiler.py) on this step.
+
+    It monkey-patches torch.nn.functional and tensor methods for one forward and sums, per module:
+    F.linear 2*numel(input)*out_features; torch.matmul / Tensor.matmul / @ / mm / bmm
+    2*prod(a.shape)*b.shape[-1]; torch.addmm 2*m*n*k + numel(bias); F.scaled_dot_product_attention
+    4*B*h*T*T*(d/h); F.layer_norm 5 per element (4 without affine); F.gelu 1 per element; F.softmax
+    1 per element (our explicit attention calls Tensor.softmax, not patched: 0); F.embedding 0;
+    `x + y` / `x * y` operators, torch.tanh, cross-entropy and dropout: not patched, 0. It has no
+    notion of frozen parameters: the engine prints fwd+bwd as (bwd_factor + 1) * forward with
+    bwd_factor = 2 + recompute_fwd_factor (flops_profiler.recompute_fwd_factor in the JSON).
+
+    ZeRO-3: zero.Init (and the engine, which wraps a model built outside it in
+    Init(module=...)) replaces torch.nn.functional.linear process-wide by
+    LinearFunctionForZeroStage3 unless zero_optimization.memory_efficient_linear is false. Its
+    forward calls torch.addmm (2-D input with bias) or Tensor.matmul, both patched too, so every
+    linear layer is counted twice: once by the F.linear wrapper and once inside (addmm adds
+    numel(bias)).
+
+    This mirrors the kernels="off" model (the plain F.linear decoder) and the stand-in task head
+    (nn.Linear, torch.tanh, nn.Linear).
+    """
+    plan = step_plan(cfg, kind, minipost_frozen_layers=minipost_frozen_layers)
+    d, inter, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    B, T, M, C = batch_size, seq_len, num_masked, num_classes
+    rows = B * T
+    ln = 5  # per element, affine layer norm
+    matmul = elementwise = zero3_extra = 0
+    elementwise += ln * rows * d  # embeddings LN
+    per_layer_linear = 2 * rows * d * (3 * d + d + inter + inter)  # qkv, out, fc1, fc2
+    matmul += plan.depth * (per_layer_linear + 4 * B * T * T * d)  # + scores and mix
+    elementwise += plan.depth * (2 * ln * rows * d + rows * inter)  # 2 LNs + gelu on [rows, I]
+    # 3-D inputs go through Tensor.matmul inside the ZeRO-3 linear: same count again, no bias.
+    zero3_extra += plan.depth * per_layer_linear
+    heads = int(plan.final_head) + int(plan.mid_head_layer is not None)
+    # MLM head on M rows: dense, gelu, LN, decoder (the reference kernel skips F.linear when M == 0).
+    matmul += heads * (2 * M * d * d + 2 * M * d * v)
+    elementwise += heads * (M * d + ln * M * d)
+    # 2-D inputs with bias go through torch.addmm inside the ZeRO-3 linear: + numel(bias).
+    zero3_extra += heads * ((2 * M * d * d + d) + ((2 * M * d * v + v) if M else 0))
+    if plan.task_head:
+        matmul += 2 * B * d * d + 2 * B * d * C
+        zero3_extra += (2 * B * d * d + d) + (2 * B * d * C + C)
+    forward = matmul + elementwise + (zero3_extra if zero3 else 0)
+    step = forward if kind == "eval" else round((3 + recompute_fwd_factor) * forward)
+    return DeepSpeedEstimate(forward=forward, step=step, matmul=matmul, elementwise=elementwise,
+                             zero3_double_count=zero3_extra if zero3 else 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Utilisation.
+
+# Dense (no 2:4 sparsity) peak FLOP/s per GPU. NVIDIA's datasheets list the Tensor Core numbers
+# "with sparsity"; dense is half of those. fp32 = plain FP32 (CUDA cores; torch's default for fp32
+# matmuls, allow_tf32=False); tf32 = TF32 Tensor Cores.
+#   A100 (SXM4 and PCIe, 40/80 GB): BF16 312, TF32 156, FP32 19.5 TFLOPS
+#     https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
+#   H100 SXM: BF16 1,979*, TF32 989*, FP32 67; H100 PCIe: 1,513*, 756*, 51; H100 NVL: 1,671*, 835*, 60
+#     https://www.nvidia.com/en-us/data-center/h100/  (* with sparsity)
+#   H200 SXM: BF16 1,979*, TF32 989*, FP32 67; H200 NVL: 1,671*, 835*, 60
+#     https://www.nvidia.com/en-us/data-center/h200/  (* with sparsity)
+PEAK_FLOPS = {
+    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "H100-SXM": {"bf16": 989.5e12, "fp16": 989.5e12, "tf32": 494.5e12, "fp32": 67e12},
+    "H100-PCIe": {"bf16": 756.5e12, "fp16": 756.5e12, "tf32": 378e12, "fp32": 51e12},
+    "H100-NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
+    "H200-SXM": {"bf16": 989.5e12, "fp16": 989.5e12, "tf32": 494.5e12, "fp32": 67e12},
+    "H200-NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
+}
+PEAK_FLOPS["H100"] = PEAK_FLOPS["H100-SXM"]
+PEAK_FLOPS["H200"] = PEAK_FLOPS["H200-SXM"]
+
+
+def peak_flops(device: str, dtype: str = "bf16") -> float:
+    """Peak FLOP/s of `device`: a PEAK_FLOPS key or a CUDA device name such as
+    "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe", "NVIDIA H200 NVL", "NVIDIA A100-SXM4-80GB"."""
+    key = device if device in PEAK_FLOPS else None
+    if key is None:
+        up = device.upper()
+        for chip in ("H200", "H100", "A100"):
+            if chip in up:
+                if chip == "A100":
+                    key = "A100"
+                elif "NVL" in up:
+                    key = f"{chip}-NVL"
+                elif "PCIE" in up:
+                    key = f"{chip}-PCIe"
+                else:
+                    key = f"{chip}-SXM"
+                break
+    if key is None or key not in PEAK_FLOPS:
+        raise UserError(f"no peak FLOP/s known for device {device!r} (known: {', '.join(PEAK_FLOPS)})")
+    if dtype not in PEAK_FLOPS[key]:
+        raise UserError(f"no peak FLOP/s for dtype {dtype!r} on {key} (known: {', '.join(PEAK_FLOPS[key])})")
+    return PEAK_FLOPS[key][dtype]
+
+
+def _peak(peak: float | str) -> float:
+    if isinstance(peak, str):
+        device, _, dtype = peak.partition(":")
+        return peak_flops(device, dtype or "bf16")
+    if peak <= 0:
+        raise UserError(f"peak FLOP/s must be positive, got {peak}")
+    return float(peak)
+
+
+def mfu(flops_per_s: float, peak: float | str) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s (FlopReport.total / step time) over the peak.
+    `peak`: FLOP/s, or "DEVICE:DTYPE" such as "H100:bf16" (see peak_flops)."""
+    return flops_per_s / _peak(peak)
+
+
+def hfu(hardware_flops_per_s: float, peak: float | str) -> float:
+    """Hardware FLOPs utilisation: like mfu, counting recomputation (FlopReport.hardware_total)."""
+    return hardware_flops_per_s / _peak(peak)
+
+
+def measure_cpu_peak(seconds: float = 1.0, n: int = 1024) -> float:
+    """fp32 matmul FLOP/s this process reaches on the CPU (torch's current thread count): the best
+    rate over repeated n x n @ n x n products for about `seconds`."""
+    import torch
+
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)  # warm-up (allocations, thread pool)
+    per_mm = 2 * n * n * n
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        reps = 0
+        while reps < 2 or time.perf_counter() - t0 < min(0.1, seconds / 4):
+            torch.mm(a, b, out=out)
+            reps += 1
+        best = max(best, reps * per_mm / (time.perf_counter() - t0))
+        if time.perf_counter() >= deadline:
+            return best
+
+
+# --------------------------------------------------------------------------------------------
+# The real thing: run one step under torch's FlopCounterMode (tests, bench, `profile_flops --check`).
+
+
+class TaskHeadStandIn:
+    """Factory for the sequence-classification head the count assumes (dense d->d, tanh, out d->C on
+    the <s> state), until the real task head is wired into the library."""
+
+    def __new__(cls, hidden_size: int, num_classes: int):
+        import torch
+        from torch import nn
+
+        class ClassificationHead(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.dense = nn.Linear(hidden_size, hidden_size)
+                self.out = nn.Linear(hidden_size, num_classes)
+
+            def forward(self, hidden):
+                return self.out(torch.tanh(self.dense(hidden[:, 0])))
+
+        return ClassificationHead()
+
+
+def masked_batch(cfg: ModelConfig, batch_size: int, seq_len: int, num_masked: int, seed: int = 0):
+    """Random input ids (no pads) and labels with exactly `num_masked` labelled positions."""
+    import torch
+
+    from ds_minimodel.model import IGNORE_INDEX
+
+    g = torch.Generator().manual_seed(seed)
+    low = cfg.pad_token_id + 1
+    ids = torch.randint(low, cfg.vocab_size, (batch_size, seq_len), generator=g)
+    labels = torch.full((batch_size * seq_len,), IGNORE_INDEX, dtype=torch.long)
+    pos = torch.randperm(batch_size * seq_len, generator=g)[:num_masked]
+    labels[pos] = torch.randint(0, cfg.vocab_size, (num_masked,), generator=g)
+    return ids, labels.view(batch_size, seq_len)
+
+
+def count_step(model, kind: str, input_ids, labels, *, task_head=None, class_labels=None) -> tuple[int, int]:
+    """(forward, backward) FLOPs FlopCounterMode counts for one step of `kind`; the caller has set
+    requires_grad (set_requires_grad_for_step)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _check_kind(kind)
+    with FlopCounterMode(display=False) as fwd_counter:
+        if kind == "finetune":
+            hidden = model.encode(input_ids)[-1]
+            loss = F.cross_entropy(task_head(hidden), class_labels)
+        elif kind == "eval":
+            with torch.no_grad():
+                loss = model(input_ids, labels=labels, route=ROUTE[kind])["loss"]
+        else:
+            loss = model(input_ids, labels=labels, route=ROUTE[kind])["loss"]
+    if kind == "eval":
+        return fwd_counter.get_total_flops(), 0
+    with FlopCounterMode(display=False) as bwd_counter:
+        loss.backward()
+    return fwd_counter.get_total_flops(), bwd_counter.get_total_flops()
+
+
+def build_step(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
+               minipost_frozen_layers: int | None = None, num_classes: int = 2, seed: int = 0) -> dict:
+    """A model (and task head), frozen for `kind`, and a batch: the inputs of count_step."""
+    import torch
+
+    from ds_minimodel.model import MLMEncoder
+
+    torch.manual_seed(seed)
+    model = MLMEncoder(cfg)
+    head = TaskHeadStandIn(cfg.hidden_size, num_classes) if kind == "finetune" else None
+    set_requires_grad_for_step(model, kind, minipost_frozen_layers=minipost_frozen_layers, task_head=head)
+    ids, labels = masked_batch(cfg, batch_size, seq_len, num_masked, seed)
+    class_labels = torch.randint(0, num_classes, (batch_size,), generator=torch.Generator().manual_seed(seed))
+    return {"model": model, "kind": kind, "input_ids": ids, "labels": labels, "task_head": head,
+            "class_labels": class_labels}
+
+
+def measure_step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
+                       minipost_frozen_layers: int | None = None, num_classes: int = 2,
+                       seed: int = 0) -> tuple[int, int]:
+    """(forward, backward) FlopCounterMode counts for one real step on random data."""
+    step = build_step(cfg, kind, batch_size, seq_len, num_masked, minipost_frozen_layers=minipost_frozen_layers,
+                      num_classes=num_classes, seed=seed)
+    return count_step(**step)

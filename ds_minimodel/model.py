@@ -1,0 +1,194 @@
+"""A RoBERTa/XLM-R-shaped encoder with a tied MLM head and an optional mid-layer MLM head.
+
+Plain `nn.Module`, no training infrastructure: DeepSpeed (and its ZeRO-3 partitioning) is
+applied from outside by `engine.py`. Two ZeRO-3 rules shape this file:
+
+* every module initialises only the parameters it creates itself, inside its own `__init__`
+  (under `zero.Init` a parameter is partitioned as soon as its module's `__init__` returns, so
+  a parent writing a child's parameter afterwards would write into an empty shard);
+* a module that reads a parameter in `forward` owns it directly (ZeRO-3 gathers a module's own
+  parameters in its pre-forward hook). So `Embeddings` holds its tables as parameters rather
+  than `nn.Embedding` children, and each `MLMHead` owns the tied word-embedding parameter
+  (the same `Parameter` object, as Hugging Face ties `lm_head.decoder.weight`).
+
+The MLM loss is computed on masked positions only: hidden states of the M masked tokens are
+gathered first, so the [tokens x vocab] logits never exist (and `kernels.masked_lm_loss` does not
+even hold [M x vocab] unless kernels="off").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ds_minimodel import kernels
+from ds_minimodel.config import ModelConfig
+
+IGNORE_INDEX = -100
+
+# Routes through the model (see MLMEncoder.forward).
+ROUTES = ("joint", "final", "mid")
+
+
+class Linear(nn.Linear):
+    """nn.Linear with BERT's init (normal(0, std) weight, zero bias), done in its own __init__."""
+
+    def __init__(self, in_features: int, out_features: int, std: float):
+        object.__setattr__(self, "init_std", std)  # needed by reset_parameters, called by super
+        super().__init__(in_features, out_features)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self.init_std)
+        nn.init.zeros_(self.bias)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, std = cfg.hidden_size, cfg.init_std
+        self.cfg = cfg
+        self.word = nn.Parameter(torch.empty(cfg.vocab_size, d).normal_(std=std))
+        self.position = nn.Parameter(torch.empty(cfg.max_positions, d).normal_(std=std))
+        self.token_type = nn.Parameter(torch.empty(cfg.type_vocab_size, d).normal_(std=std))
+        with torch.no_grad():  # the padding rows never receive gradient, start them at zero
+            self.word[cfg.pad_token_id].zero_()
+            if cfg.position_style == "roberta":
+                self.position[cfg.pad_token_id].zero_()
+        self.layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.cfg.position_style == "bert":
+            return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        # RoBERTa: non-pad tokens count up from pad_token_id + 1; pads sit at pad_token_id.
+        pad = self.cfg.pad_token_id
+        not_pad = input_ids.ne(pad).int()
+        return (torch.cumsum(not_pad, dim=1) * not_pad + pad).long()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pad = self.cfg.pad_token_id
+        x = kernels.embedding(input_ids, self.word, impl=self.cfg.kernels, padding_idx=pad)
+        pos_pad = pad if self.cfg.position_style == "roberta" else None
+        x = x + F.embedding(self.position_ids(input_ids), self.position, padding_idx=pos_pad)
+        x = x + self.token_type[0]  # single-segment input: segment 0 everywhere
+        return self.dropout(self.layer_norm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.hidden_size // cfg.num_heads
+        self.explicit = cfg.attention == "explicit"
+        self.dropout_p = cfg.attention_dropout
+        # One fused projection for q, k, v: one matmul instead of three.
+        self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, cfg.init_std)
+        self.out = Linear(cfg.hidden_size, cfg.hidden_size, cfg.init_std)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        p = self.dropout_p if self.training else 0.0
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # True = attend
+        if self.explicit:
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = F.dropout(scores.softmax(dim=-1), p=p, training=self.training)
+            y = probs @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(B, T, d))
+
+
+class Block(nn.Module):
+    """Post-LN transformer layer, as in BERT, RoBERTa and XLM-R."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention = SelfAttention(cfg)
+        self.attention_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size, cfg.init_std)
+        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size, cfg.init_std)
+        self.mlp_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, key_mask)))
+        return self.mlp_norm(x + self.dropout(self.fc2(F.gelu(self.fc1(x)))))
+
+
+class MLMHead(nn.Module):
+    """dense -> gelu -> layer norm -> tied decoder + own bias (RoBERTa's lm_head layout)."""
+
+    def __init__(self, cfg: ModelConfig, tied_weight: nn.Parameter):
+        super().__init__()
+        self.impl = cfg.kernels
+        self.dense = Linear(cfg.hidden_size, cfg.hidden_size, cfg.init_std)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.weight = tied_weight  # the word-embedding Parameter itself: owned here too
+
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """With labels ([M] ids): mean CE over the M rows of `hidden`. Without: logits."""
+        h = self.layer_norm(F.gelu(self.dense(hidden)))
+        if labels is None:
+            return F.linear(h, self.weight, self.bias)
+        return kernels.masked_lm_loss(h, self.weight, self.bias, labels, impl=self.impl)
+
+
+def gather_masked(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of `hidden` [B, T, d] at positions whose label is not IGNORE_INDEX, and their labels."""
+    flat = labels.reshape(-1)
+    idx = flat.ne(IGNORE_INDEX).nonzero().squeeze(1)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, idx), flat.index_select(0, idx)
+
+
+class MLMEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be resolved before building the model")
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.lm_head = MLMHead(cfg, self.embeddings.word)
+        self.mid_head = MLMHead(cfg, self.embeddings.word) if cfg.mid_head_layer else None
+
+    def encode(self, input_ids, attention_mask=None, depth: int | None = None) -> list[torch.Tensor]:
+        """Hidden states after each of the first `depth` layers (all by default); [0] = embeddings."""
+        key_mask = None if attention_mask is None else attention_mask.bool()
+        states = [self.embeddings(input_ids)]
+        for layer in self.layers[: depth if depth is not None else len(self.layers)]:
+            states.append(layer(states[-1], key_mask))
+        return states
+
+    def forward(self, input_ids, labels=None, attention_mask=None, route: str = "joint") -> dict:
+        """MLM losses on the masked positions of `labels` (IGNORE_INDEX elsewhere).
+
+        route "joint": full depth; loss = final MLM + mid_head_weight * mid MLM (MiniJoint
+        pretraining; just the final MLM when there is no mid head).
+        route "final": full depth, final head only (e.g. adaptation through the full model).
+        route "mid": layers 1..k and the mid head only: the MiniJoint mini-model.
+        Without labels: {"hidden": last state, "logits": final-head logits over all positions}.
+        """
+        k = self.cfg.mid_head_layer
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+        if route == "mid" and self.mid_head is None:
+            raise ValueError("route 'mid' needs a model with model.mid_head_layer set")
+        states = self.encode(input_ids, attention_mask, depth=k if route == "mid" else None)
+        if labels is None:
+            head = self.mid_head if route == "mid" else self.lm_head
+            return {"hidden": states[-1], "logits": head(states[-1])}
+        out = {"num_masked": labels.ne(IGNORE_INDEX).sum()}
+        if route in ("joint", "final"):
+            out["final_loss"] = self.lm_head(*gather_masked(states[-1], labels))
+            out["loss"] = out["final_loss"]
+        if self.mid_head is not None and route in ("joint", "mid"):
+            out["mid_loss"] = self.mid_head(*gather_masked(states[k], labels))
+            out["loss"] = out["mid_loss"] if route == "mid" else out["loss"] + self.cfg.mid_head_weight * out["mid_loss"]
+        return out

@@ -1,0 +1,58 @@
+"""Text -> sentencepiece tokenizer -> packed token shards (a dataset directory for training).
+
+    python launchers/prepare_data.py --recipe bible-en --out data/bible-en --vocab-size 8000
+    python launchers/prepare_data.py --recipe bible-ny --out data/bible-ny --vocab-size 8000
+    python launchers/prepare_data.py --text a.txt b.txt --out data/mine --tokenizer data/bible-en/tokenizer.model
+    python launchers/prepare_data.py --hf-dataset saved_ds/ --text-column text --out data/hf --vocab-size 16000
+
+Text files hold one document per non-empty line; a `datasets` dataset one document per row.
+The Bible recipes hold out evaluation chapters (see ds_minimodel/data/recipes.py) from every split.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ds_minimodel.data.recipes import BIBLE_RECIPES, prepare_dataset  # noqa: E402
+from ds_minimodel.errors import UserError  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--recipe", choices=sorted(BIBLE_RECIPES), help="a built-in offline corpus")
+    src.add_argument("--text", nargs="+", metavar="FILE", help="UTF-8 text files, one document per line")
+    src.add_argument("--hf-dataset", metavar="DIR", help="a datasets.Dataset saved with save_to_disk")
+    p.add_argument("--text-column", default="text", help="column of --hf-dataset holding the text")
+    p.add_argument("--out", required=True, help="dataset directory to create (must be absent or empty)")
+    tok = p.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--vocab-size", type=int, help="train a sentencepiece model of this size on the train split")
+    tok.add_argument("--tokenizer", metavar="PATH.model", help="reuse this sentencepiece model")
+    p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"], help="sentencepiece model type")
+    p.add_argument("--valid-fraction", type=float, default=0.01,
+                   help="fraction of documents (Bible: chapters) for the valid split; 0 for none")
+    p.add_argument("--max-chars", type=int, help="keep at most this many characters per split (fast tests)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the valid split and tokenizer sampling")
+    p.add_argument("--threads", type=int, default=1, help="sentencepiece threads (1 = bit-reproducible)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        prepare_dataset(args.out, recipe=args.recipe, text_files=args.text, hf_dataset=args.hf_dataset,
+                        text_column=args.text_column, vocab_size=args.vocab_size, tokenizer_path=args.tokenizer,
+                        valid_fraction=args.valid_fraction, max_chars=args.max_chars, seed=args.seed,
+                        overwrite=args.overwrite, model_type=args.model_type, num_threads=args.threads)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
