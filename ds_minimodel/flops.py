@@ -28,11 +28,20 @@ products (4 products) wherever the gradient has to pass through the layer. That 
 explicit implementation (`attention="explicit"`) shows FlopCounterMode. With `attention="sdpa"`:
 on CUDA the counter charges the fused kernels the same forward plus a backward of 5 products (it
 recomputes q@k^T from the saved log-sum-exp); we book that extra product as hardware-only
-`recompute`, not as model FLOPs. On CPU in torch 2.13 the counter sees 0 for SDPA (the CPU kernel
-has no registered formula); the test documents that gap.
+`recompute`, not as model FLOPs. On CPU in torch 2.13 the counter sees 0 for SDPA's fused kernel
+(`_scaled_dot_product_flash_attention_for_cpu` has no registered formula), which runs whenever
+there is no attention dropout (eval, or attention_dropout=0); with dropout in training CPU SDPA
+falls back to the math path, whose bmm's the counter sees exactly as for "explicit".
+
+MLM head kernels. `kernels != "off"` (chunked torch, Triton) cost the same model FLOPs as the plain
+F.linear + cross-entropy, but recompute the logits in backward instead of storing [M, V]: one more
+2*M*d*V, booked as hardware-only `recompute`. (FlopCounterMode does not see this: it counts the
+recompute GEMM but not the in-place `addmm_` that accumulates d hidden, so its total for the chunked
+head equals the plain head's by coincidence.)
 
 MFU counts `total` (model FLOPs), HFU counts `hardware_total` = total + recompute (activation
-checkpointing with `recompute=True`, and flash attention's score recompute under SDPA).
+checkpointing with `recompute=True`, flash attention's score recompute under SDPA, and the fused
+MLM heads' logits recompute).
 All numbers are per rank for the given per-rank micro-batch.
 """
 
@@ -42,8 +51,14 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
+from ds_minimodel.model import IGNORE_INDEX, MLMEncoder
 
 # Step kinds, as named by the launchers.
 STEP_KINDS = (
@@ -107,7 +122,8 @@ class Flops:
         return Flops(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
 
-def _si(x: float) -> str:
+def human(x: float) -> str:
+    """1234567 -> '1.235 M' (4 significant digits, SI prefix, trailing space for a unit)."""
     for scale, unit in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(x) >= scale:
             return f"{x / scale:.4g} {unit}"
@@ -205,12 +221,13 @@ class FlopReport:
             for name, f in rows:
                 vals = (f.forward, f.input_grad, f.weight_grad, f.total)
                 share = f"{100 * f.total / self.total:7.1f}%" if self.total else "       -"
-                lines.append(f"{name:<{w}}" + "".join(f"{_si(v / div):>14}" for v in vals) + share)
+                lines.append(f"{name:<{w}}" + "".join(f"{human(v / div):>14}" for v in vals) + share)
         if self.recompute:
             lines.append("")
+            parts = ", ".join(f"{TITLES[n]} {human(f.recompute)}FLOP" for n, f in self.components.items() if f.recompute)
             lines.append(
-                f"hardware-only recompute: {_si(self.recompute)}FLOP per step "
-                f"(hardware total {_si(self.hardware_total)}FLOP, for HFU)"
+                f"hardware-only recompute {human(self.recompute)}FLOP per step ({parts}); "
+                f"hardware total {human(self.hardware_total)}FLOP, for HFU"
             )
         return "\n".join(lines)
 
@@ -245,9 +262,13 @@ def is_trainable(name: str, kind: str, *, frozen_layers: int | None = None) -> b
     mid) are frozen so that every trainable parameter gets a gradient.
     """
     _check_kind(kind)
-    if kind in ("pretrain", "pretrain_joint"):
+    if kind == "pretrain":  # route final: a mid head, if the model has one, is unused
+        return not name.startswith(("task_head.", "mid_head."))
+    if kind == "pretrain_joint":
         return not name.startswith("task_head.")
     if kind == "minipost_top":
+        if frozen_layers is None:
+            raise UserError("is_trainable(kind='minipost_top') needs frozen_layers (MiniPost's k)")
         if name.startswith("layers."):
             return int(name.split(".")[1]) >= frozen_layers  # 0-based: layers k..k+n-1 = k+1..k+n
         return name.startswith("lm_head.")  # dense, layer norm, bias; its tied weight is embeddings.word
@@ -347,9 +368,13 @@ def _mlm_head(cfg: ModelConfig, m: int, *, grad_in: bool, body_trainable: bool, 
     d, v = cfg.hidden_size, cfg.vocab_size
     # dense: input-grad only if something below the head trains, weight-grad if the head trains.
     dense = _linear(m, d, d, grad_input=grad_in, grad_weight=body_trainable)
-    # decoder (the [m, V] logits; the chunked kernels must cost the same): its input h needs a
-    # gradient if the dense/LN above or anything below trains; its weight is the word table.
+    # decoder, the [m, V] logits: its input h needs a gradient if the dense/LN above or anything
+    # below trains; its weight is the word table. The fused heads (kernels != "off": chunked
+    # torch, Triton) have the same model FLOPs but never store the logits: their backward
+    # recomputes them chunk by chunk, one more [m, d] @ [d, V] (hardware only).
     decoder = _linear(m, d, v, grad_input=grad_in or body_trainable, grad_weight=word_trainable)
+    if cfg.kernels != "off" and decoder.backward:
+        decoder = dataclasses.replace(decoder, recompute=decoder.forward)
     return dense + decoder
 
 
@@ -456,12 +481,21 @@ def param_counts(cfg: ModelConfig) -> dict:
     }
 
 
-def six_n_rule(cfg: ModelConfig, tokens: int) -> int:
+def six_n_rule(cfg: ModelConfig, tokens: int, *, hf_tied_decoder_quirk: bool = False) -> int:
     """Hugging Face Trainer's `floating_point_ops`: 6 * tokens * num_parameters(exclude_embeddings=True)
-    (transformers 5.x trainer.py; tokens = input_ids.numel()). It drops only nn.Embedding tables
-    (word, position, token type) and ignores which parameters are frozen and the attention term."""
+    (transformers 5.x trainer.py; tokens = input_ids.numel()), over the parameters of MLMEncoder(cfg).
+    The convention drops the nn.Embedding tables (word, position, token type) and ignores which
+    parameters are frozen, the attention term and how many positions get logits.
+
+    hf_tied_decoder_quirk: what transformers 5.x really reports for XLMRobertaForMaskedLM, which
+    registers lm_head before roberta, so named_parameters() yields the tied word table as
+    "lm_head.decoder.weight" and exclude_embeddings (matching by module name) keeps it: V*d more.
+    """
     p = param_counts(cfg)
-    return 6 * tokens * (sum(p.values()) - p["embedding_tables"])
+    n = sum(p.values()) - p["embedding_tables"]
+    if hf_tied_decoder_quirk:
+        n += cfg.vocab_size * cfg.hidden_size
+    return 6 * tokens * n
 
 
 @dataclass(frozen=True)
@@ -574,7 +608,8 @@ def peak_flops(device: str, dtype: str = "bf16") -> float:
     return PEAK_FLOPS[key][dtype]
 
 
-def _peak(peak: float | str) -> float:
+def resolve_peak(peak: float | str) -> float:
+    """FLOP/s from a number or from "DEVICE:DTYPE" (see peak_flops)."""
     if isinstance(peak, str):
         device, _, dtype = peak.partition(":")
         return peak_flops(device, dtype or "bf16")
@@ -586,19 +621,17 @@ def _peak(peak: float | str) -> float:
 def mfu(flops_per_s: float, peak: float | str) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s (FlopReport.total / step time) over the peak.
     `peak`: FLOP/s, or "DEVICE:DTYPE" such as "H100:bf16" (see peak_flops)."""
-    return flops_per_s / _peak(peak)
+    return flops_per_s / resolve_peak(peak)
 
 
 def hfu(hardware_flops_per_s: float, peak: float | str) -> float:
     """Hardware FLOPs utilisation: like mfu, counting recomputation (FlopReport.hardware_total)."""
-    return hardware_flops_per_s / _peak(peak)
+    return hardware_flops_per_s / resolve_peak(peak)
 
 
 def measure_cpu_peak(seconds: float = 1.0, n: int = 1024) -> float:
     """fp32 matmul FLOP/s this process reaches on the CPU (torch's current thread count): the best
     rate over repeated n x n @ n x n products for about `seconds`."""
-    import torch
-
     a = torch.randn(n, n)
     b = torch.randn(n, n)
     out = torch.empty(n, n)
@@ -621,32 +654,21 @@ def measure_cpu_peak(seconds: float = 1.0, n: int = 1024) -> float:
 # The real thing: run one step under torch's FlopCounterMode (tests, bench, `profile_flops --check`).
 
 
-class TaskHeadStandIn:
-    """Factory for the sequence-classification head the count assumes (dense d->d, tanh, out d->C on
-    the <s> state), until the real task head is wired into the library."""
+class ClassificationHeadStandIn(nn.Module):
+    """The sequence-classification head the count assumes (dense d->d, tanh, out d->C on the <s>
+    state), standing in until the real task head is wired into the library."""
 
-    def __new__(cls, hidden_size: int, num_classes: int):
-        import torch
-        from torch import nn
+    def __init__(self, hidden_size: int, num_classes: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, num_classes)
 
-        class ClassificationHead(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.dense = nn.Linear(hidden_size, hidden_size)
-                self.out = nn.Linear(hidden_size, num_classes)
-
-            def forward(self, hidden):
-                return self.out(torch.tanh(self.dense(hidden[:, 0])))
-
-        return ClassificationHead()
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.dense(hidden[:, 0])))
 
 
 def masked_batch(cfg: ModelConfig, batch_size: int, seq_len: int, num_masked: int, seed: int = 0):
     """Random input ids (no pads) and labels with exactly `num_masked` labelled positions."""
-    import torch
-
-    from ds_minimodel.model import IGNORE_INDEX
-
     g = torch.Generator().manual_seed(seed)
     low = cfg.pad_token_id + 1
     ids = torch.randint(low, cfg.vocab_size, (batch_size, seq_len), generator=g)
@@ -659,10 +681,6 @@ def masked_batch(cfg: ModelConfig, batch_size: int, seq_len: int, num_masked: in
 def count_step(model, kind: str, input_ids, labels, *, task_head=None, class_labels=None) -> tuple[int, int]:
     """(forward, backward) FLOPs FlopCounterMode counts for one step of `kind`; the caller has set
     requires_grad (set_requires_grad_for_step)."""
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
-
     _check_kind(kind)
     with FlopCounterMode(display=False) as fwd_counter:
         if kind == "finetune":
@@ -683,13 +701,9 @@ def count_step(model, kind: str, input_ids, labels, *, task_head=None, class_lab
 def build_step(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
                minipost_frozen_layers: int | None = None, num_classes: int = 2, seed: int = 0) -> dict:
     """A model (and task head), frozen for `kind`, and a batch: the inputs of count_step."""
-    import torch
-
-    from ds_minimodel.model import MLMEncoder
-
     torch.manual_seed(seed)
     model = MLMEncoder(cfg)
-    head = TaskHeadStandIn(cfg.hidden_size, num_classes) if kind == "finetune" else None
+    head = ClassificationHeadStandIn(cfg.hidden_size, num_classes) if kind == "finetune" else None
     set_requires_grad_for_step(model, kind, minipost_frozen_layers=minipost_frozen_layers, task_head=head)
     ids, labels = masked_batch(cfg, batch_size, seq_len, num_masked, seed)
     class_labels = torch.randint(0, num_classes, (batch_size,), generator=torch.Generator().manual_seed(seed))

@@ -268,7 +268,7 @@ def _from_hf(hf_state_dict: Mapping[str, torch.Tensor], model_type: str, where: 
     for i in layer_ids:
         base = f"{p}encoder.layer.{i}."
         for kind in ("weight", "bias"):
-            parts = [f"{base}attention.self.{n}.{kind}" for n in ("query", "value", "key")]
+            parts = [f"{base}attention.self.{n}.{kind}" for n in ("query", "key", "value")]
             gone = [k for k in parts if k not in sd]
             if gone:
                 missing.extend(gone)
@@ -346,9 +346,17 @@ def state_dict_from_hf(hf_state_dict: Mapping[str, torch.Tensor], model_type: st
 
 
 def _strip_module_prefix(sd: Mapping[str, Any]) -> dict:
-    if sd and all(k.startswith("module.") for k in sd):  # a DeepSpeed / DDP wrapper's state dict
-        return {k[len("module."):]: v for k, v in sd.items()}
-    return dict(sd)
+    """A plain dict of our keys: a DeepSpeed / DDP wrapper's `module.` prefix removed, and the
+    tied head weights (`lm_head.weight`, `mid_head.weight`) filled in from `embeddings.word`
+    where a consolidation step dropped them as duplicates."""
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    sd = dict(sd)
+    if "embeddings.word" in sd:
+        for head in ("lm_head", "mid_head"):
+            if f"{head}.bias" in sd and f"{head}.weight" not in sd:
+                sd[f"{head}.weight"] = sd["embeddings.word"]
+    return sd
 
 
 def _check_ours(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, where: str) -> None:

@@ -129,13 +129,21 @@ def test_state_dict_from_hf_is_pure_and_qkv_is_concatenated():
     q, k, v = (hsd[f"roberta.encoder.layer.2.attention.self.{n}.weight"] for n in ("query", "key", "value"))
     assert torch.equal(sd["layers.2.attention.qkv.weight"], torch.cat([q, k, v]))
     assert sd["lm_head.weight"] is sd["embeddings.word"]
-    assert set(sd) == set(MLMEncoder(hf.config_from_hf(ref.config)).state_dict()) - set()
+    assert set(sd) == set(MLMEncoder(hf.config_from_hf(ref.config)).state_dict())
     # and the adapters are inverse to each other
     back = hf.state_dict_to_hf(sd, hf.config_from_hf(ref.config))
     saved = {k for k in hsd if ".decoder." not in k}
     assert set(back) == saved
     for key in saved:
         assert torch.equal(back[key], hsd[key]), key
+    # old TF-converted BERT checkpoints: LayerNorm.gamma / beta, plus the NSP head and pooler
+    bsd = hf_mlm("bert").state_dict()
+    old = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+           for k, v in bsd.items()}
+    old.update({"cls.seq_relationship.weight": torch.zeros(2, D), "bert.pooler.dense.bias": torch.zeros(D)})
+    a, _ = hf.state_dict_from_hf(bsd, "bert")
+    b, _ = hf.state_dict_from_hf(old, "bert")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +192,11 @@ def test_export_roundtrip(tmp_path, model_type, attention):
     with torch.no_grad():
         assert torch.equal(ours(ids, attention_mask=mask, route="mid")["logits"],
                            back(ids, attention_mask=mask, route="mid")["logits"])
+
+    # a consolidated state dict without the tied aliases exports the same tensors
+    plain = {k: v for k, v in ours.state_dict().items() if k not in ("lm_head.weight", "mid_head.weight")}
+    again = hf.state_dict_to_hf(plain, ours.cfg, model_type)
+    assert all(torch.equal(again[k], v) for k, v in load_file(str(out / "model.safetensors")).items())
 
     # re-exporting over a previous export replaces it; a mid-head layer that would drop it is refused
     hf.export_hf(back.state_dict(), back.cfg, out, model_type=model_type)

@@ -374,7 +374,8 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
     start = time.time()
     given = [n for n, v in (("--recipe", recipe), ("--text", text_files), ("--hf-dataset", hf_dataset)) if v]
     if len(given) != 1:
-        raise InvalidValueError(f"give exactly one of --recipe, --text, --hf-dataset (got {', '.join(given) or 'none'})")
+        raise InvalidValueError("give exactly one of --recipe, --text, --hf-dataset "
+                                f"(got {', '.join(given) or 'none'})")
     if (vocab_size is None) == (tokenizer_path is None):
         raise InvalidValueError("give exactly one of --vocab-size (train a tokenizer) and --tokenizer (reuse one)")
     if max_chars is not None and max_chars < 1:

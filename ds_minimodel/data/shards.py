@@ -180,8 +180,8 @@ class TokenShards:
             expected = info["num_tokens"] * itemsize
             actual = os.path.getsize(bin_path)
             if actual != expected:
-                raise InvalidValueError(f"split '{name}' file {bin_path} has {actual} bytes, expected "
-                                        f"{expected} ({info['num_tokens']} tokens of {info['dtype']}): truncated or corrupt")
+                raise InvalidValueError(f"split '{name}' file {bin_path} has {actual} bytes, expected {expected} "
+                                        f"({info['num_tokens']} tokens of {info['dtype']}): truncated or corrupt")
         return cls(path, index)
 
     @property

@@ -1,0 +1,104 @@
+"""autograd.Functions around the fused kernels; `kernels/__init__.py` picks one per call.
+
+ZeRO-3 contract: the tied weight is saved with `ctx.save_for_backward` (never copied, never
+stored on `ctx` as an attribute), so backward reads whatever the parameter holds when DeepSpeed
+has re-gathered it for the head module's backward, and autograd drops the reference when
+backward ends. Saving `weight.data`, a `.float()` copy, or `ctx.weight = weight` would either
+pin a stale full copy or keep the gathered tensor alive as long as the graph.
+"""
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ds_minimodel.kernels import chunked
+from ds_minimodel.kernels.embedding_torch import embedding_backward_torch
+
+
+def _grad_scale(grad_output, num_rows, dtype):
+    # d loss / d (per-row loss) for the mean over rows; kept a tensor (no host sync on CUDA).
+    return grad_output.detach().to(dtype) / num_rows
+
+
+class ChunkedMaskedLMLoss(torch.autograd.Function):
+    """Mean cross-entropy of h W^T + b, vocabulary walked in chunks (see `chunked.py`)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk):
+        lse, target = chunked.head_forward(hidden, weight, bias, labels, chunk)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.chunk = chunk
+        return (lse - target).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        scale = _grad_scale(grad_output, hidden.shape[0], lse.dtype)
+        dh, dw, db = chunked.head_backward(hidden, weight, bias, labels, lse, scale, ctx.chunk,
+                                           need_h, need_w, need_b and bias is not None)
+        return dh, dw, db, None, None
+
+
+class TritonMaskedLMLoss(torch.autograd.Function):
+    """Same op, Triton tiles (see `triton_head.py`). `blocks`: optional tile-size overrides."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, blocks):
+        from ds_minimodel.kernels import triton_head
+
+        fwd = dict(blocks.get("forward", {})) if blocks else {}
+        lse, target = triton_head.lse_forward(hidden, weight, bias, labels, **fwd)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.blocks = blocks
+        return (lse - target).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        from ds_minimodel.kernels import triton_head
+
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        bwd = dict(ctx.blocks.get("backward", {})) if ctx.blocks else {}
+        scale = _grad_scale(grad_output, hidden.shape[0], lse.dtype)
+        dh, dw, db = triton_head.grad_backward(hidden, weight, bias, labels, lse, scale, need_h,
+                                               need_w, need_b and bias is not None, **bwd)
+        return dh, dw, db, None, None
+
+
+class Embedding(torch.autograd.Function):
+    """`F.embedding` forward; backward by the chosen scatter-add (`backend`):
+    "torch" (embedding_torch), "triton" (deterministic segment sum), "triton_atomic", "cuda"
+    (the C++ extension's segment sum)."""
+
+    @staticmethod
+    def forward(ctx, input_ids, weight, padding_idx, backend):
+        ctx.save_for_backward(input_ids)
+        ctx.num_embeddings = weight.shape[0]
+        ctx.padding_idx = padding_idx
+        ctx.backend = backend
+        # The lookup itself: a gather that autograd does not need to see.
+        return weight.index_select(0, input_ids.reshape(-1)).view(*input_ids.shape, weight.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        (input_ids,) = ctx.saved_tensors
+        args = (grad_output, input_ids, ctx.num_embeddings, ctx.padding_idx)
+        if ctx.backend == "torch":
+            grad = embedding_backward_torch(*args)
+        elif ctx.backend == "cuda":
+            from ds_minimodel.kernels import cuda_ext
+
+            grad = cuda_ext.embedding_backward(*args)
+        else:
+            from ds_minimodel.kernels import triton_embedding
+
+            if ctx.backend == "triton_atomic":
+                grad = triton_embedding.embedding_backward_atomic(*args)
+            else:
+                grad = triton_embedding.embedding_backward_deterministic(*args)
+        return None, grad, None, None

@@ -1,0 +1,51 @@
+"""Test-wide environment: CPU DeepSpeed, one thread, offline, and the shared tiny corpus."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed JIT-builds its CPU comm op on first init_distributed; cache it per checkout.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A small real-text dataset (English Bible verses, or synthetic text if not installed)."""
+    from ds_minimodel.data.shards import write_shards
+    from ds_minimodel.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    text = root / "corpus.txt"
+    lines = _bible_lines(4000)
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tok = train_tokenizer([str(text)], str(root / "spm"), 200)
+    docs = [tok.encode(line) for line in lines]
+    write_shards(str(root / "data"), {"train": docs[:3600], "valid": docs[3600:]}, str(root / "spm.model"),
+                 {"recipe": "test"})
+    return root / "data"
+
+
+def _bible_lines(n: int) -> list[str]:
+    try:
+        from ds_minimodel.data.recipes import english_verses
+
+        verses = english_verses("kjv")
+        return [verses[k] for k in sorted(verses)[:n]]
+    except Exception:  # pragma: no cover - recipes are part of the package; keep tests standalone
+        import random
+
+        rng = random.Random(0)
+        words = "in the beginning god created heaven and earth light was good day night".split()
+        return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 25))) for _ in range(n)]

@@ -1,0 +1,301 @@
+"""The plain-PyTorch fused paths (kernels="torch") against the reference (kernels="off").
+
+Tolerances (fp32): the fused head reorders sums (online softmax over chunks, chunked GEMMs), so
+it matches the reference to rounding, not bits: rtol 1e-5, atol 1e-6 for logits of order 1
+(fp32 epsilon is 1.2e-7; errors grow with the ~V-term sums). bf16: our error against an fp32
+reference must be no worse than PyTorch's own bf16 error plus a small margin (see
+`_assert_no_worse_than_torch_bf16`). The Triton kernels have their own file,
+`test_kernels_triton.py`; the GPU runs of both are the tests marked `gpu`.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from ds_minimodel import kernels
+from ds_minimodel.kernels import chunked, embedding_torch, reference
+from ds_minimodel.kernels.profiling import peak_allocated_bytes
+
+M, D, V = 37, 24, 301  # odd on purpose: every chunk and block has a tail
+FP32_TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def head_inputs(m=M, d=D, v=V, dtype=torch.float32, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(m, d, generator=g)
+    weight = torch.randn(v, d, generator=g) * 0.5  # logits of order 1-3: a peaked softmax
+    b = torch.randn(v, generator=g) * 0.1 if bias else None
+    labels = torch.randint(0, v, (m,), generator=g)
+    cast = (lambda t: None if t is None else t.to(dtype))
+    return cast(hidden), cast(weight), cast(b), labels
+
+
+def run_head(impl, hidden, weight, bias, labels, weight_grad=True, **kw):
+    h = hidden.detach().clone().requires_grad_(True)
+    w = weight.detach().clone().requires_grad_(weight_grad)
+    b = None if bias is None else bias.detach().clone().requires_grad_(True)
+    loss = kernels.masked_lm_loss(h, w, b, labels, impl=impl, **kw)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad, None if b is None else b.grad
+
+
+def assert_close_all(got, want, **tol):
+    for name, a, b in zip(("loss", "d hidden", "d weight", "d bias"), got, want):
+        if b is None:
+            assert a is None, name
+            continue
+        assert a.dtype == b.dtype, (name, a.dtype, b.dtype)
+        torch.testing.assert_close(a, b, msg=lambda m, n=name: f"{n}: {m}", **tol)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 300, 301, 4096])
+@pytest.mark.parametrize("bias", [True, False])
+def test_chunked_head_matches_reference_fp32(chunk, bias):
+    inputs = head_inputs(bias=bias)
+    got = run_head("torch", *inputs, chunk_size=chunk)
+    want = run_head("off", *inputs)
+    assert_close_all(got, want, **FP32_TOL)
+
+
+def test_chunked_head_default_chunk_and_grad_output_scaling():
+    inputs = head_inputs()
+    h, w, b, y = (t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs)
+    loss = kernels.masked_lm_loss(h, w, b, y, impl="torch")
+    (loss * 2.5).backward()
+    want = reference.masked_lm_loss_grads_reference(*inputs, grad_output=2.5)
+    assert_close_all((loss.detach(), h.grad, w.grad, b.grad), want, **FP32_TOL)
+
+
+def test_vocab_chunk_columns():
+    # XLM-R head, 4,096 masked positions: 128 MiB / (4096 * 4 B) = 8,192 columns per chunk.
+    assert chunked.vocab_chunk_columns(4096, 250002) == 8192
+    assert chunked.vocab_chunk_columns(37, 301) == 301  # a small vocabulary is one chunk
+    assert chunked.vocab_chunk_columns(8, 250002) == chunked.MAX_CHUNK_COLUMNS
+    assert chunked.vocab_chunk_columns(10**6, 250002) == chunked.MIN_CHUNK_COLUMNS
+
+
+def _rel_err(a, ref):
+    return ((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30)).item()
+
+
+def _assert_no_worse_than_torch_bf16(ours, torch_bf16, ref32, margin=0.05):
+    """Per tensor: our relative max error against the fp32 reference is at most 1.5x PyTorch's
+    own bf16 error (same bf16 inputs) plus `margin` times bf16's epsilon (2^-8 = 0.0039)."""
+    eps = torch.finfo(torch.bfloat16).eps
+    for name, a, t, r in zip(("loss", "d hidden", "d weight", "d bias"), ours, torch_bf16, ref32):
+        ours_err, torch_err = _rel_err(a, r), _rel_err(t, r)
+        assert ours_err <= 1.5 * torch_err + margin * eps, (name, ours_err, torch_err)
+
+
+@pytest.mark.parametrize("chunk", [64, 301])
+def test_chunked_head_bf16_against_fp32_reference(chunk):
+    h, w, b, y = head_inputs(m=53, d=40, v=517, dtype=torch.bfloat16, seed=1)
+    ours = run_head("torch", h, w, b, y, chunk_size=chunk)
+    assert [t.dtype for t in ours] == [torch.float32] + [torch.bfloat16] * 3
+    torch_bf16 = run_head("off", h, w, b, y)
+    # The fp32 reference sees the same (bf16-representable) inputs: only arithmetic differs.
+    ref32 = run_head("off", h.float(), w.float(), b.float(), y)
+    _assert_no_worse_than_torch_bf16(ours, torch_bf16, ref32)
+
+
+def test_frozen_weight_skips_the_weight_gradient_gemm():
+    inputs = head_inputs()
+    got = run_head("torch", *inputs, weight_grad=False, chunk_size=50)
+    want = run_head("off", *inputs, weight_grad=False)
+    assert got[2] is None
+    assert_close_all(got, want, **FP32_TOL)
+    # Backward GEMMs: recompute + d hidden only (2 M d V), versus 3 M d V... with d weight.
+    for weight_grad, n_gemms in ((True, 3), (False, 2)):
+        h, w, b, y = (t.detach().clone() for t in inputs)
+        h.requires_grad_(True)
+        w.requires_grad_(weight_grad)
+        loss = kernels.masked_lm_loss(h, w, b, y, impl="torch", chunk_size=50)
+        with FlopCounterMode(display=False) as counter:
+            loss.backward()
+        # FlopCounterMode sees the out-of-place GEMMs (recompute, d weight) but not the in-place
+        # addmm_ that accumulates d hidden; count that one by hand.
+        assert counter.get_total_flops() + 2 * M * D * V == n_gemms * 2 * M * D * V
+
+
+@pytest.mark.parametrize("impl", ["torch", "off"])
+def test_no_masked_rows_gives_a_connected_zero(impl):
+    h, w, b, y = head_inputs(m=0)
+    h.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+    loss = kernels.masked_lm_loss(h, w, b, y, impl=impl)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert h.grad.shape == h.shape and not w.grad.any() and not b.grad.any()
+
+
+def test_chunked_head_keeps_no_vocab_sized_buffer():
+    """Peak tensor memory, fwd + bwd: the gradients plus one [M, chunk] buffer, not [M, V]."""
+    m, d, v, chunk = 256, 32, 20000, 1024
+    h, w, b, y = (t.requires_grad_(t.is_floating_point()) for t in head_inputs(m=m, d=d, v=v))
+    peaks = {}
+    for impl in ("off", "torch"):
+        h.grad = w.grad = b.grad = None
+
+        def step(impl=impl):
+            kernels.masked_lm_loss(h, w, b, y, impl=impl, chunk_size=chunk).backward()
+
+        peaks[impl], _ = peak_allocated_bytes(step)
+    grads = 4 * (v * d + m * d + v)  # d weight, d hidden, d bias: the same in both
+    assert peaks["off"] >= 3 * m * v * 4  # logits, log-softmax and its gradient, at once
+    assert peaks["torch"] <= grads + 4 * m * chunk + 2**16  # + one [M, chunk] fp32 buffer
+
+
+def test_saves_nothing_big_and_nothing_after_backward():
+    """The autograd node holds inputs and [M] statistics only (ZeRO-3: the weight is saved as
+    the Parameter itself, freed with the graph's saved tensors after backward)."""
+    h, w, b, y = head_inputs()
+    h.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+    loss = kernels.masked_lm_loss(h, w, b, y, impl="torch")
+    saved = loss.grad_fn.saved_tensors
+    assert any(t is w for t in saved)
+    assert max(t.numel() for t in saved) == w.numel()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="freed|backward through the graph a second time"):
+        loss.grad_fn.saved_tensors
+
+
+def test_gradcheck_chunked_head_fp64():
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(11, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(11, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.tensor([0, 10, 3, 3, 7])
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: kernels.masked_lm_loss(h, w, b, y, impl="torch", chunk_size=4), (h, w, b))
+    assert torch.autograd.gradcheck(
+        lambda h, w: kernels.masked_lm_loss(h, w, None, y, impl="torch", chunk_size=3), (h, w))
+
+
+def test_dispatch_and_errors(monkeypatch):
+    h, w, b, y = head_inputs()
+    h.requires_grad_(True)
+    assert "Chunked" in type(kernels.masked_lm_loss(h, w, b, y).grad_fn).__name__  # auto on CPU
+    assert kernels.resolve_impl("auto", h) == "torch"
+    with pytest.raises(ValueError, match="unknown implementation 'fast'"):
+        kernels.masked_lm_loss(h, w, b, y, impl="fast")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="CUDA tensors only.*TRITON_INTERPRET=1"):
+        kernels.masked_lm_loss(h, w, b, y, impl="triton")
+    with pytest.raises(RuntimeError, match="CUDA tensors only"):
+        kernels.embedding(y, w.requires_grad_(True), impl="triton")
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 301\).*-100"):
+        kernels.masked_lm_loss(h, w, b, torch.full_like(y, -100), impl="torch")
+    with pytest.raises(ValueError, match="bias must be"):
+        kernels.masked_lm_loss(h, w, b[:-1], y, impl="torch")
+
+
+# ---------------------------------------------------------------- embedding backward (torch)
+
+def emb_inputs(n=(3, 41), v=97, d=40, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, v, n, generator=g)
+    ids[:, ::5] = 1  # many repeats of the padding id, and of a few others
+    ids[0, :7] = 5
+    weight = torch.randn(v, d, generator=g).to(dtype)
+    grad_out = torch.randn(*n, d, generator=g).to(dtype)
+    return ids, weight, grad_out
+
+
+def embedding_grad(impl, ids, weight, grad_out, padding_idx, **kw):
+    w = weight.detach().clone().requires_grad_(True)
+    out = kernels.embedding(ids, w, impl=impl, padding_idx=padding_idx, **kw)
+    out.backward(grad_out)
+    return out.detach(), w.grad
+
+
+@pytest.mark.parametrize("padding_idx", [None, 1, -96])
+def test_embedding_torch_matches_nn_embedding(padding_idx):
+    ids, weight, grad_out = emb_inputs()
+    out, grad = embedding_grad("torch", ids, weight, grad_out, padding_idx)
+    # What HF RoBERTa / XLM-R use: nn.Embedding(padding_idx=1) -> no gradient into row 1.
+    emb = torch.nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=padding_idx)
+    with torch.no_grad():
+        emb.weight.copy_(weight)
+    want_out = emb(ids)
+    want_out.backward(grad_out)
+    torch.testing.assert_close(out, want_out.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(grad, emb.weight.grad, **FP32_TOL)
+    if padding_idx is not None:
+        assert not grad[padding_idx % weight.shape[0]].any()
+
+
+def test_embedding_bf16_accumulates_in_fp32():
+    ids, weight, grad_out = emb_inputs(dtype=torch.bfloat16, n=(8, 64))
+    ids[:, :40] = 7  # 320 bf16 terms into one row: bf16 accumulation would drift visibly
+    _, grad = embedding_grad("torch", ids, weight, grad_out, 1)
+    want = reference.embedding_backward_reference(grad_out, ids, weight.shape[0], 1)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad, want, rtol=0, atol=0)  # fp32 sums, one rounding: exact
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_embedding_torch_paths_agree(dtype):
+    ids, weight, grad_out = emb_inputs(dtype=dtype)
+    want = reference.embedding_backward_reference(grad_out, ids, weight.shape[0], 1)
+    for fn in (embedding_torch.embedding_backward_index_add, embedding_torch.embedding_backward_sorted):
+        torch.testing.assert_close(fn(grad_out, ids, weight.shape[0], 1), want, **FP32_TOL)
+
+
+def test_embedding_off_and_frozen_are_plain_lookups():
+    ids, weight, _ = emb_inputs()
+    assert kernels.embedding(ids, weight, impl="torch").grad_fn is None  # frozen: no custom node
+    out = kernels.embedding(ids, weight.requires_grad_(True), impl="off", padding_idx=1)
+    assert "Embedding" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, F.embedding(ids, weight), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="padding_idx 97 is outside"):
+        kernels.embedding(ids, weight, impl="torch", padding_idx=97)
+
+
+def test_gradcheck_embedding_fp64():
+    ids, weight, _ = emb_inputs(n=(2, 9), v=7, d=3)
+    w = weight.double().requires_grad_(True)
+    # No padding_idx: a padding row's gradient is zero by contract, not the numerical derivative.
+    assert torch.autograd.gradcheck(lambda w: kernels.embedding(ids, w, impl="torch"), (w,))
+
+
+# ---------------------------------------------------------------- a short adaptation run
+
+def _adapt_losses(impl, steps=10):
+    from ds_minimodel.config import ModelConfig
+    from ds_minimodel.model import IGNORE_INDEX, MLMEncoder
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=301, hidden_size=24, num_layers=2, num_heads=2, intermediate_size=48,
+                      max_positions=40, hidden_dropout=0.0, attention_dropout=0.0, kernels=impl,
+                      mid_head_layer=1)
+    model = MLMEncoder(cfg)
+    # Step 2 (adapt): only the word embeddings (tied to the output layer) and the output bias.
+    trainable = {id(model.embeddings.word), id(model.mid_head.bias)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for step in range(steps):
+        if step % 2 == 0:
+            g.manual_seed(1)  # two batches, alternating: the loss on them must go down
+        ids = torch.randint(3, 301, (4, 17), generator=g)
+        ids[:, -3:] = cfg.pad_token_id  # padded tails: padding_idx semantics on both paths
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        mask = (torch.rand(ids.shape, generator=g) < 0.3) & ids.ne(cfg.pad_token_id)
+        labels[mask] = ids[mask]
+        ids = ids.masked_fill(mask, 2)
+        loss = model(ids, labels=labels, attention_mask=ids.ne(cfg.pad_token_id), route="mid")["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses), model.embeddings.word.detach()
+
+
+def test_short_adaptation_run_torch_matches_off():
+    fused, fused_word = _adapt_losses("torch")
+    plain, plain_word = _adapt_losses("off")
+    assert fused[-1] < fused[0]  # it learns
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_word, plain_word, rtol=1e-4, atol=1e-6)
