@@ -312,8 +312,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     raw = _merge(raw, parse_dotlist(overrides or []))
     problems: list[str] = []
     cfg = _build(cls, raw, "", problems)
-    if not problems:
-        problems = cfg.problems()
+    problems += cfg.problems()  # value checks too, so one run reports everything
     if problems:
         where = f" in {path}" if path else ""
         raise ConfigError(f"{len(problems)} config problem(s){where}: " + "; ".join(problems))

@@ -132,6 +132,7 @@ def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
             state = loop.LoopState(**{k: meta["loop"][k] for k in ("step", "tokens", "flops", "train_seconds")})
 
     joint = cfg.model.mid_head_layer is not None
+    kind = "pretrain_joint" if joint else "pretrain"
     loss_keys = ("loss", "final_loss", "mid_loss") if joint else ("loss", "final_loss")
     per_rank = math.ceil(cfg.data.eval_batches / dist.world_size)
     valid = eval_batches(shards, "valid", cfg.data.seq_len, cfg.data.eval_batch_size, per_rank,
@@ -142,7 +143,7 @@ def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
 
     def save_meta(s: loop.LoopState) -> dict:
         return {"zero_stage": ds.zero_stage(ds_config), "config": to_dict(cfg), "data": loader.state_dict(),
-                "loop": s.to_dict(), "step_kind": "pretrain_joint" if joint else "pretrain"}
+                "loop": s.to_dict(), "step_kind": kind}
 
     logger = MetricsLogger(run_dir, is_main=dist.is_main, total_steps=cfg.train.steps, start_step=state.step,
                            progress=cfg.train.progress,
@@ -153,7 +154,9 @@ def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
     try:
         state = loop.run(engine, loader, train=cfg.train, state=state, logger=logger, checkpointer=checkpointer,
                          save_meta=save_meta, evaluate=evaluate if valid else None,
-                         forward_kwargs={"route": "joint"}, loss_keys=loss_keys)
+                         forward_kwargs={"route": "joint"}, loss_keys=loss_keys,
+                         micro_flops=loop.flops_counter(cfg.model, kind),
+                         peak_flops=loop.world_peak_flops(cfg.train.dtype))
     finally:
         logger.close()
     if dist.is_main and state.step == cfg.train.steps:

@@ -39,6 +39,30 @@ class LoopState:
                 "train_seconds": self.train_seconds, **self.extra}
 
 
+def flops_counter(model_cfg, kind: str, **kwargs) -> Callable[[dict], int]:
+    """FLOPs of one micro-batch of step `kind`, from the masked positions it really has."""
+    from ds_minimodel.flops import step_flops
+
+    def count(batch: dict) -> int:
+        B, T = batch["input_ids"].shape
+        return step_flops(model_cfg, kind, B, T, int(batch["labels"].ne(-100).sum()), **kwargs).total
+
+    return count
+
+
+def world_peak_flops(dtype: str) -> float | None:
+    """Peak FLOP/s of all ranks together: the vendor table on GPUs, a measured matmul rate on CPU."""
+    from ds_minimodel import flops
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    try:
+        if torch.cuda.is_available():
+            return world * flops.peak_flops(torch.cuda.get_device_name(), "bf16" if dtype == "bf16" else "fp32")
+        return world * flops.measure_cpu_peak(seconds=0.3, n=512)
+    except UserError:
+        return None
+
+
 def all_reduce_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -99,8 +123,8 @@ def run(engine, loader, *, train: TrainConfig, state: LoopState, logger: Metrics
             record = {**losses, "lr": engine.get_lr()[0], "tokens": state.tokens, "flops": state.flops,
                       "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                       "train_seconds": round(state.train_seconds, 3)}
-            if peak_flops:
-                record["mfu"] = step_flops / max(time.perf_counter() - t0, 1e-9) / peak_flops
+            if peak_flops and state.train_seconds > 0:
+                record["mfu"] = round(state.flops / state.train_seconds / peak_flops, 5)
             logger.log("train", state.step, record)
             window_start, window_tokens = time.perf_counter(), 0
         logger.progress(state.step, {"loss": f"{losses['loss']:.3f}", "flops": f"{state.flops:.2e}"})

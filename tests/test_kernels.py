@@ -260,7 +260,7 @@ def test_gradcheck_embedding_fp64():
 
 # ---------------------------------------------------------------- a short adaptation run
 
-def _adapt_losses(impl, steps=10):
+def _adapt_losses(impl, steps=10, device="cpu"):
     from ds_minimodel.config import ModelConfig
     from ds_minimodel.model import IGNORE_INDEX, MLMEncoder
 
@@ -268,7 +268,7 @@ def _adapt_losses(impl, steps=10):
     cfg = ModelConfig(vocab_size=301, hidden_size=24, num_layers=2, num_heads=2, intermediate_size=48,
                       max_positions=40, hidden_dropout=0.0, attention_dropout=0.0, kernels=impl,
                       mid_head_layer=1)
-    model = MLMEncoder(cfg)
+    model = MLMEncoder(cfg).to(device)
     # Step 2 (adapt): only the word embeddings (tied to the output layer) and the output bias.
     trainable = {id(model.embeddings.word), id(model.mid_head.bias)}
     for p in model.parameters():
@@ -284,13 +284,13 @@ def _adapt_losses(impl, steps=10):
         labels = torch.full_like(ids, IGNORE_INDEX)
         mask = (torch.rand(ids.shape, generator=g) < 0.3) & ids.ne(cfg.pad_token_id)
         labels[mask] = ids[mask]
-        ids = ids.masked_fill(mask, 2)
+        ids, labels = ids.masked_fill(mask, 2).to(device), labels.to(device)
         loss = model(ids, labels=labels, attention_mask=ids.ne(cfg.pad_token_id), route="mid")["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return torch.tensor(losses), model.embeddings.word.detach()
+    return torch.tensor(losses), model.embeddings.word.detach().cpu()
 
 
 def test_short_adaptation_run_torch_matches_off():

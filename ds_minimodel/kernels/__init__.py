@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ds_minimodel.kernels import chunked
 from ds_minimodel.kernels.reference import masked_lm_loss_reference
-from ds_minimodel.kernels.triton_jit import check_device, triton_available
+from ds_minimodel.kernels.triton_support import check_device, triton_available
 
 IMPLS = ("auto", "triton", "torch", "off")
 

@@ -20,12 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ds_minimodel.kernels.triton_jit import jit
 
 BLOCK_D = 128  # columns per program: 768 = 6 blocks; loads are 128-wide vectors
 BLOCK_N = 32  # token rows summed per step (deterministic) or per program (atomic)
 
 
+@triton.jit
 def _segment_sum_kernel(G, PERM, OFFSETS, SEG_IDS, OUT, D, stride_g, PAD, ACC: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     seg = tl.program_id(0)
@@ -43,9 +43,11 @@ def _segment_sum_kernel(G, PERM, OFFSETS, SEG_IDS, OUT, D, stride_g, PAD, ACC: t
         g = tl.load(G + tok[:, None] * stride_g + cols[None, :], mask=ok[:, None] & col_ok[None, :],
                     other=0.0)
         acc += tl.sum(g.to(ACC), axis=0)
-    tl.store(OUT + row * D + cols, acc.to(OUT.dtype.element_ty), mask=col_ok & (row != PAD))
+    if row != PAD:  # the padding row keeps its zeros
+        tl.store(OUT + row * D + cols, acc.to(OUT.dtype.element_ty), mask=col_ok)
 
 
+@triton.jit
 def _atomic_kernel(G, IDS, OUT, N, D, stride_g, PAD,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     toks = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -80,7 +82,7 @@ def embedding_backward_deterministic(grad_output, input_ids, num_embeddings, pad
         return out
     perm, offsets, seg_ids = sorted_segments(ids)
     grid = (seg_ids.numel(), triton.cdiv(d, block_d))
-    jit(_segment_sum_kernel)[grid](
+    _segment_sum_kernel[grid](
         g, perm, offsets, seg_ids, out, d, g.stride(0), -1 if padding_idx is None else padding_idx,
         ACC=tl.float64 if g.dtype == torch.float64 else tl.float32, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
     return out
@@ -95,7 +97,7 @@ def embedding_backward_atomic(grad_output, input_ids, num_embeddings, padding_id
     if ids.numel() == 0:
         return acc.to(grad_output.dtype)
     grid = (triton.cdiv(ids.numel(), block_n), triton.cdiv(d, block_d))
-    jit(_atomic_kernel)[grid](
+    _atomic_kernel[grid](
         g, ids, acc, ids.numel(), d, g.stride(0), -1 if padding_idx is None else padding_idx,
         BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
     return acc.to(grad_output.dtype)

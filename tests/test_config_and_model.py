@@ -1,0 +1,77 @@
+"""Configs (every shipped file parses; YAML < dotlist) and model losses against full-logit math."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ds_minimodel.config import ConfigError, ModelConfig, PretrainConfig, load_config
+from ds_minimodel.engine import resolve_ds_config
+from ds_minimodel.errors import UserError
+from ds_minimodel.model import MLMEncoder
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.model.hidden_size % cfg.model.num_heads == 0
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "ds_configs").glob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("world", [1, 2, 8])
+def test_every_deepspeed_config_resolves(path, world):
+    cfg = resolve_ds_config(json.loads(path.read_text()), world)
+    assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * world
+
+
+def test_dotlist_overrides_yaml(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("model: {hidden_size: 64, num_heads: 4}\ntrain: {steps: 5}\n")
+    cfg = load_config(PretrainConfig, y, ["train.steps=9", "model.mid_head_layer=2", "optim.lr=1e-4"])
+    assert (cfg.model.hidden_size, cfg.train.steps, cfg.model.mid_head_layer, cfg.optim.lr) == (64, 9, 2, 1e-4)
+
+
+def test_ds_batch_triple_derivation():
+    assert resolve_ds_config({"train_batch_size": 32, "gradient_accumulation_steps": 2}, 4)[
+        "train_micro_batch_size_per_gpu"] == 4
+    with pytest.raises(UserError, match="not divisible"):
+        resolve_ds_config({"train_batch_size": 30, "gradient_accumulation_steps": 2}, 4)
+    # YAML micro/accum win and train_batch_size follows the world size.
+    assert resolve_ds_config({"train_batch_size": 7}, 2, micro_batch_size=3, grad_accum=1)["train_batch_size"] == 6
+
+
+def test_config_error_is_a_user_error():
+    with pytest.raises(ConfigError):
+        load_config(PretrainConfig, None, ["model.num_heads=5", "model.hidden_size=32"])
+
+
+def _full_logit_loss(head, hidden, labels):
+    """Hugging Face's way: logits for every position, then CE ignoring -100."""
+    logits = head(hidden)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+@pytest.mark.parametrize("kernels", ["off", "auto"])
+def test_minijoint_loss_is_final_plus_weighted_mid(kernels):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
+                      hidden_dropout=0.0, attention_dropout=0.0, mid_head_layer=1, mid_head_weight=0.7,
+                      kernels=kernels)
+    model = MLMEncoder(cfg)
+    ids = torch.randint(5, 97, (3, 11))
+    labels = torch.full_like(ids, -100)
+    labels[:, 2::3] = ids[:, 2::3]
+    out = model(ids, labels=labels, route="joint")
+    states = model.encode(ids)
+    final = _full_logit_loss(model.lm_head, states[-1], labels)
+    mid = _full_logit_loss(model.mid_head, states[1], labels)
+    torch.testing.assert_close(out["final_loss"], final)
+    torch.testing.assert_close(out["mid_loss"], mid)
+    torch.testing.assert_close(out["loss"], final + 0.7 * mid)
+    # route "mid" runs only layers 1..k: it must not touch layers above k.
+    mini = model(ids, labels=labels, route="mid")
+    torch.testing.assert_close(mini["loss"], mid)
+    mini["loss"].backward()
+    assert model.layers[1].fc1.weight.grad is None and model.layers[0].fc1.weight.grad is not None

@@ -1,0 +1,69 @@
+"""The real launchers end to end: plain python, deepspeed, torchrun and mpirun."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+PY = sys.executable
+BIN = os.path.dirname(PY)
+
+
+def run(cmd, tmp_path, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def pretrain_args(data, out_dir, ds_config="ds_configs/z3.json"):
+    return ["launchers/pretrain.py", "--deepspeed", ds_config, "--config", "configs/tiny.yaml",
+            f"data.path={data}", f"train.out_dir={out_dir}", "train.steps=2", "train.save_every=0"]
+
+
+def check_finished(out_dir, world_size):
+    import json
+
+    meta = json.loads((out_dir / "checkpoints" / "step_00000002" / "meta.json").read_text())
+    assert meta["world_size"] == world_size
+    state = torch.load(out_dir / "final" / "model.pt", weights_only=True)
+    assert "layers.0.fc1.weight" in state
+    assert (out_dir / "final" / "hf" / "model.safetensors").is_file()
+
+
+def test_plain_python_single_process(tiny_corpus, tmp_path):
+    run([PY, *pretrain_args(tiny_corpus, tmp_path / "run", "ds_configs/z0.json")], tmp_path)
+    check_finished(tmp_path / "run", 1)
+
+
+def test_deepspeed_launcher_two_ranks_zero3(tiny_corpus, tmp_path):
+    run([f"{BIN}/deepspeed", "--num_gpus", "2", "--master_port", str(_port()),
+         *pretrain_args(tiny_corpus, tmp_path / "run")], tmp_path)
+    check_finished(tmp_path / "run", 2)
+
+
+def test_torchrun_two_ranks(tiny_corpus, tmp_path):
+    run([f"{BIN}/torchrun", "--standalone", "--nproc_per_node", "2",
+         *pretrain_args(tiny_corpus, tmp_path / "run", "ds_configs/z2.json")], tmp_path)
+    check_finished(tmp_path / "run", 2)
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="no MPI installed (Debian: openmpi-bin)")
+def test_mpirun_two_ranks_with_mpi4py_discovery(tiny_corpus, tmp_path):
+    pytest.importorskip("mpi4py", reason="mpi4py not installed (extra [mpi])")
+    env_flags = ["--allow-run-as-root", "--oversubscribe", "-x", "PYTHONPATH", "-x", "OMP_NUM_THREADS",
+                 "-x", "TORCH_EXTENSIONS_DIR", "-x", "DS_ACCELERATOR"]
+    run(["mpirun", "-np", "2", *env_flags, PY, *pretrain_args(tiny_corpus, tmp_path / "run", "ds_configs/z1.json")],
+        tmp_path)
+    check_finished(tmp_path / "run", 2)
+
+
+def _port():
+    from tests.distributed import free_port
+
+    return free_port()
