@@ -229,6 +229,11 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         return _build(tp, value, key + ".", problems)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and not (type(value) is tp):
         problems.append(f"{key}: expected {tp.__name__}, got {value!r}")
         return None
