@@ -160,3 +160,21 @@ def consolidate(checkpoint_dir: str | Path, tag: str | None = None) -> tuple[dic
     meta = read_meta(checkpoint_dir / tag)
     state = ds.consolidate_fp32(checkpoint_dir, tag, int(meta.get("zero_stage", 0)))
     return state, meta
+
+
+def export(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = None,
+           tokenizer_path: str | None = None) -> Path:
+    """Write `model.pt` (fp32 state dict), `config.json` and a Hugging Face directory `hf/`."""
+    from ds_minimodel import hf
+    from ds_minimodel.config import ModelConfig, from_dict
+
+    state, meta = consolidate(checkpoint_dir, tag)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "model.pt").exists():
+        raise UserError(f"export directory {out_dir} is not empty and is not a previous export")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out_dir / "model.pt")
+    write_atomic(out_dir / "config.json", json.dumps(meta["config"], indent=2))
+    model_cfg = from_dict(ModelConfig, meta["config"]["model"])
+    hf.export_hf(state, model_cfg, out_dir / "hf", tokenizer_path=tokenizer_path)
+    return out_dir

@@ -19,7 +19,7 @@ import yaml
 
 from ds_minimodel import engine as ds
 from ds_minimodel import train as loop
-from ds_minimodel.checkpoint import Checkpointer, consolidate
+from ds_minimodel.checkpoint import Checkpointer, export
 from ds_minimodel.config import ModelConfig, PretrainConfig, to_dict
 from ds_minimodel.data.loader import MLMLoader, eval_batches
 from ds_minimodel.data.shards import TokenShards
@@ -81,20 +81,6 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
             p.requires_grad_(False)
             frozen.append(n)
     return frozen
-
-
-def export_final(run_dir: Path, checkpoint_dir: Path, cfg: PretrainConfig, shards: TokenShards) -> Path:
-    """Consolidate the last checkpoint to one fp32 state dict and a Hugging Face directory."""
-    from ds_minimodel import hf
-
-    final = run_dir / "final"
-    final.mkdir(exist_ok=True)
-    state, meta = consolidate(checkpoint_dir)
-    torch.save(state, final / "model.pt")
-    (final / "config.json").write_text(json.dumps(meta["config"], indent=2), encoding="utf-8")
-    tokenizer = Path(shards.path) / shards.index["tokenizer"]
-    hf.export_hf(state, cfg.model, final / "hf", tokenizer_path=str(tokenizer))
-    return final
 
 
 def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
@@ -160,7 +146,8 @@ def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
     finally:
         logger.close()
     if dist.is_main and state.step == cfg.train.steps:
-        final = export_final(run_dir, checkpointer.dir, cfg, shards)
+        tokenizer = str(Path(shards.path) / shards.index["tokenizer"])
+        final = export(checkpointer.dir, run_dir / "final", tokenizer_path=tokenizer)
         print(f"done: {state.step} steps, {state.tokens} tokens; consolidated model and HF export in {final}",
               flush=True)
     ds.barrier()
