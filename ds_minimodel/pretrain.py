@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -84,10 +84,36 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
 
 
 def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
-    shards = TokenShards.open(cfg.data.path)
+    shards = open_corpus(cfg.data.path)
+    cfg = dataclasses.replace(cfg, model=resolve_vocab(cfg.model, shards))
+    joint = cfg.model.mid_head_layer is not None
+
+    def make_model(ds_config: dict) -> MLMEncoder:
+        model = build_model(cfg.model, ds_config, cfg.train.seed)
+        freeze(model, cfg.train.freeze)
+        return model
+
+    return run_mlm_job(cfg, cfg.model, shards, ds_config_path, resume, make_model=make_model,
+                       kind="pretrain_joint" if joint else "pretrain", route="joint",
+                       loss_keys=("loss", "final_loss", "mid_loss") if joint else ("loss", "final_loss"))
+
+
+def open_corpus(path: str) -> TokenShards:
+    shards = TokenShards.open(path)
     for split in ("train", "valid"):
         shards.split_info(split)
-    cfg = dataclasses.replace(cfg, model=resolve_vocab(cfg.model, shards))
+    return shards
+
+
+def run_mlm_job(cfg, model_cfg: ModelConfig, shards: TokenShards, ds_config_path: str, resume: bool, *,
+                make_model: Callable[[dict], torch.nn.Module], kind: str, route: str, loss_keys: tuple[str, ...],
+                finalize: Callable[[Path, Checkpointer], None] | None = None, flops_kwargs: dict | None = None) -> Path:
+    """One MLM training job (pretraining, MiniPost top, adaptation) from config to final export.
+
+    `cfg` has .data, .optim and .train sections; `make_model(ds_config)` returns the model with
+    requires_grad already set (only trainable parameters reach the optimizer); `finalize` runs
+    on rank 0 after the last step (default: consolidate + Hugging Face export into final/).
+    """
     run_dir = Path(cfg.train.out_dir)
     check_run_dir(run_dir, resume)
     ds_config = ds.resolve_ds_config(ds.read_ds_config(ds_config_path), env_world_size(),
@@ -104,31 +130,27 @@ def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").exists():
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-    model = build_model(cfg.model, ds_config, cfg.train.seed)
-    freeze(model, cfg.train.freeze)
-    engine = ds.build_engine(model, ds_config, cfg.optim, cfg.train.steps)
+    engine = ds.build_engine(make_model(ds_config), ds_config, cfg.optim, cfg.train.steps)
     torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # distinct dropout stream per rank
 
     checkpointer = Checkpointer(run_dir, dist, cfg.train.keep_last)
     state = loop.LoopState()
     if resume:
-        meta = checkpointer.load(engine, to_dict(cfg.model))
+        meta = checkpointer.load(engine, to_dict(model_cfg))
         if meta is not None:
             loader.load_state_dict(meta["data"])
             state = loop.LoopState(**{k: meta["loop"][k] for k in ("step", "tokens", "flops", "train_seconds")})
 
-    joint = cfg.model.mid_head_layer is not None
-    kind = "pretrain_joint" if joint else "pretrain"
-    loss_keys = ("loss", "final_loss", "mid_loss") if joint else ("loss", "final_loss")
     per_rank = math.ceil(cfg.data.eval_batches / dist.world_size)
     valid = eval_batches(shards, "valid", cfg.data.seq_len, cfg.data.eval_batch_size, per_rank,
                          dist.rank, dist.world_size, cfg.train.seed, cfg.data.mask_prob) if per_rank else []
 
     def evaluate() -> dict:
-        return loop.evaluate_mlm(engine, valid, {"route": "joint"}, loss_keys[1:])
+        return loop.evaluate_mlm(engine, valid, {"route": route}, loss_keys[1:])
 
     def save_meta(s: loop.LoopState) -> dict:
-        return {"zero_stage": ds.zero_stage(ds_config), "config": to_dict(cfg), "data": loader.state_dict(),
+        config = {**to_dict(cfg), "model": to_dict(model_cfg)}
+        return {"zero_stage": ds.zero_stage(ds_config), "config": config, "data": loader.state_dict(),
                 "loop": s.to_dict(), "step_kind": kind}
 
     logger = MetricsLogger(run_dir, is_main=dist.is_main, total_steps=cfg.train.steps, start_step=state.step,
@@ -140,15 +162,17 @@ def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
     try:
         state = loop.run(engine, loader, train=cfg.train, state=state, logger=logger, checkpointer=checkpointer,
                          save_meta=save_meta, evaluate=evaluate if valid else None,
-                         forward_kwargs={"route": "joint"}, loss_keys=loss_keys,
-                         micro_flops=loop.flops_counter(cfg.model, kind),
+                         forward_kwargs={"route": route}, loss_keys=loss_keys,
+                         micro_flops=loop.flops_counter(model_cfg, kind, **(flops_kwargs or {})),
                          peak_flops=loop.world_peak_flops(cfg.train.dtype))
     finally:
         logger.close()
     if dist.is_main and state.step == cfg.train.steps:
-        tokenizer = str(Path(shards.path) / shards.index["tokenizer"])
-        final = export(checkpointer.dir, run_dir / "final", tokenizer_path=tokenizer)
-        print(f"done: {state.step} steps, {state.tokens} tokens; consolidated model and HF export in {final}",
-              flush=True)
+        if finalize is not None:
+            finalize(run_dir, checkpointer)
+        else:
+            tokenizer = str(Path(shards.path) / shards.index["tokenizer"])
+            export(checkpointer.dir, run_dir / "final", tokenizer_path=tokenizer)
+        print(f"done: {state.step} steps, {state.tokens} tokens; outputs in {run_dir}", flush=True)
     ds.barrier()
     return run_dir

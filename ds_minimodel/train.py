@@ -97,7 +97,7 @@ def run(engine, loader, *, train: TrainConfig, state: LoopState, logger: Metrics
         tokens = flops = 0
         for batch in micro_batches:
             batch = to_device(batch, device)
-            out = engine(batch["input_ids"], labels=batch["labels"], **forward_kwargs)
+            out = engine(**batch, **forward_kwargs)
             engine.backward(out["loss"])
             engine.step()
             for i, key in enumerate(loss_keys):
@@ -151,7 +151,7 @@ def evaluate_mlm(engine, batches: list[dict], forward_kwargs: dict, loss_keys: t
     sums = [0.0] * (len(loss_keys) + 1)
     for batch in batches:
         batch = to_device(batch, engine.device)
-        out = engine(batch["input_ids"], labels=batch["labels"], **forward_kwargs)
+        out = engine(**batch, **forward_kwargs)
         n = float(out["num_masked"])
         for i, key in enumerate(loss_keys):
             sums[i] += float(out[key]) * n

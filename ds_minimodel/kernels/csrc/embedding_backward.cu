@@ -8,7 +8,6 @@
 // One thread per column and 128 consecutive columns per block: the loads of one token row are
 // coalesced, and no two threads ever add into the same output, so there are no atomics and the
 // result is bitwise reproducible.
-
 //
 // Only <torch/extension.h> and the CUDA runtime are included: the caller (cuda_ext.py) passes
 // torch's current stream as a handle and sets the device, so no c10/cuda or ATen/cuda header

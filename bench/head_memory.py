@@ -1,0 +1,179 @@
+"""Peak memory and time of the MLM head + loss, forward and backward: fused vs Hugging Face.
+
+The adaptation step's output layer for XLM-R: 250,002 vocabulary, hidden 768, 4,096 masked
+positions (a batch of 64 x 512 tokens at 12.5% masking), the weight trainable (tied to the
+embeddings being learned) and the hidden states needing a gradient (it flows down to them).
+
+  hf     logits = F.linear(h, W, b); F.cross_entropy(logits, labels), then backward. The logits
+         are dropped as soon as the loss exists, which is kinder than Hugging Face's model:
+         MaskedLMOutput keeps `logits` alive through backward (4.1 GB more at full size), so
+         the ratio printed here understates the saving.
+  fused  ds_minimodel.kernels.masked_lm_loss(impl="auto"): the Triton kernels on CUDA, the
+         vocabulary-chunked PyTorch path on CPU.
+
+Memory is the peak of tensor memory allocated during forward + backward above what was live
+before (inputs excluded; the gradients, which both produce, included): on CUDA
+`torch.cuda.max_memory_allocated`, on CPU the allocation events of `torch.profiler` (see
+`ds_minimodel/kernels/profiling.py`; tracemalloc does not see ATen). `--rss` adds the OS view:
+each variant once more in a fresh subprocess, peak resident set size minus the size after the
+inputs were made. Time is the best of `--repeats` timed runs, the variants interleaved so that
+load from other processes hits both alike; the first (memory) run of each is not timed.
+
+    python bench/head_memory.py                  # full size on CPU (a few minutes)
+    python bench/head_memory.py --quick          # 1,024 positions, 50,000 vocabulary
+    python bench/head_memory.py --device cuda    # the Triton kernels
+
+The last line is `head peak memory ratio fused/hf: X.XX` (goal: at most 0.25, and not slower).
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ds_minimodel import kernels  # noqa: E402
+from ds_minimodel.kernels import chunked  # noqa: E402
+from ds_minimodel.kernels.profiling import peak_allocated_bytes  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def make_inputs(args, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    dtype = DTYPES[args.dtype]
+    # Scales of a trained XLM-R head: unit-variance LayerNorm output, ~0.05 weights.
+    hidden = torch.randn(args.positions, args.hidden, generator=g).to(device, dtype)
+    weight = (torch.randn(args.vocab, args.hidden, generator=g) * 0.05).to(device, dtype)
+    bias = (torch.randn(args.vocab, generator=g) * 0.1).to(device, dtype)
+    labels = torch.randint(0, args.vocab, (args.positions,), generator=g).to(device)
+    for t in (hidden, weight, bias):
+        t.requires_grad_(True)
+    return hidden, weight, bias, labels
+
+
+def hf_step(hidden, weight, bias, labels):
+    logits = F.linear(hidden, weight, bias)
+    loss = F.cross_entropy(logits.float(), labels)
+    del logits
+    loss.backward()
+    return loss.detach()
+
+
+def fused_step(hidden, weight, bias, labels):
+    loss = kernels.masked_lm_loss(hidden, weight, bias, labels, impl="auto")
+    loss.backward()
+    return loss.detach()
+
+
+VARIANTS = {"hf": hf_step, "fused": fused_step}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_once(step, inputs, device):
+    for t in inputs[:3]:
+        t.grad = None
+    sync(device)
+    start = time.perf_counter()
+    loss = step(*inputs)
+    sync(device)
+    return time.perf_counter() - start, loss
+
+
+def rss_child(args):
+    """--rss-child: one variant in this fresh process; prints its peak RSS growth as JSON."""
+    device = torch.device(args.device)
+    inputs = make_inputs(args, device)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    VARIANTS[args.rss_child](*inputs)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rss_peak_bytes": (peak - base) * 1024}))
+
+
+def measure_rss(args, variant):
+    cmd = [sys.executable, __file__, "--rss-child", variant, "--device", args.device,
+           "--positions", str(args.positions), "--vocab", str(args.vocab), "--hidden", str(args.hidden),
+           "--dtype", args.dtype]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["rss_peak_bytes"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true", help="1,024 positions, 50,000 vocabulary")
+    ap.add_argument("--positions", type=int, default=None, help="masked positions M (default 4096)")
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary V (default 250002)")
+    ap.add_argument("--hidden", type=int, default=768)
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 2 CPU, 10 CUDA)")
+    ap.add_argument("--rss", action="store_true", help="also peak RSS per variant in a fresh subprocess (CPU)")
+    ap.add_argument("--rss-child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.positions = args.positions or (1024 if args.quick else 4096)
+    args.vocab = args.vocab or (50000 if args.quick else 250002)
+    if args.rss_child:
+        return rss_child(args)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device here")
+    repeats = args.repeats or (10 if device.type == "cuda" else 2)
+    torch.manual_seed(0)
+
+    inputs = make_inputs(args, device)
+    impl = kernels.resolve_impl("auto", inputs[0])
+    chunk = chunked.vocab_chunk_columns(args.positions, args.vocab)
+    print(f"MLM head + loss, forward + backward: M={args.positions} masked positions, d={args.hidden}, "
+          f"V={args.vocab}, {args.dtype}, device={device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+             f" ({torch.get_num_threads()} threads)"))
+    print(f"fused = kernels.masked_lm_loss(impl='auto') -> '{impl}'"
+          + (f", {chunk} vocabulary columns per chunk" if impl == "torch" else ""))
+
+    peaks, times, losses, grads = {}, {k: [] for k in VARIANTS}, {}, {}
+    for name, step in VARIANTS.items():  # untimed first run: memory (and warm-up / JIT)
+        for t in inputs[:3]:
+            t.grad = None
+        peaks[name], losses[name] = peak_allocated_bytes(lambda s=step: s(*inputs), device)
+        grads[name] = [t.grad.detach().clone() for t in inputs[:3]] if name == "hf" else \
+            [t.grad for t in inputs[:3]]
+    for _ in range(repeats):
+        for name, step in VARIANTS.items():
+            times[name].append(run_once(step, inputs, device)[0])
+    rss = {name: measure_rss(args, name) for name in VARIANTS} if args.rss else {}
+
+    mib = 2**20
+    header = f"{'variant':<8}{'peak alloc MiB':>16}{'best s':>10}{'runs s':>26}"
+    if rss:
+        header += f"{'peak RSS MiB':>15}"
+    print(header)
+    for name in VARIANTS:
+        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        row = f"{name:<8}{peaks[name] / mib:>16.0f}{min(times[name]):>10.3f}{runs:>26}"
+        if rss:
+            row += f"{rss[name] / mib:>15.0f}"
+        print(row)
+    diffs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+             for a, b in zip(grads["fused"], grads["hf"])]
+    print(f"loss hf {losses['hf'].item():.6f}  fused {losses['fused'].item():.6f}; max |grad diff| / max |grad| "
+          f"(hidden, weight, bias): {', '.join(f'{d:.1e}' for d in diffs)}")
+    speed = min(times["hf"]) / min(times["fused"])
+    print(f"time fused/hf: {1 / speed:.2f} ({'not slower' if speed >= 1 else 'slower'})"
+          + (f"; RSS ratio fused/hf: {rss['fused'] / rss['hf']:.2f}" if rss else ""))
+    print(f"head peak memory ratio fused/hf: {peaks['fused'] / peaks['hf']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Language packs: what step 2 produces and step 4 plugs in.
+
+A pack is a directory:
+
+    pack.json              language, method, vocab and hidden size, special ids, the fingerprint
+                           of the frozen body (layers 1..k and non-word embeddings) it was
+                           trained under, and provenance
+    tokenizer.model        the target-language sentencepiece model
+    embeddings.safetensors word [V, d] and output_bias [V]
+
+`check_compatible` refuses a pack for another model (hidden size, special tokens, fingerprint)
+before anything is loaded into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ds_minimodel.errors import UserError
+from ds_minimodel.tokenizer import Tokenizer
+
+FORMAT = 1
+
+
+@dataclass
+class PackInfo:
+    language: str
+    method: str  # "minijoint", "minipost" or "full" (the standard baseline)
+    vocab_size: int
+    hidden_size: int
+    pad_token_id: int
+    special: dict
+    # fingerprint() of the body the embeddings were trained under, and the k it covers.
+    body_fingerprint: str
+    fingerprint_layers: int
+    tokenizer_fingerprint: str
+    provenance: dict = field(default_factory=dict)
+    format: int = FORMAT
+
+
+def save_pack(out_dir: str | Path, info: PackInfo, word: torch.Tensor, output_bias: torch.Tensor,
+              tokenizer_path: str) -> Path:
+    """Write a pack atomically (temp dir, then rename); refuses to replace a non-pack directory."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "pack.json").is_file():
+        raise UserError(f"{out_dir} is not empty and is not a language pack: refusing to overwrite it")
+    if tuple(word.shape) != (info.vocab_size, info.hidden_size):
+        raise UserError(f"pack embeddings are {tuple(word.shape)}, expected ({info.vocab_size}, {info.hidden_size})")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_file({"word": word.detach().float().contiguous().cpu(),
+                   "output_bias": output_bias.detach().float().contiguous().cpu()},
+                  str(tmp / "embeddings.safetensors"))
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+        (tmp / "pack.json").write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def load_pack(path: str | Path) -> tuple[PackInfo, dict[str, torch.Tensor], Tokenizer]:
+    path = Path(path)
+    meta = path / "pack.json"
+    if not meta.is_file():
+        raise UserError(f"{path} is not a language pack (no pack.json)")
+    try:
+        raw = json.loads(meta.read_text(encoding="utf-8"))
+        info = PackInfo(**raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(f"{meta} is malformed: {e}") from None
+    if info.format != FORMAT:
+        raise UserError(f"{meta} has format {info.format}; this version reads {FORMAT}")
+    try:
+        tensors = load_file(str(path / "embeddings.safetensors"))
+    except Exception as e:  # safetensors raises several types for truncated/corrupt files
+        raise UserError(f"{path}/embeddings.safetensors is unreadable: {e}") from None
+    tok = Tokenizer.load(str(path / "tokenizer.model"))
+    if tuple(tensors["word"].shape) != (info.vocab_size, info.hidden_size) or tok.vocab_size != info.vocab_size:
+        raise UserError(f"language pack {path} is inconsistent: embeddings {tuple(tensors['word'].shape)}, "
+                        f"tokenizer {tok.vocab_size} pieces, pack.json says {info.vocab_size} x {info.hidden_size}")
+    return info, tensors, tok
+
+
+def check_compatible(info: PackInfo, *, hidden_size: int, pad_token_id: int, body_fingerprint: str,
+                     where: str) -> None:
+    """Refuse a pack made for another model, naming what differs."""
+    problems = []
+    if info.hidden_size != hidden_size:
+        problems.append(f"hidden size {info.hidden_size} != model's {hidden_size}")
+    if info.pad_token_id != pad_token_id or info.special.get("pad") != pad_token_id:
+        problems.append(f"pad id {info.pad_token_id} != model's {pad_token_id}")
+    if info.body_fingerprint != body_fingerprint:
+        problems.append(f"trained under body {info.body_fingerprint}, but {where} has body {body_fingerprint} "
+                        f"(layers 1..{info.fingerprint_layers})")
+    if problems:
+        raise UserError(f"language pack ({info.language}, {info.method}) does not fit {where}: " + "; ".join(problems))

@@ -1,0 +1,32 @@
+"""Downstream tasks: example types, loaders, the offline Bible stand-ins, metrics, batching.
+
+- `formats`: `ClassificationExample`, `QAExample`, `TaskData`; loaders for the released
+  XNLI, PAWS-X and MLQA files (`load_task`, `task_data`) and an offline-only Hugging Face
+  path (`from_hf_datasets`).
+- `bible`: verse -> genre classification (English train, paired English/Chichewa test) and
+  English <-> Chichewa verse retrieval, all on chapters held out of every training corpus.
+- `metrics`: accuracy, macro-F1, SQuAD/MLQA exact match and F1, retrieval top-1 and MRR.
+- `batching`: examples -> tensors in RoBERTa layout, QA windows and span decoding.
+"""
+
+from ds_minimodel.tasks.formats import (MLQA_LANGUAGES, PAWSX_LABELS, PAWSX_LANGUAGES, TASKS, XNLI_LABELS,
+                                        XNLI_LANGUAGES, ClassificationExample, QAExample, TaskData,
+                                        from_hf_datasets, load_task, read_pawsx_tsv, read_squad_json,
+                                        read_xnli_tsv, task_data, task_file)
+from ds_minimodel.tasks.bible import VersePair, verse_genre_task, verse_retrieval_pairs
+from ds_minimodel.tasks.metrics import (accuracy, exact_match_score, f1_score, macro_f1, normalize_answer,
+                                        qa_metrics, retrieval_metrics)
+from ds_minimodel.tasks.batching import (QAFeatures, classification_batch, classification_batches,
+                                         encode_classification, encode_qa, encode_with_offsets, qa_predictions,
+                                         span_text)
+
+__all__ = [
+    "ClassificationExample", "QAExample", "TaskData", "TASKS", "XNLI_LABELS", "PAWSX_LABELS", "XNLI_LANGUAGES",
+    "PAWSX_LANGUAGES", "MLQA_LANGUAGES", "load_task", "task_data", "task_file", "from_hf_datasets",
+    "read_xnli_tsv", "read_pawsx_tsv", "read_squad_json",
+    "VersePair", "verse_genre_task", "verse_retrieval_pairs",
+    "accuracy", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
+    "retrieval_metrics",
+    "QAFeatures", "encode_classification", "classification_batch", "classification_batches", "encode_qa",
+    "encode_with_offsets", "qa_predictions", "span_text",
+]

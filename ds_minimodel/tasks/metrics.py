@@ -1,0 +1,212 @@
+"""Task metrics: classification, SQuAD/MLQA extractive QA, and bitext retrieval.
+
+Every metric is a fraction in [0, 1] (the official SQuAD/MLQA scripts print 100x these).
+
+QA answer normalisation follows the official scripts exactly:
+- `lang=None`: SQuAD v1.1's `evaluate-v1.1.py`: lowercase, drop ASCII punctuation
+  (`string.punctuation`), drop the articles a/an/the, collapse whitespace.
+- `lang` one of MLQA's languages: `mlqa_evaluation_v1.py`: lowercase, drop every Unicode
+  punctuation character (category P*) and ASCII punctuation, drop that language's articles
+  (en: a/an/the; es, de, vi, ar: their lists; hi, zh: none), then whitespace tokens, except zh,
+  which splits CJK characters and punctuation into tokens of their own ("mixed segmentation").
+- any other language (e.g. "ny"): MLQA's punctuation rule, no article removal, whitespace tokens.
+F1 is over the normalised tokens; a question's score is the max over its gold answers.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import sys
+import unicodedata
+from collections import Counter
+from functools import lru_cache
+from typing import Mapping, Sequence
+
+import torch
+
+from ds_minimodel.errors import InvalidValueError
+
+# --------------------------------------------------------------------------------------------
+# Classification
+
+
+def _pairs(predictions: Sequence[int], labels: Sequence[int]) -> list[tuple[int, int]]:
+    predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
+    if len(predictions) != len(labels):
+        raise InvalidValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    if not labels:
+        raise InvalidValueError("no examples to score")
+    return list(zip(predictions, labels))
+
+
+def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    pairs = _pairs(predictions, labels)
+    return sum(p == y for p, y in pairs) / len(pairs)
+
+
+def macro_f1(predictions: Sequence[int], labels: Sequence[int], num_labels: int | None = None) -> float:
+    """Unweighted mean of the per-class F1 scores.
+
+    Classes: 0..num_labels-1 when given (a class that is neither predicted nor present scores
+    0, as scikit-learn's `f1_score(average="macro", labels=range(n))`), otherwise the classes
+    that occur in labels or predictions (scikit-learn's default).
+    """
+    pairs = _pairs(predictions, labels)
+    if num_labels is not None:
+        bad = [v for pair in pairs for v in pair if not 0 <= v < num_labels]
+        if bad:
+            raise InvalidValueError(f"label/prediction {bad[0]} is outside 0..{num_labels - 1}")
+        classes = range(num_labels)
+    else:
+        classes = sorted({v for pair in pairs for v in pair})
+    scores = []
+    for c in classes:
+        tp = sum(p == c and y == c for p, y in pairs)
+        fp = sum(p == c and y != c for p, y in pairs)
+        fn = sum(p != c and y == c for p, y in pairs)
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores)
+
+
+# --------------------------------------------------------------------------------------------
+# Extractive QA (SQuAD v1.1 / MLQA)
+
+MLQA_ARTICLES = {
+    "en": r"\b(a|an|the)\b",
+    "es": r"\b(un|una|unos|unas|el|la|los|las)\b",
+    "vi": r"\b(của|là|cái|chiếc|những)\b",
+    "de": r"\b(ein|eine|einen|einem|eines|einer|der|die|das|den|dem|des)\b",
+    "ar": r"\sال^|ال",  # as in mlqa_evaluation_v1.py: in effect removes every "ال"
+    "hi": None,
+    "zh": None,
+}
+_SQUAD_PUNCT = frozenset(string.punctuation)
+_CJK = re.compile(r"[\u4e00-\u9fa5]")
+
+
+@lru_cache(maxsize=1)
+def _unicode_punct() -> frozenset[str]:
+    # Built on first use: scanning all code points takes ~0.3 s.
+    unicode_p = (chr(i) for i in range(sys.maxunicode) if unicodedata.category(chr(i)).startswith("P"))
+    return frozenset(unicode_p) | _SQUAD_PUNCT
+
+
+def _mixed_segmentation(text: str, punct: frozenset[str]) -> list[str]:
+    tokens: list[str] = []
+    buf = ""
+    for ch in text:
+        if _CJK.search(ch) or ch in punct:
+            tokens.extend(buf.split())
+            buf = ""
+            tokens.append(ch)
+        else:
+            buf += ch
+    tokens.extend(buf.split())
+    return tokens
+
+
+def normalize_answer(text: str, lang: str | None = None) -> str:
+    """The official normalisation of SQuAD v1.1 (`lang=None`) or MLQA (`lang`); see the module doc."""
+    text = text.lower()
+    if lang is None:
+        text = "".join(ch for ch in text if ch not in _SQUAD_PUNCT)
+        text = re.sub(r"\b(a|an|the)\b", " ", text)
+        return " ".join(text.split())
+    punct = _unicode_punct()
+    text = "".join(ch for ch in text if ch not in punct)
+    articles = MLQA_ARTICLES.get(lang)
+    if articles:
+        text = re.sub(articles, " ", text)
+    tokens = _mixed_segmentation(text, punct) if lang == "zh" else text.split()
+    return " ".join(t for t in tokens if t.strip())
+
+
+def exact_match_score(prediction: str, gold: str, lang: str | None = None) -> float:
+    return float(normalize_answer(prediction, lang) == normalize_answer(gold, lang))
+
+
+def f1_score(prediction: str, gold: str, lang: str | None = None) -> float:
+    pred = normalize_answer(prediction, lang).split()
+    ref = normalize_answer(gold, lang).split()
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def qa_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]] | Sequence,
+               lang: str | None = None) -> dict[str, float]:
+    """Exact match and F1 over questions, max over each question's gold answers.
+
+    `references`: {id: [gold answer texts]} or a list of `QAExample`. A question without a
+    prediction scores 0 (as in the official scripts) and is counted in "missing"; predictions
+    for unknown ids are ignored.
+    """
+    if not isinstance(references, Mapping):
+        references = {ex.id: [a["text"] for a in ex.answers] for ex in references}
+    if not references:
+        raise InvalidValueError("no reference questions to score")
+    em = f1 = 0.0
+    missing = 0
+    for qid, golds in references.items():
+        if qid not in predictions:
+            missing += 1
+            continue
+        pred = predictions[qid]
+        em += max(exact_match_score(pred, g, lang) for g in golds)
+        f1 += max(f1_score(pred, g, lang) for g in golds)
+    n = len(references)
+    return {"exact_match": em / n, "f1": f1 / n, "count": n, "missing": missing}
+
+
+# --------------------------------------------------------------------------------------------
+# Bitext retrieval
+
+
+def _as_matrix(x, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x).detach().to("cpu", torch.float64)
+    if t.dim() != 2:
+        raise InvalidValueError(f"{name} embeddings must be a 2-D matrix (got shape {tuple(t.shape)})")
+    return t
+
+
+def _gold_ranks(queries: torch.Tensor, keys: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    ranks = []
+    for i in range(0, queries.shape[0], chunk):
+        sim = queries[i:i + chunk] @ keys.T
+        gold = sim[torch.arange(sim.shape[0]), torch.arange(i, i + sim.shape[0])].unsqueeze(1)
+        # Rank = number of candidates at least as similar as the gold one (itself included):
+        # ties count against the query, so a collapsed encoder (all embeddings equal) scores
+        # rank N, not a perfect 1.
+        ranks.append((sim >= gold).sum(dim=1))
+    return torch.cat(ranks)
+
+
+def retrieval_metrics(source, target) -> dict[str, float]:
+    """Top-1 accuracy and MRR of bitext retrieval between aligned embedding matrices.
+
+    Row i of `source` (e.g. English verse embeddings) and row i of `target` (Chichewa) are a
+    translation pair; every other row is a distractor. Similarity is cosine (rows L2-normalised,
+    float64). Both directions are scored: "src2tgt_*" ranks all target rows for each source
+    row, "tgt2src_*" the reverse; "top1" and "mrr" are the means of the two directions. The
+    gold's rank counts ties pessimistically (see `_gold_ranks`). Accepts tensors or arrays.
+    """
+    src, tgt = _as_matrix(source, "source"), _as_matrix(target, "target")
+    if src.shape != tgt.shape:
+        raise InvalidValueError(f"source embeddings {tuple(src.shape)} and target {tuple(tgt.shape)} "
+                                "must have the same shape (row i of each is a pair)")
+    if src.shape[0] < 2:
+        raise InvalidValueError("retrieval needs at least 2 pairs")
+    src = torch.nn.functional.normalize(src, dim=1, eps=1e-12)
+    tgt = torch.nn.functional.normalize(tgt, dim=1, eps=1e-12)
+    out: dict[str, float] = {}
+    for name, q, k in (("src2tgt", src, tgt), ("tgt2src", tgt, src)):
+        ranks = _gold_ranks(q, k).to(torch.float64)
+        out[f"{name}_top1"] = (ranks == 1).double().mean().item()
+        out[f"{name}_mrr"] = (1.0 / ranks).mean().item()
+    out["top1"] = (out["src2tgt_top1"] + out["tgt2src_top1"]) / 2
+    out["mrr"] = (out["src2tgt_mrr"] + out["tgt2src_mrr"]) / 2
+    out["count"] = src.shape[0]
+    return out
