@@ -163,18 +163,20 @@ def consolidate(checkpoint_dir: str | Path, tag: str | None = None) -> tuple[dic
 
 
 def export(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = None,
-           tokenizer_path: str | None = None) -> Path:
-    """Write `model.pt` (fp32 state dict), `config.json` and a Hugging Face directory `hf/`."""
+           tokenizer_path: str | None = None, lineage: dict | None = None, hf_export: bool = True) -> Path:
+    """A model directory (see modeldir.py) from a checkpoint, plus a Hugging Face export in hf/."""
     from ds_minimodel import hf
     from ds_minimodel.config import ModelConfig, from_dict
+    from ds_minimodel.modeldir import body_fingerprints, write_model_dir
 
     state, meta = consolidate(checkpoint_dir, tag)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "model.pt").exists():
         raise UserError(f"export directory {out_dir} is not empty and is not a previous export")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out_dir / "model.pt")
-    write_atomic(out_dir / "config.json", json.dumps(meta["config"], indent=2))
     model_cfg = from_dict(ModelConfig, meta["config"]["model"])
-    hf.export_hf(state, model_cfg, out_dir / "hf", tokenizer_path=tokenizer_path)
+    lineage = dict(lineage or {"kind": meta.get("step_kind", "pretrain")})
+    lineage.setdefault("body_fingerprints", body_fingerprints(state, model_cfg))
+    write_model_dir(out_dir, state, meta["config"], lineage, tokenizer_path)
+    if hf_export:
+        hf.export_hf(state, model_cfg, out_dir / "hf", tokenizer_path=tokenizer_path)
     return out_dir

@@ -37,3 +37,20 @@ def run_main(fn: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
+
+
+def training_main(argv, doc: str, config_cls: type, run: Callable) -> None:
+    """The whole body of a training launcher: parse, load the config strictly, run, shut down."""
+    args = training_parser(doc.strip().splitlines()[0], default_ds_config="ds_configs/z0.json").parse_args(argv)
+
+    def body():
+        from ds_minimodel import engine
+        from ds_minimodel.config import load_config
+
+        cfg = load_config(config_cls, args.config, args.overrides)
+        try:
+            run(cfg, args.deepspeed, resume=args.resume)
+        finally:
+            engine.shutdown()
+
+    run_main(body)

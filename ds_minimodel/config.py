@@ -335,3 +335,84 @@ def from_dict(cls: type, raw: dict):
     if problems:
         raise ConfigError("saved config does not match this version: " + "; ".join(problems))
     return cfg
+
+
+@dataclass
+class MiniPostConfig:
+    """Step 1b: carve layers 1..k out of a pretrained encoder and train a small top over them."""
+
+    # Source: a model directory (model.pt + config.json, e.g. a pretrain run's final/) or a local
+    # Hugging Face RoBERTa / XLM-R / BERT directory.
+    source: str = "runs/pretrain/final"
+    # Frozen bottom layers taken from the source (k).
+    layers: int = 2
+    # New trainable layers on top (n); 0 trains only an MLM head over a frozen body (e.g. the
+    # head a headless encoder needs before the standard baseline can run through it).
+    top_layers: int = 1
+    # "copy": start the top from the source's layers k+1..k+n (and its MLM head); "random".
+    top_init: str = "copy"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/minipost"))
+
+    def problems(self) -> list[str]:
+        out = self.data.problems() + self.optim.problems() + self.train.problems()
+        if self.layers < 1 or self.top_layers < 0:
+            out.append(f"minipost layers must be >= 1 and top_layers >= 0, got {self.layers}, {self.top_layers}")
+        if self.top_init not in ("copy", "random"):
+            out.append(f"top_init must be 'copy' or 'random', got {self.top_init!r}")
+        return out
+
+
+@dataclass
+class AdaptConfig:
+    """Step 2: a new language's tokenizer + embeddings, trained through a frozen (mini-)model."""
+
+    # Model directory: a MiniJoint pretrain's final/ (mini = layers 1..k + mid head), a MiniPost
+    # run's final/ (mini = its k + n layers), or any full model for through=full.
+    model_dir: str = "runs/pretrain/final"
+    # "mini": through the mini-model; "full": the standard baseline through the whole model.
+    through: str = "mini"
+    # Target-language code recorded in the pack.
+    language: str = "xx"
+    # New embeddings: "random", or "copy_shared" (vectors of pieces the source vocab also has).
+    init: str = "copy_shared"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/adapt"))
+
+    def problems(self) -> list[str]:
+        out = self.data.problems() + self.optim.problems() + self.train.problems()
+        if self.through not in ("mini", "full"):
+            out.append(f"through must be 'mini' or 'full', got {self.through!r}")
+        if self.init not in ("random", "copy_shared"):
+            out.append(f"init must be 'random' or 'copy_shared', got {self.init!r}")
+        return out
+
+
+@dataclass
+class FinetuneConfig:
+    """Step 3: body + task head on source-language task data, embeddings frozen."""
+
+    model_dir: str = "runs/pretrain/final"
+    # "bible-genre" (offline stand-in), "xnli", "pawsx" (sentence-pair classification).
+    task: str = "bible-genre"
+    # Directory of the released task files (xnli / pawsx); unused for bible-genre.
+    task_path: Optional[str] = None
+    max_len: int = 128
+    # Classifier dropout (RoBERTa's head uses the hidden dropout).
+    head_dropout: float = 0.1
+    # Examples per validation pass (0 = the whole validation set).
+    eval_examples: int = 512
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=50))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/finetune"))
+
+    def problems(self) -> list[str]:
+        out = self.optim.problems() + self.train.problems()
+        if self.task not in ("bible-genre", "xnli", "pawsx"):
+            out.append(f"task must be bible-genre|xnli|pawsx, got {self.task!r}")
+        if self.task != "bible-genre" and not self.task_path:
+            out.append(f"task {self.task} needs task_path (a directory of the released files)")
+        if self.max_len < 8:
+            out.append(f"max_len must be >= 8, got {self.max_len}")
+        return out

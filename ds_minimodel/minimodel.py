@@ -82,8 +82,8 @@ def build_minipost(state: dict, cfg: ModelConfig, k: int, top_layers: int, top_i
     """
     if top_init not in ("copy", "random"):
         raise UserError(f"MiniPost top init must be 'copy' or 'random', got {top_init!r}")
-    if top_layers < 1:
-        raise UserError(f"MiniPost needs at least one top layer, got {top_layers}")
+    if top_layers < 0:
+        raise UserError(f"MiniPost top_layers must be >= 0, got {top_layers}")
     if top_init == "copy" and k + top_layers > cfg.num_layers:
         raise UserError(f"cannot copy layers {k + 1}..{k + top_layers} from a {cfg.num_layers}-layer model")
     bottom, _ = extract_layers(state, cfg, k)

@@ -9,23 +9,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ds_minimodel.cli import run_main, training_parser  # noqa: E402
+from ds_minimodel.cli import training_main  # noqa: E402
 
 
 def main(argv=None) -> None:
-    args = training_parser(__doc__.splitlines()[0], default_ds_config="ds_configs/z0.json").parse_args(argv)
+    from ds_minimodel import pretrain
+    from ds_minimodel.config import PretrainConfig
 
-    def body():
-        from ds_minimodel import engine, pretrain
-        from ds_minimodel.config import PretrainConfig, load_config
-
-        cfg = load_config(PretrainConfig, args.config, args.overrides)
-        try:
-            pretrain.run(cfg, args.deepspeed, resume=args.resume)
-        finally:
-            engine.shutdown()
-
-    run_main(body)
+    training_main(argv, __doc__, PretrainConfig, pretrain.run)
 
 
 if __name__ == "__main__":

@@ -49,30 +49,53 @@ def assert_close_all(got, want, **tol):
         torch.testing.assert_close(a, b, msg=lambda m, n=name: f"{n}: {m}", **tol)
 
 
+# Both strategies of the "torch" path: "vocab" (recompute in backward) and "rows" (row blocks of
+# R positions, gradients in forward); R = 5 and 16 leave a tail block of 37 rows.
+STRATEGY_KW = {"vocab": {}, "rows5": dict(strategy="rows", rows_per_block=5),
+               "rows16": dict(strategy="rows", rows_per_block=16)}
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64, 300, 301, 4096])
 @pytest.mark.parametrize("bias", [True, False])
-def test_chunked_head_matches_reference_fp32(chunk, bias):
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_KW))
+def test_chunked_head_matches_reference_fp32(chunk, bias, strategy):
     inputs = head_inputs(bias=bias)
-    got = run_head("torch", *inputs, chunk_size=chunk)
+    got = run_head("torch", *inputs, chunk_size=chunk, **STRATEGY_KW[strategy])
     want = run_head("off", *inputs)
     assert_close_all(got, want, **FP32_TOL)
 
 
-def test_chunked_head_default_chunk_and_grad_output_scaling():
+@pytest.mark.parametrize("strategy", ["vocab", "rows"])
+def test_chunked_head_default_sizes_and_grad_output_scaling(strategy):
     inputs = head_inputs()
-    h, w, b, y = (t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs)
-    loss = kernels.masked_lm_loss(h, w, b, y, impl="torch")
-    (loss * 2.5).backward()
-    want = reference.masked_lm_loss_grads_reference(*inputs, grad_output=2.5)
-    assert_close_all((loss.detach(), h.grad, w.grad, b.grad), want, **FP32_TOL)
+    for grad_output in (1.0, 2.5):  # "rows" returns its saved gradients as they are for 1
+        h, w, b, y = (t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs)
+        loss = kernels.masked_lm_loss(h, w, b, y, impl="torch", strategy=strategy)
+        (loss * grad_output).backward()
+        want = reference.masked_lm_loss_grads_reference(*inputs, grad_output=grad_output)
+        assert_close_all((loss.detach(), h.grad, w.grad, b.grad), want, **FP32_TOL)
 
 
-def test_vocab_chunk_columns():
+def test_rows_strategy_without_grad_is_the_plain_forward():
+    h, w, b, y = (t.requires_grad_(t.is_floating_point()) for t in head_inputs())
+    with torch.no_grad():
+        loss = kernels.masked_lm_loss(h, w, b, y, impl="torch", strategy="rows")
+    torch.testing.assert_close(loss, kernels.masked_lm_loss(h, w, b, y, impl="off").detach(), **FP32_TOL)
+    with pytest.raises(ValueError, match="unknown strategy 'cols'"):
+        kernels.masked_lm_loss(h, w, b, y, impl="torch", strategy="cols")
+
+
+def test_chunk_and_row_block_sizes():
     # XLM-R head, 4,096 masked positions: 128 MiB / (4096 * 4 B) = 8,192 columns per chunk.
     assert chunked.vocab_chunk_columns(4096, 250002) == 8192
     assert chunked.vocab_chunk_columns(37, 301) == 301  # a small vocabulary is one chunk
     assert chunked.vocab_chunk_columns(8, 250002) == chunked.MAX_CHUNK_COLUMNS
     assert chunked.vocab_chunk_columns(10**6, 250002) == chunked.MIN_CHUNK_COLUMNS
+    assert chunked.vocab_chunk_columns(512, 8000) == 2048  # at most a quarter of the logits
+    # "rows": 512 MiB / (250,002 * 4 B) -> 512 rows; at most a quarter of the rows.
+    assert chunked.row_block_rows(4096, 250002) == 512
+    assert chunked.row_block_rows(4096, 32000) == 1024
+    assert chunked.row_block_rows(37, 301) == 37
 
 
 def _rel_err(a, ref):
@@ -89,9 +112,10 @@ def _assert_no_worse_than_torch_bf16(ours, torch_bf16, ref32, margin=0.05):
 
 
 @pytest.mark.parametrize("chunk", [64, 301])
-def test_chunked_head_bf16_against_fp32_reference(chunk):
+@pytest.mark.parametrize("strategy", ["vocab", "rows16"])
+def test_chunked_head_bf16_against_fp32_reference(chunk, strategy):
     h, w, b, y = head_inputs(m=53, d=40, v=517, dtype=torch.bfloat16, seed=1)
-    ours = run_head("torch", h, w, b, y, chunk_size=chunk)
+    ours = run_head("torch", h, w, b, y, chunk_size=chunk, **STRATEGY_KW[strategy])
     assert [t.dtype for t in ours] == [torch.float32] + [torch.bfloat16] * 3
     torch_bf16 = run_head("off", h, w, b, y)
     # The fp32 reference sees the same (bf16-representable) inputs: only arithmetic differs.
@@ -101,10 +125,11 @@ def test_chunked_head_bf16_against_fp32_reference(chunk):
 
 def test_frozen_weight_skips_the_weight_gradient_gemm():
     inputs = head_inputs()
-    got = run_head("torch", *inputs, weight_grad=False, chunk_size=50)
     want = run_head("off", *inputs, weight_grad=False)
-    assert got[2] is None
-    assert_close_all(got, want, **FP32_TOL)
+    for kw in STRATEGY_KW.values():
+        got = run_head("torch", *inputs, weight_grad=False, chunk_size=50, **kw)
+        assert got[2] is None
+        assert_close_all(got, want, **FP32_TOL)
     # Backward GEMMs: recompute + d hidden only (2 M d V), versus 3 M d V... with d weight.
     for weight_grad, n_gemms in ((True, 3), (False, 2)):
         h, w, b, y = (t.detach().clone() for t in inputs)
@@ -129,20 +154,24 @@ def test_no_masked_rows_gives_a_connected_zero(impl):
 
 
 def test_chunked_head_keeps_no_vocab_sized_buffer():
-    """Peak tensor memory, fwd + bwd: the gradients plus one [M, chunk] buffer, not [M, V]."""
-    m, d, v, chunk = 256, 32, 20000, 1024
+    """Peak tensor memory, fwd + bwd: the gradients plus one [M, chunk] buffer ("vocab") or one
+    [R, V] block ("rows"), not [M, V]."""
+    m, d, v, chunk, rows = 256, 32, 20000, 1024, 32
     h, w, b, y = (t.requires_grad_(t.is_floating_point()) for t in head_inputs(m=m, d=d, v=v))
     peaks = {}
-    for impl in ("off", "torch"):
+    for name, kw in {"off": dict(impl="off"), "vocab": dict(impl="torch"),
+                     "rows": dict(impl="torch", strategy="rows", rows_per_block=rows)}.items():
         h.grad = w.grad = b.grad = None
 
-        def step(impl=impl):
-            kernels.masked_lm_loss(h, w, b, y, impl=impl, chunk_size=chunk).backward()
+        def step(kw=kw):
+            kernels.masked_lm_loss(h, w, b, y, chunk_size=chunk, **kw).backward()
 
-        peaks[impl], _ = peak_allocated_bytes(step)
-    grads = 4 * (v * d + m * d + v)  # d weight, d hidden, d bias: the same in both
+        peaks[name], _ = peak_allocated_bytes(step)
+    grads = 4 * (v * d + m * d + v)  # d weight, d hidden, d bias: the same in all
     assert peaks["off"] >= 3 * m * v * 4  # logits, log-softmax and its gradient, at once
-    assert peaks["torch"] <= grads + 4 * m * chunk + 2**16  # + one [M, chunk] fp32 buffer
+    small = 2**18  # [V]- and [M]-sized temporaries (column sums, statistics)
+    assert peaks["vocab"] <= grads + 4 * m * chunk + small
+    assert peaks["rows"] <= grads + 4 * (rows * v + rows * chunk) + small
 
 
 def test_saves_nothing_big_and_nothing_after_backward():
@@ -159,16 +188,18 @@ def test_saves_nothing_big_and_nothing_after_backward():
         loss.grad_fn.saved_tensors
 
 
-def test_gradcheck_chunked_head_fp64():
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_KW))
+def test_gradcheck_chunked_head_fp64(strategy):
     g = torch.Generator().manual_seed(3)
-    h = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    h = torch.randn(7, 4, dtype=torch.float64, generator=g, requires_grad=True)
     w = torch.randn(11, 4, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(11, dtype=torch.float64, generator=g, requires_grad=True)
-    y = torch.tensor([0, 10, 3, 3, 7])
+    y = torch.tensor([0, 10, 3, 3, 7, 1, 10])
+    kw = STRATEGY_KW[strategy]
     assert torch.autograd.gradcheck(
-        lambda h, w, b: kernels.masked_lm_loss(h, w, b, y, impl="torch", chunk_size=4), (h, w, b))
+        lambda h, w, b: kernels.masked_lm_loss(h, w, b, y, impl="torch", chunk_size=4, **kw), (h, w, b))
     assert torch.autograd.gradcheck(
-        lambda h, w: kernels.masked_lm_loss(h, w, None, y, impl="torch", chunk_size=3), (h, w))
+        lambda h, w: kernels.masked_lm_loss(h, w, None, y, impl="torch", chunk_size=3, **kw), (h, w))
 
 
 def test_dispatch_and_errors(monkeypatch):

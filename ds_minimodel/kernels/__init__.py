@@ -26,7 +26,7 @@ from ds_minimodel.kernels.triton_support import check_device, triton_available
 
 IMPLS = ("auto", "triton", "torch", "off")
 
-__all__ = ["IMPLS", "masked_lm_loss", "embedding", "resolve_impl"]
+__all__ = ["IMPLS", "STRATEGIES", "masked_lm_loss", "embedding", "resolve_impl"]
 
 
 def resolve_impl(impl, tensor):
@@ -63,8 +63,11 @@ def _check_head_inputs(hidden, weight, bias, labels):
                          f"max {int(labels.max())}")
 
 
+STRATEGIES = ("vocab", "rows")
+
+
 def masked_lm_loss(hidden, weight, bias, labels, impl: str = "auto", *, chunk_size=None,
-                   triton_blocks=None):
+                   strategy="vocab", rows_per_block=None, triton_blocks=None):
     """Mean cross-entropy of `hidden @ weight.T + bias` against `labels`.
 
     hidden: [M, d] states of the M masked positions; weight: [V, d] (tied to the word
@@ -77,6 +80,9 @@ def masked_lm_loss(hidden, weight, bias, labels, impl: str = "auto", *, chunk_si
 
     chunk_size: vocabulary columns per chunk on the "torch" path (default: a [M, C] fp32 buffer
     of at most 128 MiB, C in [1024, 32768]; see `chunked.vocab_chunk_columns`).
+    strategy ("torch" path): "vocab" (default; logits recomputed in backward, memory O(M * C))
+    or "rows" (gradients computed in forward from row blocks' [R, V] logits: one GEMM less,
+    memory O(R * V); rows_per_block defaults to a 512 MiB block, see `chunked.row_block_rows`).
     triton_blocks: tile-size overrides for the Triton kernels, {"forward": {...}, "backward": {...}}.
     """
     impl = resolve_impl(impl, hidden)
@@ -91,12 +97,19 @@ def masked_lm_loss(hidden, weight, bias, labels, impl: str = "auto", *, chunk_si
         tensors = (hidden, weight, labels) + (() if bias is None else (bias,))
         check_device(*tensors, what="masked_lm_loss")
         return TritonMaskedLMLoss.apply(hidden, weight, bias, labels, triton_blocks)
+    elem = torch.finfo(chunked.acc_dtype(hidden.dtype)).bits // 8
     if chunk_size is None:
-        elem = torch.finfo(chunked.acc_dtype(hidden.dtype)).bits // 8
         chunk_size = chunked.vocab_chunk_columns(hidden.shape[0], weight.shape[0], elem_size=elem)
     if chunk_size < 1:
         raise ValueError(f"masked_lm_loss: chunk_size must be >= 1, got {chunk_size}")
-    return ChunkedMaskedLMLoss.apply(hidden, weight, bias, labels, int(chunk_size))
+    if strategy not in STRATEGIES:
+        raise ValueError(f"masked_lm_loss: unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    rows = None
+    backward_follows = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if strategy == "rows" and backward_follows:
+        rows = rows_per_block or chunked.row_block_rows(hidden.shape[0], weight.shape[0], elem_size=elem)
+    return ChunkedMaskedLMLoss.apply(hidden, weight, bias, labels, int(chunk_size), rows)
 
 
 def embedding(input_ids, weight, impl: str = "auto", padding_idx=None, *, deterministic=True):

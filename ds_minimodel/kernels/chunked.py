@@ -13,6 +13,16 @@ column chunks of C and only one [M, C] buffer exists at a time:
   them), turned in place into G = (softmax - onehot) * grad / M, and consumed at once:
   d hidden += G @ W_c, d W_c = G^T @ h, d b_c = column sums of G.
 
+That costs one GEMM more than Hugging Face (4 [M, d] x [d, V]-sized products instead of 3):
+on a GPU the memory-bound passes over [M, V] it removes pay for it, on a CPU they do not. So
+there is a second strategy, `head_rows_eager` ("rows"): row blocks of R positions, each walked
+over the vocabulary in chunks with the same online softmax, but keeping its [R, V] logits (R
+from a byte budget, 512 MiB: R = 512 at V = 250,002) so that its gradients follow with no
+recompute, in the forward pass itself (for grad_output = 1; backward only rescales). Three
+GEMMs, memory O(R * V) instead of O(M * C), and the gradients live from forward to backward.
+`masked_lm_loss(strategy=...)` picks; "vocab" is the default (the Triton kernels' algorithm,
+and what `flops.py` books: the logits GEMM recomputed in backward).
+
 The functions here are pure tensor code (no autograd); `functions.py` wraps them.
 """
 
@@ -23,6 +33,11 @@ import torch
 # enough that the head's extra memory no longer grows with the vocabulary.
 DEFAULT_CHUNK_BYTES = 128 * 2**20
 MIN_CHUNK_COLUMNS = 1024  # below this the per-chunk GEMM is too thin to be efficient
+# Bytes for the [R, V] logits of one row block on the "rows" strategy: R = 512 rows at
+# V = 250,002. Fewer rows would re-read and re-write the [V, d] weight gradient more often (once
+# per block: 1.5 GB of traffic at XLM-R size) with thinner GEMMs.
+DEFAULT_ROW_BLOCK_BYTES = 512 * 2**20
+MIN_ROW_BLOCK = 64
 MAX_CHUNK_COLUMNS = 32768  # beyond this a bigger buffer buys no speed, only memory
 
 
@@ -36,11 +51,24 @@ def vocab_chunk_columns(num_rows, vocab_size, chunk_bytes=DEFAULT_CHUNK_BYTES, e
     """Columns per vocabulary chunk so that one [num_rows, C] buffer fits in `chunk_bytes`.
 
     Rounded down to a multiple of 256 (aligned GEMM tiles), clamped to
-    [MIN_CHUNK_COLUMNS, MAX_CHUNK_COLUMNS] and to the vocabulary itself.
+    [MIN_CHUNK_COLUMNS, MAX_CHUNK_COLUMNS], and to a quarter of the vocabulary (rounded up to
+    256) so that the buffer never exceeds a quarter of the full logits it replaces.
     """
     cols = chunk_bytes // max(1, num_rows * elem_size)
+    quarter = -(-vocab_size // 4)  # ceil(V / 4) ...
+    cols = min(cols, -(-quarter // 256) * 256)  # ... rounded up to a multiple of 256
     cols = max(MIN_CHUNK_COLUMNS, min(MAX_CHUNK_COLUMNS, (cols // 256) * 256))
     return max(1, min(cols, vocab_size))
+
+
+def row_block_rows(num_rows, vocab_size, block_bytes=DEFAULT_ROW_BLOCK_BYTES, elem_size=4):
+    """Rows per block for the "rows" strategy: [R, V] logits within `block_bytes` and at most a
+    quarter of the rows (so at most a quarter of the full logits), R a multiple of 64 (at
+    least 64), at most num_rows."""
+    rows = block_bytes // max(1, vocab_size * elem_size)
+    quarter = -(-num_rows // 4)
+    rows = min(rows, -(-quarter // MIN_ROW_BLOCK) * MIN_ROW_BLOCK) // MIN_ROW_BLOCK * MIN_ROW_BLOCK
+    return max(1, min(num_rows, max(MIN_ROW_BLOCK, rows)))
 
 
 def _chunk_weight(weight, start, stop, dtype):
@@ -133,3 +161,61 @@ def head_backward(hidden, weight, bias, labels, lse, grad_scale, chunk, need_hid
         d_weight,
         None if d_bias is None else d_bias.to(bias.dtype),
     )
+
+
+def head_rows_eager(hidden, weight, bias, labels, rows, chunk, need_hidden, need_weight, need_bias):
+    """The "rows" strategy: (per-row lse, target logits, d hidden, d weight, d bias), the
+    gradients those of sum_i (lse_i - z_i,y_i) / M, i.e. of the mean loss for grad_output = 1.
+
+    Gradients in the accumulation dtype (fp32 for bf16 inputs; the caller rounds them after
+    scaling by the real grad_output), None where not needed.
+    """
+    dtype = acc_dtype(hidden.dtype)
+    h = hidden.to(dtype).contiguous()
+    num_rows, dim = h.shape
+    vocab = weight.shape[0]
+    device = h.device
+    rows = min(rows, num_rows)
+    chunk = min(chunk, vocab)
+    logits = torch.empty(rows * vocab, dtype=dtype, device=device)
+    scratch = torch.empty(rows * chunk, dtype=dtype, device=device)  # exp(z - max) of one chunk
+    lse = torch.empty(num_rows, dtype=dtype, device=device)
+    target = torch.empty(num_rows, dtype=dtype, device=device)
+    d_hidden = torch.empty(num_rows, dim, dtype=dtype, device=device) if need_hidden else None
+    d_weight = torch.zeros(vocab, dim, dtype=dtype, device=device) if need_weight else None
+    d_bias = torch.zeros(vocab, dtype=dtype, device=device) if need_bias else None
+    inv_m = 1.0 / num_rows
+    for r0 in range(0, num_rows, rows):
+        r1 = min(r0 + rows, num_rows)
+        n = r1 - r0
+        hr = h[r0:r1]
+        z = logits[: n * vocab].view(n, vocab)
+        run_max = torch.full((n,), float("-inf"), dtype=dtype, device=device)
+        run_sum = torch.zeros(n, dtype=dtype, device=device)
+        for c0 in range(0, vocab, chunk):
+            c1 = min(c0 + chunk, vocab)
+            zc = z[:, c0:c1]  # a column slice: the GEMM writes it in place (leading dim V)
+            _chunk_logits(zc, hr, weight, bias, c0, c1, dtype)
+            # Statistics while the chunk is still in cache; z itself is kept for the gradients.
+            new_max = torch.maximum(run_max, zc.amax(dim=1))
+            e = scratch[: n * (c1 - c0)].view(n, c1 - c0)
+            torch.sub(zc, new_max[:, None], out=e)
+            run_sum.mul_(torch.exp(run_max - new_max)).add_(e.exp_().sum(dim=1))
+            run_max = new_max
+        block_lse = run_max + run_sum.log()
+        idx = torch.arange(n, device=device)
+        lse[r0:r1] = block_lse
+        target[r0:r1] = z[idx, labels[r0:r1]]
+        z.sub_(block_lse[:, None]).exp_()
+        z[idx, labels[r0:r1]] -= 1.0
+        z.mul_(inv_m)  # G for grad_output = 1
+        if need_hidden:  # per chunk: bf16 weights are upcast one chunk at a time
+            dh = d_hidden[r0:r1].zero_()
+            for c0 in range(0, vocab, chunk):
+                c1 = min(c0 + chunk, vocab)
+                dh.addmm_(z[:, c0:c1], _chunk_weight(weight, c0, c1, dtype))
+        if need_weight:  # fp32 accumulator across row blocks (for bf16 weights: an fp32 copy)
+            d_weight.addmm_(z.t(), hr)
+        if need_bias:
+            d_bias.add_(z.sum(dim=0))
+    return lse, target, d_hidden, d_weight, d_bias

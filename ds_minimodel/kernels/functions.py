@@ -20,24 +20,44 @@ def _grad_scale(grad_output, num_rows, dtype):
 
 
 class ChunkedMaskedLMLoss(torch.autograd.Function):
-    """Mean cross-entropy of h W^T + b, vocabulary walked in chunks (see `chunked.py`)."""
+    """Mean cross-entropy of h W^T + b in plain PyTorch (see `chunked.py`).
+
+    rows None: the "vocab" strategy (lse now, gradients in backward by recomputing the logits
+    chunk by chunk). rows an int: the "rows" strategy (gradients computed here, in forward, for
+    grad_output = 1, saved, and rescaled in backward). Its caller passes rows only when a
+    backward will follow (grad mode on, an input requiring grad).
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk):
-        lse, target = chunked.head_forward(hidden, weight, bias, labels, chunk)
-        ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.chunk = chunk
+    def forward(ctx, hidden, weight, bias, labels, chunk, rows):
+        ctx.chunk, ctx.eager = chunk, rows is not None
+        if ctx.eager:
+            need_h, need_w, need_b = ctx.needs_input_grad[:3]
+            lse, target, dh, dw, db = chunked.head_rows_eager(
+                hidden, weight, bias, labels, rows, chunk, need_h, need_w, need_b and bias is not None)
+            ctx.save_for_backward(dh, dw, db)
+            ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        else:
+            lse, target = chunked.head_forward(hidden, weight, bias, labels, chunk)
+            ctx.save_for_backward(hidden, weight, bias, labels, lse)
         return (lse - target).mean()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
+        if ctx.eager:
+            grads = ctx.saved_tensors
+            # grad_output is 1 for a plain loss.backward(): then the saved gradients are the
+            # answer as they are (no [V, d]-sized copy); otherwise scale them.
+            unit = bool(torch.all(grad_output == 1))
+            return tuple(None if g is None else (g if unit else g * grad_output.to(g.dtype)).to(dt)
+                         for g, dt in zip(grads, ctx.dtypes)) + (None, None, None)
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         scale = _grad_scale(grad_output, hidden.shape[0], lse.dtype)
         dh, dw, db = chunked.head_backward(hidden, weight, bias, labels, lse, scale, ctx.chunk,
                                            need_h, need_w, need_b and bias is not None)
-        return dh, dw, db, None, None
+        return dh, dw, db, None, None, None
 
 
 class TritonMaskedLMLoss(torch.autograd.Function):

@@ -1,0 +1,123 @@
+"""Step 2: learn a new language's embeddings through a frozen (mini-)model; write a language pack.
+
+Every variant trains the same thing, an `MLMEncoder` through route "final" with only the word
+table and the output bias trainable; they differ only in the body it runs through:
+
+  minijoint  layers 1..k of a MiniJoint model and its mid head (as the k-layer model's head)
+  minipost   a MiniPost mini-model: frozen layers 1..k and its trained top of n layers
+  full       the standard baseline (Artetxe et al. 2020): all L layers and the final head
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ds_minimodel import engine as ds
+from ds_minimodel.checkpoint import consolidate
+from ds_minimodel.config import AdaptConfig, ModelConfig
+from ds_minimodel.errors import UserError
+from ds_minimodel.langpack import PackInfo, save_pack
+from ds_minimodel.minimodel import fingerprint, minijoint_mini, plug_embeddings
+from ds_minimodel.model import MLMEncoder
+from ds_minimodel.modeldir import read_model_dir
+from ds_minimodel.pretrain import env_world_size, open_corpus, run_mlm_job
+from ds_minimodel.tokenizer import Tokenizer
+
+TRAINABLE = ("embeddings.word", "lm_head.bias")
+
+
+def select_body(state: dict, cfg: ModelConfig, lineage: dict, through: str, where: str):
+    """(body state, body config, method, depth k the pack's fingerprint covers)."""
+    if through == "full":
+        if lineage.get("kind") == "minipost" and int(lineage["mini_layers"]) < int(lineage.get("source_layers", 0)):
+            raise UserError(f"through=full needs a full model, but {where} is a MiniPost mini-model")
+        if "lm_head.bias" not in state or "lm_head" in lineage.get("fresh_heads", []):
+            raise UserError(f"through=full needs a model with a trained MLM head; {where} has none "
+                            "(train one first: MiniPost with layers=L, or pretraining)")
+        body = {n: t for n, t in state.items() if not n.startswith("mid_head.")}
+        return body, dataclasses.replace(cfg, mid_head_layer=None), "full", cfg.num_layers
+    if lineage.get("kind") == "minipost":
+        return state, cfg, "minipost", int(lineage["mini_layers"])
+    if cfg.mid_head_layer is not None:
+        body, body_cfg = minijoint_mini(state, cfg)
+        return body, body_cfg, "minijoint", cfg.mid_head_layer
+    raise UserError(f"{where} has no mini-model: it has no mid head (MiniJoint) and is not a MiniPost "
+                    "mini-model; use through=full for the standard baseline")
+
+
+def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer | None, target_tok: Tokenizer,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """New [V', d] word table and [V'] output bias; returns also how many rows were copied.
+
+    Rows start as normal noise with the source table's std (the scale the frozen body's first
+    layer norm and attention expect). Special tokens always copy their source row, by role;
+    "copy_shared" also copies every piece both vocabularies contain (digits, names, punctuation
+    and sub-words the two languages share).
+    """
+    g = torch.Generator().manual_seed(seed)
+    std = float(source_word.std())
+    word = torch.randn(target_tok.vocab_size, source_word.shape[1], generator=g) * std
+    bias = torch.zeros(target_tok.vocab_size)
+    copied = 0
+    if source_tok is not None:
+        for role in ("bos_id", "pad_id", "eos_id", "unk_id", "mask_id"):
+            word[getattr(target_tok, role)] = source_word[getattr(source_tok, role)]
+            copied += 1
+        if how == "copy_shared":
+            source_ids = {p: i for i, p in enumerate(source_tok.pieces())}
+            specials = target_tok.special_ids
+            for i, piece in enumerate(target_tok.pieces()):
+                j = source_ids.get(piece)
+                if j is not None and i not in specials and j not in source_tok.special_ids:
+                    word[i] = source_word[j]
+                    copied += 1
+    elif how == "copy_shared":
+        raise UserError("init=copy_shared needs the source model's tokenizer (tokenizer.model in its directory)")
+    return word, bias, copied
+
+
+def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
+    shards = open_corpus(cfg.data.path)
+    target_tok = shards.tokenizer()
+    state, src_cfg, lineage = read_model_dir(cfg.model_dir)
+    body, body_cfg, method, k = select_body(state, src_cfg, lineage, cfg.through, cfg.model_dir)
+    expected = lineage["body_fingerprints"].get(str(k))
+    body_fp = fingerprint(body, k)
+    assert expected in (None, body_fp), "a mini-model's layers 1..k must be its full model's layers 1..k"
+    if target_tok.pad_id != body_cfg.pad_token_id:
+        raise UserError(f"the tokenizer of {cfg.data.path} has pad id {target_tok.pad_id}, the model "
+                        f"{body_cfg.pad_token_id}")
+    raw_ds = ds.read_ds_config(ds_config_path)
+    if ds.zero_stage(raw_ds) == 3:
+        raise UserError(f"adaptation runs on one node with ZeRO 0-2; {ds_config_path} is ZeRO-3")
+    source_tok = Tokenizer.load(lineage["tokenizer"]) if lineage.get("tokenizer") else None
+    word, bias, copied = init_embeddings(cfg.init, body["embeddings.word"], source_tok, target_tok, cfg.train.seed)
+    start, model_cfg = plug_embeddings(body, body_cfg, word, bias, target_tok.pad_id)
+    model_cfg = dataclasses.replace(model_cfg, kernels=src_cfg.kernels)
+
+    def make_model(ds_config: dict) -> MLMEncoder:
+        torch.manual_seed(cfg.train.seed)
+        model = MLMEncoder(model_cfg)
+        model.load_state_dict(start, strict=True)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in TRAINABLE)
+        return model
+
+    def finalize(run_dir: Path, checkpointer) -> None:
+        final, _ = consolidate(checkpointer.dir)
+        info = PackInfo(language=cfg.language, method=method, vocab_size=target_tok.vocab_size,
+                        hidden_size=model_cfg.hidden_size, pad_token_id=target_tok.pad_id,
+                        special={"bos": target_tok.bos_id, "pad": target_tok.pad_id, "eos": target_tok.eos_id,
+                                 "unk": target_tok.unk_id, "mask": target_tok.mask_id},
+                        body_fingerprint=body_fp, fingerprint_layers=k,
+                        tokenizer_fingerprint=target_tok.fingerprint(),
+                        provenance={"model_dir": str(cfg.model_dir), "through": cfg.through, "init": cfg.init,
+                                    "rows_copied": copied, "steps": cfg.train.steps, "depth": model_cfg.num_layers,
+                                    "world_size": env_world_size()})
+        save_pack(run_dir / "pack", info, final["embeddings.word"], final["lm_head.bias"], target_tok.path)
+
+    return run_mlm_job(cfg, model_cfg, shards, ds_config_path, resume, make_model=make_model, kind="adapt_full",
+                       route="final", loss_keys=("loss", "final_loss"), finalize=finalize)

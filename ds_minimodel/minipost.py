@@ -1,0 +1,56 @@
+"""Step 1b: MiniPost. Carve layers 1..k out of a pretrained encoder, freeze them and the
+embeddings, and train a small top (n layers + an MLM head tied to the frozen embeddings) on
+source-language MLM. The result is a model directory whose lineage records which full model its
+layers 1..k come from."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ds_minimodel.checkpoint import export
+from ds_minimodel.config import MiniPostConfig
+from ds_minimodel.errors import UserError
+from ds_minimodel.minimodel import build_minipost, layer_index
+from ds_minimodel.model import MLMEncoder
+from ds_minimodel.modeldir import read_model_dir
+from ds_minimodel.pretrain import open_corpus, run_mlm_job
+
+
+def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
+    shards = open_corpus(cfg.data.path)
+    state, src_cfg, lineage = read_model_dir(cfg.source)
+    if shards.vocab_size != src_cfg.vocab_size:
+        raise UserError(f"corpus {cfg.data.path} has {shards.vocab_size} pieces but {cfg.source} has a "
+                        f"{src_cfg.vocab_size}-piece vocabulary: MiniPost trains on the source model's language")
+    if lineage.get("tokenizer"):
+        from ds_minimodel.tokenizer import Tokenizer
+
+        if Tokenizer.load(lineage["tokenizer"]).fingerprint() != shards.tokenizer().fingerprint():
+            raise UserError(f"corpus {cfg.data.path} was tokenized with another tokenizer than {cfg.source}")
+    k, n = cfg.layers, cfg.top_layers
+    if k > src_cfg.num_layers:
+        raise UserError(f"minipost layers={k} exceeds the source model's {src_cfg.num_layers} layers")
+    torch.manual_seed(cfg.train.seed)
+    fresh = MLMEncoder(dataclasses.replace(src_cfg, num_layers=k + n, mid_head_layer=None)).state_dict()
+    mini_state, mini_cfg = build_minipost(state, src_cfg, k, n, cfg.top_init, fresh)
+
+    def make_model(ds_config: dict) -> MLMEncoder:
+        model = MLMEncoder(mini_cfg)
+        model.load_state_dict(mini_state, strict=True)
+        for name, p in model.named_parameters():
+            bottom = name.startswith("embeddings.") or (layer_index(name) is not None and layer_index(name) < k)
+            p.requires_grad_(not bottom)  # lm_head.weight is embeddings.word: frozen with it
+        return model
+
+    def finalize(run_dir: Path, checkpointer) -> None:
+        fps = {str(i): lineage["body_fingerprints"][str(i)] for i in range(1, k + 1)}
+        export(checkpointer.dir, run_dir / "final", tokenizer_path=lineage.get("tokenizer"),
+               lineage={"kind": "minipost", "mini_layers": k, "top_layers": n, "source": str(cfg.source),
+                        "source_layers": src_cfg.num_layers, "body_fingerprints": fps}, hf_export=False)
+
+    return run_mlm_job(cfg, mini_cfg, shards, ds_config_path, resume, make_model=make_model, kind="minipost_top",
+                       route="final", loss_keys=("loss", "final_loss"), finalize=finalize,
+                       flops_kwargs={"minipost_frozen_layers": k})

@@ -1,0 +1,24 @@
+"""Step 2: a new language's tokenizer + embeddings through the mini-model, or the full model.
+
+    python launchers/prepare_data.py --recipe bible-ny --out data/bible-ny --vocab-size 8000
+    python launchers/adapt.py --deepspeed ds_configs/z0.json --config configs/adapt-cpu.yaml \
+        model_dir=runs/demo/final through=mini language=ny data.path=data/bible-ny
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ds_minimodel.cli import training_main  # noqa: E402
+
+
+def main(argv=None) -> None:
+    from ds_minimodel import adapt
+    from ds_minimodel.config import AdaptConfig
+
+    training_main(argv, __doc__, AdaptConfig, adapt.run)
+
+
+if __name__ == "__main__":
+    main()
