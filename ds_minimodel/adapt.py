@@ -23,7 +23,8 @@ from ds_minimodel.langpack import PackInfo, save_pack
 from ds_minimodel.minimodel import fingerprint, minijoint_mini, plug_embeddings
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.modeldir import read_model_dir
-from ds_minimodel.pretrain import env_world_size, open_corpus, run_mlm_job
+from ds_minimodel.job import env_world_size
+from ds_minimodel.pretrain import open_corpus, run_mlm_job
 from ds_minimodel.tokenizer import Tokenizer
 
 TRAINABLE = ("embeddings.word", "lm_head.bias")
