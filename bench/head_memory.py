@@ -19,8 +19,10 @@ before (inputs excluded; the gradients, which both produce, included): on CUDA
 `torch.cuda.max_memory_allocated`, on CPU the allocation events of `torch.profiler` (see
 `ds_minimodel/kernels/profiling.py`; tracemalloc does not see ATen). `--rss` adds the OS view:
 each variant once more in a fresh subprocess, peak resident set size minus the size after the
-inputs were made. Time is the best of `--repeats` timed runs, the variants interleaved so that
-load from other processes hits both alike; the first (memory) run of each is not timed.
+inputs were made. Time is the best of `--repeats` runs per variant, wall clock, forward +
+backward; the variants are interleaved so that load from other processes hits all alike. The
+first run of each is also the memory run (the profiler's cost is a few hundred events, nothing
+next to multi-second GEMMs; on CUDA there is an extra untimed warm-up run for Triton's JIT).
 
     python bench/head_memory.py                  # full size on CPU (a few minutes)
     python bench/head_memory.py --quick          # 4,096 positions, 32,000 vocabulary
@@ -32,8 +34,6 @@ for the default fused path.
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -91,9 +91,14 @@ def rows_step(hidden, weight, bias, labels):
 VARIANTS = {"hf": hf_step, "fused": fused_step, "rows": rows_step}
 
 
-def current_rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _proc_status_bytes(key):
+    # VmHWM is the peak RSS of this address space (reset by exec, unlike ru_maxrss, which a
+    # child inherits from the parent it was forked from).
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
 
 
 def sync(device):
@@ -115,10 +120,9 @@ def rss_child(args):
     """--rss-child: one variant in this fresh process; prints its peak RSS growth as JSON."""
     device = torch.device(args.device)
     inputs = make_inputs(args, device)
-    base = current_rss_bytes()
+    base = _proc_status_bytes("VmRSS")
     VARIANTS[args.rss_child](*inputs)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"rss_peak_bytes": peak - base}))
+    print(json.dumps({"rss_peak_bytes": _proc_status_bytes("VmHWM") - base}))
 
 
 def measure_rss(args, variant):
@@ -137,7 +141,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary V (default 250002)")
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 2 CPU, 10 CUDA)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per variant (default 2 CPU, 10 CUDA)")
     ap.add_argument("--rss", action="store_true", help="also peak RSS per variant in a fresh subprocess (CPU)")
     ap.add_argument("--rss-child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -150,10 +154,12 @@ def main():
         sys.exit("--device cuda: no CUDA device here")
     repeats = args.repeats or (10 if device.type == "cuda" else 2)
     torch.manual_seed(0)
+    variants = {k: v for k, v in VARIANTS.items() if k != "rows" or device.type == "cpu"}
+    # The subprocesses first, while this process holds nothing big.
+    rss = {name: measure_rss(args, name) for name in variants} if args.rss else {}
 
     inputs = make_inputs(args, device)
     impl = kernels.resolve_impl("auto", inputs[0])
-    variants = {k: v for k, v in VARIANTS.items() if k != "rows" or device.type == "cpu"}
     chunk = chunked.vocab_chunk_columns(args.positions, args.vocab)
     print(f"MLM head + loss, forward + backward: M={args.positions} masked positions, d={args.hidden}, "
           f"V={args.vocab}, {args.dtype}, device={device}"
@@ -165,10 +171,14 @@ def main():
              if "rows" in variants else ""))
 
     peaks, times, losses, grads = {}, {k: [] for k in variants}, {}, {}
-    for name, step in variants.items():  # untimed first run: memory (and warm-up / JIT)
+    for name, step in variants.items():  # first run: memory, and timed
+        if device.type == "cuda":
+            run_once(step, inputs, device)  # Triton JIT, cuBLAS handles: not part of either number
         for t in inputs[:3]:
             t.grad = None
+        start = time.perf_counter()
         peaks[name], losses[name] = peak_allocated_bytes(lambda s=step: s(*inputs), device)
+        times[name].append(time.perf_counter() - start)
         # Keep the reference gradients; of the others only their error against them.
         if name == "hf":
             grads[name] = [t.grad.detach().clone() for t in inputs[:3]]
@@ -178,10 +188,9 @@ def main():
     del grads["hf"]
     for t in inputs[:3]:
         t.grad = None
-    for _ in range(repeats):
+    for _ in range(repeats - 1):
         for name, step in variants.items():
             times[name].append(run_once(step, inputs, device)[0])
-    rss = {name: measure_rss(args, name) for name in variants} if args.rss else {}
 
     mib = 2**20
     header = f"{'variant':<8}{'peak alloc MiB':>16}{'best s':>10}{'runs s':>26}"

@@ -160,29 +160,40 @@ def measure(name, build, a, ds_config, optim, batches, ga):
     params = unique_params(model)
     engine = ds.build_engine(model, ds_config, optim, a.warmup + a.steps)
     build_s = time.perf_counter() - t0
+    print(f"  [{name}] built and wrapped by deepspeed.initialize in {build_s:.1f} s", flush=True)
     torch.manual_seed(a.seed + 1)  # same dropout stream
     dev = engine.device
     acc = get_accelerator()
-    step_times, losses, masked = [], [], 0
+    step_times, losses, parts = [], [], [0.0, 0.0, 0.0]
     it = iter(batches)
     for step in range(a.warmup + a.steps):
         acc.synchronize()
         t = time.perf_counter()
+        split = [0.0, 0.0, 0.0]  # forward, backward, optimizer step (synchronised: cheap on CPU)
         for _ in range(ga):
             ids, labels = next(it)
             ids, labels = ids.to(dev), labels.to(dev)
+            t1 = time.perf_counter()
             out = engine(ids, labels=labels)
+            acc.synchronize()
+            t2 = time.perf_counter()
             engine.backward(out["loss"])
+            acc.synchronize()
+            t3 = time.perf_counter()
             engine.step()
-        loss = float(out["loss"])  # a host sync, inside the timed region on purpose
+            acc.synchronize()
+            t4 = time.perf_counter()
+            split = [split[0] + t2 - t1, split[1] + t3 - t2, split[2] + t4 - t3]
+        loss = out["loss"].item()  # a host sync, inside the timed region on purpose
         acc.synchronize()
         dt = time.perf_counter() - t
         if step >= a.warmup:
             step_times.append(dt)
             losses.append(loss)
-            masked += int(labels.ne(IGNORE_INDEX).sum()) * ga
+            parts = [x + y for x, y in zip(parts, split)]
         print(f"  [{name}] step {step + 1}/{a.warmup + a.steps}{' (warm-up)' if step < a.warmup else ''}: "
-              f"{dt:.2f} s, loss {loss:.3f}", flush=True)
+              f"{dt:.2f} s (fwd {split[0]:.2f}, bwd {split[1]:.2f}, opt {split[2]:.2f}), loss {loss:.3f}",
+              flush=True)
     peak = _peak_rss_gib() if can_reset else None
     # Free this engine before the next one is built.
     if hasattr(engine, "destroy"):
@@ -192,6 +203,7 @@ def measure(name, build, a, ds_config, optim, batches, ga):
     timed = sum(step_times)
     tokens = a.steps * ga * a.micro_batch * a.seq_len
     return dict(name=name, params=params, build_s=build_s, step_s=timed / a.steps, min_step_s=min(step_times),
+                fwd_s=parts[0] / a.steps, bwd_s=parts[1] / a.steps, opt_s=parts[2] / a.steps,
                 tok_s=tokens / timed, loss=sum(losses) / len(losses), peak=peak)
 
 
@@ -262,12 +274,14 @@ def main(argv=None) -> float:
     ]
     ratio = rows[0]["tok_s"] / rows[1]["tok_s"]
     if dist.is_main:
-        print(f"{'model':<28}{'params':>13}{'build s':>9}{'step s':>9}{'min s':>8}{'tokens/s':>11}"
-              f"{'loss':>9}{'peak RSS':>10}")
+        print(f"{'model':<28}{'params':>13}{'step s':>8}{'min s':>7}{'fwd s':>7}{'bwd s':>7}{'opt s':>7}"
+              f"{'tokens/s':>10}{'loss':>8}{'peak RSS':>11}")
         for r in rows:
             peak = f"{r['peak']:.2f} GiB" if r["peak"] is not None else "n/a"
-            print(f"{r['name']:<28}{r['params']:>13,}{r['build_s']:>9.1f}{r['step_s']:>9.2f}{r['min_step_s']:>8.2f}"
-                  f"{r['tok_s']:>11.1f}{r['loss']:>9.3f}{peak:>10}")
+            print(f"{r['name']:<28}{r['params']:>13,}{r['step_s']:>8.2f}{r['min_step_s']:>7.2f}{r['fwd_s']:>7.2f}"
+                  f"{r['bwd_s']:>7.2f}{r['opt_s']:>7.2f}{r['tok_s']:>10.1f}{r['loss']:>8.3f}{peak:>11}")
+        print("(step s: mean over the timed steps = fwd + bwd + opt; tokens/s = micro-batch x seq x accum / step s; "
+              "peak RSS: this model's phase)")
         print(f"pretrain throughput ratio ours/hf: {ratio:.2f}", flush=True)
     ds.shutdown()
     return ratio

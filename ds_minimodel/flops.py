@@ -277,9 +277,9 @@ def is_trainable(name: str, kind: str, *, frozen_layers: int | None = None) -> b
     if kind in ("adapt_minipost", "adapt_full"):
         return name in ("embeddings.word", "lm_head.bias")
     if kind == "finetune":
-        if name in ("embeddings.word", "embeddings.position", "embeddings.token_type"):
-            return False
-        return not name.startswith(("lm_head.", "mid_head."))  # embeddings.layer_norm trains
+        # The whole embedding module stays frozen (its layer norm too): a language pack trained
+        # under the pretrained embedding layer norm and positions must meet them again at transfer.
+        return not name.startswith(("embeddings.", "lm_head.", "mid_head."))
     return False  # eval
 
 

@@ -192,3 +192,47 @@ class MLMEncoder(nn.Module):
             out["mid_loss"] = self.mid_head(*gather_masked(states[k], labels))
             out["loss"] = out["mid_loss"] if route == "mid" else out["loss"] + self.cfg.mid_head_weight * out["mid_loss"]
         return out
+
+
+class SequenceClassifier(nn.Module):
+    """Encoder + RoBERTa's classification head on the <s> state (dense, tanh, dropout, out).
+
+    Used for single sentences and sentence pairs alike (pairs are packed as <s> A </s></s> B </s>).
+    The MLM heads stay in `encoder` (so a language pack plugs in by name) but are never called.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = MLMEncoder(cfg)
+        self.dense = Linear(cfg.hidden_size, cfg.hidden_size, cfg.init_std)
+        self.dropout = nn.Dropout(dropout)
+        self.out = Linear(cfg.hidden_size, num_labels, cfg.init_std)
+
+    def forward(self, input_ids, labels=None, attention_mask=None) -> dict:
+        h = self.encoder.encode(input_ids, attention_mask)[-1][:, 0]
+        logits = self.out(self.dropout(torch.tanh(self.dense(self.dropout(h)))))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits.float(), labels)
+            out["num_correct"] = (logits.argmax(-1) == labels).sum()
+        return out
+
+
+class QuestionAnswering(nn.Module):
+    """Encoder + a span head (start/end logits per token), as RobertaForQuestionAnswering."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = MLMEncoder(cfg)
+        self.span = Linear(cfg.hidden_size, 2, cfg.init_std)
+
+    def forward(self, input_ids, start_positions=None, end_positions=None, attention_mask=None) -> dict:
+        h = self.encoder.encode(input_ids, attention_mask)[-1]
+        start, end = self.span(h).float().unbind(-1)
+        if attention_mask is not None:  # never predict padding
+            start = start.masked_fill(~attention_mask.bool(), torch.finfo(start.dtype).min)
+            end = end.masked_fill(~attention_mask.bool(), torch.finfo(end.dtype).min)
+        out = {"start_logits": start, "end_logits": end}
+        if start_positions is not None:
+            out["loss"] = (F.cross_entropy(start, start_positions) + F.cross_entropy(end, end_positions)) / 2
+        return out

@@ -60,7 +60,8 @@ def read_model_dir(path: str | Path) -> tuple[dict, ModelConfig, dict]:
     lineage_file = path / "lineage.json"
     lineage = json.loads(lineage_file.read_text(encoding="utf-8")) if lineage_file.is_file() else {}
     lineage.setdefault("kind", "pretrain")
-    lineage.setdefault("body_fingerprints", body_fingerprints(state, cfg))
+    if "body_fingerprints" not in lineage:
+        lineage["body_fingerprints"] = body_fingerprints(state, cfg)
     tok = path / "tokenizer.model"
     lineage["tokenizer"] = str(tok) if tok.is_file() else lineage.get("tokenizer")
     lineage["config"] = raw

@@ -4,7 +4,9 @@ ZeRO-3 contract: the tied weight is saved with `ctx.save_for_backward` (never co
 stored on `ctx` as an attribute), so backward reads whatever the parameter holds when DeepSpeed
 has re-gathered it for the head module's backward, and autograd drops the reference when
 backward ends. Saving `weight.data`, a `.float()` copy, or `ctx.weight = weight` would either
-pin a stale full copy or keep the gathered tensor alive as long as the graph.
+pin a stale full copy or keep the gathered tensor alive as long as the graph. (The "rows"
+strategy reads the weight in forward only and saves its gradients instead; the embedding saves
+only the ids.)
 """
 
 import torch

@@ -1,0 +1,132 @@
+"""Step 4: plug a language pack into a model and evaluate zero-shot in the new language.
+
+Nothing trains here. For each pack: its compatibility is checked (hidden size, special tokens,
+and the fingerprint of the body it was trained under against the fingerprints of the pretrained
+body the fine-tuned model came from), its word table and output bias replace the model's, its
+tokenizer replaces the source tokenizer, and the task's target-language test set is scored.
+A control plugs in untrained random embeddings the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ds_minimodel.errors import UserError
+from ds_minimodel.finetune import accuracy, load_classifier, with_vocab
+from ds_minimodel.langpack import PackInfo, check_compatible, load_pack
+from ds_minimodel.minimodel import plug_embeddings
+from ds_minimodel.model import MLMEncoder
+from ds_minimodel.modeldir import read_model_dir
+from ds_minimodel.tasks.batching import encode_classification, pad_sequences
+from ds_minimodel.tokenizer import Tokenizer
+
+
+def _encoder_state(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def plugged_classifier(model, info: PackInfo, tensors: dict, lineage: dict, where: str):
+    """A copy of the fine-tuned classifier speaking the pack's language."""
+    fps = lineage["body_fingerprints"]
+    check_compatible(info, hidden_size=model.encoder.cfg.hidden_size, pad_token_id=model.encoder.cfg.pad_token_id,
+                     body_fingerprint=fps.get(str(info.fingerprint_layers), "none"), where=where)
+    state = model.state_dict()
+    enc, cfg = plug_embeddings(_encoder_state(state, "encoder."), model.encoder.cfg, tensors["word"],
+                               tensors["output_bias"], info.pad_token_id)
+    new = with_vocab(model, cfg.vocab_size)
+    new.load_state_dict({**{f"encoder.{k}": v for k, v in enc.items()},
+                         **{k: v for k, v in state.items() if not k.startswith("encoder.")}}, strict=True)
+    return new.eval()
+
+
+def random_control(info: PackInfo, tensors: dict, seed: int = 0) -> dict:
+    """Untrained embeddings for the pack's vocabulary with the trained table's scale."""
+    g = torch.Generator().manual_seed(seed)
+    word = torch.randn(tensors["word"].shape, generator=g) * float(tensors["word"].std())
+    return {"word": word, "output_bias": torch.zeros_like(tensors["output_bias"])}
+
+
+def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: int = 32) -> dict:
+    """English (source) accuracy, and per pack the target-language accuracy and its control."""
+    model, config, lineage = load_classifier(model_dir)
+    src_tok = Tokenizer.load(lineage["tokenizer"])
+    max_len = config["task"]["max_len"]
+    result = {"task": task.name, "chance_majority": task.meta.get("chance", {}),
+              "source": {"language": task.train_language,
+                         "accuracy": _accuracy(model, task.tests[task.train_language], src_tok, max_len, batch_size)},
+              "packs": {}}
+    for pack_dir in packs:
+        info, tensors, tok = load_pack(pack_dir)
+        if info.language not in task.tests:
+            raise UserError(f"task {task.name} has no test set in {info.language!r} (has: {', '.join(task.tests)})")
+        test = task.tests[info.language]
+        plugged = plugged_classifier(model, info, tensors, lineage, str(model_dir))
+        control = plugged_classifier(model, info, random_control(info, tensors), lineage, str(model_dir))
+        result["packs"][str(pack_dir)] = {
+            "method": info.method, "language": info.language,
+            "accuracy": _accuracy(plugged, test, tok, max_len, batch_size),
+            "control_accuracy": _accuracy(control, test, tok, max_len, batch_size),
+        }
+    return result
+
+
+def _accuracy(model, examples, tok: Tokenizer, max_len: int, batch_size: int) -> float:
+    return accuracy(model, encode_classification(examples, tok, max_len), [ex.label for ex in examples],
+                    tok.pad_id, batch_size)
+
+
+@torch.no_grad()
+def mean_pooled(model: MLMEncoder, texts: list[str], tok: Tokenizer, layer: int, batch_size: int = 64,
+                max_len: int = 128) -> torch.Tensor:
+    """Mean of layer `layer`'s hidden states over each text's non-pad tokens."""
+    model.eval()
+    rows = []
+    for i in range(0, len(texts), batch_size):
+        ids = [[tok.bos_id] + tok.encode(t)[:max_len - 2] + [tok.eos_id] for t in texts[i:i + batch_size]]
+        input_ids, mask = pad_sequences(ids, tok.pad_id)
+        h = model.encode(input_ids, mask, depth=layer)[layer]
+        m = mask.unsqueeze(-1).to(h.dtype)
+        rows.append((h * m).sum(1) / m.sum(1))
+    return torch.cat(rows)
+
+
+def evaluate_retrieval(pretrained_dir: str, packs: list[str], pairs, layer: int | None = None) -> dict:
+    """English<->target verse retrieval: English through the pretrained model with its own
+    tokenizer, the target language through the same body with each pack plugged in."""
+    from ds_minimodel.tasks.metrics import retrieval_metrics
+
+    state, cfg, lineage = read_model_dir(pretrained_dir)
+    layer = layer or max(1, cfg.num_layers // 2)
+    src_tok = Tokenizer.load(lineage["tokenizer"])
+    model = MLMEncoder(cfg)
+    model.load_state_dict(state, strict=True)
+    max_len = min(128, cfg.max_positions - cfg.pad_token_id - 1)  # RoBERTa positions start at pad + 1
+    english = mean_pooled(model, [p.english for p in pairs], src_tok, layer, max_len=max_len)
+    result = {"layer": layer, "pairs": len(pairs), "packs": {}}
+    for pack_dir in packs:
+        info, tensors, tok = load_pack(pack_dir)
+        check_compatible(info, hidden_size=cfg.hidden_size, pad_token_id=cfg.pad_token_id,
+                         body_fingerprint=lineage["body_fingerprints"].get(str(info.fingerprint_layers), "none"),
+                         where=str(pretrained_dir))
+        scores = {}
+        for name, t in (("pack", tensors), ("control", random_control(info, tensors))):
+            plugged_state, plugged_cfg = plug_embeddings(state, cfg, t["word"], t["output_bias"], info.pad_token_id)
+            target_model = MLMEncoder(plugged_cfg)
+            target_model.load_state_dict(plugged_state, strict=True)
+            scores[name] = retrieval_metrics(english, mean_pooled(target_model, [p.chichewa for p in pairs], tok, layer,
+                                                                        max_len=max_len))
+        result["packs"][str(pack_dir)] = {"method": info.method, "top1": scores["pack"]["top1"],
+                                          "mrr": scores["pack"]["mrr"], "control_top1": scores["control"]["top1"],
+                                          "control_mrr": scores["control"]["mrr"]}
+    return result
+
+
+def write_json(result: dict, out: str | Path) -> Path:
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return out

@@ -1,0 +1,51 @@
+"""Step 4: plug language packs into a fine-tuned model and evaluate zero-shot transfer.
+
+    python launchers/evaluate.py --model runs/finetune/final --pack runs/adapt-minijoint/pack \
+        --pack runs/adapt-full/pack --pretrained runs/demo/final --out runs/transfer.json
+
+Prints source-language accuracy, each pack's target-language accuracy against a control with
+untrained random embeddings, and (with --pretrained) English<->target verse retrieval.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ds_minimodel.cli import run_main  # noqa: E402
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="fine-tuned model directory (step 3's final/)")
+    p.add_argument("--pack", action="append", default=[], help="language pack directory (repeatable)")
+    p.add_argument("--pretrained", default=None, help="pretrained model directory, for verse retrieval")
+    p.add_argument("--retrieval-pairs", type=int, default=1000)
+    p.add_argument("--retrieval-layer", type=int, default=None, help="hidden layer to pool (default L/2)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    def body():
+        from ds_minimodel import transfer
+        from ds_minimodel.finetune import load_classifier, load_task
+        from ds_minimodel.config import FinetuneConfig, from_dict
+
+        _, config, _ = load_classifier(args.model)
+        task = load_task(from_dict(FinetuneConfig, config["finetune"]))
+        result = {"classification": transfer.evaluate_classification(args.model, args.pack, task)}
+        if args.pretrained and args.pack:
+            from ds_minimodel.tasks.bible import verse_retrieval_pairs
+
+            pairs = verse_retrieval_pairs("heldout", max_pairs=args.retrieval_pairs)
+            result["retrieval"] = transfer.evaluate_retrieval(args.pretrained, args.pack, pairs, args.retrieval_layer)
+        print(json.dumps(result, indent=2))
+        if args.out:
+            transfer.write_json(result, args.out)
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Step 3: fine-tune body + classification head on source-language task data (embeddings frozen).
+
+    python launchers/finetune.py --deepspeed ds_configs/z0.json --config configs/finetune-cpu.yaml \
+        model_dir=runs/demo/final task=bible-genre
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ds_minimodel.cli import training_main  # noqa: E402
+
+
+def main(argv=None) -> None:
+    from ds_minimodel import finetune
+    from ds_minimodel.config import FinetuneConfig
+
+    training_main(argv, __doc__, FinetuneConfig, finetune.run)
+
+
+if __name__ == "__main__":
+    main()
