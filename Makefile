@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 DEMO_DATA ?= data/bible-en
 DEMO_RUN ?= runs/demo
 
-.PHONY: install test test-gpu demo smoke bench clean
+.PHONY: install test test-gpu demo smoke bench clean pipeline
 
 install: $(VENV)/.installed
 
@@ -59,3 +59,7 @@ bench: install
 
 clean:
 	rm -rf runs build *.egg-info
+
+# The whole English -> Chichewa pipeline (issue: MiniPost, adaptation, fine-tuning, transfer).
+pipeline: install
+	$(PY) launchers/pipeline.py --work runs/pipeline --nproc $(NPROC)
