@@ -49,3 +49,39 @@ def _bible_lines(n: int) -> list[str]:
         rng = random.Random(0)
         words = "in the beginning god created heaven and earth light was good day night".split()
         return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 25))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_target_corpus(tmp_path_factory) -> Path:
+    """A small Chichewa dataset with its own tokenizer (the new language of the tests)."""
+    from ds_minimodel.data.recipes import chichewa_verses
+    from ds_minimodel.data.shards import write_shards
+    from ds_minimodel.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_target")
+    verses = chichewa_verses()
+    lines = [verses[k] for k in sorted(verses)[:3000]]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tok = train_tokenizer([str(root / "corpus.txt")], str(root / "spm"), 180)
+    docs = [tok.encode(line) for line in lines]
+    write_shards(str(root / "data"), {"train": docs[:2700], "valid": docs[2700:]}, str(root / "spm.model"),
+                 {"recipe": "test-ny"})
+    return root / "data"
+
+
+def _pretrain_tiny(rank, data, out):
+    from ds_minimodel import pretrain
+    from ds_minimodel.config import PretrainConfig, load_config
+
+    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", [f"data.path={data}", f"train.out_dir={out}"])
+    pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_corpus, tmp_path_factory) -> Path:
+    """A tiny MiniJoint model (4 layers, mid head after layer 1) pretrained on English: final/."""
+    from tests.distributed import run_ranks
+
+    out = tmp_path_factory.mktemp("tiny_pretrain") / "run"
+    run_ranks(_pretrain_tiny, 1, args=(tiny_corpus, out))
+    return out / "final"

@@ -1,0 +1,134 @@
+"""Steps 1b-4 on tiny models: what must stay bit-identical stays so, and bad packs are refused."""
+
+import json
+
+import pytest
+import torch
+
+from ds_minimodel.config import ModelConfig
+from ds_minimodel.minimodel import extract_layers, fingerprint, minijoint_mini, plug_embeddings
+from ds_minimodel.model import MLMEncoder
+from ds_minimodel.modeldir import read_model_dir
+from tests.conftest import REPO
+from tests.distributed import run_ranks
+from tests.test_bad_input import expect_rejected, tree_hash
+
+
+def _tiny_state():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=101, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
+                      mid_head_layer=1, max_positions=40)
+    return MLMEncoder(cfg).state_dict(), cfg
+
+
+def test_extract_then_plug_leaves_every_other_tensor_bit_identical():
+    state, cfg = _tiny_state()
+    reference = {k: v.clone() for k, v in state.items()}
+    mini, mini_cfg = minijoint_mini(state, cfg)
+    word, bias = torch.randn(57, 32), torch.randn(57)
+    plugged, plugged_cfg = plug_embeddings(state, cfg, word, bias, pad_token_id=1)
+    assert plugged_cfg.vocab_size == 57 and mini_cfg.num_layers == 1
+    replaced = {"embeddings.word", "lm_head.weight", "mid_head.weight", "lm_head.bias", "mid_head.bias"}
+    for name, tensor in reference.items():
+        if name not in replaced:
+            assert torch.equal(plugged[name], tensor), name
+    for name in ("layers.0.fc1.weight", "embeddings.position", "embeddings.layer_norm.weight"):
+        assert torch.equal(mini[name], reference[name])
+    assert torch.equal(mini["lm_head.dense.weight"], reference["mid_head.dense.weight"])
+    assert plugged["lm_head.weight"] is word and plugged["mid_head.bias"] is bias
+    # The fingerprint of layers 1..k is the same for the full model and the carved mini-model.
+    assert fingerprint(mini, 1) == fingerprint(state, 1) == fingerprint(plugged, 1)
+    assert fingerprint(state, 2) != fingerprint(state, 1)
+    sub, _ = extract_layers(state, cfg, 2)
+    assert not any(k.startswith(("layers.2", "lm_head", "mid_head")) for k in sub)
+
+
+def _step(rank, module, config_file, overrides):
+    import importlib
+
+    from ds_minimodel.config import load_config
+
+    mod = importlib.import_module(f"ds_minimodel.{module}")
+    cls = {"adapt": "AdaptConfig", "minipost": "MiniPostConfig", "finetune": "FinetuneConfig"}[module]
+    import ds_minimodel.config as config
+
+    cfg = load_config(getattr(config, cls), REPO / config_file, overrides)
+    mod.run(cfg, str(REPO / "ds_configs/z0.json"))
+
+
+def run_step(module, config_file, *overrides):
+    run_ranks(_step, 1, args=(module, config_file, list(overrides)))
+
+
+@pytest.mark.parametrize("through", ["mini", "full"])
+def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_dir, tiny_target_corpus, tmp_path,
+                                                                   through):
+    out = tmp_path / "adapt"
+    run_step("adapt", "configs/adapt-tiny.yaml", f"model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
+             f"train.out_dir={out}", f"through={through}", "language=ny")
+    from ds_minimodel.adapt import select_body
+    from ds_minimodel.checkpoint import consolidate
+
+    source, cfg, lineage = read_model_dir(tiny_model_dir)
+    body, _, method, k = select_body(source, cfg, lineage, through, "test")
+    first = torch.load(out / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt", weights_only=False)
+    final, _ = consolidate(out / "checkpoints")
+    for name, tensor in body.items():
+        if name in ("embeddings.word", "lm_head.weight", "lm_head.bias"):
+            continue
+        assert torch.equal(final[name], tensor), f"{name} changed during adaptation"
+    assert not torch.equal(final["lm_head.bias"], torch.zeros_like(final["lm_head.bias"]))
+    assert final["embeddings.word"].shape[0] == 180
+    assert first["module"]["embeddings.word"].shape == final["embeddings.word"].shape
+    pack = json.loads((out / "pack" / "pack.json").read_text())
+    assert pack["method"] == {"mini": "minijoint", "full": "full"}[through]
+    assert pack["fingerprint_layers"] == k and pack["body_fingerprint"] == lineage["body_fingerprints"][str(k)]
+
+
+def test_minipost_top_trains_while_bottom_stays_bit_identical(tiny_model_dir, tiny_corpus, tmp_path):
+    out = tmp_path / "minipost"
+    run_step("minipost", "configs/minipost-tiny.yaml", f"source={tiny_model_dir}", f"data.path={tiny_corpus}",
+             f"train.out_dir={out}", "layers=2", "top_layers=1")
+    source, _, _ = read_model_dir(tiny_model_dir)
+    mini, mini_cfg, lineage = read_model_dir(out / "final")
+    assert mini_cfg.num_layers == 3 and lineage["kind"] == "minipost" and lineage["mini_layers"] == 2
+    for name, tensor in mini.items():
+        if name.startswith(("embeddings.", "layers.0.", "layers.1.")):
+            assert torch.equal(tensor, source[name]), f"frozen {name} changed"
+    assert not torch.equal(mini["layers.2.fc1.weight"], source["layers.2.fc1.weight"])
+    assert not torch.equal(mini["lm_head.dense.weight"], source["lm_head.dense.weight"])
+    assert torch.equal(mini["lm_head.weight"], source["embeddings.word"])
+
+
+def test_finetune_then_transfer_and_mismatched_pack_refused(tiny_model_dir, tiny_target_corpus, tmp_path, capsys):
+    from launchers.evaluate import main as evaluate_main
+
+    ft = tmp_path / "ft"
+    run_step("finetune", "configs/finetune-tiny.yaml", f"model_dir={tiny_model_dir}", f"train.out_dir={ft}")
+    source, _, _ = read_model_dir(tiny_model_dir)
+    tuned = torch.load(ft / "final" / "model.pt", weights_only=True)
+    for name in ("embeddings.word", "embeddings.position", "embeddings.layer_norm.weight"):
+        assert torch.equal(tuned[f"encoder.{name}"], source[name]), f"{name} changed during fine-tuning"
+    assert not torch.equal(tuned["encoder.layers.3.fc1.weight"], source["layers.3.fc1.weight"])
+
+    adapt = tmp_path / "adapt"
+    run_step("adapt", "configs/adapt-tiny.yaml", f"model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
+             f"train.out_dir={adapt}", "language=ny")
+    result = tmp_path / "transfer.json"
+    evaluate_main(["--model", str(ft / "final"), "--pack", str(adapt / "pack"), "--out", str(result)])
+    scores = json.loads(result.read_text())["classification"]["packs"][str(adapt / "pack")]
+    assert 0.0 <= scores["accuracy"] <= 1.0 and scores["method"] == "minijoint"
+
+    # A pack whose body fingerprint belongs to another model: refused, nothing written.
+    bad = tmp_path / "bad_pack"
+    import shutil
+
+    shutil.copytree(adapt / "pack", bad)
+    info = json.loads((bad / "pack.json").read_text())
+    info["body_fingerprint"] = "0123456789abcdef"
+    (bad / "pack.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    out = tmp_path / "bad.json"
+    expect_rejected(capsys, evaluate_main, ["--model", str(ft / "final"), "--pack", str(bad), "--out", str(out)],
+                    "does not fit", "0123456789abcdef", watch=[ft, bad])
+    assert not out.exists()
