@@ -247,7 +247,9 @@ def main(argv=None) -> float:
     ds_path = a.deepspeed
     if not os.path.isabs(ds_path) and not os.path.exists(ds_path):
         ds_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ds_path)
-    dist = ds.init_distributed()
+    t0 = time.perf_counter()
+    dist = ds.init_distributed()  # a world of one under plain `python`
+    init_s = time.perf_counter() - t0
     ds_config = ds.resolve_ds_config(ds.read_ds_config(ds_path), dist.world_size, micro_batch_size=a.micro_batch,
                                      dtype=a.dtype, grad_clip=OptimConfig().grad_clip,
                                      source=f"DeepSpeed config {a.deepspeed}")
@@ -266,7 +268,8 @@ def main(argv=None) -> float:
         print(f"run: {a.warmup} warm-up + {a.steps} timed steps, {a.dtype}, DeepSpeed {a.deepspeed} "
               f"(ZeRO-{ds.zero_stage(ds_config)}), torch AdamW lr {optim.lr} wd {optim.weight_decay}, "
               f"grad clip {ds_config['gradient_clipping']}, {torch.get_num_threads()} threads, "
-              f"masked {frac:.1%} of tokens, our kernels={a.kernels!r}", flush=True)
+              f"masked {frac:.1%} of tokens, our kernels={a.kernels!r}; init_distributed took {init_s:.1f} s",
+              flush=True)
 
     rows = [
         measure("ours (MLMEncoder)", lambda: build_ours(a, max_positions), a, ds_config, optim, batches, ga),
