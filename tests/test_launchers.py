@@ -36,9 +36,10 @@ def check_finished(out_dir, world_size):
     assert (out_dir / "final" / "hf" / "model.safetensors").is_file()
 
 
-def test_plain_python_single_process(tiny_corpus, tmp_path):
-    run([PY, *pretrain_args(tiny_corpus, tmp_path / "run", "ds_configs/z0.json")], tmp_path)
+def test_plain_python_single_process_with_offline_wandb(tiny_corpus, tmp_path):
+    run([PY, *pretrain_args(tiny_corpus, tmp_path / "run", "ds_configs/z0.json"), "train.wandb=true"], tmp_path)
     check_finished(tmp_path / "run", 1)
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "no offline wandb run was written"
 
 
 def test_deepspeed_launcher_two_ranks_zero3(tiny_corpus, tmp_path):
