@@ -632,8 +632,9 @@ def hfu(hardware_flops_per_s: float, peak: float | str) -> float:
 def measure_cpu_peak(seconds: float = 1.0, n: int = 1024) -> float:
     """fp32 matmul FLOP/s this process reaches on the CPU (torch's current thread count): the best
     rate over repeated n x n @ n x n products for about `seconds`."""
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
+    g = torch.Generator().manual_seed(0)  # never the global RNG: a resumed run's dropout stream depends on it
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
     out = torch.empty(n, n)
     torch.mm(a, b, out=out)  # warm-up (allocations, thread pool)
     per_mm = 2 * n * n * n

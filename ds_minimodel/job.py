@@ -90,6 +90,7 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
     engine = ds.build_engine(spec.make_model(ds_config), ds_config, cfg.optim, cfg.train.steps)
     torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # distinct dropout stream per rank
 
+    peak_flops = loop.world_peak_flops(cfg.train.dtype)
     checkpointer = Checkpointer(run_dir, dist, cfg.train.keep_last)
     state = loop.LoopState()
     if resume:
@@ -113,7 +114,7 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
         state = loop.run(engine, loader, train=cfg.train, state=state, logger=logger, checkpointer=checkpointer,
                          save_meta=save_meta, evaluate=evaluate, forward_kwargs=spec.forward_kwargs,
                          loss_keys=spec.loss_keys, micro_flops=spec.micro_flops,
-                         peak_flops=loop.world_peak_flops(cfg.train.dtype))
+                         peak_flops=peak_flops)
     finally:
         logger.close()
     if dist.is_main and state.step == cfg.train.steps:

@@ -39,8 +39,12 @@ def _rank_main(fn, rank, world_size, port, queue, args):
     os._exit(code)
 
 
-def run_ranks(fn, world_size: int = 2, args: tuple = (), timeout: float = 300.0) -> list:
-    """fn(rank, *args) on each rank; returns the per-rank results or raises with the first error."""
+def run_ranks(fn, world_size: int = 2, args: tuple = (), timeout: float = 300.0, kill_on_error: bool = True) -> list:
+    """fn(rank, *args) on each rank; returns the per-rank results or raises with the errors.
+
+    kill_on_error: kill the peers at the first failure (a test never hangs); False waits (up to
+    `timeout`) for every rank to fail or finish by itself, to test how survivors behave.
+    """
     import deepspeed  # noqa: F401  (imported before forking, so children don't pay for it)
 
     ctx = mp.get_context("fork")
@@ -50,32 +54,32 @@ def run_ranks(fn, world_size: int = 2, args: tuple = (), timeout: float = 300.0)
              for r in range(world_size)]
     for p in procs:
         p.start()
-    results, errors = {}, []
+    results, errors = {}, {}
     deadline = time.monotonic() + timeout
     while len(results) + len(errors) < world_size:
         try:
             rank, status, payload = queue.get(timeout=0.2)
-            if status != "ok":
-                errors.append((rank, payload))
-                break
-            results[rank] = payload
+            (results if status == "ok" else errors)[rank] = payload
         except queue_module.Empty:
             pass
-        if time.monotonic() > deadline:
-            errors.append((-1, f"timed out after {timeout} s"))
+        if errors and kill_on_error:
             break
-        silent = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in results]
+        if time.monotonic() > deadline:
+            errors[-1] = f"timed out after {timeout} s"
+            break
+        silent = [r for r, p in enumerate(procs)
+                  if p.exitcode is not None and r not in results and r not in errors]
         if silent and queue.empty():
             time.sleep(0.5)  # its report may still be in the pipe
             if queue.empty():
-                errors.append((silent[0], "died without reporting: " +
-                               ", ".join(f"rank {i} exit {p.exitcode}" for i, p in enumerate(procs))))
-                break
+                for r in silent:
+                    errors[r] = f"died without reporting (exit code {procs[r].exitcode})"
+                if kill_on_error:
+                    break
     for p in procs:
         if errors and p.is_alive():
             p.kill()
         p.join(timeout=30)
     if errors:
-        rank, msg = errors[0]
-        raise AssertionError(f"rank {rank} failed:\n{msg}")
+        raise AssertionError("\n".join(f"rank {r} failed:\n{msg}" for r, msg in sorted(errors.items())))
     return [results[r] for r in range(world_size)]
