@@ -63,3 +63,25 @@ clean:
 # The whole English -> Chichewa pipeline (issue: MiniPost, adaptation, fine-tuning, transfer).
 pipeline: install
 	$(PY) launchers/pipeline.py --work runs/pipeline --nproc $(NPROC)
+
+# Compute-budget study (issue part 4): the Chichewa transfer accuracy at checkpoints along step 2
+# against cumulative FLOPs and wall-clock for standard / MiniJoint / MiniPost adaptation, and the
+# compute each mini-model needs to reach the standard baseline's final accuracy (runs/study/
+# study.json, study.md, metric_vs_flops.png, metric_vs_wallclock.png). It reuses the pipeline's
+# pretrained, MiniPost and fine-tuned models (run `make pipeline` first) and trains three new
+# adaptation runs that keep 10 checkpoints each. Budget: 300 baseline steps (the pipeline's own
+# adaptation budget) and 900 steps per mini-model: at the demo's shapes a step costs 62 GFLOP
+# through the full model, 18 through MiniJoint's and 26 through MiniPost's (flops.step_flops), so
+# 900 mini steps are 0.9x / 1.2x the baseline's FLOPs: about the same budget for every method, and
+# room for the mini-models to reach the baseline. On one CPU core that is about
+# 8 + 8 + 10 min of training (runs go one after another so their wall-clocks are comparable) and
+# 31 scorings of the 1,482 held-out Chichewa verses at about 10 s each: about 35 min in all. A
+# finished run is reused, an interrupted one resumed.
+.PHONY: study
+study: install
+	@test -f runs/pipeline/finetune/final/model.pt -a -f runs/pipeline/minipost/final/model.pt || \
+		{ echo "make study needs the pipeline's models in runs/pipeline: run make pipeline first" >&2; exit 1; }
+	$(PY) launchers/study.py --run-experiments --pretrained runs/pipeline/pretrain/final \
+		--minipost runs/pipeline/minipost/final --model runs/pipeline/finetune/final \
+		--target-data data/bible-ny --out runs/study \
+		--steps full=300 minijoint=900 minipost=900 --checkpoints 10

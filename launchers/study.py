@@ -1,0 +1,135 @@
+"""Compute-budget study: step-2 compute each mini-model needs to reach the standard baseline's metric.
+
+The transfer metric at checkpoints along step 2 against cumulative FLOPs and wall-clock, and the
+compute each mini-model method needs to reach the standard baseline's final metric (the paper's
+headline: its ratio to the baseline's).
+
+Read existing adaptation runs (each kept several checkpoints: small train.save_every, large
+train.keep_last):
+
+    python launchers/study.py --runs full=runs/s/adapt-full minijoint=runs/s/adapt-minijoint \
+        minipost=runs/s/adapt-minipost --model runs/pipeline/finetune/final --metric accuracy \
+        --fraction 1.0 --out runs/study
+
+or run the three adaptation runs first (one after another, via the real adapt launcher):
+
+    python launchers/study.py --run-experiments --pretrained runs/pipeline/pretrain/final \
+        --minipost runs/pipeline/minipost/final --model runs/pipeline/finetune/final \
+        --target-data data/bible-ny --out runs/study [--steps full=300 minijoint=900 minipost=900] \
+        [--checkpoints 10]
+
+Writes study.json, study.md, metric_vs_flops.png and metric_vs_wallclock.png into --out.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ds_minimodel.cli import run_main  # noqa: E402
+from ds_minimodel.errors import InvalidValueError  # noqa: E402
+
+DEFAULT_STEPS = {"full": 300, "minijoint": 900, "minipost": 900}
+
+
+def parse_runs(items: list[str]) -> dict[str, str]:
+    runs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InvalidValueError(f"--runs {item!r}: expected NAME=DIR (e.g. full=runs/study/adapt-full)")
+        if name in runs:
+            raise InvalidValueError(f"--runs names {name!r} twice")
+        runs[name] = path
+    return runs
+
+
+def parse_steps(items: list[str]) -> dict[str, int]:
+    """`N` (every method) and/or `METHOD=N`, later items winning."""
+    steps = dict(DEFAULT_STEPS)
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            raise InvalidValueError(f"--steps {item!r}: expected N or METHOD=N") from None
+        if sep:
+            steps[name] = n
+        else:
+            steps = {m: n for m in steps}
+    return steps
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--runs", nargs="+", metavar="NAME=DIR", help="existing adaptation run directories")
+    src.add_argument("--run-experiments", action="store_true", help="train the adaptation runs first")
+    p.add_argument("--model", help="fine-tuned classifier directory (step 3's final/): for --metric accuracy")
+    p.add_argument("--pretrained", help="pretrained model directory: the runs' source (--run-experiments) and "
+                                        "the encoder for --metric retrieval_top1")
+    p.add_argument("--metric", choices=("accuracy", "retrieval_top1"), default="accuracy")
+    p.add_argument("--fraction", type=float, default=1.0, help="target = fraction x the baseline's final metric")
+    p.add_argument("--baseline", default="full", help="the run the others are compared with")
+    p.add_argument("--baseline-at", choices=("crossing", "final"), default="crossing",
+                   help="baseline compute: its own first crossing of the target, or its whole run")
+    p.add_argument("--eval-examples", type=int, default=None, help="score a fixed seeded subset of the test set")
+    p.add_argument("--retrieval-pairs", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="seed of the --eval-examples subset")
+    p.add_argument("--no-init-point", action="store_true",
+                   help="do not score the runs' initial embeddings as a point at 0 FLOPs")
+    p.add_argument("--out", required=True, help="output directory (also the runs' home with --run-experiments)")
+    exp = p.add_argument_group("--run-experiments")
+    exp.add_argument("--minipost", help="MiniPost model directory (step 1b's final/)")
+    exp.add_argument("--target-data", help="target-language dataset (prepare_data.py --recipe bible-ny)")
+    exp.add_argument("--methods", nargs="+", default=None, help="default: full minijoint [minipost]")
+    exp.add_argument("--steps", nargs="+", default=[], metavar="[METHOD=]N",
+                     help="adaptation steps (default full=300 minijoint=900 minipost=900)")
+    exp.add_argument("--checkpoints", type=int, default=10, help="evenly spaced checkpoints per run")
+    exp.add_argument("--config", default="configs/adapt-cpu.yaml", help="adaptation YAML for every run")
+    exp.add_argument("--deepspeed", default="ds_configs/z0.json")
+    exp.add_argument("--set", nargs="+", default=[], metavar="key=value", dest="overrides",
+                     help="extra adaptation config overrides for every run")
+    args = p.parse_args(argv)
+
+    def body():
+        from ds_minimodel import study
+
+        if args.metric == "accuracy" and not args.model:
+            raise InvalidValueError("--metric accuracy needs --model (the fine-tuned classifier directory)")
+        if args.metric == "retrieval_top1" and not args.pretrained:
+            raise InvalidValueError("--metric retrieval_top1 needs --pretrained (the pretrained model directory)")
+        if args.run_experiments:
+            if not (args.pretrained and args.target_data):
+                raise InvalidValueError("--run-experiments needs --pretrained and --target-data")
+            methods = tuple(args.methods or (("full", "minijoint", "minipost") if args.minipost
+                                             else ("full", "minijoint")))
+            opts = study.ExperimentOptions(out=Path(args.out), pretrained=Path(args.pretrained),
+                                           target_data=Path(args.target_data),
+                                           minipost=Path(args.minipost) if args.minipost else None, methods=methods,
+                                           steps=parse_steps(args.steps), checkpoints=args.checkpoints,
+                                           config=args.config, ds_config=args.deepspeed, overrides=args.overrides)
+            study.plan_experiments(opts)  # every input checked before the scorer loads or anything trains
+        else:
+            runs = parse_runs(args.runs)
+            study.open_runs(runs, args.baseline)  # bad runs fail before the scorer loads anything
+        # Build the scorer before any training: a bad --model fails now, not after an hour.
+        if args.metric == "accuracy":
+            scorer = study.AccuracyScorer(args.model, args.eval_examples, args.seed)
+        else:
+            scorer = study.RetrievalScorer(args.pretrained, args.retrieval_pairs)
+        if args.run_experiments:
+            runs = study.run_experiments(opts)
+        result = study.study(runs, scorer, args.out, baseline=args.baseline, fraction=args.fraction,
+                             baseline_at=args.baseline_at, include_init=not args.no_init_point)
+        for line in study.summary_lines(result):
+            print(line)
+        print(f"wrote {Path(args.out) / 'study.json'}, study.md, {', '.join(result['plots'])}", flush=True)
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()
