@@ -37,7 +37,7 @@ test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 test-gpu: install
-	$(PY) -m pytest -q -m gpu tests
+	$(PY) -m pytest -q -m gpu tests/test_kernels.py tests/test_kernels_triton.py
 
 $(DEMO_DATA)/index.json: | install
 	$(PY) launchers/prepare_data.py --recipe bible-en --out $(DEMO_DATA) --vocab-size 8000
