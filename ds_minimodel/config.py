@@ -402,6 +402,8 @@ class FinetuneConfig:
     max_len: int = 128
     # Classifier dropout (RoBERTa's head uses the hidden dropout).
     head_dropout: float = 0.1
+    # Sentence representation for the head: "cls" (<s>, as RoBERTa) or "mean" of token states.
+    pooling: str = "cls"
     # Examples per validation pass (0 = the whole validation set).
     eval_examples: int = 512
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=50))
@@ -413,6 +415,8 @@ class FinetuneConfig:
             out.append(f"task must be bible-genre|xnli|pawsx, got {self.task!r}")
         if self.task != "bible-genre" and not self.task_path:
             out.append(f"task {self.task} needs task_path (a directory of the released files)")
+        if self.pooling not in ("cls", "mean"):
+            out.append(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.max_len < 8:
             out.append(f"max_len must be >= 8, got {self.max_len}")
         return out

@@ -119,7 +119,7 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
 
     def make_model(ds_config: dict) -> SequenceClassifier:
         torch.manual_seed(cfg.train.seed)
-        model = SequenceClassifier(model_cfg, len(task.label_names), cfg.head_dropout)
+        model = SequenceClassifier(model_cfg, len(task.label_names), cfg.head_dropout, cfg.pooling)
         model.encoder.load_state_dict(state, strict=True)
         for name, p in model.named_parameters():
             p.requires_grad_(not name.startswith(FROZEN_PREFIXES))
@@ -144,7 +144,7 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
         final, _ = consolidate(checkpointer.dir)
         config = {"model": to_dict(model_cfg), "finetune": to_dict(cfg),
                   "task": {"name": task.name, "label_names": list(task.label_names), "max_len": cfg.max_len,
-                           "head_dropout": cfg.head_dropout}}
+                           "head_dropout": cfg.head_dropout, "pooling": cfg.pooling}}
         write_model_dir(run_dir / "final", final, config,
                         {"kind": "finetune", "source": str(cfg.model_dir),
                          "body_fingerprints": lineage["body_fingerprints"]}, lineage["tokenizer"])
@@ -160,7 +160,7 @@ def load_classifier(model_dir: str | Path) -> tuple[SequenceClassifier, dict, di
     if lineage.get("kind") != "finetune":
         raise UserError(f"{model_dir} is not a fine-tuned model (lineage kind {lineage.get('kind')!r})")
     task = lineage["config"]["task"]
-    model = SequenceClassifier(model_cfg, len(task["label_names"]), task["head_dropout"])
+    model = SequenceClassifier(model_cfg, len(task["label_names"]), task["head_dropout"], task.get("pooling", "cls"))
     model.load_state_dict(state, strict=True)
     return model.eval(), lineage["config"], lineage
 
@@ -168,4 +168,4 @@ def load_classifier(model_dir: str | Path) -> tuple[SequenceClassifier, dict, di
 def with_vocab(model: SequenceClassifier, vocab_size: int) -> SequenceClassifier:
     """An empty copy of `model`'s architecture for another vocabulary size (for a plugged pack)."""
     cfg = dataclasses.replace(model.encoder.cfg, vocab_size=vocab_size)
-    return SequenceClassifier(cfg, model.out.out_features, model.dropout.p)
+    return SequenceClassifier(cfg, model.out.out_features, model.dropout.p, model.pooling)

@@ -195,21 +195,30 @@ class MLMEncoder(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """Encoder + RoBERTa's classification head on the <s> state (dense, tanh, dropout, out).
+    """Encoder + RoBERTa's classification head (dense, tanh, dropout, out) on the <s> state, or
+    on the mean of the token states (pooling="mean").
 
     Used for single sentences and sentence pairs alike (pairs are packed as <s> A </s></s> B </s>).
     The MLM heads stay in `encoder` (so a language pack plugs in by name) but are never called.
     """
 
-    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float = 0.1):
+    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float = 0.1, pooling: str = "cls"):
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.pooling = pooling
         self.encoder = MLMEncoder(cfg)
         self.dense = Linear(cfg.hidden_size, cfg.hidden_size, cfg.init_std)
         self.dropout = nn.Dropout(dropout)
         self.out = Linear(cfg.hidden_size, num_labels, cfg.init_std)
 
     def forward(self, input_ids, labels=None, attention_mask=None) -> dict:
-        h = self.encoder.encode(input_ids, attention_mask)[-1][:, 0]
+        states = self.encoder.encode(input_ids, attention_mask)[-1]
+        if self.pooling == "cls":
+            h = states[:, 0]
+        else:  # mean over real tokens: a steadier feature than <s> for a briefly pretrained encoder
+            m = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).unsqueeze(-1)
+            h = (states * m.to(states.dtype)).sum(1) / m.sum(1).clamp(min=1).to(states.dtype)
         logits = self.out(self.dropout(torch.tanh(self.dense(self.dropout(h)))))
         out = {"logits": logits}
         if labels is not None:
