@@ -2,8 +2,7 @@
 
 It starts the process group, turns a DeepSpeed JSON into a validated config for this world
 size, builds the engine from the *trainable* parameters only, and offers the ZeRO-3 helpers
-(model construction under `zero.Init`, gathering partitioned parameters, consolidating a
-checkpoint into one fp32 state dict).
+(model construction under `zero.Init`, consolidating a checkpoint into one fp32 state dict).
 """
 
 from __future__ import annotations
@@ -151,18 +150,6 @@ def model_init_context(ds_config: dict):
     return contextlib.nullcontext()
 
 
-def is_partitioned(param: torch.nn.Parameter) -> bool:
-    return hasattr(param, "ds_id")
-
-
-def gathered(params, modifier_rank: int | None = None):
-    """Full (unpartitioned) parameters inside the block; writes from `modifier_rank` persist."""
-    params = list(params)
-    if not any(is_partitioned(p) for p in params):
-        return contextlib.nullcontext()
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
-
-
 # --------------------------------------------------------------------------------------------
 # Engine
 
@@ -205,12 +192,6 @@ def build_engine(model: torch.nn.Module, ds_config: dict, optim: OptimConfig, to
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)
     return engine
-
-
-def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer in full, on CPU, on every rank (gathers under ZeRO-3)."""
-    with gathered(module.parameters()):
-        return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
 
 
 def consolidate_fp32(checkpoint_dir: str | Path, tag: str, stage: int) -> dict[str, torch.Tensor]:

@@ -226,22 +226,3 @@ class SequenceClassifier(nn.Module):
             out["num_correct"] = (logits.argmax(-1) == labels).sum()
         return out
 
-
-class QuestionAnswering(nn.Module):
-    """Encoder + a span head (start/end logits per token), as RobertaForQuestionAnswering."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.encoder = MLMEncoder(cfg)
-        self.span = Linear(cfg.hidden_size, 2, cfg.init_std)
-
-    def forward(self, input_ids, start_positions=None, end_positions=None, attention_mask=None) -> dict:
-        h = self.encoder.encode(input_ids, attention_mask)[-1]
-        start, end = self.span(h).float().unbind(-1)
-        if attention_mask is not None:  # never predict padding
-            start = start.masked_fill(~attention_mask.bool(), torch.finfo(start.dtype).min)
-            end = end.masked_fill(~attention_mask.bool(), torch.finfo(end.dtype).min)
-        out = {"start_logits": start, "end_logits": end}
-        if start_positions is not None:
-            out["loss"] = (F.cross_entropy(start, start_positions) + F.cross_entropy(end, end_positions)) / 2
-        return out

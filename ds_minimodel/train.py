@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -32,11 +32,10 @@ class LoopState:
     tokens: int = 0
     flops: int = 0
     train_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"step": self.step, "tokens": self.tokens, "flops": self.flops,
-                "train_seconds": self.train_seconds, **self.extra}
+                "train_seconds": self.train_seconds}
 
 
 def flops_counter(model_cfg, kind: str, **kwargs) -> Callable[[dict], int]:

@@ -11,7 +11,7 @@ from ds_minimodel.model import MLMEncoder
 from ds_minimodel.modeldir import read_model_dir
 from tests.conftest import REPO
 from tests.distributed import run_ranks
-from tests.test_bad_input import expect_rejected, tree_hash
+from tests.test_bad_input import expect_rejected
 
 
 def _tiny_state():
@@ -70,7 +70,7 @@ def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_d
     from ds_minimodel.checkpoint import consolidate
 
     source, cfg, lineage = read_model_dir(tiny_model_dir)
-    body, _, method, k = select_body(source, cfg, lineage, through, "test")
+    body, _, _, k = select_body(source, cfg, lineage, through, "test")
     first = torch.load(out / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt", weights_only=False)
     final, _ = consolidate(out / "checkpoints")
     for name, tensor in body.items():
