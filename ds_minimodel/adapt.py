@@ -56,7 +56,9 @@ def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer |
     Rows start as normal noise with the source table's std (the scale the frozen body's first
     layer norm and attention expect). Special tokens always copy their source row, by role;
     "copy_shared" also copies every piece both vocabularies contain (digits, names, punctuation
-    and sub-words the two languages share).
+    and sub-words the two languages share), matched in one spelling (`word_pieces`) so a
+    sentencepiece target can share rows with a WordPiece source; lowercased when the source
+    tokenizer lowercases its input.
     """
     g = torch.Generator().manual_seed(seed)
     std = float(source_word.std())
@@ -68,10 +70,12 @@ def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer |
             word[getattr(target_tok, role)] = source_word[getattr(source_tok, role)]
             copied += 1
         if how == "copy_shared":
-            source_ids = {p: i for i, p in enumerate(source_tok.pieces())}
+            source_ids: dict[str, int] = {}
+            for i, p in enumerate(source_tok.word_pieces()):
+                source_ids.setdefault(p, i)
             specials = target_tok.special_ids
-            for i, piece in enumerate(target_tok.pieces()):
-                j = source_ids.get(piece)
+            for i, piece in enumerate(target_tok.word_pieces()):
+                j = source_ids.get(piece.lower() if source_tok.lowercase else piece)
                 if j is not None and i not in specials and j not in source_tok.special_ids:
                     word[i] = source_word[j]
                     copied += 1

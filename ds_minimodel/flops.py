@@ -249,8 +249,9 @@ def _frozen_layers(cfg: ModelConfig, kind: str, minipost_frozen_layers: int | No
     if k is None:
         raise UserError("step minipost_top needs the number of frozen bottom layers k "
                         "(minipost_frozen_layers, or model.mid_head_layer)")
-    if not 1 <= k < cfg.num_layers:
-        raise UserError(f"minipost_top: frozen layers k={k} must be in 1..num_layers-1 "
+    # k = num_layers: no top layers, only the MLM head trains (a head for a headless encoder).
+    if not 1 <= k <= cfg.num_layers:
+        raise UserError(f"minipost_top: frozen layers k={k} must be in 1..num_layers "
                         f"(model.num_layers={cfg.num_layers} counts the k frozen + the new top layers)")
     return k
 

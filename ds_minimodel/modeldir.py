@@ -45,7 +45,8 @@ def read_model_dir(path: str | Path) -> tuple[dict, ModelConfig, dict]:
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         lineage = {"kind": "hf", "source": str(path), "fresh_heads": list(getattr(model, "hf_fresh_init", ()))}
         lineage["body_fingerprints"] = body_fingerprints(state, model.cfg)
-        tok = next((p for p in (path / "sentencepiece.bpe.model", path / "tokenizer.model") if p.is_file()), None)
+        tok = next((p for p in (path / "sentencepiece.bpe.model", path / "tokenizer.model", path / "tokenizer.json")
+                    if p.is_file()), None)
         lineage["tokenizer"] = str(tok) if tok else None
         return state, model.cfg, lineage
     if "model" not in raw:

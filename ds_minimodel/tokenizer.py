@@ -1,14 +1,17 @@
-"""Sentencepiece tokenizers with XLM-R's special-token layout.
+"""Tokenizers: sentencepiece models trained here, and pretrained models' `tokenizer.json`.
 
-The special ids match XLM-R (`<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3) so a model, its
-embedding matrix and the data pipeline agree on them whatever the vocabulary. `<mask>` is a
-user-defined piece (id 4 in models trained here); it is looked up by name, never assumed.
+Sentencepiece models trained here put the special tokens where the model expects them:
+XLM-R's layout (`<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>`=4) for our own models and
+XLM-R/RoBERTa, BERT's padding id for BERT-family models (`<pad>`=0, `<unk>`=1, `<s>`=2,
+`</s>`=3, `<mask>`=4): a new language's vocabulary must pad with the id the frozen body was
+trained with. `<mask>` is looked up by name, never assumed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from typing import Iterable, Iterator, Sequence
 
@@ -17,6 +20,7 @@ import sentencepiece as spm
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 
 MASK_PIECE = "<mask>"
+WORD_START = "\u2581"  # sentencepiece's word-start marker
 
 # Sentencepiece reads at most this many lines (sampled when the corpus has more): it keeps the
 # trainer's memory and time bounded on large corpora; 2M verse- or line-sized sentences is far
@@ -28,57 +32,66 @@ MAX_SENTENCE_BYTES = 1 << 16
 
 
 class Tokenizer:
-    """A loaded sentencepiece `.model` file."""
+    """A loaded tokenizer: a sentencepiece `.model` file or a Hugging Face `tokenizer.json`.
 
-    def __init__(self, path: str, processor: spm.SentencePieceProcessor):
-        self.path = path
-        self._sp = processor
-        self.vocab_size: int = processor.get_piece_size()
-        self.bos_id: int = processor.bos_id()
-        self.pad_id: int = processor.pad_id()
-        self.eos_id: int = processor.eos_id()
-        self.unk_id: int = processor.unk_id()
-        mask_id = processor.piece_to_id(MASK_PIECE)
-        # piece_to_id answers unk for unknown pieces: a model without <mask> cannot do MLM.
-        if mask_id == self.unk_id:
-            raise InvalidValueError(f"tokenizer {path} has no {MASK_PIECE} piece; train it with train_tokenizer()")
-        self.mask_id: int = mask_id
-        for name in ("bos_id", "pad_id", "eos_id", "unk_id"):
-            if getattr(self, name) < 0:
-                raise InvalidValueError(f"tokenizer {path} has no {name[:-3]} token (id -1)")
-        self.special_ids: frozenset[int] = frozenset(
-            {self.bos_id, self.pad_id, self.eos_id, self.unk_id, self.mask_id})
+    `Tokenizer.load` tells them apart by content, not name (a `tokenizer.json` copied into a
+    dataset or model directory is stored as `tokenizer.model`). Both expose the same ids:
+    `bos_id`/`eos_id` are `<s>`/`</s>` or BERT's `[CLS]`/`[SEP]`, the tokens the data pipeline
+    puts around every sequence.
+    """
+
+    path: str
+    vocab_size: int
+    bos_id: int
+    pad_id: int
+    eos_id: int
+    unk_id: int
+    mask_id: int
+    # Whether the tokenizer lowercases its input: piece matching across vocabularies
+    # (copy_shared embedding init) must then lowercase the other side too.
+    lowercase: bool = False
+
+    def _set_specials(self, ids: dict[str, int]) -> None:
+        for role, i in ids.items():
+            if i is None or i < 0:
+                raise InvalidValueError(f"tokenizer {self.path} has no {role} token")
+            setattr(self, f"{role}_id", int(i))
+        self.special_ids: frozenset[int] = frozenset(ids.values())
         self._fingerprint: str | None = None
 
-    @classmethod
-    def load(cls, path: str) -> "Tokenizer":
+    @staticmethod
+    def load(path: str) -> "Tokenizer":
         if not os.path.isfile(path):
             raise MissingFileError(f"tokenizer model {path} does not exist")
-        sp = spm.SentencePieceProcessor()
-        try:
-            sp.load(path)
-        except (OSError, RuntimeError) as exc:
-            raise InvalidValueError(f"tokenizer model {path} is not a sentencepiece model ({exc})") from None
-        return cls(path, sp)
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+        # A serialized sentencepiece model is a protobuf (first byte a field tag, never "{").
+        return HFTokenizer.load(path) if head.startswith(b"{") else SentencePieceTokenizer.load(path)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without `<s>`/`</s>` (the data pipeline adds those)."""
-        return self._sp.encode(text, out_type=int)
+        raise NotImplementedError
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
-        return self._sp.encode(list(texts), out_type=int, num_threads=num_threads)
+        raise NotImplementedError
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; control tokens (`<s>`, `<pad>`, `</s>`) decode to nothing."""
-        return self._sp.decode([int(i) for i in ids])
+        """Text of `ids`; special tokens decode to nothing."""
+        raise NotImplementedError
 
     def piece(self, token_id: int) -> str:
-        return self._sp.id_to_piece(int(token_id))
+        raise NotImplementedError
 
     def pieces(self) -> list[str]:
         """All pieces in id order: matching pieces across two vocabularies lets one copy the
         embeddings of shared pieces when initialising a new language's embedding matrix."""
-        return [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+        return [self.piece(i) for i in range(self.vocab_size)]
+
+    def word_pieces(self) -> list[str]:
+        """`pieces()` in one spelling for every tokenizer, so vocabularies of different kinds can
+        be matched: a word-initial piece is the bare word ("lord"), a continuation starts
+        with "##" (WordPiece's convention; sentencepiece marks word starts with "▁" instead)."""
+        raise NotImplementedError
 
     def fingerprint(self) -> str:
         """Short sha256 of the model file: identifies the vocabulary in checkpoints and shards."""
@@ -87,7 +100,109 @@ class Tokenizer:
         return self._fingerprint
 
     def __repr__(self) -> str:
-        return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+        return f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size})"
+
+
+class SentencePieceTokenizer(Tokenizer):
+    def __init__(self, path: str, processor: spm.SentencePieceProcessor):
+        self.path = path
+        self._sp = processor
+        self.vocab_size = processor.get_piece_size()
+        mask_id = processor.piece_to_id(MASK_PIECE)
+        # piece_to_id answers unk for unknown pieces: a model without <mask> cannot do MLM.
+        if mask_id == processor.unk_id():
+            raise InvalidValueError(f"tokenizer {path} has no {MASK_PIECE} piece; train it with train_tokenizer()")
+        self._set_specials({"bos": processor.bos_id(), "pad": processor.pad_id(), "eos": processor.eos_id(),
+                            "unk": processor.unk_id(), "mask": mask_id})
+
+    @classmethod
+    def load(cls, path: str) -> "SentencePieceTokenizer":
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.load(path)
+        except (OSError, RuntimeError) as exc:
+            raise InvalidValueError(f"tokenizer model {path} is neither a sentencepiece model nor a "
+                                    f"tokenizer.json ({exc})") from None
+        return cls(path, sp)
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        return self._sp.encode(list(texts), out_type=int, num_threads=num_threads)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+    def word_pieces(self) -> list[str]:
+        return [p[1:] if p.startswith(WORD_START) else "##" + p for p in self.pieces()]
+
+
+# Special-token spellings by role, RoBERTa's and BERT's.
+_HF_SPECIALS = {"bos": ("<s>", "[CLS]"), "pad": ("<pad>", "[PAD]"), "eos": ("</s>", "[SEP]"),
+                "unk": ("<unk>", "[UNK]"), "mask": ("<mask>", "[MASK]")}
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers` JSON file (WordPiece for BERT-family models, BPE for RoBERTa).
+
+    Used for the source language of a pretrained Hugging Face model; the file's own truncation
+    and padding settings are switched off (the data pipeline decides lengths)."""
+
+    def __init__(self, path: str, tok):
+        self.path = path
+        tok.no_truncation()
+        tok.no_padding()
+        self._tok = tok
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        vocab = tok.get_vocab(with_added_tokens=True)
+        ids = {}
+        for role, names in _HF_SPECIALS.items():
+            found = [vocab[n] for n in names if n in vocab]
+            if not found:
+                raise InvalidValueError(f"tokenizer {path} has no {role} token (looked for {' or '.join(names)})")
+            ids[role] = found[0]
+        self._set_specials(ids)
+        normalizer = json.loads(tok.to_str()).get("normalizer") or {}
+        self.lowercase = bool(normalizer.get("lowercase", False)) or normalizer.get("type") == "Lowercase"
+        model = json.loads(tok.to_str())["model"]
+        self._continuation = model.get("continuing_subword_prefix") or ""
+
+    @classmethod
+    def load(cls, path: str) -> "HFTokenizer":
+        from tokenizers import Tokenizer as RustTokenizer
+
+        try:
+            tok = RustTokenizer.from_file(path)
+        except Exception as exc:  # tokenizers raises plain Exception for parse errors
+            raise InvalidValueError(f"tokenizer {path} is not a valid tokenizer.json ({exc})") from None
+        return cls(path, tok)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return list(enc.ids), [(int(b), int(e)) for b, e in enc.offsets]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def piece(self, token_id: int) -> str:
+        return self._tok.id_to_token(int(token_id))
+
+    def word_pieces(self) -> list[str]:
+        pieces = self.pieces()
+        if self._continuation == "##":
+            return pieces
+        # Byte-level BPE (RoBERTa): "Ġ" marks a word start, as sentencepiece's "▁" does.
+        return [p[1:] if p.startswith("Ġ") else "##" + p for p in pieces]
 
 
 def file_fingerprint(path: str) -> str:
@@ -108,9 +223,14 @@ def _lines(text_files: list[str]) -> Iterator[str]:
                                     f"(byte {exc.start} of a line)") from None
 
 
+# Special ids by layout; <mask> is the first user-defined piece, right after them.
+SPECIAL_LAYOUTS = {"xlmr": {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3},
+                   "bert": {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}}
+
+
 def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
                     model_type: str = "unigram", seed: int = 0, num_threads: int = 1,
-                    character_coverage: float = 0.9999) -> Tokenizer:
+                    character_coverage: float = 0.9999, layout: str = "xlmr") -> Tokenizer:
     """Train a sentencepiece model on `text_files` (one sentence or paragraph per line).
 
     Writes `out_prefix.model` and `out_prefix.vocab` (piece TAB score, for reading). The model
@@ -123,6 +243,8 @@ def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
     """
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise InvalidValueError(f"model_type {model_type!r} is not one of unigram, bpe, char, word")
+    if layout not in SPECIAL_LAYOUTS:
+        raise InvalidValueError(f"special-token layout {layout!r} is not one of {', '.join(SPECIAL_LAYOUTS)}")
     if vocab_size < 8:
         raise InvalidValueError(f"vocab_size {vocab_size} is too small (needs room for 5 special tokens)")
     if not text_files:
@@ -138,8 +260,7 @@ def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
         spm.SentencePieceTrainer.train(
             sentence_iterator=_lines(text_files), model_writer=model,
             vocab_size=vocab_size, model_type=model_type,
-            # XLM-R's layout; <mask> right after the four specials.
-            bos_id=0, pad_id=1, eos_id=2, unk_id=3,
+            **SPECIAL_LAYOUTS[layout],
             bos_piece="<s>", pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
             user_defined_symbols=[MASK_PIECE],
             input_sentence_size=MAX_TRAINING_SENTENCES, shuffle_input_sentence=True,

@@ -1,4 +1,4 @@
-"""Text -> sentencepiece tokenizer -> packed token shards (a dataset directory for training).
+"""Text -> tokenizer -> packed token shards (a dataset directory for training).
 
     python launchers/prepare_data.py --recipe bible-en --out data/bible-en --vocab-size 8000
     python launchers/prepare_data.py --recipe bible-ny --out data/bible-ny --vocab-size 8000
@@ -30,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset directory to create (must be absent or empty)")
     tok = p.add_mutually_exclusive_group(required=True)
     tok.add_argument("--vocab-size", type=int, help="train a sentencepiece model of this size on the train split")
-    tok.add_argument("--tokenizer", metavar="PATH.model", help="reuse this sentencepiece model")
+    tok.add_argument("--tokenizer", metavar="PATH", help="reuse this sentencepiece model or tokenizer.json")
     p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"], help="sentencepiece model type")
+    p.add_argument("--layout", default="xlmr", choices=["xlmr", "bert"],
+                   help="special-token ids of a trained tokenizer: XLM-R's (pad 1) or BERT's (pad 0), as the model it is for")
     p.add_argument("--valid-fraction", type=float, default=0.01,
                    help="fraction of documents (Bible: chapters) for the valid split; 0 for none")
     p.add_argument("--max-chars", type=int, help="keep at most this many characters per split (fast tests)")
@@ -47,7 +49,8 @@ def main(argv=None) -> int:
         prepare_dataset(args.out, recipe=args.recipe, text_files=args.text, hf_dataset=args.hf_dataset,
                         text_column=args.text_column, vocab_size=args.vocab_size, tokenizer_path=args.tokenizer,
                         valid_fraction=args.valid_fraction, max_chars=args.max_chars, seed=args.seed,
-                        overwrite=args.overwrite, model_type=args.model_type, num_threads=args.threads)
+                        overwrite=args.overwrite, model_type=args.model_type, num_threads=args.threads,
+                        layout=args.layout)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -118,6 +118,27 @@ def test_step_flops_equal_flop_counter_mode(kind, shape):
             assert (p.grad is not None) == brief_trainable(kind, name), name
 
 
+def test_head_only_minipost_counts_exactly():
+    """MiniPost with k = L and no top layers trains only the MLM head over a frozen body (the head
+    a headless pretrained encoder needs before the standard baseline): no layer backward at all."""
+    cfg = small_cfg(num_layers=K, mid_head_layer=None)
+    torch.manual_seed(0)
+    model = MLMEncoder(cfg)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("lm_head."))
+    ids, labels = batch(cfg, 3, 19, 7)
+    with FlopCounterMode(display=False) as fwd:
+        loss = model(ids, labels=labels, route="final")["loss"]
+    with FlopCounterMode(display=False) as bwd:
+        loss.backward()
+    report = flops.step_flops(cfg, "minipost_top", 3, 19, 7, minipost_frozen_layers=K)
+    assert (report.forward, report.backward) == (fwd.get_total_flops(), bwd.get_total_flops())
+    # Backward: the dense layer's weight gradient and the decoder's input gradient, nothing else.
+    assert report.backward == 2 * 7 * cfg.hidden_size ** 2 + 2 * 7 * cfg.hidden_size * cfg.vocab_size
+    names = flops.set_requires_grad_for_step(model, "minipost_top", minipost_frozen_layers=K)
+    assert all(n.startswith("lm_head.") for n in names) and names
+
+
 @pytest.mark.parametrize("kind", flops.STEP_KINDS)
 def test_library_freezing_matches_the_brief(kind):
     cfg = cfg_for(kind)
@@ -295,7 +316,7 @@ def test_errors():
     with pytest.raises(UserError, match="mid_head_layer"):
         flops.step_flops(small_cfg(mid_head_layer=None), "adapt_mini", 1, 8, 1)
     with pytest.raises(UserError, match="frozen layers"):
-        flops.step_flops(small_cfg(), "minipost_top", 1, 8, 1, minipost_frozen_layers=4)
+        flops.step_flops(small_cfg(), "minipost_top", 1, 8, 1, minipost_frozen_layers=5)
     with pytest.raises(UserError, match="num_masked"):
         flops.step_flops(small_cfg(), "pretrain", 1, 8, 9)
 

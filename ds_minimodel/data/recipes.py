@@ -363,12 +363,13 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                     hf_dataset: str | None = None, text_column: str = "text",
                     vocab_size: int | None = None, tokenizer_path: str | None = None,
                     valid_fraction: float = 0.01, max_chars: int | None = None, seed: int = 0,
-                    overwrite: bool = False, model_type: str = "unigram", num_threads: int = 1,
+                    overwrite: bool = False, model_type: str = "unigram", num_threads: int = 1, layout: str = "xlmr",
                     log: Callable[[str], None] = print) -> dict:
-    """Text -> (trained or given) sentencepiece tokenizer -> token shards at `out`.
+    """Text -> (trained or given) tokenizer -> token shards at `out`.
 
     Exactly one source (recipe, text_files, hf_dataset) and exactly one of vocab_size /
-    tokenizer_path. A new tokenizer is trained on the train split only, so neither the valid
+    tokenizer_path (a sentencepiece model or a pretrained model's tokenizer.json); a new sentencepiece
+    model gets the special-id `layout` of the model it is for. It is trained on the train split only, so neither the valid
     split nor held-out chapters shape the vocabulary. Returns the written index.
     """
     start = time.time()
@@ -406,8 +407,8 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                     for seg in doc.segments:
                         f.write(seg + "\n")
             tok = train_tokenizer([train_txt], os.path.join(tmp, "tokenizer"), vocab_size,
-                                  model_type=model_type, seed=seed, num_threads=num_threads)
-            meta["tokenizer"] = {"trained": True, "vocab_size": vocab_size, "model_type": model_type,
+                                  model_type=model_type, seed=seed, num_threads=num_threads, layout=layout)
+            meta["tokenizer"] = {"trained": True, "vocab_size": vocab_size, "model_type": model_type, "layout": layout,
                                  "trained_on": "train"}
         else:
             meta["tokenizer"] = {"trained": False, "source": os.path.abspath(tokenizer_path)}

@@ -62,6 +62,8 @@ def encode_with_offsets(tok: Tokenizer, text: str) -> tuple[list[int], list[Span
     offsets with `out_type="offset_mapping"`; older versions (0.1.99-0.2.0) only have
     `out_type="immutable_proto"`, whose offsets are converted to characters when they are bytes.
     """
+    if hasattr(tok, "encode_with_offsets"):  # a tokenizer.json: the library gives character offsets
+        return tok.encode_with_offsets(text)
     sp = _processor(tok)
     try:
         result = sp.encode(text, out_type="offset_mapping")
