@@ -5,30 +5,45 @@ Layout of `<run>/checkpoints/`:
     step_00000100/      DeepSpeed's files (model + ZeRO shards of every rank),
                         rng_rank<r>.pt (each rank's RNG states: dropout continues identically),
                         meta.json (step, world size, ZeRO stage, data-loader position, resolved
-                        config) -- written by rank 0 only after every rank finished: its presence
-                        is what makes the directory a checkpoint.
+                        config, and a manifest of every file with its size) -- written by rank 0
+                        only after every rank finished: its presence is what makes the directory
+                        a checkpoint.
     latest              the newest complete tag, replaced atomically after meta.json exists.
 
 A run killed mid-save leaves a directory without meta.json, which is never loaded and is
-removed by the next save; `latest` still names the previous complete checkpoint.
+removed by the next save; `latest` still names the previous complete checkpoint. A save that
+fails (disk full, read-only or vanished file system) fails every rank with one line, removes its
+partial directory and leaves `latest` and the earlier checkpoints as they were. Before resuming,
+every file of the checkpoint is checked against the manifest and its archive checksums, so a
+truncated or corrupt checkpoint is refused by name before DeepSpeed reads a byte of it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ds_minimodel import engine as ds
+from ds_minimodel import faults
 from ds_minimodel.errors import UserError
 
 META = "meta.json"
 LATEST = "latest"
+# A failed write with less than this left on the device is reported as a full disk: torch.save
+# does not raise ENOSPC but a RuntimeError ("unexpected pos ...") once the device is full.
+LOW_SPACE_BYTES = 16 << 20
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written; the previous complete one is still `latest`."""
 
 
 def tag_for(step: int) -> str:
@@ -70,6 +85,85 @@ def read_meta(tag_dir: Path) -> dict:
         raise UserError(f"checkpoint {tag_dir} has an unreadable {META}: {e}") from None
 
 
+def discard(tag_dir: Path) -> None:
+    """Remove a checkpoint directory, unmarking it first: a removal cut short leaves an incomplete
+    directory (ignored, and removed by the next save), never a "complete" one missing shards."""
+    (tag_dir / META).unlink(missing_ok=True)
+    shutil.rmtree(tag_dir, ignore_errors=True)
+
+
+def manifest(tag_dir: Path) -> dict[str, int]:
+    """{relative path: size} of every file of a checkpoint but meta.json."""
+    return {p.relative_to(tag_dir).as_posix(): p.stat().st_size
+            for p in sorted(tag_dir.rglob("*")) if p.is_file() and p.name != META}
+
+
+def fsync_tree(tag_dir: Path) -> None:
+    """Flush every file to stable storage before meta.json declares them complete (a killed
+    process loses nothing in the page cache, but a node that loses power would)."""
+    for p in sorted(tag_dir.rglob("*")):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(tag_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify_files(tag_dir: Path, files: dict[str, int] | None, names: list[str]) -> list[str]:
+    """Problems with `names` of a checkpoint: missing, wrong size, or a torch archive whose
+    checksums fail (a truncated file has no zip directory; a flipped bit fails its CRC)."""
+    problems = []
+    for name in names:
+        path = tag_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        if files is not None and path.stat().st_size != files[name]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {files[name]} (truncated?)")
+            continue
+        if path.suffix == ".pt":
+            try:
+                with zipfile.ZipFile(path) as z:
+                    bad = z.testzip()
+                if bad is not None:
+                    problems.append(f"{name} is corrupt (checksum of {bad} fails)")
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                problems.append(f"{name} is not a complete torch archive ({e})")
+    return problems
+
+
+def _describe_write_error(e: Exception, where: Path) -> str:
+    """One phrase for a failed write: a full disk says so, whatever exception carried it."""
+    try:
+        free = shutil.disk_usage(where if where.exists() else where.parent).free
+    except OSError:
+        free = None
+    errno_ = getattr(e, "errno", None)
+    if errno_ == errno.ENOSPC or (errno_ is None and free is not None and free < LOW_SPACE_BYTES):
+        return f"no space left on device ({free // 1024 if free is not None else '?'} KiB free)"
+    if isinstance(e, OSError) and errno_ is not None:
+        return f"{os.strerror(errno_)}: {e.filename}" if e.filename else os.strerror(errno_)
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+def _gather(item, world_size: int) -> list:
+    """Every rank's `item` (a collective), or [item] for a world of one (which includes rank 0
+    consolidating on its own while its peers wait: no collective may start then)."""
+    import torch.distributed as dist
+
+    if world_size == 1 or not dist.is_initialized():
+        return [item]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, item)
+    return out
+
+
 class Checkpointer:
     def __init__(self, run_dir: str | Path, dist: ds.DistInfo, keep_last: int = 2):
         self.dir = Path(run_dir) / "checkpoints"
@@ -84,42 +178,83 @@ class Checkpointer:
         return sorted(p.name for p in self.dir.glob("step_*") if p.is_dir() and is_complete(p))
 
     def latest_tag(self) -> str | None:
-        """The tag `latest` names, if that checkpoint is complete (else the newest complete one)."""
-        pointer = self.dir / LATEST
-        if pointer.is_file():
-            tag = pointer.read_text(encoding="utf-8").strip()
-            if is_complete(self.dir / tag):
-                return tag
+        """The newest complete checkpoint. `latest` names it, except after a kill between its
+        meta.json and the pointer's move: then the newer one still wins, since meta.json is
+        only written once every rank's files are on disk (resuming from the older one would
+        throw away finished steps). A `latest` naming an incomplete directory is never followed.
+        """
         tags = self.complete_tags()
         return tags[-1] if tags else None
 
     # ---- writing ------------------------------------------------------------------------
 
     def save(self, engine, step: int, meta: dict) -> Path:
-        """Collective: every rank calls it. Returns the checkpoint directory."""
+        """Collective: every rank calls it. Returns the checkpoint directory.
+
+        Three phases, each ending in an exchange of every rank's error (if any), so a write that
+        fails on one rank fails all of them together with the same CheckpointWriteError instead
+        of leaving peers waiting in a barrier until the collective timeout.
+        """
         tag = tag_for(step)
         tag_dir = self.dir / tag
-        if self.dist.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            if tag_dir.exists() and not is_complete(tag_dir):
-                shutil.rmtree(tag_dir)  # debris of a save that was killed half-way
-        ds.barrier()
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step}, save_latest=False)
-        torch.save(rng_state(), tag_dir / f"rng_rank{self.dist.rank}.pt")
-        ds.barrier()  # every rank's shards and RNG file are on disk past this point
-        if self.dist.is_main:
-            full = {"step": step, "tag": tag, "world_size": self.dist.world_size, **meta}
-            write_atomic(tag_dir / META, json.dumps(full, indent=2))
-            write_atomic(self.dir / LATEST, tag)
-            self._prune()
-        ds.barrier()
+        error = None
+        if self.dist.is_main:  # 1. the directory, without the debris of a save that was killed
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                if tag_dir.exists() and not is_complete(tag_dir):
+                    discard(tag_dir)
+            except OSError as e:
+                error = e
+        self._agree(error, tag_dir)
+
+        try:  # 2. every rank writes its DeepSpeed files and its RNG state
+            engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step}, save_latest=False)
+        except (OSError, RuntimeError) as e:
+            # DeepSpeed writes between its tag check and its closing barrier, where the other
+            # ranks now wait: join that barrier, then report.
+            error = e
+            ds.barrier()
+        if error is None:
+            try:
+                torch.save(rng_state(), tag_dir / f"rng_rank{self.dist.rank}.pt")
+                faults.inject("save_shards", step)
+            except (OSError, RuntimeError) as e:
+                error = e
+        self._agree(error, tag_dir)
+
+        if self.dist.is_main:  # 3. every rank's files are on disk: mark complete, move `latest`
+            try:
+                fsync_tree(tag_dir)
+                full = {"step": step, "tag": tag, "world_size": self.dist.world_size, **meta,
+                        "files": manifest(tag_dir)}
+                write_atomic(tag_dir / META, json.dumps(full, indent=2))
+                faults.inject("save_meta", step)
+                write_atomic(self.dir / LATEST, tag)
+                self._prune()
+            except OSError as e:
+                error = e
+        self._agree(error, tag_dir)
         return tag_dir
+
+    def _agree(self, error: Exception | None, tag_dir: Path) -> None:
+        """Collective: raise the same CheckpointWriteError on every rank if any rank failed."""
+        mine = None if error is None else _describe_write_error(error, tag_dir)
+        failed = [(r, m) for r, m in enumerate(_gather(mine, self.dist.world_size)) if m is not None]
+        if not failed:
+            return
+        if self.dist.is_main and not is_complete(tag_dir):
+            discard(tag_dir)  # frees the space the partial write took
+        rank, why = failed[0]
+        who = f" (rank {rank})" if self.dist.world_size > 1 else ""
+        kept = self.latest_tag()
+        raise CheckpointWriteError(f"could not write checkpoint {tag_dir.name} in {self.dir}{who}: {why}; "
+                                   f"the last complete checkpoint is still {kept or 'none'}")
 
     def _prune(self) -> None:
         keep = set(self.complete_tags()[-self.keep_last:])
         for p in self.dir.glob("step_*"):
             if p.is_dir() and p.name not in keep:
-                shutil.rmtree(p, ignore_errors=True)
+                discard(p)
 
     # ---- resuming -----------------------------------------------------------------------
 
@@ -142,12 +277,29 @@ class Checkpointer:
         if meta.get("world_size") != self.dist.world_size:
             raise UserError(f"checkpoint {tag_dir} was written by {meta.get('world_size')} ranks; "
                             f"this run has {self.dist.world_size} (exact resume needs the same world size)")
-        path, _ = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
-                                         load_lr_scheduler_states=True)
+        self.verify(tag_dir, meta)
+        try:
+            path, _ = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+            rng = torch.load(tag_dir / f"rng_rank{self.dist.rank}.pt", weights_only=False)
+        except Exception as e:  # whatever verify() could not see: DeepSpeed raises many types
+            raise UserError(f"checkpoint {tag_dir} could not be loaded: {type(e).__name__}: "
+                            f"{(str(e).strip().splitlines() or [''])[0]}") from None
         if path is None:
             raise UserError(f"DeepSpeed could not load checkpoint {tag_dir}")
-        set_rng_state(torch.load(tag_dir / f"rng_rank{self.dist.rank}.pt", weights_only=False))
+        set_rng_state(rng)
         return meta
+
+    def verify(self, tag_dir: Path, meta: dict) -> None:
+        """Collective: check every file against the manifest (files split over the ranks, which
+        read them in parallel) and fail every rank with the same line if any is bad."""
+        files = meta.get("files")
+        names = sorted(files) if files is not None else sorted(manifest(tag_dir))
+        mine = verify_files(tag_dir, files, names[self.dist.rank::self.dist.world_size])
+        problems = [p for rank_problems in _gather(mine, self.dist.world_size) for p in rank_problems]
+        if problems:
+            raise UserError(f"checkpoint {tag_dir} is damaged: {'; '.join(problems)} "
+                            f"(remove the directory to resume from an earlier checkpoint)")
 
 
 def consolidate(checkpoint_dir: str | Path, tag: str | None = None) -> tuple[dict, dict]:
@@ -158,6 +310,7 @@ def consolidate(checkpoint_dir: str | Path, tag: str | None = None) -> tuple[dic
     if tag is None or not is_complete(checkpoint_dir / tag):
         raise UserError(f"no complete checkpoint {'named ' + tag if tag else ''} in {checkpoint_dir}")
     meta = read_meta(checkpoint_dir / tag)
+    ck.verify(checkpoint_dir / tag, meta)
     state = ds.consolidate_fp32(checkpoint_dir, tag, int(meta.get("zero_stage", 0)))
     return state, meta
 

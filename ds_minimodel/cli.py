@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Callable
 
@@ -27,12 +28,25 @@ def training_parser(description: str, default_ds_config: str | None = None) -> a
     return p
 
 
+# Failures of the machine rather than of our code: a full disk or quota, a read-only or
+# unreachable file system, missing permission. Wherever they strike (a metrics line, an export),
+# they are reported in one line like bad input; any other OSError is a bug and keeps its traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                      errno.ENOTDIR}
+
+
 def run_main(fn: Callable[[], object]) -> None:
     """Run a launcher's body: bad input becomes `error: ...` on stderr and exit status 2."""
     try:
         fn()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror}{where}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)

@@ -41,11 +41,15 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                         "or choose another train.out_dir")
     if resume and run_dir.is_dir() and (run_dir / "config.yaml").is_file():
         return
+    # The nearest existing ancestor decides: it must be a directory we may write into. os.access
+    # also reports a read-only file system for root, whom permission bits never stop.
     parent = run_dir if run_dir.exists() else run_dir.parent
-    while not parent.exists():
+    while not parent.exists() and not parent.is_symlink():
         parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"train.out_dir {run_dir} cannot be created: {parent} is not a directory")
     if not os.access(parent, os.W_OK):
-        raise UserError(f"train.out_dir {run_dir} is not writable")
+        raise UserError(f"train.out_dir {run_dir} is not writable (no write access to {parent})")
 
 
 @dataclass
@@ -93,11 +97,13 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
     peak_flops = loop.world_peak_flops(cfg.train.dtype)
     checkpointer = Checkpointer(run_dir, dist, cfg.train.keep_last)
     state = loop.LoopState()
+    resumed_from = None
     if resume:
         meta = checkpointer.load(engine, spec.model_config)
         if meta is not None:
             loader.load_state_dict(meta["data"])
             state = loop.LoopState(**{k: meta["loop"][k] for k in ("step", "tokens", "flops", "train_seconds")})
+            resumed_from = meta["tag"]
     evaluate = spec.make_evaluate(engine, dist) if spec.make_evaluate else None
 
     def save_meta(s: loop.LoopState) -> dict:
@@ -108,6 +114,9 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
                            progress=cfg.train.progress,
                            wandb_project=cfg.train.wandb_project if cfg.train.wandb else None,
                            run_config=to_dict(cfg))
+    if resumed_from:  # on record: which checkpoint each attempt continued from (bench/faults.py reads it)
+        logger.log("resume", state.step, {"checkpoint": resumed_from})
+        logger.write(f"resumed from {checkpointer.dir / resumed_from} (step {state.step})")
     if state.step == 0 and evaluate:
         logger.log("eval", 0, {**evaluate(), "flops": 0, "train_seconds": 0.0})
     try:

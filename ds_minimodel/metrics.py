@@ -59,9 +59,10 @@ class MetricsLogger:
                   **{k: _jsonable(v) for k, v in values.items()}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self.wandb is not None:
-            self.wandb.log({f"{kind}/{k}": v for k, v in record.items()
-                            if isinstance(v, (int, float)) and k not in ("step", "time")}, step=step)
+        numbers = {f"{kind}/{k}": v for k, v in record.items()
+                   if isinstance(v, (int, float)) and k not in ("step", "time")}
+        if self.wandb is not None and numbers:  # e.g. a "resume" record has none
+            self.wandb.log(numbers, step=step)
 
     def progress(self, step: int, postfix: dict) -> None:
         if self.bar is not None:

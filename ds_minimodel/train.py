@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from ds_minimodel import faults
 from ds_minimodel.checkpoint import Checkpointer
 from ds_minimodel.config import TrainConfig
 from ds_minimodel.errors import UserError
@@ -90,6 +91,7 @@ def run(engine, loader, *, train: TrainConfig, state: LoopState, logger: Metrics
     window_start, window_tokens = time.perf_counter(), 0
     end = train.stop_at_step or train.steps
     while state.step < end:
+        faults.inject("step", state.step + 1)
         t0 = time.perf_counter()
         micro_batches = loader.next_step()
         sums = [0.0] * len(loss_keys)

@@ -1,10 +1,83 @@
-"""Numerical faults stop a run cleanly and keep the last good checkpoint as `latest`."""
+"""Faults stop a run cleanly and lose nothing.
+
+A NaN loss stops the run naming the step. A rank SIGKILLed in the middle of a step or in the
+middle of writing a checkpoint makes its peer fail within a bounded time; `latest` then names a
+complete checkpoint, a partial directory is never taken for one, and `--resume` ends with the
+weights and loss log of an uninterrupted run, bit for bit (fp32, CPU). The same for adaptation.
+
+Faults strike at exact points through DSM_FAULT (ds_minimodel/faults.py), set inside the forked
+ranks only. Each crash test records, for bench/faults.py (`make faults`):
+  steps_lost   checkpointed steps the resume did not continue from: the newest complete
+               checkpoint on disk after the crash minus the step the resume started at (0 unless
+               a finished checkpoint was ignored), plus any step short of train.steps at the end;
+  steps_rerun  steps done after that checkpoint and before the crash, which had to run again
+               (the price of the checkpoint interval, not a loss).
+Tests marked `faults` are slower variants that only `make faults` runs.
+"""
+
+import json
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
+from ds_minimodel.metrics import read_metrics
 from tests.conftest import REPO
 from tests.distributed import run_ranks
 
+
+# ---- what the tests measure, read from disk independently of ds_minimodel.checkpoint -------
+
+def newest_complete_step(run_dir: Path) -> int:
+    """Step of the newest checkpoint directory whose meta.json exists and lists only files that
+    are there with their sizes (0 if none)."""
+    best = 0
+    for d in (run_dir / "checkpoints").glob("step_*"):
+        meta = d / "meta.json"
+        if meta.is_file():
+            files = json.loads(meta.read_text())["files"]
+            if all((d / f).is_file() and (d / f).stat().st_size == n for f, n in files.items()):
+                best = max(best, int(d.name.split("_")[1]))
+    return best
+
+
+def last_logged_step(run_dir: Path) -> int:
+    return max((r["step"] for r in read_metrics(run_dir, "train")), default=0)
+
+
+def resumed_at(run_dir: Path) -> int:
+    records = read_metrics(run_dir, "resume")
+    assert records, "the resumed run did not record which checkpoint it continued from"
+    return records[-1]["step"]
+
+
+def loss_log(run_dir: Path) -> list:
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{what}: resumed run differs from the uninterrupted one in {differ[:5]}"
+
+
+def crash_then_resume(record_property, run_dir: Path, crash, resume, steps: int) -> str:
+    """crash() must fail; then the measurements; then resume() must finish the run. Returns the
+    crash's report (each rank's error)."""
+    with pytest.raises(AssertionError) as exc:
+        crash()
+    newest, crashed_at = newest_complete_step(run_dir), last_logged_step(run_dir)
+    resume()
+    start = resumed_at(run_dir)
+    lost = (newest - start) + (steps - last_logged_step(run_dir))
+    record_property("steps_lost", lost)
+    record_property("steps_rerun", max(0, crashed_at - start))
+    assert lost == 0, f"resumed at step {start} although step {newest} was checkpointed"
+    return str(exc.value)
+
+
+# ---- numerical faults -----------------------------------------------------------------------
 
 def _pretrain_with_nan_at(rank, data, out, bad_call):
     import torch
@@ -41,7 +114,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_corpus, 
     assert not (out / "final").exists()
 
 
-def _pretrain_rank(rank, data, out, resume, kill_rank_at_call):
+# ---- crashes of 2-rank ZeRO-3 pretraining ---------------------------------------------------
+
+def _pretrain_rank(rank, data, out, resume, kill_rank_at_call=0, fault=None):
     import os
     import signal
 
@@ -49,6 +124,8 @@ def _pretrain_rank(rank, data, out, resume, kill_rank_at_call):
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.model import MLMEncoder
 
+    if fault:
+        os.environ["DSM_FAULT"] = fault  # this forked rank only
     if kill_rank_at_call and rank == 1:
         forward, calls = MLMEncoder.forward, [0]
 
@@ -66,30 +143,115 @@ def _pretrain_rank(rank, data, out, resume, kill_rank_at_call):
     pretrain.run(cfg, str(REPO / "ds_configs/z3.json"), resume=resume)
 
 
-def test_sigkill_of_one_rank_fails_fast_and_resume_matches_uninterrupted(tiny_corpus, tmp_path):
-    import time
+@pytest.fixture(scope="module")
+def straight_z3(tiny_corpus, tmp_path_factory) -> Path:
+    """The uninterrupted 2-rank ZeRO-3 run every crash is compared with."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    run_ranks(_pretrain_rank, 2, args=(tiny_corpus, out, False))
+    return out
 
-    import torch
 
-    from ds_minimodel.metrics import read_metrics
+def assert_same_as_straight(run_dir: Path, straight: Path) -> None:
+    assert_same_tensors(torch.load(straight / "final" / "model.pt", weights_only=True),
+                        torch.load(run_dir / "final" / "model.pt", weights_only=True), "weights")
+    assert loss_log(run_dir) == loss_log(straight)
 
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    run_ranks(_pretrain_rank, 2, args=(tiny_corpus, straight, False, 0))
+
+def test_sigkill_of_one_rank_fails_fast_and_resume_matches_uninterrupted(tiny_corpus, tmp_path, straight_z3,
+                                                                         record_property):
+    crashed = tmp_path / "crashed"
     t0 = time.monotonic()
-    with pytest.raises(AssertionError) as exc:
+
+    def crash():
         run_ranks(_pretrain_rank, 2, args=(tiny_corpus, crashed, False, 4), timeout=120, kill_on_error=False)
-    assert time.monotonic() - t0 < 100, "the surviving rank did not fail within a bounded time"
-    report = str(exc.value)
+
+    def resume():
+        assert time.monotonic() - t0 < 100, "the surviving rank did not fail within a bounded time"
+        assert (crashed / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+        run_ranks(_pretrain_rank, 2, args=(tiny_corpus, crashed, True))
+
+    report = crash_then_resume(record_property, crashed, crash, resume, steps=6)
     assert "rank 1 failed:\ndied without reporting (exit code -9)" in report
     assert "rank 0 failed:" in report and "timed out" not in report  # rank 0 raised by itself
-    assert (crashed / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert_same_as_straight(crashed, straight_z3)
 
-    run_ranks(_pretrain_rank, 2, args=(tiny_corpus, crashed, True, 0))
-    a = torch.load(straight / "final" / "model.pt", weights_only=True)
-    b = torch.load(crashed / "final" / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
-    def log(run_dir):
-        return [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
+@pytest.mark.parametrize("point, rank", [
+    # rank 1 dies after writing its shards, before meta.json: step 4 is a partial directory
+    pytest.param("save_shards", 1, id="after-shards"),
+    # rank 0 dies after meta.json, before moving `latest`: step 4 is complete, `latest` is stale
+    pytest.param("save_meta", 0, id="after-meta", marks=pytest.mark.faults),
+])
+def test_kill_during_save_checkpoint(tiny_corpus, tmp_path, straight_z3, record_property, point, rank):
+    from ds_minimodel.checkpoint import Checkpointer
+    from ds_minimodel.engine import DistInfo
 
-    assert log(crashed) == log(straight)
+    crashed = tmp_path / "crashed"
+    t0 = time.monotonic()
+
+    def crash():
+        run_ranks(_pretrain_rank, 2, args=(tiny_corpus, crashed, False, 0, f"kill:{point}:4:{rank}"),
+                  timeout=120, kill_on_error=False)
+
+    def resume():
+        assert time.monotonic() - t0 < 100, "the surviving rank did not fail within a bounded time"
+        ck = crashed / "checkpoints"
+        assert (ck / "step_00000004").is_dir(), "the fault did not strike inside the save of step 4"
+        if point == "save_shards":
+            assert not (ck / "step_00000004" / "meta.json").exists()
+            assert (ck / "latest").read_text().strip() == "step_00000002"
+            assert Checkpointer(crashed, DistInfo(0, 2, 0)).latest_tag() == "step_00000002"
+        else:
+            assert (ck / "latest").read_text().strip() == "step_00000002"  # the pointer lags...
+            assert Checkpointer(crashed, DistInfo(0, 2, 0)).latest_tag() == "step_00000004"  # ...not the resume
+        run_ranks(_pretrain_rank, 2, args=(tiny_corpus, crashed, True))
+
+    report = crash_then_resume(record_property, crashed, crash, resume, steps=6)
+    assert f"rank {rank} failed:\ndied without reporting (exit code -9)" in report
+    assert f"rank {1 - rank} failed:" in report and "timed out" not in report
+    assert_same_as_straight(crashed, straight_z3)
+    assert (crashed / "checkpoints" / "latest").read_text().strip() == "step_00000006"
+    assert not (crashed / "checkpoints" / "step_00000002").exists(), "keep_last=2 pruning"
+
+
+# ---- crashes of adaptation (step 2) ---------------------------------------------------------
+
+def _adapt_rank(rank, model_dir, data, out, resume, fault=None):
+    import os
+
+    from ds_minimodel import adapt
+    from ds_minimodel.config import AdaptConfig, load_config
+
+    if fault:
+        os.environ["DSM_FAULT"] = fault
+    cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
+                      [f"model_dir={model_dir}", f"data.path={data}", f"train.out_dir={out}", "language=ny",
+                       "train.steps=6", "train.save_every=2", "train.collective_timeout_s=30"])
+    adapt.run(cfg, str(REPO / "ds_configs/z2.json"), resume=resume)
+
+
+@pytest.mark.parametrize("fault, world", [
+    pytest.param("kill:step:4", 1, id="mid-run"),
+    pytest.param("kill:save_shards:4:1", 2, id="during-save-2-ranks", marks=pytest.mark.faults),
+])
+def test_adaptation_crash_and_resume_matches_uninterrupted(tiny_model_dir, tiny_target_corpus, tmp_path,
+                                                           record_property, fault, world):
+    from safetensors.torch import load_file
+
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    run_ranks(_adapt_rank, world, args=(tiny_model_dir, tiny_target_corpus, straight, False))
+
+    def crash():
+        run_ranks(_adapt_rank, world, args=(tiny_model_dir, tiny_target_corpus, crashed, False, fault),
+                  timeout=120, kill_on_error=False)
+
+    def resume():
+        assert (crashed / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+        assert not (crashed / "pack").exists()
+        run_ranks(_adapt_rank, world, args=(tiny_model_dir, tiny_target_corpus, crashed, True))
+
+    report = crash_then_resume(record_property, crashed, crash, resume, steps=6)
+    assert "died without reporting (exit code -9)" in report
+    assert_same_tensors(load_file(str(straight / "pack" / "embeddings.safetensors")),
+                        load_file(str(crashed / "pack" / "embeddings.safetensors")), "language pack")
+    assert loss_log(crashed) == loss_log(straight)
