@@ -63,10 +63,9 @@ def assert_same_tensors(a: dict, b: dict, what: str) -> None:
 
 
 def crash_then_resume(record_property, run_dir: Path, crash, resume, steps: int) -> str:
-    """crash() must fail; then the measurements; then resume() must finish the run. Returns the
-    crash's report (each rank's error)."""
-    with pytest.raises(AssertionError) as exc:
-        crash()
+    """crash() runs the failing attempt and returns its report; then the measurements; then
+    resume() must finish the run. Returns the crash's report."""
+    report = crash()
     newest, crashed_at = newest_complete_step(run_dir), last_logged_step(run_dir)
     resume()
     start = resumed_at(run_dir)
@@ -74,6 +73,13 @@ def crash_then_resume(record_property, run_dir: Path, crash, resume, steps: int)
     record_property("steps_lost", lost)
     record_property("steps_rerun", max(0, crashed_at - start))
     assert lost == 0, f"resumed at step {start} although step {newest} was checkpointed"
+    return report
+
+
+def failing(fn, *args, **kwargs) -> str:
+    """Run run_ranks(...) that must fail; returns every rank's error."""
+    with pytest.raises(AssertionError) as exc:
+        run_ranks(fn, *args, **kwargs)
     return str(exc.value)
 
 
@@ -163,7 +169,7 @@ def test_sigkill_of_one_rank_fails_fast_and_resume_matches_uninterrupted(tiny_co
     t0 = time.monotonic()
 
     def crash():
-        run_ranks(_pretrain_rank, 2, args=(tiny_corpus, crashed, False, 4), timeout=120, kill_on_error=False)
+        return failing(_pretrain_rank, 2, args=(tiny_corpus, crashed, False, 4), timeout=120, kill_on_error=False)
 
     def resume():
         assert time.monotonic() - t0 < 100, "the surviving rank did not fail within a bounded time"
@@ -190,8 +196,8 @@ def test_kill_during_save_checkpoint(tiny_corpus, tmp_path, straight_z3, record_
     t0 = time.monotonic()
 
     def crash():
-        run_ranks(_pretrain_rank, 2, args=(tiny_corpus, crashed, False, 0, f"kill:{point}:4:{rank}"),
-                  timeout=120, kill_on_error=False)
+        return failing(_pretrain_rank, 2, args=(tiny_corpus, crashed, False, 0, f"kill:{point}:4:{rank}"),
+                       timeout=120, kill_on_error=False)
 
     def resume():
         assert time.monotonic() - t0 < 100, "the surviving rank did not fail within a bounded time"
@@ -242,8 +248,8 @@ def test_adaptation_crash_and_resume_matches_uninterrupted(tiny_model_dir, tiny_
     run_ranks(_adapt_rank, world, args=(tiny_model_dir, tiny_target_corpus, straight, False))
 
     def crash():
-        run_ranks(_adapt_rank, world, args=(tiny_model_dir, tiny_target_corpus, crashed, False, fault),
-                  timeout=120, kill_on_error=False)
+        return failing(_adapt_rank, world, args=(tiny_model_dir, tiny_target_corpus, crashed, False, fault),
+                       timeout=120, kill_on_error=False)
 
     def resume():
         assert (crashed / "checkpoints" / "latest").read_text().strip() == "step_00000002"
