@@ -299,7 +299,7 @@ class Checkpointer:
         problems = [p for rank_problems in _gather(mine, self.dist.world_size) for p in rank_problems]
         if problems:
             raise UserError(f"checkpoint {tag_dir} is damaged: {'; '.join(problems)} "
-                            f"(remove the directory to resume from an earlier checkpoint)")
+                            f"(remove that directory to fall back to an earlier checkpoint)")
 
 
 def consolidate(checkpoint_dir: str | Path, tag: str | None = None) -> tuple[dict, dict]:

@@ -35,6 +35,10 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
                       errno.ENOTDIR}
 
 
+def environment_error_line(e: OSError) -> str:
+    return f"error: {e.strerror}: {e.filename}" if e.filename else f"error: {e.strerror}"
+
+
 def run_main(fn: Callable[[], object]) -> None:
     """Run a launcher's body: bad input becomes `error: ...` on stderr and exit status 2."""
     try:
@@ -45,8 +49,7 @@ def run_main(fn: Callable[[], object]) -> None:
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
-        where = f": {e.filename}" if e.filename else ""
-        print(f"error: {e.strerror}{where}", file=sys.stderr, flush=True)
+        print(environment_error_line(e), file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)

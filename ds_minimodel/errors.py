@@ -19,3 +19,20 @@ class InvalidValueError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or directory the user pointed at does not exist."""
+
+
+def check_creatable(path, what: str) -> None:
+    """Refuse, before any work, a path we will create (or write into) that cannot be: its nearest
+    existing ancestor must be a directory we may write into. os.access also sees a read-only
+    file system, which stops root, whom permission bits never do."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    ancestor = path
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InvalidValueError(f"{what} {path} cannot be created: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise InvalidValueError(f"{what} {path} is not writable (no write access to {ancestor})")

@@ -20,7 +20,7 @@ from ds_minimodel import engine as ds
 from ds_minimodel import train as loop
 from ds_minimodel.checkpoint import Checkpointer
 from ds_minimodel.config import to_dict
-from ds_minimodel.errors import UserError
+from ds_minimodel.errors import UserError, check_creatable
 from ds_minimodel.metrics import MetricsLogger
 
 
@@ -41,15 +41,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                         "or choose another train.out_dir")
     if resume and run_dir.is_dir() and (run_dir / "config.yaml").is_file():
         return
-    # The nearest existing ancestor decides: it must be a directory we may write into. os.access
-    # also reports a read-only file system for root, whom permission bits never stop.
-    parent = run_dir if run_dir.exists() else run_dir.parent
-    while not parent.exists() and not parent.is_symlink():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"train.out_dir {run_dir} cannot be created: {parent} is not a directory")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"train.out_dir {run_dir} is not writable (no write access to {parent})")
+    check_creatable(run_dir, "train.out_dir")
 
 
 @dataclass

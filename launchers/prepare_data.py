@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ds_minimodel.data.recipes import BIBLE_RECIPES, prepare_dataset  # noqa: E402
+from ds_minimodel.cli import ENVIRONMENT_ERRNOS, environment_error_line  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402
 
 
@@ -53,6 +54,11 @@ def main(argv=None) -> int:
                         layout=args.layout)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk or read-only file system while writing: one line, not a traceback
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(environment_error_line(exc), file=sys.stderr)
         return 2
     return 0
 

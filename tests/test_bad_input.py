@@ -1,8 +1,21 @@
-"""Bad input gets one clear line naming the fault, exit status 2, and no file changed."""
+"""Bad input, across every launcher: one clear line naming the fault, exit status 2, no
+traceback, and no existing file changed (the directory trees involved are hashed before and
+after).
+
+Most cases call a launcher's main() in-process (they fail before any process group exists, so
+they cost milliseconds); the `cli` ones run the real launcher as a subprocess, which also shows
+that nothing but that one line reaches stderr. Environment faults are real where this machine
+allows it: a read-only file system is a read-only tmpfs mount and a full disk a tiny tmpfs
+(root can mount; tests run as root in CI), with an injected ENOSPC (DSM_FAULT) as the fallback.
+Root ignores permission bits, so "unwritable" is also shown as a path under a regular file.
+"""
 
 import hashlib
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +42,21 @@ def expect_rejected(capsys, main, argv, *needles, watch=()):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in err[0], f"{needle!r} not in {err[0]!r}"
+    assert [tree_hash(p) for p in watch] == before, "a bad-input run changed files"
+    return err[0]
+
+
+def expect_rejected_cli(launcher: str, argv, *needles, watch=(), env=None, timeout=300) -> str:
+    """The same contract for the real launcher run as a subprocess: stderr is that one line."""
+    before = [tree_hash(p) for p in watch]
+    proc = subprocess.run([sys.executable, f"launchers/{launcher}.py", *map(str, argv)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), \
+        f"exit {proc.returncode}, stderr:\n{proc.stderr[-3000:]}"
     for needle in needles:
         assert needle in err[0], f"{needle!r} not in {err[0]!r}"
     assert [tree_hash(p) for p in watch] == before, "a bad-input run changed files"
@@ -136,3 +164,316 @@ def test_resume_with_checkpoint_of_another_shape(tmp_path, tiny_corpus):
         run_ranks(_resume_with, 1, args=(tiny_corpus, out, ["model.hidden_size=48", "train.steps=4"]))
     assert "UserError" in str(exc.value) and "different model (differs in: hidden_size)" in str(exc.value)
     assert tree_hash(out) == before
+
+
+# ---- output directories: unwritable, read-only, full ------------------------------------------
+
+def test_output_dir_under_a_regular_file(tmp_path, capsys, pretrain_main, tiny_corpus):
+    (tmp_path / "afile").write_text("not a directory")
+    expect_rejected(capsys, pretrain_main, args(tiny_corpus, tmp_path / "afile" / "run"),
+                    "train.out_dir", "afile is not a directory", watch=[tmp_path])
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(name, options) -> a fresh tmpfs mounted at tmp_path/name (unmounted after)."""
+    mounted = []
+
+    def mount(name: str, options: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'not root'})")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_read_only_file_system(tmp_path, capsys, pretrain_main, tiny_corpus, mount_tmpfs):
+    ro = mount_tmpfs("ro", "ro,size=64k")
+    expect_rejected(capsys, pretrain_main, args(tiny_corpus, ro / "run"), "train.out_dir", "not writable",
+                    watch=[ro])
+
+
+def _pretrain_until(rank, data, out, stop):
+    from ds_minimodel import pretrain
+    from ds_minimodel.config import PretrainConfig, load_config
+
+    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+                      [f"data.path={data}", f"train.out_dir={out}", f"train.stop_at_step={stop}"])
+    pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
+
+
+def du_bytes(root: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*"))
+
+
+def disk_full_run(tmp_path, tiny_corpus) -> tuple[Path, dict, str]:
+    """A run with checkpoint step 3, placed where checkpoint step 6 cannot fit: a tmpfs with
+    room for the run plus half a checkpoint (or, where nothing can be mounted, a normal
+    directory and an injected ENOSPC). Returns (run dir, env for the resume, how)."""
+    staged = tmp_path / "staged"
+    run_ranks(_pretrain_until, 1, args=(tiny_corpus, staged, 3))
+    checkpoint = du_bytes(staged / "checkpoints" / "step_00000003")
+    point = tmp_path / "full"
+    point.mkdir()
+    size_kib = (du_bytes(staged) + checkpoint // 2) // 1024
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(point)],
+                          capture_output=True)
+    env, how = {}, "tmpfs"
+    if proc.returncode:
+        env, how = {"DSM_FAULT": "enospc:save_shards:6"}, "injected ENOSPC"
+    import shutil
+
+    shutil.copytree(staged, point / "run")
+    return point / "run", env, how
+
+
+def test_disk_full_on_save(tmp_path, tiny_corpus, record_property):
+    """The resumed run trains steps 4-6 and cannot write checkpoint 6: one line, the partial
+    checkpoint removed, checkpoint 3 and `latest` untouched. (metrics.jsonl gets the lines of
+    steps 4-6 by design; a later --resume drops them.)"""
+    run, env, how = disk_full_run(tmp_path, tiny_corpus)
+    record_property("simulated_by", how)
+    try:
+        line = expect_rejected_cli("pretrain", ["--resume", "--config", "configs/tiny.yaml", f"data.path={tiny_corpus}",
+                                                f"train.out_dir={run}"], "checkpoint step_00000006",
+                                   "no space left on device", "step_00000003",
+                                   watch=[run / "checkpoints", run / "config.yaml"], env=env)
+        assert not (run / "checkpoints" / "step_00000006").exists()
+    finally:
+        if how == "tmpfs":
+            subprocess.run(["umount", str(run.parent)], check=True)
+    assert "error: could not write checkpoint" in line
+
+
+# ---- prepare_data: missing, empty, non-UTF-8 and binary corpora; occupied or impossible --out ---
+
+def prepare(tmp_path, *files, out=None, extra=()):
+    return ["--text", *files, "--out", out or tmp_path / "ds", "--vocab-size", "60", "--valid-fraction", "0", *extra]
+
+
+@pytest.mark.parametrize("name, content, needles", [
+    ("missing", None, ("does not exist",)),
+    ("empty", b"\n  \n", ("is empty",)),
+    ("latin1", "caf\xe9 au lait\n".encode("latin-1"), ("not valid UTF-8", "line 1")),
+    ("binary", b"ELF\x00\x01\x02\x00 text\nmore\n", ("looks binary", "NUL")),
+])
+def test_prepare_data_bad_corpus_cli(tmp_path, name, content, needles):
+    corpus = tmp_path / f"{name}.txt"
+    if content is not None:
+        corpus.write_bytes(content)
+    expect_rejected_cli("prepare_data", prepare(tmp_path, corpus), str(corpus), *needles, watch=[tmp_path])
+    assert not (tmp_path / "ds").exists()
+
+
+def test_prepare_data_out_holds_another_dataset_cli(tmp_path, tiny_corpus):
+    import shutil
+
+    out = tmp_path / "existing"
+    shutil.copytree(tiny_corpus, out)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words here\n" * 50)
+    expect_rejected_cli("prepare_data", prepare(tmp_path, corpus, out=out), "not empty", "--overwrite", watch=[out])
+
+
+def test_prepare_data_out_under_a_regular_file_cli(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words here\n" * 50)
+    expect_rejected_cli("prepare_data", prepare(tmp_path, corpus, out=tmp_path / "afile" / "ds"),
+                        "afile is not a directory", watch=[tmp_path])
+
+
+def test_prepare_data_tokenizer_that_is_not_one_cli(tmp_path):
+    bogus = tmp_path / "tok.model"
+    bogus.write_bytes(os.urandom(256))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words here\n" * 50)
+    argv = ["--text", corpus, "--out", tmp_path / "ds", "--tokenizer", bogus, "--valid-fraction", "0"]
+    expect_rejected_cli("prepare_data", argv, str(bogus), watch=[tmp_path])
+
+
+# ---- checkpoints: truncated, bit-flipped, partial; consolidate's output ----------------------
+
+@pytest.fixture
+def run_copy(tiny_model_dir, tmp_path) -> Path:
+    """A copy of a finished tiny run (checkpoints step 3 and 6, final/) to damage."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_model_dir.parent, tmp_path / "run"))
+
+
+def test_resume_from_truncated_checkpoint_cli(run_copy, tiny_corpus):
+    shard = run_copy / "checkpoints" / "step_00000006" / "mp_rank_00_model_states.pt"
+    os.truncate(shard, shard.stat().st_size // 2)
+    expect_rejected_cli("pretrain", ["--resume", "--config", "configs/tiny.yaml", f"data.path={tiny_corpus}",
+                                     f"train.out_dir={run_copy}", "train.steps=8"],
+                        "step_00000006 is damaged", "mp_rank_00_model_states.pt", "truncated", watch=[run_copy])
+
+
+def test_consolidate_bit_flipped_checkpoint_cli(run_copy, tmp_path):
+    shard = run_copy / "checkpoints" / "step_00000006" / "mp_rank_00_model_states.pt"
+    with open(shard, "r+b") as f:  # one bit in the middle of the tensor data: size unchanged
+        f.seek(shard.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x10]))
+    expect_rejected_cli("consolidate", [run_copy / "checkpoints", "--out", tmp_path / "export"],
+                        "step_00000006 is damaged", "checksum", watch=[run_copy])
+    assert not (tmp_path / "export").exists()
+
+
+def test_consolidate_never_takes_a_partial_checkpoint(run_copy, tmp_path, capsys):
+    from launchers.consolidate import main
+
+    ck = run_copy / "checkpoints"
+    (ck / "step_00000003" / "meta.json").unlink()  # killed before meta.json: not a checkpoint
+    (ck / "step_00000006" / "meta.json").unlink()
+    expect_rejected(capsys, main, [str(ck), "--out", str(tmp_path / "export"), "--tag", "step_00000006"],
+                    "no complete checkpoint", "step_00000006", watch=[run_copy])
+    expect_rejected(capsys, main, [str(ck), "--out", str(tmp_path / "export")], "no complete checkpoint",
+                    watch=[run_copy])
+
+
+def test_consolidate_into_a_foreign_directory(run_copy, tmp_path, capsys):
+    from launchers.consolidate import main
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    expect_rejected(capsys, main, [str(run_copy / "checkpoints"), "--out", str(foreign)],
+                    "not empty and is not a previous export", watch=[foreign, run_copy])
+
+
+# ---- minipost, adapt, finetune, evaluate -----------------------------------------------------
+
+def test_minipost_layers_out_of_range(tmp_path, capsys, tiny_model_dir, tiny_corpus):
+    from launchers.minipost import main
+
+    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"source={tiny_model_dir}",
+                                   f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'o'}", "layers=9"],
+                    "layers=9", "4 layers", watch=[tiny_model_dir])
+
+
+def test_minipost_corpus_of_another_tokenizer(tmp_path, capsys, tiny_model_dir, tiny_target_corpus):
+    from launchers.minipost import main
+
+    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"source={tiny_model_dir}",
+                                   f"data.path={tiny_target_corpus}", f"train.out_dir={tmp_path / 'o'}"],
+                    str(tiny_target_corpus), "vocabulary", watch=[tiny_model_dir])
+
+
+def test_minipost_source_is_not_a_model(tmp_path, capsys, tiny_corpus):
+    from launchers.minipost import main
+
+    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"source={tmp_path}",
+                                   f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'o'}"],
+                    "not a model directory")
+
+
+def adapt_args(model_dir, data, out, *extra):
+    return ["--config", str(REPO / "configs/adapt-tiny.yaml"), f"model_dir={model_dir}", f"data.path={data}",
+            f"train.out_dir={out}", *extra]
+
+
+def test_adapt_refuses_zero3(tmp_path, capsys, tiny_model_dir, tiny_target_corpus):
+    from launchers.adapt import main
+
+    expect_rejected(capsys, main, ["--deepspeed", str(REPO / "ds_configs/z3.json"),
+                                   *adapt_args(tiny_model_dir, tiny_target_corpus, tmp_path / "o")],
+                    "ZeRO-3", watch=[tiny_model_dir])
+
+
+def test_adapt_from_a_truncated_model(tmp_path, capsys, tiny_model_dir, tiny_target_corpus):
+    import shutil
+
+    from launchers.adapt import main
+
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    os.truncate(model / "model.pt", 1000)
+    expect_rejected(capsys, main, adapt_args(model, tiny_target_corpus, tmp_path / "o"),
+                    "model.pt is unreadable", watch=[model])
+
+
+def test_finetune_model_dir_missing(tmp_path, capsys):
+    from launchers.finetune import main
+
+    expect_rejected(capsys, main, ["--config", str(REPO / "configs/finetune-tiny.yaml"),
+                                   f"model_dir={tmp_path / 'nowhere'}", f"train.out_dir={tmp_path / 'o'}"],
+                    "nowhere", "not a model directory")
+
+
+def test_finetune_bad_value_and_unknown_key(tmp_path, capsys, tiny_model_dir):
+    from launchers.finetune import main
+
+    expect_rejected(capsys, main, ["--config", str(REPO / "configs/finetune-tiny.yaml"), f"model_dir={tiny_model_dir}",
+                                   f"train.out_dir={tmp_path / 'o'}", "pooling=max", "head_dropuot=0.2"],
+                    "pooling", "head_dropuot")
+
+
+def _finetune(rank, model_dir, out):
+    from ds_minimodel import finetune
+    from ds_minimodel.config import FinetuneConfig, load_config
+
+    cfg = load_config(FinetuneConfig, REPO / "configs/finetune-tiny.yaml",
+                      [f"model_dir={model_dir}", f"train.out_dir={out}", "train.steps=2"])
+    finetune.run(cfg, str(REPO / "ds_configs/z0.json"))
+
+
+@pytest.fixture(scope="module")
+def tiny_finetuned(tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finetuned") / "run"
+    run_ranks(_finetune, 1, args=(tiny_model_dir, out))
+    return out / "final"
+
+
+def fake_pack(where: Path, tokenizer_dir: Path, hidden: int) -> Path:
+    """A well-formed language pack whose shapes belong to a model with `hidden` dimensions."""
+    import torch
+
+    from ds_minimodel.langpack import PackInfo, save_pack
+    from ds_minimodel.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(str(tokenizer_dir / "tokenizer.model"))
+    info = PackInfo(language="ny", method="minijoint", vocab_size=tok.vocab_size, hidden_size=hidden,
+                    pad_token_id=tok.pad_id, special={"pad": tok.pad_id}, body_fingerprint="0" * 16,
+                    fingerprint_layers=1, tokenizer_fingerprint=tok.fingerprint())
+    return save_pack(where, info, torch.zeros(tok.vocab_size, hidden), torch.zeros(tok.vocab_size),
+                     str(tokenizer_dir / "tokenizer.model"))
+
+
+def test_evaluate_pack_for_another_model(tmp_path, capsys, tiny_finetuned, tiny_target_corpus):
+    from launchers.evaluate import main
+
+    pack = fake_pack(tmp_path / "pack", tiny_target_corpus, hidden=48)
+    expect_rejected(capsys, main, ["--model", str(tiny_finetuned), "--pack", str(pack), "--out",
+                                   str(tmp_path / "r.json")], "does not fit", "hidden size 48",
+                    watch=[pack, tiny_finetuned])
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_evaluate_truncated_pack(tmp_path, capsys, tiny_finetuned, tiny_target_corpus):
+    from launchers.evaluate import main
+
+    pack = fake_pack(tmp_path / "pack", tiny_target_corpus, hidden=32)
+    os.truncate(pack / "embeddings.safetensors", 100)
+    expect_rejected(capsys, main, ["--model", str(tiny_finetuned), "--pack", str(pack)],
+                    "embeddings.safetensors is unreadable", watch=[pack])
+
+
+def test_evaluate_model_that_is_not_fine_tuned(tmp_path, capsys, tiny_model_dir):
+    from launchers.evaluate import main
+
+    expect_rejected(capsys, main, ["--model", str(tiny_model_dir)], "not a fine-tuned model", watch=[tiny_model_dir])
+
+
+def test_summarize_a_directory_without_a_run(tmp_path, capsys):
+    from launchers.summarize import main
+
+    expect_rejected(capsys, main, [str(tmp_path)], "no eval records", watch=[tmp_path])

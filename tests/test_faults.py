@@ -16,6 +16,7 @@ Tests marked `faults` are slower variants that only `make faults` runs.
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -261,3 +262,46 @@ def test_adaptation_crash_and_resume_matches_uninterrupted(tiny_model_dir, tiny_
     assert_same_tensors(load_file(str(straight / "pack" / "embeddings.safetensors")),
                         load_file(str(crashed / "pack" / "embeddings.safetensors")), "language pack")
     assert loss_log(crashed) == loss_log(straight)
+
+
+# ---- a full disk ----------------------------------------------------------------------------
+
+def _resume_tiny(rank, data, out):
+    from ds_minimodel import pretrain
+    from ds_minimodel.config import PretrainConfig, load_config
+
+    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", [f"data.path={data}", f"train.out_dir={out}"])
+    pretrain.run(cfg, str(REPO / "ds_configs/z0.json"), resume=True)
+
+
+@pytest.mark.faults
+def test_disk_full_then_space_freed_resumes_like_uninterrupted(tmp_path, tiny_corpus, tiny_model_dir,
+                                                                record_property):
+    """Checkpoint 6 does not fit (a tiny tmpfs); once the device grows, --resume finishes the
+    run exactly as the uninterrupted one (tiny_model_dir's run: same config, same seed)."""
+    import subprocess
+    import sys
+
+    from tests.test_bad_input import disk_full_run
+
+    run, env, how = disk_full_run(tmp_path, tiny_corpus)
+    record_property("simulated_by", how)
+    try:
+        def crash():
+            proc = subprocess.run([sys.executable, "launchers/pretrain.py", "--resume", "--config", "configs/tiny.yaml",
+                                   f"data.path={tiny_corpus}", f"train.out_dir={run}"], cwd=REPO,
+                                  env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 2 and "no space left on device" in proc.stderr, proc.stderr[-2000:]
+            return proc.stderr
+
+        def resume():
+            if how == "tmpfs":  # the operator makes room
+                subprocess.run(["mount", "-o", "remount,size=64m", str(run.parent)], check=True)
+            run_ranks(_resume_tiny, 1, args=(tiny_corpus, run))
+
+        crash_then_resume(record_property, run, crash, resume, steps=6)
+        assert_same_as_straight(run, tiny_model_dir.parent)
+    finally:
+        if how == "tmpfs":
+            subprocess.run(["umount", str(run.parent)], check=True)

@@ -282,6 +282,10 @@ def read_text_files(paths: list[str]) -> list[Document]:
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
             raise InvalidValueError(f"text file {path} is not valid UTF-8 (byte {exc.start}, line {line})") from None
+        if "\x00" in text:  # valid UTF-8, but no text file holds NUL: a binary file given by mistake
+            nul = text.index("\x00")
+            raise InvalidValueError(f"text file {path} looks binary (NUL character at offset {nul}, "
+                                    f"line {text.count(chr(10), 0, nul) + 1})")
         lines = [_SPACES.sub(" ", ln).strip() for ln in text.splitlines()]
         file_docs = [Document((path, i), (ln,)) for i, ln in enumerate(lines, start=1) if ln]
         if not file_docs:

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ds_minimodel.errors import InvalidValueError, MissingFileError
+from ds_minimodel.errors import InvalidValueError, MissingFileError, check_creatable
 from ds_minimodel.tokenizer import Tokenizer, file_fingerprint
 
 FORMAT = 1
@@ -46,6 +46,7 @@ def _check_empty_or_overwrite(out_dir: str, overwrite: bool) -> None:
         if os.listdir(out_dir) and not overwrite:
             raise InvalidValueError(f"output directory {out_dir} exists and is not empty "
                                     f"(pass --overwrite to replace it)")
+    check_creatable(out_dir, "output directory")  # before hours of tokenizing, not after
 
 
 def write_shards(out_dir: str, splits: dict[str, Iterable[list[int]]], tokenizer_path: str,
