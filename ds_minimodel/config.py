@@ -390,33 +390,64 @@ class AdaptConfig:
         return out
 
 
+# Fine-tuning tasks: classification (one text or a pair) and extractive QA (SQuAD v1.1 format).
+CLASSIFICATION_TASKS = ("bible-genre", "xnli", "pawsx")
+QA_TASKS = ("mlqa", "squad")
+
+
 @dataclass
 class FinetuneConfig:
     """Step 3: body + task head on source-language task data, embeddings frozen."""
 
     model_dir: str = "runs/pretrain/final"
-    # "bible-genre" (offline stand-in), "xnli", "pawsx" (sentence-pair classification).
+    # "bible-genre" (offline stand-in), "xnli", "pawsx" (sentence-pair classification), or
+    # extractive QA: "mlqa" (English SQuAD v1.1 train + MLQA English dev, answers normalised as
+    # MLQA's script does) or "squad" (the same files, SQuAD v1.1 normalisation).
     task: str = "bible-genre"
-    # Directory of the released task files (xnli / pawsx); unused for bible-genre.
+    # Directory of the released task files (xnli / pawsx / mlqa: see tasks/formats.py); unused
+    # for bible-genre.
     task_path: Optional[str] = None
+    # Tokens per sequence, special tokens included (for QA: per question + context window).
     max_len: int = 128
+    # QA only: a context longer than its window is covered by windows starting every doc_stride
+    # tokens (BERT's run_squad meaning; Hugging Face's run_qa passes the overlap instead).
+    doc_stride: int = 128
+    # QA only: questions are cut to this many tokens.
+    max_query_len: int = 64
     # Classifier dropout (RoBERTa's head uses the hidden dropout).
     head_dropout: float = 0.1
     # Sentence representation for the head: "cls" (<s>, as RoBERTa) or "mean" of token states.
     pooling: str = "cls"
-    # Examples per validation pass (0 = the whole validation set).
+    # Examples per validation pass (0 = the whole validation set); for QA, questions.
     eval_examples: int = 512
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=50))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/finetune"))
 
+    @property
+    def is_qa(self) -> bool:
+        return self.task in QA_TASKS
+
     def problems(self) -> list[str]:
         out = self.optim.problems() + self.train.problems()
-        if self.task not in ("bible-genre", "xnli", "pawsx"):
-            out.append(f"task must be bible-genre|xnli|pawsx, got {self.task!r}")
+        tasks = CLASSIFICATION_TASKS + QA_TASKS
+        if self.task not in tasks:
+            out.append(f"task must be {'|'.join(tasks)}, got {self.task!r}")
         if self.task != "bible-genre" and not self.task_path:
             out.append(f"task {self.task} needs task_path (a directory of the released files)")
         if self.pooling not in ("cls", "mean"):
             out.append(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.max_len < 8:
             out.append(f"max_len must be >= 8, got {self.max_len}")
+        if self.eval_examples < 0:
+            out.append(f"eval_examples must be >= 0, got {self.eval_examples}")
+        if self.is_qa:
+            if self.doc_stride < 1:
+                out.append(f"doc_stride must be positive, got {self.doc_stride}")
+            if self.max_query_len < 1:
+                out.append(f"max_query_len must be positive, got {self.max_query_len}")
+            # <s> question </s></s> + at least one context token + </s>: 5 tokens besides the question.
+            elif self.max_len < self.max_query_len + 5:
+                out.append(f"max_len {self.max_len} leaves no room for context after a question of up to "
+                           f"max_query_len {self.max_query_len} tokens and 4 special tokens; raise max_len "
+                           f"to at least {self.max_query_len + 5} or lower max_query_len")
         return out

@@ -1,26 +1,32 @@
-"""Step 3: fine-tune the body + a classification head on source-language task data.
+"""Step 3: fine-tune the body + a task head on source-language task data.
 
 The whole embedding module (word, position, segment tables and its layer norm) stays frozen, so
 that a language pack trained against the pretrained embedding layer can be plugged in later
 (step 4). The MLM heads are kept in the state dict but frozen and never run.
+
+This module holds sequence (and sentence-pair) classification and what both task kinds share;
+extractive QA lives in `finetune_qa.py`. Inputs are packed as the model family expects
+(`tasks.batching.layout_for`: RoBERTa `<s> A </s></s> B </s>`, BERT `[CLS] A [SEP] B [SEP]` with
+token_type_ids).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ds_minimodel import train as loop
 from ds_minimodel.checkpoint import consolidate
-from ds_minimodel.config import FinetuneConfig, to_dict
+from ds_minimodel.config import FinetuneConfig, ModelConfig, to_dict
 from ds_minimodel.errors import UserError
 from ds_minimodel.job import JobSpec, run_job
-from ds_minimodel.model import SequenceClassifier
+from ds_minimodel.model import QuestionAnswering, SequenceClassifier
 from ds_minimodel.modeldir import read_model_dir, write_model_dir
-from ds_minimodel.tasks.batching import encode_classification, pad_sequences
+from ds_minimodel.tasks.batching import EncodedTexts, encode_texts, layout_for, padded_batch
 from ds_minimodel.tasks.formats import TaskData
 from ds_minimodel.tokenizer import Tokenizer
 
@@ -32,72 +38,17 @@ def load_task(cfg: FinetuneConfig) -> TaskData:
         from ds_minimodel.tasks.bible import verse_genre_task
 
         return verse_genre_task(seed=cfg.train.seed)
+    if cfg.is_qa:
+        from ds_minimodel.finetune_qa import load_qa_task
+
+        return load_qa_task(cfg)
     from ds_minimodel.tasks.formats import task_data
 
     return task_data(cfg.task, cfg.task_path, test_languages=["en"], train_language="en")
 
 
-class ClassificationLoader:
-    """Shuffled epochs of pre-tokenised examples, split over ranks like the MLM loader: one step
-    takes micro_batch * grad_accum * world examples; micro-batch m of rank r is the slice at
-    (m * world + r) * micro_batch. Its position is part of the checkpoint."""
-
-    def __init__(self, encoded: list[list[int]], labels: list[int], pad_id: int, micro_batch_size: int,
-                 grad_accum: int, rank: int, world_size: int, seed: int):
-        self.encoded, self.labels, self.pad_id = encoded, torch.tensor(labels), pad_id
-        self.mb, self.ga, self.rank, self.world, self.seed = micro_batch_size, grad_accum, rank, world_size, seed
-        self.global_batch = micro_batch_size * grad_accum * world_size
-        if self.global_batch > len(encoded):
-            raise UserError(f"{len(encoded)} training examples are fewer than one global batch of {self.global_batch}")
-        self.epoch = self.position = 0
-
-    def _order(self) -> np.ndarray:
-        return np.random.Generator(np.random.PCG64([self.seed, self.epoch])).permutation(len(self.encoded))
-
-    def next_step(self) -> list[dict]:
-        if self.position + self.global_batch > len(self.encoded):
-            self.epoch, self.position = self.epoch + 1, 0
-        order = self._order()
-        out = []
-        for m in range(self.ga):
-            start = self.position + (m * self.world + self.rank) * self.mb
-            idx = order[start:start + self.mb]
-            ids, mask = pad_sequences([self.encoded[i] for i in idx], self.pad_id)
-            out.append({"input_ids": ids, "attention_mask": mask, "labels": self.labels[idx]})
-        self.position += self.global_batch
-        return out
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "examples": len(self.encoded)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("seed") != self.seed or state.get("examples") != len(self.encoded):
-            raise UserError("cannot resume: the checkpoint's task data or seed differ from this run's")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
-@torch.no_grad()
-def accuracy(model_or_engine, encoded: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
-             rank: int = 0, world_size: int = 1) -> float:
-    """Accuracy over every example; ranks take interleaved batches and sum their counts."""
-    was_training = model_or_engine.training
-    model_or_engine.eval()
-    device = next(model_or_engine.parameters()).device
-    starts = list(range(0, len(encoded), batch_size))
-    rounds = -(-len(starts) // world_size)  # equal forward count on every rank (ZeRO-3 gathers)
-    correct = 0
-    for r in range(rounds):
-        i = r * world_size + rank
-        chunk = range(starts[i], min(starts[i] + batch_size, len(encoded))) if i < len(starts) else range(0, 1)
-        ids, mask = pad_sequences([encoded[j] for j in chunk], pad_id)
-        lab = torch.tensor([labels[j] for j in chunk])
-        out = model_or_engine(input_ids=ids.to(device), labels=lab.to(device), attention_mask=mask.to(device))
-        correct += int(out["num_correct"]) if i < len(starts) else 0
-    model_or_engine.train(was_training)
-    return loop.all_reduce_sum([correct], device)[0] / max(len(encoded), 1)
-
-
-def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
+def load_source(cfg: FinetuneConfig) -> tuple[dict, ModelConfig, dict, Tokenizer]:
+    """(state, model config, lineage, tokenizer) of the pretrained model to fine-tune, checked."""
     state, src_cfg, lineage = read_model_dir(cfg.model_dir)
     if not lineage.get("tokenizer"):
         raise UserError(f"{cfg.model_dir} has no tokenizer.model: fine-tuning needs the source tokenizer")
@@ -106,33 +57,141 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
     tok = Tokenizer.load(lineage["tokenizer"])
     if tok.vocab_size != src_cfg.vocab_size:
         raise UserError(f"tokenizer of {cfg.model_dir} has {tok.vocab_size} pieces, the model {src_cfg.vocab_size}")
+    # RoBERTa positions start at pad_token_id + 1; BERT's at 0.
+    usable = src_cfg.max_positions - (src_cfg.pad_token_id + 1 if src_cfg.position_style == "roberta" else 0)
+    if cfg.max_len > usable:
+        raise UserError(f"max_len {cfg.max_len} does not fit {cfg.model_dir}: its position table holds "
+                        f"{usable} tokens per sequence")
+    return state, src_cfg, lineage, tok
+
+
+def freeze_for_finetuning(model: torch.nn.Module) -> torch.nn.Module:
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(FROZEN_PREFIXES))
+    return model
+
+
+class ShuffledLoader:
+    """Shuffled epochs over n pre-encoded rows, split over ranks like the MLM loader: one step
+    takes micro_batch * grad_accum * world rows; micro-batch m of rank r is the slice at
+    (m * world + r) * micro_batch. `batch_fn(indices)` builds a micro-batch. Its position is part
+    of the checkpoint."""
+
+    def __init__(self, n: int, batch_fn: Callable[[np.ndarray], dict], micro_batch_size: int, grad_accum: int,
+                 rank: int, world_size: int, seed: int, what: str = "training examples"):
+        self.n, self.batch_fn = n, batch_fn
+        self.mb, self.ga, self.rank, self.world, self.seed = micro_batch_size, grad_accum, rank, world_size, seed
+        self.global_batch = micro_batch_size * grad_accum * world_size
+        if self.global_batch > n:
+            raise UserError(f"{n} {what} are fewer than one global batch of {self.global_batch}")
+        self.epoch = self.position = 0
+
+    def _order(self) -> np.ndarray:
+        return np.random.Generator(np.random.PCG64([self.seed, self.epoch])).permutation(self.n)
+
+    def next_step(self) -> list[dict]:
+        if self.position + self.global_batch > self.n:
+            self.epoch, self.position = self.epoch + 1, 0
+        order = self._order()
+        out = []
+        for m in range(self.ga):
+            start = self.position + (m * self.world + self.rank) * self.mb
+            out.append(self.batch_fn(order[start:start + self.mb]))
+        self.position += self.global_batch
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "examples": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.seed or state.get("examples") != self.n:
+            raise UserError("cannot resume: the checkpoint's task data or seed differ from this run's")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class ClassificationLoader(ShuffledLoader):
+    """Shuffled epochs of pre-tokenised examples (and their token_type_ids for BERT layouts)."""
+
+    def __init__(self, encoded: list[list[int]], labels: list[int], pad_id: int, micro_batch_size: int,
+                 grad_accum: int, rank: int, world_size: int, seed: int, type_ids: list[list[int]] | None = None):
+        enc, labels_t = EncodedTexts(encoded, type_ids), torch.tensor(labels)
+
+        def batch(idx):
+            return {**padded_batch(enc, idx, pad_id), "labels": labels_t[idx]}
+
+        super().__init__(len(encoded), batch, micro_batch_size, grad_accum, rank, world_size, seed)
+
+
+@torch.no_grad()
+def accuracy(model_or_engine, encoded: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
+             rank: int = 0, world_size: int = 1, type_ids: list[list[int]] | None = None) -> float:
+    """Accuracy over every example; ranks take interleaved batches and sum their counts."""
+    was_training = model_or_engine.training
+    model_or_engine.eval()
+    device = next(model_or_engine.parameters()).device
+    enc = EncodedTexts(encoded, type_ids)
+    starts = list(range(0, len(encoded), batch_size))
+    rounds = -(-len(starts) // world_size)  # equal forward count on every rank (ZeRO-3 gathers)
+    correct = 0
+    for r in range(rounds):
+        i = r * world_size + rank
+        chunk = range(starts[i], min(starts[i] + batch_size, len(encoded))) if i < len(starts) else range(0, 1)
+        batch = loop.to_device(padded_batch(enc, chunk, pad_id), device)
+        lab = torch.tensor([labels[j] for j in chunk], device=device)
+        out = model_or_engine(**batch, labels=lab)
+        correct += int(out["num_correct"]) if i < len(starts) else 0
+    model_or_engine.train(was_training)
+    return loop.all_reduce_sum([correct], device)[0] / max(len(encoded), 1)
+
+
+def sample(items: list, n: int, seed: int) -> list:
+    """A seeded sample of n items in their original order (all of them for n = 0 or n >= len)."""
+    if not n or n >= len(items):
+        return items
+    pick = np.random.Generator(np.random.PCG64(seed)).choice(len(items), n, replace=False)
+    return [items[i] for i in sorted(pick)]
+
+
+def export_finetuned(run_dir: Path, checkpointer, cfg: FinetuneConfig, model_cfg: ModelConfig, lineage: dict,
+                     task_record: dict) -> None:
+    """final/ of a fine-tuning run; `task_record["kind"]` ("classification" | "qa") tells the
+    loaders which head the state dict carries."""
+    final, _ = consolidate(checkpointer.dir)
+    config = {"model": to_dict(model_cfg), "finetune": to_dict(cfg), "task": task_record}
+    write_model_dir(run_dir / "final", final, config,
+                    {"kind": "finetune", "task_kind": task_record["kind"], "source": str(cfg.model_dir),
+                     "body_fingerprints": lineage["body_fingerprints"]}, lineage["tokenizer"])
+
+
+def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
+    if cfg.is_qa:
+        from ds_minimodel import finetune_qa
+
+        return finetune_qa.run(cfg, ds_config_path, resume)
+    state, model_cfg, lineage, tok = load_source(cfg)
     task = load_task(cfg)
     if task.is_qa:
-        raise UserError("extractive QA fine-tuning is not wired into this launcher yet; use a classification task")
-    train_ids = encode_classification(task.train, tok, cfg.max_len)
-    valid = task.validation
-    if cfg.eval_examples and cfg.eval_examples < len(valid):  # a seeded sample: the split is sorted by class
-        pick = np.random.Generator(np.random.PCG64(cfg.train.seed)).choice(len(valid), cfg.eval_examples, replace=False)
-        valid = [valid[i] for i in sorted(pick)]
-    valid_ids = encode_classification(valid, tok, cfg.max_len)
-    model_cfg = src_cfg
+        raise UserError(f"task {cfg.task} is extractive QA; fine-tune it with task=mlqa or task=squad")
+    layout = layout_for(model_cfg)
+    train_enc = encode_texts(task.train, tok, cfg.max_len, layout)
+    # A seeded sample: the split is sorted by class.
+    valid = sample(task.validation, cfg.eval_examples, cfg.train.seed)
+    valid_enc = encode_texts(valid, tok, cfg.max_len, layout)
 
     def make_model(ds_config: dict) -> SequenceClassifier:
         torch.manual_seed(cfg.train.seed)
         model = SequenceClassifier(model_cfg, len(task.label_names), cfg.head_dropout, cfg.pooling)
         model.encoder.load_state_dict(state, strict=True)
-        for name, p in model.named_parameters():
-            p.requires_grad_(not name.startswith(FROZEN_PREFIXES))
-        return model
+        return freeze_for_finetuning(model)
 
     def make_loader(mb, ga, rank, world):
-        return ClassificationLoader(train_ids, [ex.label for ex in task.train], tok.pad_id, mb, ga, rank, world,
-                                    cfg.train.seed)
+        return ClassificationLoader(train_enc.ids, [ex.label for ex in task.train], tok.pad_id, mb, ga, rank, world,
+                                    cfg.train.seed, train_enc.type_ids)
 
     def make_evaluate(engine, dist):
         labels = [ex.label for ex in valid]
-        return lambda: {"valid_accuracy": accuracy(engine, valid_ids, labels, tok.pad_id, 32, dist.rank,
-                                                   dist.world_size)}
+        return lambda: {"valid_accuracy": accuracy(engine, valid_enc.ids, labels, tok.pad_id, 32, dist.rank,
+                                                   dist.world_size, valid_enc.type_ids)}
 
     def micro_flops(batch: dict) -> int:
         from ds_minimodel.flops import step_flops
@@ -141,31 +200,42 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
         return step_flops(model_cfg, "finetune", B, T, 0, num_classes=len(task.label_names)).total
 
     def finalize(run_dir: Path, checkpointer) -> None:
-        final, _ = consolidate(checkpointer.dir)
-        config = {"model": to_dict(model_cfg), "finetune": to_dict(cfg),
-                  "task": {"name": task.name, "label_names": list(task.label_names), "max_len": cfg.max_len,
-                           "head_dropout": cfg.head_dropout, "pooling": cfg.pooling}}
-        write_model_dir(run_dir / "final", final, config,
-                        {"kind": "finetune", "source": str(cfg.model_dir),
-                         "body_fingerprints": lineage["body_fingerprints"]}, lineage["tokenizer"])
+        export_finetuned(run_dir, checkpointer, cfg, model_cfg, lineage,
+                         {"kind": "classification", "name": task.name, "label_names": list(task.label_names),
+                          "max_len": cfg.max_len, "head_dropout": cfg.head_dropout, "pooling": cfg.pooling})
 
     spec = JobSpec(kind="finetune", model_config=to_dict(model_cfg), make_loader=make_loader, make_model=make_model,
                    loss_keys=("loss",), finalize=finalize, make_evaluate=make_evaluate, micro_flops=micro_flops)
     return run_job(cfg, spec, ds_config_path, resume)
 
 
-def load_classifier(model_dir: str | Path) -> tuple[SequenceClassifier, dict, dict]:
-    """A fine-tuned model directory as (model in eval mode, its config, its lineage)."""
+def load_finetuned(model_dir: str | Path) -> tuple[SequenceClassifier | QuestionAnswering, dict, dict]:
+    """A fine-tuned model directory as (model in eval mode, its config, its lineage), whichever
+    task head it carries (config["task"]["kind"]; directories from before QA are classifiers)."""
     state, model_cfg, lineage = read_model_dir(model_dir)
     if lineage.get("kind") != "finetune":
         raise UserError(f"{model_dir} is not a fine-tuned model (lineage kind {lineage.get('kind')!r})")
     task = lineage["config"]["task"]
-    model = SequenceClassifier(model_cfg, len(task["label_names"]), task["head_dropout"], task.get("pooling", "cls"))
+    kind = task.get("kind", "classification")
+    if kind == "qa":
+        model = QuestionAnswering(model_cfg)
+    elif kind == "classification":
+        model = SequenceClassifier(model_cfg, len(task["label_names"]), task["head_dropout"],
+                                   task.get("pooling", "cls"))
+    else:
+        raise UserError(f"{model_dir}: unknown task kind {kind!r} in config.json")
     model.load_state_dict(state, strict=True)
     return model.eval(), lineage["config"], lineage
 
 
-def with_vocab(model: SequenceClassifier, vocab_size: int) -> SequenceClassifier:
+def load_classifier(model_dir: str | Path) -> tuple[SequenceClassifier, dict, dict]:
+    """A fine-tuned classifier directory as (model in eval mode, its config, its lineage)."""
+    model, config, lineage = load_finetuned(model_dir)
+    if not isinstance(model, SequenceClassifier):
+        raise UserError(f"{model_dir} is an extractive QA model, not a classifier (load it with load_finetuned)")
+    return model, config, lineage
+
+
+def with_vocab(model: SequenceClassifier | QuestionAnswering, vocab_size: int):
     """An empty copy of `model`'s architecture for another vocabulary size (for a plugged pack)."""
-    cfg = dataclasses.replace(model.encoder.cfg, vocab_size=vocab_size)
-    return SequenceClassifier(cfg, model.out.out_features, model.dropout.p, model.pooling)
+    return model.with_config(dataclasses.replace(model.encoder.cfg, vocab_size=vocab_size))

@@ -69,6 +69,7 @@ STEP_KINDS = (
     "adapt_minipost",  # MiniPost mini-model (route final): only word embeddings + lm_head.bias train
     "adapt_full",  # standard baseline through all layers: only word embeddings + lm_head.bias train
     "finetune",  # classification head on <s>; everything but the embedding tables trains
+    "finetune_qa",  # extractive-QA span head on every token; frozen like finetune
     "eval",  # forward only, final MLM head
 )
 
@@ -81,8 +82,12 @@ ROUTE = {
     "adapt_minipost": "final",
     "adapt_full": "final",
     "finetune": None,
+    "finetune_qa": None,
     "eval": "final",
 }
+
+# The task head each fine-tuning kind runs on the last layer.
+TASK_HEADS = {"finetune": "classification", "finetune_qa": "span"}
 
 COMPONENTS = ("embeddings", "attn_proj", "attn_scores", "mlp", "mid_head", "final_head", "task_head")
 TITLES = {
@@ -277,7 +282,7 @@ def is_trainable(name: str, kind: str, *, frozen_layers: int | None = None) -> b
         return name in ("embeddings.word", "mid_head.bias")
     if kind in ("adapt_minipost", "adapt_full"):
         return name in ("embeddings.word", "lm_head.bias")
-    if kind == "finetune":
+    if kind in ("finetune", "finetune_qa"):
         # The whole embedding module stays frozen (its layer norm too): a language pack trained
         # under the pretrained embedding layer norm and positions must meet them again at transfer.
         return not name.startswith(("embeddings.", "lm_head.", "mid_head."))
@@ -310,7 +315,7 @@ class StepPlan:
     depth: int  # layers run
     mid_head_layer: int | None  # the mid head runs on the output of this layer (None: not run)
     final_head: bool  # the final MLM head runs on the last layer's output
-    task_head: bool  # the classification head runs on the last layer's <s>
+    task_head: str | None  # "classification" (on the last layer's <s>), "span" (every token) or None
     embeddings_need_grad: bool  # some embedding parameter trains: gradient reaches layer 1's input
     word_trainable: bool  # the word table, i.e. the tied MLM decoder weight
     trainable_layers: tuple  # per layer run, all-or-nothing
@@ -343,7 +348,7 @@ def step_plan(cfg: ModelConfig, kind: str, *, minipost_frozen_layers: int | None
         depth=depth,
         mid_head_layer=cfg.mid_head_layer if route in ("joint", "mid") else None,
         final_head=route in ("joint", "final"),
-        task_head=route is None,
+        task_head=TASK_HEADS.get(kind),
         embeddings_need_grad=any(tr(f"embeddings.{p}") for p in (
             "word", "position", "token_type", "layer_norm.weight", "layer_norm.bias")),
         word_trainable=tr("embeddings.word"),
@@ -421,10 +426,14 @@ def _flops_of_plan(cfg: ModelConfig, plan: StepPlan, batch_size: int, seq_len: i
         c["final_head"] = _mlm_head(cfg, M, grad_in=needs_grad[plan.depth], **head_args)
     if plan.mid_head_layer is not None:
         c["mid_head"] = _mlm_head(cfg, M, grad_in=needs_grad[plan.mid_head_layer], **head_args)
-    if plan.task_head:
+    if plan.task_head == "classification":
         # Sequence classification on the B <s> states: dense d->d, tanh, out d->C; the head trains.
         c["task_head"] = _linear(B, d, d, grad_input=needs_grad[plan.depth], grad_weight=True)
         c["task_head"] += _linear(B, d, num_classes, grad_input=True, grad_weight=True)
+    elif plan.task_head == "span":
+        # Extractive QA: start and end logits for every position, [B*T, d] @ [d, 2]; the split,
+        # the two cross-entropies and their mean are free.
+        c["task_head"] = _linear(rows, d, 2, grad_input=needs_grad[plan.depth], grad_weight=True)
     return FlopReport(kind=plan.kind, batch_size=B, seq_len=T, num_masked=M, components=c)
 
 
@@ -531,8 +540,8 @@ def deepspeed_profiler_estimate(cfg: ModelConfig, kind: str, batch_size: int, se
     linear layer is counted twice: once by the F.linear wrapper and once inside (addmm adds
     numel(bias)).
 
-    This mirrors the kernels="off" model (the plain F.linear decoder) and the stand-in task head
-    (nn.Linear, torch.tanh, nn.Linear).
+    This mirrors the kernels="off" model (the plain F.linear decoder) and the stand-in task heads
+    (nn.Linear, torch.tanh, nn.Linear; the QA span head nn.Linear(d, 2)).
     """
     plan = step_plan(cfg, kind, minipost_frozen_layers=minipost_frozen_layers)
     d, inter, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -552,9 +561,12 @@ def deepspeed_profiler_estimate(cfg: ModelConfig, kind: str, batch_size: int, se
     elementwise += heads * (M * d + ln * M * d)
     # 2-D inputs with bias go through torch.addmm inside the ZeRO-3 linear: + numel(bias).
     zero3_extra += heads * ((2 * M * d * d + d) + ((2 * M * d * v + v) if M else 0))
-    if plan.task_head:
+    if plan.task_head == "classification":
         matmul += 2 * B * d * d + 2 * B * d * C
         zero3_extra += (2 * B * d * d + d) + (2 * B * d * C + C)
+    elif plan.task_head == "span":  # Linear(d, 2) on the 3-D states: Tensor.matmul under ZeRO-3, no bias
+        matmul += 2 * rows * d * 2
+        zero3_extra += 2 * rows * d * 2
     forward = matmul + elementwise + (zero3_extra if zero3 else 0)
     step = forward if kind == "eval" else round((3 + recompute_fwd_factor) * forward)
     return DeepSpeedEstimate(forward=forward, step=step, matmul=matmul, elementwise=elementwise,
@@ -688,6 +700,9 @@ def count_step(model, kind: str, input_ids, labels, *, task_head=None, class_lab
         if kind == "finetune":
             hidden = model.encode(input_ids)[-1]
             loss = F.cross_entropy(task_head(hidden), class_labels)
+        elif kind == "finetune_qa":  # model.QuestionAnswering's loss: mean of start and end CE
+            start, end = task_head(model.encode(input_ids)[-1]).unbind(dim=-1)
+            loss = (F.cross_entropy(start, class_labels) + F.cross_entropy(end, class_labels.flip(0))) / 2
         elif kind == "eval":
             with torch.no_grad():
                 loss = model(input_ids, labels=labels, route=ROUTE[kind])["loss"]
@@ -705,10 +720,13 @@ def build_step(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_m
     """A model (and task head), frozen for `kind`, and a batch: the inputs of count_step."""
     torch.manual_seed(seed)
     model = MLMEncoder(cfg)
-    head = ClassificationHeadStandIn(cfg.hidden_size, num_classes) if kind == "finetune" else None
+    head = {"finetune": lambda: ClassificationHeadStandIn(cfg.hidden_size, num_classes),
+            "finetune_qa": lambda: nn.Linear(cfg.hidden_size, 2)}.get(kind, lambda: None)()
     set_requires_grad_for_step(model, kind, minipost_frozen_layers=minipost_frozen_layers, task_head=head)
     ids, labels = masked_batch(cfg, batch_size, seq_len, num_masked, seed)
-    class_labels = torch.randint(0, num_classes, (batch_size,), generator=torch.Generator().manual_seed(seed))
+    # Class labels, or for finetune_qa the answer start positions (ends: the same, reversed).
+    high = seq_len if kind == "finetune_qa" else num_classes
+    class_labels = torch.randint(0, high, (batch_size,), generator=torch.Generator().manual_seed(seed))
     return {"model": model, "kind": kind, "input_ids": ids, "labels": labels, "task_head": head,
             "class_labels": class_labels}
 

@@ -68,12 +68,15 @@ class Embeddings(nn.Module):
         not_pad = input_ids.ne(pad).int()
         return (torch.cumsum(not_pad, dim=1) * not_pad + pad).long()
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         pad = self.cfg.pad_token_id
         x = kernels.embedding(input_ids, self.word, impl=self.cfg.kernels, padding_idx=pad)
         pos_pad = pad if self.cfg.position_style == "roberta" else None
         x = x + F.embedding(self.position_ids(input_ids), self.position, padding_idx=pos_pad)
-        x = x + self.token_type[0]  # single-segment input: segment 0 everywhere
+        if token_type_ids is None:
+            x = x + self.token_type[0]  # single-segment input (and RoBERTa, which has one type)
+        else:  # BERT sentence pairs: segment B is type 1, as its pretraining's second sentence
+            x = x + F.embedding(token_type_ids, self.token_type)
         return self.dropout(self.layer_norm(x))
 
 
@@ -158,10 +161,11 @@ class MLMEncoder(nn.Module):
         self.lm_head = MLMHead(cfg, self.embeddings.word)
         self.mid_head = MLMHead(cfg, self.embeddings.word) if cfg.mid_head_layer else None
 
-    def encode(self, input_ids, attention_mask=None, depth: int | None = None) -> list[torch.Tensor]:
+    def encode(self, input_ids, attention_mask=None, depth: int | None = None,
+               token_type_ids=None) -> list[torch.Tensor]:
         """Hidden states after each of the first `depth` layers (all by default); [0] = embeddings."""
         key_mask = None if attention_mask is None else attention_mask.bool()
-        states = [self.embeddings(input_ids)]
+        states = [self.embeddings(input_ids, token_type_ids)]
         for layer in self.layers[: depth if depth is not None else len(self.layers)]:
             states.append(layer(states[-1], key_mask))
         return states
@@ -198,7 +202,8 @@ class SequenceClassifier(nn.Module):
     """Encoder + RoBERTa's classification head (dense, tanh, dropout, out) on the <s> state, or
     on the mean of the token states (pooling="mean").
 
-    Used for single sentences and sentence pairs alike (pairs are packed as <s> A </s></s> B </s>).
+    Used for single sentences and sentence pairs alike (pairs are packed as <s> A </s></s> B </s>,
+    or [CLS] A [SEP] B [SEP] with token_type_ids for BERT: see tasks.batching.Layout).
     The MLM heads stay in `encoder` (so a language pack plugs in by name) but are never called.
     """
 
@@ -212,8 +217,13 @@ class SequenceClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = Linear(cfg.hidden_size, num_labels, cfg.init_std)
 
-    def forward(self, input_ids, labels=None, attention_mask=None) -> dict:
-        states = self.encoder.encode(input_ids, attention_mask)[-1]
+    def with_config(self, cfg: ModelConfig) -> "SequenceClassifier":
+        """A freshly initialised classifier of the same head for another encoder config (e.g. a
+        plugged language pack's vocabulary size)."""
+        return SequenceClassifier(cfg, self.out.out_features, self.dropout.p, self.pooling)
+
+    def forward(self, input_ids, labels=None, attention_mask=None, token_type_ids=None) -> dict:
+        states = self.encoder.encode(input_ids, attention_mask, token_type_ids=token_type_ids)[-1]
         if self.pooling == "cls":
             h = states[:, 0]
         else:  # mean over real tokens: a steadier feature than <s> for a briefly pretrained encoder
@@ -226,3 +236,36 @@ class SequenceClassifier(nn.Module):
             out["num_correct"] = (logits.argmax(-1) == labels).sum()
         return out
 
+
+
+class QuestionAnswering(nn.Module):
+    """Encoder + extractive-QA span head: one Linear(d, 2) over every token state, giving a start
+    and an end logit per position (Hugging Face's *ForQuestionAnswering `qa_outputs`).
+
+    The loss is Hugging Face's: cross-entropy of the start logits against `start_positions` and of
+    the end logits against `end_positions`, averaged. Positions outside the sequence are clamped to
+    its length and ignored (never produced by tasks.batching.encode_qa, which labels a window that
+    does not hold the answer with the first token, index 0, as run_qa does). Logits are not masked:
+    the span decoder (tasks.batching.qa_predictions) only ever picks context tokens.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = MLMEncoder(cfg)
+        self.qa_outputs = Linear(cfg.hidden_size, 2, cfg.init_std)
+
+    def with_config(self, cfg: ModelConfig) -> "QuestionAnswering":
+        return QuestionAnswering(cfg)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
+                end_positions=None) -> dict:
+        states = self.encoder.encode(input_ids, attention_mask, token_type_ids=token_type_ids)[-1]
+        start_logits, end_logits = self.qa_outputs(states).float().unbind(dim=-1)
+        out = {"start_logits": start_logits, "end_logits": end_logits}
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]
+            start = start_positions.reshape(-1).clamp(0, ignored)
+            end = end_positions.reshape(-1).clamp(0, ignored)
+            out["loss"] = (F.cross_entropy(start_logits, start, ignore_index=ignored)
+                           + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
+        return out

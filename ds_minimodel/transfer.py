@@ -5,6 +5,9 @@ and the fingerprint of the body it was trained under against the fingerprints of
 body the fine-tuned model came from), its word table and output bias replace the model's, its
 tokenizer replaces the source tokenizer, and the task's target-language test set is scored.
 A control plugs in untrained random embeddings the same way.
+
+Classification reports accuracy (a fraction); extractive QA reports SQuAD/MLQA exact match and
+F1 in percent, as the official scripts print them.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from pathlib import Path
 import torch
 
 from ds_minimodel.errors import UserError
-from ds_minimodel.finetune import accuracy, load_classifier, with_vocab
+from ds_minimodel.finetune import accuracy, load_classifier, load_finetuned, with_vocab
 from ds_minimodel.langpack import PackInfo, check_compatible, load_pack
 from ds_minimodel.minimodel import plug_embeddings
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.modeldir import read_model_dir
-from ds_minimodel.tasks.batching import encode_classification, pad_sequences
+from ds_minimodel.tasks.batching import encode_texts, layout_for, pad_sequences
 from ds_minimodel.tokenizer import Tokenizer
 
 
@@ -27,8 +30,8 @@ def _encoder_state(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def plugged_classifier(model, info: PackInfo, tensors: dict, lineage: dict, where: str):
-    """A copy of the fine-tuned classifier speaking the pack's language."""
+def plugged_model(model, info: PackInfo, tensors: dict, lineage: dict, where: str):
+    """A copy of the fine-tuned model (classifier or QA) speaking the pack's language."""
     fps = lineage["body_fingerprints"]
     check_compatible(info, hidden_size=model.encoder.cfg.hidden_size, pad_token_id=model.encoder.cfg.pad_token_id,
                      body_fingerprint=fps.get(str(info.fingerprint_layers), "none"), where=where)
@@ -39,6 +42,9 @@ def plugged_classifier(model, info: PackInfo, tensors: dict, lineage: dict, wher
     new.load_state_dict({**{f"encoder.{k}": v for k, v in enc.items()},
                          **{k: v for k, v in state.items() if not k.startswith("encoder.")}}, strict=True)
     return new.eval()
+
+
+plugged_classifier = plugged_model  # the name step 4 had before QA
 
 
 def random_control(info: PackInfo, tensors: dict, seed: int = 0) -> dict:
@@ -73,8 +79,51 @@ def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: 
 
 
 def _accuracy(model, examples, tok: Tokenizer, max_len: int, batch_size: int) -> float:
-    return accuracy(model, encode_classification(examples, tok, max_len), [ex.label for ex in examples],
-                    tok.pad_id, batch_size)
+    enc = encode_texts(examples, tok, max_len, layout_for(model.encoder.cfg))
+    return accuracy(model, enc.ids, [ex.label for ex in examples], tok.pad_id, batch_size, type_ids=enc.type_ids)
+
+
+def evaluate_qa(model_dir: str, packs: list[str], task_path: str | None = None, batch_size: int = 32) -> dict:
+    """Extractive QA: English exact match / F1 (percent) of the fine-tuned model, and per pack
+    those of the model with the pack plugged in and of its random-embedding control, on the
+    SQuAD-format test set of the pack's language (MLQA's `test-context-<l>-question-<l>.json`
+    layout) under `task_path` (default: the fine-tuning task directory)."""
+    from ds_minimodel.finetune_qa import TRAIN_LANGUAGE, answer_language, encode_for, qa_scores
+    from ds_minimodel.tasks.formats import load_task as load_split, task_file
+
+    model, config, lineage = load_finetuned(model_dir)
+    task = config["task"]
+    if task.get("kind") != "qa":
+        raise UserError(f"{model_dir} is not an extractive QA model (task kind {task.get('kind', 'classification')!r})")
+    task_path = task_path or config["finetune"]["task_path"]
+    src_tok = Tokenizer.load(lineage["tokenizer"])
+
+    def scores(m, examples, tok, lang) -> dict:
+        return qa_scores(m, encode_for(m.encoder.cfg, examples, tok, task), examples, batch_size,
+                         lang=answer_language(task["name"], lang))
+
+    try:  # English test when there is one (MLQA's), else the English validation set
+        task_file("mlqa", task_path, TRAIN_LANGUAGE, "test")
+        split = "test"
+    except UserError:
+        split = "validation"
+    source = load_split("mlqa", task_path, TRAIN_LANGUAGE, split)
+    result = {"task": task["name"], "metric": "exact_match / f1 (percent)",
+              "source": {"language": TRAIN_LANGUAGE, "split": split, "questions": len(source),
+                         **scores(model, source, src_tok, TRAIN_LANGUAGE)},
+              "packs": {}}
+    for pack_dir in packs:
+        info, tensors, tok = load_pack(pack_dir)
+        plugged = plugged_model(model, info, tensors, lineage, str(model_dir))  # refuses a foreign pack first
+        control = plugged_model(model, info, random_control(info, tensors), lineage, str(model_dir))
+        test = load_split("mlqa", task_path, info.language, "test")
+        ours, ctrl = scores(plugged, test, tok, info.language), scores(control, test, tok, info.language)
+        result["packs"][str(pack_dir)] = {
+            "method": info.method, "language": info.language, "questions": len(test),
+            "exact_match": ours["exact_match"], "f1": ours["f1"],
+            "control_exact_match": ctrl["exact_match"], "control_f1": ctrl["f1"],
+        }
+    return result
 
 
 @torch.no_grad()

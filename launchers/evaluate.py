@@ -3,8 +3,11 @@
     python launchers/evaluate.py --model runs/finetune/final --pack runs/adapt-minijoint/pack \
         --pack runs/adapt-full/pack --pretrained runs/demo/final --out runs/transfer.json
 
-Prints source-language accuracy, each pack's target-language accuracy against a control with
-untrained random embeddings, and (with --pretrained) English<->target verse retrieval.
+Prints source-language accuracy (an extractive QA model: exact match and F1, in percent), each
+pack's target-language score against a control with untrained random embeddings, and (with
+--pretrained) English<->target verse retrieval. QA test sets are SQuAD-format files named as
+MLQA's (`test-context-<lang>-question-<lang>.json`) under --task-path (default: the directory the
+model was fine-tuned from).
 """
 
 import argparse
@@ -24,17 +27,22 @@ def main(argv=None) -> None:
     p.add_argument("--pretrained", default=None, help="pretrained model directory, for verse retrieval")
     p.add_argument("--retrieval-pairs", type=int, default=1000)
     p.add_argument("--retrieval-layer", type=int, default=None, help="hidden layer to pool (default L/2)")
+    p.add_argument("--task-path", default=None,
+                   help="QA only: directory of the target-language test files (default: the fine-tuning task_path)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
     def body():
         from ds_minimodel import transfer
-        from ds_minimodel.finetune import load_classifier, load_task
+        from ds_minimodel.finetune import load_finetuned, load_task
         from ds_minimodel.config import FinetuneConfig, from_dict
 
-        _, config, _ = load_classifier(args.model)
-        task = load_task(from_dict(FinetuneConfig, config["finetune"]))
-        result = {"classification": transfer.evaluate_classification(args.model, args.pack, task)}
+        _, config, _ = load_finetuned(args.model)
+        if config["task"].get("kind") == "qa":
+            result = {"qa": transfer.evaluate_qa(args.model, args.pack, args.task_path)}
+        else:
+            task = load_task(from_dict(FinetuneConfig, config["finetune"]))
+            result = {"classification": transfer.evaluate_classification(args.model, args.pack, task)}
         if args.pretrained and args.pack:
             from ds_minimodel.tasks.bible import verse_retrieval_pairs
 

@@ -89,7 +89,7 @@ class _StepForward(nn.Module):
         self.kind, self.input_ids, self.labels = step["kind"], step["input_ids"], step["labels"]
 
     def forward(self):
-        if self.kind == "finetune":
+        if self.kind in ("finetune", "finetune_qa"):
             return self.task_head(self.model.encode(self.input_ids)[-1])
         return self.model(self.input_ids, labels=self.labels, route=flops.ROUTE[self.kind])["loss"]
 

@@ -52,7 +52,7 @@ def brief_trainable(kind: str, name: str) -> bool:
         return name in ("embeddings.word", "mid_head.bias")
     if kind in ("adapt_minipost", "adapt_full"):
         return name in ("embeddings.word", "lm_head.bias")
-    if kind == "finetune":  # the whole embedding module (layer norm too) and the MLM heads are frozen
+    if kind in ("finetune", "finetune_qa"):  # the whole embedding module (layer norm too), the MLM heads
         return not name.startswith(("embeddings.", "lm_head.", "mid_head."))
     return False  # eval
 
@@ -83,7 +83,8 @@ def run_counted(cfg: ModelConfig, kind: str, B: int, T: int, M: int, num_classes
     """One real step under FlopCounterMode: (forward, backward, model, head)."""
     torch.manual_seed(0)
     model = MLMEncoder(cfg)
-    head = InlineClassifier(cfg.hidden_size, num_classes) if kind == "finetune" else None
+    head = {"finetune": lambda: InlineClassifier(cfg.hidden_size, num_classes),
+            "finetune_qa": lambda: nn.Linear(cfg.hidden_size, 2)}.get(kind, lambda: None)()
     for name, p in model.named_parameters():
         p.requires_grad_(brief_trainable(kind, name))
     ids, labels = batch(cfg, B, T, M)
@@ -92,6 +93,9 @@ def run_counted(cfg: ModelConfig, kind: str, B: int, T: int, M: int, num_classes
         with torch.set_grad_enabled(kind != "eval"):
             if kind == "finetune":
                 loss = F.cross_entropy(head(model.encode(ids)[-1]), torch.arange(B) % num_classes)
+            elif kind == "finetune_qa":  # span head on every token, mean of start and end CE
+                start, end = head(model.encode(ids)[-1]).unbind(-1)
+                loss = (F.cross_entropy(start, torch.arange(B) % T) + F.cross_entropy(end, torch.arange(B) % T)) / 2
             else:
                 loss = model(ids, labels=labels, route=route)["loss"]
     bwd_flops = 0
@@ -143,11 +147,11 @@ def test_head_only_minipost_counts_exactly():
 def test_library_freezing_matches_the_brief(kind):
     cfg = cfg_for(kind)
     model = MLMEncoder(cfg)
-    head = flops.ClassificationHeadStandIn(cfg.hidden_size, 3) if kind == "finetune" else None
+    head = {"finetune": lambda: flops.ClassificationHeadStandIn(cfg.hidden_size, 3),
+            "finetune_qa": lambda: nn.Linear(cfg.hidden_size, 2)}.get(kind, lambda: None)()
     names = flops.set_requires_grad_for_step(model, kind, minipost_frozen_layers=K, task_head=head)
-    assert set(names) == {n for n, _ in model.named_parameters() if brief_trainable(kind, n)} | (
-        {"task_head.dense.weight", "task_head.dense.bias", "task_head.out.weight", "task_head.out.bias"}
-        if head is not None else set())
+    head_names = {"task_head." + n for n, _ in head.named_parameters()} if head is not None else set()
+    assert set(names) == {n for n, _ in model.named_parameters() if brief_trainable(kind, n)} | head_names
     # ... and the library's own measurement helper counts the same as the analytic report.
     fwd, bwd = flops.measure_step_flops(cfg, kind, 2, 9, 5, minipost_frozen_layers=K)
     report = flops.step_flops(cfg, kind, 2, 9, 5, minipost_frozen_layers=K)

@@ -332,18 +332,23 @@ def test_classification_pair_layout_and_padding(tok):
 
 
 def test_truncation_longest_first(tok):
-    def loop(la, lb, budget):  # the token-at-a-time definition
-        while la + lb > budget:
-            if la > lb:
-                la -= 1
-            else:
-                lb -= 1
-        return la, lb
+    def rust(n1, n2, max_length):  # tokenizers' truncate_encodings, LongestFirst, line for line
+        if n1 + n2 <= max_length:
+            return n1, n2
+        swap = n1 > n2
+        if swap:
+            n1, n2 = n2, n1
+        n2 = n1 if n1 > max_length else max(n1, max_length - n1)
+        if n1 + n2 > max_length:
+            n1 = max_length // 2
+            n2 = n1 + max_length % 2
+        return (n2, n1) if swap else (n1, n2)
 
     for la in range(0, 13):
         for lb in range(0, 13):
             for budget in range(0, 20):
-                assert batching.truncate_longest_first(la, lb, budget) == loop(la, lb, budget), (la, lb, budget)
+                assert batching.truncate_longest_first(la, lb, budget) == rust(la, lb, budget), (la, lb, budget)
+    assert batching.truncate_longest_first(13, 32, 13) == (6, 7)  # the odd token goes to the longer text
     long_a = "the season is long and i guess at your level you lose players to the next team " * 3
     ex = ClassificationExample(long_a, "Players leave.", 0, "t")
     b = tok.encode("Players leave.")

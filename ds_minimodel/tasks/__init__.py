@@ -6,7 +6,8 @@
 - `bible`: verse -> genre classification (English train, paired English/Chichewa test) and
   English <-> Chichewa verse retrieval, all on chapters held out of every training corpus.
 - `metrics`: accuracy, macro-F1, SQuAD/MLQA exact match and F1, retrieval top-1 and MRR.
-- `batching`: examples -> tensors in RoBERTa layout, QA windows and span decoding.
+- `batching`: examples -> tensors in the model family's layout (RoBERTa or BERT), QA windows and
+  span decoding.
 """
 
 from ds_minimodel.tasks.formats import (MLQA_LANGUAGES, PAWSX_LABELS, PAWSX_LANGUAGES, TASKS, XNLI_LABELS,
@@ -16,9 +17,9 @@ from ds_minimodel.tasks.formats import (MLQA_LANGUAGES, PAWSX_LABELS, PAWSX_LANG
 from ds_minimodel.tasks.bible import VersePair, verse_genre_task, verse_retrieval_pairs
 from ds_minimodel.tasks.metrics import (accuracy, exact_match_score, f1_score, macro_f1, normalize_answer,
                                         qa_metrics, retrieval_metrics)
-from ds_minimodel.tasks.batching import (QAFeatures, classification_batch, classification_batches,
-                                         encode_classification, encode_qa, encode_with_offsets, qa_predictions,
-                                         span_text)
+from ds_minimodel.tasks.batching import (BERT, ROBERTA, EncodedTexts, Layout, QAFeatures, classification_batch,
+                                         classification_batches, encode_classification, encode_qa, encode_texts,
+                                         encode_with_offsets, layout_for, qa_predictions, span_text)
 
 __all__ = [
     "ClassificationExample", "QAExample", "TaskData", "TASKS", "XNLI_LABELS", "PAWSX_LABELS", "XNLI_LANGUAGES",
@@ -27,6 +28,7 @@ __all__ = [
     "VersePair", "verse_genre_task", "verse_retrieval_pairs",
     "accuracy", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
     "retrieval_metrics",
+    "Layout", "ROBERTA", "BERT", "layout_for", "EncodedTexts", "encode_texts",
     "QAFeatures", "encode_classification", "classification_batch", "classification_batches", "encode_qa",
     "encode_with_offsets", "qa_predictions", "span_text",
 ]

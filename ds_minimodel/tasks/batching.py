@@ -1,16 +1,24 @@
-"""Task examples -> model tensors with a sentencepiece `Tokenizer`, in RoBERTa / XLM-R layout.
+"""Task examples -> model tensors with a `Tokenizer`, in the layout of the model's family.
 
-- classification: `<s> A </s>` or `<s> A </s></s> B </s>`; a pair too long for `max_len` is
-  truncated longest-first (one token at a time from the longer text, the second on ties, as
-  Hugging Face's `truncation="longest_first"`); padded with `pad_id`; `attention_mask` 1 on
-  real tokens. No token_type_ids: RoBERTa-style models have none.
-- extractive QA: `<s> question </s></s> context-window </s>`. The question is cut to
+Two families (`Layout`, chosen from the model config by `layout_for`):
+- RoBERTa / XLM-R (and the models trained here): `<s> A </s>`, pairs `<s> A </s></s> B </s>`,
+  no token_type_ids (one token type).
+- BERT: `[CLS] A [SEP]`, pairs `[CLS] A [SEP] B [SEP]`, with token_type_ids 0 up to and
+  including the first `[SEP]` and 1 for B and its `[SEP]` (0 on padding), as BERT was pretrained
+  with and as Hugging Face's BERT tokenizers produce. `<s>`/`</s>` are the tokenizer's bos/eos,
+  i.e. `[CLS]`/`[SEP]` for a BERT vocabulary.
+
+- classification: one text or a pair; a pair too long for `max_len` is truncated longest-first
+  (`truncate_longest_first`, as Hugging Face's tokenizers do for `truncation="longest_first"`);
+  padded with `pad_id`; `attention_mask` 1 on real tokens.
+- extractive QA: the question is segment A, a context window segment B. The question is cut to
   `max_query_len` tokens; a long context is covered by overlapping windows that start every
-  `doc_stride` tokens (the BERT / XLM-R `run_squad` meaning of doc_stride), one feature per
-  window. Token <-> character alignment comes from sentencepiece's offsets, so the answer's
-  character span in the original context maps to start/end token positions, and a predicted
-  token span maps back to the exact context substring. A feature whose window does not hold
-  the whole answer is labelled (0, 0), the `<s>` position, as in SQuAD training scripts.
+  `doc_stride` tokens (the BERT / XLM-R `run_squad` meaning of doc_stride; Hugging Face's
+  `run_qa` passes the *overlap* as `stride`: theirs = window - ours), one feature per window.
+  Token <-> character alignment comes from the tokenizer's offsets, so the answer's character
+  span in the original context maps to start/end token positions, and a predicted token span maps
+  back to the exact context substring. A feature whose window does not hold the whole answer is
+  labelled (0, 0), the first token, as in SQuAD training scripts.
 
 Everything is deterministic: the same examples and tokenizer give the same tensors.
 """
@@ -80,45 +88,120 @@ def encode_with_offsets(tok: Tokenizer, text: str) -> tuple[list[int], list[Span
 
 
 # --------------------------------------------------------------------------------------------
+# Layouts
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a model family packs special tokens around one or two segments (see the module doc).
+
+    `segment_ids`: feed token_type_ids (BERT with a two-row token-type table)."""
+    family: str = "roberta"
+    segment_ids: bool = False
+
+    def __post_init__(self) -> None:
+        if self.family not in ("roberta", "bert"):
+            raise InvalidValueError(f"layout family must be 'roberta' or 'bert', got {self.family!r}")
+        if self.segment_ids and self.family != "bert":
+            raise InvalidValueError("token_type_ids are only fed to BERT-family models")
+
+    @property
+    def separators(self) -> int:
+        """Separator tokens between the two segments of a pair: </s></s> (RoBERTa), [SEP] (BERT)."""
+        return 2 if self.family == "roberta" else 1
+
+
+ROBERTA = Layout("roberta")
+BERT = Layout("bert", segment_ids=True)
+
+
+def layout_for(cfg) -> Layout:
+    """The layout of the family of a model config (`ModelConfig`), never of its tokenizer: a new
+    language's tokenizer is trained here and knows nothing about the body it is plugged into.
+    BERT's absolute positions (position_style "bert", set by hf.config_from_hf for BERT
+    checkpoints) mark the BERT family; token_type_ids only when its token-type table has a
+    second row (type_vocab_size 2)."""
+    if cfg.position_style == "bert":
+        return Layout("bert", segment_ids=cfg.type_vocab_size >= 2)
+    return ROBERTA
+
+
+def _segments(n_a: int, n: int, layout: Layout) -> list[int] | None:
+    """token_type_ids of a packed row of n tokens whose first n_a tokens are segment A."""
+    return [0] * n_a + [1] * (n - n_a) if layout.segment_ids else None
+
+
+# --------------------------------------------------------------------------------------------
 # Classification
 
-PAIR_SPECIALS = 4    # <s> A </s></s> B </s>
+PAIR_SPECIALS = 4    # <s> A </s></s> B </s> (BERT: 3, [CLS] A [SEP] B [SEP])
 SINGLE_SPECIALS = 2  # <s> A </s>
 
 
 def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Lengths to keep of two sequences so that they fit `budget` tokens together, removing
-    one token at a time from the longer one (from the second when they are equal)."""
+    """Lengths to keep of two sequences so that they fit `budget` tokens together, as Hugging
+    Face's tokenizers library (every tokenizer of transformers 5, and the "fast" ones before)
+    truncates `longest_first`: the shorter sequence stays whole when the longer one can give up
+    enough; otherwise both keep budget // 2 tokens, the odd one going to the longer sequence (to
+    the second on ties). (transformers' old slow tokenizers removed one token at a time and gave
+    the odd token to the first sequence instead.)"""
     if len_a + len_b <= budget:
         return len_a, len_b
-    # Closed form of the token-at-a-time loop: trim the longer down to the shorter, then
-    # alternate, the extra token (odd budget) staying with the first sequence.
     short = min(len_a, len_b)
-    if budget <= 2 * short:
-        keep_a = (budget + 1) // 2
-        return keep_a, budget - keep_a
-    return (budget - len_b, len_b) if len_a > len_b else (len_a, budget - len_a)
+    if budget >= 2 * short:
+        return (budget - len_b, len_b) if len_a > len_b else (len_a, budget - len_a)
+    half, odd = budget // 2, budget % 2
+    return (half + odd, half) if len_a > len_b else (half, half + odd)
 
 
-def build_classification_ids(tok: Tokenizer, a: list[int], b: list[int] | None, max_len: int) -> list[int]:
-    """`<s> A </s>` or `<s> A </s></s> B </s>` from token ids, truncated to `max_len` tokens."""
+def build_classification_ids(tok: Tokenizer, a: list[int], b: list[int] | None, max_len: int,
+                             layout: Layout = ROBERTA) -> list[int]:
+    """`<s> A </s>` or `<s> A </s></s> B </s>` (BERT: `[CLS] A [SEP] B [SEP]`) from token ids,
+    truncated to `max_len` tokens."""
+    return build_pair(tok, a, b, max_len, layout)[0]
+
+
+def build_pair(tok: Tokenizer, a: list[int], b: list[int] | None, max_len: int,
+               layout: Layout = ROBERTA) -> tuple[list[int], int]:
+    """(ids, n_a): the packed row and how many of its first tokens are segment A (all of them
+    for a single text); segment B (token type 1 for BERT) is the rest."""
     if b is None:
         if max_len < SINGLE_SPECIALS + 1:
             raise InvalidValueError(f"max_len {max_len} leaves no room for text after <s> and </s>")
-        return [tok.bos_id] + a[:max_len - SINGLE_SPECIALS] + [tok.eos_id]
-    if max_len < PAIR_SPECIALS + 2:
-        raise InvalidValueError(f"max_len {max_len} leaves no room for a sentence pair after 4 special tokens")
-    la, lb = truncate_longest_first(len(a), len(b), max_len - PAIR_SPECIALS)
-    return [tok.bos_id] + a[:la] + [tok.eos_id, tok.eos_id] + b[:lb] + [tok.eos_id]
+        ids = [tok.bos_id] + a[:max_len - SINGLE_SPECIALS] + [tok.eos_id]
+        return ids, len(ids)
+    specials = 2 + layout.separators
+    if max_len < specials + 2:
+        raise InvalidValueError(f"max_len {max_len} leaves no room for a sentence pair after {specials} "
+                                "special tokens")
+    la, lb = truncate_longest_first(len(a), len(b), max_len - specials)
+    head = [tok.bos_id] + a[:la] + [tok.eos_id]
+    return head + [tok.eos_id] * (layout.separators - 1) + b[:lb] + [tok.eos_id], len(head)
 
 
-def encode_classification(examples: Sequence[ClassificationExample], tok: Tokenizer,
-                          max_len: int = 128) -> list[list[int]]:
-    """Unpadded token ids of each example (pad them per batch with `pad_sequences`)."""
+@dataclass
+class EncodedTexts:
+    """Unpadded rows of token ids and, for layouts with segment ids, their token_type_ids."""
+    ids: list[list[int]]
+    type_ids: list[list[int]] | None = None
+
+
+def encode_texts(examples: Sequence[ClassificationExample], tok: Tokenizer, max_len: int = 128,
+                 layout: Layout = ROBERTA) -> EncodedTexts:
+    """Each example packed as its model family expects (pad them per batch with `pad_sequences`)."""
     a_ids = tok.encode_batch([ex.text_a for ex in examples])
     pair_idx = [i for i, ex in enumerate(examples) if ex.text_b is not None]
     b_ids = dict(zip(pair_idx, tok.encode_batch([examples[i].text_b for i in pair_idx])))
-    return [build_classification_ids(tok, a_ids[i], b_ids.get(i), max_len) for i in range(len(examples))]
+    rows = [build_pair(tok, a_ids[i], b_ids.get(i), max_len, layout) for i in range(len(examples))]
+    types = [_segments(n_a, len(ids), layout) for ids, n_a in rows] if layout.segment_ids else None
+    return EncodedTexts([ids for ids, _ in rows], types)
+
+
+def encode_classification(examples: Sequence[ClassificationExample], tok: Tokenizer,
+                          max_len: int = 128, layout: Layout = ROBERTA) -> list[list[int]]:
+    """Unpadded token ids of each example (`encode_texts(...).ids`; a BERT layout with segment
+    ids needs `encode_texts` for the token_type_ids too)."""
+    return encode_texts(examples, tok, max_len, layout).ids
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int,
@@ -137,12 +220,22 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int,
 
 
 def classification_batch(examples: Sequence[ClassificationExample], tok: Tokenizer, max_len: int = 128,
-                         pad_to_max_len: bool = False) -> dict[str, torch.Tensor]:
-    """{"input_ids", "attention_mask", "labels"} for `examples`, padded to the longest (or max_len)."""
-    ids, mask = pad_sequences(encode_classification(examples, tok, max_len), tok.pad_id,
-                              max_len if pad_to_max_len else None)
-    return {"input_ids": ids, "attention_mask": mask,
-            "labels": torch.tensor([ex.label for ex in examples], dtype=torch.long)}
+                         pad_to_max_len: bool = False, layout: Layout = ROBERTA) -> dict[str, torch.Tensor]:
+    """{"input_ids", "attention_mask", "labels"} (and "token_type_ids" for a BERT layout with
+    segment ids) for `examples`, padded to the longest (or max_len)."""
+    enc = encode_texts(examples, tok, max_len, layout)
+    out = padded_batch(enc, range(len(examples)), tok.pad_id, max_len if pad_to_max_len else None)
+    return {**out, "labels": torch.tensor([ex.label for ex in examples], dtype=torch.long)}
+
+
+def padded_batch(enc: EncodedTexts, idx: Sequence[int], pad_id: int, length: int | None = None) -> dict:
+    """Rows `idx` of `enc` as padded tensors: input_ids, attention_mask (and token_type_ids,
+    padded with type 0 as Hugging Face's tokenizers do)."""
+    ids, mask = pad_sequences([enc.ids[i] for i in idx], pad_id, length)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if enc.type_ids is not None:
+        out["token_type_ids"] = pad_sequences([enc.type_ids[i] for i in idx], 0, ids.shape[1])[0]
+    return out
 
 
 def batch_order(n: int, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
@@ -161,13 +254,12 @@ def batch_order(n: int, batch_size: int, shuffle: bool = False, seed: int = 0, e
 
 def classification_batches(examples: Sequence[ClassificationExample], tok: Tokenizer, batch_size: int,
                            max_len: int = 128, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                           drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                           drop_last: bool = False, layout: Layout = ROBERTA) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of `classification_batch` form; tokenised once, each batch padded to its longest."""
-    encoded = encode_classification(examples, tok, max_len)
+    encoded = encode_texts(examples, tok, max_len, layout)
     labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
     for idx in batch_order(len(examples), batch_size, shuffle, seed, epoch, drop_last):
-        ids, mask = pad_sequences([encoded[i] for i in idx], tok.pad_id)
-        yield {"input_ids": ids, "attention_mask": mask, "labels": labels[idx]}
+        yield {**padded_batch(encoded, idx, tok.pad_id), "labels": labels[idx]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,6 +275,8 @@ class QAFeatures:
     feature f is the window where token t has the most context on both sides (a span is only
     predicted from the window where its start token is best placed). `unlocated` lists example
     ids whose first answer could not be aligned to tokens (their features are labelled (0, 0)).
+    `token_type_ids` is None unless the layout feeds segment ids (BERT): then 1 on the context
+    window and its closing [SEP].
     """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -192,6 +286,7 @@ class QAFeatures:
     offsets: list[list[Span | None]]
     max_context: list[list[bool]]
     unlocated: list[str] = field(default_factory=list)
+    token_type_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.example_index)
@@ -200,8 +295,20 @@ class QAFeatures:
         """The model inputs and labels of features `idx`, trimmed to their longest row."""
         idx = list(idx)
         width = int(self.attention_mask[idx].sum(dim=1).max().item()) if idx else 0
-        return {"input_ids": self.input_ids[idx, :width], "attention_mask": self.attention_mask[idx, :width],
-                "start_positions": self.start_positions[idx], "end_positions": self.end_positions[idx]}
+        out = {"input_ids": self.input_ids[idx, :width], "attention_mask": self.attention_mask[idx, :width],
+               "start_positions": self.start_positions[idx], "end_positions": self.end_positions[idx]}
+        if self.token_type_ids is not None:
+            out["token_type_ids"] = self.token_type_ids[idx, :width]
+        return out
+
+    def select(self, idx: Sequence[int]) -> "QAFeatures":
+        """Features `idx` only; `example_index` still points into the same examples list."""
+        idx = list(idx)
+        types = None if self.token_type_ids is None else self.token_type_ids[idx]
+        return QAFeatures(self.input_ids[idx], self.attention_mask[idx], self.start_positions[idx],
+                          self.end_positions[idx], [self.example_index[i] for i in idx],
+                          [self.offsets[i] for i in idx], [self.max_context[i] for i in idx],
+                          list(self.unlocated), types)
 
 
 def _window_starts(n: int, window: int, doc_stride: int) -> list[int]:
@@ -232,8 +339,10 @@ def _answer_tokens(example: QAExample, spans: list[Span]) -> tuple[int, int] | N
 
 
 def encode_qa(examples: Sequence[QAExample], tok: Tokenizer, max_len: int = 384, doc_stride: int = 128,
-              max_query_len: int = 64) -> QAFeatures:
-    """Features (one per context window) of `examples`; start/end positions from the first answer."""
+              max_query_len: int = 64, layout: Layout = ROBERTA) -> QAFeatures:
+    """Features (one per context window) of `examples`; start/end positions from the first answer.
+
+    Rows are `<s> question </s></s> window </s>` (BERT layout: `[CLS] question [SEP] window [SEP]`)."""
     if doc_stride < 1:
         raise InvalidValueError(f"doc_stride {doc_stride} must be positive")
     if max_query_len < 1:
@@ -245,10 +354,11 @@ def encode_qa(examples: Sequence[QAExample], tok: Tokenizer, max_len: int = 384,
     offsets: list[list[Span | None]] = []
     max_context: list[list[bool]] = []
     unlocated: list[str] = []
+    types: list[list[int]] = []
     for ei, ex in enumerate(examples):
         question = tok.encode(ex.question)[:max_query_len]
         ctx_ids, spans = encode_with_offsets(tok, ex.context)
-        prefix = 1 + len(question) + 2  # <s> question </s></s>
+        prefix = 1 + len(question) + layout.separators  # <s> question </s></s> | [CLS] question [SEP]
         window = max_len - prefix - 1
         if window < 1:
             raise InvalidValueError(f"max_len {max_len} leaves no room for context after a {len(question)}-token "
@@ -270,7 +380,10 @@ def encode_qa(examples: Sequence[QAExample], tok: Tokenizer, max_len: int = 384,
                     best_score[t], best[t] = score, w
         for w, ws in enumerate(wstarts):
             wl = min(window, n - ws)
-            rows.append([tok.bos_id] + question + [tok.eos_id, tok.eos_id] + ctx_ids[ws:ws + wl] + [tok.eos_id])
+            rows.append([tok.bos_id] + question + [tok.eos_id] * layout.separators + ctx_ids[ws:ws + wl]
+                        + [tok.eos_id])
+            if layout.segment_ids:
+                types.append(_segments(prefix, len(rows[-1]), layout))
             offsets.append([None] * prefix + list(spans[ws:ws + wl]) + [None])
             max_context.append([False] * prefix + [best[t] == w for t in range(ws, ws + wl)] + [False])
             if answer is not None and ws <= answer[0] and answer[1] < ws + wl:
@@ -281,8 +394,9 @@ def encode_qa(examples: Sequence[QAExample], tok: Tokenizer, max_len: int = 384,
                 ends_pos.append(0)
             example_index.append(ei)
     ids, mask = pad_sequences(rows, tok.pad_id)
+    type_ids = pad_sequences(types, 0, ids.shape[1])[0] if layout.segment_ids else None
     return QAFeatures(ids, mask, torch.tensor(starts_pos, dtype=torch.long), torch.tensor(ends_pos, dtype=torch.long),
-                      example_index, offsets, max_context, unlocated)
+                      example_index, offsets, max_context, unlocated, type_ids)
 
 
 def span_text(example: QAExample, offsets: Sequence[Span | None], start: int, end: int) -> str:

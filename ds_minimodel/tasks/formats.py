@@ -19,7 +19,8 @@ that holds the released tree or any level of it):
 - MLQA (Lewis et al. 2020): SQuAD v1.1 JSON (`data[].paragraphs[].qas[].answers[]`) in
   `MLQA_V1/{dev,test}/{dev,test}-context-<c>-question-<q>.json`. MLQA has no train split: the
   standard zero-shot setting trains on English SQuAD v1.1 (`train-v1.1.json`), which
-  `split="train"` looks for.
+  `split="train"` looks for; English validation falls back to SQuAD's `dev-v1.1.json` when
+  there is no MLQA English dev file.
 
 All TSVs are read with no quoting (one physical line per row, fields split on tabs): the
 released files contain unbalanced quotes, which a CSV reader's default quoting would merge
@@ -363,6 +364,9 @@ def _candidates(task: str, root: str, language: str, split: str, question_langua
             s = "dev" if split == "validation" else "test"
             name = f"{s}-context-{language}-question-{question_language or language}.json"
             rel = [name, os.path.join(s, name), os.path.join("MLQA_V1", s, name)]
+            if split == "validation" and language == "en" and question_language in (None, "en"):
+                # English validation may also be SQuAD v1.1's own dev set, next to its train file.
+                rel += [os.path.join(*d, "dev-v1.1.json") for d in ((), ("squad",), ("SQuAD",))]
     return [os.path.join(root, r) for r in rel]
 
 
