@@ -89,7 +89,8 @@ def evaluate_qa(model_dir: str, packs: list[str], task_path: str | None = None, 
     SQuAD-format test set of the pack's language (MLQA's `test-context-<l>-question-<l>.json`
     layout) under `task_path` (default: the fine-tuning task directory)."""
     from ds_minimodel.finetune_qa import TRAIN_LANGUAGE, answer_language, encode_for, qa_scores
-    from ds_minimodel.tasks.formats import load_task as load_split, task_file
+    from ds_minimodel.tasks.formats import load_task as load_split
+    from ds_minimodel.tasks.formats import task_file
 
     model, config, lineage = load_finetuned(model_dir)
     task = config["task"]
