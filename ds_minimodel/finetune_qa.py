@@ -82,9 +82,8 @@ def qa_scores(model_or_engine, features: QAFeatures, examples: list[QAExample], 
     starts, ends = [], []
     for i in range(rounds):
         idx = mine[i * batch_size:(i + 1) * batch_size]
-        batch = features.batch(idx or [0])
-        batch.pop("start_positions"), batch.pop("end_positions")
-        out = model_or_engine(**loop.to_device(batch, device))
+        inputs = {k: v for k, v in features.batch(idx or [0]).items() if not k.endswith("_positions")}
+        out = model_or_engine(**loop.to_device(inputs, device))
         if idx:
             for key, acc in (("start_logits", starts), ("end_logits", ends)):
                 logits = out[key].float().cpu()
@@ -108,6 +107,8 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
     train = encode_for(model_cfg, task.train, tok, record)
     if len(train.unlocated) == len(task.train):
         raise UserError(f"no training answer of {cfg.task_path} could be located in its context")
+    if not task.validation:  # checked before the process group starts, like everything else
+        raise UserError(f"the English validation set under {cfg.task_path} has no questions")
     valid = sample(task.validation, cfg.eval_examples, cfg.train.seed)
     valid_features = encode_for(model_cfg, valid, tok, record)
     lang = answer_language(cfg.task, TRAIN_LANGUAGE)
