@@ -155,7 +155,7 @@ def run_pretrained(opts: PipelineOptions, source: Path | None = None) -> Path:
     _prepare(step, "data-en", "bible-en", en, "--tokenizer", source / "tokenizer.json")
     # BERT pads with id 0: the new vocabulary must too (the frozen body's position ids use it).
     _prepare(step, "data-ny", "bible-ny", ny, "--vocab-size", "8000", "--layout", "bert")
-    head = _minipost(step, opts, "head", "configs/head-minilm.yaml", source, en)
+    head = _minipost(step, opts, "head", "configs/minipost-head-minilm.yaml", source, en)
     minipost = _minipost(step, opts, "minipost", "configs/minipost-minilm.yaml", source, en)
     _adapt(step, opts, "full", head, "full", ny)
     _adapt(step, opts, "minipost", minipost, "mini", ny)
