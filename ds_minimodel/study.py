@@ -359,7 +359,7 @@ class AccuracyScorer:
         from ds_minimodel.config import FinetuneConfig, from_dict
         from ds_minimodel.finetune import load_classifier, load_task
         from ds_minimodel.finetune import accuracy
-        from ds_minimodel.tasks.batching import encode_classification
+        from ds_minimodel.tasks.batching import encode_texts, layout_for
         from ds_minimodel.tokenizer import Tokenizer
 
         self.model_dir = Path(model_dir)
@@ -373,9 +373,12 @@ class AccuracyScorer:
         self.batch_size, self.eval_examples, self.seed = batch_size, eval_examples, seed
         src_test = self.task.tests[self.task.train_language]
         src_tok = Tokenizer.load(self.lineage["tokenizer"])
-        self.source_accuracy = accuracy(self.model, encode_classification(src_test, src_tok, self.max_len),
-                                        [ex.label for ex in src_test], src_tok.pad_id, batch_size)
-        self._encoded: dict[tuple[str, str], tuple[list, list, int]] = {}
+        # Packed as the model family expects (BERT: [CLS] A [SEP] B [SEP] with segment ids).
+        self.layout = layout_for(self.model.encoder.cfg)
+        src = encode_texts(src_test, src_tok, self.max_len, self.layout)
+        self.source_accuracy = accuracy(self.model, src.ids, [ex.label for ex in src_test], src_tok.pad_id,
+                                        batch_size, type_ids=src.type_ids)
+        self._encoded: dict[tuple[str, str], tuple[list, list | None, list, int]] = {}
         self.identity = {"metric": self.metric, "model": _file_id(self.model_dir / "model.pt"), "task": self.task.name,
                          "eval_examples": eval_examples, "seed": seed, "max_len": self.max_len}
 
@@ -395,7 +398,7 @@ class AccuracyScorer:
                 "test_examples": len(test)}
 
     def _encode(self, info: PackInfo, tokenizer_path: str):
-        from ds_minimodel.tasks.batching import encode_classification
+        from ds_minimodel.tasks.batching import encode_texts
         from ds_minimodel.tokenizer import Tokenizer
 
         key = (info.language, info.tokenizer_fingerprint)
@@ -405,18 +408,19 @@ class AccuracyScorer:
                                 f"(has: {', '.join(self.task.tests)})")
             tok = Tokenizer.load(tokenizer_path)
             test = self._subset(self.task.tests[info.language])
-            enc = encode_classification(test, tok, self.max_len)
-            order = sorted(range(len(enc)), key=lambda i: (len(enc[i]), i))
-            self._encoded[key] = ([enc[i] for i in order], [test[i].label for i in order], tok.pad_id)
+            enc = encode_texts(test, tok, self.max_len, self.layout)
+            order = sorted(range(len(enc.ids)), key=lambda i: (len(enc.ids[i]), i))
+            types = [enc.type_ids[i] for i in order] if enc.type_ids is not None else None
+            self._encoded[key] = ([enc.ids[i] for i in order], types, [test[i].label for i in order], tok.pad_id)
         return self._encoded[key]
 
     def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> float:
         from ds_minimodel.finetune import accuracy
         from ds_minimodel.transfer import plugged_classifier
 
-        encoded, labels, pad_id = self._encode(info, tokenizer_path)
+        encoded, types, labels, pad_id = self._encode(info, tokenizer_path)
         plugged = plugged_classifier(self.model, info, tensors, self.lineage, str(self.model_dir))
-        return accuracy(plugged, encoded, labels, pad_id, self.batch_size)
+        return accuracy(plugged, encoded, labels, pad_id, self.batch_size, type_ids=types)
 
 
 class RetrievalScorer:
