@@ -56,8 +56,10 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
                           MASTER_PORT=str(_free_port()))
     ds_logger.setLevel("WARNING")
     if not torch.distributed.is_initialized():
+        # Under MPI, discovery sets MASTER_PORT to distributed_port: honour the user's (mpirun -x
+        # MASTER_PORT=...), or every job on a node would take DeepSpeed's default 29500.
         deepspeed.init_distributed(auto_mpi_discovery=under_mpi, timeout=timedelta(seconds=timeout_s),
-                                   verbose=False)
+                                   distributed_port=int(os.environ.get("MASTER_PORT", 29500)), verbose=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     return DistInfo(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
 

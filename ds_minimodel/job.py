@@ -32,6 +32,16 @@ def env_world_size() -> int:
     return 1
 
 
+def env_rank() -> int:
+    """This process's global rank from the launcher's environment, before the process group
+    exists (under mpirun only OMPI_COMM_WORLD_RANK / PMI_RANK are set until DeepSpeed's MPI
+    discovery: reading RANK alone gave every rank the data of rank 0)."""
+    for key in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """A new run never writes into a directory that holds another run's files."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -76,7 +86,7 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
                                      source=f"DeepSpeed config {ds_config_path}")
     # Built before the process group too: data too small for one global batch fails here.
     loader = spec.make_loader(ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"],
-                              int(os.environ.get("RANK", 0)), world)
+                              env_rank(), world)
 
     dist = ds.init_distributed(cfg.train.collective_timeout_s)
     if dist.is_main:

@@ -54,14 +54,30 @@ def test_torchrun_two_ranks(tiny_corpus, tmp_path):
     check_finished(tmp_path / "run", 2)
 
 
+def _two_ranks(rank, data, out, ds_config):
+    from ds_minimodel import pretrain
+    from ds_minimodel.config import PretrainConfig, load_config
+
+    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", pretrain_args(data, out)[5:])
+    pretrain.run(cfg, str(REPO / ds_config))
+
+
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="no MPI installed (Debian: openmpi-bin)")
 def test_mpirun_two_ranks_with_mpi4py_discovery(tiny_corpus, tmp_path):
+    """Ranks come from OMPI_* and mpi4py; MASTER_PORT is honoured (not DeepSpeed's fixed 29500),
+    and each rank reads its own slice of the data: the losses are those of a 2-rank run."""
     pytest.importorskip("mpi4py", reason="mpi4py not installed (extra [mpi])")
+    from ds_minimodel.metrics import read_metrics
+    from tests.distributed import run_ranks
+
     env_flags = ["--allow-run-as-root", "--oversubscribe", "-x", "PYTHONPATH", "-x", "OMP_NUM_THREADS",
-                 "-x", "TORCH_EXTENSIONS_DIR", "-x", "DS_ACCELERATOR"]
+                 "-x", "TORCH_EXTENSIONS_DIR", "-x", "DS_ACCELERATOR", "-x", f"MASTER_PORT={_port()}"]
     run(["mpirun", "-np", "2", *env_flags, PY, *pretrain_args(tiny_corpus, tmp_path / "run", "ds_configs/z1.json")],
         tmp_path)
     check_finished(tmp_path / "run", 2)
+    run_ranks(_two_ranks, 2, args=(tiny_corpus, tmp_path / "ref", "ds_configs/z1.json"))
+    losses = [[(r["step"], r["loss"]) for r in read_metrics(d, "train")] for d in (tmp_path / "run", tmp_path / "ref")]
+    assert losses[0] == losses[1], "mpirun ranks did not train on their own slices of the data"
 
 
 def _port():
