@@ -165,6 +165,9 @@ class TrainConfig:
     # End this invocation after this step (checkpoint written) to fit a job's time slot; the
     # schedule still spans train.steps and --resume continues. None = run to train.steps.
     stop_at_step: Optional[int] = None
+    # "deepspeed" (ZeRO 0-3 from the --deepspeed JSON) or "torch": plain PyTorch (AdamW, gradients
+    # averaged over ranks with all_reduce, no ZeRO), e.g. for single-node adaptation (step 2).
+    engine: str = "deepspeed"
 
     def problems(self) -> list[str]:
         out = []
@@ -176,6 +179,10 @@ class TrainConfig:
                 out.append(f"train.{name} must be positive, got {v}")
         if self.dtype not in ("fp32", "bf16"):
             out.append(f"train.dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        if self.engine not in ("deepspeed", "torch"):
+            out.append(f"train.engine must be 'deepspeed' or 'torch', got {self.engine!r}")
+        elif self.engine == "torch" and self.dtype != "fp32":
+            out.append("train.engine=torch trains in fp32 only; use train.dtype=fp32 or train.engine=deepspeed")
         for name in ("log_every",):
             if getattr(self, name) <= 0:
                 out.append(f"train.{name} must be positive, got {getattr(self, name)}")

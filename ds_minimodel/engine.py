@@ -24,6 +24,7 @@ from deepspeed.utils import logger as ds_logger  # noqa: E402
 
 from ds_minimodel.config import OptimConfig  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402
+from ds_minimodel.optim import lr_lambda, optimizer_groups  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(timeout_s: int = 600) -> DistInfo:
+def init_distributed(timeout_s: int = 600, use_deepspeed: bool = True) -> DistInfo:
     """Join (or create) the process group under deepspeed, torchrun, mpirun or plain python.
 
     Launchers export RANK/WORLD_SIZE/...; under mpirun only OMPI_* exist and DeepSpeed discovers
     the rest through mpi4py; a plain `python` run becomes a world of one on a free local port.
     The timeout bounds every collective, so a dead peer fails the run instead of hanging it.
+    Without DeepSpeed (train.engine=torch) torch's own process group is used (gloo on CPU,
+    nccl on GPU), which needs the RANK/WORLD_SIZE environment of deepspeed or torchrun.
     """
     under_mpi = "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ
     if "RANK" not in os.environ and not under_mpi:
@@ -56,10 +59,17 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
                           MASTER_PORT=str(_free_port()))
     ds_logger.setLevel("WARNING")
     if not torch.distributed.is_initialized():
-        # Under MPI, discovery sets MASTER_PORT to distributed_port: honour the user's (mpirun -x
-        # MASTER_PORT=...), or every job on a node would take DeepSpeed's default 29500.
-        deepspeed.init_distributed(auto_mpi_discovery=under_mpi, timeout=timedelta(seconds=timeout_s),
-                                   distributed_port=int(os.environ.get("MASTER_PORT", 29500)), verbose=False)
+        if use_deepspeed:
+            # Under MPI, discovery sets MASTER_PORT to distributed_port: honour the user's (mpirun -x
+            # MASTER_PORT=...), or every job on a node would take DeepSpeed's default 29500.
+            deepspeed.init_distributed(auto_mpi_discovery=under_mpi, timeout=timedelta(seconds=timeout_s),
+                                       distributed_port=int(os.environ.get("MASTER_PORT", 29500)), verbose=False)
+        elif "RANK" not in os.environ:
+            raise UserError("train.engine=torch under mpirun needs RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; "
+                            "launch with torchrun or deepspeed, or use train.engine=deepspeed")
+        else:
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                                 timeout=timedelta(seconds=timeout_s))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     return DistInfo(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
 
@@ -156,36 +166,14 @@ def model_init_context(ds_config: dict):
 # Engine
 
 
-def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters only, split as RoBERTa does: no decay on biases and layer norms."""
-    decay, no_decay, seen = [], [], set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+def build_engine(model: torch.nn.Module, ds_config: dict, optim: OptimConfig, total_steps: int,
+                 use_deepspeed: bool = True):
+    """DeepSpeed engine over the trainable parameters, with torch AdamW and our LR schedule (or
+    the plain-PyTorch engine with the same interface)."""
+    if not use_deepspeed:
+        from ds_minimodel.torch_engine import TorchEngine
 
-
-def lr_lambda(optim: OptimConfig, total_steps: int):
-    import math
-
-    def factor(step: int) -> float:
-        if optim.warmup_steps and step < optim.warmup_steps:
-            return (step + 1) / optim.warmup_steps
-        if optim.schedule == "constant":
-            return 1.0
-        span = max(1, total_steps - optim.warmup_steps)
-        progress = min(1.0, (step - optim.warmup_steps) / span)
-        shape = 1.0 - progress if optim.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-        return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * shape
-
-    return factor
-
-
-def build_engine(model: torch.nn.Module, ds_config: dict, optim: OptimConfig, total_steps: int):
-    """DeepSpeed engine over the trainable parameters, with torch AdamW and our LR schedule."""
+        return TorchEngine(model, ds_config, optim, total_steps)
     groups = optimizer_groups(model, optim.weight_decay)
     if not groups:
         raise UserError("nothing to train: every parameter of the model is frozen")

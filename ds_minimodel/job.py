@@ -80,7 +80,12 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
     run_dir = Path(cfg.train.out_dir)
     check_run_dir(run_dir, resume)
     world = env_world_size()
-    ds_config = ds.resolve_ds_config(ds.read_ds_config(ds_config_path), world,
+    use_deepspeed = cfg.train.engine == "deepspeed"
+    raw_ds = ds.read_ds_config(ds_config_path) if ds_config_path else {}
+    if not use_deepspeed and ds.zero_stage(raw_ds) > 0:
+        raise UserError(f"train.engine=torch has no ZeRO, but {ds_config_path} asks for stage "
+                        f"{ds.zero_stage(raw_ds)}; use a ZeRO-0 config or train.engine=deepspeed")
+    ds_config = ds.resolve_ds_config(raw_ds, world,
                                      micro_batch_size=cfg.train.micro_batch_size, grad_accum=cfg.train.grad_accum,
                                      dtype=cfg.train.dtype, grad_clip=cfg.optim.grad_clip,
                                      source=f"DeepSpeed config {ds_config_path}")
@@ -88,12 +93,12 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
     loader = spec.make_loader(ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"],
                               env_rank(), world)
 
-    dist = ds.init_distributed(cfg.train.collective_timeout_s)
+    dist = ds.init_distributed(cfg.train.collective_timeout_s, use_deepspeed)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").exists():
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-    engine = ds.build_engine(spec.make_model(ds_config), ds_config, cfg.optim, cfg.train.steps)
+    engine = ds.build_engine(spec.make_model(ds_config), ds_config, cfg.optim, cfg.train.steps, use_deepspeed)
     torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # distinct dropout stream per rank
 
     peak_flops = loop.world_peak_flops(cfg.train.dtype)
