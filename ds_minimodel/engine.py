@@ -24,7 +24,7 @@ from deepspeed.utils import logger as ds_logger  # noqa: E402
 
 from ds_minimodel.config import OptimConfig  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402
-from ds_minimodel.optim import lr_lambda, optimizer_groups  # noqa: E402
+from ds_minimodel.optim import adamw, lr_lambda, optimizer_groups  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def build_engine(model: torch.nn.Module, ds_config: dict, optim: OptimConfig, to
     groups = optimizer_groups(model, optim.weight_decay)
     if not groups:
         raise UserError("nothing to train: every parameter of the model is frozen")
-    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    optimizer = adamw(groups, optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)

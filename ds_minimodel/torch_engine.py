@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from ds_minimodel.config import OptimConfig
 from ds_minimodel.errors import UserError
-from ds_minimodel.optim import lr_lambda, optimizer_groups
+from ds_minimodel.optim import adamw, lr_lambda, optimizer_groups
 
 MODEL_FILE = "mp_rank_00_model_states.pt"  # DeepSpeed's name at ZeRO-0: consolidate reads it
 OPTIM_FILE = "torch_optim_states.pt"
@@ -48,7 +48,7 @@ class TorchEngine:
         self.grad_accum = int(config["gradient_accumulation_steps"])
         self.grad_clip = float(config.get("gradient_clipping") or 0.0)
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+        self.optimizer = adamw(groups, optim)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(optim, total_steps))
         self.micro_steps = 0
         if _world() > 1:  # every rank starts from rank 0's weights, as DeepSpeed makes sure too
