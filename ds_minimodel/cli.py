@@ -67,7 +67,15 @@ def training_main(argv, doc: str, config_cls: type, run: Callable) -> None:
         cfg = load_config(config_cls, args.config, args.overrides)
         try:
             run(cfg, args.deepspeed, resume=args.resume)
-        finally:
-            engine.shutdown()
+        except BaseException:
+            # No closing barrier on the way out of a failure: a peer may be dead or waiting in
+            # another collective, and the barrier would hold this rank until the collective
+            # timeout. Leaving the group at once also fails such peers fast.
+            import torch
+
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            raise
+        engine.shutdown()
 
     run_main(body)

@@ -13,8 +13,13 @@ crosses the link. The hosts share this machine's file system, as cluster nodes s
 
 Shown: the same losses and weights as a single-node 2-rank run; a host whose training process
 is killed, or hangs, makes the other host's launcher exit non-zero within a bounded time; and
---resume on both hosts ends bit-identical to the uninterrupted run. Needs root and iproute2
-(CI runs as root); skipped with the reason otherwise.
+--resume on both hosts ends bit-identical to the uninterrupted run. The shipped cluster files
+run here too: launchers/cluster/pretrain.sbatch through a stand-in `srun` (one task per
+namespace, with the SLURM_* variables srun sets), and launchers/cluster/openmpi.hostfile through
+the real mpirun with a stand-in `ssh` (OpenMPI's plm_rsh_agent) that enters the namespace. The
+hosts are named node-a / node-b (per-namespace /etc/hosts, and each launch gets its own UTS
+host name, as MPI's local-rank discovery compares host names). Needs root and iproute2 (CI runs
+as root); skipped with the reason otherwise.
 """
 
 import os
@@ -37,6 +42,7 @@ pytestmark = pytest.mark.faults
 BIN = os.path.dirname(sys.executable)
 MASTER = "10.77.0.1"
 OVERRIDES = ["train.save_every=2", "train.grad_accum=1", "model.hidden_dropout=0.1", "train.collective_timeout_s=20"]
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def _ip(*args: str) -> None:
@@ -45,33 +51,36 @@ def _ip(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
-    """[(namespace, interface)] for node ranks 0 and 1, torn down afterwards."""
+    """([(namespace, interface, host name)] for node ranks 0 and 1, DeepSpeed hostfile), torn down after."""
     if shutil.which("ip") is None:
         pytest.skip("no `ip` command (Debian: apt-get install iproute2)")
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     tag = f"dsm{os.getpid() % 100000}"
-    made = [(f"{tag}a", f"{tag}va"), (f"{tag}b", f"{tag}vb")]
+    made = [(f"{tag}a", f"{tag}va", "node-a"), (f"{tag}b", f"{tag}vb", "node-b")]
     try:
-        for ns, _ in made:
+        for ns, _, _ in made:
             _ip("netns", "add", ns)
+            etc = Path("/etc/netns") / ns  # `ip netns exec` mounts this over /etc: names resolve
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text(f"127.0.0.1 localhost\n{MASTER} node-a\n10.77.0.2 node-b\n")
         _ip("link", "add", made[0][1], "type", "veth", "peer", "name", made[1][1])
-        for (ns, dev), addr in zip(made, (MASTER, "10.77.0.2")):
+        for (ns, dev, _), addr in zip(made, (MASTER, "10.77.0.2")):
             _ip("link", "set", dev, "netns", ns)
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
             _ip("-n", ns, "link", "set", dev, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
-    except subprocess.CalledProcessError as e:
+    except (subprocess.CalledProcessError, OSError) as e:
         _teardown(made)
-        pytest.skip(f"cannot create network namespaces here: {e.stderr.strip()}")
+        pytest.skip(f"cannot create network namespaces here: {getattr(e, 'stderr', '') or e}".strip())
     hostfile = tmp_path_factory.mktemp("hosts") / "hostfile"
-    hostfile.write_text("host-a slots=1\nhost-b slots=1\n")
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
     yield made, hostfile
     _teardown(made)
 
 
 def _teardown(made) -> None:
-    for ns, _ in made:
+    for ns, _, _ in made:
         pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
         for pid in pids:  # only what our launches left behind (e.g. a SIGSTOPped rank)
             try:
@@ -79,6 +88,7 @@ def _teardown(made) -> None:
             except ProcessLookupError:
                 pass
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # removes its veth end too
+        shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
 
 
 _PORT = [29600]
@@ -89,7 +99,7 @@ def launch_two_hosts(hosts, data, out: Path, *, resume=False, fault_on_b=None, l
     made, hostfile = hosts
     _PORT[0] += 1  # a fresh port per run: no TIME_WAIT surprises
     procs = []
-    for node, (ns, dev) in enumerate(made):
+    for node, (ns, dev, _) in enumerate(made):
         env = {**os.environ, "GLOO_SOCKET_IFNAME": dev, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         env.pop("DSM_FAULT", None)
         if fault_on_b and node == 1:
@@ -190,3 +200,85 @@ def test_hung_host_times_out_instead_of_hanging(hosts, tiny_corpus, tmp_path, re
     record_property("exit_seconds", round(waited, 1))
     assert a_code != 0
     assert 20 <= waited < 60, f"host a exited {waited:.0f} s after its last step (timeout 20 s)"
+
+
+# ---- the shipped cluster files, on the two hosts ----------------------------------------------
+
+FAKE_SRUN = r"""#!/bin/bash
+# srun stand-in (--ntasks-per-node=1): the command once per "node" of FAKE_HOSTS, each in its
+# namespace under its own host name, with the SLURM_* variables srun sets; fails if a task fails.
+while [[ $# -gt 0 && $1 == -* ]]; do shift; done
+i=0; pids=()
+for host in $FAKE_HOSTS; do
+    IFS=: read -r name ns dev <<< "$host"
+    SLURM_NODEID=$i SLURM_PROCID=$i SLURM_LOCALID=0 GLOO_SOCKET_IFNAME=$dev FAKE_HOST=$name \
+        ip netns exec "$ns" unshare --uts sh -c 'hostname "$FAKE_HOST" && exec "$@"' sh "$@" &
+    pids+=($!); i=$((i + 1))
+done
+rc=0; for p in "${pids[@]}"; do wait "$p" || rc=$?; done; exit $rc
+"""
+
+FAKE_SCONTROL = r"""#!/bin/bash
+# scontrol stand-in: `scontrol show hostnames LIST` prints the names of FAKE_HOSTS
+for host in $FAKE_HOSTS; do echo "${host%%:*}"; done
+"""
+
+FAKE_SSH = r"""#!/bin/bash
+# ssh stand-in for OpenMPI (plm_rsh_agent): run the command on the named host of FAKE_HOSTS
+while [[ $# -gt 0 && $1 == -* ]]; do case $1 in -p|-l|-i|-o) shift 2;; *) shift;; esac; done
+target=$1; shift
+for host in $FAKE_HOSTS; do
+    IFS=: read -r name ns dev <<< "$host"
+    if [[ $name == "$target" ]]; then
+        export GLOO_SOCKET_IFNAME=$dev FAKE_HOST=$name FAKE_CMD="$*"
+        exec ip netns exec "$ns" unshare --uts sh -c 'hostname "$FAKE_HOST" && exec sh -c "$FAKE_CMD"'
+    fi
+done
+echo "fake ssh: unknown host $target" >&2; exit 255
+"""
+
+
+def fake_bin(tmp_path, hosts) -> tuple[Path, str]:
+    """A bin/ directory with srun, scontrol and ssh stand-ins, and the FAKE_HOSTS they read."""
+    made, _ = hosts
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("ssh", FAKE_SSH)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir, " ".join(f"{name}:{ns}:{dev}" for ns, dev, name in made)
+
+
+def test_slurm_script_runs_on_two_hosts(hosts, tiny_corpus, single_node, tmp_path):
+    bin_dir, fake_hosts = fake_bin(tmp_path, hosts)
+    out = tmp_path / "slurm"
+    env = {**os.environ, **ENV, "PATH": f"{bin_dir}:{BIN}:{os.environ['PATH']}", "FAKE_HOSTS": fake_hosts,
+           "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": str(4000 + os.getpid() % 1000),
+           "SLURM_SUBMIT_DIR": str(REPO), "GPUS_PER_NODE": "1", "TMPDIR": str(tmp_path)}
+    env.pop("MASTER_ADDR", None), env.pop("MASTER_PORT", None)
+    proc = subprocess.run(["bash", str(REPO / "launchers/cluster/pretrain.sbatch"), "--config", "configs/tiny.yaml",
+                           f"data.path={tiny_corpus}", f"train.out_dir={out}", *OVERRIDES],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "node_rank=1" in proc.stdout + proc.stderr  # two launchers, one per node
+    assert_same_run(out, single_node)
+
+
+def test_openmpi_hostfile_runs_on_two_hosts(hosts, tiny_corpus, single_node, tmp_path):
+    if shutil.which("mpirun") is None:
+        pytest.skip("no MPI installed (Debian: openmpi-bin)")
+    pytest.importorskip("mpi4py", reason="mpi4py not installed (extra [mpi])")
+    bin_dir, fake_hosts = fake_bin(tmp_path, hosts)
+    ns_a, dev_a, _ = hosts[0][0]
+    out = tmp_path / "mpi"
+    env = {**os.environ, **ENV, "FAKE_HOSTS": fake_hosts, "GLOO_SOCKET_IFNAME": dev_a,
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    cmd = ["ip", "netns", "exec", ns_a, "mpirun", "--allow-run-as-root", "-np", "2", "--hostfile",
+           "launchers/cluster/openmpi.hostfile", "--map-by", "ppr:1:node", "--mca", "plm_rsh_agent",
+           str(bin_dir / "ssh"), "-x", "MASTER_PORT=29517", "-x", "PATH", "-x", "PYTHONPATH", "-x", "OMP_NUM_THREADS",
+           "-x", "TORCH_EXTENSIONS_DIR", "-x", "DS_ACCELERATOR", sys.executable, "launchers/pretrain.py",
+           "--deepspeed", "ds_configs/z3.json", "--config", "configs/tiny.yaml", f"data.path={tiny_corpus}",
+           f"train.out_dir={out}", *OVERRIDES]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_same_run(out, single_node)
