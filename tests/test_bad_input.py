@@ -263,7 +263,7 @@ def prepare(tmp_path, *files, out=None, extra=()):
     ("empty", b"\n  \n", ("is empty",)),
     ("latin1", "caf\xe9 au lait\n".encode("latin-1"), ("not valid UTF-8", "line 1")),
     ("binary", b"ELF\x00\x01\x02\x00 text\nmore\n", ("looks binary", "NUL")),
-])
+], ids=["missing", "empty", "latin1", "binary"])
 def test_prepare_data_bad_corpus_cli(tmp_path, name, content, needles):
     corpus = tmp_path / f"{name}.txt"
     if content is not None:
