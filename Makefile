@@ -93,14 +93,20 @@ pipeline-pretrained: install
 # 8 + 8 + 10 min of training (runs go one after another so their wall-clocks are comparable) and
 # 31 scorings of the 1,482 held-out Chichewa verses at about 10 s each: about 35 min in all. A
 # finished run is reused, an interrupted one resumed.
+# STUDY_PIPELINE / STUDY_PRETRAINED point it at another pipeline directory (e.g. one run with
+# --reuse-pretrain); STUDY_ARGS adds launcher options (e.g. --eval-examples 600).
+STUDY_PIPELINE ?= runs/pipeline
+STUDY_PRETRAINED ?= $(STUDY_PIPELINE)/pretrain/final
+STUDY_STEPS ?= full=300 minijoint=900 minipost=900
+STUDY_OUT ?= runs/study
 .PHONY: study
 study: install
-	@test -f runs/pipeline/finetune/final/model.pt -a -f runs/pipeline/minipost/final/model.pt || \
-		{ echo "make study needs the pipeline's models in runs/pipeline: run make pipeline first" >&2; exit 1; }
-	$(PY) launchers/study.py --run-experiments --pretrained runs/pipeline/pretrain/final \
-		--minipost runs/pipeline/minipost/final --model runs/pipeline/finetune/final \
-		--target-data data/bible-ny --out runs/study \
-		--steps full=300 minijoint=900 minipost=900 --checkpoints 10
+	@test -f $(STUDY_PIPELINE)/finetune/final/model.pt -a -f $(STUDY_PIPELINE)/minipost/final/model.pt || \
+		{ echo "make study needs the pipeline's models in $(STUDY_PIPELINE): run make pipeline first" >&2; exit 1; }
+	$(PY) launchers/study.py --run-experiments --pretrained $(STUDY_PRETRAINED) \
+		--minipost $(STUDY_PIPELINE)/minipost/final --model $(STUDY_PIPELINE)/finetune/final \
+		--target-data data/bible-ny --out $(STUDY_OUT) \
+		--steps $(STUDY_STEPS) --checkpoints 10 $(STUDY_ARGS)
 
 # The study over the pretrained pipeline (all-MiniLM-L6-v2, run `make pipeline-pretrained` first):
 # standard (through all 6 layers and the trained head) against MiniPost (frozen layers 1..2 + its
