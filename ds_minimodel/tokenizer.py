@@ -166,10 +166,10 @@ class HFTokenizer(Tokenizer):
                 raise InvalidValueError(f"tokenizer {path} has no {role} token (looked for {' or '.join(names)})")
             ids[role] = found[0]
         self._set_specials(ids)
-        normalizer = json.loads(tok.to_str()).get("normalizer") or {}
+        spec = json.loads(tok.to_str())
+        normalizer = spec.get("normalizer") or {}
         self.lowercase = bool(normalizer.get("lowercase", False)) or normalizer.get("type") == "Lowercase"
-        model = json.loads(tok.to_str())["model"]
-        self._continuation = model.get("continuing_subword_prefix") or ""
+        self._continuation = spec["model"].get("continuing_subword_prefix") or ""
 
     @classmethod
     def load(cls, path: str) -> "HFTokenizer":

@@ -12,6 +12,7 @@ embeddings train.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -39,8 +40,6 @@ class TorchEngine:
         if not groups:
             raise UserError("nothing to train: every parameter of the model is frozen")
         if torch.cuda.is_available():
-            import os
-
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         else:
             self.device = torch.device("cpu")
