@@ -75,6 +75,11 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
         raise NotImplementedError
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode(text)` and each token's [begin, end) *character* span in `text` (extractive QA
+        maps answers between characters and tokens with these)."""
+        raise NotImplementedError
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special tokens decode to nothing."""
         raise NotImplementedError
@@ -131,6 +136,13 @@ class SentencePieceTokenizer(Tokenizer):
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int, num_threads=num_threads)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """A piece with a leading "▁" spans the whitespace before its word too (sentencepiece's
+        surface), so a span's text may start with spaces. sentencepiece >= 0.2.1 returns character
+        offsets with `out_type="offset_mapping"`; older versions (0.1.99-0.2.0) only have
+        `out_type="immutable_proto"`, whose offsets are converted to characters when they are bytes."""
+        return sentencepiece_offsets(self._sp, text)
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
 
@@ -139,6 +151,30 @@ class SentencePieceTokenizer(Tokenizer):
 
     def word_pieces(self) -> list[str]:
         return [p[1:] if p.startswith(WORD_START) else "##" + p for p in self.pieces()]
+
+
+def sentencepiece_offsets(sp, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character spans of `text` from a sentencepiece processor of any version >= 0.1.99."""
+    try:
+        result = sp.encode(text, out_type="offset_mapping")
+        return [int(i) for i in result["ids"]], [(int(b), int(e)) for b, e in result["offsets"]]
+    except (ValueError, TypeError, KeyError):
+        pass
+    proto = sp.encode(text, out_type="immutable_proto")
+    ids = [int(p.id) for p in proto.pieces]
+    spans = [(int(p.begin), int(p.end)) for p in proto.pieces]
+    if any(text[b:e] != p.surface for (b, e), p in zip(spans, proto.pieces)):
+        table = _byte_to_char(text)
+        spans = [(table[b], table[e]) for b, e in spans]
+    return ids, spans
+
+
+def _byte_to_char(text: str) -> list[int]:
+    table = []
+    for i, ch in enumerate(text):
+        table.extend([i] * len(ch.encode("utf-8")))
+    table.append(len(text))
+    return table
 
 
 # Special-token spellings by role, RoBERTa's and BERT's.

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
-from ds_minimodel.tasks import (XNLI_LABELS, ClassificationExample, QAExample, encode_qa, encode_with_offsets,
+from ds_minimodel.tasks import (XNLI_LABELS, ClassificationExample, QAExample, encode_qa,
                                 from_hf_datasets, load_task, qa_predictions, span_text, task_data)
 from ds_minimodel.tasks import batching, bible, metrics
-from ds_minimodel.tokenizer import train_tokenizer
+from ds_minimodel.tokenizer import sentencepiece_offsets, train_tokenizer
 
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tasks")
 BAD = os.path.join(FIX, "malformed")
@@ -290,7 +290,7 @@ def tok(tmp_path_factory):
 
 def test_offsets_align_with_encode(tok):
     text = "  The Rhine rises in Graubünden,  東京 and Cologne."
-    ids, spans = encode_with_offsets(tok, text)
+    ids, spans = tok.encode_with_offsets(text)
     assert ids == tok.encode(text)
     assert all(b < e for b, e in spans) and all(e0 <= b1 for (_, e0), (b1, _) in zip(spans, spans[1:]))
     assert "".join(text[b:e] for b, e in spans).split() == text.split()  # spans cover every word
@@ -306,11 +306,8 @@ def test_offsets_fallback_for_older_sentencepiece(tok):
             assert out_type == "immutable_proto"
             return tok._sp.encode(text, out_type="proto")
 
-    class OldTok:
-        _sp = OldProcessor()
-
     text = "Graubünden — 東京, Köln."
-    assert encode_with_offsets(OldTok(), text) == encode_with_offsets(tok, text)
+    assert sentencepiece_offsets(OldProcessor(), text) == tok.encode_with_offsets(text)
 
 
 def test_classification_pair_layout_and_padding(tok):

@@ -52,9 +52,7 @@ def test_tokenizer_json_matches_transformers(wordpiece_json):
     assert ids == ref(long_text, add_special_tokens=False)["input_ids"] and len(ids) > 16
     assert tok.encode_batch(LINES[:3]) == ref(LINES[:3], add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == ref.decode(ids, skip_special_tokens=True)
-    from ds_minimodel.tasks.batching import encode_with_offsets
-
-    got_ids, spans = encode_with_offsets(tok, LINES[0])
+    got_ids, spans = tok.encode_with_offsets(LINES[0])
     enc = ref(LINES[0], add_special_tokens=False, return_offsets_mapping=True)
     assert got_ids == enc["input_ids"] and spans == [tuple(o) for o in enc["offset_mapping"]]
     # word_pieces: WordPiece spelling kept ("##" continuations).

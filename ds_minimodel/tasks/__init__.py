@@ -19,7 +19,7 @@ from ds_minimodel.tasks.metrics import (accuracy, exact_match_score, f1_score, m
                                         qa_metrics, retrieval_metrics)
 from ds_minimodel.tasks.batching import (BERT, ROBERTA, EncodedTexts, Layout, QAFeatures, classification_batch,
                                          classification_batches, encode_classification, encode_qa, encode_texts,
-                                         encode_with_offsets, layout_for, qa_predictions, span_text)
+                                         layout_for, qa_predictions, span_text)
 
 __all__ = [
     "ClassificationExample", "QAExample", "TaskData", "TASKS", "XNLI_LABELS", "PAWSX_LABELS", "XNLI_LANGUAGES",
@@ -30,5 +30,5 @@ __all__ = [
     "retrieval_metrics",
     "Layout", "ROBERTA", "BERT", "layout_for", "EncodedTexts", "encode_texts",
     "QAFeatures", "encode_classification", "classification_batch", "classification_batches", "encode_qa",
-    "encode_with_offsets", "qa_predictions", "span_text",
+    "qa_predictions", "span_text",
 ]

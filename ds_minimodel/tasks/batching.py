@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Iterator, Sequence
 
-import sentencepiece as spm
 import torch
 
 from ds_minimodel.errors import InvalidValueError
@@ -38,54 +36,6 @@ from ds_minimodel.tasks.formats import ClassificationExample, QAExample
 from ds_minimodel.tokenizer import Tokenizer
 
 Span = tuple[int, int]
-
-# --------------------------------------------------------------------------------------------
-# Token offsets
-
-
-@lru_cache(maxsize=8)
-def _load_processor(path: str) -> spm.SentencePieceProcessor:
-    return spm.SentencePieceProcessor(model_file=path)
-
-
-def _processor(tok: Tokenizer) -> spm.SentencePieceProcessor:
-    # The Tokenizer's own processor when it exposes one (no second copy of the model).
-    sp = getattr(tok, "_sp", None)
-    return sp if sp is not None else _load_processor(tok.path)
-
-
-def _byte_to_char(text: str) -> list[int]:
-    table = []
-    for i, ch in enumerate(text):
-        table.extend([i] * len(ch.encode("utf-8")))
-    table.append(len(text))
-    return table
-
-
-def encode_with_offsets(tok: Tokenizer, text: str) -> tuple[list[int], list[Span]]:
-    """Token ids of `text` (as `tok.encode`) and each token's [begin, end) *character* span.
-
-    A piece with a leading "▁" spans the whitespace before its word too (sentencepiece's
-    surface), so a span's text may start with spaces. sentencepiece >= 0.2.1 returns character
-    offsets with `out_type="offset_mapping"`; older versions (0.1.99-0.2.0) only have
-    `out_type="immutable_proto"`, whose offsets are converted to characters when they are bytes.
-    """
-    if hasattr(tok, "encode_with_offsets"):  # a tokenizer.json: the library gives character offsets
-        return tok.encode_with_offsets(text)
-    sp = _processor(tok)
-    try:
-        result = sp.encode(text, out_type="offset_mapping")
-        return [int(i) for i in result["ids"]], [(int(b), int(e)) for b, e in result["offsets"]]
-    except (ValueError, TypeError, KeyError):
-        pass
-    proto = sp.encode(text, out_type="immutable_proto")
-    ids = [int(p.id) for p in proto.pieces]
-    spans = [(int(p.begin), int(p.end)) for p in proto.pieces]
-    if any(text[b:e] != p.surface for (b, e), p in zip(spans, proto.pieces)):
-        table = _byte_to_char(text)
-        spans = [(table[b], table[e]) for b, e in spans]
-    return ids, spans
-
 
 # --------------------------------------------------------------------------------------------
 # Layouts
@@ -357,7 +307,7 @@ def encode_qa(examples: Sequence[QAExample], tok: Tokenizer, max_len: int = 384,
     types: list[list[int]] = []
     for ei, ex in enumerate(examples):
         question = tok.encode(ex.question)[:max_query_len]
-        ctx_ids, spans = encode_with_offsets(tok, ex.context)
+        ctx_ids, spans = tok.encode_with_offsets(ex.context)
         prefix = 1 + len(question) + layout.separators  # <s> question </s></s> | [CLS] question [SEP]
         window = max_len - prefix - 1
         if window < 1:
