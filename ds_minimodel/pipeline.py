@@ -35,8 +35,10 @@ class PipelineOptions:
     extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides
 
 
-def _run(cmd: list[str], log: Path) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(REPO)}
+def _run(cmd: list[str], log: Path, threads: int) -> float:
+    # A single-process step gets every core (`threads` = nproc), each rank of a multi-rank launch
+    # one; OMP_NUM_THREADS set by the user wins.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)), "PYTHONPATH": str(REPO)}
     print(f"$ {' '.join(map(str, cmd))}", flush=True)
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
@@ -53,18 +55,19 @@ def _run(cmd: list[str], log: Path) -> float:
 class _Steps:
     """Runs named steps in order, skipping those whose output exists; records wall-clock."""
 
-    def __init__(self, work: Path):
-        self.work = work
+    def __init__(self, work: Path, nproc: int):
+        self.work, self.nproc = work, nproc
         (work / "logs").mkdir(parents=True, exist_ok=True)
         self.timings_file = work / "timings.json"
         self.timings = json.loads(self.timings_file.read_text()) if self.timings_file.exists() else {}
 
-    def __call__(self, name: str, done: Path, cmd: list) -> None:
+    def __call__(self, name: str, done: Path, cmd: list, ranks: int = 1) -> None:
         if done.exists():
             print(f"[{name}] already done ({done})", flush=True)
             return
         print(f"[{name}]", flush=True)
-        self.timings[name] = _run(cmd, self.work / "logs" / f"{name}.log")
+        threads = max(self.nproc // ranks, 1)
+        self.timings[name] = _run(cmd, self.work / "logs" / f"{name}.log", threads)
         self.timings_file.write_text(json.dumps(self.timings, indent=2))
 
 
@@ -109,7 +112,7 @@ def run(opts: PipelineOptions) -> Path:
     """MiniJoint pretraining on English, MiniPost from it, three adaptations, transfer."""
     from ds_minimodel.report import pipeline_report
 
-    step = _Steps(opts.work)
+    step = _Steps(opts.work, opts.nproc)
     en, ny = opts.data_root / "bible-en", opts.data_root / "bible-ny"
     _prepare(step, "data-en", "bible-en", en, "--vocab-size", "8000")
     _prepare(step, "data-ny", "bible-ny", ny, "--vocab-size", "8000")
@@ -117,7 +120,8 @@ def run(opts: PipelineOptions) -> Path:
     step("pretrain", pretrain / "final" / "model.pt",
          [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py",
           "--deepspeed", "ds_configs/z3.json", "--config", "configs/demo-cpu.yaml", f"data.path={en}",
-          f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *opts.extra.get("pretrain", [])])
+          f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *opts.extra.get("pretrain", [])],
+         ranks=opts.nproc)
     minipost = _minipost(step, opts, "minipost", "configs/minipost-cpu.yaml", pretrain / "final", en)
     sources = {"full": (pretrain / "final", "full"), "minijoint": (pretrain / "final", "mini"),
                "minipost": (minipost, "mini")}
@@ -150,7 +154,7 @@ def run_pretrained(opts: PipelineOptions, source: Path | None = None) -> Path:
     from ds_minimodel.report import pipeline_report
 
     source = source or minilm_dir()
-    step = _Steps(opts.work)
+    step = _Steps(opts.work, opts.nproc)
     en, ny = opts.data_root / "bible-en-minilm", opts.data_root / "bible-ny-bert"
     _prepare(step, "data-en", "bible-en", en, "--tokenizer", source / "tokenizer.json")
     # BERT pads with id 0: the new vocabulary must too (the frozen body's position ids use it).

@@ -115,19 +115,25 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
              f"of steps ({curves['full']['step'][-1]}), then they are plugged into the same English-fine-tuned model.",
              "", f"English (source) accuracy: **{cls['source']['accuracy']:.3f}**; chance (majority class): "
              f"{chance:.3f}.", "",
-             "| method | Chichewa accuracy | control (random emb.) | retrieval top-1 | MRR | control top-1 | "
-             "step-2 train time (s) | speedup vs full | step-2 FLOPs | final Ny MLM loss | one-time prep (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| method | Chichewa accuracy | control (random emb.) | vs control (points) | vs full (points) | "
+             "retrieval top-1 | MRR | control top-1 | step-2 train time (s) | speedup vs full | step-2 FLOPs | "
+             "final Ny MLM loss | one-time prep (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     prep = prep or {}
     for m in methods:
         c = by_method[m][1]
         r = rpacks.get(m, {})
         s = curves[m]["seconds"][-1]
         valid = [v for _, v in curves[m]["valid"] if v is not None]
-        lines.append(f"| {m} | {c['accuracy']:.3f} | {c['control_accuracy']:.3f} | {r.get('top1', float('nan')):.3f} | "
+        vs_control = _paired_cell(c, "correct", c, "control_correct")
+        vs_full = _paired_cell(c, "correct", by_method["full"][1], "correct") if m != "full" else "-"
+        lines.append(f"| {m} | {c['accuracy']:.3f} | {c['control_accuracy']:.3f} | {vs_control} | {vs_full} | "
+                     f"{r.get('top1', float('nan')):.3f} | "
                      f"{r.get('mrr', float('nan')):.3f} | {r.get('control_top1', float('nan')):.3f} | {s:.0f} | "
                      f"{full_s / s:.2f}x | {curves[m]['flops'][-1]:.3g} | {valid[-1] if valid else float('nan'):.3f} | "
                      f"{_prep_cell(prep.get(m), timings)} |")
+    lines += ["", "vs control / vs full: accuracy difference in points on the same test verses, with one "
+              "standard error of the paired difference; * marks a difference beyond two standard errors."]
     lines += ["", "One-time prep: the pipeline step the method's step 2 needs besides the pretrained model, "
               "paid once per model, not per language (wall-clock including start-up)."]
     lines += ["", "![adaptation](adaptation.png)", "", "![transfer](transfer.png)", "",
@@ -136,6 +142,16 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     out = work / "report.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
+
+
+def _paired_cell(a: dict, key_a: str, b: dict, key_b: str) -> str:
+    """"+4.3 ± 1.2*" (points): A's accuracy minus B's on the same examples, paired standard error."""
+    from ds_minimodel.tasks.metrics import paired_difference
+
+    if key_a not in a or key_b not in b:  # a transfer.json written before per-example results
+        return "-"
+    diff, se = paired_difference([c == "1" for c in a[key_a]], [c == "1" for c in b[key_b]])
+    return f"{100 * diff:+.1f} ± {100 * se:.1f}{'*' if abs(diff) > 2 * se else ''}"
 
 
 def _prep_cell(step: str | None, timings: dict) -> str:

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from ds_minimodel.errors import UserError
-from ds_minimodel.finetune import accuracy, load_classifier, load_finetuned, with_vocab
+from ds_minimodel.finetune import load_classifier, load_finetuned, with_vocab
 from ds_minimodel.langpack import PackInfo, check_compatible, load_pack
 from ds_minimodel.minimodel import plug_embeddings
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.modeldir import read_model_dir
-from ds_minimodel.tasks.batching import encode_texts, layout_for, pad_sequences
+from ds_minimodel.tasks.batching import encode_texts, layout_for, pad_sequences, padded_batch
 from ds_minimodel.tokenizer import Tokenizer
 
 
@@ -61,7 +61,8 @@ def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: 
     max_len = config["task"]["max_len"]
     result = {"task": task.name, "chance_majority": task.meta.get("chance", {}),
               "source": {"language": task.train_language,
-                         "accuracy": _accuracy(model, task.tests[task.train_language], src_tok, max_len, batch_size)},
+                         "accuracy": _mean(_correct(model, task.tests[task.train_language], src_tok, max_len,
+                                                    batch_size))},
               "packs": {}}
     for pack_dir in packs:
         info, tensors, tok = load_pack(pack_dir)
@@ -70,17 +71,36 @@ def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: 
         test = task.tests[info.language]
         plugged = plugged_classifier(model, info, tensors, lineage, str(model_dir))
         control = plugged_classifier(model, info, random_control(info, tensors), lineage, str(model_dir))
+        correct = _correct(plugged, test, tok, max_len, batch_size)
+        control_correct = _correct(control, test, tok, max_len, batch_size)
         result["packs"][str(pack_dir)] = {
-            "method": info.method, "language": info.language,
-            "accuracy": _accuracy(plugged, test, tok, max_len, batch_size),
-            "control_accuracy": _accuracy(control, test, tok, max_len, batch_size),
+            "method": info.method, "language": info.language, "examples": len(test),
+            "accuracy": _mean(correct), "control_accuracy": _mean(control_correct),
+            # Per example, in test-set order, as "0"/"1": lets a report pair any two methods
+            # (or a method and its control) on the same examples (`paired_difference`).
+            "correct": _bits(correct), "control_correct": _bits(control_correct),
         }
     return result
 
 
-def _accuracy(model, examples, tok: Tokenizer, max_len: int, batch_size: int) -> float:
+@torch.no_grad()
+def _correct(model, examples, tok: Tokenizer, max_len: int, batch_size: int) -> list[bool]:
+    """Whether the model classifies each example right."""
     enc = encode_texts(examples, tok, max_len, layout_for(model.encoder.cfg))
-    return accuracy(model, enc.ids, [ex.label for ex in examples], tok.pad_id, batch_size, type_ids=enc.type_ids)
+    out = []
+    for start in range(0, len(examples), batch_size):
+        chunk = range(start, min(start + batch_size, len(examples)))
+        logits = model(**padded_batch(enc, chunk, tok.pad_id))["logits"]
+        out += (logits.argmax(-1) == torch.tensor([examples[i].label for i in chunk])).tolist()
+    return out
+
+
+def _mean(flags: list[bool]) -> float:
+    return sum(flags) / max(len(flags), 1)
+
+
+def _bits(flags: list[bool]) -> str:
+    return "".join("1" if f else "0" for f in flags)
 
 
 def evaluate_qa(model_dir: str, packs: list[str], task_path: str | None = None, batch_size: int = 32) -> dict:

@@ -118,6 +118,9 @@ def test_finetune_then_transfer_and_mismatched_pack_refused(tiny_model_dir, tiny
     evaluate_main(["--model", str(ft / "final"), "--pack", str(adapt / "pack"), "--out", str(result)])
     scores = json.loads(result.read_text())["classification"]["packs"][str(adapt / "pack")]
     assert 0.0 <= scores["accuracy"] <= 1.0 and scores["method"] == "minijoint"
+    for key in ("correct", "control_correct"):  # per-example results, in test order, agree with the totals
+        assert len(scores[key]) == scores["examples"] and set(scores[key]) <= {"0", "1"}
+        assert scores[key].count("1") / scores["examples"] == pytest.approx(scores[key.replace("correct", "accuracy")])
 
     # A pack whose body fingerprint belongs to another model: refused, nothing written.
     bad = tmp_path / "bad_pack"

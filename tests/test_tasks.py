@@ -214,6 +214,20 @@ def test_classification_metrics_by_hand():
         metrics.accuracy([0, 1], [0, 1, 1])
 
 
+def test_paired_difference_matches_numpy():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random(500) < 0.3, rng.random(500) < 0.25
+    diff, se = metrics.paired_difference(a.tolist(), b.tolist())
+    d = a.astype(float) - b.astype(float)
+    assert diff == pytest.approx(a.mean() - b.mean())
+    assert se == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)))
+    assert metrics.paired_difference([True, False, True], [True, False, True]) == (0.0, 0.0)
+    with pytest.raises(InvalidValueError, match="not the same examples"):
+        metrics.paired_difference([True], [True, False])
+
+
 def test_squad_normalisation_known_cases():
     norm = metrics.normalize_answer
     assert norm("The  Quick, brown fox!") == "quick brown fox"

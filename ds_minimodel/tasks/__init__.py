@@ -16,7 +16,7 @@ from ds_minimodel.tasks.formats import (MLQA_LANGUAGES, PAWSX_LABELS, PAWSX_LANG
                                         read_xnli_tsv, task_data, task_file)
 from ds_minimodel.tasks.bible import VersePair, verse_genre_task, verse_retrieval_pairs
 from ds_minimodel.tasks.metrics import (accuracy, exact_match_score, f1_score, macro_f1, normalize_answer,
-                                        qa_metrics, retrieval_metrics)
+                                        paired_difference, qa_metrics, retrieval_metrics)
 from ds_minimodel.tasks.batching import (BERT, ROBERTA, EncodedTexts, Layout, QAFeatures, classification_batch,
                                          classification_batches, encode_classification, encode_qa, encode_texts,
                                          layout_for, qa_predictions, span_text)
@@ -26,7 +26,7 @@ __all__ = [
     "PAWSX_LANGUAGES", "MLQA_LANGUAGES", "load_task", "task_data", "task_file", "from_hf_datasets",
     "read_xnli_tsv", "read_pawsx_tsv", "read_squad_json",
     "VersePair", "verse_genre_task", "verse_retrieval_pairs",
-    "accuracy", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
+    "accuracy", "paired_difference", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
     "retrieval_metrics",
     "Layout", "ROBERTA", "BERT", "layout_for", "EncodedTexts", "encode_texts",
     "QAFeatures", "encode_classification", "classification_batch", "classification_batches", "encode_qa",
