@@ -103,8 +103,11 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
         axes[1].axhline(1.0 / max(ret["pairs"], 1), color="k", ls="--", lw=1, label="chance")
         axes[1].set(title=f"En<->Ny verse retrieval ({ret['pairs']} pairs)", ylabel="top-1",
                     xticks=list(xs), xticklabels=methods)
+    else:  # no retrieval evaluated
+        axes[1].set_axis_off()
     for ax in axes:
-        ax.legend(fontsize=8)
+        if ax.has_data():
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(work / "transfer.png", dpi=110)
     plt.close(fig)
