@@ -29,7 +29,7 @@ class PipelineOptions:
     reuse_pretrain: Path | None = None
     pretrain_steps: int = 400
     minipost_steps: int = 150
-    adapt_steps: int = 300
+    adapt_steps: int = 600
     finetune_steps: int = 300
     retrieval_pairs: int = 1000
     extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides

@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     p.add_argument("--reuse-pretrain", default=None, help="a finished pretrain run directory to start from")
     p.add_argument("--pretrain-steps", type=int, default=400)
     p.add_argument("--minipost-steps", type=int, default=150)
-    p.add_argument("--adapt-steps", type=int, default=300)
+    p.add_argument("--adapt-steps", type=int, default=600)
     p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--retrieval-pairs", type=int, default=1000)
     p.add_argument("--from-pretrained", nargs="?", const="minilm", default=None, metavar="HF_DIR",
