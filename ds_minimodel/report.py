@@ -128,8 +128,8 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
         r = rpacks.get(m, {})
         s = curves[m]["seconds"][-1]
         valid = [v for _, v in curves[m]["valid"] if v is not None]
-        vs_control = _paired_cell(c, "correct", c, "control_correct")
-        vs_full = _paired_cell(c, "correct", by_method["full"][1], "correct") if m != "full" else "-"
+        vs_control = _paired_cell(c.get("correct"), c.get("control_correct"))
+        vs_full = _paired_cell(c.get("correct"), by_method["full"][1].get("correct")) if m != "full" else "-"
         lines.append(f"| {m} | {c['accuracy']:.3f} | {c['control_accuracy']:.3f} | {vs_control} | {vs_full} | "
                      f"{r.get('top1', float('nan')):.3f} | "
                      f"{r.get('mrr', float('nan')):.3f} | {r.get('control_top1', float('nan')):.3f} | {s:.0f} | "
@@ -147,13 +147,14 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     return out
 
 
-def _paired_cell(a: dict, key_a: str, b: dict, key_b: str) -> str:
-    """"+4.3 ± 1.2*" (points): A's accuracy minus B's on the same examples, paired standard error."""
+def _paired_cell(a: str | None, b: str | None) -> str:
+    """"+4.3 ± 1.2*" (points): accuracy of per-example results `a` ("0"/"1" strings from
+    transfer.json) minus that of `b` on the same examples, with the paired standard error."""
     from ds_minimodel.tasks.metrics import paired_difference
 
-    if key_a not in a or key_b not in b:  # a transfer.json written before per-example results
+    if a is None or b is None:  # a transfer.json written before per-example results
         return "-"
-    diff, se = paired_difference([c == "1" for c in a[key_a]], [c == "1" for c in b[key_b]])
+    diff, se = paired_difference([c == "1" for c in a], [c == "1" for c in b])
     return f"{100 * diff:+.1f} ± {100 * se:.1f}{'*' if abs(diff) > 2 * se else ''}"
 
 

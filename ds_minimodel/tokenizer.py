@@ -138,9 +138,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """A piece with a leading "▁" spans the whitespace before its word too (sentencepiece's
-        surface), so a span's text may start with spaces. sentencepiece >= 0.2.1 returns character
-        offsets with `out_type="offset_mapping"`; older versions (0.1.99-0.2.0) only have
-        `out_type="immutable_proto"`, whose offsets are converted to characters when they are bytes."""
+        surface), so a span's text may start with spaces."""
         return sentencepiece_offsets(self._sp, text)
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -154,7 +152,9 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 def sentencepiece_offsets(sp, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Ids and character spans of `text` from a sentencepiece processor of any version >= 0.1.99."""
+    """Ids and character spans of `text` from a sentencepiece processor of any version >= 0.1.99:
+    >= 0.2.1 returns character offsets with `out_type="offset_mapping"`; older versions only have
+    `out_type="immutable_proto"`, whose offsets are converted to characters when they are bytes."""
     try:
         result = sp.encode(text, out_type="offset_mapping")
         return [int(i) for i in result["ids"]], [(int(b), int(e)) for b, e in result["offsets"]]
