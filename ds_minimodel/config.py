@@ -8,6 +8,7 @@ instance or raises a single `ConfigError` listing every unknown key, bad type an
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,14 +236,19 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             return tp()
         return _build(tp, value, key + ".", problems)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp in (int, float, str, bool) and not (type(value) is tp):
         problems.append(f"{key}: expected {tp.__name__}, got {value!r}")
+        return None
+    # No field holds nan or inf meaningfully (a rate, a weight, a probability); YAML's .nan and
+    # .inf, or "nan" given as text, would otherwise pass every range check (nan <= 0 is False).
+    if tp is float and not math.isfinite(value):
+        problems.append(f"{key}: expected a finite number, got {value!r}")
         return None
     if origin is list and not isinstance(value, list):
         problems.append(f"{key}: expected a list, got {value!r}")

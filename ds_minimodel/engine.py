@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import torch
 os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
 
 import deepspeed  # noqa: E402
+import pydantic  # noqa: E402
+from deepspeed.runtime.config import DeepSpeedConfig  # noqa: E402
 from deepspeed.utils import logger as ds_logger  # noqa: E402
 
 from ds_minimodel.config import OptimConfig  # noqa: E402
@@ -148,7 +151,45 @@ def resolve_ds_config(raw: dict, world_size: int, *, micro_batch_size=None, grad
     cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": dtype == "bf16"}
     cfg.setdefault("steps_per_print", 10**9)  # we log ourselves
     cfg["zero_allow_untested_optimizer"] = True  # torch.optim.AdamW is fine under ZeRO
+    problems = _non_finite_numbers(cfg, source) or _deepspeed_schema_problems(cfg, source)
+    if problems:
+        raise UserError("; ".join(problems))
     return cfg
+
+
+def _non_finite_numbers(node, source: str, path: str = "") -> list[str]:
+    """Python's json reads NaN and Infinity; no DeepSpeed setting means either."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _non_finite_numbers(v, source, f"{path}{k}.")]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _non_finite_numbers(v, source, f"{path}{i}.")]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{source}: {path[:-1]} must be a finite number, got {node}"]
+    return []
+
+
+# DeepSpeed's pydantic models, by the JSON section they validate (their errors name only the field).
+_DS_SECTIONS = {"DeepSpeedZeroConfig": "zero_optimization", "DeepSpeedBF16Config": "bf16",
+                "DeepSpeedFP16Config": "fp16", "DeepSpeedActivationCheckpointingConfig": "activation_checkpointing",
+                "DeepSpeedZeroOffloadOptimizerConfig": "zero_optimization.offload_optimizer",
+                "DeepSpeedZeroOffloadParamConfig": "zero_optimization.offload_param"}
+
+
+def _deepspeed_schema_problems(cfg: dict, source: str) -> list[str]:
+    """What DeepSpeed's own config classes refuse (a ZeRO stage 7, an unknown offload device, a
+    misspelt ZeRO key), one line each, before any process group exists: DeepSpeed itself would
+    only refuse it inside deepspeed.initialize, as a pydantic traceback on every rank."""
+    # Validated as a world of one (the batch triple was checked above for the real world size).
+    world_one = {**cfg, "train_batch_size": cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"]}
+    try:
+        DeepSpeedConfig(world_one)
+    except pydantic.ValidationError as e:
+        section = _DS_SECTIONS.get(e.title, e.title)
+        return [f"{source}: {'.'.join(map(str, (section, *err['loc'])))}: {err['msg']}, got {err['input']!r}"
+                for err in e.errors()]
+    except (AssertionError, ValueError, TypeError, KeyError) as e:
+        return [f"{source}: DeepSpeed refuses it: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"]
+    return []
 
 
 def zero_stage(ds_config: dict) -> int:

@@ -120,6 +120,43 @@ def test_fp16_refused(tmp_path, capsys, pretrain_main, tiny_corpus):
     expect_rejected(capsys, pretrain_main, args(tiny_corpus, tmp_path / "o", ds=ds), "fp16")
 
 
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=nan", "optim.lr"), ("optim.lr=.inf", "optim.lr"), ("data.mask_prob=.nan", "data.mask_prob"),
+    ("model.mid_head_weight=-.inf", "model.mid_head_weight"), ("optim.grad_clip=inf", "optim.grad_clip"),
+], ids=["lr-nan", "lr-inf", "mask-prob-nan", "mid-weight-minus-inf", "grad-clip-inf-as-text"])
+def test_non_finite_config_values(tmp_path, capsys, pretrain_main, tiny_corpus, override, key):
+    """nan passes every range check (nan <= 0 is False): it must be refused as a value, not end
+    in torch's traceback at the first step."""
+    expect_rejected(capsys, pretrain_main, args(tiny_corpus, tmp_path / "o", override), key, "finite number")
+
+
+@pytest.mark.parametrize("text, needles", [
+    ('{"zero_optimization": {"stage": 7}}', ["zero_optimization.stage", "got 7"]),
+    ('{"zero_optimization": {"stage": "three"}}', ["zero_optimization.stage", "'three'"]),
+    ('{"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "gpu"}}}',
+     ["zero_optimization.offload_optimizer.device", "'cpu'", "got 'gpu'"]),
+    ('{"zero_optimization": {"stage": 2, "reduce_bucket_size": NaN}}',
+     ["zero_optimization.reduce_bucket_size", "finite number"]),
+    ('{"zero_optimization": {"stage": 3, "stage3_max_live_parameters": Infinity}}',
+     ["stage3_max_live_parameters", "finite number"]),
+    ('{"zero_optimization": {"stage": 2, "overlap_comms": true}}', ["zero_optimization.overlap_comms", "Extra inputs"]),
+], ids=["stage-7", "stage-text", "offload-device", "nan-literal", "infinity-literal", "misspelt-zero-key"])
+def test_deepspeed_json_values_it_cannot_hold(tmp_path, capsys, pretrain_main, tiny_corpus, text, needles):
+    ds = tmp_path / "ds.json"
+    ds.write_text(text)
+    expect_rejected(capsys, pretrain_main, args(tiny_corpus, tmp_path / "o", ds=ds), "ds.json", *needles)
+
+
+def test_cli_stage_7_and_lr_nan_each_one_line(tmp_path, tiny_corpus):
+    """The two values that ended in tracebacks (pydantic's, torch's), through the real launcher."""
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 7}}')
+    expect_rejected_cli("pretrain", args(tiny_corpus, tmp_path / "o", ds=ds), "zero_optimization.stage", "got 7",
+                        watch=[tmp_path])
+    expect_rejected_cli("pretrain", args(tiny_corpus, tmp_path / "o", "optim.lr=nan"), "optim.lr", "finite",
+                        watch=[tmp_path])
+
+
 def test_missing_corpus(tmp_path, capsys, pretrain_main):
     expect_rejected(capsys, pretrain_main, args(tmp_path / "nowhere", tmp_path / "o"), "nowhere", "does not exist")
 
