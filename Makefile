@@ -26,15 +26,49 @@ DEMO_RUN ?= runs/demo
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py
+# Exact versions: constraints.txt pins every package the venv holds (what CI tested), so a fresh
+# machine months from now installs the same environment. setup.py keeps ranges for people who use
+# the library in their own environment; `make install LOCK=` installs from those ranges (e.g.
+# beside a CUDA torch of another version). Upgrading is a deliberate step: `make test-latest`
+# resolves the newest allowed versions in .venv-latest and runs the suite there; `make lock` then
+# writes that resolution to constraints.txt.
+LOCK ?= constraints.txt
+LOCK_ARGS = $(if $(strip $(LOCK)),-c $(LOCK))
+
+$(VENV)/.installed: setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(LOCK_ARGS) --upgrade pip
 	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install -q $(TORCH_SPEC))
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q $(LOCK_ARGS) -e ".[$(EXTRAS)]"
+	$(if $(strip $(LOCK)),$(PY) .ci/check_lock.py $(LOCK))
 	touch $@
 
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+# The newest versions setup.py allows, in their own venv (torch stays TORCH_SPEC: a newer torch is
+# its own decision), with every extra (MPI too, when mpicc exists) so the lock covers whatever
+# `make install` may add. `make test-latest` runs the same test command there; `make lock` writes
+# what it resolved to constraints.txt.
+LATEST_VENV ?= .venv-latest
+LOCK_EXTRAS ?= dev,demo,wandb,pretrained$(shell command -v mpicc >/dev/null 2>&1 && echo ,mpi)
+.PHONY: resolve-latest test-latest lock
+resolve-latest:
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(if $(strip $(TORCH_SPEC)),$(LATEST_VENV)/bin/python -m pip install -q $(TORCH_SPEC))
+	$(LATEST_VENV)/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" \
+		> $(LATEST_VENV)/torch-pin.txt
+	$(LATEST_VENV)/bin/python -m pip install -q -c $(LATEST_VENV)/torch-pin.txt --upgrade \
+		--upgrade-strategy eager -e ".[$(LOCK_EXTRAS)]"
+	touch $(LATEST_VENV)/.installed
+
+test-latest: resolve-latest
+	$(LATEST_VENV)/bin/python .ci/check_lock.py --diff constraints.txt
+	$(MAKE) test VENV=$(LATEST_VENV) LOCK=
+
+lock: resolve-latest
+	$(LATEST_VENV)/bin/python .ci/check_lock.py --write constraints.txt
 
 test-gpu: install
 	$(PY) -m pytest -q -m gpu tests/test_kernels.py tests/test_kernels_triton.py
@@ -107,6 +141,13 @@ study: install
 		--minipost $(STUDY_PIPELINE)/minipost/final --model $(STUDY_PIPELINE)/finetune/final \
 		--target-data data/bible-ny --out $(STUDY_OUT) \
 		--steps $(STUDY_STEPS) --checkpoints 10 $(STUDY_ARGS)
+
+# `make study` in miniature, end to end on tiny models: MiniPost and fine-tuning launchers, then
+# launchers/study.py --run-experiments through its default subprocess runner (about a minute on
+# 2 cores). The same test runs in `make test`, so CI runs the path `make study` takes.
+.PHONY: study-smoke
+study-smoke: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_study_smoke.py
 
 # The study over the pretrained pipeline (all-MiniLM-L6-v2, run `make pipeline-pretrained` first):
 # standard (through all 6 layers and the trained head) against MiniPost (frozen layers 1..2 + its

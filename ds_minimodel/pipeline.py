@@ -8,16 +8,13 @@ exists is skipped, so an interrupted pipeline continues where it stopped.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ds_minimodel.errors import UserError
+from ds_minimodel.subprocess_runner import run_command
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = ("full", "minijoint", "minipost")
 
 
@@ -35,23 +32,6 @@ class PipelineOptions:
     extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides
 
 
-def _run(cmd: list[str], log: Path, threads: int) -> float:
-    # A single-process step gets every core (`threads` = nproc), each rank of a multi-rank launch
-    # one; OMP_NUM_THREADS set by the user wins.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)), "PYTHONPATH": str(REPO)}
-    print(f"$ {' '.join(map(str, cmd))}", flush=True)
-    t0 = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.run(list(map(str, cmd)), cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        raise UserError(f"step failed ({proc.returncode}) after {seconds:.0f} s: {' '.join(map(str, cmd[:3]))} ...; "
-                        f"log {log}: {' | '.join(tail)}")
-    print(f"  done in {seconds:.0f} s (log: {log})", flush=True)
-    return seconds
-
-
 class _Steps:
     """Runs named steps in order, skipping those whose output exists; records wall-clock."""
 
@@ -67,7 +47,7 @@ class _Steps:
             return
         print(f"[{name}]", flush=True)
         threads = max(self.nproc // ranks, 1)
-        self.timings[name] = _run(cmd, self.work / "logs" / f"{name}.log", threads)
+        self.timings[name] = run_command(cmd, self.work / "logs" / f"{name}.log", threads)
         self.timings_file.write_text(json.dumps(self.timings, indent=2))
 
 

@@ -53,6 +53,7 @@ import torch
 
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.langpack import PackInfo
+from ds_minimodel.subprocess_runner import REPO, run_command
 
 METHODS = ("full", "minijoint", "minipost")
 METRICS = ("accuracy", "retrieval_top1")
@@ -773,11 +774,10 @@ def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], floa
 
     A run whose pack exists is reused when it was made with the planned settings; a run that
     stopped half-way is resumed (--resume); one made with other settings is refused.
-    runner(cmd, log_path) runs one command (default: a subprocess, as the pipeline does).
+    runner(cmd, log_path) runs one command (default: `subprocess_runner.run_command`, as the
+    pipeline does).
     """
-    if runner is None:
-        from ds_minimodel.pipeline import _run as runner
-    from ds_minimodel.pipeline import REPO
+    runner = runner or run_command
 
     plan = plan_experiments(opts)
     logs = Path(opts.out) / "logs"

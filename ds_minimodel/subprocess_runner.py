@@ -1,0 +1,44 @@
+"""Run one pipeline command as a subprocess, its output in a log file: what `make pipeline` and
+`make study` do for every step, so that they exercise exactly the launchers users run.
+
+`run_command(cmd, log, threads=None) -> seconds` is the public, stable signature; the pipeline
+and the study both call it (and the study's tests replace it by an in-process runner of the
+same signature).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from ds_minimodel.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_command(cmd: list, log: str | Path, threads: int | None = None) -> float:
+    """Run `cmd` from the repository root with stdout and stderr into `log`; return its
+    wall-clock seconds, or raise a UserError quoting the log's last lines if it fails.
+
+    `threads`: OMP_NUM_THREADS for the command (a single-process step gets every core, each rank
+    of a multi-rank launch its share); None means every core. A value the user exported wins.
+    """
+    threads = threads if threads is not None else (os.cpu_count() or 1)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+           "PYTHONPATH": str(REPO)}
+    cmd = [str(c) for c in cmd]
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"$ {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+        raise UserError(f"step failed ({proc.returncode}) after {seconds:.0f} s: {' '.join(cmd[:3])} ...; "
+                        f"log {log}: {' | '.join(tail)}")
+    print(f"  done in {seconds:.0f} s (log: {log})", flush=True)
+    return seconds
