@@ -18,7 +18,8 @@ JUnit XML it writes and prints a table, then as the last line
   after the crash minus the step the resume continued from (a finished checkpoint the resume
   ignored), plus any step the resumed run fell short of train.steps. Steps done after the last
   checkpoint and redone after the resume are the checkpoint interval's price, not lost; they
-  are printed as "re-run". A scenario that failed before measuring counts as unknown ("?").
+  are printed as "re-run". A crash-and-resume scenario (marked `crash_resume`) that was skipped or
+  failed before measuring makes the total unknown: "?", with how many were unmeasured, never 0.
 
 The exit status is pytest's (non-zero when any test failed).
 """
@@ -65,15 +66,17 @@ def summarize(cases: list[dict]) -> tuple[list[str], str]:
     faults = [c for c in shown_cases if c["name"] not in NOT_FAULTS]
     bad = [c for c in cases if c["file"] in BAD_INPUT_FILES]
     lines = [f"{'fault scenario':<86} {'result':>8} {'secs':>6}  measurements"]
-    lost, unknown, rerun = 0, False, 0
+    lost, rerun, measured, unmeasured = 0, 0, 0, []
     for c in shown_cases:
         p = c["props"]
         if "steps_lost" in p:
             lost += int(p["steps_lost"])
             rerun += int(p.get("steps_rerun", 0))
-        elif c["outcome"] == "failed":
-            unknown = True  # cannot tell what a scenario that broke would have lost
-        shown = ", ".join(f"{k}={v}" for k, v in sorted(p.items()))
+            measured += 1
+        elif "crash_resume" in p or c["outcome"] == "failed":
+            # Skipped, or broke before measuring: what it would have lost is unknown, not 0.
+            unmeasured.append(c["name"])
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(p.items()) if k != "crash_resume")
         if c["name"] in NOT_FAULTS:
             shown = "(correctness check, not counted as a fault) " + shown
         lines.append(f"{c['file'].split('/')[-1] + '::' + c['name']:<86} {c['outcome']:>8} {c['seconds']:>6.1f}  {shown}")
@@ -86,10 +89,14 @@ def summarize(cases: list[dict]) -> tuple[list[str], str]:
     if simulated:
         lines.append(f"disk full simulated by: {', '.join(simulated)}")
     lines.append(f"steps re-run after resumes (done after the last checkpoint before a crash): {rerun}")
+    if unmeasured:
+        lines.append(f"steps lost unmeasured in {len(unmeasured)} scenario(s): {', '.join(unmeasured)}")
     survived = sum(c["outcome"] == "passed" for c in faults)
     clean = len(bad) - len(failed_bad)
+    steps_lost = (f"? ({len(unmeasured)} of {measured + len(unmeasured)} crash-and-resume scenarios unmeasured; "
+                  f"{lost} in the {measured} measured)") if unmeasured else str(lost)
     final = (f"faults survived: {survived}/{len(faults)}, bad inputs rejected cleanly: {clean}/{len(bad)}, "
-             f"steps lost: {'?' if unknown else lost}")
+             f"steps lost: {steps_lost}")
     return lines, final
 
 

@@ -164,6 +164,7 @@ def assert_same_as_straight(run_dir: Path, straight: Path) -> None:
     assert loss_log(run_dir) == loss_log(straight)
 
 
+@pytest.mark.crash_resume
 def test_sigkill_of_one_rank_fails_fast_and_resume_matches_uninterrupted(tiny_corpus, tmp_path, straight_z3,
                                                                          record_property):
     crashed = tmp_path / "crashed"
@@ -189,6 +190,7 @@ def test_sigkill_of_one_rank_fails_fast_and_resume_matches_uninterrupted(tiny_co
     # rank 0 dies after meta.json, before moving `latest`: step 4 is complete, `latest` is stale
     pytest.param("save_meta", 0, id="after-meta", marks=pytest.mark.faults),
 ])
+@pytest.mark.crash_resume
 def test_kill_during_save_checkpoint(tiny_corpus, tmp_path, straight_z3, record_property, point, rank):
     from ds_minimodel.checkpoint import Checkpointer
     from ds_minimodel.engine import DistInfo
@@ -241,6 +243,7 @@ def _adapt_rank(rank, model_dir, data, out, resume, fault=None):
     pytest.param("kill:step:4", 1, id="mid-run"),
     pytest.param("kill:save_shards:4:1", 2, id="during-save-2-ranks", marks=pytest.mark.faults),
 ])
+@pytest.mark.crash_resume
 def test_adaptation_crash_and_resume_matches_uninterrupted(tiny_model_dir, tiny_target_corpus, tmp_path,
                                                            record_property, fault, world):
     from safetensors.torch import load_file
@@ -275,6 +278,7 @@ def _resume_tiny(rank, data, out):
 
 
 @pytest.mark.faults
+@pytest.mark.crash_resume
 def test_disk_full_then_space_freed_resumes_like_uninterrupted(tmp_path, tiny_corpus, tiny_model_dir,
                                                                 record_property):
     """Checkpoint 6 does not fit (a tiny tmpfs); once the device grows, --resume finishes the

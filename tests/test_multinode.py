@@ -161,6 +161,7 @@ def test_two_hosts_train_like_one_node(hosts, tiny_corpus, single_node, tmp_path
     assert_same_run(out, single_node)
 
 
+@pytest.mark.crash_resume
 def test_killed_host_stops_the_other_and_both_resume(hosts, tiny_corpus, single_node, tmp_path, record_property):
     out = tmp_path / "crash"
 
