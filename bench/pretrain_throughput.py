@@ -11,9 +11,11 @@ Both models do the same MiniJoint step (loss = final-head MLM + w * mid-head MLM
 with the same shapes, XLM-R's 250,002-token vocabulary, the same initialisation seed, the same
 batches (identical input_ids / labels per step, 15% BERT-style masking) and the same DeepSpeed
 engine: one resolved DeepSpeed config, torch AdamW through `engine.build_engine` (same
-settings, same parameter groups, gradient clipping from the config). They run one after the
-other in this process (the first engine is freed before the second is built); warm-up steps
-are not timed; the timed steps are forward + backward + optimizer step, `time.perf_counter`.
+settings, same parameter groups, gradient clipping from the config). Both engines live in this
+process; after each side's untimed warm-up, their timed steps alternate (ours then hf, then hf
+then ours, ...), so drift in the machine's speed hits both alike, and each side reports the
+median of its timed steps (at least 5). A timed step is forward + backward + optimizer step,
+`time.perf_counter`; each side keeps its own dropout stream.
 
 The Hugging Face side is what a transformers user would write: `XLMRobertaForMaskedLM(labels=)`
 for the final head, `output_hidden_states=True`, `hidden_states[k]` through a second
@@ -24,7 +26,7 @@ Default shapes: XLM-R-base scaled to run in a few minutes on a 2-core CPU. XLM-R
 vocabulary (250,002, tied), XLM-R-base's head size (64) and FFN ratio (4x), its layer norm
 eps, learned positions (514) and single token type, but half its width and a third of its
 depth: hidden 384, 6 heads, FFN 1536, 4 layers (mid head after layer 1 = L/4), sequence 128,
-micro-batch 8 (1,024 tokens per step), 1 warm-up + 2 timed steps. Any of them can be set
+micro-batch 8 (1,024 tokens per step), 1 warm-up + 5 timed steps per side. Any of them can be set
 (`--hidden 768 --heads 12 --intermediate 3072` is XLM-R-base's width: ~2x the time per
 step). `--quick` is a smoke test (hidden 64, 2 layers, 4 x 32 tokens, still the real
 vocabulary; well under a minute): with so few tokens per step the optimizer step over the
@@ -50,8 +52,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import os
+import statistics
 import sys
 import time
 
@@ -70,11 +72,12 @@ from ds_minimodel.model import MLMEncoder  # noqa: E402
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 XLMR_VOCAB = 250_002
 
+MIN_TIMED_STEPS = 5
 DEFAULTS = dict(layers=4, hidden=384, heads=6, intermediate=1536, vocab=XLMR_VOCAB, seq_len=128,
-                micro_batch=8, steps=2, warmup=1)
+                micro_batch=8, steps=5, warmup=1)
 # --quick: tiny body, real vocabulary (the head is what the comparison is about); < 1 minute.
 QUICK = dict(layers=2, hidden=64, heads=2, intermediate=256, vocab=XLMR_VOCAB, seq_len=32,
-             micro_batch=4, steps=2, warmup=1)
+             micro_batch=4, steps=5, warmup=1)
 
 
 class HFMiniJoint(nn.Module):
@@ -163,75 +166,108 @@ def unique_params(model) -> int:
     return sum(getattr(p, "ds_numel", p.numel()) for p in {id(p): p for p in model.parameters()}.values())
 
 
-def measure(name, build, a, ds_config, optim, batches, ga, zero_init=True):
-    """Build, wrap in DeepSpeed, run warm-up + timed steps; return a result row (engine freed).
+class Side:
+    """One model's engine, its position in the (shared) batch list and its own dropout stream.
 
-    zero_init: build under `deepspeed.zero.Init` when the config is ZeRO-3 (ours). Hugging Face's
-    post-init weight initialisation writes into parameters that zero.Init has already
-    partitioned, so its model is built whole and partitioned by `deepspeed.initialize` instead
-    (same engine, same partitioning during the timed steps).
+    Both sides stay alive during timing so that their steps can alternate: a machine that speeds
+    up or slows down over the run (thermal state, other jobs, caches) then affects both alike.
+    Each side swaps in its own RNG state around its steps, so it sees the dropout stream it
+    would see alone.
     """
-    from deepspeed.accelerator import get_accelerator
 
-    world = torch.distributed.get_world_size()
-    main_rank = torch.distributed.get_rank() == 0
+    def __init__(self, name, build, a, ds_config, optim, batches, ga, zero_init):
+        from deepspeed.accelerator import get_accelerator
 
-    def log(msg):
-        if main_rank:
-            print(msg, flush=True)
+        self.name, self.a, self.batches, self.ga = name, a, batches, ga
+        self.acc = get_accelerator()
+        rss_before = _rss_gib()
+        can_reset = _reset_peak_rss()
+        t0 = time.perf_counter()
+        torch.manual_seed(a.seed)  # same init stream for both models
+        # zero_init: build under `deepspeed.zero.Init` when the config is ZeRO-3 (ours). Hugging Face's
+        # post-init weight initialisation writes into parameters that zero.Init has already
+        # partitioned, so its model is built whole and partitioned by `deepspeed.initialize` instead
+        # (same engine, same partitioning during the timed steps).
+        with ds.model_init_context(ds_config) if zero_init else contextlib.nullcontext():
+            model = build()
+        self.params = unique_params(model)
+        self.engine = ds.build_engine(model, ds_config, optim, a.warmup + a.steps)
+        self.build_s = time.perf_counter() - t0
+        self.rng = torch.Generator().manual_seed(a.seed + 1).get_state()  # same dropout stream
+        self.next_batch = 0
+        self.step_times, self.parts, self.losses = [], [], []
+        log(f"  [{name}] built and wrapped by deepspeed.initialize in {self.build_s:.1f} s")
+        for i in range(a.warmup):
+            dt, split, loss = self.step()
+            log(f"  [{name}] warm-up step {i + 1}/{a.warmup}: {dt:.2f} s (fwd {split[0]:.2f}, bwd {split[1]:.2f}, "
+                f"opt {split[2]:.2f}), loss {loss:.3f}")
+        # Growth of the process's high-water mark over this side's build and warm-up (the other
+        # side, built earlier, stays resident and is not counted again).
+        peak = _peak_rss_gib() if can_reset else None
+        self.peak = None if peak is None or rss_before is None else peak - rss_before
 
-    can_reset = _reset_peak_rss()
-    t0 = time.perf_counter()
-    torch.manual_seed(a.seed)  # same init stream for both models
-    with ds.model_init_context(ds_config) if zero_init else contextlib.nullcontext():
-        model = build()
-    params = unique_params(model)
-    engine = ds.build_engine(model, ds_config, optim, a.warmup + a.steps)
-    build_s = time.perf_counter() - t0
-    log(f"  [{name}] built and wrapped by deepspeed.initialize in {build_s:.1f} s")
-    torch.manual_seed(a.seed + 1)  # same dropout stream
-    dev = engine.device
-    acc = get_accelerator()
-    step_times, losses, parts = [], [], [0.0, 0.0, 0.0]
-    it = iter(batches)
-    for step in range(a.warmup + a.steps):
+    def step(self):
+        """One optimizer step (ga micro-batches): wall-clock, [fwd, bwd, opt] split, loss."""
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.rng)
+        dev, acc = self.engine.device, self.acc
         acc.synchronize()
         t = time.perf_counter()
         split = [0.0, 0.0, 0.0]  # forward, backward, optimizer step (synchronised: cheap on CPU)
-        for _ in range(ga):
-            ids, labels = next(it)
+        for _ in range(self.ga):
+            ids, labels = self.batches[self.next_batch]
+            self.next_batch += 1
             ids, labels = ids.to(dev), labels.to(dev)
             t1 = time.perf_counter()
-            out = engine(ids, labels=labels)
+            out = self.engine(ids, labels=labels)
             acc.synchronize()
             t2 = time.perf_counter()
-            engine.backward(out["loss"])
+            self.engine.backward(out["loss"])
             acc.synchronize()
             t3 = time.perf_counter()
-            engine.step()
+            self.engine.step()
             acc.synchronize()
             t4 = time.perf_counter()
             split = [split[0] + t2 - t1, split[1] + t3 - t2, split[2] + t4 - t3]
         loss = out["loss"].item()  # a host sync, inside the timed region on purpose
         acc.synchronize()
         dt = time.perf_counter() - t
-        if step >= a.warmup:
-            step_times.append(dt)
-            losses.append(loss)
-            parts = [x + y for x, y in zip(parts, split)]
-        log(f"  [{name}] step {step + 1}/{a.warmup + a.steps}{' (warm-up)' if step < a.warmup else ''}: "
-            f"{dt:.2f} s (fwd {split[0]:.2f}, bwd {split[1]:.2f}, opt {split[2]:.2f}), loss {loss:.3f}")
-    peak = _peak_rss_gib() if can_reset else None
-    # Free this engine before the next one is built.
-    if hasattr(engine, "destroy"):
-        engine.destroy()
-    del engine, model, out
-    gc.collect()
-    timed = sum(step_times)
-    tokens = a.steps * ga * a.micro_batch * a.seq_len * world  # global tokens per timed run
-    return dict(name=name, params=params, build_s=build_s, step_s=timed / a.steps, min_step_s=min(step_times),
-                fwd_s=parts[0] / a.steps, bwd_s=parts[1] / a.steps, opt_s=parts[2] / a.steps,
-                tok_s=tokens / timed, loss=sum(losses) / len(losses), peak=peak)
+        self.rng = torch.get_rng_state()
+        torch.set_rng_state(saved)
+        return dt, split, loss
+
+    def timed_step(self, index: int) -> None:
+        dt, split, loss = self.step()
+        self.step_times.append(dt)
+        self.parts.append(split)
+        self.losses.append(loss)
+        log(f"  [{self.name}] timed step {index + 1}/{self.a.steps}: {dt:.2f} s (fwd {split[0]:.2f}, "
+            f"bwd {split[1]:.2f}, opt {split[2]:.2f}), loss {loss:.3f}")
+
+    def row(self, world: int) -> dict:
+        median = statistics.median(self.step_times)
+        tokens = self.ga * self.a.micro_batch * self.a.seq_len * world  # global tokens per step
+        parts = [statistics.median(p[i] for p in self.parts) for i in range(3)]
+        return dict(name=self.name, params=self.params, build_s=self.build_s, step_s=median,
+                    min_step_s=min(self.step_times), max_step_s=max(self.step_times), fwd_s=parts[0],
+                    bwd_s=parts[1], opt_s=parts[2], tok_s=tokens / median,
+                    loss=sum(self.losses) / len(self.losses), peak=self.peak)
+
+
+def log(msg):
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(msg, flush=True)
+
+
+def _rss_gib() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
 
 
 def parse_args(argv):
@@ -243,7 +279,7 @@ def parse_args(argv):
     p.add_argument("--vocab", type=int, help=f"default {XLMR_VOCAB} (XLM-R's)")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--micro-batch", type=int)
-    p.add_argument("--steps", type=int, help="timed optimizer steps")
+    p.add_argument("--steps", type=int, help=f"timed optimizer steps per side (at least {MIN_TIMED_STEPS})")
     p.add_argument("--warmup", type=int, help="untimed optimizer steps first")
     p.add_argument("--mid-layer", type=int, help="mid head after this layer (default layers // 4, at least 1)")
     p.add_argument("--mid-weight", type=float, default=1.0)
@@ -253,7 +289,7 @@ def parse_args(argv):
     p.add_argument("--kernels", default="auto", help="our head/embedding kernels: auto|torch|off|triton")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: OMP_NUM_THREADS, else torch's)")
-    p.add_argument("--hf-first", action="store_true", help="measure Hugging Face first (order check)")
+    p.add_argument("--hf-first", action="store_true", help="Hugging Face goes first in the first round (order check)")
     p.add_argument("--quick", action="store_true", help="tiny body, real vocabulary: under a minute")
     a = p.parse_args(argv)
     for key, value in (QUICK if a.quick else DEFAULTS).items():
@@ -263,8 +299,10 @@ def parse_args(argv):
         a.mid_layer = max(1, a.layers // 4)
     if a.layers < 2 or not 1 <= a.mid_layer < a.layers:
         p.error(f"--mid-layer must be in 1..{a.layers - 1} (and --layers >= 2)")
-    if a.seq_len < 3 or a.micro_batch < 1 or a.steps < 1 or a.warmup < 0:
-        p.error("--seq-len >= 3, --micro-batch >= 1, --steps >= 1, --warmup >= 0")
+    if a.seq_len < 3 or a.micro_batch < 1 or a.warmup < 0:
+        p.error("--seq-len >= 3, --micro-batch >= 1, --warmup >= 0")
+    if a.steps < MIN_TIMED_STEPS:
+        p.error(f"--steps must be >= {MIN_TIMED_STEPS}: the median of fewer timed steps per side is noise")
     return a
 
 
@@ -301,22 +339,28 @@ def main(argv=None) -> float:
               f"masked {frac:.1%} of tokens, our kernels={a.kernels!r}; init_distributed took {init_s:.1f} s",
               flush=True)
 
-    runs = [("ours (MLMEncoder)", lambda: build_ours(a, max_positions), True),
-            ("hf (XLMRobertaForMaskedLM)", lambda: build_hf(a, max_positions), False)]
-    order = runs[::-1] if a.hf_first else runs
-    results = {name: measure(name, build, a, ds_config, optim, batches, ga, zero_init=zi)
-               for name, build, zi in order}
-    rows = [results[name] for name, _, _ in runs]  # table order: ours, then hf
+    ours = Side("ours (MLMEncoder)", lambda: build_ours(a, max_positions), a, ds_config, optim, batches, ga,
+                zero_init=True)
+    hf = Side("hf (XLMRobertaForMaskedLM)", lambda: build_hf(a, max_positions), a, ds_config, optim, batches, ga,
+              zero_init=False)
+    # Alternate which side goes first in each round (ours-hf, hf-ours, ...; --hf-first starts with hf).
+    for i in range(a.steps):
+        first, second = (hf, ours) if (i % 2 == 0) == a.hf_first else (ours, hf)
+        first.timed_step(i)
+        second.timed_step(i)
+    rows = [ours.row(dist.world_size), hf.row(dist.world_size)]
     ratio = rows[0]["tok_s"] / rows[1]["tok_s"]
     if dist.is_main:
-        print(f"{'model':<28}{'params':>13}{'step s':>8}{'min s':>7}{'fwd s':>7}{'bwd s':>7}{'opt s':>7}"
-              f"{'tokens/s':>10}{'loss':>8}{'peak RSS':>11}")
+        print(f"{'model':<28}{'params':>13}{'median s':>9}{'min s':>7}{'max s':>7}{'fwd s':>7}{'bwd s':>7}"
+              f"{'opt s':>7}{'tokens/s':>10}{'loss':>8}{'peak RSS +':>11}")
         for r in rows:
             peak = f"{r['peak']:.2f} GiB" if r["peak"] is not None else "n/a"
-            print(f"{r['name']:<28}{r['params']:>13,}{r['step_s']:>8.2f}{r['min_step_s']:>7.2f}{r['fwd_s']:>7.2f}"
-                  f"{r['bwd_s']:>7.2f}{r['opt_s']:>7.2f}{r['tok_s']:>10.1f}{r['loss']:>8.3f}{peak:>11}")
-        print("(step s: mean over the timed steps = fwd + bwd + opt; tokens/s = micro-batch x seq x accum x "
-              "world / step s; peak RSS: the high-water mark of this model's phase)")
+            print(f"{r['name']:<28}{r['params']:>13,}{r['step_s']:>9.2f}{r['min_step_s']:>7.2f}{r['max_step_s']:>7.2f}"
+                  f"{r['fwd_s']:>7.2f}{r['bwd_s']:>7.2f}{r['opt_s']:>7.2f}{r['tok_s']:>10.1f}{r['loss']:>8.3f}"
+                  f"{peak:>11}")
+        print(f"(median s: the median of {a.steps} timed steps per side, taken in alternating order; fwd/bwd/opt "
+              "are medians of each part; tokens/s = micro-batch x seq x accum x world / median s; peak RSS +: "
+              "growth of the high-water mark over that side's build and warm-up)")
         print(f"pretrain throughput ratio ours/hf: {ratio:.2f}", flush=True)
     ds.shutdown()
     return ratio
