@@ -29,18 +29,19 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import torch  # noqa: E402
 
 from ds_minimodel import engine as ds  # noqa: E402
-from ds_minimodel.adapt import TRAINABLE  # noqa: E402
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
 from ds_minimodel.flops import step_flops  # noqa: E402
 from ds_minimodel.minimodel import build_minipost, minijoint_mini  # noqa: E402
 from ds_minimodel.model import MLMEncoder  # noqa: E402
+from ds_minimodel.step_rules import set_requires_grad_for_step  # noqa: E402
+
+KINDS = {"full": "adapt_full", "mini": "adapt_mini", "minipost": "adapt_minipost"}
 
 
-def build(cfg: ModelConfig, state: dict) -> MLMEncoder:
+def build(cfg: ModelConfig, state: dict, kind: str) -> MLMEncoder:
     model = MLMEncoder(cfg)
     model.load_state_dict(state, strict=True)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in TRAINABLE)
+    set_requires_grad_for_step(model, kind)
     return model
 
 
@@ -105,9 +106,9 @@ def main(argv=None) -> None:
 
     seconds, flops = {}, {}
     for name, (c, state) in paths.items():
-        seconds[name] = seconds_per_step(build(c, state), batch, args.steps, args.warmup)
+        seconds[name] = seconds_per_step(build(c, state, KINDS[name]), batch, args.steps, args.warmup)
         # Every path trains only the word table and output bias over a frozen body and head.
-        flops[name] = step_flops(c, "adapt_full", args.batch, args.seq_len, m).total
+        flops[name] = step_flops(c, KINDS[name], args.batch, args.seq_len, m).total
     print(f"{'path':<9} {'s/step':>8} {'GFLOP/step':>11} {'GFLOP/s':>8}")
     for name in paths:
         print(f"{name:<9} {seconds[name]:8.3f} {flops[name] / 1e9:11.1f} {flops[name] / seconds[name] / 1e9:8.1f}")

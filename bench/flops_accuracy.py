@@ -5,13 +5,15 @@ flops-profiler convention, which are estimates, not counts).
     OMP_NUM_THREADS=1 python bench/flops_accuracy.py
 
 Models use explicit attention and the plain MLM head (what FlopCounterMode can see on CPU).
-The MiniPost kinds run the mini-model of k frozen + 1 new top layer. The last line is
+The MiniPost kinds run the mini-model of k frozen + 1 new top layer, adapt_mini the MiniJoint
+mini-model (layers 1..k + the mid head), adapt_full the full model without its mid head. The last line is
 `flops counter max relative error vs FlopCounterMode: X` (0 when every count is exact).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -47,7 +49,10 @@ def main(argv=None) -> float:
         full = ModelConfig(max_positions=T + 2, attention="explicit", kernels="off", **shape)
         k = full.mid_head_layer
         for kind in flops.STEP_KINDS:
-            cfg = flops.minipost_config(full, k, 1) if kind in ("minipost_top", "adapt_minipost") else full
+            cfg = {"minipost_top": lambda: flops.minipost_config(full, k, 1),
+                   "adapt_minipost": lambda: flops.minipost_config(full, k, 1),
+                   "adapt_mini": lambda: flops.minijoint_config(full),
+                   "adapt_full": lambda: dataclasses.replace(full, mid_head_layer=None)}.get(kind, lambda: full)()
             kw = dict(minipost_frozen_layers=k if kind == "minipost_top" else None)
             t0 = time.perf_counter()
             fwd, bwd = flops.measure_step_flops(cfg, kind, B, T, M, **kw)

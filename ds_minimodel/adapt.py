@@ -1,11 +1,12 @@
 """Step 2: learn a new language's embeddings through a frozen (mini-)model; write a language pack.
 
 Every variant trains the same thing, an `MLMEncoder` through route "final" with only the word
-table and the output bias trainable; they differ only in the body it runs through:
+table and the output bias trainable (`step_rules`); they differ only in the body it runs through,
+and record it as their step kind:
 
-  minijoint  layers 1..k of a MiniJoint model and its mid head (as the k-layer model's head)
-  minipost   a MiniPost mini-model: frozen layers 1..k and its trained top of n layers
-  full       the standard baseline (Artetxe et al. 2020): all L layers and the final head
+  minijoint  adapt_mini      layers 1..k of a MiniJoint model and its mid head (as the k-layer model's head)
+  minipost   adapt_minipost  a MiniPost mini-model: frozen layers 1..k and its trained top of n layers
+  full       adapt_full      the standard baseline (Artetxe et al. 2020): all L layers and the final head
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from ds_minimodel.model import MLMEncoder
 from ds_minimodel.modeldir import read_model_dir
 from ds_minimodel.job import env_world_size
 from ds_minimodel.pretrain import open_corpus, run_mlm_job
+from ds_minimodel.step_rules import set_requires_grad_for_step
 from ds_minimodel.tokenizer import Tokenizer
 
-TRAINABLE = ("embeddings.word", "lm_head.bias")
+# The step kind of each body (select_body's method).
+STEP_KIND = {"minijoint": "adapt_mini", "minipost": "adapt_minipost", "full": "adapt_full"}
 
 
 def select_body(state: dict, cfg: ModelConfig, lineage: dict, through: str, where: str):
@@ -102,13 +105,13 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
     word, bias, copied = init_embeddings(cfg.init, body["embeddings.word"], source_tok, target_tok, cfg.train.seed)
     start, model_cfg = plug_embeddings(body, body_cfg, word, bias, target_tok.pad_id)
     model_cfg = dataclasses.replace(model_cfg, kernels=src_cfg.kernels)
+    kind = STEP_KIND[method]
 
     def make_model(ds_config: dict) -> MLMEncoder:
         torch.manual_seed(cfg.train.seed)
         model = MLMEncoder(model_cfg)
         model.load_state_dict(start, strict=True)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name in TRAINABLE)
+        set_requires_grad_for_step(model, kind)
         return model
 
     def finalize(run_dir: Path, checkpointer) -> None:
@@ -124,5 +127,5 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
                                     "world_size": env_world_size()})
         save_pack(run_dir / "pack", info, final["embeddings.word"], final["lm_head.bias"], target_tok.path)
 
-    return run_mlm_job(cfg, model_cfg, shards, ds_config_path, resume, make_model=make_model, kind="adapt_full",
+    return run_mlm_job(cfg, model_cfg, shards, ds_config_path, resume, make_model=make_model, kind=kind,
                        route="final", loss_keys=("loss", "final_loss"), finalize=finalize)

@@ -26,11 +26,10 @@ from ds_minimodel.errors import UserError
 from ds_minimodel.job import JobSpec, run_job
 from ds_minimodel.model import QuestionAnswering, SequenceClassifier
 from ds_minimodel.modeldir import read_model_dir, write_model_dir
+from ds_minimodel.step_rules import set_requires_grad_for_step
 from ds_minimodel.tasks.batching import EncodedTexts, encode_texts, layout_for, padded_batch
 from ds_minimodel.tasks.formats import TaskData
 from ds_minimodel.tokenizer import Tokenizer
-
-FROZEN_PREFIXES = ("encoder.embeddings.", "encoder.lm_head.", "encoder.mid_head.")
 
 
 def load_task(cfg: FinetuneConfig) -> TaskData:
@@ -63,12 +62,6 @@ def load_source(cfg: FinetuneConfig) -> tuple[dict, ModelConfig, dict, Tokenizer
         raise UserError(f"max_len {cfg.max_len} does not fit {cfg.model_dir}: its position table holds "
                         f"{usable} tokens per sequence")
     return state, src_cfg, lineage, tok
-
-
-def freeze_for_finetuning(model: torch.nn.Module) -> torch.nn.Module:
-    for name, p in model.named_parameters():
-        p.requires_grad_(not name.startswith(FROZEN_PREFIXES))
-    return model
 
 
 class ShuffledLoader:
@@ -182,7 +175,8 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
         torch.manual_seed(cfg.train.seed)
         model = SequenceClassifier(model_cfg, len(task.label_names), cfg.head_dropout, cfg.pooling)
         model.encoder.load_state_dict(state, strict=True)
-        return freeze_for_finetuning(model)
+        set_requires_grad_for_step(model, "finetune")
+        return model
 
     def make_loader(mb, ga, rank, world):
         return ClassificationLoader(train_enc.ids, [ex.label for ex in task.train], tok.pad_id, mb, ga, rank, world,

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from ds_minimodel import train as loop
 from ds_minimodel.config import FinetuneConfig, to_dict
 from ds_minimodel.errors import UserError
-from ds_minimodel.finetune import ShuffledLoader, export_finetuned, freeze_for_finetuning, load_source, sample
+from ds_minimodel.finetune import ShuffledLoader, export_finetuned, load_source, sample
 from ds_minimodel.job import JobSpec, run_job
 from ds_minimodel.model import QuestionAnswering
+from ds_minimodel.step_rules import set_requires_grad_for_step
 from ds_minimodel.tasks.batching import QAFeatures, encode_qa, layout_for, qa_predictions
 from ds_minimodel.tasks.formats import QAExample, TaskData, load_task, task_file
 from ds_minimodel.tasks.metrics import qa_metrics
@@ -117,7 +118,8 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
         torch.manual_seed(cfg.train.seed)
         model = QuestionAnswering(model_cfg)
         model.encoder.load_state_dict(state, strict=True)
-        return freeze_for_finetuning(model)
+        set_requires_grad_for_step(model, "finetune_qa")
+        return model
 
     def make_loader(mb, ga, rank, world):
         return ShuffledLoader(len(train), train.batch, mb, ga, rank, world, cfg.train.seed,
@@ -138,6 +140,6 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
     def finalize(run_dir: Path, checkpointer) -> None:
         export_finetuned(run_dir, checkpointer, cfg, model_cfg, lineage, record)
 
-    spec = JobSpec(kind="finetune", model_config=to_dict(model_cfg), make_loader=make_loader, make_model=make_model,
+    spec = JobSpec(kind="finetune_qa", model_config=to_dict(model_cfg), make_loader=make_loader, make_model=make_model,
                    loss_keys=("loss",), finalize=finalize, make_evaluate=make_evaluate, micro_flops=micro_flops)
     return run_job(cfg, spec, ds_config_path, resume)

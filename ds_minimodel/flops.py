@@ -17,10 +17,13 @@ parts:
 * weight-gradient: dL/dW = input^T @ dL/d(output), same cost again, only for trainable weights.
 
 So full training costs ~3x the forward (the "6N" rule: 2N forward + 4N backward) and
-embedding-only training through a frozen body ~2x the forward (the "4N" of DESIGN.md §6).
+embedding-only training through a frozen body ~2x the forward (the "4N" rule: 2N forward + 2N
+input-gradients; see README.md, "FLOP accounting").
 
-Who is trainable in each step kind is defined once, in `is_trainable`, which both the FLOP count
-(`step_plan`) and `set_requires_grad_for_step` read.
+Who trains in each step kind is defined once, in `step_rules.py`: the steps freeze their models
+with `step_rules.set_requires_grad_for_step` and the count (`step_plan`) reads the same
+`is_trainable`, plus the run's `train.freeze` patterns. The count follows autograd per parameter,
+so any frozen set counts right, a partly frozen layer included.
 
 Attention. The scores q@k^T and the mix probs@v are bmm's of 2*B*T*T*d FLOPs each (summed over
 heads: B*h batches of [T, d/h] @ [d/h, T]). Their backward runs both operands' gradients of both
@@ -35,9 +38,9 @@ falls back to the math path, whose bmm's the counter sees exactly as for "explic
 
 MLM head kernels. `kernels != "off"` (chunked torch, Triton) cost the same model FLOPs as the plain
 F.linear + cross-entropy, but recompute the logits in backward instead of storing [M, V]: one more
-2*M*d*V, booked as hardware-only `recompute`. (FlopCounterMode does not see this: it counts the
+2*M*d*V, booked as hardware-only `recompute`. (FlopCounterMode cannot check this: it counts the
 recompute GEMM but not the in-place `addmm_` that accumulates d hidden, so its total for the chunked
-head equals the plain head's by coincidence.)
+head equals the plain head's by coincidence; `tests/test_flops.py` counts every GEMM itself.)
 
 MFU counts `total` (model FLOPs), HFU counts `hardware_total` = total + recompute (activation
 checkpointing with `recompute=True`, flash attention's score recompute under SDPA, and the fused
@@ -50,44 +53,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
-from ds_minimodel.model import IGNORE_INDEX, MLMEncoder
-
-# Step kinds, as named by the launchers.
-STEP_KINDS = (
-    "pretrain",  # plain MLM, everything trainable, route final
-    "pretrain_joint",  # MiniJoint: final + w * mid MLM, everything trainable, route joint
-    "minipost_top",  # MiniPost mini-model: embeddings and layers 1..k frozen, top + MLM head train
-    "adapt_mini",  # MiniJoint mini-model (route mid): only word embeddings + mid-head bias train
-    "adapt_minipost",  # MiniPost mini-model (route final): only word embeddings + lm_head.bias train
-    "adapt_full",  # standard baseline through all layers: only word embeddings + lm_head.bias train
-    "finetune",  # classification head on <s>; everything but the embedding tables trains
-    "finetune_qa",  # extractive-QA span head on every token; frozen like finetune
-    "eval",  # forward only, final MLM head
-)
-
-# Route of MLMEncoder.forward used by each kind (finetune runs encode() + the task head).
-ROUTE = {
-    "pretrain": "final",
-    "pretrain_joint": "joint",
-    "minipost_top": "final",
-    "adapt_mini": "mid",
-    "adapt_minipost": "final",
-    "adapt_full": "final",
-    "finetune": None,
-    "finetune_qa": None,
-    "eval": "final",
-}
-
-# The task head each fine-tuning kind runs on the last layer.
-TASK_HEADS = {"finetune": "classification", "finetune_qa": "span"}
+from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, QuestionAnswering, SequenceClassifier
+# STEP_KINDS and ROUTE are also read through this module by the launchers.
+from ds_minimodel.step_rules import (ENCODER, ROUTE, STEP_KINDS, TASK_HEADS,  # noqa: F401
+                                     check_freeze_patterns, check_kind, is_trainable, minipost_k,
+                                     set_requires_grad_for_step)
 
 COMPONENTS = ("embeddings", "attn_proj", "attn_scores", "mlp", "mid_head", "final_head", "task_head")
 TITLES = {
@@ -238,73 +215,23 @@ class FlopReport:
 
 
 # --------------------------------------------------------------------------------------------
-# Who trains in each step kind (the single source of truth for the count and for freezing).
+# What one step runs and trains (who trains: the step kind's rule in step_rules.py).
+
+_NAMES: dict = {}
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in STEP_KINDS:
-        raise UserError(f"unknown step kind {kind!r} (known: {', '.join(STEP_KINDS)})")
-
-
-def _frozen_layers(cfg: ModelConfig, kind: str, minipost_frozen_layers: int | None) -> int | None:
-    """k of a MiniPost mini-model (its cfg has k + n layers); None for other kinds."""
-    if kind != "minipost_top":
-        return None
-    k = minipost_frozen_layers if minipost_frozen_layers is not None else cfg.mid_head_layer
-    if k is None:
-        raise UserError("step minipost_top needs the number of frozen bottom layers k "
-                        "(minipost_frozen_layers, or model.mid_head_layer)")
-    # k = num_layers: no top layers, only the MLM head trains (a head for a headless encoder).
-    if not 1 <= k <= cfg.num_layers:
-        raise UserError(f"minipost_top: frozen layers k={k} must be in 1..num_layers "
-                        f"(model.num_layers={cfg.num_layers} counts the k frozen + the new top layers)")
-    return k
-
-
-def is_trainable(name: str, kind: str, *, frozen_layers: int | None = None) -> bool:
-    """Whether parameter `name` of an MLMEncoder (or `task_head.*`) trains in step `kind`.
-
-    `frozen_layers` is MiniPost's k (minipost_top only). Unused modules (e.g. lm_head under route
-    mid) are frozen so that every trainable parameter gets a gradient.
-    """
-    _check_kind(kind)
-    if kind == "pretrain":  # route final: a mid head, if the model has one, is unused
-        return not name.startswith(("task_head.", "mid_head."))
-    if kind == "pretrain_joint":
-        return not name.startswith("task_head.")
-    if kind == "minipost_top":
-        if frozen_layers is None:
-            raise UserError("is_trainable(kind='minipost_top') needs frozen_layers (MiniPost's k)")
-        if name.startswith("layers."):
-            return int(name.split(".")[1]) >= frozen_layers  # 0-based: layers k..k+n-1 = k+1..k+n
-        return name.startswith("lm_head.")  # dense, layer norm, bias; its tied weight is embeddings.word
-    if kind == "adapt_mini":
-        return name in ("embeddings.word", "mid_head.bias")
-    if kind in ("adapt_minipost", "adapt_full"):
-        return name in ("embeddings.word", "lm_head.bias")
-    if kind in ("finetune", "finetune_qa"):
-        # The whole embedding module stays frozen (its layer norm too): a language pack trained
-        # under the pretrained embedding layer norm and positions must meet them again at transfer.
-        return not name.startswith(("embeddings.", "lm_head.", "mid_head."))
-    return False  # eval
-
-
-def set_requires_grad_for_step(model, kind: str, *, minipost_frozen_layers: int | None = None,
-                               task_head=None) -> list[str]:
-    """Freeze/unfreeze `model` (an MLMEncoder) for `kind` as `is_trainable` says; return the
-    trainable names. A tied parameter appears once (as embeddings.word)."""
-    k = _frozen_layers(model.cfg, kind, minipost_frozen_layers)
-    names = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(is_trainable(name, kind, frozen_layers=k))
-        if p.requires_grad:
-            names.append(name)
-    if task_head is not None:
-        for name, p in task_head.named_parameters():
-            p.requires_grad_(is_trainable("task_head." + name, kind))
-            if p.requires_grad:
-                names.append("task_head." + name)
-    return names
+def encoder_parameter_names(cfg: ModelConfig) -> tuple:
+    """MLMEncoder(cfg).named_parameters() names (the tied decoder weight once, as
+    embeddings.word). They depend only on the depth and the mid head: read off a tiny model of
+    that structure (built once per structure)."""
+    key = (cfg.num_layers, cfg.mid_head_layer)
+    if key not in _NAMES:
+        n = max(8, cfg.pad_token_id + 1)
+        tiny = dataclasses.replace(cfg, vocab_size=n, max_positions=n, hidden_size=4, num_heads=1,
+                                   intermediate_size=4)
+        with torch.random.fork_rng(devices=[]):  # its init must not move the run's RNG (dropout)
+            _NAMES[key] = tuple(name for name, _ in MLMEncoder(tiny).named_parameters())
+    return _NAMES[key]
 
 
 @dataclass(frozen=True)
@@ -316,44 +243,39 @@ class StepPlan:
     mid_head_layer: int | None  # the mid head runs on the output of this layer (None: not run)
     final_head: bool  # the final MLM head runs on the last layer's output
     task_head: str | None  # "classification" (on the last layer's <s>), "span" (every token) or None
-    embeddings_need_grad: bool  # some embedding parameter trains: gradient reaches layer 1's input
-    word_trainable: bool  # the word table, i.e. the tied MLM decoder weight
-    trainable_layers: tuple  # per layer run, all-or-nothing
-    mlm_head_body_trainable: bool  # dense + layer norm of the MLM head(s) that run
+    # MLMEncoder parameter names that train (the tied MLM decoder weight is embeddings.word).
+    trainable: frozenset
+
+    def trains(self, prefix: str) -> bool:
+        """Whether some parameter whose name starts with `prefix` trains."""
+        return any(n.startswith(prefix) for n in self.trainable)
 
 
-def step_plan(cfg: ModelConfig, kind: str, *, minipost_frozen_layers: int | None = None) -> StepPlan:
-    _check_kind(kind)
+def step_plan(cfg: ModelConfig, kind: str, *, minipost_frozen_layers: int | None = None,
+              freeze: Sequence[str] = ()) -> StepPlan:
+    """`freeze`: the run's train.freeze patterns (MLM kinds), frozen on top of the kind's rule."""
+    check_kind(kind)
     if cfg.vocab_size is None:
         raise UserError("model.vocab_size must be set to count FLOPs (the MLM head is d x vocab)")
-    k = _frozen_layers(cfg, kind, minipost_frozen_layers)
+    k = minipost_k(cfg, kind, minipost_frozen_layers)
     route = ROUTE[kind]
-    if route in ("joint", "mid") and cfg.mid_head_layer is None:
+    if route == "joint" and cfg.mid_head_layer is None:
         raise UserError(f"step {kind} runs the MiniJoint mid head: set model.mid_head_layer")
-    depth = cfg.mid_head_layer if route == "mid" else cfg.num_layers
-
-    def tr(name: str) -> bool:
-        return is_trainable(name, kind, frozen_layers=k)
-
-    head = "mid_head" if route == "mid" else "lm_head"
-    layers = []
-    for i in range(depth):
-        flags = {tr(f"layers.{i}.{p}") for p in (
-            "attention.qkv.weight", "attention.out.weight", "attention_norm.weight",
-            "fc1.weight", "fc2.weight", "mlp_norm.weight")}
-        assert len(flags) == 1, f"{kind}: layer {i} is partly trainable; the count assumes all-or-nothing"
-        layers.append(flags.pop())
+    if kind == "adapt_mini" and cfg.mid_head_layer is not None:
+        raise UserError("step adapt_mini runs the MiniJoint mini-model (layers 1..k, its mid head as the "
+                        "MLM head), not the full model: pass its config, flops.minijoint_config(cfg)")
+    if freeze and kind in TASK_HEADS:
+        raise UserError(f"step {kind}: train.freeze patterns are counted for the MLM step kinds only")
+    names = encoder_parameter_names(cfg)
+    check_freeze_patterns(names, freeze)
+    body = ENCODER if kind in TASK_HEADS else ""  # how the fine-tuning models name the encoder
     return StepPlan(
         kind=kind,
-        depth=depth,
-        mid_head_layer=cfg.mid_head_layer if route in ("joint", "mid") else None,
+        depth=cfg.num_layers,
+        mid_head_layer=cfg.mid_head_layer if route == "joint" else None,
         final_head=route in ("joint", "final"),
         task_head=TASK_HEADS.get(kind),
-        embeddings_need_grad=any(tr(f"embeddings.{p}") for p in (
-            "word", "position", "token_type", "layer_norm.weight", "layer_norm.bias")),
-        word_trainable=tr("embeddings.word"),
-        trainable_layers=tuple(layers),
-        mlm_head_body_trainable=tr(f"{head}.dense.weight"),
+        trainable=frozenset(n for n in names if is_trainable(body + n, kind, frozen_layers=k, freeze=freeze)),
     )
 
 
@@ -369,16 +291,18 @@ def _linear(rows: int, n_in: int, n_out: int, *, grad_input: bool, grad_weight: 
     return Flops(f, f if grad_input else 0, f if grad_weight else 0)
 
 
-def _mlm_head(cfg: ModelConfig, m: int, *, grad_in: bool, body_trainable: bool, word_trainable: bool) -> Flops:
-    """RoBERTa lm_head on the m gathered masked rows: dense d->d, gelu, LN, tied decoder d->V."""
+def _mlm_head(cfg: ModelConfig, plan: StepPlan, head: str, m: int, *, grad_in: bool) -> Flops:
+    """RoBERTa MLM head `head` ("lm_head" / "mid_head") on the m gathered masked rows: dense d->d,
+    gelu, LN, tied decoder d->V. grad_in: whether its input needs a gradient."""
     d, v = cfg.hidden_size, cfg.vocab_size
-    # dense: input-grad only if something below the head trains, weight-grad if the head trains.
-    dense = _linear(m, d, d, grad_input=grad_in, grad_weight=body_trainable)
-    # decoder, the [m, V] logits: its input h needs a gradient if the dense/LN above or anything
-    # below trains; its weight is the word table. The fused heads (kernels != "off": chunked
-    # torch, Triton) have the same model FLOPs but never store the logits: their backward
-    # recomputes them chunk by chunk, one more [m, d] @ [d, V] (hardware only).
-    decoder = _linear(m, d, v, grad_input=grad_in or body_trainable, grad_weight=word_trainable)
+    # dense: input-grad only if something below the head trains, weight-grad if its weight trains.
+    dense = _linear(m, d, d, grad_input=grad_in, grad_weight=f"{head}.dense.weight" in plan.trainable)
+    # decoder, the [m, V] logits: its input h needs a gradient if the dense/LN below it or
+    # anything below the head trains; its weight is the word table. The fused heads (kernels !=
+    # "off": chunked torch, Triton) have the same model FLOPs but never store the logits: their
+    # backward recomputes them chunk by chunk, one more [m, d] @ [d, V] (hardware only).
+    h_needs_grad = grad_in or plan.trains(f"{head}.dense.") or plan.trains(f"{head}.layer_norm.")
+    decoder = _linear(m, d, v, grad_input=h_needs_grad, grad_weight="embeddings.word" in plan.trainable)
     if cfg.kernels != "off" and decoder.backward:
         decoder = dataclasses.replace(decoder, recompute=decoder.forward)
     return dense + decoder
@@ -393,24 +317,39 @@ def _flops_of_plan(cfg: ModelConfig, plan: StepPlan, batch_size: int, seq_len: i
     # embeddings: three table lookups + LN; backward of a lookup is a scatter-add. No matmul.
     # needs_grad[i]: whether the output of layer i (0 = embeddings) requires grad, i.e. whether some
     # trainable parameter lies at or below it, i.e. whether autograd carries a gradient into it.
-    needs_grad = [plan.embeddings_need_grad]
+    needs_grad = [plan.trains("embeddings.")]
     for i in range(plan.depth):
-        g_in, trains = needs_grad[-1], plan.trainable_layers[i]
-        g = g_in or trains  # gradient flows through this layer's insides (to its weights or below)
+        p = f"layers.{i}."
+
+        def weight(module: str) -> bool:  # the weight-gradient matmul runs
+            return f"{p}{module}.weight" in plan.trainable
+
+        def any_of(*modules: str) -> bool:  # something in these modules trains (weight, bias, LN)
+            return any(plan.trains(f"{p}{mod}.") for mod in modules)
+
+        # Whether each tensor inside the layer requires grad, bottom to top: a tensor does when
+        # its input does or a parameter on the way to it trains. Each matmul's input-gradient
+        # runs exactly when its input requires grad (autograd skips it otherwise).
+        g_in = needs_grad[-1]  # the layer's input x
+        g_qkv = g_in or any_of("attention.qkv")  # q, k, v
+        g_mix = g_qkv or any_of("attention.out")  # the attention block's output
+        g_fc1_in = g_mix or any_of("attention_norm")  # LN(x + attention): the MLP's input
+        g_fc2_in = g_fc1_in or any_of("fc1")  # gelu(fc1(.))
+        g = g_fc2_in or any_of("fc2", "mlp_norm")  # the layer's output
         # qkv: one fused [rows, d] @ [d, 3d]; its input-grad only when x itself needs a gradient
         # (MiniPost's first trainable layer: x comes from a frozen layer, autograd skips it).
-        proj = _linear(rows, d, 3 * d, grad_input=g_in, grad_weight=trains)
-        # out: [rows, d] @ [d, d]; its input (the attention mix) needs a gradient whenever g does.
-        proj += _linear(rows, d, d, grad_input=g, grad_weight=trains)
+        proj = _linear(rows, d, 3 * d, grad_input=g_in, grad_weight=weight("attention.qkv"))
+        # out: [rows, d] @ [d, d] on the attention mix, which needs a gradient whenever q, k, v do.
+        proj += _linear(rows, d, d, grad_input=g_qkv, grad_weight=weight("attention.out"))
         # scores q@k^T and mix probs@v: B*h bmm's of [T, d/h] @ [d/h, T] and [T, T] @ [T, d/h]:
         # 2*B*T*T*d each. Backward: dq, dk of the first, dprobs, dv of the second, same cost each.
         s = 2 * B * T * T * d
         # SDPA's fused backward recomputes q@k^T (hardware only); explicit attention keeps probs.
-        sdpa_recompute = s if (g and cfg.attention == "sdpa") else 0
-        scores = Flops(2 * s, 4 * s if g else 0, 0, sdpa_recompute)
+        sdpa_recompute = s if (g_qkv and cfg.attention == "sdpa") else 0
+        scores = Flops(2 * s, 4 * s if g_qkv else 0, 0, sdpa_recompute)
         # MLP: fc1 [rows, d] @ [d, I] and fc2 [rows, I] @ [I, d]; gelu and LNs are free.
-        mlp = _linear(rows, d, inter, grad_input=g, grad_weight=trains)
-        mlp += _linear(rows, inter, d, grad_input=g, grad_weight=trains)
+        mlp = _linear(rows, d, inter, grad_input=g_fc1_in, grad_weight=weight("fc1"))
+        mlp += _linear(rows, inter, d, grad_input=g_fc2_in, grad_weight=weight("fc2"))
         if recompute and g:
             # Activation checkpointing per layer re-runs the layer's forward in backward, only
             # where backward passes (a frozen layer below every trainable parameter is not rerun).
@@ -421,11 +360,10 @@ def _flops_of_plan(cfg: ModelConfig, plan: StepPlan, batch_size: int, seq_len: i
         c["attn_scores"] += scores
         c["mlp"] += mlp
         needs_grad.append(g)
-    head_args = dict(body_trainable=plan.mlm_head_body_trainable, word_trainable=plan.word_trainable)
     if plan.final_head:
-        c["final_head"] = _mlm_head(cfg, M, grad_in=needs_grad[plan.depth], **head_args)
+        c["final_head"] = _mlm_head(cfg, plan, "lm_head", M, grad_in=needs_grad[plan.depth])
     if plan.mid_head_layer is not None:
-        c["mid_head"] = _mlm_head(cfg, M, grad_in=needs_grad[plan.mid_head_layer], **head_args)
+        c["mid_head"] = _mlm_head(cfg, plan, "mid_head", M, grad_in=needs_grad[plan.mid_head_layer])
     if plan.task_head == "classification":
         # Sequence classification on the B <s> states: dense d->d, tanh, out d->C; the head trains.
         c["task_head"] = _linear(B, d, d, grad_input=needs_grad[plan.depth], grad_weight=True)
@@ -439,13 +377,15 @@ def _flops_of_plan(cfg: ModelConfig, plan: StepPlan, batch_size: int, seq_len: i
 
 def step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
                minipost_frozen_layers: int | None = None, num_classes: int = 2,
-               recompute: bool = False) -> FlopReport:
+               recompute: bool = False, freeze: Sequence[str] = ()) -> FlopReport:
     """FLOPs of one step of `kind` on a per-rank micro-batch of `batch_size` x `seq_len` tokens of
     which `num_masked` carry an MLM label.
 
     `cfg` is the model that runs: for the MiniPost kinds the mini-model of k + n layers (see
-    `minipost_config`), with `minipost_frozen_layers` = k (default: cfg.mid_head_layer).
+    `minipost_config`), with `minipost_frozen_layers` = k (default: cfg.mid_head_layer); for
+    adapt_mini the MiniJoint mini-model (`minijoint_config`); for adapt_full the full model.
     `recompute`: per-layer activation checkpointing (adds to the hardware count only).
+    `freeze`: the run's train.freeze patterns; any parameters, whole layers or parts of them.
     """
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         if v <= 0:
@@ -454,7 +394,7 @@ def step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_m
         raise UserError(f"num_masked must be in 0..batch_size*seq_len, got {num_masked}")
     if num_classes <= 0:
         raise UserError(f"num_classes must be positive, got {num_classes}")
-    plan = step_plan(cfg, kind, minipost_frozen_layers=minipost_frozen_layers)
+    plan = step_plan(cfg, kind, minipost_frozen_layers=minipost_frozen_layers, freeze=freeze)
     return _flops_of_plan(cfg, plan, batch_size, seq_len, num_masked, num_classes, recompute)
 
 
@@ -466,6 +406,14 @@ def minipost_config(cfg: ModelConfig, frozen_layers: int, top_layers: int = 1) -
     if top_layers < 1:
         raise UserError(f"MiniPost top layers must be >= 1, got {top_layers}")
     return dataclasses.replace(cfg, num_layers=frozen_layers + top_layers, mid_head_layer=None)
+
+
+def minijoint_config(cfg: ModelConfig) -> ModelConfig:
+    """The MiniJoint mini-model of `cfg` as adaptation runs it (`minimodel.minijoint_mini`): layers
+    1..k with the mid head as its final MLM head."""
+    if cfg.mid_head_layer is None:
+        raise UserError("the MiniJoint mini-model needs model.mid_head_layer (k)")
+    return dataclasses.replace(cfg, num_layers=cfg.mid_head_layer, mid_head_layer=None)
 
 
 def expected_masked(batch_size: int, seq_len: int, mask_prob: float) -> int:
@@ -540,8 +488,8 @@ def deepspeed_profiler_estimate(cfg: ModelConfig, kind: str, batch_size: int, se
     linear layer is counted twice: once by the F.linear wrapper and once inside (addmm adds
     numel(bias)).
 
-    This mirrors the kernels="off" model (the plain F.linear decoder) and the stand-in task heads
-    (nn.Linear, torch.tanh, nn.Linear; the QA span head nn.Linear(d, 2)).
+    This mirrors the kernels="off" model (the plain F.linear decoder) and model.py's task heads
+    (SequenceClassifier: Linear, torch.tanh, Linear; QuestionAnswering: one Linear(d, 2)).
     """
     plan = step_plan(cfg, kind, minipost_frozen_layers=minipost_frozen_layers)
     d, inter, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -668,19 +616,6 @@ def measure_cpu_peak(seconds: float = 1.0, n: int = 1024) -> float:
 # The real thing: run one step under torch's FlopCounterMode (tests, bench, `profile_flops --check`).
 
 
-class ClassificationHeadStandIn(nn.Module):
-    """The sequence-classification head the count assumes (dense d->d, tanh, out d->C on the <s>
-    state), standing in until the real task head is wired into the library."""
-
-    def __init__(self, hidden_size: int, num_classes: int):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.out = nn.Linear(hidden_size, num_classes)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.dense(hidden[:, 0])))
-
-
 def masked_batch(cfg: ModelConfig, batch_size: int, seq_len: int, num_masked: int, seed: int = 0):
     """Random input ids (no pads) and labels with exactly `num_masked` labelled positions."""
     g = torch.Generator().manual_seed(seed)
@@ -692,22 +627,23 @@ def masked_batch(cfg: ModelConfig, batch_size: int, seq_len: int, num_masked: in
     return ids, labels.view(batch_size, seq_len)
 
 
-def count_step(model, kind: str, input_ids, labels, *, task_head=None, class_labels=None) -> tuple[int, int]:
+def step_loss(model, kind: str, input_ids, labels, class_labels=None) -> torch.Tensor:
+    """The loss one step of `kind` computes: the MLM loss of the kind's route, or the task loss
+    of a SequenceClassifier (class_labels: classes) / QuestionAnswering (class_labels: answer
+    starts; the ends are the same, reversed)."""
+    if kind == "finetune":
+        return model(input_ids, labels=class_labels)["loss"]
+    if kind == "finetune_qa":
+        return model(input_ids, start_positions=class_labels, end_positions=class_labels.flip(0))["loss"]
+    return model(input_ids, labels=labels, route=ROUTE[kind])["loss"]
+
+
+def count_step(model, kind: str, input_ids, labels, *, class_labels=None) -> tuple[int, int]:
     """(forward, backward) FLOPs FlopCounterMode counts for one step of `kind`; the caller has set
-    requires_grad (set_requires_grad_for_step)."""
-    _check_kind(kind)
-    with FlopCounterMode(display=False) as fwd_counter:
-        if kind == "finetune":
-            hidden = model.encode(input_ids)[-1]
-            loss = F.cross_entropy(task_head(hidden), class_labels)
-        elif kind == "finetune_qa":  # model.QuestionAnswering's loss: mean of start and end CE
-            start, end = task_head(model.encode(input_ids)[-1]).unbind(dim=-1)
-            loss = (F.cross_entropy(start, class_labels) + F.cross_entropy(end, class_labels.flip(0))) / 2
-        elif kind == "eval":
-            with torch.no_grad():
-                loss = model(input_ids, labels=labels, route=ROUTE[kind])["loss"]
-        else:
-            loss = model(input_ids, labels=labels, route=ROUTE[kind])["loss"]
+    requires_grad (step_rules.set_requires_grad_for_step)."""
+    check_kind(kind)
+    with FlopCounterMode(display=False) as fwd_counter, torch.set_grad_enabled(kind != "eval"):
+        loss = step_loss(model, kind, input_ids, labels, class_labels)
     if kind == "eval":
         return fwd_counter.get_total_flops(), 0
     with FlopCounterMode(display=False) as bwd_counter:
@@ -716,25 +652,30 @@ def count_step(model, kind: str, input_ids, labels, *, task_head=None, class_lab
 
 
 def build_step(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
-               minipost_frozen_layers: int | None = None, num_classes: int = 2, seed: int = 0) -> dict:
-    """A model (and task head), frozen for `kind`, and a batch: the inputs of count_step."""
+               minipost_frozen_layers: int | None = None, num_classes: int = 2, seed: int = 0,
+               freeze: Sequence[str] = ()) -> dict:
+    """The model a step of `kind` trains (an MLMEncoder, or model.py's SequenceClassifier /
+    QuestionAnswering for the fine-tuning kinds), frozen for `kind` (and `freeze` patterns), and
+    a batch: the inputs of count_step."""
     torch.manual_seed(seed)
-    model = MLMEncoder(cfg)
-    head = {"finetune": lambda: ClassificationHeadStandIn(cfg.hidden_size, num_classes),
-            "finetune_qa": lambda: nn.Linear(cfg.hidden_size, 2)}.get(kind, lambda: None)()
-    set_requires_grad_for_step(model, kind, minipost_frozen_layers=minipost_frozen_layers, task_head=head)
+    if kind == "finetune":
+        model = SequenceClassifier(cfg, num_classes)
+    elif kind == "finetune_qa":
+        model = QuestionAnswering(cfg)
+    else:
+        model = MLMEncoder(cfg)
+    set_requires_grad_for_step(model, kind, minipost_frozen_layers=minipost_frozen_layers, freeze=freeze)
     ids, labels = masked_batch(cfg, batch_size, seq_len, num_masked, seed)
     # Class labels, or for finetune_qa the answer start positions (ends: the same, reversed).
     high = seq_len if kind == "finetune_qa" else num_classes
     class_labels = torch.randint(0, high, (batch_size,), generator=torch.Generator().manual_seed(seed))
-    return {"model": model, "kind": kind, "input_ids": ids, "labels": labels, "task_head": head,
-            "class_labels": class_labels}
+    return {"model": model, "kind": kind, "input_ids": ids, "labels": labels, "class_labels": class_labels}
 
 
 def measure_step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
                        minipost_frozen_layers: int | None = None, num_classes: int = 2,
-                       seed: int = 0) -> tuple[int, int]:
+                       seed: int = 0, freeze: Sequence[str] = ()) -> tuple[int, int]:
     """(forward, backward) FlopCounterMode counts for one real step on random data."""
     step = build_step(cfg, kind, batch_size, seq_len, num_masked, minipost_frozen_layers=minipost_frozen_layers,
-                      num_classes=num_classes, seed=seed)
+                      num_classes=num_classes, seed=seed, freeze=freeze)
     return count_step(**step)

@@ -121,6 +121,7 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
                            progress=cfg.train.progress,
                            wandb_project=cfg.train.wandb_project if cfg.train.wandb else None,
                            run_config=to_dict(cfg))
+    logger.log("start", state.step, {"step_kind": spec.kind})  # what runs, and what its FLOPs and MFU count
     if resumed_from:  # on record: which checkpoint each attempt continued from (bench/faults.py reads it)
         logger.log("resume", state.step, {"checkpoint": resumed_from})
         logger.write(f"resumed from {checkpointer.dir / resumed_from} (step {state.step})")

@@ -13,10 +13,11 @@ import torch
 from ds_minimodel.checkpoint import export
 from ds_minimodel.config import MiniPostConfig
 from ds_minimodel.errors import UserError
-from ds_minimodel.minimodel import build_minipost, layer_index
+from ds_minimodel.minimodel import build_minipost
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.modeldir import read_model_dir
 from ds_minimodel.pretrain import open_corpus, run_mlm_job
+from ds_minimodel.step_rules import set_requires_grad_for_step
 
 
 def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
@@ -40,9 +41,8 @@ def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
     def make_model(ds_config: dict) -> MLMEncoder:
         model = MLMEncoder(mini_cfg)
         model.load_state_dict(mini_state, strict=True)
-        for name, p in model.named_parameters():
-            bottom = name.startswith("embeddings.") or (layer_index(name) is not None and layer_index(name) < k)
-            p.requires_grad_(not bottom)  # lm_head.weight is embeddings.word: frozen with it
+        # Embeddings and layers 1..k frozen (lm_head.weight is embeddings.word: frozen with it).
+        set_requires_grad_for_step(model, "minipost_top", minipost_frozen_layers=k)
         return model
 
     def finalize(run_dir: Path, checkpointer) -> None:

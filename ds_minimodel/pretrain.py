@@ -4,7 +4,6 @@ that MiniPost and adaptation reuse."""
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import math
 from pathlib import Path
 from typing import Callable
@@ -20,6 +19,7 @@ from ds_minimodel.engine import model_init_context
 from ds_minimodel.errors import UserError
 from ds_minimodel.job import JobSpec, run_job
 from ds_minimodel.model import MLMEncoder
+from ds_minimodel.step_rules import set_requires_grad_for_step
 
 
 def resolve_vocab(model: ModelConfig, shards: TokenShards) -> ModelConfig:
@@ -38,34 +38,22 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int) -> MLMEncode
         return MLMEncoder(model_cfg)
 
 
-def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
-    """Turn off gradients of parameters whose names match any fnmatch pattern; returns them."""
-    names = [n for n, _ in model.named_parameters()]
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unmatched:
-        raise UserError(f"train.freeze pattern(s) {', '.join(unmatched)} match no parameter "
-                        f"(names look like {names[0]}, layers.0.fc1.weight)")
-    frozen = []
-    for n, p in model.named_parameters():
-        if any(fnmatch.fnmatchcase(n, pat) for pat in patterns):
-            p.requires_grad_(False)
-            frozen.append(n)
-    return frozen
-
-
 def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
     shards = open_corpus(cfg.data.path)
     cfg = dataclasses.replace(cfg, model=resolve_vocab(cfg.model, shards))
     joint = cfg.model.mid_head_layer is not None
+    kind = "pretrain_joint" if joint else "pretrain"
 
     def make_model(ds_config: dict) -> MLMEncoder:
         model = build_model(cfg.model, ds_config, cfg.train.seed)
-        freeze(model, cfg.train.freeze)
+        set_requires_grad_for_step(model, kind, freeze=cfg.train.freeze)
         return model
 
+    # Route joint is route final when there is no mid head. The FLOP count honours train.freeze.
     return run_mlm_job(cfg, cfg.model, shards, ds_config_path, resume, make_model=make_model,
-                       kind="pretrain_joint" if joint else "pretrain", route="joint",
-                       loss_keys=("loss", "final_loss", "mid_loss") if joint else ("loss", "final_loss"))
+                       kind=kind, route="joint",
+                       loss_keys=("loss", "final_loss", "mid_loss") if joint else ("loss", "final_loss"),
+                       flops_kwargs={"freeze": list(cfg.train.freeze)})
 
 
 def open_corpus(path: str) -> TokenShards:

@@ -9,9 +9,12 @@ the 6N rule (Hugging Face Trainer's floating_point_ops) and what DeepSpeed's flo
 report (3 x its measured forward; ZeRO-3 counts linear layers twice), each with its relative error
 against ours.
 
-For the MiniPost kinds (minipost_top, adapt_minipost) the config describes the full model and the
-step runs its MiniPost mini-model: the bottom k layers (--minipost-frozen-layers, default
-model.mid_head_layer) plus --minipost-top-layers new ones.
+The config describes the full model; each step kind runs the model its step really runs (the
+first line of the output names it): the MiniPost kinds (minipost_top, adapt_minipost) its MiniPost
+mini-model, the bottom k layers (--minipost-frozen-layers, default model.mid_head_layer) plus
+--minipost-top-layers new ones; adapt_mini its MiniJoint mini-model (layers 1..k, the mid head as
+the MLM head); adapt_full all layers and the final head. The pretraining kinds honour the config's
+train.freeze patterns, as pretraining does.
 
 --check runs one real step (forward + backward) under torch's FlopCounterMode and shows its counts
 next to ours, plus DeepSpeed's FlopsProfiler on one forward (with and without the ZeRO-3 linear).
@@ -85,12 +88,14 @@ class _StepForward(nn.Module):
 
     def __init__(self, step: dict):
         super().__init__()
-        self.model, self.task_head = step["model"], step["task_head"]
+        self.model = step["model"]
         self.kind, self.input_ids, self.labels = step["kind"], step["input_ids"], step["labels"]
 
     def forward(self):
-        if self.kind in ("finetune", "finetune_qa"):
-            return self.task_head(self.model.encode(self.input_ids)[-1])
+        if self.kind == "finetune":
+            return self.model(self.input_ids)["logits"]
+        if self.kind == "finetune_qa":
+            return self.model(self.input_ids)["start_logits"]
         return self.model(self.input_ids, labels=self.labels, route=flops.ROUTE[self.kind])["loss"]
 
 
@@ -148,25 +153,32 @@ def _model_line(cfg: ModelConfig) -> str:
             f"V={cfg.vocab_size} k={cfg.mid_head_layer} attention={cfg.attention}")
 
 
-def _step_model(cfg: ModelConfig, args) -> tuple[ModelConfig, int | None]:
-    """The model the step runs (MiniPost kinds: the mini-model) and MiniPost's k."""
+def _step_model(cfg: ModelConfig, args) -> tuple[ModelConfig, int | None, str]:
+    """The model the step runs, MiniPost's k, and a description of that model."""
+    if args.step == "adapt_mini":
+        if cfg.mid_head_layer is None:
+            raise UserError("step adapt_mini runs a MiniJoint mini-model: the config needs model.mid_head_layer")
+        return flops.minijoint_config(cfg), None, f"MiniJoint mini-model: layers 1..{cfg.mid_head_layer} + mid head"
+    if args.step == "adapt_full":
+        return dataclasses.replace(cfg, mid_head_layer=None), None, "full model: all layers + final head"
     if args.step not in ("minipost_top", "adapt_minipost"):
-        return cfg, None
+        return cfg, None, ""
     k = args.minipost_frozen_layers if args.minipost_frozen_layers is not None else cfg.mid_head_layer
     if k is None:
         raise UserError(f"step {args.step}: set --minipost-frozen-layers (or model.mid_head_layer)")
-    return flops.minipost_config(cfg, k, args.minipost_top_layers), k
+    mini = flops.minipost_config(cfg, k, args.minipost_top_layers)
+    return mini, k, f"MiniPost mini-model: {k} frozen + {mini.num_layers - k} top layers"
 
 
-def _check(cfg: ModelConfig, k: int | None, args, B: int, T: int, M: int) -> list[str]:
+def _check(cfg: ModelConfig, k: int | None, freeze: list, args, B: int, T: int, M: int) -> list[str]:
     if args.check_scale == "small":
         cfg = dataclasses.replace(cfg, **SMALL)
         B, T = min(B, 2), min(T, 32)
         M = max(1, flops.expected_masked(B, T, args.mask_prob))
     cfg = dataclasses.replace(cfg, attention="explicit", kernels="off")
     kw = dict(minipost_frozen_layers=k, num_classes=args.num_classes)
-    ours = flops.step_flops(cfg, args.step, B, T, M, **kw)
-    step = flops.build_step(cfg, args.step, B, T, M, **kw)
+    ours = flops.step_flops(cfg, args.step, B, T, M, freeze=freeze, **kw)
+    step = flops.build_step(cfg, args.step, B, T, M, freeze=freeze, **kw)
     fwd, bwd = flops.count_step(**step)
     ok = fwd == ours.forward and bwd == ours.backward
     lines = ["", f"check ({args.check_scale}: {_model_line(cfg)}, batch {B} x seq {T}, {M} masked):",
@@ -190,7 +202,8 @@ def main(argv=None) -> None:
     args = parser().parse_args(argv)
 
     def body():
-        full = load_config(PretrainConfig, args.config, args.overrides).model
+        loaded = load_config(PretrainConfig, args.config, args.overrides)
+        full = loaded.model
         if full.vocab_size is None:
             raise UserError(f"{args.config}: model.vocab_size must be set to count FLOPs")
         B, T = args.batch_size, args.seq_len
@@ -201,10 +214,11 @@ def main(argv=None) -> None:
                             f"(positions start at pad_token_id + 1)")
         if not 0.0 <= args.mask_prob < 1.0:
             raise UserError(f"--mask-prob must be in [0, 1), got {args.mask_prob}")
-        cfg, k = _step_model(full, args)
+        cfg, k, what = _step_model(full, args)
+        freeze = list(loaded.train.freeze) if args.step in ("pretrain", "pretrain_joint") else []
         M = flops.expected_masked(B, T, args.mask_prob)
         kw = dict(minipost_frozen_layers=k, num_classes=args.num_classes)
-        report = flops.step_flops(cfg, args.step, B, T, M, recompute=args.recompute, **kw)
+        report = flops.step_flops(cfg, args.step, B, T, M, recompute=args.recompute, freeze=freeze, **kw)
         zero3, rff = _ds_settings(args.deepspeed)
         if args.recompute_fwd_factor is not None:
             rff = args.recompute_fwd_factor
@@ -218,8 +232,8 @@ def main(argv=None) -> None:
                 "deepspeed_profiler": dataclasses.asdict(ds_est), "deepspeed_profiler_zero3": dataclasses.asdict(ds_z3)}
             print(json.dumps(out, indent=2))
             return
-        print(f"config {args.config}: {_model_line(cfg)}"
-              + (f" (MiniPost mini-model: {k} frozen + {cfg.num_layers - k} top layers)" if k else ""))
+        print(f"config {args.config}: {_model_line(cfg)}" + (f" ({what})" if what else "")
+              + (f"; train.freeze {', '.join(freeze)}" if freeze else ""))
         print(report.table())
         tok = report.tokens
         print()
@@ -246,7 +260,7 @@ def main(argv=None) -> None:
             mfu, hfu = report.mfu(args.step_time, peak), report.hfu(args.step_time, peak)
             print(f"MFU {100 * mfu:.3g}%  HFU {100 * hfu:.3g}% (peak {flops.human(flops.resolve_peak(peak))}FLOP/s)")
         if args.check:
-            print("\n".join(_check(cfg, k, args, B, T, M)))
+            print("\n".join(_check(cfg, k, freeze, args, B, T, M)))
 
     run_main(body)
 

@@ -109,12 +109,26 @@ def test_triton_head_bf16_against_fp32_reference(device):
     _assert_no_worse_than_torch_bf16(ours, torch_bf16, ref32)
 
 
-def test_triton_head_no_masked_rows(device):
+def test_triton_head_no_masked_rows(device, monkeypatch):
+    """A rank with no masked token runs the Triton kernels (empty grids), not a fallback: a zero
+    loss that still has a backward, and zero gradients of the right shapes."""
+    from ds_minimodel.kernels import triton_head
+
+    calls = []
+    for name in ("lse_forward", "grad_backward"):
+        def spy(*args, _real=getattr(triton_head, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(triton_head, name, spy)
     h, w, b, y = to(device, *head_inputs(m=0))
-    h.requires_grad_(True), w.requires_grad_(True)
-    loss = kernels.masked_lm_loss(h, w, b, y, impl="triton")
+    h.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+    loss = kernels.masked_lm_loss(h, w, b, y, impl="triton", triton_blocks=SMALL)
+    assert "Triton" in type(loss.grad_fn).__name__
     loss.backward()
-    assert loss.item() == 0.0 and not w.grad.any()
+    assert calls == ["lse_forward", "grad_backward"]
+    assert loss.item() == 0.0 and loss.dtype == torch.float32
+    assert h.grad.shape == h.shape == (0, w.shape[1])
+    assert w.grad.shape == w.shape and not w.grad.any() and b.grad.shape == b.shape and not b.grad.any()
 
 
 def test_gradcheck_triton_head_fp64(device):

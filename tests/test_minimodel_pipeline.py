@@ -60,6 +60,34 @@ def run_step(module, config_file, *overrides):
     run_ranks(_step, 1, args=(module, config_file, list(overrides)))
 
 
+def assert_ran_as(run_dir, kind):
+    """What ran is on record as step kind `kind`: in every checkpoint's meta.json, in the metrics
+    log, and in the logged FLOPs (MFU's numerator), which are that kind's count for the model the
+    run trained, micro-batch by micro-batch of its loader."""
+    from ds_minimodel.config import ModelConfig, from_dict
+    from ds_minimodel.data.loader import MLMLoader
+    from ds_minimodel.data.shards import TokenShards
+    from ds_minimodel.flops import step_flops
+    from ds_minimodel.metrics import read_metrics
+
+    metas = [json.loads(p.read_text()) for p in sorted((run_dir / "checkpoints").glob("step_*/meta.json"))]
+    assert metas and [m["step_kind"] for m in metas] == [kind] * len(metas)
+    assert [r["step_kind"] for r in read_metrics(run_dir, "start")] == [kind]
+    config = metas[-1]["config"]
+    model_cfg = from_dict(ModelConfig, config["model"])
+    data, train = config["data"], config["train"]
+    loader = MLMLoader(TokenShards.open(data["path"]), "train", data["seq_len"], train["micro_batch_size"],
+                       train["grad_accum"], 0, 1, train["seed"], data["mask_prob"])
+    k = config.get("layers") if kind == "minipost_top" else None
+    total = 0
+    for record in read_metrics(run_dir, "train"):
+        for micro in loader.next_step():
+            B, T = micro["input_ids"].shape
+            total += step_flops(model_cfg, kind, B, T, int(micro["labels"].ne(-100).sum()),
+                                minipost_frozen_layers=k).total
+        assert record["flops"] == total, record["step"]
+
+
 @pytest.mark.parametrize("through", ["mini", "full"])
 def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_dir, tiny_target_corpus, tmp_path,
                                                                    through):
@@ -82,10 +110,12 @@ def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_d
     assert first["module"]["embeddings.word"].shape == final["embeddings.word"].shape
     pack = json.loads((out / "pack" / "pack.json").read_text())
     assert pack["method"] == {"mini": "minijoint", "full": "full"}[through]
+    assert_ran_as(out, {"mini": "adapt_mini", "full": "adapt_full"}[through])
     assert pack["fingerprint_layers"] == k and pack["body_fingerprint"] == lineage["body_fingerprints"][str(k)]
 
 
-def test_minipost_top_trains_while_bottom_stays_bit_identical(tiny_model_dir, tiny_corpus, tmp_path):
+def test_minipost_top_trains_while_bottom_stays_bit_identical(tiny_model_dir, tiny_corpus, tiny_target_corpus,
+                                                              tmp_path):
     out = tmp_path / "minipost"
     run_step("minipost", "configs/minipost-tiny.yaml", f"source={tiny_model_dir}", f"data.path={tiny_corpus}",
              f"train.out_dir={out}", "layers=2", "top_layers=1")
@@ -98,6 +128,13 @@ def test_minipost_top_trains_while_bottom_stays_bit_identical(tiny_model_dir, ti
     assert not torch.equal(mini["layers.2.fc1.weight"], source["layers.2.fc1.weight"])
     assert not torch.equal(mini["lm_head.dense.weight"], source["lm_head.dense.weight"])
     assert torch.equal(mini["lm_head.weight"], source["embeddings.word"])
+    assert_ran_as(out, "minipost_top")
+    # Adaptation through the MiniPost mini-model runs, and is recorded, as adapt_minipost.
+    adapt = tmp_path / "adapt"
+    run_step("adapt", "configs/adapt-tiny.yaml", f"model_dir={out / 'final'}", f"data.path={tiny_target_corpus}",
+             f"train.out_dir={adapt}", "through=mini", "language=ny")
+    assert json.loads((adapt / "pack" / "pack.json").read_text())["method"] == "minipost"
+    assert_ran_as(adapt, "adapt_minipost")
 
 
 def test_finetune_then_transfer_and_mismatched_pack_refused(tiny_model_dir, tiny_target_corpus, tmp_path, capsys):

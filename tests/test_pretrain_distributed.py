@@ -15,7 +15,8 @@ from ds_minimodel.data.shards import TokenShards
 from ds_minimodel.engine import lr_lambda, optimizer_groups
 from ds_minimodel.metrics import read_metrics
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.pretrain import freeze, resolve_vocab
+from ds_minimodel.pretrain import resolve_vocab
+from ds_minimodel.step_rules import set_requires_grad_for_step
 from tests.conftest import REPO
 from tests.distributed import run_ranks
 
@@ -46,7 +47,7 @@ def reference_run(cfg: PretrainConfig):
     torch.manual_seed(cfg.train.seed)
     model = MLMEncoder(mcfg)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    freeze(model, cfg.train.freeze)
+    set_requires_grad_for_step(model, "pretrain_joint" if mcfg.mid_head_layer else "pretrain", freeze=cfg.train.freeze)
     opt = torch.optim.AdamW(optimizer_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.optim, cfg.train.steps))

@@ -20,9 +20,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from ds_minimodel import flops, hf
 from ds_minimodel.config import ConfigError, FinetuneConfig, ModelConfig, load_config
 from ds_minimodel.errors import UserError
-from ds_minimodel.finetune import FROZEN_PREFIXES, ShuffledLoader, freeze_for_finetuning, load_finetuned
+from ds_minimodel.finetune import ShuffledLoader, load_finetuned
 from ds_minimodel.model import QuestionAnswering, SequenceClassifier
 from ds_minimodel.modeldir import read_model_dir
+from ds_minimodel.step_rules import set_requires_grad_for_step
 from ds_minimodel.tasks import batching
 from ds_minimodel.tasks.batching import BERT, ROBERTA, Layout, encode_qa, encode_texts, layout_for
 from ds_minimodel.tasks.formats import ClassificationExample, load_task
@@ -90,7 +91,8 @@ def test_qa_step_flops_exact_under_flop_counter_mode(position_style):
                       max_positions=40, pad_token_id=pad, position_style=position_style,
                       type_vocab_size=2 if position_style == "bert" else 1, attention="explicit", kernels="off")
     torch.manual_seed(0)
-    model = freeze_for_finetuning(QuestionAnswering(cfg))
+    model = QuestionAnswering(cfg)
+    set_requires_grad_for_step(model, "finetune_qa")
     ids, mask = hf_batch(pad)
     types = (torch.arange(ids.shape[1]) >= 4).long() * mask if position_style == "bert" else None
     B, T = ids.shape
@@ -103,7 +105,8 @@ def test_qa_step_flops_exact_under_flop_counter_mode(position_style):
     assert (report.forward, report.backward) == (fwd.get_total_flops(), bwd.get_total_flops())
     assert report.components["task_head"].forward == 2 * B * T * 32 * 2
     trained = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert trained == {n for n, _ in model.named_parameters() if not n.startswith(FROZEN_PREFIXES)}
+    frozen = ("encoder.embeddings.", "encoder.lm_head.", "encoder.mid_head.")  # as fine-tuning is specified
+    assert trained == {n for n, _ in model.named_parameters() if not n.startswith(frozen)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -89,10 +89,11 @@ def masked_lm_loss(hidden, weight, bias, labels, impl: str = "auto", *, chunk_si
     if impl == "off":
         return masked_lm_loss_reference(hidden, weight, bias, labels)
     _check_head_inputs(hidden, weight, bias, labels)
-    if hidden.shape[0] == 0:
-        return masked_lm_loss_reference(hidden, weight, bias, labels)  # the connected zero
     from ds_minimodel.kernels.functions import ChunkedMaskedLMLoss, TritonMaskedLMLoss
 
+    # The Triton function handles M == 0 itself (empty grids); the chunked path's loops need rows.
+    if hidden.shape[0] == 0 and impl != "triton":
+        return masked_lm_loss_reference(hidden, weight, bias, labels)  # the connected zero
     if impl == "triton":
         tensors = (hidden, weight, labels) + (() if bias is None else (bias,))
         check_device(*tensors, what="masked_lm_loss")

@@ -18,7 +18,8 @@ from ds_minimodel.kernels.embedding_torch import embedding_backward_torch
 
 def _grad_scale(grad_output, num_rows, dtype):
     # d loss / d (per-row loss) for the mean over rows; kept a tensor (no host sync on CUDA).
-    return grad_output.detach().to(dtype) / num_rows
+    # With no rows nothing reads it: divide by 1, not 0.
+    return grad_output.detach().to(dtype) / max(num_rows, 1)
 
 
 class ChunkedMaskedLMLoss(torch.autograd.Function):
@@ -73,7 +74,9 @@ class TritonMaskedLMLoss(torch.autograd.Function):
         lse, target = triton_head.lse_forward(hidden, weight, bias, labels, **fwd)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.blocks = blocks
-        return (lse - target).mean()
+        # No masked row (M == 0, the kernels ran empty grids): the loss is 0 (the empty sum), not
+        # the NaN of an empty mean; backward then returns zero gradients.
+        return (lse - target).mean() if hidden.shape[0] else (lse - target).sum()
 
     @staticmethod
     @once_differentiable
