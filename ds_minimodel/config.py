@@ -350,6 +350,15 @@ def from_dict(cls: type, raw: dict):
     return cfg
 
 
+def _fixed_trainables(step: str, train: "TrainConfig") -> list[str]:
+    """Steps 1b-3 train exactly what the method says (ds_minimodel/step_rules.py); a freeze list
+    there would be silently ignored, so it is refused."""
+    if train.freeze:
+        return [f"train.freeze applies to pretraining only; {step} trains a fixed set of parameters "
+                f"(ds_minimodel/step_rules.py), got {train.freeze!r}"]
+    return []
+
+
 @dataclass
 class MiniPostConfig:
     """Step 1b: carve layers 1..k out of a pretrained encoder and train a small top over them."""
@@ -370,6 +379,7 @@ class MiniPostConfig:
 
     def problems(self) -> list[str]:
         out = self.data.problems() + self.optim.problems() + self.train.problems()
+        out += _fixed_trainables("MiniPost", self.train)
         if self.layers < 1 or self.top_layers < 0:
             out.append(f"minipost layers must be >= 1 and top_layers >= 0, got {self.layers}, {self.top_layers}")
         if self.top_init not in ("copy", "random"):
@@ -396,6 +406,7 @@ class AdaptConfig:
 
     def problems(self) -> list[str]:
         out = self.data.problems() + self.optim.problems() + self.train.problems()
+        out += _fixed_trainables("adaptation", self.train)
         if self.through not in ("mini", "full"):
             out.append(f"through must be 'mini' or 'full', got {self.through!r}")
         if self.init not in ("random", "copy_shared"):
@@ -441,7 +452,7 @@ class FinetuneConfig:
         return self.task in QA_TASKS
 
     def problems(self) -> list[str]:
-        out = self.optim.problems() + self.train.problems()
+        out = self.optim.problems() + self.train.problems() + _fixed_trainables("fine-tuning", self.train)
         tasks = CLASSIFICATION_TASKS + QA_TASKS
         if self.task not in tasks:
             out.append(f"task must be {'|'.join(tasks)}, got {self.task!r}")

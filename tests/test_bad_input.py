@@ -427,6 +427,19 @@ def test_adapt_refuses_zero3(tmp_path, capsys, tiny_model_dir, tiny_target_corpu
                     "ZeRO-3", watch=[tiny_model_dir])
 
 
+@pytest.mark.parametrize("launcher, config", [("adapt", "configs/adapt-tiny.yaml"),
+                                              ("minipost", "configs/minipost-tiny.yaml"),
+                                              ("finetune", "configs/finetune-tiny.yaml")])
+def test_freeze_patterns_refused_where_the_step_fixes_what_trains(tmp_path, capsys, tiny_model_dir, launcher, config):
+    """train.freeze is a pretraining option; steps 1b-3 would silently ignore it."""
+    import importlib
+
+    main = importlib.import_module(f"launchers.{launcher}").main
+    expect_rejected(capsys, main, ["--config", str(REPO / config), f"train.out_dir={tmp_path / 'o'}",
+                                   "train.freeze=[layers.0.*]"], "train.freeze applies to pretraining only",
+                    watch=[tiny_model_dir])
+
+
 def test_adapt_from_a_truncated_model(tmp_path, capsys, tiny_model_dir, tiny_target_corpus):
     import shutil
 
