@@ -270,7 +270,7 @@ def test_a_task_without_the_language_says_which_it_has(ny_task):
     fixed = TaskData("t", 2, ("a", "b"), [], [], de, "de", "en", {"en": [], "de": de})
     with pytest.raises(UserError, match="task t has no test set in 'sw' \\(has: en, de\\)"):
         fixed.test_in("sw")
-    with pytest.raises(InvalidValueError, match="language 'xx' has no Bible here"):
+    with pytest.raises(InvalidValueError, match="verse-genre has no test set in 'xx': language 'xx' has no Bible"):
         ny_task.test_in("xx")
     assert "xx" not in ny_task.tests
 

@@ -100,7 +100,10 @@ class TaskData:
         """The test set in `language` (e.g. a language pack's), built on demand where the task can;
         a user error naming the languages it has otherwise."""
         if language not in self.tests and self.test_builder is not None:
-            self.tests[language] = self.test_builder(language)
+            try:
+                self.tests[language] = self.test_builder(language)
+            except UserError as exc:  # e.g. a language without a Bible, or its package not installed
+                raise type(exc)(f"task {self.name} has no test set in {language!r}: {exc}") from None
         if language not in self.tests:
             raise UserError(f"task {self.name} has no test set in {language!r} (has: {', '.join(self.tests)})")
         return self.tests[language]
