@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ds_minimodel.data.recipes import language_name
 from ds_minimodel.errors import UserError
 from ds_minimodel.metrics import read_metrics
 
@@ -72,13 +73,15 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     cls, ret = transfer["classification"], transfer.get("retrieval", {"packs": {}})
     by_method = {v["method"]: (k, v) for k, v in cls["packs"].items()}
     curves = {m: _adapt_curves(work / f"adapt-{m}") for m in methods}
+    code = by_method[methods[0]][1]["language"]  # the packs' language (AdaptConfig.language)
+    name, short = language_name(code), code.capitalize()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m in methods:
         axes[0].plot(curves[m]["step"], curves[m]["loss"], label=m)
         axes[1].plot(curves[m]["seconds"], curves[m]["loss"], label=m)
-    axes[0].set(title="step 2: Chichewa MLM loss", xlabel="step", ylabel="nats / masked token")
-    axes[1].set(title="step 2: Chichewa MLM loss", xlabel="training wall-clock (s)")
+    axes[0].set(title=f"step 2: {name} MLM loss", xlabel="step", ylabel="nats / masked token")
+    axes[1].set(title=f"step 2: {name} MLM loss", xlabel="training wall-clock (s)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
@@ -95,13 +98,13 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     axes[0].bar([x + 0.2 for x in xs], ctl, 0.4, label="random embeddings (control)")
     axes[0].axhline(chance, color="k", ls="--", lw=1, label="chance (majority class)")
     axes[0].axhline(cls["source"]["accuracy"], color="g", ls=":", lw=1, label="English (source)")
-    axes[0].set(title="verse genre, zero-shot Chichewa", ylabel="accuracy", xticks=list(xs), xticklabels=methods)
+    axes[0].set(title=f"verse genre, zero-shot {name}", ylabel="accuracy", xticks=list(xs), xticklabels=methods)
     rpacks = {v["method"]: v for v in ret["packs"].values()}
     if rpacks:
         axes[1].bar([x - 0.2 for x in xs], [rpacks[m]["top1"] for m in methods], 0.4, label="adapted")
         axes[1].bar([x + 0.2 for x in xs], [rpacks[m]["control_top1"] for m in methods], 0.4, label="control")
         axes[1].axhline(1.0 / max(ret["pairs"], 1), color="k", ls="--", lw=1, label="chance")
-        axes[1].set(title=f"En<->Ny verse retrieval ({ret['pairs']} pairs)", ylabel="top-1",
+        axes[1].set(title=f"En<->{short} verse retrieval ({ret['pairs']} pairs)", ylabel="top-1",
                     xticks=list(xs), xticklabels=methods)
     else:  # no retrieval evaluated
         axes[1].set_axis_off()
@@ -113,14 +116,14 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     plt.close(fig)
 
     full_s = curves["full"]["seconds"][-1]
-    lines = ["# Mini-model adaptation: English -> Chichewa (CPU pipeline)", "",
-             f"Pretrained model: `{pretrain}`. Each method trains Chichewa embeddings for the same number "
+    lines = [f"# Mini-model adaptation: English -> {name} (CPU pipeline)", "",
+             f"Pretrained model: `{pretrain}`. Each method trains {name} embeddings for the same number "
              f"of steps ({curves['full']['step'][-1]}), then they are plugged into the same English-fine-tuned model.",
              "", f"English (source) accuracy: **{cls['source']['accuracy']:.3f}**; chance (majority class): "
              f"{chance:.3f}.", "",
-             "| method | Chichewa accuracy | control (random emb.) | vs control (points) | vs full (points) | "
+             f"| method | {name} accuracy | control (random emb.) | vs control (points) | vs full (points) | "
              "retrieval top-1 | MRR | control top-1 | step-2 train time (s) | speedup vs full | step-2 FLOPs | "
-             "final Ny MLM loss | one-time prep (s) |",
+             f"final {short} MLM loss | one-time prep (s) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     prep = prep or {}
     for m in methods:

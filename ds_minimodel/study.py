@@ -392,11 +392,12 @@ class AccuracyScorer:
         return [examples[i] for i in sorted(pick)]
 
     def references(self, language: str) -> dict:
-        test = self._subset(self.task.tests.get(language, []))
+        test = self._subset(self.task.test_in(language))
         from ds_minimodel.tasks.bible import majority_rate
 
+        missing = self.task.meta.get("target_tests", {}).get(language, {}).get("missing")
         return {"source_accuracy": self.source_accuracy, "chance_majority": majority_rate(test),
-                "test_examples": len(test)}
+                "test_examples": len(test), **({"test_verses_missing_in_language": missing} if missing else {})}
 
     def _encode(self, info: PackInfo, tokenizer_path: str):
         from ds_minimodel.tasks.batching import encode_texts
@@ -404,11 +405,8 @@ class AccuracyScorer:
 
         key = (info.language, info.tokenizer_fingerprint)
         if key not in self._encoded:
-            if info.language not in self.task.tests:
-                raise UserError(f"task {self.task.name} has no test set in {info.language!r} "
-                                f"(has: {', '.join(self.task.tests)})")
             tok = Tokenizer.load(tokenizer_path)
-            test = self._subset(self.task.tests[info.language])
+            test = self._subset(self.task.test_in(info.language))  # the pack's language picks the test set
             enc = encode_texts(test, tok, self.max_len, self.layout)
             order = sorted(range(len(enc.ids)), key=lambda i: (len(enc.ids[i]), i))
             types = [enc.type_ids[i] for i in order] if enc.type_ids is not None else None
@@ -427,13 +425,15 @@ class AccuracyScorer:
 class RetrievalScorer:
     """English<->target verse retrieval top-1 (mean of both directions) on held-out verses:
     English through the pretrained model with its own tokenizer (pooled once), the target
-    language through the same body with each pack plugged in (as transfer.evaluate_retrieval)."""
+    language through the same body with each pack plugged in (as transfer.evaluate_retrieval).
+    The pack's language picks the target verses: the same held-out English verses for every
+    language, less those its Bible lacks."""
     metric = "retrieval_top1"
 
     def __init__(self, pretrained_dir: str | Path, pairs: int = 1000, layer: int | None = None):
         from ds_minimodel.model import MLMEncoder
         from ds_minimodel.modeldir import read_model_dir
-        from ds_minimodel.tasks.bible import verse_retrieval_pairs
+        from ds_minimodel.tasks.bible import retrieval_sample
         from ds_minimodel.tokenizer import Tokenizer
         from ds_minimodel.transfer import mean_pooled
 
@@ -444,17 +444,31 @@ class RetrievalScorer:
         if not self.lineage.get("tokenizer"):
             raise UserError(f"{pretrained_dir} has no tokenizer.model: retrieval needs the source tokenizer")
         self.layer = layer or max(1, self.cfg.num_layers // 2)
-        self.pairs = verse_retrieval_pairs("heldout", max_pairs=pairs)
+        self.max_pairs = pairs
+        self.sample = retrieval_sample("heldout", max_pairs=pairs)  # (verse id, English), every language's superset
+        self._row = {vid: i for i, (vid, _) in enumerate(self.sample)}
+        self._pairs: dict[str, list] = {}
         self.max_len = min(128, self.cfg.max_positions - self.cfg.pad_token_id - 1)
         model = MLMEncoder(self.cfg)
         model.load_state_dict(self.state, strict=True)
-        self.english = mean_pooled(model, [p.english for p in self.pairs], Tokenizer.load(self.lineage["tokenizer"]),
+        self.english = mean_pooled(model, [text for _, text in self.sample], Tokenizer.load(self.lineage["tokenizer"]),
                                    self.layer, max_len=self.max_len)
         self.identity = {"metric": self.metric, "model": _file_id(self.pretrained_dir / "model.pt"),
-                         "pairs": len(self.pairs), "layer": self.layer}
+                         "pairs": len(self.sample), "layer": self.layer}
+
+    def pairs_for(self, language: str):
+        """The held-out verse pairs of `language` (VersePairs: its meta says what was dropped)."""
+        from ds_minimodel.tasks.bible import verse_retrieval_pairs
+
+        if language not in self._pairs:
+            self._pairs[language] = verse_retrieval_pairs("heldout", max_pairs=self.max_pairs, language=language)
+        return self._pairs[language]
 
     def references(self, language: str) -> dict:
-        return {"chance": 1.0 / len(self.pairs), "pairs": len(self.pairs), "layer": self.layer}
+        pairs = self.pairs_for(language)
+        dropped = len(self.sample) - len(pairs)
+        return {"chance": 1.0 / len(pairs), "pairs": len(pairs), "layer": self.layer,
+                **({"pairs_missing_in_language": dropped} if dropped else {})}
 
     def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> float:
         from ds_minimodel.langpack import check_compatible
@@ -470,9 +484,11 @@ class RetrievalScorer:
         state, cfg = plug_embeddings(self.state, self.cfg, tensors["word"], tensors["output_bias"], info.pad_token_id)
         model = MLMEncoder(cfg)
         model.load_state_dict(state, strict=True)
-        target = mean_pooled(model, [p.chichewa for p in self.pairs], Tokenizer.load(tokenizer_path), self.layer,
+        pairs = self.pairs_for(info.language)
+        target = mean_pooled(model, [p.target for p in pairs], Tokenizer.load(tokenizer_path), self.layer,
                              max_len=self.max_len)
-        return retrieval_metrics(self.english, target)["top1"]
+        english = self.english[torch.tensor([self._row[p.id] for p in pairs], dtype=torch.long)]
+        return retrieval_metrics(english, target)["top1"]
 
 
 class ScoreCache:
@@ -697,7 +713,7 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, Path, list[str]
             raise MissingFileError(f"{label} {path} does not exist")
     if not (Path(opts.target_data) / "index.json").is_file():
         raise MissingFileError(f"--target-data {opts.target_data} is not a dataset (no index.json; "
-                               "make it with launchers/prepare_data.py --recipe bible-ny)")
+                               "make it with launchers/prepare_data.py --recipe bible-<language>)")
     if "minipost" in opts.methods:
         if opts.minipost is None:
             raise InvalidValueError("method minipost needs --minipost DIR (a MiniPost model: make pipeline's "

@@ -66,15 +66,16 @@ def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: 
               "packs": {}}
     for pack_dir in packs:
         info, tensors, tok = load_pack(pack_dir)
-        if info.language not in task.tests:
-            raise UserError(f"task {task.name} has no test set in {info.language!r} (has: {', '.join(task.tests)})")
-        test = task.tests[info.language]
+        test = task.test_in(info.language)  # the pack's language picks the test set
         plugged = plugged_classifier(model, info, tensors, lineage, str(model_dir))
         control = plugged_classifier(model, info, random_control(info, tensors), lineage, str(model_dir))
         correct = _correct(plugged, test, tok, max_len, batch_size)
         control_correct = _correct(control, test, tok, max_len, batch_size)
+        missing = task.meta.get("target_tests", {}).get(info.language, {}).get("missing")
         result["packs"][str(pack_dir)] = {
             "method": info.method, "language": info.language, "examples": len(test),
+            # Test verses the language's Bible lacks (dropped from its test set only).
+            **({"missing_examples": missing} if missing else {}),
             "accuracy": _mean(correct), "control_accuracy": _mean(control_correct),
             # Per example, in test-set order, as "0"/"1": lets a report pair any two methods
             # (or a method and its control) on the same examples (`paired_difference`).
@@ -162,21 +163,35 @@ def mean_pooled(model: MLMEncoder, texts: list[str], tok: Tokenizer, layer: int,
     return torch.cat(rows)
 
 
-def evaluate_retrieval(pretrained_dir: str, packs: list[str], pairs, layer: int | None = None) -> dict:
+def evaluate_retrieval(pretrained_dir: str, packs: list[str], pairs=None, layer: int | None = None, *,
+                       max_pairs: int | None = None) -> dict:
     """English<->target verse retrieval: English through the pretrained model with its own
-    tokenizer, the target language through the same body with each pack plugged in."""
+    tokenizer, the target language through the same body with each pack plugged in.
+
+    `pairs` (VersePair-s) are scored for every pack; by default each pack gets the held-out
+    pairs of its own language (`verse_retrieval_pairs(language=pack language)`): the same
+    English verses for every language, less those its Bible lacks."""
+    from ds_minimodel.tasks.bible import MAX_RETRIEVAL_PAIRS, retrieval_sample, verse_retrieval_pairs
     from ds_minimodel.tasks.metrics import retrieval_metrics
 
+    max_pairs = MAX_RETRIEVAL_PAIRS if max_pairs is None else max_pairs
     state, cfg, lineage = read_model_dir(pretrained_dir)
     layer = layer or max(1, cfg.num_layers // 2)
     src_tok = Tokenizer.load(lineage["tokenizer"])
     model = MLMEncoder(cfg)
     model.load_state_dict(state, strict=True)
     max_len = min(128, cfg.max_positions - cfg.pad_token_id - 1)  # RoBERTa positions start at pad + 1
-    english = mean_pooled(model, [p.english for p in pairs], src_tok, layer, max_len=max_len)
-    result = {"layer": layer, "pairs": len(pairs), "packs": {}}
+    # English is pooled once, for every verse any language may use; a language's rows are picked.
+    sample = [(p.id, p.english) for p in pairs] if pairs is not None else \
+        list(retrieval_sample("heldout", max_pairs=max_pairs))
+    english = mean_pooled(model, [text for _, text in sample], src_tok, layer, max_len=max_len)
+    row = {vid: i for i, (vid, _) in enumerate(sample)}
+    result = {"layer": layer, "pairs": len(sample), "packs": {}}
     for pack_dir in packs:
         info, tensors, tok = load_pack(pack_dir)
+        lang_pairs = pairs if pairs is not None else verse_retrieval_pairs("heldout", max_pairs=max_pairs,
+                                                                           language=info.language)
+        source = english[torch.tensor([row[p.id] for p in lang_pairs], dtype=torch.long)]
         check_compatible(info, hidden_size=cfg.hidden_size, pad_token_id=cfg.pad_token_id,
                          body_fingerprint=lineage["body_fingerprints"].get(str(info.fingerprint_layers), "none"),
                          where=str(pretrained_dir))
@@ -185,9 +200,12 @@ def evaluate_retrieval(pretrained_dir: str, packs: list[str], pairs, layer: int 
             plugged_state, plugged_cfg = plug_embeddings(state, cfg, t["word"], t["output_bias"], info.pad_token_id)
             target_model = MLMEncoder(plugged_cfg)
             target_model.load_state_dict(plugged_state, strict=True)
-            scores[name] = retrieval_metrics(english, mean_pooled(target_model, [p.chichewa for p in pairs], tok, layer,
-                                                                        max_len=max_len))
-        result["packs"][str(pack_dir)] = {"method": info.method, "top1": scores["pack"]["top1"],
+            scores[name] = retrieval_metrics(source, mean_pooled(target_model, [p.target for p in lang_pairs], tok,
+                                                                   layer, max_len=max_len))
+        dropped = getattr(lang_pairs, "meta", {}).get("dropped", {})
+        result["packs"][str(pack_dir)] = {"method": info.method, "language": info.language, "pairs": len(lang_pairs),
+                                          **({"dropped": dropped} if any(dropped.values()) else {}),
+                                          "top1": scores["pack"]["top1"],
                                           "mrr": scores["pack"]["mrr"], "control_top1": scores["control"]["top1"],
                                           "control_mrr": scores["control"]["mrr"]}
     return result

@@ -5,7 +5,8 @@
 
 Prints source-language accuracy (an extractive QA model: exact match and F1, in percent), each
 pack's target-language score against a control with untrained random embeddings, and (with
---pretrained) English<->target verse retrieval. QA test sets are SQuAD-format files named as
+--pretrained) English<->target verse retrieval. The Bible tasks score each pack in its own
+language (its pack.json `language`, AdaptConfig.language): any language of the Bible table. QA test sets are SQuAD-format files named as
 MLQA's (`test-context-<lang>-question-<lang>.json`) under --task-path (default: the directory the
 model was fine-tuned from).
 """
@@ -43,11 +44,9 @@ def main(argv=None) -> None:
         else:
             task = load_task(from_dict(FinetuneConfig, config["finetune"]))
             result = {"classification": transfer.evaluate_classification(args.model, args.pack, task)}
-        if args.pretrained and args.pack:
-            from ds_minimodel.tasks.bible import verse_retrieval_pairs
-
-            pairs = verse_retrieval_pairs("heldout", max_pairs=args.retrieval_pairs)
-            result["retrieval"] = transfer.evaluate_retrieval(args.pretrained, args.pack, pairs, args.retrieval_layer)
+        if args.pretrained and args.pack:  # each pack on the held-out verse pairs of its own language
+            result["retrieval"] = transfer.evaluate_retrieval(args.pretrained, args.pack, layer=args.retrieval_layer,
+                                                              max_pairs=args.retrieval_pairs)
         print(json.dumps(result, indent=2))
         if args.out:
             transfer.write_json(result, args.out)

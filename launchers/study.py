@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="output directory (also the runs' home with --run-experiments)")
     exp = p.add_argument_group("--run-experiments")
     exp.add_argument("--minipost", help="MiniPost model directory (step 1b's final/)")
-    exp.add_argument("--target-data", help="target-language dataset (prepare_data.py --recipe bible-ny)")
+    exp.add_argument("--target-data", help="target-language dataset (prepare_data.py --recipe bible-<language>)")
     exp.add_argument("--methods", nargs="+", default=None, help="default: full minijoint [minipost]")
     exp.add_argument("--steps", nargs="+", default=[], metavar="[METHOD=]N",
                      help="adaptation steps (default full=300 minijoint=900 minipost=900)")

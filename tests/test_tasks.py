@@ -193,7 +193,7 @@ def test_verse_retrieval_pairs():
     heldout = heldout_chapters()
     assert len(pairs) == bible.MAX_RETRIEVAL_PAIRS
     assert all(_verse_key(p.id)[:2] in heldout for p in pairs)
-    assert len({p.english for p in pairs}) == len({p.chichewa for p in pairs}) == len(pairs)
+    assert len({p.english for p in pairs}) == len({p.target for p in pairs}) == len(pairs)
     assert [_verse_key(p.id) for p in pairs] == sorted(_verse_key(p.id) for p in pairs)
     assert pairs == bible.verse_retrieval_pairs()
     with pytest.raises(InvalidValueError, match="retrieval split 'test'"):

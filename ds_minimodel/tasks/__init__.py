@@ -3,8 +3,9 @@
 - `formats`: `ClassificationExample`, `QAExample`, `TaskData`; loaders for the released
   XNLI, PAWS-X and MLQA files (`load_task`, `task_data`) and an offline-only Hugging Face
   path (`from_hf_datasets`).
-- `bible`: verse -> genre classification (English train, paired English/Chichewa test) and
-  English <-> Chichewa verse retrieval, all on chapters held out of every training corpus.
+- `bible`: verse -> genre classification (English train, paired English/target-language test) and
+  English <-> target verse retrieval, in any language of the Bible table, all on chapters held
+  out of every training corpus.
 - `metrics`: accuracy, macro-F1, SQuAD/MLQA exact match and F1, retrieval top-1 and MRR.
 - `batching`: examples -> tensors in the model family's layout (RoBERTa or BERT), QA windows and
   span decoding.
@@ -14,7 +15,7 @@ from ds_minimodel.tasks.formats import (MLQA_LANGUAGES, PAWSX_LABELS, PAWSX_LANG
                                         XNLI_LANGUAGES, ClassificationExample, QAExample, TaskData,
                                         from_hf_datasets, load_task, read_pawsx_tsv, read_squad_json,
                                         read_xnli_tsv, task_data, task_file)
-from ds_minimodel.tasks.bible import VersePair, verse_genre_task, verse_retrieval_pairs
+from ds_minimodel.tasks.bible import VersePair, VersePairs, verse_genre_task, verse_retrieval_pairs
 from ds_minimodel.tasks.metrics import (accuracy, exact_match_score, f1_score, macro_f1, normalize_answer,
                                         paired_difference, qa_metrics, retrieval_metrics)
 from ds_minimodel.tasks.batching import (BERT, ROBERTA, EncodedTexts, Layout, QAFeatures, classification_batch,
@@ -25,7 +26,7 @@ __all__ = [
     "ClassificationExample", "QAExample", "TaskData", "TASKS", "XNLI_LABELS", "PAWSX_LABELS", "XNLI_LANGUAGES",
     "PAWSX_LANGUAGES", "MLQA_LANGUAGES", "load_task", "task_data", "task_file", "from_hf_datasets",
     "read_xnli_tsv", "read_pawsx_tsv", "read_squad_json",
-    "VersePair", "verse_genre_task", "verse_retrieval_pairs",
+    "VersePair", "VersePairs", "verse_genre_task", "verse_retrieval_pairs",
     "accuracy", "paired_difference", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
     "retrieval_metrics",
     "Layout", "ROBERTA", "BERT", "layout_for", "EncodedTexts", "encode_texts",

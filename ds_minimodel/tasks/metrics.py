@@ -203,7 +203,7 @@ def _gold_ranks(queries: torch.Tensor, keys: torch.Tensor, chunk: int = 1024) ->
 def retrieval_metrics(source, target) -> dict[str, float]:
     """Top-1 accuracy and MRR of bitext retrieval between aligned embedding matrices.
 
-    Row i of `source` (e.g. English verse embeddings) and row i of `target` (Chichewa) are a
+    Row i of `source` (e.g. English verse embeddings) and row i of `target` (its translation) are a
     translation pair; every other row is a distractor. Similarity is cosine (rows L2-normalised,
     float64). Both directions are scored: "src2tgt_*" ranks all target rows for each source
     row, "tgt2src_*" the reverse; "top1" and "mrr" are the means of the two directions. The
