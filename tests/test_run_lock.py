@@ -1,0 +1,322 @@
+"""One writer per run directory (ds_minimodel/run_lock.py).
+
+The lock between real processes: a second owner is refused with a line naming the first (host,
+pid, since), the lock goes with its owner (a clean exit, an exit without release, kill -9), a
+lease is taken over only once stale and by exactly one of several racing newcomers, a frozen
+owner that lost its lease stops itself, and a file system without flock falls back to the lease.
+Then the real launchers: a second `pretrain.py --resume` into a live run, plain and under the
+deepspeed launcher with 2 ranks, exits 2 with the owner's line on every rank and leaves the run's
+files byte for byte as they were; after kill -9 of the whole first launch, --resume continues
+from its last checkpoint.
+"""
+
+import errno
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from ds_minimodel import run_lock
+from ds_minimodel.run_lock import RunInUseError, RunLock
+from tests.conftest import REPO
+from tests.test_bad_input import expect_rejected, tree_hash
+from tests.test_faults import newest_complete_step
+
+PY = sys.executable
+BIN = os.path.dirname(PY)
+HOST = socket.gethostname()
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+for _key in (run_lock.MODE_ENV, run_lock.STALE_ENV):
+    ENV.pop(_key, None)
+
+# A process that takes the lock, says "held", then: sleeps (hold), exits without releasing
+# (exit), or releases and exits (release). Exit 3 and "lost" if its lease is taken over.
+HOLDER = """
+import sys, time
+from ds_minimodel.run_lock import RunLock
+directory, mode, stale, then = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+lock = RunLock(directory, mode=mode, stale_after_s=stale, heartbeat_s=min(stale / 4, 1.0)).acquire()
+print("held", lock.mechanism, flush=True)
+try:
+    if then == "release":
+        lock.release()
+    if then == "hold":
+        time.sleep(120)
+except KeyboardInterrupt:
+    print("lost", flush=True)
+    sys.exit(3)
+"""
+
+
+def holder(directory, mode="auto", stale=60.0, then="hold") -> subprocess.Popen:
+    proc = subprocess.Popen([PY, "-c", HOLDER, str(directory), mode, str(stale), then], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("held"), f"holder failed: {line}{proc.stderr.read() if proc.poll() is not None else ''}"
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def since_of(message: str) -> float:
+    m = re.search(r"since (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", message)
+    assert m, message
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+
+
+def assert_names_owner(message: str, pid: int, t0: float, t1: float, via: str) -> None:
+    assert f"is in use by pid {pid} on host {HOST} since " in message, message
+    assert t0 - 1 <= since_of(message) <= t1 + 1, f"'since' is not when the owner took the lock: {message}"
+    assert via in message, message
+    assert "\n" not in message
+
+
+# ---- the lock between processes -------------------------------------------------------------
+
+def test_second_owner_is_refused_naming_the_first(tmp_path):
+    run = tmp_path / "run"
+    t0 = time.time()
+    owner = holder(run)
+    t1 = time.time()
+    try:
+        for mode in ("auto", "lease"):  # a lease-mode newcomer sees a flock owner too (its heartbeat)
+            with pytest.raises(RunInUseError) as exc:
+                RunLock(run, mode=mode).acquire()
+            assert_names_owner(str(exc.value), owner.pid, t0, t1, f"lock {run / '.owner.lock'}" if mode == "auto"
+                               else "lease")
+            assert str(exc.value).endswith("wait for it to end or choose another train.out_dir")
+        assert owner.poll() is None
+    finally:
+        stop(owner)
+
+
+def test_lock_goes_with_its_owner_on_exit_and_on_kill_9(tmp_path):
+    run = tmp_path / "run"
+    released = holder(run, then="release")
+    assert released.wait(timeout=30) == 0
+    assert sorted(os.listdir(run)) == [], "a released lock left its files"
+
+    exited = holder(run, then="exit")  # exits without release(): the kernel drops the flock
+    assert exited.wait(timeout=30) == 0
+    with RunLock(run) as lock:
+        assert lock.mechanism == "flock"
+    assert sorted(os.listdir(run)) == []
+
+    killed = holder(run)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    t0 = time.monotonic()
+    with RunLock(run) as lock:  # at once: the dead owner's fresh heartbeat does not matter under flock
+        assert time.monotonic() - t0 < 5
+        record = json.loads(next(run.glob(".owner.*.json")).read_text())
+        assert record["pid"] == os.getpid() and record["host"] == HOST
+        assert len(list(run.glob(".owner.*.json"))) == 1, "the dead owner's record was not replaced"
+
+
+def test_fresh_lease_is_refused_and_a_stale_one_taken_over_once(tmp_path):
+    """A lease owner frozen (SIGSTOP) past the stale timeout is taken over; when it wakes up it
+    finds the newer owner and stops instead of writing beside it."""
+    run = tmp_path / "run"
+    t0 = time.time()
+    owner = holder(run, mode="lease", stale=1.5)
+    t1 = time.time()
+    try:
+        with pytest.raises(RunInUseError) as exc:
+            RunLock(run, mode="lease", stale_after_s=1.5).acquire()
+        assert_names_owner(str(exc.value), owner.pid, t0, t1, f"lease {run / '.owner.1.json'}")
+        assert not (run / ".owner.lock").exists(), "lease mode must not rely on flock"
+        owner.send_signal(signal.SIGSTOP)
+        time.sleep(2.5)
+        with RunLock(run, mode="lease", stale_after_s=1.5) as lock:
+            assert lock.mechanism == "lease"
+            owner.send_signal(signal.SIGCONT)
+            assert owner.wait(timeout=10) == 3, "the owner that lost its lease kept running"
+            assert "lost ownership" in owner.stderr.read()
+            record = json.loads((run / ".owner.2.json").read_text())
+            assert record["pid"] == os.getpid()
+            assert not (run / ".owner.1.json").exists()
+        assert sorted(os.listdir(run)) == []
+    finally:
+        owner.send_signal(signal.SIGCONT)
+        stop(owner)
+
+
+RACER = """
+import sys, time
+from ds_minimodel.run_lock import RunLock, RunInUseError
+lock = RunLock(sys.argv[1], mode=sys.argv[2], stale_after_s=30)
+time.sleep(max(float(sys.argv[3]) - time.time(), 0))
+try:
+    lock.acquire()
+except RunInUseError:
+    print("refused", flush=True)
+    sys.exit(0)
+print("won", flush=True)
+sys.stdin.read()  # hold it until the test has heard from everyone
+lock.release()
+"""
+
+
+@pytest.mark.parametrize("mode", ["auto", "lease"])
+def test_racing_newcomers_take_a_stale_run_over_exactly_once(tmp_path, mode):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = {"host": "elsewhere", "pid": 1, "since": time.time() - 3600, "heartbeat": time.time() - 3600,
+            "lock": "lease", "gen": 4}
+    (run / ".owner.4.json").write_text(json.dumps(dead))
+    start = time.time() + 2.0  # all start together: the claims race
+    procs = [subprocess.Popen([PY, "-c", RACER, str(run), mode, str(start)], cwd=REPO, env=ENV, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    try:
+        results = sorted(p.stdout.readline().strip() for p in procs)
+        assert results == ["refused"] * 5 + ["won"], (results, [p.stderr.read() for p in procs if p.poll()])
+        assert len(list(run.glob(".owner.*.json"))) == 1, "the stale record was not replaced"
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=30)
+    assert sorted(os.listdir(run)) == [], "the winner's release left files behind"
+
+
+def test_file_system_without_flock_falls_back_to_the_lease(tmp_path, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_flock)
+    run = tmp_path / "run"
+    t0 = time.time()
+    with RunLock(run) as lock:
+        t1 = time.time()
+        assert lock.mechanism == "lease"
+        assert sorted(os.listdir(run)) == [".owner.1.json"]  # no lock file left where flock is useless
+        with pytest.raises(RunInUseError) as exc:
+            RunLock(run).acquire()
+        assert_names_owner(str(exc.value), os.getpid(), t0, t1, f"lease {run / '.owner.1.json'}")
+    assert sorted(os.listdir(run)) == []
+
+
+def test_bad_lock_settings_are_bad_input(tmp_path, capsys, monkeypatch, tiny_corpus):
+    from launchers.pretrain import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    argv = ["--config", str(REPO / "configs/tiny.yaml"), f"data.path={tiny_corpus}", f"train.out_dir={out}"]
+    monkeypatch.setenv(run_lock.MODE_ENV, "nfs")
+    expect_rejected(capsys, main, argv, "DSM_RUN_LOCK='nfs'", "auto", "lease", watch=[out])
+    monkeypatch.setenv(run_lock.MODE_ENV, "lease")
+    monkeypatch.setenv(run_lock.STALE_ENV, "0")
+    expect_rejected(capsys, main, argv, "DSM_RUN_LOCK_STALE_S='0'", "positive", watch=[out])
+
+
+# ---- the real launchers ---------------------------------------------------------------------
+
+def launch_args(data, out, *extra):
+    return ["launchers/pretrain.py", "--deepspeed", "ds_configs/z0.json", "--resume", "--config", "configs/tiny.yaml",
+            f"data.path={data}", f"train.out_dir={out}", "train.eval_every=1000000", "train.save_every=20", *extra]
+
+
+def wait_until_training(proc, out: Path, min_checkpoint: int, timeout: float = 180) -> None:
+    """Until the launch holds the lock and has a complete checkpoint at or past min_checkpoint."""
+    deadline = time.monotonic() + timeout
+    while newest_complete_step(out) < min_checkpoint or not list(out.glob(".owner.*.json")):
+        assert proc.poll() is None, f"the first launch ended (exit {proc.returncode})"
+        assert time.monotonic() < deadline, "the first launch did not start training"
+        time.sleep(0.2)
+
+
+def train_steps(out: Path) -> list[int]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines if '"kind": "train"' in line]
+
+
+def second_launch(cmd, timeout=300):
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    return proc.returncode, errors
+
+
+def kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def test_second_launch_into_a_live_run_is_refused_then_resume_after_kill_9(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    cmd = [PY, *launch_args(tiny_corpus, out, "train.steps=1000000")]
+    t0 = time.time()
+    first = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        wait_until_training(first, out, 40)
+        t1 = time.time()
+        os.killpg(first.pid, signal.SIGSTOP)  # frozen, still owning: its files must not change at all
+        before = tree_hash(out)
+        code, errors = second_launch(cmd)
+        assert code == 2 and len(errors) == 1 and errors[0].startswith("error: "), errors
+        assert_names_owner(errors[0], first.pid, t0, t1, f"lock {out / '.owner.lock'}")
+        assert tree_hash(out) == before, "the refused launch changed the run's files"
+        os.killpg(first.pid, signal.SIGCONT)
+        time.sleep(1.0)
+        assert first.poll() is None
+    finally:
+        kill_group(first)  # the whole launch, kill -9: a crash
+
+    steps = train_steps(out)
+    assert steps == list(range(1, len(steps) + 1)), "metrics.jsonl has records of more than one writer"
+    newest = newest_complete_step(out)
+    assert newest >= 40
+    proc = subprocess.run([PY, *launch_args(tiny_corpus, out, f"train.steps={newest + 4}")], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "resume"] == [newest]
+    assert train_steps(out) == list(range(1, newest + 5))
+    assert (out / "final" / "model.pt").is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".owner")], "the finished run kept its lock"
+
+
+def test_second_deepspeed_launch_fails_on_every_rank(tiny_corpus, tmp_path):
+    from tests.distributed import free_port
+
+    out = tmp_path / "run"
+
+    def cmd():
+        return [f"{BIN}/deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+                *launch_args(tiny_corpus, out, "train.steps=1000000")]
+
+    t0 = time.time()
+    first = subprocess.Popen(cmd(), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        wait_until_training(first, out, 20)
+        t1 = time.time()
+        os.killpg(first.pid, signal.SIGSTOP)
+        before = tree_hash(out)
+        code, errors = second_launch(cmd())
+        assert code == 2 and len(errors) == 2 and len(set(errors)) == 1, errors  # rank 0 and rank 1 alike
+        assert errors[0].startswith("error: "), errors
+        owner = int(re.search(r"in use by pid (\d+)", errors[0]).group(1))
+        argv = Path(f"/proc/{owner}/cmdline").read_bytes().split(b"\0")
+        assert b"--local_rank=0" in argv and os.getsid(owner) == first.pid, "the owner named is not rank 0 of the first launch"
+        assert_names_owner(errors[0], owner, t0, t1, f"lock {out / '.owner.lock'}")
+        assert tree_hash(out) == before, "the refused launch changed the run's files"
+    finally:
+        kill_group(first)
+    steps = train_steps(out)
+    assert steps == list(range(1, len(steps) + 1))
