@@ -320,3 +320,21 @@ def test_second_deepspeed_launch_fails_on_every_rank(tiny_corpus, tmp_path):
         kill_group(first)
     steps = train_steps(out)
     assert steps == list(range(1, len(steps) + 1))
+
+
+def test_second_pipeline_into_a_live_work_dir_is_refused(tmp_path, capsys):
+    """The pipeline locks its work directory for its whole run (its steps lock their own)."""
+    from launchers.pipeline import main
+
+    work = tmp_path / "work"
+    (work / "logs").mkdir(parents=True)
+    (work / "logs" / "pretrain.log").write_text("the first pipeline's log\n")
+    t0 = time.time()
+    owner = holder(work)
+    t1 = time.time()
+    try:
+        line = expect_rejected(capsys, main, ["--work", str(work), "--data-root", str(tmp_path / "data")],
+                               f"--work {work} is in use", watch=[work])
+        assert_names_owner(line, owner.pid, t0, t1, f"lock {work / '.owner.lock'}")
+    finally:
+        stop(owner)
