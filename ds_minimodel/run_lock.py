@@ -43,7 +43,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ds_minimodel.errors import InvalidValueError, UserError
+from ds_minimodel.errors import InvalidValueError, UserError, check_creatable
 
 LOCK_FILE = ".owner.lock"
 _RECORD = re.compile(r"^\.owner\.(\d+)\.json$")
@@ -60,7 +60,7 @@ class RunInUseError(UserError):
 
 def is_lock_file(name: str) -> bool:
     """The lock's own files (and their temporaries), which do not make a directory "a run"."""
-    return name == LOCK_FILE or name.startswith(".owner.")
+    return name.startswith(".owner.")
 
 
 def record_path(directory: Path, gen: int) -> Path:
@@ -111,10 +111,12 @@ def newest_record(directory: Path) -> tuple[int, dict | None]:
             continue  # its owner just released it, or a newer owner removed it: look again
         try:
             record = json.loads(text)
-            if not isinstance(record, dict):
-                raise ValueError
         except ValueError:
-            record = {"heartbeat": mtime}
+            record = None
+        if not isinstance(record, dict):
+            record = {}
+        if not isinstance(record.get("heartbeat"), (int, float)):
+            record["heartbeat"] = mtime
         return gen, record
     return 0, None
 
@@ -122,7 +124,9 @@ def newest_record(directory: Path) -> tuple[int, dict | None]:
 def describe(record: dict | None) -> str:
     if not record or "pid" not in record:
         return "another process (its owner record is not written yet)"
-    return f"pid {record['pid']} on host {record.get('host', '?')} since {utc(record.get('since', 0))}"
+    since = record.get("since")
+    since = utc(since) if isinstance(since, (int, float)) else "?"
+    return f"pid {record['pid']} on host {record.get('host', '?')} since {since}"
 
 
 def live_owner(directory: Path, stale_after_s: float | None = None) -> str | None:
@@ -207,7 +211,9 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         assert self.mechanism is None, "RunLock.acquire called twice"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.is_dir():
+            check_creatable(self.dir, self.what)
+            self.dir.mkdir(parents=True, exist_ok=True)
         mechanism = "lease"
         if self.mode == "auto" and self._take_flock():
             mechanism = "flock"
@@ -225,13 +231,10 @@ class RunLock:
         """Hold the flock (True), or False where this file system has none. A lock file unlinked
         by an owner releasing it between our open and flock is not the lock any more: retry."""
         for _ in range(100):
-            try:
-                fd, created = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), True
-            except FileExistsError:
-                try:
-                    fd, created = os.open(self.lock_path, os.O_RDWR | os.O_CLOEXEC), False
-                except FileNotFoundError:  # its owner removed it just now
-                    continue
+            opened = self._open_lock_file()
+            if opened is None:
+                continue
+            fd, created = opened
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -253,6 +256,19 @@ class RunLock:
             os.close(fd)
         raise RunInUseError(f"{self.what} {self.dir}: could not settle the lock {self.lock_path} "
                             "(it is being taken and released continuously)")
+
+    def _open_lock_file(self) -> tuple[int, bool] | None:
+        """(fd, whether we created the file), or None if it vanished meanwhile. Read-only: flock
+        needs no write access, and a refused newcomer writes nothing."""
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        try:
+            return os.open(self.lock_path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            pass
+        try:
+            return os.open(self.lock_path, flags), False
+        except FileNotFoundError:  # its owner removed it just now
+            return None
 
     def _owner_for_message(self) -> dict | None:
         """The flock holder's record; it writes it a moment after taking the flock."""
@@ -301,8 +317,10 @@ class RunLock:
     # ---- holding --------------------------------------------------------------------------
 
     def _superseded(self) -> bool:
+        """A newer generation exists (or ours holds another pid): we were taken over. Our record
+        merely gone (someone deleted it) is rewritten by the next heartbeat instead."""
         gen, record = newest_record(self.dir)
-        return gen != self._gen or (record or {}).get("pid") != os.getpid()
+        return gen > self._gen or (gen == self._gen and record.get("pid") != os.getpid())
 
     def _heartbeat(self) -> None:
         warned = False

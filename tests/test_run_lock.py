@@ -361,7 +361,8 @@ def test_second_deepspeed_launch_is_refused(tiny_corpus, tmp_path):
         assert code == 2 and errors and len(set(errors)) == 1 and errors[0].startswith("error: "), errors
         owner = int(re.search(r"in use by pid (\d+)", errors[0]).group(1))
         argv = Path(f"/proc/{owner}/cmdline").read_bytes().split(b"\0")
-        assert b"--local_rank=0" in argv and os.getsid(owner) == first.pid, "the owner named is not rank 0 of the first launch"
+        assert b"--local_rank=0" in argv and os.getsid(owner) == first.pid, \
+            "the owner named is not rank 0 of the first launch"
         assert_names_owner(errors[0], owner, t0, t1, f"lock {out / '.owner.lock'}")
         assert tree_hash(out) == before, "the refused launch changed the run's files"
     finally:
