@@ -53,7 +53,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     if not resume and run_dir.is_dir() and any(not run_lock.is_lock_file(p.name) for p in run_dir.iterdir()):
         owner = run_lock.live_owner(run_dir)
         raise UserError(f"train.out_dir {run_dir} already holds a run"
-                        + (f", in use by {owner}; wait for it to end or choose another train.out_dir" if owner
+                        + (f" and is in use by {owner}; wait for it to end or choose another train.out_dir" if owner
                            else "; pass --resume to continue it or choose another train.out_dir"))
     if resume and run_dir.is_dir() and (run_dir / "config.yaml").is_file():
         return

@@ -220,6 +220,28 @@ def test_file_system_without_flock_falls_back_to_the_lease(tmp_path, monkeypatch
     assert sorted(os.listdir(run)) == []
 
 
+def test_new_run_into_a_live_run_names_its_owner(tmp_path):
+    """Without --resume a directory holding a run is refused anyway; while its owner lives the
+    line names the owner instead of suggesting --resume."""
+    from ds_minimodel.job import check_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("train: {}\n")
+    t0 = time.time()
+    owner = holder(run)
+    t1 = time.time()
+    try:
+        with pytest.raises(run_lock.UserError) as exc:
+            check_run_dir(run, resume=False)
+        assert_names_owner(str(exc.value), owner.pid, t0, t1, "already holds a run and is in use by")
+        assert "--resume" not in str(exc.value)
+    finally:
+        stop(owner)
+    with pytest.raises(run_lock.UserError, match="already holds a run; pass --resume"):
+        check_run_dir(run, resume=False)
+
+
 def test_bad_lock_settings_are_bad_input(tmp_path, capsys, monkeypatch, tiny_corpus):
     from launchers.pretrain import main
 
