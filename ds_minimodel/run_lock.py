@@ -130,12 +130,19 @@ def describe(record: dict | None) -> str:
 
 
 def live_owner(directory: Path, stale_after_s: float | None = None) -> str | None:
-    """The recorded owner if its heartbeat is fresh, for messages only (a fresh heartbeat may
-    also be a process killed a moment ago: only the lock itself decides)."""
+    """The recorded owner if it looks alive (fresh heartbeat, and on this host a running pid),
+    for messages only: only the lock itself decides who may write."""
     stale_after_s = stale_after_s or settings()[1]
     gen, record = newest_record(Path(directory))
-    if record is None or time.time() - record.get("heartbeat", 0) > stale_after_s:
+    if record is None or time.time() - record["heartbeat"] > stale_after_s:
         return None
+    if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
+        try:
+            os.kill(record["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
     return describe(record)
 
 
