@@ -242,6 +242,20 @@ def test_new_run_into_a_live_run_names_its_owner(tmp_path):
         check_run_dir(run, resume=False)
 
 
+def test_a_run_that_fails_in_its_loop_gives_the_directory_up(tiny_corpus, tmp_path):
+    """A NaN loss at step 4 ends the run with an exception: its lock files are gone and the
+    directory can be owned at once."""
+    from tests.distributed import run_ranks
+    from tests.test_faults import _pretrain_with_nan_at
+
+    out = tmp_path / "run"
+    with pytest.raises(AssertionError, match="non-finite loss at step 4"):
+        run_ranks(_pretrain_with_nan_at, 1, args=(tiny_corpus, out, 4))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".owner")]
+    with RunLock(out) as lock:
+        assert lock.mechanism == "flock"
+
+
 def test_bad_lock_settings_are_bad_input(tmp_path, capsys, monkeypatch, tiny_corpus):
     from launchers.pretrain import main
 
