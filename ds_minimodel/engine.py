@@ -77,6 +77,20 @@ def init_distributed(timeout_s: int = 600, use_deepspeed: bool = True) -> DistIn
     return DistInfo(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
 
 
+def broadcast_from_main(obj):
+    """Rank 0's `obj` on every rank (a collective; `obj` itself in a world of one). Usable right
+    after init_distributed: under NCCL the exchange goes through this rank's own GPU."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return obj
+    device = None
+    if torch.distributed.get_backend() == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)  # what the engine sets later anyway
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0, device=device)
+    return box[0]
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -2,8 +2,10 @@
 
 Everything that can be checked is checked before the process group starts, identically on every
 rank, so bad input fails every rank at once with the same one-line error instead of leaving a
-peer waiting in a collective. Then: engine over the trainable parameters, resume, the one
-training loop (train.py), checkpoints, metrics, and the step's own `finalize` on rank 0.
+peer waiting in a collective. Then global rank 0 takes the run directory's lock (run_lock.py:
+a second job into a live run fails on every rank, naming the owner, before it writes anything)
+and holds it to the end. Then: engine over the trainable parameters, resume, the one training
+loop (train.py), checkpoints, metrics, and the step's own `finalize` on rank 0.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import yaml
 
 from ds_minimodel import engine as ds
+from ds_minimodel import run_lock
 from ds_minimodel import train as loop
 from ds_minimodel.checkpoint import Checkpointer
 from ds_minimodel.config import to_dict
@@ -43,15 +46,40 @@ def env_rank() -> int:
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """A new run never writes into a directory that holds another run's files."""
+    """A new run never writes into a directory that holds another run's files (the files of the
+    run lock alone, left by an owner killed before it wrote anything, are no run)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"train.out_dir {run_dir} exists and is not a directory")
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
-        raise UserError(f"train.out_dir {run_dir} already holds a run; pass --resume to continue it "
-                        "or choose another train.out_dir")
+    if not resume and run_dir.is_dir() and any(not run_lock.is_lock_file(p.name) for p in run_dir.iterdir()):
+        owner = run_lock.live_owner(run_dir)
+        raise UserError(f"train.out_dir {run_dir} already holds a run"
+                        + (f" and is in use by {owner}; wait for it to end or choose another train.out_dir" if owner
+                           else "; pass --resume to continue it or choose another train.out_dir"))
     if resume and run_dir.is_dir() and (run_dir / "config.yaml").is_file():
         return
     check_creatable(run_dir, "train.out_dir")
+
+
+def take_run_lock(lock: run_lock.RunLock, dist: ds.DistInfo) -> run_lock.RunLock | None:
+    """Collective: global rank 0 takes the run directory's lock (it alone writes the directory's
+    run files) and every rank learns the verdict, so a second launch fails on all its ranks with
+    the same line instead of leaving peers in a collective. Returns the held lock on rank 0."""
+    verdict, error = None, None
+    if dist.is_main:
+        try:
+            lock.acquire()
+        except UserError as e:
+            error, verdict = e, str(e)
+        except OSError as e:  # e.g. no write access: the line cli.run_main prints on rank 0
+            error, verdict = e, f"{e.strerror}: {e.filename}" if e.filename else str(e)
+        except Exception as e:
+            error, verdict = e, f"rank 0 could not lock {lock.what} {lock.dir}: {type(e).__name__}: {e}"
+    verdict = ds.broadcast_from_main(verdict)
+    if error is not None:
+        raise error
+    if verdict is not None:
+        raise UserError(verdict)
+    return lock if dist.is_main else None
 
 
 @dataclass
@@ -92,8 +120,21 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
     # Built before the process group too: data too small for one global batch fails here.
     loader = spec.make_loader(ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"],
                               env_rank(), world)
+    lock = run_lock.RunLock(run_dir, "train.out_dir")  # reads DSM_RUN_LOCK*: bad values fail here
 
     dist = ds.init_distributed(cfg.train.collective_timeout_s, use_deepspeed)
+    held = take_run_lock(lock, dist)  # held until the run ends, however it ends
+    try:
+        _train(cfg, spec, run_dir, ds_config, loader, dist, resume, use_deepspeed)
+    finally:
+        if held is not None:
+            held.release()
+    return run_dir
+
+
+def _train(cfg, spec: JobSpec, run_dir: Path, ds_config: dict, loader, dist: ds.DistInfo, resume: bool,
+           use_deepspeed: bool) -> None:
+    """Everything after the checks, on a directory this job owns."""
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").exists():
@@ -138,4 +179,3 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
         spec.finalize(run_dir, checkpointer)
         print(f"done: {state.step} steps, {state.tokens} tokens; outputs in {run_dir}", flush=True)
     ds.barrier()
-    return run_dir

@@ -36,16 +36,20 @@ def main(argv=None) -> None:
 
     def body():
         from ds_minimodel.pipeline import PipelineOptions, run, run_pretrained
+        from ds_minimodel.run_lock import RunLock
 
         opts = PipelineOptions(work=Path(args.work), data_root=Path(args.data_root), nproc=args.nproc,
                                reuse_pretrain=Path(args.reuse_pretrain) if args.reuse_pretrain else None,
                                pretrain_steps=args.pretrain_steps, minipost_steps=args.minipost_steps,
                                adapt_steps=args.adapt_steps, finetune_steps=args.finetune_steps,
                                retrieval_pairs=args.retrieval_pairs)
-        if args.from_pretrained:
-            run_pretrained(opts, None if args.from_pretrained == "minilm" else Path(args.from_pretrained))
-        else:
-            run(opts)
+        # One pipeline per work directory (each step also locks its own train.out_dir): a second
+        # one would overwrite the first's step logs and timings before a step refused it.
+        with RunLock(opts.work, "--work"):
+            if args.from_pretrained:
+                run_pretrained(opts, None if args.from_pretrained == "minilm" else Path(args.from_pretrained))
+            else:
+                run(opts)
 
     run_main(body)
 

@@ -96,6 +96,9 @@ def main(argv=None) -> None:
 
     def body():
         from ds_minimodel import study
+        from ds_minimodel.run_lock import RunLock
+
+        out_lock = RunLock(Path(args.out), "--out")  # reads DSM_RUN_LOCK*: bad values fail here
 
         if args.metric == "accuracy" and not args.model:
             raise InvalidValueError("--metric accuracy needs --model (the fine-tuned classifier directory)")
@@ -120,10 +123,13 @@ def main(argv=None) -> None:
             scorer = study.AccuracyScorer(args.model, args.eval_examples, args.seed)
         else:
             scorer = study.RetrievalScorer(args.pretrained, args.retrieval_pairs)
-        if args.run_experiments:
-            runs = study.run_experiments(opts)
-        result = study.study(runs, scorer, args.out, baseline=args.baseline, fraction=args.fraction,
-                             baseline_at=args.baseline_at, include_init=not args.no_init_point)
+        # One study per --out (each adaptation run also locks its own directory), taken once
+        # every input is checked: a refused study creates nothing.
+        with out_lock:
+            if args.run_experiments:
+                runs = study.run_experiments(opts)
+            result = study.study(runs, scorer, args.out, baseline=args.baseline, fraction=args.fraction,
+                                 baseline_at=args.baseline_at, include_init=not args.no_init_point)
         for line in study.summary_lines(result):
             print(line)
         print(f"wrote {Path(args.out) / 'study.json'}, study.md, {', '.join(result['plots'])}", flush=True)

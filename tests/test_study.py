@@ -262,6 +262,20 @@ def test_bad_runs_are_refused_with_one_line(tiny_study, tmp_path, capsys):
                     "--pretrained", "does not exist")
 
 
+def test_second_study_into_a_live_out_is_refused(tiny_study, tmp_path, capsys):
+    from launchers.study import main
+    from tests.test_run_lock import holder, stop
+
+    runs, out = tiny_study["runs"], tmp_path / "out"
+    owner = holder(out)
+    try:
+        expect_rejected(capsys, main, ["--runs", f"full={runs['full']}", f"minijoint={runs['minijoint']}", "--model",
+                                       str(tiny_study["model"]), "--eval-examples", "40", "--out", str(out)],
+                        f"--out {out} is in use by pid {owner.pid}", watch=[out])
+    finally:
+        stop(owner)
+
+
 def test_study_plan_sets_dense_checkpoints_and_parses_as_adapt_config(tiny_model_dir, tiny_target_corpus, tmp_path):
     from ds_minimodel.config import AdaptConfig, load_config
     from ds_minimodel.study import ExperimentOptions, plan_experiments
