@@ -33,7 +33,10 @@ class PipelineOptions:
 
 
 class _Steps:
-    """Runs named steps in order, skipping those whose output exists; records wall-clock."""
+    """Runs named steps in order, skipping those whose output exists; records wall-clock.
+
+    Training steps always pass --resume (which simply starts in a new directory), so a step
+    interrupted half-way continues from its newest checkpoint when the pipeline runs again."""
 
     def __init__(self, work: Path, nproc: int):
         self.work, self.nproc = work, nproc
@@ -61,7 +64,7 @@ def _prepare(step: _Steps, name: str, recipe: str, out: Path, *tokenizer_args) -
 def _adapt(step: _Steps, opts: PipelineOptions, method: str, model_dir: Path, through: str, target: Path) -> None:
     out = opts.work / f"adapt-{method}"
     step(f"adapt-{method}", out / "pack" / "pack.json",
-         [PY, "launchers/adapt.py", "--deepspeed", "ds_configs/z0.json", "--config", "configs/adapt-cpu.yaml",
+         [PY, "launchers/adapt.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", "configs/adapt-cpu.yaml",
           f"model_dir={model_dir}", f"through={through}", f"data.path={target}", f"train.out_dir={out}",
           f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])])
 
@@ -69,7 +72,7 @@ def _adapt(step: _Steps, opts: PipelineOptions, method: str, model_dir: Path, th
 def _minipost(step: _Steps, opts: PipelineOptions, name: str, config: str, source, english: Path) -> Path:
     out = opts.work / name
     step(name, out / "final" / "model.pt",
-         [PY, "launchers/minipost.py", "--deepspeed", "ds_configs/z0.json", "--config", config, f"source={source}",
+         [PY, "launchers/minipost.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config, f"source={source}",
           f"data.path={english}", f"train.out_dir={out}", f"train.steps={opts.minipost_steps}",
           *opts.extra.get(name, [])])
     return out / "final"
@@ -78,7 +81,7 @@ def _minipost(step: _Steps, opts: PipelineOptions, name: str, config: str, sourc
 def _finetune_and_evaluate(step: _Steps, opts: PipelineOptions, config: str, model_dir, methods, retrieval_model) -> None:
     work = opts.work
     step("finetune", work / "finetune" / "final" / "model.pt",
-         [PY, "launchers/finetune.py", "--deepspeed", "ds_configs/z0.json", "--config", config,
+         [PY, "launchers/finetune.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
           f"model_dir={model_dir}", f"train.out_dir={work / 'finetune'}",
           f"train.steps={opts.finetune_steps}", *opts.extra.get("finetune", [])])
     packs = [a for m in methods for a in ("--pack", work / f"adapt-{m}" / "pack")]
@@ -98,7 +101,7 @@ def run(opts: PipelineOptions) -> Path:
     _prepare(step, "data-ny", "bible-ny", ny, "--vocab-size", "8000")
     pretrain = opts.reuse_pretrain or opts.work / "pretrain"
     step("pretrain", pretrain / "final" / "model.pt",
-         [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py",
+         [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py", "--resume",
           "--deepspeed", "ds_configs/z3.json", "--config", "configs/demo-cpu.yaml", f"data.path={en}",
           f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *opts.extra.get("pretrain", [])],
          ranks=opts.nproc)
