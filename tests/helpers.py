@@ -106,9 +106,9 @@ def record(what: str, actual, expected, *, rtol: float, atol: float, **derivatio
     err = (a - e).abs()
     bound = atol + rtol * e.abs()
     if err.numel():
-        ratio = torch.where(bound > 0, err / bound, torch.where(err > 0, torch.inf, 0.0))
-        worst = int(ratio.reshape(-1).argmax())
-        row = dict(max_err=float(err.max()), bound=float(bound.reshape(-1)[worst]), ratio=float(ratio.reshape(-1)[worst]))
+        ratio = torch.where(bound > 0, err / bound, torch.where(err > 0, torch.inf, 0.0)).reshape(-1)
+        worst = int(ratio.argmax())
+        row = dict(max_err=float(err.max()), bound=float(bound.reshape(-1)[worst]), ratio=float(ratio[worst]))
     else:
         row = dict(max_err=0.0, bound=atol, ratio=0.0)
     test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0]

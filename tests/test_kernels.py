@@ -4,8 +4,9 @@ Tolerances (fp32): the fused head reorders sums (online softmax over chunks, chu
 it matches the reference to rounding, not bits: the bound of tests/helpers.py for two stages
 (forward, backward) whose longest sum is the V-term softmax or d hidden GEMM (`HEAD`), relative to
 each tensor's magnitude. bf16: our error against an fp32 reference must be no worse than
-PyTorch's own bf16 error plus a small margin (see `_assert_no_worse_than_torch_bf16`). The Triton kernels have their own file,
-`test_kernels_triton.py`; the GPU runs of both are the tests marked `gpu`.
+PyTorch's own bf16 error plus a small margin (see `_assert_no_worse_than_torch_bf16`). The Triton
+kernels have their own file, `test_kernels_triton.py`; the GPU runs of both are the tests marked
+`gpu`.
 """
 
 import pytest

@@ -84,7 +84,8 @@ def test_qa_logits_loss_and_gradients_match_hugging_face(model_type):
                       what="d layers.0.fc1.weight")
     if model_type == "bert":  # the segment embedding is really used: other types, other logits
         other = ours(ids, attention_mask=mask)["start_logits"]
-        assert not torch.allclose(other, got["start_logits"], **fp32_tolerance(got["start_logits"], depth=L + 2, **LAYER))
+        tol = fp32_tolerance(got["start_logits"], depth=L + 2, **LAYER)  # more than rounding apart
+        assert not torch.allclose(other, got["start_logits"], **tol)
 
 
 @pytest.mark.parametrize("position_style", ["roberta", "bert"])
