@@ -43,8 +43,27 @@ $(VENV)/.installed: setup.py $(LOCK)
 	$(if $(strip $(LOCK)),$(PY) .ci/check_lock.py $(LOCK))
 	touch $@
 
+# `make test` is the whole suite, then test-isa: what the README and CI run.
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory test-isa
+
+# Float comparisons must hold on any x86 CPU (bounds derived in tests/helpers.py), yet each CPU
+# rounds the same fp32 math its own way: ATen picks AVX-512, AVX2 or scalar kernels at run time
+# (ATEN_CPU_CAPABILITY forces one); MKL (torch's GEMMs) and OpenBLAS (numpy's, which Triton's
+# interpreter uses) pick their GEMM kernels by CPU (MKL_CBWR=COMPATIBLE, OPENBLAS_CORETYPE=Prescott
+# force their baseline ones). test-isa reruns the numerical tests, and those that claim bit-identical
+# resumes and frozen parameters, with all three on their baseline kernels, then with ATen's AVX2
+# kernels (on an AVX-512 machine, not the ones the plain run used). tests/test_tolerances.py checks
+# that the setting reaches the forked ranks and child processes. About 5 min on 2 cores.
+NUMERIC_TESTS ?= tests/test_tolerances.py tests/test_hf_parity.py tests/test_kernels.py tests/test_kernels_triton.py \
+	tests/test_pretrain_distributed.py tests/test_torch_engine.py tests/test_qa.py tests/test_flops.py \
+	tests/test_config_and_model.py tests/test_minimodel_pipeline.py tests/test_faults.py
+.PHONY: test-isa
+test-isa: install
+	ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE OPENBLAS_CORETYPE=Prescott OMP_NUM_THREADS=1 \
+		$(PY) -m pytest -q $(NUMERIC_TESTS)
+	ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1 $(PY) -m pytest -q $(NUMERIC_TESTS)
 
 # The newest versions setup.py allows, in their own venv (torch stays TORCH_SPEC: a newer torch is
 # its own decision), with every extra (MPI too, when mpicc exists) so the lock covers whatever

@@ -16,7 +16,9 @@ def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (no_decay if p.ndim < 2 else decay).append(p)
+        # Under ZeRO-3's zero.Init a parameter is a 1-D (empty) shard; its real shape is ds_shape.
+        shape = getattr(p, "ds_shape", p.shape)
+        (no_decay if len(shape) < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

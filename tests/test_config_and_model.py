@@ -11,6 +11,7 @@ from ds_minimodel.engine import resolve_ds_config
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder
 from tests.conftest import REPO
+from tests.helpers import assert_close_fp32
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -72,11 +73,14 @@ def test_minijoint_loss_is_final_plus_weighted_mid(kernels):
     states = model.encode(ids)
     final = _full_logit_loss(model.lm_head, states[-1], labels)
     mid = _full_logit_loss(model.mid_head, states[1], labels)
-    torch.testing.assert_close(out["final_loss"], final)
-    torch.testing.assert_close(out["mid_loss"], mid)
-    torch.testing.assert_close(out["loss"], final + 0.7 * mid)
+    # Both sides see the same hidden states (the same ops on the same input); they differ in the
+    # head only: one stage whose longest sum is the 97-term softmax (tests/helpers.py).
+    head = dict(depth=1, reduction=97)
+    assert_close_fp32(out["final_loss"], final, **head, what="final loss")
+    assert_close_fp32(out["mid_loss"], mid, **head, what="mid loss")
+    assert_close_fp32(out["loss"], final + 0.7 * mid, **head, what="joint loss")
     # route "mid" runs only layers 1..k: it must not touch layers above k.
     mini = model(ids, labels=labels, route="mid")
-    torch.testing.assert_close(mini["loss"], mid)
+    assert_close_fp32(mini["loss"], mid, **head, what="route mid loss")
     mini["loss"].backward()
     assert model.layers[1].fc1.weight.grad is None and model.layers[0].fc1.weight.grad is not None

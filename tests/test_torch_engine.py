@@ -13,6 +13,7 @@ import torch
 from ds_minimodel.checkpoint import consolidate
 from tests.conftest import REPO
 from tests.distributed import run_ranks
+from tests.helpers import assert_close_fp32
 
 
 def _adapt(rank, model_dir, data, out, engine, extra):
@@ -41,10 +42,20 @@ def test_torch_engine_matches_deepspeed_zero0(tiny_model_dir, tiny_target_corpus
     ref, ref_losses = run(world, tiny_model_dir, tiny_target_corpus, tmp_path / "ds", "deepspeed", "train.log_every=1")
     got, losses = run(world, tiny_model_dir, tiny_target_corpus, tmp_path / "torch", "torch", "train.log_every=1")
     assert len(losses) == len(ref_losses) == 6
-    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    # fp32 bound (tests/helpers.py): a step is a forward through the mini-model (embeddings,
+    # layer 1, its head) and a backward through it; the longest sum is the word-table gradient
+    # over the step's tokens (micro-batch 4 x 32 per rank). Adam adds up updates of that relative
+    # error: compared at the size of the trained tensors (max |w|: their initial values are not at
+    # hand here, and it is at least what 6 steps of lr 5e-3 can move them, 0.03).
+    bound = dict(depth=2 * (1 + 2), reduction=4 * 32 * world)
+    assert_close_fp32(losses, ref_losses, **bound, what="losses")
     assert set(got) == set(ref)
+    trained = {"embeddings.word", "lm_head.weight", "lm_head.bias"}
     for name in ref:
-        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-6, msg=name)
+        if name in trained:
+            assert_close_fp32(got[name], ref[name], **bound, what=name)
+        else:  # frozen: never written by either engine
+            assert torch.equal(got[name], ref[name]), name
     # Something trained: the word table moved from where both runs started.
     first = torch.load(tmp_path / "torch" / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt",
                        weights_only=False)["module"]

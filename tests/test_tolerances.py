@@ -1,0 +1,59 @@
+"""The derived fp32 bound of tests/helpers.py, and that a forced kernel setting reaches every rank.
+
+`make test-isa` reruns the numerical tests with ATEN_CPU_CAPABILITY=default and =avx2. ATen
+reads the variable once, when torch is imported; the 2-rank tests fork ranks from the pytest
+process and the Triton tests start a child pytest, so both must run under the same setting as
+the parent, or test-isa would check nothing there.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.distributed import run_ranks
+from tests.helpers import FP32_EPS, SAFETY, assert_close_fp32, fp32_tolerance
+
+
+def test_bound_is_eps_sqrt_reduction_depth_steps_at_the_magnitude():
+    expected = torch.tensor([0.5, -4.0, 2.0])
+    tol = fp32_tolerance(expected, depth=3, reduction=64, steps=2)
+    assert tol["rtol"] == pytest.approx(SAFETY * FP32_EPS * 8 * 3 * 2)
+    assert tol["atol"] == pytest.approx(tol["rtol"] * 4.0)  # max |expected|
+    assert fp32_tolerance(expected, depth=1, reduction=1, magnitude=0.25)["atol"] == pytest.approx(
+        SAFETY * FP32_EPS * 0.25)
+
+
+def test_assert_close_fp32_fails_just_above_the_bound_and_logs(tmp_path, monkeypatch):
+    log = tmp_path / "tol.jsonl"
+    monkeypatch.setenv("DSM_TOLERANCE_LOG", str(log))
+    expected = torch.tensor([1.0, -3.0, 0.0])
+    tol = fp32_tolerance(expected, depth=2, reduction=100)
+    room = tol["atol"] + tol["rtol"] * 3.0  # the bound at the element of size 3
+    assert_close_fp32(expected + torch.tensor([0.0, 0.9 * room, 0.0]), expected, depth=2, reduction=100, what="in")
+    with pytest.raises(AssertionError, match=r"(?s)out.*depth 2, reduction 100"):
+        assert_close_fp32(expected + torch.tensor([0.0, 1.1 * room, 0.0]), expected, depth=2, reduction=100, what="out")
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["what"] for r in rows] == ["in", "out"]
+    assert rows[0]["ratio"] == pytest.approx(0.9, rel=1e-5) and rows[1]["ratio"] == pytest.approx(1.1, rel=1e-5)
+    assert rows[0]["test"].endswith("test_assert_close_fp32_fails_just_above_the_bound_and_logs")
+    # Python floats (losses read from metrics.jsonl) compare too.
+    assert_close_fp32([2.0, 3.0], [2.0, 3.0 * (1 + 1e-7)], depth=1, reduction=4)
+
+
+def _capability(rank):
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def test_forced_cpu_capability_reaches_forked_ranks_and_child_processes():
+    here = torch.backends.cpu.get_cpu_capability()
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    if forced:  # the variable took effect in this process (a typo would fall back silently)
+        assert here == forced.upper(), (forced, here)
+    assert run_ranks(_capability, 2) == [here, here]
+    child = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           capture_output=True, text=True, check=True)
+    assert child.stdout.split()[-1] == here
