@@ -63,10 +63,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random init from a config: nothi
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ds_minimodel import engine as ds  # noqa: E402  (imports deepspeed)
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
 from ds_minimodel.data.masking import IGNORE_INDEX, mask_tokens  # noqa: E402
 from ds_minimodel.model import MLMEncoder  # noqa: E402
+from ds_minimodel.training import engine as ds  # noqa: E402  (imports deepspeed)
 
 # XLM-R's special ids: <s> 0, <pad> 1, </s> 2, <unk> 3; <mask> is the last id (250,001).
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
@@ -86,7 +86,9 @@ class HFMiniJoint(nn.Module):
     def __init__(self, config, mid_layer: int, mid_weight: float):
         super().__init__()
         from transformers import XLMRobertaForMaskedLM
-        from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaLMHead
+        from transformers.models.xlm_roberta.modeling_xlm_roberta import (
+            XLMRobertaLMHead,
+        )
 
         self.mlm = XLMRobertaForMaskedLM(config)
         self.mid_layer, self.mid_weight = mid_layer, mid_weight

@@ -61,8 +61,8 @@ def training_main(argv, doc: str, config_cls: type, run: Callable) -> None:
     args = training_parser(doc.strip().splitlines()[0], default_ds_config="ds_configs/z0.json").parse_args(argv)
 
     def body():
-        from ds_minimodel import engine
         from ds_minimodel.config import load_config
+        from ds_minimodel.training import engine
 
         cfg = load_config(config_cls, args.config, args.overrides)
         try:

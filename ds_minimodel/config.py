@@ -351,11 +351,11 @@ def from_dict(cls: type, raw: dict):
 
 
 def _fixed_trainables(step: str, train: "TrainConfig") -> list[str]:
-    """Steps 1b-3 train exactly what the method says (ds_minimodel/step_rules.py); a freeze list
+    """Steps 1b-3 train exactly what the method says (ds_minimodel/steps/rules.py); a freeze list
     there would be silently ignored, so it is refused."""
     if train.freeze:
         return [f"train.freeze applies to pretraining only; {step} trains a fixed set of parameters "
-                f"(ds_minimodel/step_rules.py), got {train.freeze!r}"]
+                f"(ds_minimodel/steps/rules.py), got {train.freeze!r}"]
     return []
 
 

@@ -93,7 +93,7 @@ def _finetune_and_evaluate(step: _Steps, opts: PipelineOptions, config: str, mod
 
 def run(opts: PipelineOptions) -> Path:
     """MiniJoint pretraining on English, MiniPost from it, three adaptations, transfer."""
-    from ds_minimodel.report import pipeline_report
+    from ds_minimodel.analysis.report import pipeline_report
 
     step = _Steps(opts.work, opts.nproc)
     en, ny = opts.data_root / "bible-en", opts.data_root / "bible-ny"
@@ -134,7 +134,7 @@ def run_pretrained(opts: PipelineOptions, source: Path | None = None) -> Path:
     """The same from a real pretrained English encoder (all-MiniLM-L6-v2, BERT-shaped, no MLM
     head): MiniPost from it, and the standard baseline, which first needs an MLM head trained
     over the whole frozen body; both one-time costs are in the report."""
-    from ds_minimodel.report import pipeline_report
+    from ds_minimodel.analysis.report import pipeline_report
 
     source = source or minilm_dir()
     step = _Steps(opts.work, opts.nproc)

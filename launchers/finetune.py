@@ -13,8 +13,8 @@ from ds_minimodel.cli import training_main  # noqa: E402
 
 
 def main(argv=None) -> None:
-    from ds_minimodel import finetune
     from ds_minimodel.config import FinetuneConfig
+    from ds_minimodel.steps import finetune
 
     training_main(argv, __doc__, FinetuneConfig, finetune.run)
 

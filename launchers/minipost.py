@@ -13,8 +13,8 @@ from ds_minimodel.cli import training_main  # noqa: E402
 
 
 def main(argv=None) -> None:
-    from ds_minimodel import minipost
     from ds_minimodel.config import MiniPostConfig
+    from ds_minimodel.steps import minipost
 
     training_main(argv, __doc__, MiniPostConfig, minipost.run)
 

@@ -36,7 +36,7 @@ def main(argv=None) -> None:
 
     def body():
         from ds_minimodel.pipeline import PipelineOptions, run, run_pretrained
-        from ds_minimodel.run_lock import RunLock
+        from ds_minimodel.training.run_lock import RunLock
 
         opts = PipelineOptions(work=Path(args.work), data_root=Path(args.data_root), nproc=args.nproc,
                                reuse_pretrain=Path(args.reuse_pretrain) if args.reuse_pretrain else None,

@@ -15,8 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ds_minimodel.data.recipes import BIBLE_RECIPES, prepare_dataset  # noqa: E402
 from ds_minimodel.cli import ENVIRONMENT_ERRNOS, environment_error_line  # noqa: E402
+from ds_minimodel.data.recipes import BIBLE_RECIPES, prepare_dataset  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402
 
 

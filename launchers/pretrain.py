@@ -13,8 +13,8 @@ from ds_minimodel.cli import training_main  # noqa: E402
 
 
 def main(argv=None) -> None:
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig
+    from ds_minimodel.steps import pretrain
 
     training_main(argv, __doc__, PretrainConfig, pretrain.run)
 

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ds_minimodel import flops  # noqa: E402
+from ds_minimodel.analysis import flops  # noqa: E402
 from ds_minimodel.cli import run_main  # noqa: E402
 from ds_minimodel.config import ModelConfig, PretrainConfig, load_config  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402

@@ -95,8 +95,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from ds_minimodel import study
-        from ds_minimodel.run_lock import RunLock
+        from ds_minimodel.analysis import study
+        from ds_minimodel.training.run_lock import RunLock
 
         out_lock = RunLock(Path(args.out), "--out")  # reads DSM_RUN_LOCK*: bad values fail here
 

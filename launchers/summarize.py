@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from ds_minimodel.report import eval_summary, plot_losses
+        from ds_minimodel.analysis.report import eval_summary, plot_losses
 
         summary = eval_summary(args.run_dir)
         failed = []

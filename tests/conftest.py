@@ -70,8 +70,8 @@ def tiny_target_corpus(tmp_path_factory) -> Path:
 
 
 def _pretrain_tiny(rank, data, out):
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig, load_config
+    from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", [f"data.path={data}", f"train.out_dir={out}"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))

@@ -8,8 +8,8 @@ each. When one rank fails, its peer is killed at once so a test never hangs.
 from __future__ import annotations
 
 import multiprocessing as mp
-import queue as queue_module
 import os
+import queue as queue_module
 import socket
 import time
 import traceback

@@ -185,8 +185,8 @@ def test_output_dir_of_another_run_is_not_touched(tmp_path, capsys, pretrain_mai
 
 
 def _resume_with(rank, data, out, extra):
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig, load_config
+    from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", "train.steps=2", *extra])
@@ -238,8 +238,8 @@ def test_read_only_file_system(tmp_path, capsys, pretrain_main, tiny_corpus, mou
 
 
 def _pretrain_until(rank, data, out, stop):
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig, load_config
+    from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", f"train.stop_at_step={stop}"])
@@ -468,8 +468,8 @@ def test_finetune_bad_value_and_unknown_key(tmp_path, capsys, tiny_model_dir):
 
 
 def _finetune(rank, model_dir, out):
-    from ds_minimodel import finetune
     from ds_minimodel.config import FinetuneConfig, load_config
+    from ds_minimodel.steps import finetune
 
     cfg = load_config(FinetuneConfig, REPO / "configs/finetune-tiny.yaml",
                       [f"model_dir={model_dir}", f"train.out_dir={out}", "train.steps=2"])
@@ -487,7 +487,7 @@ def fake_pack(where: Path, tokenizer_dir: Path, hidden: int) -> Path:
     """A well-formed language pack whose shapes belong to a model with `hidden` dimensions."""
     import torch
 
-    from ds_minimodel.langpack import PackInfo, save_pack
+    from ds_minimodel.artefacts.langpack import PackInfo, save_pack
     from ds_minimodel.tokenizer import Tokenizer
 
     tok = Tokenizer.load(str(tokenizer_dir / "tokenizer.model"))

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from ds_minimodel.config import ConfigError, ModelConfig, PretrainConfig, load_config
-from ds_minimodel.engine import resolve_ds_config
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder
+from ds_minimodel.training.engine import resolve_ds_config
 from tests.conftest import REPO
 from tests.helpers import assert_close_fp32
 

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from ds_minimodel.data import MLMLoader, TokenShards, eval_batches, mask_tokens, write_shards
-from ds_minimodel.data import recipes
+from ds_minimodel.data import (
+    MLMLoader,
+    TokenShards,
+    eval_batches,
+    mask_tokens,
+    recipes,
+    write_shards,
+)
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.tokenizer import Tokenizer, train_tokenizer
 

@@ -5,7 +5,7 @@ middle of writing a checkpoint makes its peer fail within a bounded time; `lates
 complete checkpoint, a partial directory is never taken for one, and `--resume` ends with the
 weights and loss log of an uninterrupted run, bit for bit (fp32, CPU). The same for adaptation.
 
-Faults strike at exact points through DSM_FAULT (ds_minimodel/faults.py), set inside the forked
+Faults strike at exact points through DSM_FAULT (ds_minimodel/training/faults.py), set inside the forked
 ranks only. Each crash test records, for bench/faults.py (`make faults`):
   steps_lost   checkpointed steps the resume did not continue from: the newest complete
                checkpoint on disk after the crash minus the step the resume started at (0 unless
@@ -23,12 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds_minimodel.metrics import read_metrics
+from ds_minimodel.training.metrics import read_metrics
 from tests.conftest import REPO
 from tests.distributed import run_ranks
 
-
-# ---- what the tests measure, read from disk independently of ds_minimodel.checkpoint -------
+# ---- what the tests measure, read from disk independently of ds_minimodel.training.checkpoint
 
 def newest_complete_step(run_dir: Path) -> int:
     """Step of the newest checkpoint directory whose meta.json exists and lists only files that
@@ -89,9 +88,9 @@ def failing(fn, *args, **kwargs) -> str:
 def _pretrain_with_nan_at(rank, data, out, bad_call):
     import torch
 
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.model import MLMEncoder
+    from ds_minimodel.steps import pretrain
 
     forward, calls = MLMEncoder.forward, [0]
 
@@ -127,9 +126,9 @@ def _pretrain_rank(rank, data, out, resume, kill_rank_at_call=0, fault=None):
     import os
     import signal
 
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.model import MLMEncoder
+    from ds_minimodel.steps import pretrain
 
     if fault:
         os.environ["DSM_FAULT"] = fault  # this forked rank only
@@ -192,8 +191,8 @@ def test_sigkill_of_one_rank_fails_fast_and_resume_matches_uninterrupted(tiny_co
 ])
 @pytest.mark.crash_resume
 def test_kill_during_save_checkpoint(tiny_corpus, tmp_path, straight_z3, record_property, point, rank):
-    from ds_minimodel.checkpoint import Checkpointer
-    from ds_minimodel.engine import DistInfo
+    from ds_minimodel.training.checkpoint import Checkpointer
+    from ds_minimodel.training.engine import DistInfo
 
     crashed = tmp_path / "crashed"
     t0 = time.monotonic()
@@ -228,8 +227,8 @@ def test_kill_during_save_checkpoint(tiny_corpus, tmp_path, straight_z3, record_
 def _adapt_rank(rank, model_dir, data, out, resume, fault=None):
     import os
 
-    from ds_minimodel import adapt
     from ds_minimodel.config import AdaptConfig, load_config
+    from ds_minimodel.steps import adapt
 
     if fault:
         os.environ["DSM_FAULT"] = fault
@@ -270,8 +269,8 @@ def test_adaptation_crash_and_resume_matches_uninterrupted(tiny_model_dir, tiny_
 # ---- a full disk ----------------------------------------------------------------------------
 
 def _resume_tiny(rank, data, out):
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig, load_config
+    from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", [f"data.path={data}", f"train.out_dir={out}"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"), resume=True)

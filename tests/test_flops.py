@@ -23,12 +23,28 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
-from ds_minimodel import flops, step_rules
-from ds_minimodel.config import ModelConfig, PretrainConfig, from_dict, load_config, to_dict
+from ds_minimodel.analysis import flops
+from ds_minimodel.config import (
+    ModelConfig,
+    PretrainConfig,
+    from_dict,
+    load_config,
+    to_dict,
+)
 from ds_minimodel.errors import UserError
-from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, QuestionAnswering, SequenceClassifier
+from ds_minimodel.model import (
+    IGNORE_INDEX,
+    MLMEncoder,
+    QuestionAnswering,
+    SequenceClassifier,
+)
+from ds_minimodel.steps import rules as step_rules
 
 REPO = Path(__file__).resolve().parents[1]
 K = 2  # MiniJoint mid head / MiniPost frozen layers
@@ -226,8 +242,8 @@ def test_freeze_patterns_are_checked():
 def source_dir(tiny_corpus, tmp_path_factory):
     """A 4-layer MiniJoint model directory (mid head after layer 2) with the tiny corpus's
     tokenizer; explicit attention and the plain MLM head, what FlopCounterMode counts exactly."""
-    from ds_minimodel.modeldir import write_model_dir
-    from ds_minimodel.pretrain import open_corpus
+    from ds_minimodel.artefacts.modeldir import write_model_dir
+    from ds_minimodel.steps.pretrain import open_corpus
 
     shards = open_corpus(str(tiny_corpus))
     cfg = ModelConfig(vocab_size=shards.vocab_size, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
@@ -241,7 +257,9 @@ def source_dir(tiny_corpus, tmp_path_factory):
 
 def job_spec(monkeypatch, module: str, config_cls: str, config_file: str, *overrides):
     """The JobSpec step `module` builds for the config, its run_job replaced by a recorder."""
-    from ds_minimodel import config, finetune, finetune_qa, pretrain
+    from ds_minimodel import config
+    from ds_minimodel.steps import mlm_job
+    from ds_minimodel.steps.finetune import classification, qa
 
     specs = []
 
@@ -249,10 +267,10 @@ def job_spec(monkeypatch, module: str, config_cls: str, config_file: str, *overr
         specs.append(spec)
         return Path(cfg.train.out_dir)
 
-    for mod in (pretrain, finetune, finetune_qa):
+    for mod in (mlm_job, classification, qa):
         monkeypatch.setattr(mod, "run_job", record)
     cfg = load_config(getattr(config, config_cls), REPO / config_file, list(overrides))
-    importlib.import_module(f"ds_minimodel.{module}").run(cfg, str(REPO / "ds_configs/z0.json"))
+    importlib.import_module(f"ds_minimodel.steps.{module}").run(cfg, str(REPO / "ds_configs/z0.json"))
     (spec,) = specs
     return spec
 
@@ -314,8 +332,12 @@ def test_real_minipost_step(monkeypatch, source_dir, tiny_corpus, tmp_path):
 def minipost_dir(source_dir, tmp_path_factory):
     """A MiniPost model directory (K frozen + 1 top layer) over source_dir, as minipost.py's
     finalize lays it out."""
-    from ds_minimodel.minimodel import build_minipost
-    from ds_minimodel.modeldir import body_fingerprints, read_model_dir, write_model_dir
+    from ds_minimodel.artefacts.modeldir import (
+        body_fingerprints,
+        read_model_dir,
+        write_model_dir,
+    )
+    from ds_minimodel.artefacts.surgery import build_minipost
 
     state, cfg, lineage = read_model_dir(source_dir)
     fresh = MLMEncoder(dataclasses.replace(cfg, num_layers=K + 1, mid_head_layer=None)).state_dict()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import transformers
 from safetensors.torch import load_file, save_file
 
-from ds_minimodel import hf
+from ds_minimodel.artefacts import hf
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder

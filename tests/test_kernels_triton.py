@@ -31,15 +31,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import triton  # noqa: E402  (a dependency: a missing triton must fail these tests, not skip them)
+from test_kernels import (
+    _assert_no_worse_than_torch_bf16,
+    assert_close_all,
+    emb_bound,
+    emb_inputs,
+    embedding_grad,
+    head_inputs,
+    run_head,
+)
 
 from ds_minimodel import kernels
 from ds_minimodel.kernels import reference
 from ds_minimodel.kernels.triton_support import interpreting
-from test_kernels import (_assert_no_worse_than_torch_bf16, assert_close_all, emb_bound, emb_inputs,
-                          embedding_grad, head_inputs, run_head)
 from tests.helpers import assert_close_fp32
-
-import triton  # noqa: E402  (a dependency: a missing triton must fail these tests, not skip them)
 
 CUDA = torch.cuda.is_available()
 INTERPRET = interpreting()

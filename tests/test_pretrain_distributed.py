@@ -12,11 +12,11 @@ import torch
 from ds_minimodel.config import PretrainConfig, load_config
 from ds_minimodel.data.loader import MLMLoader
 from ds_minimodel.data.shards import TokenShards
-from ds_minimodel.engine import lr_lambda, optimizer_groups
-from ds_minimodel.metrics import read_metrics
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.pretrain import resolve_vocab
-from ds_minimodel.step_rules import set_requires_grad_for_step
+from ds_minimodel.steps.pretrain import resolve_vocab
+from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.training.engine import lr_lambda, optimizer_groups
+from ds_minimodel.training.metrics import read_metrics
 from tests.conftest import REPO
 from tests.distributed import run_ranks
 from tests.helpers import assert_close_fp32
@@ -30,7 +30,7 @@ def tiny_config(data, out_dir, *extra) -> PretrainConfig:
 
 
 def _pretrain_rank(rank, overrides, ds_config, resume):
-    from ds_minimodel import pretrain
+    from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", overrides)
     pretrain.run(cfg, str(REPO / ds_config), resume=resume)

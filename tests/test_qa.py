@@ -17,22 +17,30 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from ds_minimodel import flops, hf
+from ds_minimodel.analysis import flops
+from ds_minimodel.artefacts import hf
+from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.config import ConfigError, FinetuneConfig, ModelConfig, load_config
 from ds_minimodel.errors import UserError
-from ds_minimodel.finetune import ShuffledLoader, load_finetuned
 from ds_minimodel.model import QuestionAnswering, SequenceClassifier
-from ds_minimodel.modeldir import read_model_dir
-from ds_minimodel.step_rules import set_requires_grad_for_step
+from ds_minimodel.steps.finetune.common import ShuffledLoader, load_finetuned
+from ds_minimodel.steps.rules import set_requires_grad_for_step
 from ds_minimodel.tasks import batching
-from ds_minimodel.tasks.batching import BERT, ROBERTA, Layout, encode_qa, encode_texts, layout_for
+from ds_minimodel.tasks.batching import (
+    BERT,
+    ROBERTA,
+    Layout,
+    encode_qa,
+    encode_texts,
+    layout_for,
+)
 from ds_minimodel.tasks.formats import ClassificationExample, load_task
 from ds_minimodel.tokenizer import Tokenizer, train_tokenizer
 from tests.conftest import REPO
 from tests.helpers import assert_close_fp32, fp32_tolerance
 from tests.test_bad_input import expect_rejected
-from tests.test_hf_parity import batch as hf_batch
 from tests.test_hf_parity import LAYER, L, hf_config, randomise
+from tests.test_hf_parity import batch as hf_batch
 from tests.test_minimodel_pipeline import run_step
 
 transformers.logging.set_verbosity_error()
@@ -347,7 +355,7 @@ def test_bert_family_finetunes_with_token_type_ids(task, bert_tok, tmp_path):
 def _pack(tmp_path, tiny_target_corpus, model_dir, fingerprint=None):
     """A Chichewa pack for the tiny model (random embeddings at the source table's scale: what is
     tested here is plugging and scoring, not how well adaptation went)."""
-    from ds_minimodel.langpack import PackInfo, save_pack
+    from ds_minimodel.artefacts.langpack import PackInfo, save_pack
 
     source, cfg, lineage = read_model_dir(model_dir)
     tok_path = str(tiny_target_corpus / "tokenizer.model")
@@ -388,8 +396,8 @@ def test_qa_zero_shot_evaluation_with_a_plugged_pack(qa_model, tiny_model_dir, t
 def test_qa_scores_are_rank_split_consistent(qa_model):
     """EM/F1 split over ranks (questions dealt round-robin) equals the single-rank score; a
     classifier loader refuses a QA model with a clear message."""
-    from ds_minimodel.finetune import load_classifier
-    from ds_minimodel.finetune_qa import encode_for, qa_scores
+    from ds_minimodel.steps.finetune.common import load_classifier
+    from ds_minimodel.steps.finetune.qa import encode_for, qa_scores
 
     model, config, lineage = load_finetuned(qa_model / "final")
     tok = Tokenizer.load(lineage["tokenizer"])

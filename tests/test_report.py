@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from ds_minimodel.report import pipeline_report
+from ds_minimodel.analysis.report import pipeline_report
 
 METHODS = ("full", "minijoint", "minipost")
 

@@ -1,4 +1,4 @@
-"""One writer per run directory (ds_minimodel/run_lock.py).
+"""One writer per run directory (ds_minimodel/training/run_lock.py).
 
 The lock between real processes: a second owner is refused with a line naming the first (host,
 pid, since), the lock goes with its owner (a clean exit, an exit without release, kill -9), a
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from ds_minimodel import run_lock
-from ds_minimodel.run_lock import RunInUseError, RunLock
+from ds_minimodel.training import run_lock
+from ds_minimodel.training.run_lock import RunInUseError, RunLock
 from tests.conftest import REPO
 from tests.test_bad_input import expect_rejected, tree_hash
 from tests.test_faults import newest_complete_step
@@ -41,7 +41,7 @@ for _key in (run_lock.MODE_ENV, run_lock.STALE_ENV):
 # (exit), or releases and exits (release). Exit 3 and "lost" if its lease is taken over.
 HOLDER = """
 import sys, time
-from ds_minimodel.run_lock import RunLock
+from ds_minimodel.training.run_lock import RunLock
 directory, mode, stale, then = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 lock = RunLock(directory, mode=mode, stale_after_s=stale, heartbeat_s=min(stale / 4, 1.0)).acquire()
 print("held", lock.mechanism, flush=True)
@@ -156,8 +156,8 @@ def test_fresh_lease_is_refused_and_a_stale_one_taken_over_once(tmp_path):
 # Every racer reads the stale record at time T, then claims at T + 1 s: the claims collide.
 RACER = """
 import sys, time
-from ds_minimodel import run_lock
-from ds_minimodel.run_lock import RunLock, RunInUseError
+from ds_minimodel.training import run_lock
+from ds_minimodel.training.run_lock import RunLock, RunInUseError
 start = float(sys.argv[3])
 read, first = run_lock.newest_record, [True]
 
@@ -223,7 +223,7 @@ def test_file_system_without_flock_falls_back_to_the_lease(tmp_path, monkeypatch
 def test_new_run_into_a_live_run_names_its_owner(tmp_path):
     """Without --resume a directory holding a run is refused anyway; while its owner lives the
     line names the owner instead of suggesting --resume."""
-    from ds_minimodel.job import check_run_dir
+    from ds_minimodel.training.job import check_run_dir
 
     run = tmp_path / "run"
     run.mkdir()
@@ -341,8 +341,8 @@ def test_second_launch_into_a_live_run_is_refused_then_resume_after_kill_9(tiny_
 
 
 def _pretrain_rank(rank, data, out):
-    from ds_minimodel import pretrain
     from ds_minimodel.config import PretrainConfig, load_config
+    from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", "train.collective_timeout_s=30"])

@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
+from ds_minimodel.analysis.study import Point, first_crossing, matched_compute
 from ds_minimodel.errors import UserError
-from ds_minimodel.study import Point, first_crossing, matched_compute
 from tests.conftest import REPO
 from tests.distributed import run_ranks
 from tests.test_bad_input import expect_rejected
@@ -112,8 +112,8 @@ def test_matched_compute_is_deterministic_and_checks_its_input():
 # ---- a tiny end-to-end study --------------------------------------------------------------------
 
 def _finetune(rank, model_dir, out):
-    from ds_minimodel import finetune
     from ds_minimodel.config import FinetuneConfig, load_config
+    from ds_minimodel.steps import finetune
 
     cfg = load_config(FinetuneConfig, REPO / "configs/finetune-tiny.yaml", [f"model_dir={model_dir}",
                                                                            f"train.out_dir={out}"])
@@ -140,7 +140,7 @@ def in_process_runner(calls):
 def tiny_study(tiny_model_dir, tiny_target_corpus, tmp_path_factory):
     """A fine-tuned tiny classifier and two adaptation runs (full, minijoint) of 6 steps with a
     checkpoint every 2, made by run_experiments."""
-    from ds_minimodel.study import ExperimentOptions, run_experiments
+    from ds_minimodel.analysis.study import ExperimentOptions, run_experiments
 
     root = tmp_path_factory.mktemp("study")
     run_ranks(_finetune, 1, args=(tiny_model_dir, root / "ft"))
@@ -154,7 +154,7 @@ def tiny_study(tiny_model_dir, tiny_target_corpus, tmp_path_factory):
 
 
 def test_run_experiments_keeps_every_checkpoint_and_reuses_finished_runs(tiny_study):
-    from ds_minimodel.study import run_experiments
+    from ds_minimodel.analysis.study import run_experiments
 
     for method, run_dir in tiny_study["runs"].items():
         tags = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
@@ -176,7 +176,7 @@ def test_init_point_is_the_runs_starting_embeddings(tiny_study):
     checkpoint; embeddings from another seed are not."""
     import dataclasses
 
-    from ds_minimodel.study import checkpoint_tensors, init_tensors, open_run
+    from ds_minimodel.analysis.study import checkpoint_tensors, init_tensors, open_run
 
     run = open_run("minijoint", tiny_study["runs"]["minijoint"])
     lr = float(run.config["optim"]["lr"])
@@ -198,7 +198,7 @@ def test_study_reads_the_runs_and_writes_json_markdown_and_plots(tiny_study, tmp
     for name in ("study.md", "metric_vs_flops.png", "metric_vs_wallclock.png"):
         assert (tmp_path / "a" / name).stat().st_size > 0, name
     assert (tmp_path / "a" / "metric_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
-    from ds_minimodel.metrics import read_metrics
+    from ds_minimodel.training.metrics import read_metrics
 
     for name in ("full", "minijoint"):
         pts = result["curves"][name]
@@ -228,7 +228,7 @@ def test_study_reads_the_runs_and_writes_json_markdown_and_plots(tiny_study, tmp
 
 
 def test_retrieval_metric_scores_every_checkpoint(tiny_study, tiny_model_dir, tmp_path):
-    from ds_minimodel.study import RetrievalScorer, study
+    from ds_minimodel.analysis.study import RetrievalScorer, study
 
     scorer = RetrievalScorer(tiny_model_dir, pairs=40)
     result = study(tiny_study["runs"], scorer, tmp_path, include_init=False, log=lambda s: None)
@@ -277,8 +277,8 @@ def test_second_study_into_a_live_out_is_refused(tiny_study, tmp_path, capsys):
 
 
 def test_study_plan_sets_dense_checkpoints_and_parses_as_adapt_config(tiny_model_dir, tiny_target_corpus, tmp_path):
+    from ds_minimodel.analysis.study import ExperimentOptions, plan_experiments
     from ds_minimodel.config import AdaptConfig, load_config
-    from ds_minimodel.study import ExperimentOptions, plan_experiments
     from launchers.study import parse_steps
 
     steps = parse_steps(["300", "minijoint=900"])
@@ -301,8 +301,8 @@ def test_study_plan_sets_dense_checkpoints_and_parses_as_adapt_config(tiny_model
 
 
 def test_checkpoint_tensors_match_the_final_pack(tiny_study):
-    from ds_minimodel.langpack import load_pack
-    from ds_minimodel.study import checkpoint_tensors, open_run
+    from ds_minimodel.analysis.study import checkpoint_tensors, open_run
+    from ds_minimodel.artefacts.langpack import load_pack
 
     run = open_run("full", tiny_study["runs"]["full"])
     _, pack, _ = load_pack(run.dir / "pack")

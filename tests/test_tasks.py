@@ -8,9 +8,20 @@ import pytest
 import torch
 
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
-from ds_minimodel.tasks import (XNLI_LABELS, ClassificationExample, QAExample, encode_qa,
-                                from_hf_datasets, load_task, qa_predictions, span_text, task_data)
-from ds_minimodel.tasks import batching, bible, metrics
+from ds_minimodel.tasks import (
+    XNLI_LABELS,
+    ClassificationExample,
+    QAExample,
+    batching,
+    bible,
+    encode_qa,
+    from_hf_datasets,
+    load_task,
+    metrics,
+    qa_predictions,
+    span_text,
+    task_data,
+)
 from ds_minimodel.tokenizer import sentencepiece_offsets, train_tokenizer
 
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tasks")

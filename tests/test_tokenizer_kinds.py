@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from ds_minimodel.tokenizer import HFTokenizer, SentencePieceTokenizer, Tokenizer, train_tokenizer
+from ds_minimodel.tokenizer import (
+    HFTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    train_tokenizer,
+)
 
 LINES = [
     "In the beginning God created the heaven and the earth.",
@@ -21,7 +26,14 @@ LINES = [
 def wordpiece_json(tmp_path_factory) -> str:
     """A small uncased BERT WordPiece tokenizer.json, trained here (no download)."""
     from tokenizers import Tokenizer as RustTokenizer
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = RustTokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -78,7 +90,7 @@ def test_bert_layout_sentencepiece(tmp_path):
 def test_copy_shared_matches_pieces_across_tokenizer_kinds(wordpiece_json, tmp_path):
     """A sentencepiece target shares rows with a WordPiece source under one spelling, lowercased
     because the source lowercases."""
-    from ds_minimodel.adapt import init_embeddings
+    from ds_minimodel.steps.adapt import init_embeddings
 
     (tmp_path / "t.txt").write_text("\n".join(LINES) + "\n", encoding="utf-8")
     target = train_tokenizer([str(tmp_path / "t.txt")], str(tmp_path / "sp"), 60, layout="bert")

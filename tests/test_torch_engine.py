@@ -10,15 +10,16 @@ import json
 import pytest
 import torch
 
-from ds_minimodel.checkpoint import consolidate
+from ds_minimodel.training.checkpoint import consolidate
 from tests.conftest import REPO
 from tests.distributed import run_ranks
 from tests.helpers import assert_close_fp32
 
 
 def _adapt(rank, model_dir, data, out, engine, extra):
-    from ds_minimodel import adapt, engine as ds
     from ds_minimodel.config import AdaptConfig, load_config
+    from ds_minimodel.steps import adapt
+    from ds_minimodel.training import engine as ds
 
     cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
                       [f"model_dir={model_dir}", f"data.path={data}", f"train.out_dir={out}", "language=ny",
@@ -73,9 +74,9 @@ def test_torch_engine_resume_is_bit_identical(tiny_model_dir, tiny_target_corpus
 
 
 def test_torch_engine_refuses_zero_and_bf16(tiny_model_dir, tiny_target_corpus, tmp_path):
-    from ds_minimodel import adapt
     from ds_minimodel.config import AdaptConfig, ConfigError, load_config
     from ds_minimodel.errors import UserError
+    from ds_minimodel.steps import adapt
 
     with pytest.raises(ConfigError, match="fp32 only"):
         load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml", ["train.engine=torch", "train.dtype=bf16"])

@@ -20,7 +20,6 @@ import torch
 import triton
 import triton.language as tl
 
-
 BLOCK_D = 128  # columns per program: 768 = 6 blocks; loads are 128-wide vectors
 BLOCK_N = 32  # token rows summed per step (deterministic) or per program (atomic)
 

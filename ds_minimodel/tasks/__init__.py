@@ -11,16 +11,55 @@
   span decoding.
 """
 
-from ds_minimodel.tasks.formats import (MLQA_LANGUAGES, PAWSX_LABELS, PAWSX_LANGUAGES, TASKS, XNLI_LABELS,
-                                        XNLI_LANGUAGES, ClassificationExample, QAExample, TaskData,
-                                        from_hf_datasets, load_task, read_pawsx_tsv, read_squad_json,
-                                        read_xnli_tsv, task_data, task_file)
-from ds_minimodel.tasks.bible import VersePair, VersePairs, verse_genre_task, verse_retrieval_pairs
-from ds_minimodel.tasks.metrics import (accuracy, exact_match_score, f1_score, macro_f1, normalize_answer,
-                                        paired_difference, qa_metrics, retrieval_metrics)
-from ds_minimodel.tasks.batching import (BERT, ROBERTA, EncodedTexts, Layout, QAFeatures, classification_batch,
-                                         classification_batches, encode_classification, encode_qa, encode_texts,
-                                         layout_for, qa_predictions, span_text)
+from ds_minimodel.tasks.batching import (
+                                        BERT,
+                                        ROBERTA,
+                                        EncodedTexts,
+                                        Layout,
+                                        QAFeatures,
+                                        classification_batch,
+                                        classification_batches,
+                                        encode_classification,
+                                        encode_qa,
+                                        encode_texts,
+                                        layout_for,
+                                        qa_predictions,
+                                        span_text,
+)
+from ds_minimodel.tasks.bible import (
+                                        VersePair,
+                                        VersePairs,
+                                        verse_genre_task,
+                                        verse_retrieval_pairs,
+)
+from ds_minimodel.tasks.formats import (
+                                        MLQA_LANGUAGES,
+                                        PAWSX_LABELS,
+                                        PAWSX_LANGUAGES,
+                                        TASKS,
+                                        XNLI_LABELS,
+                                        XNLI_LANGUAGES,
+                                        ClassificationExample,
+                                        QAExample,
+                                        TaskData,
+                                        from_hf_datasets,
+                                        load_task,
+                                        read_pawsx_tsv,
+                                        read_squad_json,
+                                        read_xnli_tsv,
+                                        task_data,
+                                        task_file,
+)
+from ds_minimodel.tasks.metrics import (
+                                        accuracy,
+                                        exact_match_score,
+                                        f1_score,
+                                        macro_f1,
+                                        normalize_answer,
+                                        paired_difference,
+                                        qa_metrics,
+                                        retrieval_metrics,
+)
 
 __all__ = [
     "ClassificationExample", "QAExample", "TaskData", "TASKS", "XNLI_LABELS", "PAWSX_LABELS", "XNLI_LANGUAGES",

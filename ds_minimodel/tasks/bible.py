@@ -32,9 +32,19 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ds_minimodel.data.recipes import (BOOK_GENRE, DEFAULT_TARGET_LANGUAGE, GENRES, HELDOUT_FRACTION, HELDOUT_SEED,
-                                       SOURCE_LANGUAGE, all_chapters, bible_language, bible_verses, english_verses,
-                                       heldout_chapters)
+from ds_minimodel.data.recipes import (
+    BOOK_GENRE,
+    DEFAULT_TARGET_LANGUAGE,
+    GENRES,
+    HELDOUT_FRACTION,
+    HELDOUT_SEED,
+    SOURCE_LANGUAGE,
+    all_chapters,
+    bible_language,
+    bible_verses,
+    english_verses,
+    heldout_chapters,
+)
 from ds_minimodel.errors import InvalidValueError
 from ds_minimodel.tasks.formats import ClassificationExample, TaskData
 

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import torch
 
-from ds_minimodel import engine as ds
-from ds_minimodel.checkpoint import consolidate
+from ds_minimodel.artefacts.langpack import PackInfo, save_pack
+from ds_minimodel.artefacts.modeldir import read_model_dir
+from ds_minimodel.artefacts.surgery import fingerprint, minijoint_mini, plug_embeddings
 from ds_minimodel.config import AdaptConfig, ModelConfig
 from ds_minimodel.errors import UserError
-from ds_minimodel.langpack import PackInfo, save_pack
-from ds_minimodel.minimodel import fingerprint, minijoint_mini, plug_embeddings
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.modeldir import read_model_dir
-from ds_minimodel.job import env_world_size
-from ds_minimodel.pretrain import open_corpus, run_mlm_job
-from ds_minimodel.step_rules import set_requires_grad_for_step
+from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
+from ds_minimodel.steps.rules import set_requires_grad_for_step
 from ds_minimodel.tokenizer import Tokenizer
+from ds_minimodel.training import engine as ds
+from ds_minimodel.training.checkpoint import consolidate
+from ds_minimodel.training.job import env_world_size
 
 # The step kind of each body (select_body's method).
 STEP_KIND = {"minijoint": "adapt_mini", "minipost": "adapt_minipost", "full": "adapt_full"}

@@ -16,13 +16,22 @@ from pathlib import Path
 
 import torch
 
+from ds_minimodel.artefacts.langpack import PackInfo, check_compatible, load_pack
+from ds_minimodel.artefacts.modeldir import read_model_dir
+from ds_minimodel.artefacts.surgery import plug_embeddings
 from ds_minimodel.errors import UserError
-from ds_minimodel.finetune import load_classifier, load_finetuned, with_vocab
-from ds_minimodel.langpack import PackInfo, check_compatible, load_pack
-from ds_minimodel.minimodel import plug_embeddings
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.modeldir import read_model_dir
-from ds_minimodel.tasks.batching import encode_texts, layout_for, pad_sequences, padded_batch
+from ds_minimodel.steps.finetune.common import (
+    load_classifier,
+    load_finetuned,
+    with_vocab,
+)
+from ds_minimodel.tasks.batching import (
+    encode_texts,
+    layout_for,
+    pad_sequences,
+    padded_batch,
+)
 from ds_minimodel.tokenizer import Tokenizer
 
 
@@ -109,7 +118,12 @@ def evaluate_qa(model_dir: str, packs: list[str], task_path: str | None = None, 
     those of the model with the pack plugged in and of its random-embedding control, on the
     SQuAD-format test set of the pack's language (MLQA's `test-context-<l>-question-<l>.json`
     layout) under `task_path` (default: the fine-tuning task directory)."""
-    from ds_minimodel.finetune_qa import TRAIN_LANGUAGE, answer_language, encode_for, qa_scores
+    from ds_minimodel.steps.finetune.qa import (
+        TRAIN_LANGUAGE,
+        answer_language,
+        encode_for,
+        qa_scores,
+    )
     from ds_minimodel.tasks.formats import load_task as load_split
     from ds_minimodel.tasks.formats import task_file
 
@@ -171,7 +185,11 @@ def evaluate_retrieval(pretrained_dir: str, packs: list[str], pairs=None, layer:
     `pairs` (VersePair-s) are scored for every pack; by default each pack gets the held-out
     pairs of its own language (`verse_retrieval_pairs(language=pack language)`): the same
     English verses for every language, less those its Bible lacks."""
-    from ds_minimodel.tasks.bible import MAX_RETRIEVAL_PAIRS, retrieval_sample, verse_retrieval_pairs
+    from ds_minimodel.tasks.bible import (
+        MAX_RETRIEVAL_PAIRS,
+        retrieval_sample,
+        verse_retrieval_pairs,
+    )
     from ds_minimodel.tasks.metrics import retrieval_metrics
 
     max_pairs = MAX_RETRIEVAL_PAIRS if max_pairs is None else max_pairs

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ds_minimodel import engine as ds
-from ds_minimodel import faults
 from ds_minimodel.errors import UserError
+from ds_minimodel.training import engine as ds
+from ds_minimodel.training import faults
 
 META = "meta.json"
 LATEST = "latest"
@@ -318,9 +318,9 @@ def consolidate(checkpoint_dir: str | Path, tag: str | None = None) -> tuple[dic
 def export(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = None,
            tokenizer_path: str | None = None, lineage: dict | None = None, hf_export: bool = True) -> Path:
     """A model directory (see modeldir.py) from a checkpoint, plus a Hugging Face export in hf/."""
-    from ds_minimodel import hf
+    from ds_minimodel.artefacts import hf
+    from ds_minimodel.artefacts.modeldir import body_fingerprints, write_model_dir
     from ds_minimodel.config import ModelConfig, from_dict
-    from ds_minimodel.modeldir import body_fingerprints, write_model_dir
 
     state, meta = consolidate(checkpoint_dir, tag)
     out_dir = Path(out_dir)

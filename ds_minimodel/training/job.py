@@ -18,13 +18,12 @@ from typing import Callable
 import torch
 import yaml
 
-from ds_minimodel import engine as ds
-from ds_minimodel import run_lock
-from ds_minimodel import train as loop
-from ds_minimodel.checkpoint import Checkpointer
 from ds_minimodel.config import to_dict
 from ds_minimodel.errors import UserError, check_creatable
-from ds_minimodel.metrics import MetricsLogger
+from ds_minimodel.training import engine as ds
+from ds_minimodel.training import loop, run_lock
+from ds_minimodel.training.checkpoint import Checkpointer
+from ds_minimodel.training.metrics import MetricsLogger
 
 
 def env_world_size() -> int:

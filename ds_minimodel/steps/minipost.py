@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from ds_minimodel.checkpoint import export
+from ds_minimodel.artefacts.modeldir import read_model_dir
+from ds_minimodel.artefacts.surgery import build_minipost
 from ds_minimodel.config import MiniPostConfig
 from ds_minimodel.errors import UserError
-from ds_minimodel.minimodel import build_minipost
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.modeldir import read_model_dir
-from ds_minimodel.pretrain import open_corpus, run_mlm_job
-from ds_minimodel.step_rules import set_requires_grad_for_step
+from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
+from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.training.checkpoint import export
 
 
 def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ds_minimodel.data.recipes import language_name
 from ds_minimodel.errors import UserError
-from ds_minimodel.metrics import read_metrics
+from ds_minimodel.training.metrics import read_metrics
 
 
 def eval_summary(run_dir: str | Path) -> dict[str, tuple[float, float]]:

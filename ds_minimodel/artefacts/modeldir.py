@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from ds_minimodel.artefacts.surgery import fingerprint
 from ds_minimodel.config import ModelConfig, from_dict
 from ds_minimodel.errors import UserError
-from ds_minimodel.minimodel import fingerprint
 
 
 def body_fingerprints(state: dict, cfg: ModelConfig, upto: int | None = None) -> dict[str, str]:
@@ -39,7 +39,7 @@ def read_model_dir(path: str | Path) -> tuple[dict, ModelConfig, dict]:
     except json.JSONDecodeError as e:
         raise UserError(f"{cfg_file} is not valid JSON: {e}") from None
     if "model_type" in raw:  # a Hugging Face directory
-        from ds_minimodel import hf
+        from ds_minimodel.artefacts import hf
 
         model = hf.load_hf_pretrained(str(path))
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}

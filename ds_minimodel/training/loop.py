@@ -16,11 +16,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ds_minimodel import faults
-from ds_minimodel.checkpoint import Checkpointer
 from ds_minimodel.config import TrainConfig
 from ds_minimodel.errors import UserError
-from ds_minimodel.metrics import MetricsLogger
+from ds_minimodel.training import faults
+from ds_minimodel.training.checkpoint import Checkpointer
+from ds_minimodel.training.metrics import MetricsLogger
 
 
 class NonFiniteLoss(UserError):
@@ -41,7 +41,7 @@ class LoopState:
 
 def flops_counter(model_cfg, kind: str, **kwargs) -> Callable[[dict], int]:
     """FLOPs of one micro-batch of step `kind`, from the masked positions it really has."""
-    from ds_minimodel.flops import step_flops
+    from ds_minimodel.analysis.flops import step_flops
 
     def count(batch: dict) -> int:
         B, T = batch["input_ids"].shape
@@ -52,7 +52,7 @@ def flops_counter(model_cfg, kind: str, **kwargs) -> Callable[[dict], int]:
 
 def world_peak_flops(dtype: str) -> float | None:
     """Peak FLOP/s of all ranks together: the vendor table on GPUs, a measured matmul rate on CPU."""
-    from ds_minimodel import flops
+    from ds_minimodel.analysis import flops
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     try:

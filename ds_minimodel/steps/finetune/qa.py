@@ -18,16 +18,26 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ds_minimodel import train as loop
 from ds_minimodel.config import FinetuneConfig, to_dict
 from ds_minimodel.errors import UserError
-from ds_minimodel.finetune import ShuffledLoader, export_finetuned, load_source, sample
-from ds_minimodel.job import JobSpec, run_job
 from ds_minimodel.model import QuestionAnswering
-from ds_minimodel.step_rules import set_requires_grad_for_step
-from ds_minimodel.tasks.batching import QAFeatures, encode_qa, layout_for, qa_predictions
+from ds_minimodel.steps.finetune.common import (
+    ShuffledLoader,
+    export_finetuned,
+    load_source,
+    sample,
+)
+from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.tasks.batching import (
+    QAFeatures,
+    encode_qa,
+    layout_for,
+    qa_predictions,
+)
 from ds_minimodel.tasks.formats import QAExample, TaskData, load_task, task_file
 from ds_minimodel.tasks.metrics import qa_metrics
+from ds_minimodel.training import loop
+from ds_minimodel.training.job import JobSpec, run_job
 
 TRAIN_LANGUAGE = "en"
 EVAL_BATCH = 32
@@ -132,7 +142,7 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
         return evaluate
 
     def micro_flops(batch: dict) -> int:
-        from ds_minimodel.flops import step_flops
+        from ds_minimodel.analysis.flops import step_flops
 
         B, T = batch["input_ids"].shape
         return step_flops(model_cfg, "finetune_qa", B, T, 0).total

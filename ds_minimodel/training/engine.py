@@ -27,7 +27,7 @@ from deepspeed.utils import logger as ds_logger  # noqa: E402
 
 from ds_minimodel.config import OptimConfig  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402
-from ds_minimodel.optim import adamw, lr_lambda, optimizer_groups  # noqa: E402
+from ds_minimodel.training.optim import adamw, lr_lambda, optimizer_groups  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def build_engine(model: torch.nn.Module, ds_config: dict, optim: OptimConfig, to
     """DeepSpeed engine over the trainable parameters, with torch AdamW and our LR schedule (or
     the plain-PyTorch engine with the same interface)."""
     if not use_deepspeed:
-        from ds_minimodel.torch_engine import TorchEngine
+        from ds_minimodel.training.torch_engine import TorchEngine
 
         return TorchEngine(model, ds_config, optim, total_steps)
     groups = optimizer_groups(model, optim.weight_decay)

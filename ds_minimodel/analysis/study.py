@@ -51,8 +51,8 @@ from typing import Callable
 
 import torch
 
+from ds_minimodel.artefacts.langpack import PackInfo
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
-from ds_minimodel.langpack import PackInfo
 from ds_minimodel.subprocess_runner import REPO, run_command
 
 METHODS = ("full", "minijoint", "minipost")
@@ -196,8 +196,8 @@ class StudyRun:
 
 def _adapt_body(config: dict, where: str):
     """(body state, body config, method, k, source lineage) exactly as adapt.run selects them."""
-    from ds_minimodel.adapt import select_body
-    from ds_minimodel.modeldir import read_model_dir
+    from ds_minimodel.artefacts.modeldir import read_model_dir
+    from ds_minimodel.steps.adapt import select_body
 
     model_dir = config.get("model_dir")
     if not model_dir or not Path(model_dir).is_dir():
@@ -209,7 +209,7 @@ def _adapt_body(config: dict, where: str):
 
 
 def _target_tokenizer(config: dict, where: str):
-    from ds_minimodel.pretrain import open_corpus
+    from ds_minimodel.steps.mlm_job import open_corpus
 
     path = config.get("data", {}).get("path")
     if not path or not (Path(path) / "index.json").is_file():
@@ -219,7 +219,7 @@ def _target_tokenizer(config: dict, where: str):
 
 def _info_from_config(config: dict, where: str) -> tuple[PackInfo, str]:
     """The PackInfo adapt.run would write for this run (when it has no final pack yet)."""
-    from ds_minimodel.minimodel import fingerprint
+    from ds_minimodel.artefacts.surgery import fingerprint
 
     body, _, method, k, _ = _adapt_body(config, where)
     tok = _target_tokenizer(config, where)
@@ -237,7 +237,7 @@ def _info_from_config(config: dict, where: str) -> tuple[PackInfo, str]:
 def open_run(name: str, run_dir: str | Path) -> StudyRun:
     """Read an adaptation run: its complete checkpoints (sorted by step) and its PackInfo (from
     its final pack/pack.json, or rebuilt from the checkpoint's config when it has none)."""
-    from ds_minimodel.checkpoint import is_complete, read_meta
+    from ds_minimodel.training.checkpoint import is_complete, read_meta
 
     run_dir = Path(run_dir)
     where = f"run {name!r} ({run_dir})"
@@ -271,7 +271,7 @@ def open_run(name: str, run_dir: str | Path) -> StudyRun:
 
 def checkpoint_tensors(run: StudyRun, tag: str) -> dict[str, torch.Tensor]:
     """{"word", "output_bias"} of one checkpoint: what its pack would hold."""
-    from ds_minimodel.checkpoint import consolidate
+    from ds_minimodel.training.checkpoint import consolidate
 
     state, _ = consolidate(run.dir / "checkpoints", tag)
     word, bias = state["embeddings.word"], state["lm_head.bias"]
@@ -284,7 +284,7 @@ def checkpoint_tensors(run: StudyRun, tag: str) -> dict[str, torch.Tensor]:
 def init_tensors(run: StudyRun) -> dict[str, torch.Tensor]:
     """The run's embeddings before its first step, rebuilt with adapt.py's own `init_embeddings`
     from the same source model, tokenizers and seed."""
-    from ds_minimodel.adapt import init_embeddings
+    from ds_minimodel.steps.adapt import init_embeddings
     from ds_minimodel.tokenizer import Tokenizer
 
     where = f"run {run.name!r} ({run.dir})"
@@ -358,8 +358,8 @@ class AccuracyScorer:
 
     def __init__(self, model_dir: str | Path, eval_examples: int | None = None, seed: int = 0, batch_size: int = 32):
         from ds_minimodel.config import FinetuneConfig, from_dict
-        from ds_minimodel.finetune import load_classifier, load_task
-        from ds_minimodel.finetune import accuracy
+        from ds_minimodel.steps.finetune.classification import accuracy, load_task
+        from ds_minimodel.steps.finetune.common import load_classifier
         from ds_minimodel.tasks.batching import encode_texts, layout_for
         from ds_minimodel.tokenizer import Tokenizer
 
@@ -414,8 +414,8 @@ class AccuracyScorer:
         return self._encoded[key]
 
     def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> float:
-        from ds_minimodel.finetune import accuracy
-        from ds_minimodel.transfer import plugged_classifier
+        from ds_minimodel.steps.finetune.classification import accuracy
+        from ds_minimodel.steps.transfer import plugged_classifier
 
         encoded, types, labels, pad_id = self._encode(info, tokenizer_path)
         plugged = plugged_classifier(self.model, info, tensors, self.lineage, str(self.model_dir))
@@ -431,11 +431,11 @@ class RetrievalScorer:
     metric = "retrieval_top1"
 
     def __init__(self, pretrained_dir: str | Path, pairs: int = 1000, layer: int | None = None):
+        from ds_minimodel.artefacts.modeldir import read_model_dir
         from ds_minimodel.model import MLMEncoder
-        from ds_minimodel.modeldir import read_model_dir
+        from ds_minimodel.steps.transfer import mean_pooled
         from ds_minimodel.tasks.bible import retrieval_sample
         from ds_minimodel.tokenizer import Tokenizer
-        from ds_minimodel.transfer import mean_pooled
 
         self.pretrained_dir = Path(pretrained_dir)
         if not self.pretrained_dir.is_dir():
@@ -471,12 +471,12 @@ class RetrievalScorer:
                 **({"pairs_missing_in_language": dropped} if dropped else {})}
 
     def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> float:
-        from ds_minimodel.langpack import check_compatible
-        from ds_minimodel.minimodel import plug_embeddings
+        from ds_minimodel.artefacts.langpack import check_compatible
+        from ds_minimodel.artefacts.surgery import plug_embeddings
         from ds_minimodel.model import MLMEncoder
+        from ds_minimodel.steps.transfer import mean_pooled
         from ds_minimodel.tasks.metrics import retrieval_metrics
         from ds_minimodel.tokenizer import Tokenizer
-        from ds_minimodel.transfer import mean_pooled
 
         check_compatible(info, hidden_size=self.cfg.hidden_size, pad_token_id=self.cfg.pad_token_id,
                          body_fingerprint=self.lineage["body_fingerprints"].get(str(info.fingerprint_layers), "none"),
@@ -510,7 +510,7 @@ class ScoreCache:
         if key not in self.scores:
             self.scores[key] = float(compute())
             if self.path is not None:
-                from ds_minimodel.checkpoint import write_atomic
+                from ds_minimodel.training.checkpoint import write_atomic
 
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.path, json.dumps({"identity": self.identity, "scores": self.scores}, indent=1))
@@ -656,7 +656,7 @@ def study(runs: dict[str, str | Path], scorer, out_dir: str | Path, *, baseline:
         "plots": [p.name for p in plots],
     }
     result = _json_safe(result)
-    from ds_minimodel.checkpoint import write_atomic
+    from ds_minimodel.training.checkpoint import write_atomic
 
     write_atomic(out_dir / "study.json", json.dumps(result, indent=2))
     write_atomic(out_dir / "study.md", markdown(result))

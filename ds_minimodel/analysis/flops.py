@@ -60,11 +60,25 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
-from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, QuestionAnswering, SequenceClassifier
+from ds_minimodel.model import (
+    IGNORE_INDEX,
+    MLMEncoder,
+    QuestionAnswering,
+    SequenceClassifier,
+)
+
 # STEP_KINDS and ROUTE are also read through this module by the launchers.
-from ds_minimodel.step_rules import (ENCODER, ROUTE, STEP_KINDS, TASK_HEADS,  # noqa: F401
-                                     check_freeze_patterns, check_kind, is_trainable, minipost_k,
-                                     set_requires_grad_for_step)
+from ds_minimodel.steps.rules import (  # noqa: F401
+    ENCODER,
+    ROUTE,
+    STEP_KINDS,
+    TASK_HEADS,
+    check_freeze_patterns,
+    check_kind,
+    is_trainable,
+    minipost_k,
+    set_requires_grad_for_step,
+)
 
 COMPONENTS = ("embeddings", "attn_proj", "attn_scores", "mlp", "mid_head", "final_head", "task_head")
 TITLES = {

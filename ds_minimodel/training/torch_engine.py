@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from ds_minimodel.config import OptimConfig
 from ds_minimodel.errors import UserError
-from ds_minimodel.optim import adamw, lr_lambda, optimizer_groups
+from ds_minimodel.training.optim import adamw, lr_lambda, optimizer_groups
 
 MODEL_FILE = "mp_rank_00_model_states.pt"  # DeepSpeed's name at ZeRO-0: consolidate reads it
 OPTIM_FILE = "torch_optim_states.pt"

@@ -1,0 +1,121 @@
+"""Step 3 for classification: body + a classification head on source-language task data
+(bible-genre, XNLI, PAWS-X), embeddings frozen (see common.py).
+
+Inputs are packed as the model family expects
+(`tasks.batching.layout_for`: RoBERTa `<s> A </s></s> B </s>`, BERT `[CLS] A [SEP] B [SEP]` with
+token_type_ids).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ds_minimodel.config import FinetuneConfig, to_dict
+from ds_minimodel.errors import UserError
+from ds_minimodel.model import SequenceClassifier
+from ds_minimodel.steps.finetune.common import (
+    ShuffledLoader,
+    export_finetuned,
+    load_source,
+    sample,
+)
+from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.tasks.batching import (
+    EncodedTexts,
+    encode_texts,
+    layout_for,
+    padded_batch,
+)
+from ds_minimodel.tasks.formats import TaskData
+from ds_minimodel.training import loop
+from ds_minimodel.training.job import JobSpec, run_job
+
+
+def load_task(cfg: FinetuneConfig) -> TaskData:
+    if cfg.task == "bible-genre":
+        from ds_minimodel.tasks.bible import verse_genre_task
+
+        return verse_genre_task(seed=cfg.train.seed)
+    from ds_minimodel.tasks.formats import task_data
+
+    return task_data(cfg.task, cfg.task_path, test_languages=["en"], train_language="en")
+
+
+class ClassificationLoader(ShuffledLoader):
+    """Shuffled epochs of pre-tokenised examples (and their token_type_ids for BERT layouts)."""
+
+    def __init__(self, encoded: list[list[int]], labels: list[int], pad_id: int, micro_batch_size: int,
+                 grad_accum: int, rank: int, world_size: int, seed: int, type_ids: list[list[int]] | None = None):
+        enc, labels_t = EncodedTexts(encoded, type_ids), torch.tensor(labels)
+
+        def batch(idx):
+            return {**padded_batch(enc, idx, pad_id), "labels": labels_t[idx]}
+
+        super().__init__(len(encoded), batch, micro_batch_size, grad_accum, rank, world_size, seed)
+
+
+@torch.no_grad()
+def accuracy(model_or_engine, encoded: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
+             rank: int = 0, world_size: int = 1, type_ids: list[list[int]] | None = None) -> float:
+    """Accuracy over every example; ranks take interleaved batches and sum their counts."""
+    was_training = model_or_engine.training
+    model_or_engine.eval()
+    device = next(model_or_engine.parameters()).device
+    enc = EncodedTexts(encoded, type_ids)
+    starts = list(range(0, len(encoded), batch_size))
+    rounds = -(-len(starts) // world_size)  # equal forward count on every rank (ZeRO-3 gathers)
+    correct = 0
+    for r in range(rounds):
+        i = r * world_size + rank
+        chunk = range(starts[i], min(starts[i] + batch_size, len(encoded))) if i < len(starts) else range(0, 1)
+        batch = loop.to_device(padded_batch(enc, chunk, pad_id), device)
+        lab = torch.tensor([labels[j] for j in chunk], device=device)
+        out = model_or_engine(**batch, labels=lab)
+        correct += int(out["num_correct"]) if i < len(starts) else 0
+    model_or_engine.train(was_training)
+    return loop.all_reduce_sum([correct], device)[0] / max(len(encoded), 1)
+
+
+def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
+    state, model_cfg, lineage, tok = load_source(cfg)
+    task = load_task(cfg)
+    if task.is_qa:
+        raise UserError(f"task {cfg.task} is extractive QA; fine-tune it with task=mlqa or task=squad")
+    layout = layout_for(model_cfg)
+    train_enc = encode_texts(task.train, tok, cfg.max_len, layout)
+    # A seeded sample: the split is sorted by class.
+    valid = sample(task.validation, cfg.eval_examples, cfg.train.seed)
+    valid_enc = encode_texts(valid, tok, cfg.max_len, layout)
+
+    def make_model(ds_config: dict) -> SequenceClassifier:
+        torch.manual_seed(cfg.train.seed)
+        model = SequenceClassifier(model_cfg, len(task.label_names), cfg.head_dropout, cfg.pooling)
+        model.encoder.load_state_dict(state, strict=True)
+        set_requires_grad_for_step(model, "finetune")
+        return model
+
+    def make_loader(mb, ga, rank, world):
+        return ClassificationLoader(train_enc.ids, [ex.label for ex in task.train], tok.pad_id, mb, ga, rank, world,
+                                    cfg.train.seed, train_enc.type_ids)
+
+    def make_evaluate(engine, dist):
+        labels = [ex.label for ex in valid]
+        return lambda: {"valid_accuracy": accuracy(engine, valid_enc.ids, labels, tok.pad_id, 32, dist.rank,
+                                                   dist.world_size, valid_enc.type_ids)}
+
+    def micro_flops(batch: dict) -> int:
+        from ds_minimodel.analysis.flops import step_flops
+
+        B, T = batch["input_ids"].shape
+        return step_flops(model_cfg, "finetune", B, T, 0, num_classes=len(task.label_names)).total
+
+    def finalize(run_dir: Path, checkpointer) -> None:
+        export_finetuned(run_dir, checkpointer, cfg, model_cfg, lineage,
+                         {"kind": "classification", "name": task.name, "label_names": list(task.label_names),
+                          "max_len": cfg.max_len, "head_dropout": cfg.head_dropout, "pooling": cfg.pooling})
+
+    spec = JobSpec(kind="finetune", model_config=to_dict(model_cfg), make_loader=make_loader, make_model=make_model,
+                   loss_keys=("loss",), finalize=finalize, make_evaluate=make_evaluate, micro_flops=micro_flops)
+    return run_job(cfg, spec, ds_config_path, resume)
