@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from ds_minimodel.analysis import flops  # noqa: E402
+from ds_minimodel.analysis import flops, flops_check  # noqa: E402
 from ds_minimodel.config import ModelConfig  # noqa: E402
 
 # (name, model shape, (batch, seq, masked)): distinct dimensions so that no two terms coincide.
@@ -55,15 +55,15 @@ def main(argv=None) -> float:
                    "adapt_full": lambda: dataclasses.replace(full, mid_head_layer=None)}.get(kind, lambda: full)()
             kw = dict(minipost_frozen_layers=k if kind == "minipost_top" else None)
             t0 = time.perf_counter()
-            fwd, bwd = flops.measure_step_flops(cfg, kind, B, T, M, **kw)
+            fwd, bwd = flops_check.measure_step_flops(cfg, kind, B, T, M, **kw)
             ours = flops.step_flops(cfg, kind, B, T, M, **kw)
             counted = fwd + bwd
             # Forward and backward separately, so that errors of opposite sign cannot cancel.
             err = max(abs(ours.forward - fwd) / max(fwd, 1), abs(ours.backward - bwd) / max(bwd, 1))
             worst = max(worst, err)
-            six_n = flops.six_n_rule(cfg, B * T)
-            ds = flops.deepspeed_profiler_estimate(cfg, kind, B, T, M, **kw).step
-            ds3 = flops.deepspeed_profiler_estimate(cfg, kind, B, T, M, zero3=True, **kw).step
+            six_n = flops_check.six_n_rule(cfg, B * T)
+            ds = flops_check.deepspeed_profiler_estimate(cfg, kind, B, T, M, **kw).step
+            ds3 = flops_check.deepspeed_profiler_estimate(cfg, kind, B, T, M, zero3=True, **kw).step
             rel = [f"{(x - ours.total) / ours.total:+.0%}" for x in (six_n, ds, ds3)]
             print(f"{name:<12}{kind:<16}{ours.total:>14,}{counted:>17,}{err:>10.2e}"
                   + "".join(f"{r:>10}" for r in rel) + f"{time.perf_counter() - t0:>6.1f}")

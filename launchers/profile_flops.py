@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ds_minimodel.analysis import flops  # noqa: E402
+from ds_minimodel.analysis import flops, flops_check  # noqa: E402
 from ds_minimodel.cli import run_main  # noqa: E402
 from ds_minimodel.config import ModelConfig, PretrainConfig, load_config  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402
@@ -100,7 +100,7 @@ class _StepForward(nn.Module):
 
 
 def run_deepspeed_profiler(step: dict, *, zero3_linear: bool = False) -> int:
-    """FlopsProfiler.get_total_flops() for one forward of `step` (flops.build_step).
+    """FlopsProfiler.get_total_flops() for one forward of `step` (flops_check.build_step).
 
     zero3_linear: swap torch.nn.functional.linear for DeepSpeed's ZeRO-3 linear, as zero.Init
     does, without partitioning anything: that swap alone is what makes the profiler count every
@@ -178,8 +178,8 @@ def _check(cfg: ModelConfig, k: int | None, freeze: list, args, B: int, T: int, 
     cfg = dataclasses.replace(cfg, attention="explicit", kernels="off")
     kw = dict(minipost_frozen_layers=k, num_classes=args.num_classes)
     ours = flops.step_flops(cfg, args.step, B, T, M, freeze=freeze, **kw)
-    step = flops.build_step(cfg, args.step, B, T, M, freeze=freeze, **kw)
-    fwd, bwd = flops.count_step(**step)
+    step = flops_check.build_step(cfg, args.step, B, T, M, freeze=freeze, **kw)
+    fwd, bwd = flops_check.count_step(**step)
     ok = fwd == ours.forward and bwd == ours.backward
     lines = ["", f"check ({args.check_scale}: {_model_line(cfg)}, batch {B} x seq {T}, {M} masked):",
              f"  {'':<34}{'ours':>18}{'FlopCounterMode':>18}",
@@ -188,7 +188,7 @@ def _check(cfg: ModelConfig, k: int | None, freeze: list, args, B: int, T: int, 
              f"  {'total':<34}{ours.total:>18,}{fwd + bwd:>18,}",
              f"  {'match':<34}{'exact' if ok else 'MISMATCH':>18}"]
     for zero3 in (False, True):
-        est = flops.deepspeed_profiler_estimate(cfg, args.step, B, T, M, zero3=zero3, **kw)
+        est = flops_check.deepspeed_profiler_estimate(cfg, args.step, B, T, M, zero3=zero3, **kw)
         real = run_deepspeed_profiler(step, zero3_linear=zero3)
         name = "DeepSpeed profiler forward" + (" (ZeRO-3)" if zero3 else "")
         lines.append(f"  {name:<34}{est.forward:>18,}{real:>18,}  (estimate vs FlopsProfiler run: "
@@ -222,9 +222,9 @@ def main(argv=None) -> None:
         zero3, rff = _ds_settings(args.deepspeed)
         if args.recompute_fwd_factor is not None:
             rff = args.recompute_fwd_factor
-        six_n = flops.six_n_rule(cfg, report.tokens)
-        ds_est = flops.deepspeed_profiler_estimate(cfg, args.step, B, T, M, recompute_fwd_factor=rff, **kw)
-        ds_z3 = flops.deepspeed_profiler_estimate(cfg, args.step, B, T, M, zero3=True, recompute_fwd_factor=rff,
+        six_n = flops_check.six_n_rule(cfg, report.tokens)
+        ds_est = flops_check.deepspeed_profiler_estimate(cfg, args.step, B, T, M, recompute_fwd_factor=rff, **kw)
+        ds_z3 = flops_check.deepspeed_profiler_estimate(cfg, args.step, B, T, M, zero3=True, recompute_fwd_factor=rff,
                                                   **kw)
         if args.json:
             out = report.to_dict() | {
@@ -240,7 +240,7 @@ def main(argv=None) -> None:
         print(f"{'estimate':<40}{'per step':>14}{'per token':>14}{'vs ours':>10}")
         rows = [("ours (FlopCounterMode convention)", report.total),
                 ("6N rule (HF Trainer floating_point_ops)", six_n),
-                ("6N as transformers 5.x reports XLM-R*", flops.six_n_rule(cfg, tok, hf_tied_decoder_quirk=True)),
+                ("6N as transformers 5.x reports XLM-R*", flops_check.six_n_rule(cfg, tok, hf_tied_decoder_quirk=True)),
                 (f"DeepSpeed profiler ({3 + rff:g} x fwd)" if args.step != "eval" else "DeepSpeed profiler (fwd)",
                  ds_est.step),
                 ("DeepSpeed profiler, ZeRO-3", ds_z3.step)]

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from ds_minimodel.analysis import flops
+from ds_minimodel.analysis import flops, flops_check
 from ds_minimodel.config import (
     ModelConfig,
     PretrainConfig,
@@ -174,7 +174,7 @@ def test_library_freezing_matches_the_brief(kind):
     assert set(names) == {n for n, _ in model.named_parameters() if brief_trainable(kind, n)}
     assert set(names) == {n for n, p in model.named_parameters() if p.requires_grad}
     # ... and the library's own measurement helper counts the same as the analytic report.
-    fwd, bwd = flops.measure_step_flops(cfg, kind, 2, 9, 5, minipost_frozen_layers=K)
+    fwd, bwd = flops_check.measure_step_flops(cfg, kind, 2, 9, 5, minipost_frozen_layers=K)
     report = flops.step_flops(cfg, kind, 2, 9, 5, minipost_frozen_layers=K)
     assert (fwd, bwd) == (report.forward, report.backward)
 
@@ -554,13 +554,13 @@ def test_deepspeed_profiler_estimate_matches_a_real_profiler_run():
     for kind in flops.STEP_KINDS:
         for attention in ("explicit", "sdpa"):
             cfg = cfg_for(kind, attention=attention)
-            step = flops.build_step(cfg, kind, B, T, M, minipost_frozen_layers=K)
+            step = flops_check.build_step(cfg, kind, B, T, M, minipost_frozen_layers=K)
             for zero3 in (False, True):
-                est = flops.deepspeed_profiler_estimate(cfg, kind, B, T, M, minipost_frozen_layers=K, zero3=zero3)
+                est = flops_check.deepspeed_profiler_estimate(cfg, kind, B, T, M, minipost_frozen_layers=K, zero3=zero3)
                 assert est.forward == launcher.run_deepspeed_profiler(step, zero3_linear=zero3), (kind, zero3)
             assert torch.nn.functional.linear is linear  # the ZeRO-3 swap was undone
     ours = flops.step_flops(cfg_for("adapt_mini"), "adapt_mini", B, T, M)
-    est = flops.deepspeed_profiler_estimate(cfg_for("adapt_mini"), "adapt_mini", B, T, M, recompute_fwd_factor=1.0)
+    est = flops_check.deepspeed_profiler_estimate(cfg_for("adapt_mini"), "adapt_mini", B, T, M, recompute_fwd_factor=1.0)
     assert est.step == 4 * est.forward and est.step > ours.total
 
 
@@ -569,18 +569,18 @@ def test_param_counts_and_six_n_rule_match_hugging_face():
 
     cfg = small_cfg(mid_head_layer=None, max_positions=40)
     model = MLMEncoder(cfg)
-    assert sum(p.numel() for p in model.parameters()) == sum(flops.param_counts(cfg).values())
+    assert sum(p.numel() for p in model.parameters()) == sum(flops_check.param_counts(cfg).values())
     with_mid = small_cfg()
-    assert sum(p.numel() for p in MLMEncoder(with_mid).parameters()) == sum(flops.param_counts(with_mid).values())
+    assert sum(p.numel() for p in MLMEncoder(with_mid).parameters()) == sum(flops_check.param_counts(with_mid).values())
     hf = XLMRobertaForMaskedLM(XLMRobertaConfig(
         vocab_size=301, hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,
         max_position_embeddings=40, type_vocab_size=1))
     tokens = 3 * 19  # Trainer.floating_point_ops: 6 * input_ids.numel() * num_parameters(exclude_embeddings=True)
     hf_count = 6 * tokens * hf.num_parameters(exclude_embeddings=True)
-    assert flops.six_n_rule(cfg, tokens, hf_tied_decoder_quirk=True) == hf_count
+    assert flops_check.six_n_rule(cfg, tokens, hf_tied_decoder_quirk=True) == hf_count
     # transformers 5.x keeps the tied word table (yielded as lm_head.decoder.weight) in the count;
     # the convention proper excludes it.
-    assert flops.six_n_rule(cfg, tokens) == hf_count - 6 * tokens * 301 * 48
+    assert flops_check.six_n_rule(cfg, tokens) == hf_count - 6 * tokens * 301 * 48
 
 
 def test_report_api():

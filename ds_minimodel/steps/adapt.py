@@ -1,7 +1,7 @@
 """Step 2: learn a new language's embeddings through a frozen (mini-)model; write a language pack.
 
 Every variant trains the same thing, an `MLMEncoder` through route "final" with only the word
-table and the output bias trainable (`step_rules`); they differ only in the body it runs through,
+table and the output bias trainable (`steps/rules.py`); they differ only in the body it runs through,
 and record it as their step kind:
 
   minijoint  adapt_mini      layers 1..k of a MiniJoint model and its mid head (as the k-layer model's head)

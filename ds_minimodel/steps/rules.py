@@ -9,7 +9,7 @@ it as `step_kind`). Each kind fixes the route through the model and who trains:
   minipost_top    a MiniPost mini-model of k + n layers: embeddings and layers 1..k frozen, the
                   n top layers and the MLM head train (its decoder is the frozen word table)
   adapt_mini      adaptation through a MiniJoint mini-model: layers 1..k with the mid head
-                  carved out as the k-layer model's lm_head (`minimodel.minijoint_mini`)
+                  carved out as the k-layer model's lm_head (`artefacts.surgery.minijoint_mini`)
   adapt_minipost  adaptation through a MiniPost mini-model (k + n layers)
   adapt_full      the standard baseline: adaptation through all L layers and the final head
   finetune        a SequenceClassifier: body + classification head; the embedding module and

@@ -5,7 +5,7 @@ rank, so bad input fails every rank at once with the same one-line error instead
 peer waiting in a collective. Then global rank 0 takes the run directory's lock (run_lock.py:
 a second job into a live run fails on every rank, naming the owner, before it writes anything)
 and holds it to the end. Then: engine over the trainable parameters, resume, the one training
-loop (train.py), checkpoints, metrics, and the step's own `finalize` on rank 0.
+loop (loop.py), checkpoints, metrics, and the step's own `finalize` on rank 0.
 """
 
 from __future__ import annotations
