@@ -95,7 +95,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from ds_minimodel.analysis import study
+        from ds_minimodel.analysis.study import compare, experiments, render, scoring
+        from ds_minimodel.analysis.study import runs as study_runs
         from ds_minimodel.training.run_lock import RunLock
 
         out_lock = RunLock(Path(args.out), "--out")  # reads DSM_RUN_LOCK*: bad values fail here
@@ -109,28 +110,29 @@ def main(argv=None) -> None:
                 raise InvalidValueError("--run-experiments needs --pretrained and --target-data")
             methods = tuple(args.methods or (("full", "minijoint", "minipost") if args.minipost
                                              else ("full", "minijoint")))
-            opts = study.ExperimentOptions(out=Path(args.out), pretrained=Path(args.pretrained),
-                                           target_data=Path(args.target_data),
-                                           minipost=Path(args.minipost) if args.minipost else None, methods=methods,
-                                           steps=parse_steps(args.steps), checkpoints=args.checkpoints,
-                                           config=args.config, ds_config=args.deepspeed, overrides=args.overrides)
-            study.plan_experiments(opts)  # every input checked before the scorer loads or anything trains
+            opts = experiments.ExperimentOptions(out=Path(args.out), pretrained=Path(args.pretrained),
+                                                 target_data=Path(args.target_data),
+                                                 minipost=Path(args.minipost) if args.minipost else None,
+                                                 methods=methods, steps=parse_steps(args.steps),
+                                                 checkpoints=args.checkpoints, config=args.config,
+                                                 ds_config=args.deepspeed, overrides=args.overrides)
+            experiments.plan_experiments(opts)  # every input checked before the scorer loads or anything trains
         else:
             runs = parse_runs(args.runs)
-            study.open_runs(runs, args.baseline)  # bad runs fail before the scorer loads anything
+            study_runs.open_runs(runs, args.baseline)  # bad runs fail before the scorer loads anything
         # Build the scorer before any training: a bad --model fails now, not after an hour.
         if args.metric == "accuracy":
-            scorer = study.AccuracyScorer(args.model, args.eval_examples, args.seed)
+            scorer = scoring.AccuracyScorer(args.model, args.eval_examples, args.seed)
         else:
-            scorer = study.RetrievalScorer(args.pretrained, args.retrieval_pairs)
+            scorer = scoring.RetrievalScorer(args.pretrained, args.retrieval_pairs)
         # One study per --out (each adaptation run also locks its own directory), taken once
         # every input is checked: a refused study creates nothing.
         with out_lock:
             if args.run_experiments:
-                runs = study.run_experiments(opts)
-            result = study.study(runs, scorer, args.out, baseline=args.baseline, fraction=args.fraction,
-                                 baseline_at=args.baseline_at, include_init=not args.no_init_point)
-        for line in study.summary_lines(result):
+                runs = experiments.run_experiments(opts)
+            result = compare.compare_runs(runs, scorer, args.out, baseline=args.baseline, fraction=args.fraction,
+                                          baseline_at=args.baseline_at, include_init=not args.no_init_point)
+        for line in render.summary_lines(result):
             print(line)
         print(f"wrote {Path(args.out) / 'study.json'}, study.md, {', '.join(result['plots'])}", flush=True)
 

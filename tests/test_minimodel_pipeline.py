@@ -163,21 +163,28 @@ def test_finetune_then_transfer_and_mismatched_pack_refused(tiny_model_dir, tiny
     for key in ("correct", "control_correct"):  # per-example results, in test order, agree with the totals
         assert len(scores[key]) == scores["examples"] and set(scores[key]) <= {"0", "1"}
         assert scores[key].count("1") / scores["examples"] == pytest.approx(scores[key.replace("correct", "accuracy")])
-    # ...and with fine-tuning's own batched accuracy (the head's num_correct) on the plugged model.
+    # ...and with the classification head's own num_correct, batch by batch, on the plugged model
+    # (not the toolkit's accuracy function, which transfer itself uses).
     from ds_minimodel.artefacts.langpack import load_pack
     from ds_minimodel.config import FinetuneConfig, from_dict
     from ds_minimodel.steps import transfer
-    from ds_minimodel.steps.finetune.classification import accuracy, load_task
+    from ds_minimodel.steps.finetune.classification import load_task
     from ds_minimodel.steps.finetune.common import load_classifier
-    from ds_minimodel.tasks.batching import encode_texts, layout_for
+    from ds_minimodel.tasks.batching import encode_texts, layout_for, padded_batch
 
     model, config, lineage = load_classifier(str(ft / "final"))
     info, tensors, tok = load_pack(str(adapt / "pack"))
     test = load_task(from_dict(FinetuneConfig, config["finetune"])).tests["ny"]
-    plugged = transfer.plugged_classifier(model, info, tensors, lineage, str(ft / "final"))
+    plugged = transfer.plugged_model(model, info, tensors, lineage, str(ft / "final"))
     enc = encode_texts(test, tok, config["task"]["max_len"], layout_for(plugged.encoder.cfg))
-    reference = accuracy(plugged, enc.ids, [ex.label for ex in test], tok.pad_id, batch_size=7, type_ids=enc.type_ids)
-    assert scores["accuracy"] == pytest.approx(reference)
+    hits = 0
+    with torch.no_grad():
+        for start in range(0, len(test), 7):
+            chunk = range(start, min(start + 7, len(test)))
+            out = plugged.eval()(**padded_batch(enc, chunk, tok.pad_id),
+                                 labels=torch.tensor([test[i].label for i in chunk]))
+            hits += int(out["num_correct"])
+    assert scores["accuracy"] == pytest.approx(hits / len(test))
 
     # A pack whose body fingerprint belongs to another model: refused, nothing written.
     bad = tmp_path / "bad_pack"

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from ds_minimodel.analysis.study import Point, first_crossing, matched_compute
+from ds_minimodel.analysis.study.matching import Point, first_crossing, matched_compute
 from ds_minimodel.errors import UserError
 from tests.conftest import REPO
 from tests.distributed import run_ranks
@@ -140,7 +140,10 @@ def in_process_runner(calls):
 def tiny_study(tiny_model_dir, tiny_target_corpus, tmp_path_factory):
     """A fine-tuned tiny classifier and two adaptation runs (full, minijoint) of 6 steps with a
     checkpoint every 2, made by run_experiments."""
-    from ds_minimodel.analysis.study import ExperimentOptions, run_experiments
+    from ds_minimodel.analysis.study.experiments import (
+        ExperimentOptions,
+        run_experiments,
+    )
 
     root = tmp_path_factory.mktemp("study")
     run_ranks(_finetune, 1, args=(tiny_model_dir, root / "ft"))
@@ -154,7 +157,7 @@ def tiny_study(tiny_model_dir, tiny_target_corpus, tmp_path_factory):
 
 
 def test_run_experiments_keeps_every_checkpoint_and_reuses_finished_runs(tiny_study):
-    from ds_minimodel.analysis.study import run_experiments
+    from ds_minimodel.analysis.study.experiments import run_experiments
 
     for method, run_dir in tiny_study["runs"].items():
         tags = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
@@ -176,7 +179,11 @@ def test_init_point_is_the_runs_starting_embeddings(tiny_study):
     checkpoint; embeddings from another seed are not."""
     import dataclasses
 
-    from ds_minimodel.analysis.study import checkpoint_tensors, init_tensors, open_run
+    from ds_minimodel.analysis.study.runs import (
+        checkpoint_tensors,
+        init_tensors,
+        open_run,
+    )
 
     run = open_run("minijoint", tiny_study["runs"]["minijoint"])
     lr = float(run.config["optim"]["lr"])
@@ -228,10 +235,11 @@ def test_study_reads_the_runs_and_writes_json_markdown_and_plots(tiny_study, tmp
 
 
 def test_retrieval_metric_scores_every_checkpoint(tiny_study, tiny_model_dir, tmp_path):
-    from ds_minimodel.analysis.study import RetrievalScorer, study
+    from ds_minimodel.analysis.study.compare import compare_runs
+    from ds_minimodel.analysis.study.scoring import RetrievalScorer
 
     scorer = RetrievalScorer(tiny_model_dir, pairs=40)
-    result = study(tiny_study["runs"], scorer, tmp_path, include_init=False, log=lambda s: None)
+    result = compare_runs(tiny_study["runs"], scorer, tmp_path, include_init=False, log=lambda s: None)
     assert result["metric"] == "retrieval_top1"
     for pts in result["curves"].values():
         assert len(pts) == 3 and all(0.0 <= p["metric"] <= 1.0 for p in pts)
@@ -277,7 +285,10 @@ def test_second_study_into_a_live_out_is_refused(tiny_study, tmp_path, capsys):
 
 
 def test_study_plan_sets_dense_checkpoints_and_parses_as_adapt_config(tiny_model_dir, tiny_target_corpus, tmp_path):
-    from ds_minimodel.analysis.study import ExperimentOptions, plan_experiments
+    from ds_minimodel.analysis.study.experiments import (
+        ExperimentOptions,
+        plan_experiments,
+    )
     from ds_minimodel.config import AdaptConfig, load_config
     from launchers.study import parse_steps
 
@@ -301,7 +312,7 @@ def test_study_plan_sets_dense_checkpoints_and_parses_as_adapt_config(tiny_model
 
 
 def test_checkpoint_tensors_match_the_final_pack(tiny_study):
-    from ds_minimodel.analysis.study import checkpoint_tensors, open_run
+    from ds_minimodel.analysis.study.runs import checkpoint_tensors, open_run
     from ds_minimodel.artefacts.langpack import load_pack
 
     run = open_run("full", tiny_study["runs"]["full"])

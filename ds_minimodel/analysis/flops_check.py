@@ -18,9 +18,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ds_minimodel.analysis.flops import check_kind, step_plan
 from ds_minimodel.config import ModelConfig
-from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, QuestionAnswering, SequenceClassifier
+from ds_minimodel.model import (
+    IGNORE_INDEX,
+    MLMEncoder,
+    QuestionAnswering,
+    SequenceClassifier,
+)
 from ds_minimodel.steps.rules import ROUTE, set_requires_grad_for_step
-
 
 # --------------------------------------------------------------------------------------------
 # Parameters and the rules of thumb others use.

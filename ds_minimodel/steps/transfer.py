@@ -21,17 +21,31 @@ from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import plug_embeddings
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder
+from ds_minimodel.steps.finetune.classification import correct_flags
 from ds_minimodel.steps.finetune.common import (
     load_classifier,
     load_finetuned,
     with_vocab,
 )
+from ds_minimodel.steps.finetune.qa import (
+    TRAIN_LANGUAGE,
+    answer_language,
+    encode_for,
+    qa_scores,
+)
 from ds_minimodel.tasks.batching import (
     encode_texts,
     layout_for,
     pad_sequences,
-    padded_batch,
 )
+from ds_minimodel.tasks.bible import (
+    MAX_RETRIEVAL_PAIRS,
+    retrieval_sample,
+    verse_retrieval_pairs,
+)
+from ds_minimodel.tasks.formats import load_task as load_split
+from ds_minimodel.tasks.formats import task_file
+from ds_minimodel.tasks.metrics import retrieval_metrics
 from ds_minimodel.tokenizer import Tokenizer
 
 
@@ -52,8 +66,6 @@ def plugged_model(model, info: PackInfo, tensors: dict, lineage: dict, where: st
                          **{k: v for k, v in state.items() if not k.startswith("encoder.")}}, strict=True)
     return new.eval()
 
-
-plugged_classifier = plugged_model  # the name step 4 had before QA
 
 
 def random_control(info: PackInfo, tensors: dict, seed: int = 0) -> dict:
@@ -76,8 +88,8 @@ def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: 
     for pack_dir in packs:
         info, tensors, tok = load_pack(pack_dir)
         test = task.test_in(info.language)  # the pack's language picks the test set
-        plugged = plugged_classifier(model, info, tensors, lineage, str(model_dir))
-        control = plugged_classifier(model, info, random_control(info, tensors), lineage, str(model_dir))
+        plugged = plugged_model(model, info, tensors, lineage, str(model_dir))
+        control = plugged_model(model, info, random_control(info, tensors), lineage, str(model_dir))
         correct = _correct(plugged, test, tok, max_len, batch_size)
         control_correct = _correct(control, test, tok, max_len, batch_size)
         missing = task.meta.get("target_tests", {}).get(info.language, {}).get("missing")
@@ -93,16 +105,11 @@ def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: 
     return result
 
 
-@torch.no_grad()
 def _correct(model, examples, tok: Tokenizer, max_len: int, batch_size: int) -> list[bool]:
-    """Whether the model classifies each example right."""
+    """Whether the model classifies each example right, in order."""
     enc = encode_texts(examples, tok, max_len, layout_for(model.encoder.cfg))
-    out = []
-    for start in range(0, len(examples), batch_size):
-        chunk = range(start, min(start + batch_size, len(examples)))
-        logits = model(**padded_batch(enc, chunk, tok.pad_id))["logits"]
-        out += (logits.argmax(-1) == torch.tensor([examples[i].label for i in chunk])).tolist()
-    return out
+    return correct_flags(model, enc.ids, [ex.label for ex in examples], tok.pad_id, batch_size,
+                         type_ids=enc.type_ids)
 
 
 def _mean(flags: list[bool]) -> float:
@@ -118,15 +125,6 @@ def evaluate_qa(model_dir: str, packs: list[str], task_path: str | None = None, 
     those of the model with the pack plugged in and of its random-embedding control, on the
     SQuAD-format test set of the pack's language (MLQA's `test-context-<l>-question-<l>.json`
     layout) under `task_path` (default: the fine-tuning task directory)."""
-    from ds_minimodel.steps.finetune.qa import (
-        TRAIN_LANGUAGE,
-        answer_language,
-        encode_for,
-        qa_scores,
-    )
-    from ds_minimodel.tasks.formats import load_task as load_split
-    from ds_minimodel.tasks.formats import task_file
-
     model, config, lineage = load_finetuned(model_dir)
     task = config["task"]
     if task.get("kind") != "qa":
@@ -185,13 +183,6 @@ def evaluate_retrieval(pretrained_dir: str, packs: list[str], pairs=None, layer:
     `pairs` (VersePair-s) are scored for every pack; by default each pack gets the held-out
     pairs of its own language (`verse_retrieval_pairs(language=pack language)`): the same
     English verses for every language, less those its Bible lacks."""
-    from ds_minimodel.tasks.bible import (
-        MAX_RETRIEVAL_PAIRS,
-        retrieval_sample,
-        verse_retrieval_pairs,
-    )
-    from ds_minimodel.tasks.metrics import retrieval_metrics
-
     max_pairs = MAX_RETRIEVAL_PAIRS if max_pairs is None else max_pairs
     state, cfg, lineage = read_model_dir(pretrained_dir)
     layer = layer or max(1, cfg.num_layers // 2)

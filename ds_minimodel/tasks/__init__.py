@@ -6,7 +6,7 @@
 - `bible`: verse -> genre classification (English train, paired English/target-language test) and
   English <-> target verse retrieval, in any language of the Bible table, all on chapters held
   out of every training corpus.
-- `metrics`: accuracy, macro-F1, SQuAD/MLQA exact match and F1, retrieval top-1 and MRR.
+- `metrics`: macro-F1, SQuAD/MLQA exact match and F1, retrieval top-1 and MRR.
 - `batching`: examples -> tensors in the model family's layout (RoBERTa or BERT), QA windows and
   span decoding.
 """
@@ -51,7 +51,6 @@ from ds_minimodel.tasks.formats import (
                                         task_file,
 )
 from ds_minimodel.tasks.metrics import (
-                                        accuracy,
                                         exact_match_score,
                                         f1_score,
                                         macro_f1,
@@ -66,7 +65,7 @@ __all__ = [
     "PAWSX_LANGUAGES", "MLQA_LANGUAGES", "load_task", "task_data", "task_file", "from_hf_datasets",
     "read_xnli_tsv", "read_pawsx_tsv", "read_squad_json",
     "VersePair", "VersePairs", "verse_genre_task", "verse_retrieval_pairs",
-    "accuracy", "paired_difference", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
+    "paired_difference", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
     "retrieval_metrics",
     "Layout", "ROBERTA", "BERT", "layout_for", "EncodedTexts", "encode_texts",
     "QAFeatures", "encode_classification", "classification_batch", "classification_batches", "encode_qa",

@@ -40,11 +40,6 @@ def _pairs(predictions: Sequence[int], labels: Sequence[int]) -> list[tuple[int,
     return list(zip(predictions, labels))
 
 
-def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
-    pairs = _pairs(predictions, labels)
-    return sum(p == y for p, y in pairs) / len(pairs)
-
-
 def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> tuple[float, float]:
     """Accuracy of A minus accuracy of B on the same examples, and the standard error of that
     difference: the sample standard deviation of the per-example differences (each -1, 0 or 1)

@@ -57,25 +57,35 @@ class ClassificationLoader(ShuffledLoader):
 
 
 @torch.no_grad()
-def accuracy(model_or_engine, encoded: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
-             rank: int = 0, world_size: int = 1, type_ids: list[list[int]] | None = None) -> float:
-    """Accuracy over every example; ranks take interleaved batches and sum their counts."""
+def correct_flags(model_or_engine, encoded: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
+                  rank: int = 0, world_size: int = 1, type_ids: list[list[int]] | None = None) -> list[bool]:
+    """Whether the classifier gets each example right (argmax of its logits == the label), for
+    the examples this rank scores, in order: ranks take interleaved batches of `batch_size`, and
+    every rank runs the same number of forwards (ZeRO-3 gathers parameters in each)."""
     was_training = model_or_engine.training
     model_or_engine.eval()
     device = next(model_or_engine.parameters()).device
     enc = EncodedTexts(encoded, type_ids)
     starts = list(range(0, len(encoded), batch_size))
-    rounds = -(-len(starts) // world_size)  # equal forward count on every rank (ZeRO-3 gathers)
-    correct = 0
+    rounds = -(-len(starts) // world_size)
+    flags: list[bool] = []
     for r in range(rounds):
         i = r * world_size + rank
         chunk = range(starts[i], min(starts[i] + batch_size, len(encoded))) if i < len(starts) else range(0, 1)
-        batch = loop.to_device(padded_batch(enc, chunk, pad_id), device)
-        lab = torch.tensor([labels[j] for j in chunk], device=device)
-        out = model_or_engine(**batch, labels=lab)
-        correct += int(out["num_correct"]) if i < len(starts) else 0
+        logits = model_or_engine(**loop.to_device(padded_batch(enc, chunk, pad_id), device))["logits"]
+        if i < len(starts):  # a rank with no batch left runs a dummy forward and keeps nothing
+            flags += (logits.argmax(-1).cpu() == torch.tensor([labels[j] for j in chunk])).tolist()
     model_or_engine.train(was_training)
-    return loop.all_reduce_sum([correct], device)[0] / max(len(encoded), 1)
+    return flags
+
+
+def accuracy(model_or_engine, encoded: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
+             rank: int = 0, world_size: int = 1, type_ids: list[list[int]] | None = None) -> float:
+    """Accuracy over every example, summed over ranks: fine-tuning's validation, step 4's
+    transfer and the compute-budget study all score a classifier with it."""
+    flags = correct_flags(model_or_engine, encoded, labels, pad_id, batch_size, rank, world_size, type_ids)
+    device = next(model_or_engine.parameters()).device
+    return loop.all_reduce_sum([sum(flags)], device)[0] / max(len(encoded), 1)
 
 
 def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:

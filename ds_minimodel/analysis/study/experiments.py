@@ -1,0 +1,151 @@
+"""Training the study's adaptation runs: one per method, through the real adapt launcher, one
+after another (so that each wall-clock is measured on an otherwise idle machine), reused when
+finished and resumed when interrupted."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from ds_minimodel.analysis.study.runs import METHODS, adapt_body
+from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
+from ds_minimodel.subprocess_runner import REPO, run_command
+
+
+@dataclass
+class ExperimentOptions:
+    """Three adaptation runs (or a subset) with checkpoints dense enough for a study."""
+    out: Path
+    pretrained: Path
+    target_data: Path
+    minipost: Path | None = None
+    methods: tuple[str, ...] = METHODS
+    # Steps per method. Mini-model steps are ~3x cheaper at the CPU demo's shapes (8 layers, k=2),
+    # so 3x the baseline's steps gives each method about the same FLOP budget.
+    steps: dict = field(default_factory=lambda: {"full": 300, "minijoint": 900, "minipost": 900})
+    checkpoints: int = 10  # per run, evenly spaced (the last one at train.steps)
+    config: str = "configs/adapt-cpu.yaml"
+    ds_config: str = "ds_configs/z0.json"
+    overrides: list = field(default_factory=list)  # extra key=value for every run (e.g. train.seed=1)
+
+
+def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, Path, list[str]]]:
+    """[(method, run dir, adapt.py overrides)] for each method, checked before anything runs."""
+    if opts.checkpoints < 1:
+        raise InvalidValueError(f"--checkpoints must be >= 1, got {opts.checkpoints}")
+    unknown = [m for m in opts.methods if m not in METHODS]
+    if unknown:
+        raise InvalidValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if "full" not in opts.methods:
+        raise InvalidValueError("the study needs the baseline: --methods must include 'full'")
+    for label, path in (("--pretrained", opts.pretrained), ("--target-data", opts.target_data)):
+        if not Path(path).is_dir():
+            raise MissingFileError(f"{label} {path} does not exist")
+    if not (Path(opts.target_data) / "index.json").is_file():
+        raise MissingFileError(f"--target-data {opts.target_data} is not a dataset (no index.json; "
+                               "make it with launchers/prepare_data.py --recipe bible-<language>)")
+    if "minipost" in opts.methods:
+        if opts.minipost is None:
+            raise InvalidValueError("method minipost needs --minipost DIR (a MiniPost model: make pipeline's "
+                                    "runs/pipeline/minipost/final), or leave it out of --methods")
+        if not Path(opts.minipost).is_dir():
+            raise MissingFileError(f"--minipost {opts.minipost} does not exist")
+    sources = {"full": (opts.pretrained, "full"), "minijoint": (opts.pretrained, "mini"),
+               "minipost": (opts.minipost, "mini")}
+    plan = []
+    for method in opts.methods:
+        # The body each run will train through, selected as adapt.py will: a model without a mid
+        # head (minijoint) or a full model given as --minipost fails here, not after an hour.
+        _, _, selected, _, _ = adapt_body({"model_dir": str(sources[method][0]), "through": sources[method][1]},
+                                           f"method {method}")
+        if selected != method:
+            raise InvalidValueError(f"method {method}: {sources[method][0]} adapts as {selected!r}, not {method!r}")
+        steps = int(opts.steps.get(method, 0))
+        if steps < 1:
+            raise InvalidValueError(f"steps for {method} must be positive, got {opts.steps.get(method)}")
+        save_every = max(1, -(-steps // opts.checkpoints))  # ceil: at most `checkpoints` saves, the last at `steps`
+        saves = steps // save_every + (1 if steps % save_every else 0)
+        model_dir, through = sources[method]
+        run_dir = Path(opts.out) / f"adapt-{method}"
+        overrides = [f"model_dir={Path(model_dir).resolve()}", f"through={through}",
+                     f"data.path={Path(opts.target_data).resolve()}", f"train.out_dir={run_dir.resolve()}",
+                     f"train.steps={steps}", f"train.save_every={save_every}", f"train.keep_last={saves + 1}",
+                     "train.eval_every=0", "train.progress=false", *opts.overrides]
+        plan.append((method, run_dir, overrides))
+    return plan
+
+
+def _same_number(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _planned_matches(run_dir: Path, overrides: list[str]) -> list[str]:
+    """The planned settings that a run already in run_dir was not made with."""
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return ["config.yaml unreadable"]
+    diffs = []
+    for item in overrides:
+        key, value = item.split("=", 1)
+        if key in ("train.progress", "train.keep_last"):
+            continue
+        node = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if str(node) != value and not _same_number(node, value):
+            diffs.append(f"{key}={node} (planned {value})")
+    return diffs
+
+
+def _repo_path(path: str, repo: Path) -> str:
+    """A path as given when it exists from here, else relative to the repository (like the pipeline's)."""
+    p = Path(path)
+    if p.exists():
+        return str(p.resolve())
+    if (repo / p).exists():
+        return str(repo / p)
+    raise MissingFileError(f"{path} does not exist")
+
+
+def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], float] | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Run (or finish, or reuse) each method's adaptation run, one after another so that each
+    run's wall-clock is measured on an otherwise idle machine. Returns {method: run dir}.
+
+    A run whose pack exists is reused when it was made with the planned settings; a run that
+    stopped half-way is resumed (--resume); one made with other settings is refused.
+    runner(cmd, log_path) runs one command (default: `subprocess_runner.run_command`, as the
+    pipeline does).
+    """
+    runner = runner or run_command
+
+    plan = plan_experiments(opts)
+    logs = Path(opts.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for method, run_dir, overrides in plan:
+        runs[method] = run_dir
+        resume = (run_dir / "config.yaml").is_file()
+        if resume:
+            diffs = _planned_matches(run_dir, overrides)
+            if diffs:
+                raise UserError(f"{run_dir} holds an adaptation run made with other settings ({'; '.join(diffs)}); "
+                                "remove it or choose another --out")
+        if (run_dir / "pack" / "pack.json").is_file():
+            log(f"[adapt-{method}] already done ({run_dir})")
+            continue
+        steps, save_every = (o.split("=", 1)[1] for o in overrides[4:6])
+        log(f"[adapt-{method}] {'resuming' if resume else 'training'}: {steps} steps, a checkpoint every {save_every}")
+        cmd = [sys.executable, str(REPO / "launchers" / "adapt.py"), "--deepspeed", _repo_path(opts.ds_config, REPO),
+               "--config", _repo_path(opts.config, REPO), *(["--resume"] if resume else []), *overrides]
+        runner(cmd, logs / f"adapt-{method}.log")
+    return runs
