@@ -1,6 +1,12 @@
-"""Float tolerances for tests that compare an fp32 computation with an independent reference.
+"""What the tests share (no test file imports another):
 
-Why a derived bound. Two correct fp32 implementations of the same math (ours and Hugging Face's,
+* float tolerances for comparing an fp32 computation with an independent reference (below);
+* bad input: the one-`error:`-line contract, in-process and through a real launcher;
+* runs, crashes and resumes, read from disk independently of the toolkit's checkpoint code;
+* tiny random Hugging Face models for the parity tests;
+* a pipeline step in a forked rank; run-directory lock holders in their own processes.
+
+Why a derived float bound. Two correct fp32 implementations of the same math (ours and Hugging Face's,
 a fused kernel and the plain one, DeepSpeed's ZeRO and a plain loop) differ by rounding only, and
 how they round depends on the CPU: ATen picks AVX-512, AVX2 or scalar kernels at run time, MKL
 and OpenBLAS pick their GEMM blocking by CPU, and each changes the order of the sums and the
@@ -43,11 +49,22 @@ their ratio (pass iff <= 1) as one JSON line; bench/tolerance_report.py tabulate
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
+import transformers
+
+from ds_minimodel.training import run_lock
+from ds_minimodel.training.metrics import read_metrics
+from tests.conftest import REPO
+from tests.distributed import run_ranks
 
 FP32_EPS = torch.finfo(torch.float32).eps  # 2^-23: the spacing of fp32 numbers at 1.0
 SAFETY = 16.0
@@ -115,3 +132,264 @@ def record(what: str, actual, expected, *, rtol: float, atol: float, **derivatio
     line = json.dumps(dict(test=test, what=what, setting=setting(), **row, rtol=rtol, atol=atol, **derivation))
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+
+# ---- Bad input: one `error:` line, exit 2, nothing changed -------------------------------------
+
+def tree_hash(root) -> str:
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def expect_rejected(capsys, main, argv, *needles, watch=()):
+    before = [tree_hash(p) for p in watch]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in err[0], f"{needle!r} not in {err[0]!r}"
+    assert [tree_hash(p) for p in watch] == before, "a bad-input run changed files"
+    return err[0]
+
+
+def expect_rejected_cli(launcher: str, argv, *needles, watch=(), env=None, timeout=300) -> str:
+    """The same contract for the real launcher run as a subprocess: stderr is that one line."""
+    before = [tree_hash(p) for p in watch]
+    proc = subprocess.run([sys.executable, f"launchers/{launcher}.py", *map(str, argv)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), \
+        f"exit {proc.returncode}, stderr:\n{proc.stderr[-3000:]}"
+    for needle in needles:
+        assert needle in err[0], f"{needle!r} not in {err[0]!r}"
+    assert [tree_hash(p) for p in watch] == before, "a bad-input run changed files"
+    return err[0]
+
+
+def pretrain_until(rank, data, out, stop):
+    from ds_minimodel.config import PretrainConfig, load_config
+    from ds_minimodel.steps import pretrain
+
+    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+                      [f"data.path={data}", f"train.out_dir={out}", f"train.stop_at_step={stop}"])
+    pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
+
+
+def du_bytes(root: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*"))
+
+
+def disk_full_run(tmp_path, tiny_corpus) -> tuple[Path, dict, str]:
+    """A run with checkpoint step 3, placed where checkpoint step 6 cannot fit: a tmpfs with
+    room for the run plus half a checkpoint (or, where nothing can be mounted, a normal
+    directory and an injected ENOSPC). Returns (run dir, env for the resume, how)."""
+    staged = tmp_path / "staged"
+    run_ranks(pretrain_until, 1, args=(tiny_corpus, staged, 3))
+    checkpoint = du_bytes(staged / "checkpoints" / "step_00000003")
+    point = tmp_path / "full"
+    point.mkdir()
+    size_kib = (du_bytes(staged) + checkpoint // 2) // 1024
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(point)],
+                          capture_output=True)
+    env, how = {}, "tmpfs"
+    if proc.returncode:
+        env, how = {"DSM_FAULT": "enospc:save_shards:6"}, "injected ENOSPC"
+    import shutil
+
+    shutil.copytree(staged, point / "run")
+    return point / "run", env, how
+
+
+# ---- Runs, crashes and resumes, read from disk independently of the toolkit's checkpoint code --
+
+def newest_complete_step(run_dir: Path) -> int:
+    """Step of the newest checkpoint directory whose meta.json exists and lists only files that
+    are there with their sizes (0 if none)."""
+    best = 0
+    for d in (run_dir / "checkpoints").glob("step_*"):
+        meta = d / "meta.json"
+        if meta.is_file():
+            files = json.loads(meta.read_text())["files"]
+            if all((d / f).is_file() and (d / f).stat().st_size == n for f, n in files.items()):
+                best = max(best, int(d.name.split("_")[1]))
+    return best
+
+
+def last_logged_step(run_dir: Path) -> int:
+    return max((r["step"] for r in read_metrics(run_dir, "train")), default=0)
+
+
+def resumed_at(run_dir: Path) -> int:
+    records = read_metrics(run_dir, "resume")
+    assert records, "the resumed run did not record which checkpoint it continued from"
+    return records[-1]["step"]
+
+
+def loss_log(run_dir: Path) -> list:
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{what}: resumed run differs from the uninterrupted one in {differ[:5]}"
+
+
+def crash_then_resume(record_property, run_dir: Path, crash, resume, steps: int) -> str:
+    """crash() runs the failing attempt and returns its report; then the measurements; then
+    resume() must finish the run. Returns the crash's report."""
+    report = crash()
+    newest, crashed_at = newest_complete_step(run_dir), last_logged_step(run_dir)
+    resume()
+    start = resumed_at(run_dir)
+    lost = (newest - start) + (steps - last_logged_step(run_dir))
+    record_property("steps_lost", lost)
+    record_property("steps_rerun", max(0, crashed_at - start))
+    assert lost == 0, f"resumed at step {start} although step {newest} was checkpointed"
+    return report
+
+
+def failing(fn, *args, **kwargs) -> str:
+    """Run run_ranks(...) that must fail; returns every rank's error."""
+    with pytest.raises(AssertionError) as exc:
+        run_ranks(fn, *args, **kwargs)
+    return str(exc.value)
+
+
+def pretrain_with_nan_at(rank, data, out, bad_call):
+    import torch
+
+    from ds_minimodel.config import PretrainConfig, load_config
+    from ds_minimodel.model import MLMEncoder
+    from ds_minimodel.steps import pretrain
+
+    forward, calls = MLMEncoder.forward, [0]
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if self.training:
+            calls[0] += 1
+            if calls[0] >= bad_call:
+                out["loss"] = out["loss"] * torch.tensor(float("nan"))
+        return out
+
+    MLMEncoder.forward = poisoned
+    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+                      [f"data.path={data}", f"train.out_dir={out}", "train.save_every=2", "train.grad_accum=1"])
+    pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
+
+
+# ---- Tiny random Hugging Face models (parity tests) --------------------------------------------
+
+V, D, L, H, I, P = 120, 32, 3, 4, 64, 40
+# fp32 bounds (tests/helpers.py): the longest sum inside a layer is the MLP's second GEMM (I terms;
+# q k v and the head's decoder sum D, attention 11 positions); a hidden state after layer l went
+# through l + 1 stages (embeddings, then l layers), the logits through L + 2 (and the MLM head).
+# The masked loss also sums the V-term softmax.
+LAYER = dict(reduction=max(D, I))
+
+# model_type -> (config class, MLM class, bare encoder class, eps, type_vocab_size, pad id)
+HF = {
+    "roberta": (transformers.RobertaConfig, transformers.RobertaForMaskedLM, transformers.RobertaModel, 1e-5, 1, 1),
+    "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaForMaskedLM, transformers.XLMRobertaModel, 1e-5, 1, 1),
+    "bert": (transformers.BertConfig, transformers.BertForMaskedLM, transformers.BertModel, 1e-12, 2, 0),
+}
+
+
+def hf_config(model_type: str, **kw):
+    cfg_cls, _, _, eps, types, pad = HF[model_type]
+    args = dict(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=I,
+                max_position_embeddings=P, type_vocab_size=types, layer_norm_eps=eps, pad_token_id=pad)
+    args.update(kw)
+    return cfg_cls(**args)
+
+
+def randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.3
+            p.copy_(1.0 + noise if "norm" in name.lower() and name.endswith("weight") else noise)
+    return module.eval()
+
+
+def hf_batch(pad: int, seed: int = 1):
+    """Three sequences, two right-padded, with their attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, V, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    for row, n in ((1, 6), (2, 9)):
+        ids[row, n:] = pad
+        mask[row, n:] = 0
+    return ids, mask
+
+
+# ---- A pipeline step run in a forked rank ------------------------------------------------------
+
+def _run_step_rank(rank, module, config_file, overrides):
+    import importlib
+
+    from ds_minimodel.config import load_config
+
+    mod = importlib.import_module(f"ds_minimodel.steps.{module}")
+    cls = {"adapt": "AdaptConfig", "minipost": "MiniPostConfig", "finetune": "FinetuneConfig"}[module]
+    import ds_minimodel.config as config
+
+    cfg = load_config(getattr(config, cls), REPO / config_file, overrides)
+    mod.run(cfg, str(REPO / "ds_configs/z0.json"))
+
+
+def run_step(module, config_file, *overrides):
+    run_ranks(_run_step_rank, 1, args=(module, config_file, list(overrides)))
+
+
+# ---- Run-directory lock holders in their own processes -----------------------------------------
+
+# The environment of the holders and launches: run_lock's own settings removed, so that each test
+# sets the mode it means.
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+for _key in (run_lock.MODE_ENV, run_lock.STALE_ENV):
+    ENV.pop(_key, None)
+
+# A process that takes the lock, says "held", then: sleeps (hold), exits without releasing
+# (exit), or releases and exits (release). Exit 3 and "lost" if its lease is taken over.
+HOLDER = """
+import sys, time
+from ds_minimodel.training.run_lock import RunLock
+directory, mode, stale, then = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+lock = RunLock(directory, mode=mode, stale_after_s=stale, heartbeat_s=min(stale / 4, 1.0)).acquire()
+print("held", lock.mechanism, flush=True)
+try:
+    if then == "release":
+        lock.release()
+    if then == "hold":
+        time.sleep(120)
+except KeyboardInterrupt:
+    print("lost", flush=True)
+    sys.exit(3)
+"""
+
+
+def holder(directory, mode="auto", stale=60.0, then="hold") -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), mode, str(stale), then], cwd=REPO,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("held"), f"holder failed: {line}{proc.stderr.read() if proc.poll() is not None else ''}"
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()

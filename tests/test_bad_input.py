@@ -10,57 +10,16 @@ allows it: a read-only file system is a read-only tmpfs mount and a full disk a 
 Root ignores permission bits, so "unwritable" is also shown as a path under a regular file.
 """
 
-import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
 from tests.distributed import run_ranks
-
-
-def tree_hash(root) -> str:
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(root)):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            h.update(os.path.relpath(path, root).encode())
-            with open(path, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
-
-
-def expect_rejected(capsys, main, argv, *needles, watch=()):
-    before = [tree_hash(p) for p in watch]
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in err[0], f"{needle!r} not in {err[0]!r}"
-    assert [tree_hash(p) for p in watch] == before, "a bad-input run changed files"
-    return err[0]
-
-
-def expect_rejected_cli(launcher: str, argv, *needles, watch=(), env=None, timeout=300) -> str:
-    """The same contract for the real launcher run as a subprocess: stderr is that one line."""
-    before = [tree_hash(p) for p in watch]
-    proc = subprocess.run([sys.executable, f"launchers/{launcher}.py", *map(str, argv)], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
-    err = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), \
-        f"exit {proc.returncode}, stderr:\n{proc.stderr[-3000:]}"
-    for needle in needles:
-        assert needle in err[0], f"{needle!r} not in {err[0]!r}"
-    assert [tree_hash(p) for p in watch] == before, "a bad-input run changed files"
-    return err[0]
+from tests.helpers import disk_full_run, expect_rejected, expect_rejected_cli, tree_hash
 
 
 @pytest.fixture
@@ -235,40 +194,6 @@ def test_read_only_file_system(tmp_path, capsys, pretrain_main, tiny_corpus, mou
     ro = mount_tmpfs("ro", "ro,size=64k")
     expect_rejected(capsys, pretrain_main, args(tiny_corpus, ro / "run"), "train.out_dir", "not writable",
                     watch=[ro])
-
-
-def _pretrain_until(rank, data, out, stop):
-    from ds_minimodel.config import PretrainConfig, load_config
-    from ds_minimodel.steps import pretrain
-
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
-                      [f"data.path={data}", f"train.out_dir={out}", f"train.stop_at_step={stop}"])
-    pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
-
-
-def du_bytes(root: Path) -> int:
-    return sum(p.stat().st_blocks * 512 for p in root.rglob("*"))
-
-
-def disk_full_run(tmp_path, tiny_corpus) -> tuple[Path, dict, str]:
-    """A run with checkpoint step 3, placed where checkpoint step 6 cannot fit: a tmpfs with
-    room for the run plus half a checkpoint (or, where nothing can be mounted, a normal
-    directory and an injected ENOSPC). Returns (run dir, env for the resume, how)."""
-    staged = tmp_path / "staged"
-    run_ranks(_pretrain_until, 1, args=(tiny_corpus, staged, 3))
-    checkpoint = du_bytes(staged / "checkpoints" / "step_00000003")
-    point = tmp_path / "full"
-    point.mkdir()
-    size_kib = (du_bytes(staged) + checkpoint // 2) // 1024
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(point)],
-                          capture_output=True)
-    env, how = {}, "tmpfs"
-    if proc.returncode:
-        env, how = {"DSM_FAULT": "enospc:save_shards:6"}, "injected ENOSPC"
-    import shutil
-
-    shutil.copytree(staged, point / "run")
-    return point / "run", env, how
 
 
 def test_disk_full_on_save(tmp_path, tiny_corpus, record_property):

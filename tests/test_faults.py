@@ -15,7 +15,6 @@ ranks only. Each crash test records, for bench/faults.py (`make faults`):
 Tests marked `faults` are slower variants that only `make faults` runs.
 """
 
-import json
 import os
 import time
 from pathlib import Path
@@ -23,95 +22,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds_minimodel.training.metrics import read_metrics
 from tests.conftest import REPO
 from tests.distributed import run_ranks
+from tests.helpers import (
+    assert_same_tensors,
+    crash_then_resume,
+    failing,
+    loss_log,
+    pretrain_with_nan_at,
+)
 
 # ---- what the tests measure, read from disk independently of ds_minimodel.training.checkpoint
 
-def newest_complete_step(run_dir: Path) -> int:
-    """Step of the newest checkpoint directory whose meta.json exists and lists only files that
-    are there with their sizes (0 if none)."""
-    best = 0
-    for d in (run_dir / "checkpoints").glob("step_*"):
-        meta = d / "meta.json"
-        if meta.is_file():
-            files = json.loads(meta.read_text())["files"]
-            if all((d / f).is_file() and (d / f).stat().st_size == n for f, n in files.items()):
-                best = max(best, int(d.name.split("_")[1]))
-    return best
-
-
-def last_logged_step(run_dir: Path) -> int:
-    return max((r["step"] for r in read_metrics(run_dir, "train")), default=0)
-
-
-def resumed_at(run_dir: Path) -> int:
-    records = read_metrics(run_dir, "resume")
-    assert records, "the resumed run did not record which checkpoint it continued from"
-    return records[-1]["step"]
-
-
-def loss_log(run_dir: Path) -> list:
-    return [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
-
-
-def assert_same_tensors(a: dict, b: dict, what: str) -> None:
-    assert a.keys() == b.keys()
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"{what}: resumed run differs from the uninterrupted one in {differ[:5]}"
-
-
-def crash_then_resume(record_property, run_dir: Path, crash, resume, steps: int) -> str:
-    """crash() runs the failing attempt and returns its report; then the measurements; then
-    resume() must finish the run. Returns the crash's report."""
-    report = crash()
-    newest, crashed_at = newest_complete_step(run_dir), last_logged_step(run_dir)
-    resume()
-    start = resumed_at(run_dir)
-    lost = (newest - start) + (steps - last_logged_step(run_dir))
-    record_property("steps_lost", lost)
-    record_property("steps_rerun", max(0, crashed_at - start))
-    assert lost == 0, f"resumed at step {start} although step {newest} was checkpointed"
-    return report
-
-
-def failing(fn, *args, **kwargs) -> str:
-    """Run run_ranks(...) that must fail; returns every rank's error."""
-    with pytest.raises(AssertionError) as exc:
-        run_ranks(fn, *args, **kwargs)
-    return str(exc.value)
-
 
 # ---- numerical faults -----------------------------------------------------------------------
-
-def _pretrain_with_nan_at(rank, data, out, bad_call):
-    import torch
-
-    from ds_minimodel.config import PretrainConfig, load_config
-    from ds_minimodel.model import MLMEncoder
-    from ds_minimodel.steps import pretrain
-
-    forward, calls = MLMEncoder.forward, [0]
-
-    def poisoned(self, *args, **kwargs):
-        out = forward(self, *args, **kwargs)
-        if self.training:
-            calls[0] += 1
-            if calls[0] >= bad_call:
-                out["loss"] = out["loss"] * torch.tensor(float("nan"))
-        return out
-
-    MLMEncoder.forward = poisoned
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
-                      [f"data.path={data}", f"train.out_dir={out}", "train.save_every=2", "train.grad_accum=1"])
-    pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(AssertionError) as exc:
-        run_ranks(_pretrain_with_nan_at, 1, args=(tiny_corpus, out, 4))
+        run_ranks(pretrain_with_nan_at, 1, args=(tiny_corpus, out, 4))
     message = str(exc.value)
     assert "NonFiniteLoss" in message and "non-finite loss at step 4" in message
     assert "last good checkpoint: step_00000002" in message
@@ -285,7 +215,7 @@ def test_disk_full_then_space_freed_resumes_like_uninterrupted(tmp_path, tiny_co
     import subprocess
     import sys
 
-    from tests.test_bad_input import disk_full_run
+    from tests.helpers import disk_full_run
 
     run, env, how = disk_full_run(tmp_path, tiny_corpus)
     record_property("simulated_by", how)

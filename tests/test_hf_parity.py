@@ -22,57 +22,29 @@ from ds_minimodel.artefacts import hf
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder
-from tests.helpers import assert_close_fp32
+from tests.helpers import (
+    HF,
+    LAYER,
+    D,
+    H,
+    I,
+    L,
+    P,
+    V,
+    assert_close_fp32,
+    hf_batch,
+    hf_config,
+    randomise,
+)
 
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
 
-V, D, L, H, I, P = 120, 32, 3, 4, 64, 40
-# fp32 bounds (tests/helpers.py): the longest sum inside a layer is the MLP's second GEMM (I terms;
-# q k v and the head's decoder sum D, attention 11 positions); a hidden state after layer l went
-# through l + 1 stages (embeddings, then l layers), the logits through L + 2 (and the MLM head).
-# The masked loss also sums the V-term softmax.
-LAYER = dict(reduction=max(D, I))
 LOGITS = dict(depth=L + 2, **LAYER)
-
-# model_type -> (config class, MLM class, bare encoder class, eps, type_vocab_size, pad id)
-HF = {
-    "roberta": (transformers.RobertaConfig, transformers.RobertaForMaskedLM, transformers.RobertaModel, 1e-5, 1, 1),
-    "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaForMaskedLM, transformers.XLMRobertaModel, 1e-5, 1, 1),
-    "bert": (transformers.BertConfig, transformers.BertForMaskedLM, transformers.BertModel, 1e-12, 2, 0),
-}
-
-
-def hf_config(model_type: str, **kw):
-    cfg_cls, _, _, eps, types, pad = HF[model_type]
-    args = dict(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=I,
-                max_position_embeddings=P, type_vocab_size=types, layer_norm_eps=eps, pad_token_id=pad)
-    args.update(kw)
-    return cfg_cls(**args)
-
-
-def randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * 0.3
-            p.copy_(1.0 + noise if "norm" in name.lower() and name.endswith("weight") else noise)
-    return module.eval()
 
 
 def hf_mlm(model_type: str, seed: int = 0):
     return randomise(HF[model_type][1](hf_config(model_type)), seed)
-
-
-def batch(pad: int, seed: int = 1):
-    """Three sequences, two right-padded, with their attention mask."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, V, (3, 11), generator=g)
-    mask = torch.ones_like(ids)
-    for row, n in ((1, 6), (2, 9)):
-        ids[row, n:] = pad
-        mask[row, n:] = 0
-    return ids, mask
 
 
 def save_hf_dir(model, path, fmt: str = "safetensors", prefix_strip: str | None = None, add_prefix: str | None = None):
@@ -114,7 +86,7 @@ def test_hf_to_ours_logits_and_hidden(hf_dirs, model_type, attention):
     assert ours.cfg.position_style == ("bert" if model_type == "bert" else "roberta")
     assert ours.cfg.layer_norm_eps == HF[model_type][3] and ours.cfg.type_vocab_size == HF[model_type][4]
     assert ours.lm_head.weight is ours.embeddings.word
-    ids, mask = batch(ours.cfg.pad_token_id)
+    ids, mask = hf_batch(ours.cfg.pad_token_id)
     with torch.no_grad():
         for m in (mask, None):
             want = ref(input_ids=ids, attention_mask=m, output_hidden_states=True)
@@ -183,7 +155,7 @@ def test_export_roundtrip(tmp_path, model_type, attention):
     assert type(ref).__name__ == hf._MLM_CLASS[model_type]
     assert all(not v for v in info.values()), info  # no missing / unexpected / mismatched keys
     ref.eval()
-    ids, mask = batch(ours.cfg.pad_token_id, seed=5)
+    ids, mask = hf_batch(ours.cfg.pad_token_id, seed=5)
     with torch.no_grad():
         assert_close_fp32(ours(ids, attention_mask=mask)["logits"], ref(input_ids=ids, attention_mask=mask).logits,
                           **LOGITS, what="logits")
@@ -240,7 +212,7 @@ def test_export_refuses_foreign_dir_and_bad_state_dict(tmp_path):
 def test_masked_loss_matches_hf(hf_dirs, model_type):
     ref, path = hf_dirs[model_type]
     ours = hf.load_hf_pretrained(path)
-    ids, mask = batch(ours.cfg.pad_token_id, seed=7)
+    ids, mask = hf_batch(ours.cfg.pad_token_id, seed=7)
     g = torch.Generator().manual_seed(8)
     labels = torch.full_like(ids, -100)
     pick = (torch.rand(ids.shape, generator=g) < 0.3) & mask.bool()
@@ -273,7 +245,7 @@ def test_bare_encoder_gets_fresh_head(tmp_path, model_type, prefix, fmt):
     assert ours.lm_head.weight is ours.embeddings.word
     assert torch.equal(ours.lm_head.layer_norm.weight, torch.ones(D)) and not ours.lm_head.bias.any()
     assert torch.equal(ours.embeddings.word, ref.embeddings.word_embeddings.weight)
-    ids, mask = batch(ours.cfg.pad_token_id, seed=12)
+    ids, mask = hf_batch(ours.cfg.pad_token_id, seed=12)
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask).last_hidden_state
         got = ours(ids, attention_mask=mask)

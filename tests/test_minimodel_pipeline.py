@@ -14,9 +14,7 @@ from ds_minimodel.artefacts.surgery import (
 )
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.model import MLMEncoder
-from tests.conftest import REPO
-from tests.distributed import run_ranks
-from tests.test_bad_input import expect_rejected
+from tests.helpers import expect_rejected, run_step
 
 
 def _tiny_state():
@@ -46,23 +44,6 @@ def test_extract_then_plug_leaves_every_other_tensor_bit_identical():
     assert fingerprint(state, 2) != fingerprint(state, 1)
     sub, _ = extract_layers(state, cfg, 2)
     assert not any(k.startswith(("layers.2", "lm_head", "mid_head")) for k in sub)
-
-
-def _step(rank, module, config_file, overrides):
-    import importlib
-
-    from ds_minimodel.config import load_config
-
-    mod = importlib.import_module(f"ds_minimodel.steps.{module}")
-    cls = {"adapt": "AdaptConfig", "minipost": "MiniPostConfig", "finetune": "FinetuneConfig"}[module]
-    import ds_minimodel.config as config
-
-    cfg = load_config(getattr(config, cls), REPO / config_file, overrides)
-    mod.run(cfg, str(REPO / "ds_configs/z0.json"))
-
-
-def run_step(module, config_file, *overrides):
-    run_ranks(_step, 1, args=(module, config_file, list(overrides)))
 
 
 def assert_ran_as(run_dir, kind):

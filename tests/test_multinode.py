@@ -35,7 +35,7 @@ import torch
 
 from tests.conftest import REPO
 from tests.distributed import run_ranks
-from tests.test_faults import assert_same_tensors, crash_then_resume, loss_log
+from tests.helpers import assert_same_tensors, crash_then_resume, loss_log
 
 pytestmark = pytest.mark.faults
 

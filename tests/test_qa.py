@@ -37,11 +37,17 @@ from ds_minimodel.tasks.batching import (
 from ds_minimodel.tasks.formats import ClassificationExample, load_task
 from ds_minimodel.tokenizer import Tokenizer, train_tokenizer
 from tests.conftest import REPO
-from tests.helpers import assert_close_fp32, fp32_tolerance
-from tests.test_bad_input import expect_rejected
-from tests.test_hf_parity import LAYER, L, hf_config, randomise
-from tests.test_hf_parity import batch as hf_batch
-from tests.test_minimodel_pipeline import run_step
+from tests.helpers import (
+    LAYER,
+    L,
+    assert_close_fp32,
+    expect_rejected,
+    fp32_tolerance,
+    hf_batch,
+    hf_config,
+    randomise,
+    run_step,
+)
 
 transformers.logging.set_verbosity_error()
 QA_FIX = REPO / "tests" / "fixtures" / "qa"
@@ -190,7 +196,7 @@ def test_pair_layout_matches_hugging_face(family, max_len, request):
             assert enc.type_ids[i] == want["token_type_ids"], ex.id
         else:
             assert enc.type_ids is None
-    batch = batching.classification_batch(examples, tok, max_len, layout=layout)
+    batch = batching.padded_batch(enc, range(len(examples)), tok.pad_id)
     assert ("token_type_ids" in batch) == (family == "bert")
     if family == "bert":  # padding is type 0
         assert batch["token_type_ids"][2].tolist() == [0] * batch["input_ids"].shape[1]

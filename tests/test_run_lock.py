@@ -27,47 +27,18 @@ import pytest
 from ds_minimodel.training import run_lock
 from ds_minimodel.training.run_lock import RunInUseError, RunLock
 from tests.conftest import REPO
-from tests.test_bad_input import expect_rejected, tree_hash
-from tests.test_faults import newest_complete_step
+from tests.helpers import (
+    ENV,
+    expect_rejected,
+    holder,
+    newest_complete_step,
+    stop,
+    tree_hash,
+)
 
 PY = sys.executable
 BIN = os.path.dirname(PY)
 HOST = socket.gethostname()
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-for _key in (run_lock.MODE_ENV, run_lock.STALE_ENV):
-    ENV.pop(_key, None)
-
-# A process that takes the lock, says "held", then: sleeps (hold), exits without releasing
-# (exit), or releases and exits (release). Exit 3 and "lost" if its lease is taken over.
-HOLDER = """
-import sys, time
-from ds_minimodel.training.run_lock import RunLock
-directory, mode, stale, then = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
-lock = RunLock(directory, mode=mode, stale_after_s=stale, heartbeat_s=min(stale / 4, 1.0)).acquire()
-print("held", lock.mechanism, flush=True)
-try:
-    if then == "release":
-        lock.release()
-    if then == "hold":
-        time.sleep(120)
-except KeyboardInterrupt:
-    print("lost", flush=True)
-    sys.exit(3)
-"""
-
-
-def holder(directory, mode="auto", stale=60.0, then="hold") -> subprocess.Popen:
-    proc = subprocess.Popen([PY, "-c", HOLDER, str(directory), mode, str(stale), then], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("held"), f"holder failed: {line}{proc.stderr.read() if proc.poll() is not None else ''}"
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 def since_of(message: str) -> float:
@@ -246,11 +217,11 @@ def test_a_run_that_fails_in_its_loop_gives_the_directory_up(tiny_corpus, tmp_pa
     """A NaN loss at step 4 ends the run with an exception: its lock files are gone and the
     directory can be owned at once."""
     from tests.distributed import run_ranks
-    from tests.test_faults import _pretrain_with_nan_at
+    from tests.helpers import pretrain_with_nan_at
 
     out = tmp_path / "run"
     with pytest.raises(AssertionError, match="non-finite loss at step 4"):
-        run_ranks(_pretrain_with_nan_at, 1, args=(tiny_corpus, out, 4))
+        run_ranks(pretrain_with_nan_at, 1, args=(tiny_corpus, out, 4))
     assert not [p.name for p in out.iterdir() if p.name.startswith(".owner")]
     with RunLock(out) as lock:
         assert lock.mechanism == "flock"

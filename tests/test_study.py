@@ -11,7 +11,7 @@ from ds_minimodel.analysis.study.matching import Point, first_crossing, matched_
 from ds_minimodel.errors import UserError
 from tests.conftest import REPO
 from tests.distributed import run_ranks
-from tests.test_bad_input import expect_rejected
+from tests.helpers import expect_rejected
 
 
 def curve(*pairs, seconds_per_flop=1e-3):
@@ -272,7 +272,7 @@ def test_bad_runs_are_refused_with_one_line(tiny_study, tmp_path, capsys):
 
 def test_second_study_into_a_live_out_is_refused(tiny_study, tmp_path, capsys):
     from launchers.study import main
-    from tests.test_run_lock import holder, stop
+    from tests.helpers import holder, stop
 
     runs, out = tiny_study["runs"], tmp_path / "out"
     owner = holder(out)

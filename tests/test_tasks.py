@@ -337,19 +337,15 @@ def test_offsets_fallback_for_older_sentencepiece(tok):
 def test_classification_pair_layout_and_padding(tok):
     exs = [ClassificationExample("The museum opens at nine.", "It is busy.", 1, "a"),
            ClassificationExample("Short.", None, 0, "b")]
-    batch = batching.classification_batch(exs, tok, max_len=64)
+    enc = batching.encode_texts(exs, tok, max_len=64)
+    batch = batching.padded_batch(enc, range(2), tok.pad_id)
     a, b = tok.encode(exs[0].text_a), tok.encode(exs[0].text_b)
     pair = [tok.bos_id] + a + [tok.eos_id, tok.eos_id] + b + [tok.eos_id]
     single = [tok.bos_id] + tok.encode("Short.") + [tok.eos_id]
     assert batch["input_ids"][0].tolist() == pair
     assert batch["input_ids"][1].tolist() == single + [tok.pad_id] * (len(pair) - len(single))
     assert batch["attention_mask"].sum(dim=1).tolist() == [len(pair), len(single)]
-    assert batch["labels"].tolist() == [1, 0]
-    assert batching.classification_batch(exs, tok, max_len=64, pad_to_max_len=True)["input_ids"].shape == (2, 64)
-    batches = list(batching.classification_batches(exs * 3, tok, batch_size=4, shuffle=True, seed=3))
-    assert [len(x["labels"]) for x in batches] == [4, 2]
-    again = list(batching.classification_batches(exs * 3, tok, batch_size=4, shuffle=True, seed=3))
-    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(batches, again))
+    assert batching.padded_batch(enc, [1, 0], tok.pad_id, length=64)["input_ids"].shape == (2, 64)
 
 
 def test_truncation_longest_first(tok):
@@ -374,7 +370,7 @@ def test_truncation_longest_first(tok):
     ex = ClassificationExample(long_a, "Players leave.", 0, "t")
     b = tok.encode("Players leave.")
     max_len = 2 * len(b) + 6  # room for all of b: the long text gives up the rest
-    ids = batching.encode_classification([ex], tok, max_len=max_len)[0]
+    ids = batching.encode_texts([ex], tok, max_len=max_len).ids[0]
     keep_a = max_len - 4 - len(b)
     assert len(ids) == max_len and len(tok.encode(long_a)) > keep_a
     assert ids == [tok.bos_id] + tok.encode(long_a)[:keep_a] + [tok.eos_id, tok.eos_id] + b + [tok.eos_id]

@@ -17,9 +17,6 @@ from ds_minimodel.tasks.batching import (
                                         EncodedTexts,
                                         Layout,
                                         QAFeatures,
-                                        classification_batch,
-                                        classification_batches,
-                                        encode_classification,
                                         encode_qa,
                                         encode_texts,
                                         layout_for,
@@ -68,6 +65,6 @@ __all__ = [
     "paired_difference", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
     "retrieval_metrics",
     "Layout", "ROBERTA", "BERT", "layout_for", "EncodedTexts", "encode_texts",
-    "QAFeatures", "encode_classification", "classification_batch", "classification_batches", "encode_qa",
+    "QAFeatures", "encode_qa",
     "qa_predictions", "span_text",
 ]

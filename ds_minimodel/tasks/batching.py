@@ -25,9 +25,8 @@ Everything is deterministic: the same examples and tokenizer give the same tenso
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -104,13 +103,6 @@ def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, in
     return (half + odd, half) if len_a > len_b else (half, half + odd)
 
 
-def build_classification_ids(tok: Tokenizer, a: list[int], b: list[int] | None, max_len: int,
-                             layout: Layout = ROBERTA) -> list[int]:
-    """`<s> A </s>` or `<s> A </s></s> B </s>` (BERT: `[CLS] A [SEP] B [SEP]`) from token ids,
-    truncated to `max_len` tokens."""
-    return build_pair(tok, a, b, max_len, layout)[0]
-
-
 def build_pair(tok: Tokenizer, a: list[int], b: list[int] | None, max_len: int,
                layout: Layout = ROBERTA) -> tuple[list[int], int]:
     """(ids, n_a): the packed row and how many of its first tokens are segment A (all of them
@@ -147,13 +139,6 @@ def encode_texts(examples: Sequence[ClassificationExample], tok: Tokenizer, max_
     return EncodedTexts([ids for ids, _ in rows], types)
 
 
-def encode_classification(examples: Sequence[ClassificationExample], tok: Tokenizer,
-                          max_len: int = 128, layout: Layout = ROBERTA) -> list[list[int]]:
-    """Unpadded token ids of each example (`encode_texts(...).ids`; a BERT layout with segment
-    ids needs `encode_texts` for the token_type_ids too)."""
-    return encode_texts(examples, tok, max_len, layout).ids
-
-
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int,
                   length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) LongTensors [N, length]; `length` defaults to the longest."""
@@ -169,15 +154,6 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int,
     return ids, mask
 
 
-def classification_batch(examples: Sequence[ClassificationExample], tok: Tokenizer, max_len: int = 128,
-                         pad_to_max_len: bool = False, layout: Layout = ROBERTA) -> dict[str, torch.Tensor]:
-    """{"input_ids", "attention_mask", "labels"} (and "token_type_ids" for a BERT layout with
-    segment ids) for `examples`, padded to the longest (or max_len)."""
-    enc = encode_texts(examples, tok, max_len, layout)
-    out = padded_batch(enc, range(len(examples)), tok.pad_id, max_len if pad_to_max_len else None)
-    return {**out, "labels": torch.tensor([ex.label for ex in examples], dtype=torch.long)}
-
-
 def padded_batch(enc: EncodedTexts, idx: Sequence[int], pad_id: int, length: int | None = None) -> dict:
     """Rows `idx` of `enc` as padded tensors: input_ids, attention_mask (and token_type_ids,
     padded with type 0 as Hugging Face's tokenizers do)."""
@@ -186,30 +162,6 @@ def padded_batch(enc: EncodedTexts, idx: Sequence[int], pad_id: int, length: int
     if enc.type_ids is not None:
         out["token_type_ids"] = pad_sequences([enc.type_ids[i] for i in idx], 0, ids.shape[1])[0]
     return out
-
-
-def batch_order(n: int, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False) -> list[list[int]]:
-    """Example indices of each batch; shuffled by (seed, epoch) when `shuffle`."""
-    if batch_size < 1:
-        raise InvalidValueError(f"batch_size {batch_size} must be positive")
-    order = list(range(n))
-    if shuffle:
-        random.Random(f"{seed}:{epoch}").shuffle(order)
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    if drop_last and batches and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches
-
-
-def classification_batches(examples: Sequence[ClassificationExample], tok: Tokenizer, batch_size: int,
-                           max_len: int = 128, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                           drop_last: bool = False, layout: Layout = ROBERTA) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of `classification_batch` form; tokenised once, each batch padded to its longest."""
-    encoded = encode_texts(examples, tok, max_len, layout)
-    labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
-    for idx in batch_order(len(examples), batch_size, shuffle, seed, epoch, drop_last):
-        yield {**padded_batch(encoded, idx, tok.pad_id), "labels": labels[idx]}
 
 
 # --------------------------------------------------------------------------------------------
