@@ -261,7 +261,9 @@ def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
-            problems.append(f"unknown key {prefix}{key} (known: {', '.join(sorted(names))})")
+            moved = _section_of(cls, key)
+            hint = f"; it is {moved}.{key} now" if moved else ""
+            problems.append(f"unknown key {prefix}{key} (known: {', '.join(sorted(names))}{hint})")
     kwargs = {}
     for name in names:
         if name in raw:
@@ -341,8 +343,26 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _section_of(cls: type, key: str) -> str | None:
+    """The step section of `cls` that has a field `key` (e.g. AdaptConfig's `adapt` for
+    model_dir): configs of steps 1b-3 kept their own fields at the top level before sections."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) and tp.__name__.endswith("Settings") and \
+                key in {g.name for g in dataclasses.fields(tp)}:
+            return f.name
+    return None
+
+
 def from_dict(cls: type, raw: dict):
-    """Rebuild a saved (resolved) config, strictly."""
+    """Rebuild a saved (resolved) config, strictly. A config saved before the steps' settings had
+    their own section (model_dir, through, ... at the top level) is read into that section."""
+    raw = dict(raw)
+    for key in [k for k in raw if k not in {f.name for f in dataclasses.fields(cls)}]:
+        section = _section_of(cls, key)
+        if section is not None:
+            raw[section] = {**raw.get(section, {}), key: raw.pop(key)}
     problems: list[str] = []
     cfg = _build(cls, raw, "", problems)
     if problems:
@@ -360,8 +380,8 @@ def _fixed_trainables(step: str, train: "TrainConfig") -> list[str]:
 
 
 @dataclass
-class MiniPostConfig:
-    """Step 1b: carve layers 1..k out of a pretrained encoder and train a small top over them."""
+class MiniPostSettings:
+    """What step 1b carves and trains."""
 
     # Source: a model directory (model.pt + config.json, e.g. a pretrain run's final/) or a local
     # Hugging Face RoBERTa / XLM-R / BERT directory.
@@ -373,23 +393,34 @@ class MiniPostConfig:
     top_layers: int = 1
     # "copy": start the top from the source's layers k+1..k+n (and its MLM head); "random".
     top_init: str = "copy"
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.layers < 1 or self.top_layers < 0:
+            out.append(f"minipost.layers must be >= 1 and minipost.top_layers >= 0, got {self.layers}, "
+                       f"{self.top_layers}")
+        if self.top_init not in ("copy", "random"):
+            out.append(f"minipost.top_init must be 'copy' or 'random', got {self.top_init!r}")
+        return out
+
+
+@dataclass
+class MiniPostConfig:
+    """Step 1b: carve layers 1..k out of a pretrained encoder and train a small top over them."""
+
+    minipost: MiniPostSettings = field(default_factory=MiniPostSettings)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/minipost"))
 
     def problems(self) -> list[str]:
-        out = self.data.problems() + self.optim.problems() + self.train.problems()
-        out += _fixed_trainables("MiniPost", self.train)
-        if self.layers < 1 or self.top_layers < 0:
-            out.append(f"minipost layers must be >= 1 and top_layers >= 0, got {self.layers}, {self.top_layers}")
-        if self.top_init not in ("copy", "random"):
-            out.append(f"top_init must be 'copy' or 'random', got {self.top_init!r}")
-        return out
+        return (self.minipost.problems() + self.data.problems() + self.optim.problems() + self.train.problems()
+                + _fixed_trainables("MiniPost", self.train))
 
 
 @dataclass
-class AdaptConfig:
-    """Step 2: a new language's tokenizer + embeddings, trained through a frozen (mini-)model."""
+class AdaptSettings:
+    """What step 2 trains through, and for which language."""
 
     # Model directory: a MiniJoint pretrain's final/ (mini = layers 1..k + mid head), a MiniPost
     # run's final/ (mini = its k + n layers), or any full model for through=full.
@@ -400,18 +431,28 @@ class AdaptConfig:
     language: str = "xx"
     # New embeddings: "random", or "copy_shared" (vectors of pieces the source vocab also has).
     init: str = "copy_shared"
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.through not in ("mini", "full"):
+            out.append(f"adapt.through must be 'mini' or 'full', got {self.through!r}")
+        if self.init not in ("random", "copy_shared"):
+            out.append(f"adapt.init must be 'random' or 'copy_shared', got {self.init!r}")
+        return out
+
+
+@dataclass
+class AdaptConfig:
+    """Step 2: a new language's tokenizer + embeddings, trained through a frozen (mini-)model."""
+
+    adapt: AdaptSettings = field(default_factory=AdaptSettings)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/adapt"))
 
     def problems(self) -> list[str]:
-        out = self.data.problems() + self.optim.problems() + self.train.problems()
-        out += _fixed_trainables("adaptation", self.train)
-        if self.through not in ("mini", "full"):
-            out.append(f"through must be 'mini' or 'full', got {self.through!r}")
-        if self.init not in ("random", "copy_shared"):
-            out.append(f"init must be 'random' or 'copy_shared', got {self.init!r}")
-        return out
+        return (self.adapt.problems() + self.data.problems() + self.optim.problems() + self.train.problems()
+                + _fixed_trainables("adaptation", self.train))
 
 
 # Fine-tuning tasks: classification (one text or a pair) and extractive QA (SQuAD v1.1 format).
@@ -420,8 +461,8 @@ QA_TASKS = ("mlqa", "squad")
 
 
 @dataclass
-class FinetuneConfig:
-    """Step 3: body + task head on source-language task data, embeddings frozen."""
+class FinetuneSettings:
+    """What step 3 starts from, on which task, and how the task is fed."""
 
     model_dir: str = "runs/pretrain/final"
     # "bible-genre" (offline stand-in), "xnli", "pawsx" (sentence-pair classification), or
@@ -444,34 +485,45 @@ class FinetuneConfig:
     pooling: str = "cls"
     # Examples per validation pass (0 = the whole validation set); for QA, questions.
     eval_examples: int = 512
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=50))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/finetune"))
 
     @property
     def is_qa(self) -> bool:
         return self.task in QA_TASKS
 
     def problems(self) -> list[str]:
-        out = self.optim.problems() + self.train.problems() + _fixed_trainables("fine-tuning", self.train)
+        out = []
         tasks = CLASSIFICATION_TASKS + QA_TASKS
         if self.task not in tasks:
-            out.append(f"task must be {'|'.join(tasks)}, got {self.task!r}")
+            out.append(f"finetune.task must be {'|'.join(tasks)}, got {self.task!r}")
         if self.task != "bible-genre" and not self.task_path:
-            out.append(f"task {self.task} needs task_path (a directory of the released files)")
+            out.append(f"finetune.task {self.task} needs finetune.task_path (a directory of the released files)")
         if self.pooling not in ("cls", "mean"):
-            out.append(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+            out.append(f"finetune.pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.max_len < 8:
-            out.append(f"max_len must be >= 8, got {self.max_len}")
+            out.append(f"finetune.max_len must be >= 8, got {self.max_len}")
         if self.eval_examples < 0:
-            out.append(f"eval_examples must be >= 0, got {self.eval_examples}")
+            out.append(f"finetune.eval_examples must be >= 0, got {self.eval_examples}")
         if self.is_qa:
             if self.doc_stride < 1:
-                out.append(f"doc_stride must be positive, got {self.doc_stride}")
+                out.append(f"finetune.doc_stride must be positive, got {self.doc_stride}")
             if self.max_query_len < 1:
-                out.append(f"max_query_len must be positive, got {self.max_query_len}")
+                out.append(f"finetune.max_query_len must be positive, got {self.max_query_len}")
             # <s> question </s></s> + at least one context token + </s>: 5 tokens besides the question.
             elif self.max_len < self.max_query_len + 5:
-                out.append(f"max_len {self.max_len} leaves no room for context after a question of up to "
-                           f"max_query_len {self.max_query_len} tokens and 4 special tokens; raise max_len "
-                           f"to at least {self.max_query_len + 5} or lower max_query_len")
+                out.append(f"finetune.max_len {self.max_len} leaves no room for context after a question of up "
+                           f"to finetune.max_query_len {self.max_query_len} tokens and 4 special tokens; raise "
+                           f"max_len to at least {self.max_query_len + 5} or lower max_query_len")
         return out
+
+
+@dataclass
+class FinetuneConfig:
+    """Step 3: body + task head on source-language task data, embeddings frozen."""
+
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=50))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/finetune"))
+
+    def problems(self) -> list[str]:
+        return (self.finetune.problems() + self.optim.problems() + self.train.problems()
+                + _fixed_trainables("fine-tuning", self.train))

@@ -65,14 +65,14 @@ def _adapt(step: _Steps, opts: PipelineOptions, method: str, model_dir: Path, th
     out = opts.work / f"adapt-{method}"
     step(f"adapt-{method}", out / "pack" / "pack.json",
          [PY, "launchers/adapt.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", "configs/adapt-cpu.yaml",
-          f"model_dir={model_dir}", f"through={through}", f"data.path={target}", f"train.out_dir={out}",
+          f"adapt.model_dir={model_dir}", f"adapt.through={through}", f"data.path={target}", f"train.out_dir={out}",
           f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])])
 
 
 def _minipost(step: _Steps, opts: PipelineOptions, name: str, config: str, source, english: Path) -> Path:
     out = opts.work / name
     step(name, out / "final" / "model.pt",
-         [PY, "launchers/minipost.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config, f"source={source}",
+         [PY, "launchers/minipost.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config, f"minipost.source={source}",
           f"data.path={english}", f"train.out_dir={out}", f"train.steps={opts.minipost_steps}",
           *opts.extra.get(name, [])])
     return out / "final"
@@ -82,7 +82,7 @@ def _finetune_and_evaluate(step: _Steps, opts: PipelineOptions, config: str, mod
     work = opts.work
     step("finetune", work / "finetune" / "final" / "model.pt",
          [PY, "launchers/finetune.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
-          f"model_dir={model_dir}", f"train.out_dir={work / 'finetune'}",
+          f"finetune.model_dir={model_dir}", f"train.out_dir={work / 'finetune'}",
           f"train.steps={opts.finetune_steps}", *opts.extra.get("finetune", [])])
     packs = [a for m in methods for a in ("--pack", work / f"adapt-{m}" / "pack")]
     step("evaluate", work / "transfer.json",

@@ -2,7 +2,7 @@
 
     python launchers/prepare_data.py --recipe bible-ny --out data/bible-ny --vocab-size 8000
     python launchers/adapt.py --deepspeed ds_configs/z0.json --config configs/adapt-cpu.yaml \
-        model_dir=runs/demo/final through=mini language=ny data.path=data/bible-ny
+        adapt.model_dir=runs/demo/final adapt.through=mini adapt.language=ny data.path=data/bible-ny
 """
 
 import os

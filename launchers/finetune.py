@@ -1,7 +1,7 @@
 """Step 3: fine-tune body + classification head on source-language task data (embeddings frozen).
 
     python launchers/finetune.py --deepspeed ds_configs/z0.json --config configs/finetune-cpu.yaml \
-        model_dir=runs/demo/final task=bible-genre
+        finetune.model_dir=runs/demo/final finetune.task=bible-genre
 """
 
 import os

@@ -318,15 +318,15 @@ def test_consolidate_into_a_foreign_directory(run_copy, tmp_path, capsys):
 def test_minipost_layers_out_of_range(tmp_path, capsys, tiny_model_dir, tiny_corpus):
     from launchers.minipost import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"source={tiny_model_dir}",
-                                   f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'o'}", "layers=9"],
-                    "layers=9", "4 layers", watch=[tiny_model_dir])
+    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"minipost.source={tiny_model_dir}",
+                                   f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'o'}", "minipost.layers=9"],
+                    "minipost.layers=9", "4 layers", watch=[tiny_model_dir])
 
 
 def test_minipost_corpus_of_another_tokenizer(tmp_path, capsys, tiny_model_dir, tiny_target_corpus):
     from launchers.minipost import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"source={tiny_model_dir}",
+    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"minipost.source={tiny_model_dir}",
                                    f"data.path={tiny_target_corpus}", f"train.out_dir={tmp_path / 'o'}"],
                     str(tiny_target_corpus), "vocabulary", watch=[tiny_model_dir])
 
@@ -334,13 +334,13 @@ def test_minipost_corpus_of_another_tokenizer(tmp_path, capsys, tiny_model_dir, 
 def test_minipost_source_is_not_a_model(tmp_path, capsys, tiny_corpus):
     from launchers.minipost import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"source={tmp_path}",
+    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"minipost.source={tmp_path}",
                                    f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'o'}"],
                     "not a model directory")
 
 
 def adapt_args(model_dir, data, out, *extra):
-    return ["--config", str(REPO / "configs/adapt-tiny.yaml"), f"model_dir={model_dir}", f"data.path={data}",
+    return ["--config", str(REPO / "configs/adapt-tiny.yaml"), f"adapt.model_dir={model_dir}", f"data.path={data}",
             f"train.out_dir={out}", *extra]
 
 
@@ -380,15 +380,15 @@ def test_finetune_model_dir_missing(tmp_path, capsys):
     from launchers.finetune import main
 
     expect_rejected(capsys, main, ["--config", str(REPO / "configs/finetune-tiny.yaml"),
-                                   f"model_dir={tmp_path / 'nowhere'}", f"train.out_dir={tmp_path / 'o'}"],
+                                   f"finetune.model_dir={tmp_path / 'nowhere'}", f"train.out_dir={tmp_path / 'o'}"],
                     "nowhere", "not a model directory")
 
 
 def test_finetune_bad_value_and_unknown_key(tmp_path, capsys, tiny_model_dir):
     from launchers.finetune import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/finetune-tiny.yaml"), f"model_dir={tiny_model_dir}",
-                                   f"train.out_dir={tmp_path / 'o'}", "pooling=max", "head_dropuot=0.2"],
+    expect_rejected(capsys, main, ["--config", str(REPO / "configs/finetune-tiny.yaml"), f"finetune.model_dir={tiny_model_dir}",
+                                   f"train.out_dir={tmp_path / 'o'}", "finetune.pooling=max", "finetune.head_dropuot=0.2"],
                     "pooling", "head_dropuot")
 
 
@@ -397,7 +397,7 @@ def _finetune(rank, model_dir, out):
     from ds_minimodel.steps import finetune
 
     cfg = load_config(FinetuneConfig, REPO / "configs/finetune-tiny.yaml",
-                      [f"model_dir={model_dir}", f"train.out_dir={out}", "train.steps=2"])
+                      [f"finetune.model_dir={model_dir}", f"train.out_dir={out}", "train.steps=2"])
     finetune.run(cfg, str(REPO / "ds_configs/z0.json"))
 
 

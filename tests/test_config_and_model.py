@@ -53,6 +53,28 @@ def test_config_error_is_a_user_error():
         load_config(PretrainConfig, None, ["model.num_heads=5", "model.hidden_size=32"])
 
 
+@pytest.mark.parametrize("cls, section, fields", [
+    ("MiniPostConfig", "minipost", {"source": "runs/x", "layers": 3, "top_layers": 2, "top_init": "random"}),
+    ("AdaptConfig", "adapt", {"model_dir": "runs/x", "through": "full", "language": "sw", "init": "random"}),
+    ("FinetuneConfig", "finetune", {"model_dir": "runs/x", "task": "bible-genre", "max_len": 64, "pooling": "mean"}),
+])
+def test_step_settings_have_their_own_section(cls, section, fields):
+    """Every step's config is sectioned like PretrainConfig's: its own settings under the step's
+    name. A flat key (the layout before sections) is refused with where it went; a saved config
+    of that layout (a run made before) is still read, into the section."""
+    from ds_minimodel import config
+
+    cls = getattr(config, cls)
+    cfg = load_config(cls, None, [f"{section}.{k}={v}" for k, v in fields.items()])
+    assert {k: getattr(getattr(cfg, section), k) for k in fields} == fields
+    key = next(iter(fields))
+    with pytest.raises(ConfigError, match=f"unknown key {key} .*it is {section}.{key} now"):
+        load_config(cls, None, [f"{key}={fields[key]}"])
+    saved = config.to_dict(cfg)
+    flat = {**{k: v for k, v in saved.items() if k != section}, **saved[section]}
+    assert config.from_dict(cls, flat) == cfg
+
+
 def _full_logit_loss(head, hidden, labels):
     """Hugging Face's way: logits for every position, then CE ignoring -100."""
     logits = head(hidden)

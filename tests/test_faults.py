@@ -163,7 +163,7 @@ def _adapt_rank(rank, model_dir, data, out, resume, fault=None):
     if fault:
         os.environ["DSM_FAULT"] = fault
     cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
-                      [f"model_dir={model_dir}", f"data.path={data}", f"train.out_dir={out}", "language=ny",
+                      [f"adapt.model_dir={model_dir}", f"data.path={data}", f"train.out_dir={out}", "adapt.language=ny",
                        "train.steps=6", "train.save_every=2", "train.collective_timeout_s=30"])
     adapt.run(cfg, str(REPO / "ds_configs/z2.json"), resume=resume)
 

@@ -322,8 +322,8 @@ def test_real_pretraining_step(monkeypatch, tiny_corpus, tmp_path, freeze):
 
 
 def test_real_minipost_step(monkeypatch, source_dir, tiny_corpus, tmp_path):
-    spec = job_spec(monkeypatch, "minipost", "MiniPostConfig", "configs/minipost-tiny.yaml", f"source={source_dir}",
-                    f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'run'}", f"layers={K}", "top_layers=1")
+    spec = job_spec(monkeypatch, "minipost", "MiniPostConfig", "configs/minipost-tiny.yaml", f"minipost.source={source_dir}",
+                    f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'run'}", f"minipost.layers={K}", "minipost.top_layers=1")
     assert spec.kind == "minipost_top" and spec.model_config["num_layers"] == K + 1
     check_real_step(spec, minipost_k=K)
 
@@ -356,9 +356,9 @@ def test_real_adaptation_step(monkeypatch, source_dir, minipost_dir, tiny_target
                               layers):
     """adapt.py's model for each body: the step kind says which, the count is that model's."""
     model_dir = minipost_dir if through == "minipost" else source_dir
-    spec = job_spec(monkeypatch, "adapt", "AdaptConfig", "configs/adapt-tiny.yaml", f"model_dir={model_dir}",
+    spec = job_spec(monkeypatch, "adapt", "AdaptConfig", "configs/adapt-tiny.yaml", f"adapt.model_dir={model_dir}",
                     f"data.path={tiny_target_corpus}", f"train.out_dir={tmp_path / 'run'}",
-                    f"through={'full' if through == 'full' else 'mini'}", "language=ny")
+                    f"adapt.through={'full' if through == 'full' else 'mini'}", "adapt.language=ny")
     assert spec.kind == kind
     assert (spec.model_config["num_layers"], spec.model_config["mid_head_layer"]) == (layers, None)
     check_real_step(spec)
@@ -367,7 +367,7 @@ def test_real_adaptation_step(monkeypatch, source_dir, minipost_dir, tiny_target
 def test_real_finetuning_step(monkeypatch, source_dir, tmp_path):
     """finetune.py's SequenceClassifier (not a stand-in head) on its own padded batches."""
     spec = job_spec(monkeypatch, "finetune", "FinetuneConfig", "configs/finetune-tiny.yaml",
-                    f"model_dir={source_dir}", f"train.out_dir={tmp_path / 'run'}")
+                    f"finetune.model_dir={source_dir}", f"train.out_dir={tmp_path / 'run'}")
     assert spec.kind == "finetune"
     model = spec.make_model({})
     assert isinstance(model, SequenceClassifier)

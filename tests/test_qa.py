@@ -268,18 +268,18 @@ def test_qa_windows_and_labels_match_hugging_face(family, request):
 
 
 def test_qa_config_problems_reported_together():
-    cfg = load_config(FinetuneConfig, overrides=["task=squad", "task_path=x", "max_len=384", "doc_stride=128"])
-    assert cfg.is_qa and cfg.max_query_len == 64
+    cfg = load_config(FinetuneConfig, overrides=["finetune.task=squad", "finetune.task_path=x", "finetune.max_len=384", "finetune.doc_stride=128"])
+    assert cfg.finetune.is_qa and cfg.finetune.max_query_len == 64
     with pytest.raises(ConfigError) as e:
-        load_config(FinetuneConfig, overrides=["task=mlqa", "task_path=x", "max_len=40", "max_query_len=64",
-                                               "doc_stride=0"])
+        load_config(FinetuneConfig, overrides=["finetune.task=mlqa", "finetune.task_path=x", "finetune.max_len=40", "finetune.max_query_len=64",
+                                               "finetune.doc_stride=0"])
     msg = str(e.value)
     assert "2 config problem(s)" in msg and "doc_stride must be positive" in msg
     assert "max_len 40 leaves no room for context" in msg and "at least 69" in msg
     with pytest.raises(ConfigError, match=r"task must be bible-genre\|xnli\|pawsx\|mlqa\|squad"):
-        load_config(FinetuneConfig, overrides=["task=qa", "task_path=x"])
+        load_config(FinetuneConfig, overrides=["finetune.task=qa", "finetune.task_path=x"])
     with pytest.raises(ConfigError, match="task mlqa needs task_path"):
-        load_config(FinetuneConfig, overrides=["task=mlqa"])
+        load_config(FinetuneConfig, overrides=["finetune.task=mlqa"])
 
 
 def test_shuffled_loader_resumes_where_it_stopped():
@@ -304,8 +304,8 @@ def test_shuffled_loader_resumes_where_it_stopped():
 @pytest.fixture(scope="module")
 def qa_model(tiny_model_dir, tmp_path_factory):
     ft = tmp_path_factory.mktemp("qa_ft") / "run"
-    run_step("finetune", "configs/finetune-tiny.yaml", f"model_dir={tiny_model_dir}", f"train.out_dir={ft}",
-             "task=mlqa", f"task_path={QA_FIX}", "max_len=64", "max_query_len=16", "doc_stride=24", "eval_examples=0")
+    run_step("finetune", "configs/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}", f"train.out_dir={ft}",
+             "finetune.task=mlqa", f"finetune.task_path={QA_FIX}", "finetune.max_len=64", "finetune.max_query_len=16", "finetune.doc_stride=24", "finetune.eval_examples=0")
     return ft
 
 
@@ -343,8 +343,8 @@ def test_bert_family_finetunes_with_token_type_ids(task, bert_tok, tmp_path):
     shutil.copy(tok.path, src / "tokenizer.json")
     fix = QA_FIX if task == "mlqa" else REPO / "tests" / "fixtures" / "tasks"
     out = tmp_path / "ft"
-    run_step("finetune", "configs/finetune-tiny.yaml", f"model_dir={src}", f"train.out_dir={out}", f"task={task}",
-             f"task_path={fix}", "max_len=40", "max_query_len=12", "doc_stride=16", "train.steps=2",
+    run_step("finetune", "configs/finetune-tiny.yaml", f"finetune.model_dir={src}", f"train.out_dir={out}", f"finetune.task={task}",
+             f"finetune.task_path={fix}", "finetune.max_len=40", "finetune.max_query_len=12", "finetune.doc_stride=16", "train.steps=2",
              "train.micro_batch_size=4")
     source, _, _ = read_model_dir(src)
     model, config, _ = load_finetuned(out / "final")

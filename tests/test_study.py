@@ -115,7 +115,7 @@ def _finetune(rank, model_dir, out):
     from ds_minimodel.config import FinetuneConfig, load_config
     from ds_minimodel.steps import finetune
 
-    cfg = load_config(FinetuneConfig, REPO / "configs/finetune-tiny.yaml", [f"model_dir={model_dir}",
+    cfg = load_config(FinetuneConfig, REPO / "configs/finetune-tiny.yaml", [f"finetune.model_dir={model_dir}",
                                                                            f"train.out_dir={out}"])
     finetune.run(cfg, str(REPO / "ds_configs/z0.json"))
 
@@ -149,7 +149,7 @@ def tiny_study(tiny_model_dir, tiny_target_corpus, tmp_path_factory):
     run_ranks(_finetune, 1, args=(tiny_model_dir, root / "ft"))
     opts = ExperimentOptions(out=root / "exp", pretrained=tiny_model_dir, target_data=tiny_target_corpus,
                              methods=("full", "minijoint"), steps={"full": 6, "minijoint": 6}, checkpoints=3,
-                             config="configs/adapt-tiny.yaml", overrides=["language=ny"])
+                             config="configs/adapt-tiny.yaml", overrides=["adapt.language=ny"])
     calls = []
     runs = run_experiments(opts, runner=in_process_runner(calls), log=lambda s: None)
     assert len(calls) == 2
@@ -186,10 +186,11 @@ def test_init_point_is_the_runs_starting_embeddings(tiny_study):
     )
 
     run = open_run("minijoint", tiny_study["runs"]["minijoint"])
-    lr = float(run.config["optim"]["lr"])
+    lr = run.config.optim.lr
     init, ckpt = init_tensors(run), checkpoint_tensors(run, "step_00000002")
     assert (ckpt["word"] - init["word"]).abs().max() <= 2 * lr * 1.01
-    other = dataclasses.replace(run, config={**run.config, "train": {**run.config["train"], "seed": 1}})
+    other = dataclasses.replace(run, config=dataclasses.replace(
+        run.config, train=dataclasses.replace(run.config.train, seed=1)))
     assert (ckpt["word"] - init_tensors(other)["word"]).abs().max() > 4 * lr
 
 
@@ -300,7 +301,7 @@ def test_study_plan_sets_dense_checkpoints_and_parses_as_adapt_config(tiny_model
         cfg = load_config(AdaptConfig, REPO / "configs/adapt-cpu.yaml", overrides)
         n = steps[method]
         assert cfg.train.steps == n and cfg.train.save_every == n // 10 and cfg.train.keep_last >= 10
-        assert cfg.through == {"full": "full", "minijoint": "mini"}[method]
+        assert cfg.adapt.through == {"full": "full", "minijoint": "mini"}[method]
     with pytest.raises(UserError, match="--minipost"):
         plan_experiments(ExperimentOptions(out=tmp_path, pretrained=tiny_model_dir, target_data=tiny_target_corpus))
     with pytest.raises(UserError, match="adapts as 'minijoint', not 'minipost'"):

@@ -25,16 +25,16 @@ def launch(*argv, timeout=600) -> subprocess.CompletedProcess:
 
 def test_study_run_experiments_end_to_end_through_the_default_runner(tiny_model_dir, tiny_corpus,
                                                                       tiny_target_corpus, tmp_path):
-    launch("launchers/minipost.py", "--config", "configs/minipost-tiny.yaml", f"source={tiny_model_dir}",
-           f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'minipost'}", "layers=1", "top_layers=1")
-    launch("launchers/finetune.py", "--config", "configs/finetune-tiny.yaml", f"model_dir={tiny_model_dir}",
+    launch("launchers/minipost.py", "--config", "configs/minipost-tiny.yaml", f"minipost.source={tiny_model_dir}",
+           f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'minipost'}", "minipost.layers=1", "minipost.top_layers=1")
+    launch("launchers/finetune.py", "--config", "configs/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}",
            f"train.out_dir={tmp_path / 'finetune'}")
     out = tmp_path / "study"
     proc = launch("launchers/study.py", "--run-experiments", "--pretrained", tiny_model_dir,
                   "--minipost", tmp_path / "minipost" / "final", "--model", tmp_path / "finetune" / "final",
                   "--target-data", tiny_target_corpus, "--out", out, "--config", "configs/adapt-tiny.yaml",
                   "--steps", "full=4", "minijoint=4", "minipost=4", "--checkpoints", "2",
-                  "--eval-examples", "200", "--set", "language=ny")
+                  "--eval-examples", "200", "--set", "adapt.language=ny")
 
     # Each method's run was trained by its own adapt.py subprocess, logged where the runner logs.
     for method in ("full", "minijoint", "minipost"):
@@ -60,5 +60,5 @@ def test_study_run_experiments_end_to_end_through_the_default_runner(tiny_model_
                    "--minipost", tmp_path / "minipost" / "final", "--model", tmp_path / "finetune" / "final",
                    "--target-data", tiny_target_corpus, "--out", out, "--config", "configs/adapt-tiny.yaml",
                    "--steps", "full=4", "minijoint=4", "minipost=4", "--checkpoints", "2",
-                   "--eval-examples", "200", "--set", "language=ny")
+                   "--eval-examples", "200", "--set", "adapt.language=ny")
     assert again.stdout.count("already done") == 3 and "$ " not in again.stdout

@@ -22,7 +22,7 @@ def _adapt(rank, model_dir, data, out, engine, extra):
     from ds_minimodel.training import engine as ds
 
     cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
-                      [f"model_dir={model_dir}", f"data.path={data}", f"train.out_dir={out}", "language=ny",
+                      [f"adapt.model_dir={model_dir}", f"data.path={data}", f"train.out_dir={out}", "adapt.language=ny",
                        f"train.engine={engine}", "train.steps=6", "train.save_every=3", "optim.grad_clip=1.0",
                        *[e for e in extra if e != "--resume"]])
     try:
@@ -83,7 +83,7 @@ def test_torch_engine_refuses_zero_and_bf16(tiny_model_dir, tiny_target_corpus, 
     with pytest.raises(ConfigError, match="train.engine"):
         load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml", ["train.engine=jax"])
     cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
-                      [f"model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
+                      [f"adapt.model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
                        f"train.out_dir={tmp_path / 'x'}", "train.engine=torch"])
     with pytest.raises(UserError, match="no ZeRO"):
         adapt.run(cfg, str(REPO / "ds_configs/z2.json"))

@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,6 +40,7 @@ from torch import nn
 
 from ds_minimodel.config import ConfigError, ModelConfig, from_dict
 from ds_minimodel.errors import UserError
+from ds_minimodel.staged_dir import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -612,9 +612,7 @@ def export_hf(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], cfg: 
 
     from safetensors.torch import save_file
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         hf_cfg.save_pretrained(str(tmp))
         save_file(hf_sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         files = ["config.json", "model.safetensors"]
@@ -635,19 +633,4 @@ def export_hf(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], cfg: 
         meta = {"format": EXPORT_FORMAT, "version": 1, "model_type": model_type,
                 "model": dataclasses.asdict(cfg), "files": files}
         (tmp / EXPORT_MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "x")
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old / "x", out)  # put the previous export back
-                shutil.rmtree(old, ignore_errors=True)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -15,9 +15,7 @@ before anything is loaded into it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ds_minimodel.errors import UserError
+from ds_minimodel.staged_dir import staged_dir
 from ds_minimodel.tokenizer import Tokenizer
 
 FORMAT = 1
@@ -48,25 +47,18 @@ class PackInfo:
 
 def save_pack(out_dir: str | Path, info: PackInfo, word: torch.Tensor, output_bias: torch.Tensor,
               tokenizer_path: str) -> Path:
-    """Write a pack atomically (temp dir, then rename); refuses to replace a non-pack directory."""
+    """Write a pack all at once (`staged_dir`); refuses to replace a non-pack directory."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "pack.json").is_file():
         raise UserError(f"{out_dir} is not empty and is not a language pack: refusing to overwrite it")
     if tuple(word.shape) != (info.vocab_size, info.hidden_size):
         raise UserError(f"pack embeddings are {tuple(word.shape)}, expected ({info.vocab_size}, {info.hidden_size})")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         save_file({"word": word.detach().float().contiguous().cpu(),
                    "output_bias": output_bias.detach().float().contiguous().cpu()},
                   str(tmp / "embeddings.safetensors"))
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
         (tmp / "pack.json").write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

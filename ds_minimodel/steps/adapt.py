@@ -37,10 +37,10 @@ def select_body(state: dict, cfg: ModelConfig, lineage: dict, through: str, wher
     """(body state, body config, method, depth k the pack's fingerprint covers)."""
     if through == "full":
         if lineage.get("kind") == "minipost" and int(lineage["mini_layers"]) < int(lineage.get("source_layers", 0)):
-            raise UserError(f"through=full needs a full model, but {where} is a MiniPost mini-model")
+            raise UserError(f"adapt.through=full needs a full model, but {where} is a MiniPost mini-model")
         if "lm_head.bias" not in state or "lm_head" in lineage.get("fresh_heads", []):
-            raise UserError(f"through=full needs a model with a trained MLM head; {where} has none "
-                            "(train one first: MiniPost with layers=L, or pretraining)")
+            raise UserError(f"adapt.through=full needs a model with a trained MLM head; {where} has none "
+                            "(train one first: MiniPost with minipost.layers=L, or pretraining)")
         body = {n: t for n, t in state.items() if not n.startswith("mid_head.")}
         return body, dataclasses.replace(cfg, mid_head_layer=None), "full", cfg.num_layers
     if lineage.get("kind") == "minipost":
@@ -49,7 +49,7 @@ def select_body(state: dict, cfg: ModelConfig, lineage: dict, through: str, wher
         body, body_cfg = minijoint_mini(state, cfg)
         return body, body_cfg, "minijoint", cfg.mid_head_layer
     raise UserError(f"{where} has no mini-model: it has no mid head (MiniJoint) and is not a MiniPost "
-                    "mini-model; use through=full for the standard baseline")
+                    "mini-model; use adapt.through=full for the standard baseline")
 
 
 def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer | None, target_tok: Tokenizer,
@@ -83,15 +83,15 @@ def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer |
                     word[i] = source_word[j]
                     copied += 1
     elif how == "copy_shared":
-        raise UserError("init=copy_shared needs the source model's tokenizer (tokenizer.model in its directory)")
+        raise UserError("adapt.init=copy_shared needs the source model's tokenizer (tokenizer.model in its directory)")
     return word, bias, copied
 
 
 def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
     shards = open_corpus(cfg.data.path)
     target_tok = shards.tokenizer()
-    state, src_cfg, lineage = read_model_dir(cfg.model_dir)
-    body, body_cfg, method, k = select_body(state, src_cfg, lineage, cfg.through, cfg.model_dir)
+    state, src_cfg, lineage = read_model_dir(cfg.adapt.model_dir)
+    body, body_cfg, method, k = select_body(state, src_cfg, lineage, cfg.adapt.through, cfg.adapt.model_dir)
     expected = lineage["body_fingerprints"].get(str(k))
     body_fp = fingerprint(body, k)
     assert expected in (None, body_fp), "a mini-model's layers 1..k must be its full model's layers 1..k"
@@ -102,7 +102,7 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
     if ds.zero_stage(raw_ds) == 3:
         raise UserError(f"adaptation runs on one node with ZeRO 0-2; {ds_config_path} is ZeRO-3")
     source_tok = Tokenizer.load(lineage["tokenizer"]) if lineage.get("tokenizer") else None
-    word, bias, copied = init_embeddings(cfg.init, body["embeddings.word"], source_tok, target_tok, cfg.train.seed)
+    word, bias, copied = init_embeddings(cfg.adapt.init, body["embeddings.word"], source_tok, target_tok, cfg.train.seed)
     start, model_cfg = plug_embeddings(body, body_cfg, word, bias, target_tok.pad_id)
     model_cfg = dataclasses.replace(model_cfg, kernels=src_cfg.kernels)
     kind = STEP_KIND[method]
@@ -116,13 +116,13 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
 
     def finalize(run_dir: Path, checkpointer) -> None:
         final, _ = consolidate(checkpointer.dir)
-        info = PackInfo(language=cfg.language, method=method, vocab_size=target_tok.vocab_size,
+        info = PackInfo(language=cfg.adapt.language, method=method, vocab_size=target_tok.vocab_size,
                         hidden_size=model_cfg.hidden_size, pad_token_id=target_tok.pad_id,
                         special={"bos": target_tok.bos_id, "pad": target_tok.pad_id, "eos": target_tok.eos_id,
                                  "unk": target_tok.unk_id, "mask": target_tok.mask_id},
                         body_fingerprint=body_fp, fingerprint_layers=k,
                         tokenizer_fingerprint=target_tok.fingerprint(),
-                        provenance={"model_dir": str(cfg.model_dir), "through": cfg.through, "init": cfg.init,
+                        provenance={"model_dir": str(cfg.adapt.model_dir), "through": cfg.adapt.through, "init": cfg.adapt.init,
                                     "rows_copied": copied, "steps": cfg.train.steps, "depth": model_cfg.num_layers,
                                     "world_size": env_world_size()})
         save_pack(run_dir / "pack", info, final["embeddings.word"], final["lm_head.bias"], target_tok.path)

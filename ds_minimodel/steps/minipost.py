@@ -22,21 +22,21 @@ from ds_minimodel.training.checkpoint import export
 
 def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
     shards = open_corpus(cfg.data.path)
-    state, src_cfg, lineage = read_model_dir(cfg.source)
+    state, src_cfg, lineage = read_model_dir(cfg.minipost.source)
     if shards.vocab_size != src_cfg.vocab_size:
-        raise UserError(f"corpus {cfg.data.path} has {shards.vocab_size} pieces but {cfg.source} has a "
+        raise UserError(f"corpus {cfg.data.path} has {shards.vocab_size} pieces but {cfg.minipost.source} has a "
                         f"{src_cfg.vocab_size}-piece vocabulary: MiniPost trains on the source model's language")
     if lineage.get("tokenizer"):
         from ds_minimodel.tokenizer import Tokenizer
 
         if Tokenizer.load(lineage["tokenizer"]).fingerprint() != shards.tokenizer().fingerprint():
-            raise UserError(f"corpus {cfg.data.path} was tokenized with another tokenizer than {cfg.source}")
-    k, n = cfg.layers, cfg.top_layers
+            raise UserError(f"corpus {cfg.data.path} was tokenized with another tokenizer than {cfg.minipost.source}")
+    k, n = cfg.minipost.layers, cfg.minipost.top_layers
     if k > src_cfg.num_layers:
-        raise UserError(f"minipost layers={k} exceeds the source model's {src_cfg.num_layers} layers")
+        raise UserError(f"minipost.layers={k} exceeds the source model's {src_cfg.num_layers} layers")
     torch.manual_seed(cfg.train.seed)
     fresh = MLMEncoder(dataclasses.replace(src_cfg, num_layers=k + n, mid_head_layer=None)).state_dict()
-    mini_state, mini_cfg = build_minipost(state, src_cfg, k, n, cfg.top_init, fresh)
+    mini_state, mini_cfg = build_minipost(state, src_cfg, k, n, cfg.minipost.top_init, fresh)
 
     def make_model(ds_config: dict) -> MLMEncoder:
         model = MLMEncoder(mini_cfg)
@@ -48,7 +48,7 @@ def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
     def finalize(run_dir: Path, checkpointer) -> None:
         fps = {str(i): lineage["body_fingerprints"][str(i)] for i in range(1, k + 1)}
         export(checkpointer.dir, run_dir / "final", tokenizer_path=lineage.get("tokenizer"),
-               lineage={"kind": "minipost", "mini_layers": k, "top_layers": n, "source": str(cfg.source),
+               lineage={"kind": "minipost", "mini_layers": k, "top_layers": n, "source": str(cfg.minipost.source),
                         "source_layers": src_cfg.num_layers, "body_fingerprints": fps}, hf_export=False)
 
     return run_mlm_job(cfg, mini_cfg, shards, ds_config_path, resume, make_model=make_model, kind="minipost_top",

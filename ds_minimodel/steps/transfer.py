@@ -19,6 +19,7 @@ import torch
 from ds_minimodel.artefacts.langpack import PackInfo, check_compatible, load_pack
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import plug_embeddings
+from ds_minimodel.config import FinetuneConfig, from_dict
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.finetune.classification import correct_flags
@@ -129,7 +130,7 @@ def evaluate_qa(model_dir: str, packs: list[str], task_path: str | None = None, 
     task = config["task"]
     if task.get("kind") != "qa":
         raise UserError(f"{model_dir} is not an extractive QA model (task kind {task.get('kind', 'classification')!r})")
-    task_path = task_path or config["finetune"]["task_path"]
+    task_path = task_path or from_dict(FinetuneConfig, config["finetune"]).finetune.task_path
     src_tok = Tokenizer.load(lineage["tokenizer"])
 
     def scores(m, examples, tok, lang) -> dict:

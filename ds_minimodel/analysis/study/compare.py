@@ -49,8 +49,8 @@ def compare_runs(runs: dict[str, str | Path], scorer, out_dir: str | Path, *, ba
         "metric": scorer.metric, "scorer": scorer.identity, "references": references,
         "include_init_point": include_init,
         "runs": {n: {"dir": str(r.dir), "method": r.method, "language": r.info.language,
-                     "steps": r.config["train"]["steps"], "seed": r.config["train"]["seed"],
-                     "model_dir": r.config.get("model_dir"), "checkpoints": r.tags} for n, r in opened.items()},
+                     "steps": r.config.train.steps, "seed": r.config.train.seed,
+                     "model_dir": r.config.adapt.model_dir, "checkpoints": r.tags} for n, r in opened.items()},
         "curves": {n: [dataclasses.asdict(p) for p in pts] for n, pts in curves.items()},
         "matched": matched,
         "interpolation": "first crossing of target = fraction * baseline final metric; linear in FLOPs, wall-clock "

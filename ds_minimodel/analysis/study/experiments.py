@@ -12,6 +12,7 @@ from typing import Callable
 import yaml
 
 from ds_minimodel.analysis.study.runs import METHODS, adapt_body
+from ds_minimodel.config import AdaptConfig, AdaptSettings
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.subprocess_runner import REPO, run_command
 
@@ -60,8 +61,8 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, Path, list[str]
     for method in opts.methods:
         # The body each run will train through, selected as adapt.py will: a model without a mid
         # head (minijoint) or a full model given as --minipost fails here, not after an hour.
-        _, _, selected, _, _ = adapt_body({"model_dir": str(sources[method][0]), "through": sources[method][1]},
-                                           f"method {method}")
+        planned = AdaptConfig(adapt=AdaptSettings(model_dir=str(sources[method][0]), through=sources[method][1]))
+        _, _, selected, _, _ = adapt_body(planned, f"method {method}")
         if selected != method:
             raise InvalidValueError(f"method {method}: {sources[method][0]} adapts as {selected!r}, not {method!r}")
         steps = int(opts.steps.get(method, 0))
@@ -71,7 +72,7 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, Path, list[str]
         saves = steps // save_every + (1 if steps % save_every else 0)
         model_dir, through = sources[method]
         run_dir = Path(opts.out) / f"adapt-{method}"
-        overrides = [f"model_dir={Path(model_dir).resolve()}", f"through={through}",
+        overrides = [f"adapt.model_dir={Path(model_dir).resolve()}", f"adapt.through={through}",
                      f"data.path={Path(opts.target_data).resolve()}", f"train.out_dir={run_dir.resolve()}",
                      f"train.steps={steps}", f"train.save_every={save_every}", f"train.keep_last={saves + 1}",
                      "train.eval_every=0", "train.progress=false", *opts.overrides]

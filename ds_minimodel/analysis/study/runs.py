@@ -12,6 +12,7 @@ import torch
 from ds_minimodel.artefacts.langpack import PackInfo
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import fingerprint
+from ds_minimodel.config import AdaptConfig, from_dict
 from ds_minimodel.errors import MissingFileError, UserError
 from ds_minimodel.steps.adapt import init_embeddings, select_body
 from ds_minimodel.steps.mlm_job import open_corpus
@@ -29,7 +30,7 @@ class StudyRun:
     dir: Path
     tags: list[str]
     metas: dict[str, dict]
-    config: dict  # the AdaptConfig the run was trained with (from its checkpoints' meta.json)
+    config: AdaptConfig  # what the run was trained with (from its newest checkpoint's meta.json)
     info: PackInfo
     tokenizer_path: str
 
@@ -42,46 +43,42 @@ class StudyRun:
         return int(loop["step"]), int(loop["flops"]), float(loop["train_seconds"])
 
 
-def adapt_body(config: dict, where: str):
+def adapt_body(config: AdaptConfig, where: str):
     """(body state, body config, method, k, source lineage) exactly as adapt.run selects them."""
-
-    model_dir = config.get("model_dir")
+    model_dir = config.adapt.model_dir
     if not model_dir or not Path(model_dir).is_dir():
         raise MissingFileError(f"{where} was adapted from model_dir {model_dir!r}, which does not exist here "
                                "(needed for its initial embeddings or its pack info; try --no-init-point)")
     state, cfg, lineage = read_model_dir(model_dir)
-    body, body_cfg, method, k = select_body(state, cfg, lineage, config.get("through", "mini"), model_dir)
+    body, body_cfg, method, k = select_body(state, cfg, lineage, config.adapt.through, model_dir)
     return body, body_cfg, method, k, lineage
 
 
-def _target_tokenizer(config: dict, where: str):
-
-    path = config.get("data", {}).get("path")
+def _target_tokenizer(config: AdaptConfig, where: str):
+    path = config.data.path
     if not path or not (Path(path) / "index.json").is_file():
         raise MissingFileError(f"{where} was trained on data.path {path!r}, which is not a dataset here")
     return open_corpus(path).tokenizer()
 
 
-def _info_from_config(config: dict, where: str) -> tuple[PackInfo, str]:
+def _info_from_config(config: AdaptConfig, where: str) -> tuple[PackInfo, str]:
     """The PackInfo adapt.run would write for this run (when it has no final pack yet)."""
-
     body, _, method, k, _ = adapt_body(config, where)
     tok = _target_tokenizer(config, where)
-    info = PackInfo(language=config["language"], method=method, vocab_size=tok.vocab_size,
+    info = PackInfo(language=config.adapt.language, method=method, vocab_size=tok.vocab_size,
                     hidden_size=int(body["embeddings.word"].shape[1]), pad_token_id=tok.pad_id,
                     special={"bos": tok.bos_id, "pad": tok.pad_id, "eos": tok.eos_id, "unk": tok.unk_id,
                              "mask": tok.mask_id},
                     body_fingerprint=fingerprint(body, k), fingerprint_layers=k,
                     tokenizer_fingerprint=tok.fingerprint(),
-                    provenance={"model_dir": config.get("model_dir"), "through": config.get("through"),
-                                "init": config.get("init")})
+                    provenance={"model_dir": config.adapt.model_dir, "through": config.adapt.through,
+                                "init": config.adapt.init})
     return info, tok.path
 
 
 def open_run(name: str, run_dir: str | Path) -> StudyRun:
     """Read an adaptation run: its complete checkpoints (sorted by step) and its PackInfo (from
     its final pack/pack.json, or rebuilt from the checkpoint's config when it has none)."""
-
     run_dir = Path(run_dir)
     where = f"run {name!r} ({run_dir})"
     if not run_dir.is_dir():
@@ -99,7 +96,10 @@ def open_run(name: str, run_dir: str | Path) -> StudyRun:
         if "loop" not in m or "flops" not in m["loop"]:
             raise UserError(f"{where}: checkpoint {t} has no FLOP count in its meta.json")
     tags.sort(key=lambda t: int(metas[t]["loop"]["step"]))
-    config = {k: v for k, v in metas[tags[-1]]["config"].items() if k != "model"}
+    try:
+        config = from_dict(AdaptConfig, {k: v for k, v in metas[tags[-1]]["config"].items() if k != "model"})
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     pack_json = run_dir / "pack" / "pack.json"
     if pack_json.is_file():
         try:
@@ -114,7 +114,6 @@ def open_run(name: str, run_dir: str | Path) -> StudyRun:
 
 def checkpoint_tensors(run: StudyRun, tag: str) -> dict[str, torch.Tensor]:
     """{"word", "output_bias"} of one checkpoint: what its pack would hold."""
-
     state, _ = consolidate(run.dir / "checkpoints", tag)
     word, bias = state["embeddings.word"], state["lm_head.bias"]
     if tuple(word.shape) != (run.info.vocab_size, run.info.hidden_size):
@@ -126,16 +125,15 @@ def checkpoint_tensors(run: StudyRun, tag: str) -> dict[str, torch.Tensor]:
 def init_tensors(run: StudyRun) -> dict[str, torch.Tensor]:
     """The run's embeddings before its first step, rebuilt with adapt.py's own `init_embeddings`
     from the same source model, tokenizers and seed."""
-
     where = f"run {run.name!r} ({run.dir})"
     body, _, _, _, lineage = adapt_body(run.config, where)
     target_tok = _target_tokenizer(run.config, where)
     if target_tok.fingerprint() != run.info.tokenizer_fingerprint:
-        raise UserError(f"{where}: the tokenizer of data.path {run.config['data']['path']} is not the one the run "
+        raise UserError(f"{where}: the tokenizer of data.path {run.config.data.path} is not the one the run "
                         "was trained with")
     source_tok = Tokenizer.load(lineage["tokenizer"]) if lineage.get("tokenizer") else None
-    word, bias, _ = init_embeddings(run.config.get("init", "copy_shared"), body["embeddings.word"], source_tok,
-                                    target_tok, int(run.config["train"]["seed"]))
+    word, bias, _ = init_embeddings(run.config.adapt.init, body["embeddings.word"], source_tok, target_tok,
+                                    run.config.train.seed)
     return {"word": word, "output_bias": bias}
 
 

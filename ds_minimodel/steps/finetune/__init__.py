@@ -10,7 +10,7 @@ from ds_minimodel.config import FinetuneConfig
 
 
 def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
-    """Fine-tune for `cfg.task`: extractive QA for mlqa/squad, classification otherwise."""
+    """Fine-tune for `cfg.finetune.task`: extractive QA for mlqa/squad, classification otherwise."""
     from ds_minimodel.steps.finetune import classification, qa
 
-    return (qa if cfg.is_qa else classification).run(cfg, ds_config_path, resume)
+    return (qa if cfg.finetune.is_qa else classification).run(cfg, ds_config_path, resume)

@@ -34,13 +34,13 @@ from ds_minimodel.training.job import JobSpec, run_job
 
 
 def load_task(cfg: FinetuneConfig) -> TaskData:
-    if cfg.task == "bible-genre":
+    if cfg.finetune.task == "bible-genre":
         from ds_minimodel.tasks.bible import verse_genre_task
 
         return verse_genre_task(seed=cfg.train.seed)
     from ds_minimodel.tasks.formats import task_data
 
-    return task_data(cfg.task, cfg.task_path, test_languages=["en"], train_language="en")
+    return task_data(cfg.finetune.task, cfg.finetune.task_path, test_languages=["en"], train_language="en")
 
 
 class ClassificationLoader(ShuffledLoader):
@@ -92,16 +92,16 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
     state, model_cfg, lineage, tok = load_source(cfg)
     task = load_task(cfg)
     if task.is_qa:
-        raise UserError(f"task {cfg.task} is extractive QA; fine-tune it with task=mlqa or task=squad")
+        raise UserError(f"task {cfg.finetune.task} is extractive QA; fine-tune it with finetune.task=mlqa or finetune.task=squad")
     layout = layout_for(model_cfg)
-    train_enc = encode_texts(task.train, tok, cfg.max_len, layout)
+    train_enc = encode_texts(task.train, tok, cfg.finetune.max_len, layout)
     # A seeded sample: the split is sorted by class.
-    valid = sample(task.validation, cfg.eval_examples, cfg.train.seed)
-    valid_enc = encode_texts(valid, tok, cfg.max_len, layout)
+    valid = sample(task.validation, cfg.finetune.eval_examples, cfg.train.seed)
+    valid_enc = encode_texts(valid, tok, cfg.finetune.max_len, layout)
 
     def make_model(ds_config: dict) -> SequenceClassifier:
         torch.manual_seed(cfg.train.seed)
-        model = SequenceClassifier(model_cfg, len(task.label_names), cfg.head_dropout, cfg.pooling)
+        model = SequenceClassifier(model_cfg, len(task.label_names), cfg.finetune.head_dropout, cfg.finetune.pooling)
         model.encoder.load_state_dict(state, strict=True)
         set_requires_grad_for_step(model, "finetune")
         return model
@@ -124,7 +124,7 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
     def finalize(run_dir: Path, checkpointer) -> None:
         export_finetuned(run_dir, checkpointer, cfg, model_cfg, lineage,
                          {"kind": "classification", "name": task.name, "label_names": list(task.label_names),
-                          "max_len": cfg.max_len, "head_dropout": cfg.head_dropout, "pooling": cfg.pooling})
+                          "max_len": cfg.finetune.max_len, "head_dropout": cfg.finetune.head_dropout, "pooling": cfg.finetune.pooling})
 
     spec = JobSpec(kind="finetune", model_config=to_dict(model_cfg), make_loader=make_loader, make_model=make_model,
                    loss_keys=("loss",), finalize=finalize, make_evaluate=make_evaluate, micro_flops=micro_flops)

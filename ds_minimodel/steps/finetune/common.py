@@ -25,18 +25,18 @@ from ds_minimodel.training.checkpoint import consolidate
 
 def load_source(cfg: FinetuneConfig) -> tuple[dict, ModelConfig, dict, Tokenizer]:
     """(state, model config, lineage, tokenizer) of the pretrained model to fine-tune, checked."""
-    state, src_cfg, lineage = read_model_dir(cfg.model_dir)
+    state, src_cfg, lineage = read_model_dir(cfg.finetune.model_dir)
     if not lineage.get("tokenizer"):
-        raise UserError(f"{cfg.model_dir} has no tokenizer.model: fine-tuning needs the source tokenizer")
+        raise UserError(f"{cfg.finetune.model_dir} has no tokenizer.model: fine-tuning needs the source tokenizer")
     if lineage.get("kind") == "minipost" or lineage.get("kind") == "finetune":
-        raise UserError(f"{cfg.model_dir} is a {lineage['kind']} model; fine-tune the full pretrained model")
+        raise UserError(f"{cfg.finetune.model_dir} is a {lineage['kind']} model; fine-tune the full pretrained model")
     tok = Tokenizer.load(lineage["tokenizer"])
     if tok.vocab_size != src_cfg.vocab_size:
-        raise UserError(f"tokenizer of {cfg.model_dir} has {tok.vocab_size} pieces, the model {src_cfg.vocab_size}")
+        raise UserError(f"tokenizer of {cfg.finetune.model_dir} has {tok.vocab_size} pieces, the model {src_cfg.vocab_size}")
     # RoBERTa positions start at pad_token_id + 1; BERT's at 0.
     usable = src_cfg.max_positions - (src_cfg.pad_token_id + 1 if src_cfg.position_style == "roberta" else 0)
-    if cfg.max_len > usable:
-        raise UserError(f"max_len {cfg.max_len} does not fit {cfg.model_dir}: its position table holds "
+    if cfg.finetune.max_len > usable:
+        raise UserError(f"max_len {cfg.finetune.max_len} does not fit {cfg.finetune.model_dir}: its position table holds "
                         f"{usable} tokens per sequence")
     return state, src_cfg, lineage, tok
 
@@ -94,7 +94,7 @@ def export_finetuned(run_dir: Path, checkpointer, cfg: FinetuneConfig, model_cfg
     final, _ = consolidate(checkpointer.dir)
     config = {"model": to_dict(model_cfg), "finetune": to_dict(cfg), "task": task_record}
     write_model_dir(run_dir / "final", final, config,
-                    {"kind": "finetune", "task_kind": task_record["kind"], "source": str(cfg.model_dir),
+                    {"kind": "finetune", "task_kind": task_record["kind"], "source": str(cfg.finetune.model_dir),
                      "body_fingerprints": lineage["body_fingerprints"]}, lineage["tokenizer"])
 
 

@@ -55,15 +55,15 @@ def answer_language(task: str, language: str) -> str | None:
 def load_qa_task(cfg: FinetuneConfig) -> TaskData:
     """English train and validation; `test` is MLQA's English test set when the task directory
     has one, else the validation set again (meta["test_split"] says which)."""
-    train = load_task("mlqa", cfg.task_path, TRAIN_LANGUAGE, "train")
-    validation = load_task("mlqa", cfg.task_path, TRAIN_LANGUAGE, "validation")
+    train = load_task("mlqa", cfg.finetune.task_path, TRAIN_LANGUAGE, "train")
+    validation = load_task("mlqa", cfg.finetune.task_path, TRAIN_LANGUAGE, "validation")
     try:
-        task_file("mlqa", cfg.task_path, TRAIN_LANGUAGE, "test")
-        test, split = load_task("mlqa", cfg.task_path, TRAIN_LANGUAGE, "test"), "test"
+        task_file("mlqa", cfg.finetune.task_path, TRAIN_LANGUAGE, "test")
+        test, split = load_task("mlqa", cfg.finetune.task_path, TRAIN_LANGUAGE, "test"), "test"
     except UserError:
         test, split = validation, "validation"
-    return TaskData(cfg.task, "qa", (), train, validation, test, TRAIN_LANGUAGE, TRAIN_LANGUAGE,
-                    meta={"source": str(cfg.task_path), "test_split": split})
+    return TaskData(cfg.finetune.task, "qa", (), train, validation, test, TRAIN_LANGUAGE, TRAIN_LANGUAGE,
+                    meta={"source": str(cfg.finetune.task_path), "test_split": split})
 
 
 def encode_for(model_cfg, examples: list[QAExample], tok, task: dict) -> QAFeatures:
@@ -113,16 +113,16 @@ def qa_scores(model_or_engine, features: QAFeatures, examples: list[QAExample], 
 def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
     state, model_cfg, lineage, tok = load_source(cfg)
     task = load_qa_task(cfg)
-    record = {"kind": "qa", "name": cfg.task, "max_len": cfg.max_len, "doc_stride": cfg.doc_stride,
-              "max_query_len": cfg.max_query_len, "layout": layout_for(model_cfg).family}
+    record = {"kind": "qa", "name": cfg.finetune.task, "max_len": cfg.finetune.max_len, "doc_stride": cfg.finetune.doc_stride,
+              "max_query_len": cfg.finetune.max_query_len, "layout": layout_for(model_cfg).family}
     train = encode_for(model_cfg, task.train, tok, record)
     if len(train.unlocated) == len(task.train):
-        raise UserError(f"no training answer of {cfg.task_path} could be located in its context")
+        raise UserError(f"no training answer of {cfg.finetune.task_path} could be located in its context")
     if not task.validation:  # checked before the process group starts, like everything else
-        raise UserError(f"the English validation set under {cfg.task_path} has no questions")
-    valid = sample(task.validation, cfg.eval_examples, cfg.train.seed)
+        raise UserError(f"the English validation set under {cfg.finetune.task_path} has no questions")
+    valid = sample(task.validation, cfg.finetune.eval_examples, cfg.train.seed)
     valid_features = encode_for(model_cfg, valid, tok, record)
-    lang = answer_language(cfg.task, TRAIN_LANGUAGE)
+    lang = answer_language(cfg.finetune.task, TRAIN_LANGUAGE)
 
     def make_model(ds_config: dict) -> QuestionAnswering:
         torch.manual_seed(cfg.train.seed)
