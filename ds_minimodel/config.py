@@ -209,7 +209,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def problems(self) -> list[str]:
-        out = self.model.problems() + self.data.problems() + self.optim.problems() + self.train.problems()
+        out = _section_problems(self)
         if self.data.seq_len + self.model.pad_token_id + 1 > self.model.max_positions:
             out.append(
                 f"data.seq_len {self.data.seq_len} does not fit model.max_positions "
@@ -370,6 +370,11 @@ def from_dict(cls: type, raw: dict):
     return cfg
 
 
+def _section_problems(cfg) -> list[str]:
+    """Every section's own value problems, in field order."""
+    return [p for f in dataclasses.fields(cfg) for p in getattr(cfg, f.name).problems()]
+
+
 def _fixed_trainables(step: str, train: "TrainConfig") -> list[str]:
     """Steps 1b-3 train exactly what the method says (ds_minimodel/steps/rules.py); a freeze list
     there would be silently ignored, so it is refused."""
@@ -414,8 +419,7 @@ class MiniPostConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/minipost"))
 
     def problems(self) -> list[str]:
-        return (self.minipost.problems() + self.data.problems() + self.optim.problems() + self.train.problems()
-                + _fixed_trainables("MiniPost", self.train))
+        return _section_problems(self) + _fixed_trainables("MiniPost", self.train)
 
 
 @dataclass
@@ -451,8 +455,7 @@ class AdaptConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/adapt"))
 
     def problems(self) -> list[str]:
-        return (self.adapt.problems() + self.data.problems() + self.optim.problems() + self.train.problems()
-                + _fixed_trainables("adaptation", self.train))
+        return _section_problems(self) + _fixed_trainables("adaptation", self.train)
 
 
 # Fine-tuning tasks: classification (one text or a pair) and extractive QA (SQuAD v1.1 format).
@@ -525,5 +528,4 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/finetune"))
 
     def problems(self) -> list[str]:
-        return (self.finetune.problems() + self.optim.problems() + self.train.problems()
-                + _fixed_trainables("fine-tuning", self.train))
+        return _section_problems(self) + _fixed_trainables("fine-tuning", self.train)
