@@ -64,7 +64,7 @@ def assert_ran_as(run_dir, kind):
     data, train = config["data"], config["train"]
     loader = MLMLoader(TokenShards.open(data["path"]), "train", data["seq_len"], train["micro_batch_size"],
                        train["grad_accum"], 0, 1, train["seed"], data["mask_prob"])
-    k = config.get("layers") if kind == "minipost_top" else None
+    k = config["minipost"]["layers"] if kind == "minipost_top" else None
     total = 0
     for record in read_metrics(run_dir, "train"):
         for micro in loader.next_step():

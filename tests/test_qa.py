@@ -268,17 +268,18 @@ def test_qa_windows_and_labels_match_hugging_face(family, request):
 
 
 def test_qa_config_problems_reported_together():
-    cfg = load_config(FinetuneConfig, overrides=["finetune.task=squad", "finetune.task_path=x", "finetune.max_len=384", "finetune.doc_stride=128"])
+    cfg = load_config(FinetuneConfig, overrides=["finetune.task=squad", "finetune.task_path=x", "finetune.max_len=384",
+                                                 "finetune.doc_stride=128"])
     assert cfg.finetune.is_qa and cfg.finetune.max_query_len == 64
     with pytest.raises(ConfigError) as e:
-        load_config(FinetuneConfig, overrides=["finetune.task=mlqa", "finetune.task_path=x", "finetune.max_len=40", "finetune.max_query_len=64",
-                                               "finetune.doc_stride=0"])
+        load_config(FinetuneConfig, overrides=["finetune.task=mlqa", "finetune.task_path=x", "finetune.max_len=40",
+                                               "finetune.max_query_len=64", "finetune.doc_stride=0"])
     msg = str(e.value)
     assert "2 config problem(s)" in msg and "doc_stride must be positive" in msg
-    assert "max_len 40 leaves no room for context" in msg and "at least 69" in msg
+    assert "finetune.max_len 40 leaves no room for context" in msg and "at least 69" in msg
     with pytest.raises(ConfigError, match=r"task must be bible-genre\|xnli\|pawsx\|mlqa\|squad"):
         load_config(FinetuneConfig, overrides=["finetune.task=qa", "finetune.task_path=x"])
-    with pytest.raises(ConfigError, match="task mlqa needs task_path"):
+    with pytest.raises(ConfigError, match="finetune.task mlqa needs finetune.task_path"):
         load_config(FinetuneConfig, overrides=["finetune.task=mlqa"])
 
 
