@@ -164,7 +164,8 @@ def classifier_head_to_hf(state: dict, model_type: str) -> dict[str, torch.Tenso
         names = {"dense": "bert.pooler.dense", "out": "classifier"}
     else:
         names = {"dense": "classifier.dense", "out": "classifier.out_proj"}
-    return {f"{theirs}.{kind}": state[f"{ours}.{kind}"] for ours, theirs in names.items() for kind in ("weight", "bias")}
+    return {f"{theirs}.{kind}": state[f"{ours}.{kind}"]
+            for ours, theirs in names.items() for kind in ("weight", "bias")}
 
 
 def export_classifier(model_dir: str | Path, pack_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:

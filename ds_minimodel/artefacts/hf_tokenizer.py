@@ -19,9 +19,10 @@ and puts `<mask>` last), `BertTokenizer` wants a WordPiece vocab.txt. So the exp
   `<s> A </s> B </s>` for the BERT family, with token types 0/1 where the body has two
   (`<s>`/`</s>` being whatever pieces hold the bos/eos ids);
 * the special pieces are added tokens, so the literal strings `<mask>` etc. in a text become
-  those tokens. `<mask>` strips the spaces before it (as XLM-R's does): "a <mask> b" gives
-  [<s>] ids("a") [<mask>] ids("b") [</s>], the mask standing for a whole word-initial piece,
-  which is what masked-LM training masked (plain sentencepiece would emit a lone "▁" first).
+  those tokens, and the text between them is normalised as a whole text is (stripped, with its
+  own "▁" prefix): "a <mask> b" gives [<s>] ids("a") [<mask>] ids("b") [</s>], the mask
+  standing for a whole word-initial piece, which is what masked-LM training masked (plain
+  sentencepiece would emit a lone "▁" before it, and no "▁" before a "b" glued to it).
 
 A pack whose tokenizer is already a `tokenizer.json` keeps its model, normalizer and
 pre-tokenizer and gets the post-processor above.
@@ -38,9 +39,9 @@ from ds_minimodel.tokenizer import WORD_START, HFTokenizer, SentencePieceTokeniz
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
-# sentencepiece_model.proto enums
+# sentencepiece_model.proto enums: TrainerSpec.ModelType, SentencePiece.Type
 _UNIGRAM, _BPE = 1, 2
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
+_NORMAL = 1
 
 
 def _spm_proto(path: str):
@@ -127,8 +128,7 @@ def backend_tokenizer(tok: Tokenizer, layout: Layout):
     else:  # pragma: no cover - Tokenizer.load returns one of the two
         raise AssertionError(type(tok))
     names = _specials(tok)
-    backend.add_special_tokens([AddedToken(piece, special=True, normalized=False, lstrip=role == "mask")
-                                for role, piece in names.items()])
+    backend.add_special_tokens([AddedToken(piece, special=True, normalized=False) for piece in names.values()])
     bos, eos = names["bos"], names["eos"]
     b = ":1" if layout.segment_ids else ":0"  # token type of segment B
     single = f"{bos}:0 $A:0 {eos}:0"
