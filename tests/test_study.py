@@ -209,7 +209,8 @@ def test_sequence_losses_sum_to_the_models_own_loss(tiny_study):
     assert scorer.sequences == 12  # 3 batches of 4
     tensors = checkpoint_tensors(run, run.tags[-1])
     units = scorer.score(run.info, tensors, run.tokenizer_path)
-    state, cfg = plug_embeddings(scorer.body, scorer.cfg, tensors["word"], tensors["output_bias"], run.info.pad_token_id)
+    state, cfg = plug_embeddings(scorer.body, scorer.cfg, tensors["word"], tensors["output_bias"],
+                                 run.info.pad_token_id)
     model = MLMEncoder(cfg)
     model.load_state_dict(state)
     model.eval()
@@ -278,8 +279,8 @@ def test_bad_runs_are_refused_with_one_line(tiny_study, tmp_path, capsys):
 
 
 def test_second_study_into_a_live_out_is_refused(tiny_study, tmp_path, capsys):
-    from launchers.study import main
     from ds_minimodel.training.run_lock import is_lock_file
+    from launchers.study import main
     from tests.helpers import holder, stop
 
     runs, out = tiny_study["runs"], tmp_path / "out"

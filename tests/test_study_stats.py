@@ -226,7 +226,8 @@ def test_reaching_the_target_at_zero_compute_gives_no_ratio():
     # 200 FLOPs, and minijoint, at 0.5 from the start, reached it at initialization: ratio +inf.
     fit = matched_compute(curves)
     assert fit["baseline_flops_to_target"] == pytest.approx(200.0)
-    assert fit["methods"]["minijoint"]["flops_to_target"] == 0 and fit["methods"]["minijoint"]["ratio_value"] == math.inf
+    mj = fit["methods"]["minijoint"]
+    assert mj["flops_to_target"] == 0 and mj["ratio_value"] == math.inf
     assert "initialization" in fit["methods"]["minijoint"]["note"]
 
 

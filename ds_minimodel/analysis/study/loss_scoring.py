@@ -52,7 +52,8 @@ def sequence_losses(model: MLMEncoder, batch: dict) -> tuple[np.ndarray, np.ndar
 
 class MLMLossScorer:
     """Validation MLM loss of the full model (`model_dir`, through all layers) with a pack plugged
-    in, over the first `sequences` validation sequences of `data_path` (see the module docstring)."""
+    in, over the first `sequences` validation sequences of `data_path`, rounded up to whole
+    batches of `batch_size` (see the module docstring)."""
     metric = "mlm_loss"
     better = "lower"
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from dataclasses import dataclass
 from ds_minimodel.analysis.study.runs import (
     INIT_TAG,
     StudyRun,
