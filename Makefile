@@ -133,24 +133,37 @@ pipeline-pretrained: install
 	$(VENV)/bin/pip install -q -e '.[pretrained]'
 	$(PY) launchers/pipeline.py --from-pretrained --work runs/pipeline-pretrained
 
-# Compute-budget study (issue part 4): the Chichewa transfer accuracy at checkpoints along step 2
-# against cumulative FLOPs and wall-clock for standard / MiniJoint / MiniPost adaptation, and the
-# compute each mini-model needs to reach the standard baseline's final accuracy (runs/study/
-# study.json, study.md, metric_vs_flops.png, metric_vs_wallclock.png). It reuses the pipeline's
-# pretrained, MiniPost and fine-tuned models (run `make pipeline` first) and trains three new
-# adaptation runs that keep 10 checkpoints each. Budget: 300 baseline steps (the pipeline's own
-# adaptation budget) and 900 steps per mini-model: at the demo's shapes a step costs 62 GFLOP
-# through the full model, 18 through MiniJoint's and 26 through MiniPost's (flops.step_flops), so
-# 900 mini steps are 0.9x / 1.2x the baseline's FLOPs: about the same budget for every method, and
-# room for the mini-models to reach the baseline. On one CPU core that is about
-# 8 + 8 + 10 min of training (runs go one after another so their wall-clocks are comparable) and
-# 31 scorings of the 1,482 held-out Chichewa verses at about 10 s each: about 35 min in all. A
-# finished run is reused, an interrupted one resumed.
+# Compute-budget study (issue part 4): the Chichewa transfer accuracy and the full model's MLM loss
+# at checkpoints along step 2 against cumulative FLOPs and wall-clock for standard / MiniJoint /
+# MiniPost adaptation, each method with STUDY_SEEDS seeds (train.seed 0..N-1: the new embeddings'
+# initialisation and the data order), and the compute each mini-model needs to reach the standard
+# baseline's final accuracy (and loss) on the seed-averaged, monotone-fitted curves, with a 95%
+# bootstrap interval over seeds and test examples (runs/study/study.json, study.md,
+# metric_vs_flops.png, metric_vs_wallclock.png, mlm_loss_vs_flops.png). It ends with one line per
+# mini-model: `study <method>: compute ratio X.XX (95% interval LO-HI) at matched accuracy`.
+# It reuses the pipeline's pretrained, MiniPost and fine-tuned models (run `make pipeline` first)
+# and trains 3 x STUDY_SEEDS adaptation runs that keep 10 checkpoints each.
+# Budget: 300 baseline steps (the pipeline's own adaptation budget) and 900 steps per mini-model:
+# at the demo's shapes a step costs 62 GFLOP through the full model, 18 through MiniJoint's and 26
+# through MiniPost's (flops.step_flops), so 900 mini steps are 0.9x / 1.2x the baseline's FLOPs:
+# about the same budget for every method, and room for the mini-models to reach the baseline.
+# Seeds: 3, the fewest that give a spread at all. One seed is about 8 + 8 + 10 min of training
+# (runs go one after another so their wall-clocks are comparable), so 3 seeds are about 80 min;
+# scoring is 99 points (the initial table and 10 checkpoints of each of 9 runs) x (1,482 held-out
+# verses, about 10 s, + the MLM loss of 128 validation sequences, about 5 s): about 25 min.
+# About 1 h 45 min in all on 2 cores (estimated from those per-run and per-score times, not
+# measured end to end), inside the 2-hour budget STUDY_SEEDS=3 was chosen for; a 4th seed would
+# add about 35 min. The steps stay as they were: fewer
+# steps would shrink every method's room to reach the baseline, not just the noise. A finished run
+# is reused, an interrupted one resumed, and scores are cached (runs/study/score_cache_*.json).
 # STUDY_PIPELINE / STUDY_PRETRAINED point it at another pipeline directory (e.g. one run with
-# --reuse-pretrain); STUDY_ARGS adds launcher options (e.g. --eval-examples 600).
+# --reuse-pretrain); STUDY_ARGS adds launcher options (e.g. --eval-examples 600, --bootstrap 2000).
+# No `make study-quick`: the study needs the pipeline's models, and `make pipeline` alone takes
+# about 50 min from a fresh clone, so a < 30 min study would need a second, smaller pipeline.
 STUDY_PIPELINE ?= runs/pipeline
 STUDY_PRETRAINED ?= $(STUDY_PIPELINE)/pretrain/final
 STUDY_STEPS ?= full=300 minijoint=900 minipost=900
+STUDY_SEEDS ?= 3
 STUDY_OUT ?= runs/study
 .PHONY: study
 study: install
@@ -159,19 +172,20 @@ study: install
 	$(PY) launchers/study.py --run-experiments --pretrained $(STUDY_PRETRAINED) \
 		--minipost $(STUDY_PIPELINE)/minipost/final --model $(STUDY_PIPELINE)/finetune/final \
 		--target-data data/bible-ny --out $(STUDY_OUT) \
-		--steps $(STUDY_STEPS) --checkpoints 10 $(STUDY_ARGS)
+		--steps $(STUDY_STEPS) --checkpoints 10 --seeds $(STUDY_SEEDS) $(STUDY_ARGS)
 
 # `make study` in miniature, end to end on tiny models: MiniPost and fine-tuning launchers, then
-# launchers/study.py --run-experiments through its default subprocess runner (about a minute on
-# 2 cores). The same test runs in `make test`, so CI runs the path `make study` takes.
+# launchers/study.py --run-experiments through its default subprocess runner, 2 seeds x 3 methods
+# (about 3 minutes on 2 cores). The same test runs in `make test`, so CI runs the path `make study`
+# takes.
 .PHONY: study-smoke
 study-smoke: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_study_smoke.py
 
 # The study over the pretrained pipeline (all-MiniLM-L6-v2, run `make pipeline-pretrained` first):
 # standard (through all 6 layers and the trained head) against MiniPost (frozen layers 1..2 + its
-# top). A MiniPost step costs 0.53x a standard one at these shapes (53 vs 100 GFLOP,
-# flops.step_flops), so 600 MiniPost steps are about the baseline's 300-step budget.
+# top), STUDY_SEEDS seeds each. A MiniPost step costs 0.53x a standard one at these shapes (53 vs
+# 100 GFLOP, flops.step_flops), so 600 MiniPost steps are about the baseline's 300-step budget.
 .PHONY: study-pretrained
 study-pretrained: install
 	@test -f runs/pipeline-pretrained/finetune/final/model.pt || \
@@ -179,5 +193,5 @@ study-pretrained: install
 	$(PY) launchers/study.py --run-experiments --pretrained runs/pipeline-pretrained/head/final \
 		--minipost runs/pipeline-pretrained/minipost/final --model runs/pipeline-pretrained/finetune/final \
 		--target-data data/bible-ny-bert --out runs/study-pretrained --methods full minipost \
-		--steps full=300 minipost=600 --checkpoints 10
+		--steps full=300 minipost=600 --checkpoints 10 --seeds $(STUDY_SEEDS)
 

@@ -1,24 +1,28 @@
 """Compute-budget study: step-2 compute each mini-model needs to reach the standard baseline's metric.
 
-The transfer metric at checkpoints along step 2 against cumulative FLOPs and wall-clock, and the
-compute each mini-model method needs to reach the standard baseline's final metric (the paper's
-headline: its ratio to the baseline's).
+The transfer metric (and the full model's MLM loss) at checkpoints along step 2 against
+cumulative FLOPs and wall-clock, for several seeds per method, and the compute each mini-model
+method needs to reach the standard baseline's final metric on the seed-averaged, monotone-fitted
+curves, with a bootstrap interval over seeds and test examples (the paper's headline: its ratio
+to the baseline's).
 
 Read existing adaptation runs (each kept several checkpoints: small train.save_every, large
-train.keep_last):
+train.keep_last); a method named several times has one run per seed (train.seed):
 
-    python launchers/study.py --runs full=runs/s/adapt-full minijoint=runs/s/adapt-minijoint \
-        minipost=runs/s/adapt-minipost --model runs/pipeline/finetune/final --metric accuracy \
-        --fraction 1.0 --out runs/study
+    python launchers/study.py --runs full=runs/s/adapt-full-s0 full=runs/s/adapt-full-s1 \
+        minijoint=runs/s/adapt-minijoint-s0 minijoint=runs/s/adapt-minijoint-s1 \
+        --model runs/pipeline/finetune/final --metric accuracy --fraction 1.0 --out runs/study
 
-or run the three adaptation runs first (one after another, via the real adapt launcher):
+or run the adaptation runs first (one after another, via the real adapt launcher):
 
     python launchers/study.py --run-experiments --pretrained runs/pipeline/pretrain/final \
         --minipost runs/pipeline/minipost/final --model runs/pipeline/finetune/final \
         --target-data data/bible-ny --out runs/study [--steps full=300 minijoint=900 minipost=900] \
-        [--checkpoints 10]
+        [--checkpoints 10] [--seeds 3]
 
-Writes study.json, study.md, metric_vs_flops.png and metric_vs_wallclock.png into --out.
+Writes study.json, study.md, metric_vs_flops.png, metric_vs_wallclock.png and
+mlm_loss_vs_flops.png into --out, and ends with one line per method:
+`study <method>: compute ratio X.XX (95% interval LO-HI) at matched accuracy`.
 """
 
 import argparse
@@ -34,15 +38,16 @@ from ds_minimodel.errors import InvalidValueError  # noqa: E402
 DEFAULT_STEPS = {"full": 300, "minijoint": 900, "minipost": 900}
 
 
-def parse_runs(items: list[str]) -> dict[str, str]:
-    runs = {}
+def parse_runs(items: list[str]) -> dict[str, list[str]]:
+    """NAME=DIR items; a NAME given several times has several runs (its seeds)."""
+    runs: dict[str, list[str]] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise InvalidValueError(f"--runs {item!r}: expected NAME=DIR (e.g. full=runs/study/adapt-full)")
-        if name in runs:
-            raise InvalidValueError(f"--runs names {name!r} twice")
-        runs[name] = path
+            raise InvalidValueError(f"--runs {item!r}: expected NAME=DIR (e.g. full=runs/study/adapt-full-s0)")
+        if path in runs.get(name, []):
+            raise InvalidValueError(f"--runs names {name}={path} twice")
+        runs.setdefault(name, []).append(path)
     return runs
 
 
@@ -80,6 +85,13 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the --eval-examples subset")
     p.add_argument("--no-init-point", action="store_true",
                    help="do not score the runs' initial embeddings as a point at 0 FLOPs")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates of the interval")
+    p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--fit", choices=("isotonic", "raw"), default="isotonic",
+                   help="cross the target on the curves' monotone fit (default) or on the raw points")
+    p.add_argument("--no-loss", action="store_true",
+                   help="do not score the full model's MLM loss (the second metric)")
+    p.add_argument("--loss-sequences", type=int, default=128, help="validation sequences the MLM loss is scored on")
     p.add_argument("--out", required=True, help="output directory (also the runs' home with --run-experiments)")
     exp = p.add_argument_group("--run-experiments")
     exp.add_argument("--minipost", help="MiniPost model directory (step 1b's final/)")
@@ -88,6 +100,7 @@ def main(argv=None) -> None:
     exp.add_argument("--steps", nargs="+", default=[], metavar="[METHOD=]N",
                      help="adaptation steps (default full=300 minijoint=900 minipost=900)")
     exp.add_argument("--checkpoints", type=int, default=10, help="evenly spaced checkpoints per run")
+    exp.add_argument("--seeds", type=int, default=3, help="runs per method, train.seed 0..N-1")
     exp.add_argument("--config", default="configs/adapt-cpu.yaml", help="adaptation YAML for every run")
     exp.add_argument("--deepspeed", default="ds_configs/z0.json")
     exp.add_argument("--set", nargs="+", default=[], metavar="key=value", dest="overrides",
@@ -101,6 +114,12 @@ def main(argv=None) -> None:
 
         out_lock = RunLock(Path(args.out), "--out")  # reads DSM_RUN_LOCK*: bad values fail here
 
+        if args.bootstrap < 1:
+            raise InvalidValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+        if args.loss_sequences < 1:
+            raise InvalidValueError(f"--loss-sequences must be >= 1, got {args.loss_sequences}")
+        if args.run_experiments and args.seeds < 1:
+            raise InvalidValueError(f"--seeds must be >= 1, got {args.seeds}")
         if args.metric == "accuracy" and not args.model:
             raise InvalidValueError("--metric accuracy needs --model (the fine-tuned classifier directory)")
         if args.metric == "retrieval_top1" and not args.pretrained:
@@ -114,7 +133,8 @@ def main(argv=None) -> None:
                                                  target_data=Path(args.target_data),
                                                  minipost=Path(args.minipost) if args.minipost else None,
                                                  methods=methods, steps=parse_steps(args.steps),
-                                                 checkpoints=args.checkpoints, config=args.config,
+                                                 checkpoints=args.checkpoints, seeds=tuple(range(args.seeds)),
+                                                 config=args.config,
                                                  ds_config=args.deepspeed, overrides=args.overrides)
             experiments.plan_experiments(opts)  # every input checked before the scorer loads or anything trains
         else:
@@ -130,11 +150,14 @@ def main(argv=None) -> None:
         with out_lock:
             if args.run_experiments:
                 runs = experiments.run_experiments(opts)
-            result = compare.compare_runs(runs, scorer, args.out, baseline=args.baseline, fraction=args.fraction,
-                                          baseline_at=args.baseline_at, include_init=not args.no_init_point)
+            options = compare.StudyOptions(baseline=args.baseline, fraction=args.fraction, baseline_at=args.baseline_at,
+                                           include_init=not args.no_init_point, fit=args.fit,
+                                           bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
+                                           loss=not args.no_loss, loss_sequences=args.loss_sequences)
+            result = compare.compare_runs(runs, scorer, args.out, options)
+        print(f"wrote {Path(args.out) / 'study.json'}, study.md, {', '.join(result['plots'])}")
         for line in render.summary_lines(result):
-            print(line)
-        print(f"wrote {Path(args.out) / 'study.json'}, study.md, {', '.join(result['plots'])}", flush=True)
+            print(line, flush=True)
 
     run_main(body)
 

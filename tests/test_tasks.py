@@ -276,6 +276,9 @@ def test_retrieval_metrics_by_hand():
     assert out["src2tgt_top1"] == pytest.approx(2 / 3) and out["src2tgt_mrr"] == pytest.approx((1 + 1 + 1 / 3) / 3)
     assert out["tgt2src_top1"] == pytest.approx(2 / 3) and out["tgt2src_mrr"] == pytest.approx((1 + 1 + 1 / 2) / 3)
     assert out["mrr"] == pytest.approx(((7 / 3) / 3 + (5 / 2) / 3) / 2)
+    # The same ranks per pair (what the compute-budget study resamples).
+    ranks = metrics.retrieval_ranks(src, tgt)
+    assert ranks["src2tgt"].tolist() == [1, 1, 3] and ranks["tgt2src"].tolist() == [1, 1, 2]
     collapsed = metrics.retrieval_metrics(torch.ones(4, 3), torch.ones(4, 3))  # ties count against the query
     assert collapsed["top1"] == 0.0 and collapsed["mrr"] == pytest.approx(0.25)
     assert metrics.retrieval_metrics(torch.eye(5).numpy(), torch.eye(5))["top1"] == 1.0

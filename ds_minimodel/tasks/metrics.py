@@ -195,6 +195,21 @@ def _gold_ranks(queries: torch.Tensor, keys: torch.Tensor, chunk: int = 1024) ->
     return torch.cat(ranks)
 
 
+def retrieval_ranks(source, target) -> dict[str, torch.Tensor]:
+    """The gold's rank for every pair in both directions ({"src2tgt", "tgt2src"}: [N] int64), as
+    `retrieval_metrics` ranks them: its per-pair view, for resampling pairs (the compute-budget
+    study's bootstrap). Pair i's top-1 hits are ranks == 1."""
+    src, tgt = _as_matrix(source, "source"), _as_matrix(target, "target")
+    if src.shape != tgt.shape:
+        raise InvalidValueError(f"source embeddings {tuple(src.shape)} and target {tuple(tgt.shape)} "
+                                "must have the same shape (row i of each is a pair)")
+    if src.shape[0] < 2:
+        raise InvalidValueError("retrieval needs at least 2 pairs")
+    src = torch.nn.functional.normalize(src, dim=1, eps=1e-12)
+    tgt = torch.nn.functional.normalize(tgt, dim=1, eps=1e-12)
+    return {"src2tgt": _gold_ranks(src, tgt), "tgt2src": _gold_ranks(tgt, src)}
+
+
 def retrieval_metrics(source, target) -> dict[str, float]:
     """Top-1 accuracy and MRR of bitext retrieval between aligned embedding matrices.
 
@@ -204,20 +219,13 @@ def retrieval_metrics(source, target) -> dict[str, float]:
     row, "tgt2src_*" the reverse; "top1" and "mrr" are the means of the two directions. The
     gold's rank counts ties pessimistically (see `_gold_ranks`). Accepts tensors or arrays.
     """
-    src, tgt = _as_matrix(source, "source"), _as_matrix(target, "target")
-    if src.shape != tgt.shape:
-        raise InvalidValueError(f"source embeddings {tuple(src.shape)} and target {tuple(tgt.shape)} "
-                                "must have the same shape (row i of each is a pair)")
-    if src.shape[0] < 2:
-        raise InvalidValueError("retrieval needs at least 2 pairs")
-    src = torch.nn.functional.normalize(src, dim=1, eps=1e-12)
-    tgt = torch.nn.functional.normalize(tgt, dim=1, eps=1e-12)
     out: dict[str, float] = {}
-    for name, q, k in (("src2tgt", src, tgt), ("tgt2src", tgt, src)):
-        ranks = _gold_ranks(q, k).to(torch.float64)
+    all_ranks = retrieval_ranks(source, target)
+    for name, ranks in all_ranks.items():
+        ranks = ranks.to(torch.float64)
         out[f"{name}_top1"] = (ranks == 1).double().mean().item()
         out[f"{name}_mrr"] = (1.0 / ranks).mean().item()
     out["top1"] = (out["src2tgt_top1"] + out["tgt2src_top1"]) / 2
     out["mrr"] = (out["src2tgt_mrr"] + out["tgt2src_mrr"]) / 2
-    out["count"] = src.shape[0]
+    out["count"] = all_ranks["src2tgt"].shape[0]
     return out

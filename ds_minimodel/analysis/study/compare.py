@@ -1,23 +1,43 @@
-"""Score every checkpoint of every run, match compute, and write the study's outputs."""
+"""Score every checkpoint of every run (all seeds), match compute on the seed-averaged monotone
+curves with bootstrap intervals, and write the study's outputs."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ds_minimodel.analysis.study.bootstrap import MethodScores, bootstrap_ratios, stack_seeds
+from ds_minimodel.analysis.study.loss_scoring import MLMLossScorer
 from ds_minimodel.analysis.study.matching import Point, matched_compute
 from ds_minimodel.analysis.study.render import markdown, plot_curves
-from ds_minimodel.analysis.study.runs import open_runs
-from ds_minimodel.analysis.study.scoring import ScoreCache, collect_points
+from ds_minimodel.analysis.study.runs import StudyRun, open_runs, own_valid_loss
+from ds_minimodel.analysis.study.scoring import RunScores, ScoreCache, collect_scores
+from ds_minimodel.errors import UserError
 from ds_minimodel.training.checkpoint import write_atomic
+
+
+@dataclass
+class StudyOptions:
+    """How the runs are compared (the launcher's flags)."""
+    baseline: str = "full"
+    fraction: float = 1.0  # target = fraction x the baseline's final metric (the loss's target: its final loss)
+    baseline_at: str = "crossing"
+    include_init: bool = True
+    fit: str = "isotonic"
+    bootstrap: int = 1000  # replicates
+    bootstrap_seed: int = 0
+    level: float = 0.95
+    loss: bool = True  # also the MLM loss through the full model (loss_scoring.py)
+    loss_sequences: int = 128
+    loss_mask_seed: int = 0
 
 
 def _json_safe(v):
     if isinstance(v, float) and not math.isfinite(v):
-        return None
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, dict):
         return {k: _json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -25,41 +45,100 @@ def _json_safe(v):
     return v
 
 
-def compare_runs(runs: dict[str, str | Path], scorer, out_dir: str | Path, *, baseline: str = "full", fraction: float = 1.0,
-          baseline_at: str = "crossing", include_init: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Score every checkpoint of every run, compute the matched-compute ratios and write
-    study.json, study.md, metric_vs_flops.png and metric_vs_wallclock.png into out_dir."""
-    opened = open_runs(runs, baseline)
+def _as_lists(runs: dict) -> dict[str, list]:
+    return {name: list(dirs) if isinstance(dirs, (list, tuple)) else [dirs] for name, dirs in runs.items()}
+
+
+def _score_method(runs: list[StudyRun], scorer, cache: ScoreCache, include_init: bool,
+                  log: Callable[[str], None]) -> tuple[MethodScores, list[RunScores]]:
+    scored = [collect_scores(r, scorer, cache, include_init, log) for r in runs]
+    scores = stack_seeds(runs[0].name, [s.seed for s in scored], [s.tags for s in scored], [s.steps for s in scored],
+                         [s.flops for s in scored], [s.seconds for s in scored],
+                         [[u.num for u in s.units] for s in scored], [[u.den for u in s.units] for s in scored])
+    return scores, scored
+
+
+def _curves_json(scores: MethodScores, scored: list[RunScores], matched_entry: dict, runs: list[StudyRun]) -> dict:
+    own = [own_valid_loss(r) for r in runs]
+    return {"seeds": scores.seeds, "tags": scores.tags, "steps": scores.steps.tolist(),
+            "flops": scores.flops.mean(axis=0).tolist(), "seconds_mean": scores.seconds.mean(axis=0).tolist(),
+            "mean": scores.per_seed.mean(axis=0).tolist(), "fit": matched_entry["fit"],
+            "per_seed": {str(s.seed): {"metric": s.values, "flops": s.flops, "seconds": s.seconds,
+                                       "own_valid_loss": [o.get(st) for st in s.steps]}
+                         for s, o in zip(scored, own)}}
+
+
+def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts: StudyOptions, fraction: float,
+                  log: Callable[[str], None]) -> dict:
+    """One metric: scores, the point estimate on the seed-averaged curves, the bootstrap."""
+    cache = ScoreCache(out_dir / f"score_cache_{scorer.metric}.json", scorer.identity)
+    methods, scored = {}, {}
+    for name, runs in opened.items():
+        log(f"[{scorer.metric}] {name}: seeds {', '.join(str(r.seed) for r in runs)}, "
+            f"{len(runs[0].tags)} checkpoints each")
+        methods[name], scored[name] = _score_method(runs, scorer, cache, opts.include_init, log)
+    curves: dict[str, list[Point]] = {name: m.curve() for name, m in methods.items()}
+    matched = matched_compute(curves, opts.baseline, fraction, opts.baseline_at, scorer.better, opts.fit)
+    boot = bootstrap_ratios(methods, baseline=opts.baseline, fraction=fraction, baseline_at=opts.baseline_at,
+                            better=scorer.better, fit=opts.fit, replicates=opts.bootstrap, seed=opts.bootstrap_seed,
+                            level=opts.level)
+    for name, b in boot["methods"].items():
+        matched["methods"][name]["interval_flops"] = b["interval"]
+        matched["methods"][name]["bootstrap"] = {k: b[k] for k in ("undefined", "not_reached", "at_zero_flops")}
+    language = opened[opts.baseline][0].info.language
+    return {"metric": scorer.metric, "better": scorer.better, "scorer": scorer.identity,
+            "references": scorer.references(language), "matched": matched,
+            "curves": {name: _curves_json(methods[name], scored[name], matched["methods"][name], opened[name])
+                       for name in methods},
+            "bootstrap": {k: boot[k] for k in ("replicates", "seed", "level", "seed_resampling", "unit_resampling")},
+            "units": next(iter(methods.values())).num.shape[2]}
+
+
+def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir: str | Path,
+                 opts: StudyOptions | None = None, log: Callable[[str], None] = print) -> dict:
+    """Score every checkpoint of every run (`runs`: {method: its run dirs, one per seed}), compute
+    the matched-compute ratios with their intervals for the transfer metric and (opts.loss) the
+    MLM loss, and write study.json, study.md and the plots into out_dir."""
+    opts = opts or StudyOptions()
+    opened = open_runs(_as_lists(runs), opts.baseline)
     # Validate the numbers before the (slow) scoring.
-    matched_compute({n: [Point(0, 0, 0.0, 0.0)] for n in opened}, baseline, fraction, baseline_at)
+    matched_compute({n: [Point(0, 0, 0.0, 0.0)] for n in opened}, opts.baseline, opts.fraction, opts.baseline_at,
+                    scorer.better, opts.fit)
+    loss_scorer = None
+    if opts.loss:
+        base = opened[opts.baseline][0]
+        if base.config.adapt.through != "full":
+            raise UserError(f"the MLM loss is scored through the baseline's full model, but the baseline "
+                            f"{opts.baseline!r} ({base.dir}) trained through a mini-model; pass --no-loss")
+        loss_scorer = MLMLossScorer.for_run(base, opts.loss_sequences, opts.loss_mask_seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = ScoreCache(out_dir / "score_cache.json", scorer.identity)
-    curves = {}
-    for name, run in opened.items():
-        log(f"[{name}] {len(run.tags)} checkpoints in {run.dir} ({run.method})")
-        curves[name] = collect_points(run, scorer, cache, include_init, log)
-    matched = matched_compute(curves, baseline, fraction, baseline_at)
-    language = opened[baseline].info.language
-    references = scorer.references(language)
-    plot_refs = {"majority-class chance": references["chance_majority"]} if "chance_majority" in references else \
-        {"chance": references["chance"]} if "chance" in references else {}
-    plots = plot_curves(curves, matched, out_dir, scorer.metric, plot_refs)
+    metrics = {scorer.metric: _study_metric(opened, scorer, out_dir, opts, opts.fraction, log)}
+    if loss_scorer is not None:
+        metrics[loss_scorer.metric] = _study_metric(opened, loss_scorer, out_dir, opts, 1.0, log)
+    plots = plot_curves(metrics, out_dir)
+    summary = {name: {m: {"ratio": r["matched"]["methods"][name]["ratio_value"],
+                          "interval": r["matched"]["methods"][name]["interval_flops"],
+                          "note": r["matched"]["methods"][name].get("note", "")}
+                      for m, r in metrics.items()}
+               for name in opened if name != opts.baseline}
     result = {
-        "metric": scorer.metric, "scorer": scorer.identity, "references": references,
-        "include_init_point": include_init,
-        "runs": {n: {"dir": str(r.dir), "method": r.method, "language": r.info.language,
-                     "steps": r.config.train.steps, "seed": r.config.train.seed,
-                     "model_dir": r.config.adapt.model_dir, "checkpoints": r.tags} for n, r in opened.items()},
-        "curves": {n: [dataclasses.asdict(p) for p in pts] for n, pts in curves.items()},
-        "matched": matched,
-        "interpolation": "first crossing of target = fraction * baseline final metric; linear in FLOPs, wall-clock "
-                         "and step between the last point below the target and the first at or above it; the "
-                         "first point itself (an upper bound) when it is already at or above the target",
+        "metric": scorer.metric, "level": opts.level, "include_init_point": opts.include_init,
+        "runs": {n: [{"dir": str(r.dir), "method": r.method, "language": r.info.language, "seed": r.seed,
+                      "steps": r.config.train.steps, "model_dir": r.config.adapt.model_dir, "checkpoints": r.tags}
+                     for r in rs] for n, rs in opened.items()},
+        "summary": summary,
+        "metrics": metrics,
+        "method": "each method's curve is its metric at each checkpoint averaged over its seeds; the crossing of "
+                  "the target (fraction x the baseline's averaged final metric; for the MLM loss its averaged "
+                  "final loss) is found on the curve's monotone (isotonic) fit, linearly interpolated between "
+                  "checkpoints; the ratio is the baseline's FLOPs to the target over the method's; the interval is "
+                  "the percentile bootstrap over seeds and units (test examples, verse pairs, validation "
+                  "sequences) together, recomputing curves, target and crossings in every replicate. A ratio of 0 "
+                  "means not reached, inf reached at 0 FLOPs.",
         "plots": [p.name for p in plots],
     }
     result = _json_safe(result)
-
-    write_atomic(out_dir / "study.json", json.dumps(result, indent=2))
+    write_atomic(out_dir / "study.json", json.dumps(result, indent=1))
     write_atomic(out_dir / "study.md", markdown(result))
     return result

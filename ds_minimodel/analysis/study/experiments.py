@@ -1,6 +1,10 @@
-"""Training the study's adaptation runs: one per method, through the real adapt launcher, one
-after another (so that each wall-clock is measured on an otherwise idle machine), reused when
-finished and resumed when interrupted."""
+"""Training the study's adaptation runs: one per method and seed (`adapt-<method>-s<seed>`),
+through the real adapt launcher, one after another (so that each wall-clock is measured on an
+otherwise idle machine), reused when finished and resumed when interrupted.
+
+train.seed drives everything random in a run: the new embeddings' initialisation
+(adapt.init_embeddings), the data order (the loader's per-epoch permutation) and the MLM masks;
+seed s of every method shares all three, which is what lets the bootstrap pair them."""
 
 from __future__ import annotations
 
@@ -29,15 +33,24 @@ class ExperimentOptions:
     # so 3x the baseline's steps gives each method about the same FLOP budget.
     steps: dict = field(default_factory=lambda: {"full": 300, "minijoint": 900, "minipost": 900})
     checkpoints: int = 10  # per run, evenly spaced (the last one at train.steps)
+    seeds: tuple[int, ...] = (0, 1, 2)  # train.seed of each method's runs
     config: str = "configs/adapt-cpu.yaml"
     ds_config: str = "ds_configs/z0.json"
-    overrides: list = field(default_factory=list)  # extra key=value for every run (e.g. train.seed=1)
+    overrides: list = field(default_factory=list)  # extra key=value for every run (e.g. optim.lr=1e-3)
 
 
-def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, Path, list[str]]]:
-    """[(method, run dir, adapt.py overrides)] for each method, checked before anything runs."""
+def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list[str]]]:
+    """[(method, seed, run dir, adapt.py overrides)], seed by seed (every method of seed 0 first,
+    so an interrupted study has whole seeds), checked before anything runs."""
     if opts.checkpoints < 1:
         raise InvalidValueError(f"--checkpoints must be >= 1, got {opts.checkpoints}")
+    if not opts.seeds:
+        raise InvalidValueError("the study needs at least one seed")
+    if len(set(opts.seeds)) != len(opts.seeds):
+        raise InvalidValueError(f"seeds {list(opts.seeds)} repeat a seed")
+    if any(o.split("=", 1)[0] in ("train.seed", "train.eval_every") for o in opts.overrides):
+        raise InvalidValueError("--set train.seed / train.eval_every: the study sets them (--seeds, and an evaluation "
+                                "at every checkpoint)")
     unknown = [m for m in opts.methods if m not in METHODS]
     if unknown:
         raise InvalidValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -58,6 +71,7 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, Path, list[str]
     sources = {"full": (opts.pretrained, "full"), "minijoint": (opts.pretrained, "mini"),
                "minipost": (opts.minipost, "mini")}
     plan = []
+    per_method = []
     for method in opts.methods:
         # The body each run will train through, selected as adapt.py will: a model without a mid
         # head (minijoint) or a full model given as --minipost fails here, not after an hour.
@@ -68,15 +82,21 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, Path, list[str]
         steps = int(opts.steps.get(method, 0))
         if steps < 1:
             raise InvalidValueError(f"steps for {method} must be positive, got {opts.steps.get(method)}")
-        save_every = max(1, -(-steps // opts.checkpoints))  # ceil: at most `checkpoints` saves, the last at `steps`
-        saves = steps // save_every + (1 if steps % save_every else 0)
-        model_dir, through = sources[method]
-        run_dir = Path(opts.out) / f"adapt-{method}"
-        overrides = [f"adapt.model_dir={Path(model_dir).resolve()}", f"adapt.through={through}",
-                     f"data.path={Path(opts.target_data).resolve()}", f"train.out_dir={run_dir.resolve()}",
-                     f"train.steps={steps}", f"train.save_every={save_every}", f"train.keep_last={saves + 1}",
-                     "train.eval_every=0", "train.progress=false", *opts.overrides]
-        plan.append((method, run_dir, overrides))
+        per_method.append((method, steps))
+    for seed in opts.seeds:
+        for method, steps in per_method:
+            save_every = max(1, -(-steps // opts.checkpoints))  # ceil: at most `checkpoints` saves, the last at `steps`
+            saves = steps // save_every + (1 if steps % save_every else 0)
+            model_dir, through = sources[method]
+            run_dir = Path(opts.out) / f"adapt-{method}-s{seed}"
+            # eval_every = save_every: the run's own validation loss at every checkpoint (study.json's
+            # own_valid_loss; evaluation time is not counted in train_seconds).
+            overrides = [f"adapt.model_dir={Path(model_dir).resolve()}", f"adapt.through={through}",
+                         f"data.path={Path(opts.target_data).resolve()}", f"train.out_dir={run_dir.resolve()}",
+                         f"train.steps={steps}", f"train.save_every={save_every}", f"train.keep_last={saves + 1}",
+                         f"train.seed={seed}", f"train.eval_every={save_every}", "train.progress=false",
+                         *opts.overrides]
+            plan.append((method, seed, run_dir, overrides))
     return plan
 
 
@@ -118,9 +138,9 @@ def _repo_path(path: str, repo: Path) -> str:
 
 
 def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], float] | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Run (or finish, or reuse) each method's adaptation run, one after another so that each
-    run's wall-clock is measured on an otherwise idle machine. Returns {method: run dir}.
+                    log: Callable[[str], None] = print) -> dict[str, list[Path]]:
+    """Run (or finish, or reuse) each method's adaptation runs, one after another so that each
+    run's wall-clock is measured on an otherwise idle machine. Returns {method: [run dir per seed]}.
 
     A run whose pack exists is reused when it was made with the planned settings; a run that
     stopped half-way is resumed (--resume); one made with other settings is refused.
@@ -132,9 +152,10 @@ def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], floa
     plan = plan_experiments(opts)
     logs = Path(opts.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    runs = {}
-    for method, run_dir, overrides in plan:
-        runs[method] = run_dir
+    runs: dict[str, list[Path]] = {}
+    for method, seed, run_dir, overrides in plan:
+        runs.setdefault(method, []).append(run_dir)
+        name = run_dir.name
         resume = (run_dir / "config.yaml").is_file()
         if resume:
             diffs = _planned_matches(run_dir, overrides)
@@ -142,11 +163,12 @@ def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], floa
                 raise UserError(f"{run_dir} holds an adaptation run made with other settings ({'; '.join(diffs)}); "
                                 "remove it or choose another --out")
         if (run_dir / "pack" / "pack.json").is_file():
-            log(f"[adapt-{method}] already done ({run_dir})")
+            log(f"[{name}] already done ({run_dir})")
             continue
         steps, save_every = (o.split("=", 1)[1] for o in overrides[4:6])
-        log(f"[adapt-{method}] {'resuming' if resume else 'training'}: {steps} steps, a checkpoint every {save_every}")
+        log(f"[{name}] {'resuming' if resume else 'training'}: {steps} steps, a checkpoint every {save_every}, "
+            f"seed {seed}")
         cmd = [sys.executable, str(REPO / "launchers" / "adapt.py"), "--deepspeed", _repo_path(opts.ds_config, REPO),
                "--config", _repo_path(opts.config, REPO), *(["--resume"] if resume else []), *overrides]
-        runner(cmd, logs / f"adapt-{method}.log")
+        runner(cmd, logs / f"{name}.log")
     return runs

@@ -1,34 +1,57 @@
-"""Matched-compute math (pure): the first crossing of a target metric and the compute ratios.
+"""Matched-compute math (pure): a monotone fit of a curve, where it crosses a target metric, and
+the compute ratios.
 
-Interpolation (what `first_crossing` assumes). A metric is measured only at checkpoints, so
-where exactly a curve crosses the target is unknown between two of them. Let point j be the
-first, in order of compute, whose metric is >= target. Then every earlier point is below the
-target, in particular point j-1, and the crossing is put on the straight line between them:
+The curve. A method's curve is its metric at each checkpoint averaged over its seeds (all seeds
+share the checkpoint steps; FLOPs and seconds are averaged too: bootstrap.py builds it), so the
+noise of one run is already reduced. Even so, one first crossing of a noisy curve rewards whichever run
+fluctuates upward: a single lucky checkpoint decides it.
+
+The fit (`isotonic`). The crossing is therefore taken on the least-squares *monotone* fit of the
+curve: non-decreasing in compute for a metric where higher is better (accuracy, retrieval),
+non-increasing where lower is better (MLM loss), by pool-adjacent-violators with equal weight per
+checkpoint. Why isotonic and not a smoother or a parametric learning curve: it assumes only that
+more training does not make the embeddings worse in expectation, has no bandwidth or functional
+form to choose, leaves a curve that already is monotone untouched, and turns a dip (or an early
+spike) into a flat stretch at the pooled mean of the points it spans, so one lucky point can no
+longer decide the crossing alone. `fit="raw"` keeps the old behaviour (the raw points).
+
+Interpolation (`first_crossing`). The metric is known only at checkpoints. Let point j be the
+first, in order of compute, whose (fitted) metric reaches the target (>= for higher-is-better,
+<= for lower-is-better). The crossing is put on the straight line between points j-1 and j:
 
     x* = x[j-1] + (target - m[j-1]) / (m[j] - m[j-1]) * (x[j] - x[j-1])
 
-for x = FLOPs, wall-clock seconds and step alike (one interpolation parameter). This is the
-least-assuming estimate; it always lies in (x[j-1], x[j]], so the error is at most one
-checkpoint interval, which is reported as `flops_bracket`. When j is the curve's first point
-there is nothing earlier to interpolate from and x* = x[0]: an upper bound (`at_first_point`).
-A later dip below the target does not matter (first crossing); a curve that never reaches the
-target is "not reached" and gets no ratio. The crossing is monotone in the target: a higher
-target is never reached earlier.
+for x = FLOPs, wall-clock seconds and step alike (one interpolation parameter). It lies in
+(x[j-1], x[j]], so the error is at most one checkpoint interval (`flops_bracket`). When j is the
+first point there is nothing earlier to interpolate from and x* = x[0]: an upper bound
+(`at_first_point`). On a monotone fit the first crossing is the only one; on raw points a later
+dip does not matter. A curve that never reaches the target is "not reached" and gets no ratio.
+The crossing is monotone in the target: a harder target is never reached earlier.
+
+The target is fraction x the baseline's final (seed-averaged, unfitted) metric. The baseline's
+isotonic fit always reaches its own final value (the fit's last point is the largest mean of a
+suffix of the curve, so at least the last point), so with fraction <= 1 the baseline has a
+crossing.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from ds_minimodel.errors import InvalidValueError
+
+BETTER = ("higher", "lower")
+FITS = ("isotonic", "raw")
 
 
 @dataclass(frozen=True)
 class Point:
     """One evaluated checkpoint of a run (or its initial embeddings: tag "init", step 0)."""
     step: int
-    flops: int  # cumulative step-2 FLOPs (meta.json "loop")
+    flops: float  # cumulative step-2 FLOPs (meta.json "loop"; a seed-averaged curve's mean over its seeds)
     seconds: float  # cumulative training wall-clock (meta.json "loop" train_seconds)
     metric: float
     tag: str = ""
@@ -46,6 +69,32 @@ class Crossing:
     at_first_point: bool = False
 
 
+def isotonic(values, increasing: bool = True) -> np.ndarray:
+    """The least-squares monotone fit of `values` (equal weights), by pool-adjacent-violators:
+    scan left to right, and whenever a block's mean breaks the order with the block before it,
+    merge the two (their mean weighted by size) and check again."""
+    y = np.asarray(values, dtype=np.float64)
+    if y.ndim != 1:
+        raise InvalidValueError(f"isotonic fit needs a 1-D sequence, got shape {y.shape}")
+    if not increasing:
+        return -isotonic(-y, True)
+    means: list[float] = []
+    sizes: list[int] = []
+    for v in y:
+        means.append(float(v))
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            m, n = means.pop(), sizes.pop()
+            means[-1] = (means[-1] * sizes[-1] + m * n) / (sizes[-1] + n)
+            sizes[-1] += n
+    return np.repeat(np.array(means), sizes)
+
+
+def _check_better(better: str) -> None:
+    if better not in BETTER:
+        raise InvalidValueError(f"better must be 'higher' or 'lower', got {better!r}")
+
+
 def _check_curve(points: list[Point], name: str) -> None:
     if not points:
         raise InvalidValueError(f"curve {name!r} has no points")
@@ -59,16 +108,29 @@ def _check_curve(points: list[Point], name: str) -> None:
             raise InvalidValueError(f"curve {name!r} has a non-finite metric at step {p.step}")
 
 
-def first_crossing(points: list[Point], target: float) -> Crossing:
-    """The first point of the curve at which metric >= target, linearly interpolated from the
-    point before it. `points` are in training order (checked)."""
+def fitted(points: list[Point], better: str = "higher", fit: str = "isotonic") -> list[Point]:
+    """The curve with its metric replaced by its monotone fit (`fit="raw"`: unchanged)."""
+    _check_better(better)
+    if fit not in FITS:
+        raise InvalidValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    if fit == "raw":
+        return list(points)
+    values = isotonic([p.metric for p in points], increasing=better == "higher")
+    return [replace(p, metric=float(v)) for p, v in zip(points, values)]
+
+
+def first_crossing(points: list[Point], target: float, better: str = "higher") -> Crossing:
+    """The first point of the curve whose metric reaches target (>= when higher is better, <=
+    when lower is), linearly interpolated from the point before it. `points` are in training
+    order (checked)."""
+    _check_better(better)
     _check_curve(points, "curve")
     for j, p in enumerate(points):
-        if p.metric >= target:
+        if (p.metric >= target) if better == "higher" else (p.metric <= target):
             if j == 0:
                 return Crossing(True, float(p.flops), float(p.seconds), float(p.step),
                                 (float(p.flops), float(p.flops)), at_first_point=True)
-            a = points[j - 1]  # a.metric < target <= p.metric, so 0 < t <= 1
+            a = points[j - 1]  # a is on the wrong side of the target, p on the right one: 0 < t <= 1
             t = (target - a.metric) / (p.metric - a.metric)
             return Crossing(True, a.flops + t * (p.flops - a.flops), a.seconds + t * (p.seconds - a.seconds),
                             a.step + t * (p.step - a.step), (float(a.flops), float(p.flops)))
@@ -81,13 +143,28 @@ def _ratio(baseline: float | None, method: float | None) -> float | None:
     return baseline / method
 
 
-def matched_compute(curves: dict[str, list[Point]], baseline: str = "full", fraction: float = 1.0,
-                    baseline_at: str = "crossing") -> dict:
-    """Compute (FLOPs and wall-clock) each curve needs to first reach fraction * the baseline's
-    final metric, and its ratio to the baseline's.
+def ratio_value(entry: dict, baseline_flops: float | None) -> float:
+    """A method's FLOP ratio as one number that orders every outcome, for intervals and summary
+    lines: the ratio when defined; 0.0 when the method never reached the target (its true ratio
+    is below baseline / its whole budget: 0 is the conservative end); +inf when it reached it at
+    0 FLOPs (its initial embeddings already do); NaN when the baseline has no crossing or reached
+    it at 0 FLOPs itself (no ratio is meaningful)."""
+    if not baseline_flops:
+        return math.nan
+    if not entry["reached"]:
+        return 0.0
+    if entry["flops_to_target"] == 0:
+        return math.inf
+    return baseline_flops / entry["flops_to_target"]
 
-    baseline_at: "crossing" (default) compares with the baseline's own first crossing of the
-    same target, interpolated the same way; "final" with the baseline's whole run (its last point).
+
+def matched_compute(curves: dict[str, list[Point]], baseline: str = "full", fraction: float = 1.0,
+                    baseline_at: str = "crossing", better: str = "higher", fit: str = "isotonic") -> dict:
+    """Compute (FLOPs and wall-clock) each curve needs to first reach fraction * the baseline's
+    final metric on its monotone fit, and its ratio to the baseline's.
+
+    baseline_at: "crossing" (default) compares with the baseline's own crossing of the same
+    target, found the same way; "final" with the baseline's whole run (its last point).
     A ratio is None when either side did not reach the target, or reached it at 0 compute.
     """
     if baseline not in curves:
@@ -98,18 +175,21 @@ def matched_compute(curves: dict[str, list[Point]], baseline: str = "full", frac
         raise InvalidValueError(f"baseline_at must be 'crossing' or 'final', got {baseline_at!r}")
     for name, pts in curves.items():
         _check_curve(pts, name)
+    fits = {name: fitted(pts, better, fit) for name, pts in curves.items()}
     base_final = curves[baseline][-1].metric
     target = fraction * base_final
-    base_cross = first_crossing(curves[baseline], target)
+    base_cross = first_crossing(fits[baseline], target, better)
     if baseline_at == "final":
         ref_flops, ref_seconds = float(curves[baseline][-1].flops), float(curves[baseline][-1].seconds)
     else:
         ref_flops, ref_seconds = base_cross.flops, base_cross.seconds
+    pick = max if better == "higher" else min
     methods = {}
     for name, pts in curves.items():
-        c = first_crossing(pts, target)
+        c = first_crossing(fits[name], target, better)
         entry = {
-            "final_metric": pts[-1].metric, "best_metric": max(p.metric for p in pts),
+            "final_metric": pts[-1].metric, "best_metric": pick(p.metric for p in pts),
+            "fit": [p.metric for p in fits[name]],
             "steps": pts[-1].step, "total_flops": pts[-1].flops, "total_seconds": pts[-1].seconds,
             "points": len(pts), "reached": c.reached, "flops_to_target": c.flops,
             "seconds_to_target": c.seconds, "step_to_target": c.step,
@@ -127,8 +207,9 @@ def matched_compute(curves: dict[str, list[Point]], baseline: str = "full", frac
             entry["ratio_flops"] = entry["ratio_seconds"] = None
             why = "never reached the target" if ref_flops is None else "reached it at 0 FLOPs"
             entry.setdefault("note", f"the baseline {why}: no ratio")
+        entry["ratio_value"] = ratio_value(entry, ref_flops)
         methods[name] = entry
-    return {"baseline": baseline, "fraction": fraction, "baseline_at": baseline_at,
+    return {"baseline": baseline, "fraction": fraction, "baseline_at": baseline_at, "better": better, "fit": fit,
             "baseline_final_metric": base_final, "target": target,
             "baseline_flops_to_target": ref_flops, "baseline_seconds_to_target": ref_seconds,
             "methods": methods}

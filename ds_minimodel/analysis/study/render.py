@@ -2,97 +2,157 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from ds_minimodel.analysis.study.matching import Point
+METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->target retrieval top-1",
+                "mlm_loss": "target-language MLM loss (full model, plugged)"}
+MATCHED_AT = {"mlm_loss": "MLM loss"}  # how a summary line names the metric the compute is matched at
 
-METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->target retrieval top-1"}
+
+def _label(metric: str) -> str:
+    return METRIC_LABEL.get(metric, metric)
 
 
-def plot_curves(curves: dict[str, list[Point]], matched: dict, out_dir: Path, metric: str,
-                references: dict | None = None) -> list[Path]:
-    """metric_vs_flops.png and metric_vs_wallclock.png: each run's curve, the target line and
-    each method's interpolated first crossing."""
+def _plot(study: dict, axis: str, path: Path, references: dict) -> Path:
+    """One metric against FLOPs or wall-clock: per method the seed-mean curve, the min-max band of
+    its seeds, the monotone fit (dashed) and the crossing of the target (x)."""
     import matplotlib  # here, not at the top: only the study's writer needs it, headless
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    matched = study["matched"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, c in study["curves"].items():
+        per_seed = [s["metric"] for s in c["per_seed"].values()]
+        lo = [min(v) for v in zip(*per_seed)]
+        hi = [max(v) for v in zip(*per_seed)]
+        x = c["flops"] if axis == "flops" else c["seconds_mean"]
+        line, = ax.plot(x, c["mean"], marker="o", ms=3, label=f"{name} (mean of {len(per_seed)} seeds)")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
+        ax.plot(x, c["fit"], ls="--", lw=1, color=line.get_color())
+        m = matched["methods"][name]
+        at = m[f"{axis}_to_target"]
+        if m["reached"] and at is not None:
+            ax.plot([at], [matched["target"]], marker="x", ms=10, mew=2, color=line.get_color())
+    target = f"{matched['fraction']:g} x {matched['baseline']} final" if matched["fraction"] != 1 else \
+        f"{matched['baseline']} final"
+    ax.axhline(matched["target"], color="k", ls="--", lw=1, label=f"target: {target}")
+    for label, value in references.items():
+        ax.axhline(value, color="grey", ls=":", lw=1, label=label)
+    metric = study["metric"]
+    ax.set(xlabel="cumulative step-2 FLOPs" if axis == "flops" else "step-2 training wall-clock (s, mean of seeds)",
+           ylabel=_label(metric),
+           title=f"{_label(metric)} against step-2 {'compute' if axis == 'flops' else 'time'}\n"
+                 "band: min-max over seeds; dashed: monotone fit; x: crossing of the target")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(metrics: dict[str, dict], out_dir: Path) -> list[Path]:
+    """metric_vs_flops.png and metric_vs_wallclock.png for the transfer metric (the first),
+    mlm_loss_vs_flops.png for the MLM loss when it was scored."""
     out = []
-    for axis, fname, xlabel in (("flops", "metric_vs_flops.png", "cumulative step-2 FLOPs"),
-                                ("seconds", "metric_vs_wallclock.png", "step-2 training wall-clock (s)")):
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        for name, pts in curves.items():
-            line, = ax.plot([getattr(p, axis) for p in pts], [p.metric for p in pts], marker="o", ms=3, label=name)
-            m = matched["methods"][name]
-            x = m[f"{axis}_to_target"]
-            if m["reached"] and x is not None:
-                ax.plot([x], [matched["target"]], marker="x", ms=10, mew=2, color=line.get_color())
-        ax.axhline(matched["target"], color="k", ls="--", lw=1,
-                   label=f"target: {matched['fraction']:g} x {matched['baseline']} final")
-        for label, value in (references or {}).items():
-            ax.axhline(value, color="grey", ls=":", lw=1, label=label)
-        ax.set(xlabel=xlabel, ylabel=METRIC_LABEL.get(metric, metric),
-               title=f"{METRIC_LABEL.get(metric, metric)} against step-2 {'compute' if axis == 'flops' else 'time'}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / fname
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        out.append(path)
+    for i, (metric, study) in enumerate(metrics.items()):
+        refs = study.get("references") or {}
+        plot_refs = {"majority-class chance": refs["chance_majority"]} if "chance_majority" in refs else \
+            {"chance": refs["chance"]} if "chance" in refs else {}
+        if i == 0:
+            out.append(_plot(study, "flops", out_dir / "metric_vs_flops.png", plot_refs))
+            out.append(_plot(study, "seconds", out_dir / "metric_vs_wallclock.png", plot_refs))
+        else:
+            out.append(_plot(study, "flops", out_dir / f"{metric}_vs_flops.png", plot_refs))
     return out
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
-    return none if v is None else format(v, spec)
+    if v is None:
+        return none
+    if isinstance(v, str):  # "inf" in study.json
+        return v
+    return format(v, spec)
+
+
+def _ratio(v) -> str:
+    v = math.inf if v == "inf" else v
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, ".2f")
+
+
+def ratio_line(method: str, entry: dict, metric: str, level: float) -> str:
+    """`study <method>: compute ratio X.XX (95% interval LO-HI) at matched <metric>`."""
+    lo, hi = entry["interval"]
+    return (f"study {method}: compute ratio {_ratio(entry['ratio'])} ({round(level * 100):d}% interval "
+            f"{_ratio(lo)}-{_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}")
+
+
+def _metric_section(study: dict, runs: dict, level: float) -> list[str]:
+    m = study["matched"]
+    metric, base = study["metric"], m["baseline"]
+    against = "own crossing of the target" if m["baseline_at"] == "crossing" else "whole run"
+    b = study["bootstrap"]
+    lines = [f"## {_label(metric)} ({metric}, {m['better']} is better)", "",
+             f"Target: {m['fraction']:g} x the seed-averaged final {metric} of the baseline `{base}` "
+             f"({m['baseline_final_metric']:.4f}) = **{m['target']:.4f}**. Baseline compute compared against: its "
+             f"{against} ({_fmt(m['baseline_flops_to_target'], '.3e')} FLOPs, "
+             f"{_fmt(m['baseline_seconds_to_target'], '.1f')} s). Interval: {round(level * 100)}% percentile "
+             f"bootstrap, {b['replicates']} replicates (seed {b['seed']}), resampling with replacement the seeds "
+             f"({'paired across methods' if b['seed_resampling'] == 'paired' else 'independently per method'})"
+             f"{' and the ' + str(study['units']) + ' units' if b['unit_resampling'] else ''}.",
+             "", "| method | seeds | steps | final (mean) | FLOPs (total) | FLOPs to target | compute ratio | "
+             f"{round(level * 100)}% interval | wall-clock to target (s) | wall-clock ratio | note |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, e in m["methods"].items():
+        lo, hi = e["interval_flops"]
+        seeds = ", ".join(str(r["seed"]) for r in runs[name])
+        lines.append(f"| {name} | {seeds} | {e['steps']} | {e['final_metric']:.4f} | {e['total_flops']:.3e} | "
+                     f"{_fmt(e['flops_to_target'], '.3e', 'not reached')} | {_ratio(e['ratio_value'])} | "
+                     f"{_ratio(lo)}-{_ratio(hi)} | {_fmt(e['seconds_to_target'], '.1f', 'not reached')} | "
+                     f"{_fmt(e['ratio_seconds'], '.2f')} | {e.get('note', '')} |")
+    return lines + [""]
 
 
 def markdown(study: dict) -> str:
-    m = study["matched"]
-    metric = study["metric"]
-    base = m["baseline"]
-    against = "own first crossing of the target" if m["baseline_at"] == "crossing" else "whole run"
-    lines = ["# Compute-budget study: step-2 compute to reach the standard baseline", "",
-             f"Metric: **{METRIC_LABEL.get(metric, metric)}** ({metric}). Target: {m['fraction']:g} x the final "
-             f"{metric} of the baseline `{base}` ({m['baseline_final_metric']:.4f}) = **{m['target']:.4f}**. "
-             f"Baseline compute compared against: its {against} ({_fmt(m['baseline_flops_to_target'], '.3e')} FLOPs, "
-             f"{_fmt(m['baseline_seconds_to_target'], '.1f')} s).",
-             "", "| method | run | steps | final | best | step-2 FLOPs (total) | FLOPs to target | "
-             "compute saving vs baseline | wall-clock to target (s) | wall-clock saving | note |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, e in m["methods"].items():
-        lines.append(f"| {name} | `{study['runs'][name]['dir']}` | {e['steps']} | {e['final_metric']:.4f} | "
-                     f"{e['best_metric']:.4f} | {e['total_flops']:.3e} | "
-                     f"{_fmt(e['flops_to_target'], '.3e', 'not reached')} | {_fmt(e['ratio_flops'], '.2f')}"
-                     f"{'x' if e['ratio_flops'] is not None else ''} | "
-                     f"{_fmt(e['seconds_to_target'], '.1f', 'not reached')} | {_fmt(e['ratio_seconds'], '.2f')}"
-                     f"{'x' if e['ratio_seconds'] is not None else ''} | {e.get('note', '')} |")
-    refs = study.get("references") or {}
-    if refs:
-        lines += ["", "References: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                 for k, v in refs.items()) + "."]
-    lines += ["", "The saving is the baseline's FLOPs (wall-clock) to reach the target divided by the method's. "
-              "Where a curve crosses the target between two checkpoints, the crossing is linearly interpolated "
-              "between the last point below the target and the first at or above it (error at most one checkpoint "
-              "interval: `flops_bracket` in study.json). FLOPs are analytic counts (deterministic); wall-clock "
-              "is measured and depends on the machine's load.", "",
-              "![metric vs FLOPs](metric_vs_flops.png)", "", "![metric vs wall-clock](metric_vs_wallclock.png)", ""]
+    level = study["level"]
+    lines = ["# Compute-budget study: step-2 compute to reach the standard baseline", ""]
+    for name, per_metric in study["summary"].items():
+        for metric, entry in per_metric.items():
+            lines.append(f"- {ratio_line(name, entry, metric, level)}")
+    lines.append("")
+    for metric, s in study["metrics"].items():
+        lines += _metric_section(s, study["runs"], level)
+        refs = s.get("references") or {}
+        if refs:
+            lines += ["References: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in refs.items()) + ".", ""]
+    lines += ["How: " + study["method"] + " The compute ratio is the baseline's FLOPs to reach the target divided by "
+              "the method's (wall-clock likewise, a point estimate: seconds are measured and depend on the "
+              "machine's load). Crossings are interpolated between checkpoints (error at most one checkpoint "
+              "interval: `flops_bracket` in study.json). The MLM loss is the full model's, with each checkpoint's "
+              "embeddings plugged in, on fixed validation sequences (loss_scoring.py); each run's own logged loss "
+              "is in study.json (`own_valid_loss`) but not matched: a mini-model's loss is another model's.", ""]
+    for plot in study["plots"]:
+        lines += [f"![{plot}]({plot})", ""]
     return "\n".join(lines)
 
 
 def summary_lines(result: dict) -> list[str]:
-    m = result["matched"]
-    out = [f"target {result['metric']} {m['target']:.4f} = {m['fraction']:g} x {m['baseline']} final "
-           f"{m['baseline_final_metric']:.4f}"]
-    for name, e in m["methods"].items():
-        if name == m["baseline"] and e["reached"]:
-            out.append(f"  {name:<10} (baseline) reached it at {e['flops_to_target']:.3e} FLOPs "
-                       f"({e['seconds_to_target']:.2f} s)")
-        elif e["ratio_flops"] is not None:
-            out.append(f"  {name:<10} reached it at {e['flops_to_target']:.3e} FLOPs ({e['seconds_to_target']:.2f} s): "
-                       f"{e['ratio_flops']:.2f}x less compute, {_fmt(e['ratio_seconds'], '.2f')}x less time than "
-                       "the baseline")
-        else:
-            out.append(f"  {name:<10} {e.get('note', 'no ratio')}")
+    """Notes and the MLM-loss lines first; the run ends with one line per method at matched
+    transfer metric (ratio_line's form)."""
+    level, primary = result["level"], result["metric"]
+    out = []
+    for metric, s in result["metrics"].items():
+        m = s["matched"]
+        out.append(f"target {metric} {m['target']:.4f} = {m['fraction']:g} x {m['baseline']} final "
+                   f"{m['baseline_final_metric']:.4f} (seed mean)")
+        for name, e in m["methods"].items():
+            if e.get("note"):
+                out.append(f"  {name}: {e['note']}")
+    for metric in [m for m in result["metrics"] if m != primary] + [primary]:
+        for name, per_metric in result["summary"].items():
+            out.append(ratio_line(name, per_metric[metric], metric, level))
     return out

@@ -1,5 +1,6 @@
-"""Adaptation runs as the study reads them: complete checkpoints as pack-equivalents, and the
-run's initial embeddings rebuilt exactly as adapt.py builds them."""
+"""Adaptation runs as the study reads them: complete checkpoints as pack-equivalents, the run's
+initial embeddings rebuilt exactly as adapt.py builds them, and its own logged validation loss.
+A study has one or more runs (seeds) per method."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ds_minimodel.steps.adapt import init_embeddings, select_body
 from ds_minimodel.steps.mlm_job import open_corpus
 from ds_minimodel.tokenizer import Tokenizer
 from ds_minimodel.training.checkpoint import consolidate, is_complete, read_meta
+from ds_minimodel.training.metrics import read_metrics
 
 METHODS = ("full", "minijoint", "minipost")
 INIT_TAG = "init"
@@ -37,6 +39,10 @@ class StudyRun:
     @property
     def method(self) -> str:
         return self.info.method
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.train.seed)
 
     def point_meta(self, tag: str) -> tuple[int, int, float]:
         loop = self.metas[tag]["loop"]
@@ -137,28 +143,46 @@ def init_tensors(run: StudyRun) -> dict[str, torch.Tensor]:
     return {"word": word, "output_bias": bias}
 
 
-def check_runs(runs: dict[str, StudyRun], baseline: str) -> None:
+def own_valid_loss(run: StudyRun) -> dict[int, float]:
+    """{step: validation MLM loss} the run logged (metrics.jsonl, at train.eval_every and its last
+    step), through the model it trained through: for a mini-model run that is the mini-model's
+    loss, not comparable with the full model's (the study scores its own MLM loss for that)."""
+    return {int(r["step"]): float(r["valid_final_loss"]) for r in read_metrics(run.dir, "eval")
+            if "valid_final_loss" in r}
+
+
+def check_runs(runs: dict[str, list[StudyRun]], baseline: str) -> None:
     """Refuse runs that are not comparable: a name that says another method than the run trained,
     another target language or tokenizer, or no baseline among them."""
     if baseline not in runs:
         raise UserError(f"the baseline {baseline!r} is not among the runs ({', '.join(runs)}); pass --runs "
                         f"{baseline}=DIR or --baseline NAME")
-    for name, run in runs.items():
-        if name in METHODS and run.method != name:
-            raise UserError(f"mismatched runs: {name}={run.dir} is a {run.method} run (its pack info says method "
-                            f"{run.method!r})")
-    ref = runs[baseline]
-    for name, run in runs.items():
-        if (run.info.language, run.info.tokenizer_fingerprint) != (ref.info.language, ref.info.tokenizer_fingerprint):
-            raise UserError(f"mismatched runs: {name} ({run.dir}) adapts language {run.info.language!r} with tokenizer "
-                            f"{run.info.tokenizer_fingerprint}, the baseline {baseline} ({ref.dir}) "
-                            f"{ref.info.language!r} with {ref.info.tokenizer_fingerprint}")
+    for name, seeds in runs.items():
+        for run in seeds:
+            if name in METHODS and run.method != name:
+                raise UserError(f"mismatched runs: {name}={run.dir} is a {run.method} run (its pack info says "
+                                f"method {run.method!r})")
+    ref = runs[baseline][0]
+    for name, seeds in runs.items():
+        for run in seeds:
+            if (run.info.language, run.info.tokenizer_fingerprint) != (ref.info.language,
+                                                                       ref.info.tokenizer_fingerprint):
+                raise UserError(f"mismatched runs: {name} ({run.dir}) adapts language {run.info.language!r} with "
+                                f"tokenizer {run.info.tokenizer_fingerprint}, the baseline {baseline} ({ref.dir}) "
+                                f"{ref.info.language!r} with {ref.info.tokenizer_fingerprint}")
+        seen: dict[int, Path] = {}
+        for run in seeds:
+            if run.seed in seen:
+                raise UserError(f"mismatched runs: {name} has two runs of train.seed {run.seed} ({seen[run.seed]} and "
+                                f"{run.dir}): each seed of a method once")
+            seen[run.seed] = run.dir
 
 
-def open_runs(runs: dict[str, str | Path], baseline: str = "full") -> dict[str, StudyRun]:
-    """Open and cross-check every run (cheap: meta.json and pack.json only)."""
+def open_runs(runs: dict[str, list[str | Path]], baseline: str = "full") -> dict[str, list[StudyRun]]:
+    """Open and cross-check every run: {method name: its runs, one per seed, sorted by seed}
+    (cheap: meta.json and pack.json only)."""
     if not runs:
         raise UserError("no runs given")
-    opened = {name: open_run(name, d) for name, d in runs.items()}
+    opened = {name: sorted((open_run(name, d) for d in dirs), key=lambda r: r.seed) for name, dirs in runs.items()}
     check_runs(opened, baseline)
     return opened

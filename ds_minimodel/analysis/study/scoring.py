@@ -1,17 +1,21 @@
-"""Scoring a pack-equivalent with the transfer metric (accuracy, or verse retrieval), and the
-content-keyed cache that makes a study resumable."""
+"""Scoring a pack-equivalent with the transfer metric (accuracy, or verse retrieval), per unit
+(test example, verse pair) so that the study can resample them, and the content-keyed cache
+that makes a study resumable.
+
+Every scorer's `score` returns `Units`: a numerator and a denominator per unit, the metric over a
+set of units being sum(num) / sum(den) (bootstrap.py). A scorer says which way is better."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ds_minimodel.analysis.study.matching import Point
 from ds_minimodel.analysis.study.runs import (
     INIT_TAG,
     StudyRun,
@@ -24,7 +28,7 @@ from ds_minimodel.artefacts.surgery import plug_embeddings
 from ds_minimodel.config import FinetuneConfig, from_dict
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.steps.finetune.classification import accuracy, load_task
+from ds_minimodel.steps.finetune.classification import accuracy, correct_flags, load_task
 from ds_minimodel.steps.finetune.common import load_classifier
 from ds_minimodel.steps.transfer import mean_pooled, plugged_model
 from ds_minimodel.tasks.batching import encode_texts, layout_for
@@ -33,11 +37,28 @@ from ds_minimodel.tasks.bible import (
     retrieval_sample,
     verse_retrieval_pairs,
 )
-from ds_minimodel.tasks.metrics import retrieval_metrics
+from ds_minimodel.tasks.metrics import retrieval_ranks
 from ds_minimodel.tokenizer import Tokenizer
 from ds_minimodel.training.checkpoint import write_atomic
 
 METRICS = ("accuracy", "retrieval_top1")
+CACHE_FORMAT = 2  # per-unit scores (format 1 kept one number per checkpoint)
+
+
+@dataclass
+class Units:
+    """One checkpoint's score per unit: the metric over units U is sum(num[U]) / sum(den[U])."""
+    num: np.ndarray
+    den: np.ndarray
+
+    def __post_init__(self):
+        self.num = np.asarray(self.num, dtype=np.float64)
+        self.den = np.ones_like(self.num) if self.den is None else np.asarray(self.den, dtype=np.float64)
+        assert self.num.ndim == 1 and self.num.shape == self.den.shape
+
+    @property
+    def value(self) -> float:
+        return float(self.num.sum() / self.den.sum())
 
 
 def tensors_key(info: PackInfo, tensors: dict) -> str:
@@ -49,7 +70,7 @@ def tensors_key(info: PackInfo, tensors: dict) -> str:
     return h.hexdigest()
 
 
-def _file_id(path: Path) -> str:
+def file_id(path: Path) -> str:
     """Path, size and mtime of a model's weights (of an HF directory's config.json if no model.pt)."""
     if not path.is_file():
         path = next((p for p in (path.parent / "model.safetensors", path.parent / "pytorch_model.bin",
@@ -64,9 +85,10 @@ class AccuracyScorer:
     The test set is the task's (for the Bible tasks: the held-out chapters, paired with English);
     `eval_examples` takes a fixed seeded subset, the same for every checkpoint. Examples are
     batched in order of length (less padding; the count of correct answers does not depend on
-    the order).
+    the order). Its units are the test examples (1 if right, 0 if wrong), in test-set order.
     """
     metric = "accuracy"
+    better = "higher"
 
     def __init__(self, model_dir: str | Path, eval_examples: int | None = None, seed: int = 0, batch_size: int = 32):
 
@@ -87,7 +109,7 @@ class AccuracyScorer:
         self.source_accuracy = accuracy(self.model, src.ids, [ex.label for ex in src_test], src_tok.pad_id,
                                         batch_size, type_ids=src.type_ids)
         self._encoded: dict[tuple[str, str], tuple[list, list | None, list, int]] = {}
-        self.identity = {"metric": self.metric, "model": _file_id(self.model_dir / "model.pt"), "task": self.task.name,
+        self.identity = {"metric": self.metric, "model": file_id(self.model_dir / "model.pt"), "task": self.task.name,
                          "eval_examples": eval_examples, "seed": seed, "max_len": self.max_len}
 
     def _subset(self, examples: list) -> list:
@@ -113,14 +135,16 @@ class AccuracyScorer:
             enc = encode_texts(test, tok, self.max_len, self.layout)
             order = sorted(range(len(enc.ids)), key=lambda i: (len(enc.ids[i]), i))
             types = [enc.type_ids[i] for i in order] if enc.type_ids is not None else None
-            self._encoded[key] = ([enc.ids[i] for i in order], types, [test[i].label for i in order], tok.pad_id)
+            self._encoded[key] = ([enc.ids[i] for i in order], types, [test[i].label for i in order], tok.pad_id,
+                                  np.array(order))
         return self._encoded[key]
 
-    def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> float:
-
-        encoded, types, labels, pad_id = self._encode(info, tokenizer_path)
+    def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
+        encoded, types, labels, pad_id, order = self._encode(info, tokenizer_path)
         plugged = plugged_model(self.model, info, tensors, self.lineage, str(self.model_dir))
-        return accuracy(plugged, encoded, labels, pad_id, self.batch_size, type_ids=types)
+        flags = np.empty(len(order))
+        flags[order] = correct_flags(plugged, encoded, labels, pad_id, self.batch_size, type_ids=types)
+        return Units(flags, None)
 
 
 class RetrievalScorer:
@@ -128,8 +152,11 @@ class RetrievalScorer:
     English through the pretrained model with its own tokenizer (pooled once), the target
     language through the same body with each pack plugged in (as transfer.evaluate_retrieval).
     The pack's language picks the target verses: the same held-out English verses for every
-    language, less those its Bible lacks."""
+    language, less those its Bible lacks. Its units are the verse pairs: 1 when the pair is each
+    other's top-1 both ways, 0.5 one way, 0 neither (their mean is top-1, the mean of both
+    directions). Resampling pairs keeps each pair's hits as scored against all the pairs."""
     metric = "retrieval_top1"
+    better = "higher"
 
     def __init__(self, pretrained_dir: str | Path, pairs: int = 1000, layer: int | None = None):
 
@@ -149,7 +176,7 @@ class RetrievalScorer:
         model.load_state_dict(self.state, strict=True)
         self.english = mean_pooled(model, [text for _, text in self.sample], Tokenizer.load(self.lineage["tokenizer"]),
                                    self.layer, max_len=self.max_len)
-        self.identity = {"metric": self.metric, "model": _file_id(self.pretrained_dir / "model.pt"),
+        self.identity = {"metric": self.metric, "model": file_id(self.pretrained_dir / "model.pt"),
                          "pairs": len(self.sample), "layer": self.layer}
 
     def pairs_for(self, language: str):
@@ -177,13 +204,15 @@ class RetrievalScorer:
         target = mean_pooled(model, [p.target for p in pairs], Tokenizer.load(tokenizer_path), self.layer,
                              max_len=self.max_len)
         english = self.english[torch.tensor([self._row[p.id] for p in pairs], dtype=torch.long)]
-        return retrieval_metrics(english, target)["top1"]
+        ranks = retrieval_ranks(english, target)
+        hits = ((ranks["src2tgt"] == 1).double() + (ranks["tgt2src"] == 1).double()) / 2
+        return Units(hits.numpy(), None)
 
 
 class ScoreCache:
-    """Scores already computed, keyed by the tensors' hash, valid for one scorer identity; kept in
-    a JSON file so that re-running a study re-scores nothing (and a shared initial table is scored
-    once for all runs)."""
+    """Scores already computed, per unit, keyed by the tensors' hash, valid for one scorer
+    identity; kept in a JSON file so that re-running a study re-scores nothing (and a table
+    shared by several runs, such as their common initial embeddings, is scored once)."""
 
     def __init__(self, path: Path | None, identity: dict):
         self.path, self.identity, self.scores = path, identity, {}
@@ -192,32 +221,56 @@ class ScoreCache:
                 raw = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError:
                 raw = {}
-            if raw.get("identity") == identity:
+            if raw.get("identity") == identity and raw.get("format") == CACHE_FORMAT:
                 self.scores = dict(raw.get("scores", {}))
 
-    def get(self, key: str, compute: Callable[[], float]) -> float:
+    @staticmethod
+    def _stored(units: Units) -> dict:
+        # 0/1 (and 0.5) scores as short numbers; a denominator only where it is not all ones.
+        num = [int(v) if v.is_integer() else v for v in units.num.tolist()]
+        return {"num": num} if np.all(units.den == 1) else {"num": num, "den": units.den.tolist()}
+
+    def get(self, key: str, compute: Callable[[], Units]) -> Units:
         if key not in self.scores:
-            self.scores[key] = float(compute())
+            self.scores[key] = self._stored(compute())
             if self.path is not None:
-
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(self.path, json.dumps({"identity": self.identity, "scores": self.scores}, indent=1))
-        return self.scores[key]
+                write_atomic(self.path, json.dumps({"identity": self.identity, "format": CACHE_FORMAT,
+                                                    "scores": self.scores}))
+        entry = self.scores[key]
+        return Units(np.array(entry["num"], dtype=np.float64), entry.get("den"))
 
 
-def collect_points(run: StudyRun, scorer, cache: ScoreCache | None = None, include_init: bool = True,
-                   log: Callable[[str], None] = print) -> list[Point]:
+@dataclass
+class RunScores:
+    """A run's curve on one metric: per point (its initial embeddings, then each checkpoint) its
+    step, FLOPs, wall-clock and per-unit scores."""
+    name: str
+    seed: int
+    tags: list[str]
+    steps: list[int]
+    flops: list[int]
+    seconds: list[float]
+    units: list[Units]
+
+    @property
+    def values(self) -> list[float]:
+        return [u.value for u in self.units]
+
+
+def collect_scores(run: StudyRun, scorer, cache: ScoreCache | None = None, include_init: bool = True,
+                   log: Callable[[str], None] = print) -> RunScores:
     """The run's curve: (its initial embeddings at 0 FLOPs, when asked) + every complete checkpoint."""
     cache = cache or ScoreCache(None, scorer.identity)
-    points = []
+    out = RunScores(run.name, run.seed, [], [], [], [], [])
     sources = ([(INIT_TAG, lambda: init_tensors(run))] if include_init else []) + \
               [(tag, lambda tag=tag: checkpoint_tensors(run, tag)) for tag in run.tags]
     for tag, load in sources:
         tensors = load()
-        value = cache.get(tensors_key(run.info, tensors),
-                          lambda: scorer.score(run.info, tensors, run.tokenizer_path))
+        units = cache.get(tensors_key(run.info, tensors), lambda: scorer.score(run.info, tensors, run.tokenizer_path))
         step, flops, seconds = (0, 0, 0.0) if tag == INIT_TAG else run.point_meta(tag)
-        points.append(Point(step, flops, seconds, value, tag))
-        log(f"  {run.name:<10} {tag:<14} step {step:>6}  {flops:.3e} FLOPs  {seconds:8.1f} s  "
-            f"{scorer.metric} {value:.4f}")
-    return points
+        for field, v in (("tags", tag), ("steps", step), ("flops", flops), ("seconds", seconds), ("units", units)):
+            getattr(out, field).append(v)
+        log(f"  {run.name + ' s' + str(run.seed):<14} {tag:<14} step {step:>6}  {flops:.3e} FLOPs  {seconds:8.1f} s  "
+            f"{scorer.metric} {units.value:.4f}")
+    return out
