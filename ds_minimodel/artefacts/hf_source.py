@@ -167,6 +167,8 @@ def inspect(path: str | Path) -> HFSource:
     if not (d / "config.json").is_file():
         raise UserError(f"{d}: no config.json: not a Hugging Face model directory")
     raw = _read_json(d / "config.json")
+    if "model_type" not in raw and "model" in raw:
+        raise UserError(f"{d}: a ds_minimodel model directory, not a Hugging Face one; give its export ({d / 'hf'})")
     _refuse_architecture(d, raw)
     try:
         cfg = hf.config_from_hf(raw)
