@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from typing import Iterable, Iterator, Mapping, Sequence
 

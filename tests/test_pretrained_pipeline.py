@@ -143,7 +143,35 @@ def test_roberta_with_an_mlm_head_adapts_through_itself(dirs, tmp_path):
     assert overrides(cmds["minipost"])[1][-2:] == ["minipost.layers=2", "minipost.top_layers=1"]
 
 
-def _bad(root: Path, name: str, config: dict | None, tokenizer: bool = False) -> Path:
+def test_xlmr_with_only_its_sentencepiece_model(tmp_path):
+    """xlm-roberta-base as older snapshots ship it: sentencepiece.bpe.model, no tokenizer.json."""
+    src = write_checkpoint(tmp_path / "xlmr", "xlm-roberta", layers=12, tokenizer="sentencepiece", head=True)
+    plan = plan_pretrained(opts_for(tmp_path), src)
+    assert (plan.source.tokenizer_kind, plan.source.tokenizer_path.name, plan.layout, plan.k) == \
+        ("sentencepiece-fairseq", "sentencepiece.bpe.model", "xlmr", 3)
+    assert plan.source.special_ids == {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": plan.source.tokenizer_size - 1}
+    assert str(src / "sentencepiece.bpe.model") in steps_of(plan)["data-en"]
+
+
+def test_config_pad_that_disagrees_with_the_tokenizer(tmp_path, capsys):
+    """A BERT-architecture model with XLM-R's vocabulary whose config.json kept BertConfig's
+    default pad_token_id 0 pads with its tokenizer's 1 (BERT positions do not depend on it); a
+    RoBERTa-style one, whose positions count from it, is refused."""
+    from launchers.pipeline import main
+
+    from ds_minimodel.artefacts.modeldir import read_model_dir
+
+    bert = write_checkpoint(tmp_path / "bert0", "bert", layers=4, tokenizer="unigram", rows_extra=3, pad=0)
+    _, cfg, lineage = read_model_dir(bert)
+    assert cfg.pad_token_id == 1 and lineage["tokenizer"] == str(bert / "tokenizer.json")
+    assert plan_pretrained(opts_for(tmp_path), bert).layout == "xlmr"
+    roberta = write_checkpoint(tmp_path / "roberta0", "roberta", layers=4, tokenizer="bytelevel", pad=0, head=True)
+    capsys.readouterr()
+    expect_rejected(capsys, main, ["--from-pretrained", str(roberta), "--work", str(tmp_path / "w")],
+                    "pad_token_id is 0 but the tokenizer pads with 1")
+
+
+def _bad(root: Path, name: str, config: dict | None) -> Path:
     d = root / name
     if config is None:  # a real BERT checkpoint whose tokenizer files were not copied
         write_checkpoint(d, "bert", layers=2, tokenizer=None)

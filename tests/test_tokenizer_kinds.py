@@ -17,6 +17,7 @@ from ds_minimodel.tokenizer import (
     Tokenizer,
     train_tokenizer,
 )
+from tests.checkpoints import KINDS, chichewa_lines, english_lines, reference, write_tokenizer
 
 LINES = [
     "In the beginning God created the heaven and the earth.",
@@ -135,7 +136,6 @@ def test_prepare_data_with_tokenizer_json(wordpiece_json, tmp_path, capsys):
 
 # ---- Every kind of source tokenizer a checkpoint ships, against transformers ------------------
 
-from tests.checkpoints import KINDS, chichewa_lines, english_lines, reference, write_tokenizer  # noqa: E402
 
 TEXTS = ["And God said, Let there be light: and there was light.",
          "Zebulun's café — naïve 12345 xyzzy ĳ 日本",  # non-ASCII, unknown characters
