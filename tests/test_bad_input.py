@@ -328,7 +328,7 @@ def test_minipost_corpus_of_another_tokenizer(tmp_path, capsys, tiny_model_dir, 
 
     expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"minipost.source={tiny_model_dir}",
                                    f"data.path={tiny_target_corpus}", f"train.out_dir={tmp_path / 'o'}"],
-                    str(tiny_target_corpus), "vocabulary", watch=[tiny_model_dir])
+                    str(tiny_target_corpus), "another tokenizer", watch=[tiny_model_dir])
 
 
 def test_minipost_source_is_not_a_model(tmp_path, capsys, tiny_corpus):

@@ -39,15 +39,16 @@ def read_model_dir(path: str | Path) -> tuple[dict, ModelConfig, dict]:
     except json.JSONDecodeError as e:
         raise UserError(f"{cfg_file} is not valid JSON: {e}") from None
     if "model_type" in raw:  # a Hugging Face directory
-        from ds_minimodel.artefacts import hf
+        from ds_minimodel.artefacts import hf, hf_source
 
-        model = hf.load_hf_pretrained(str(path))
+        # Its tokenizer (any kind a checkpoint ships, special ids checked against the checkpoint's),
+        # and the pad id the model pads with: the tokenizer's.
+        tok, overrides = hf_source.tokenizer_and_overrides(path)
+        model = hf.load_hf_pretrained(str(path), overrides=overrides)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         lineage = {"kind": "hf", "source": str(path), "fresh_heads": list(getattr(model, "hf_fresh_init", ()))}
         lineage["body_fingerprints"] = body_fingerprints(state, model.cfg)
-        tok = next((p for p in (path / "sentencepiece.bpe.model", path / "tokenizer.model", path / "tokenizer.json")
-                    if p.is_file()), None)
-        lineage["tokenizer"] = str(tok) if tok else None
+        lineage["tokenizer"] = tok.path if tok else None
         return state, model.cfg, lineage
     if "model" not in raw:
         raise UserError(f"{cfg_file} has neither a 'model' section nor a Hugging Face 'model_type'")

@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from ds_minimodel.data.shards import write_shards
 from ds_minimodel.errors import InvalidValueError, MissingFileError
@@ -486,13 +486,14 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                     hf_dataset: str | None = None, text_column: str = "text",
                     vocab_size: int | None = None, tokenizer_path: str | None = None,
                     valid_fraction: float = 0.01, max_chars: int | None = None, seed: int = 0,
-                    overwrite: bool = False, model_type: str = "unigram", num_threads: int = 1, layout: str = "xlmr",
+                    overwrite: bool = False, model_type: str = "unigram", num_threads: int = 1,
+                    layout: str | Mapping[str, int] = "xlmr",
                     log: Callable[[str], None] = print) -> dict:
     """Text -> (trained or given) tokenizer -> token shards at `out`.
 
     Exactly one source (recipe, text_files, hf_dataset) and exactly one of vocab_size /
     tokenizer_path (a sentencepiece model or a pretrained model's tokenizer.json); a new sentencepiece
-    model gets the special-id `layout` of the model it is for. It is trained on the train split only, so neither the valid
+    model gets the special-id `layout` of the model it is for (a name of SPECIAL_LAYOUTS or the ids). It is trained on the train split only, so neither the valid
     split nor held-out chapters shape the vocabulary. Returns the written index.
     """
     start = time.time()
@@ -531,7 +532,8 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                         f.write(seg + "\n")
             tok = train_tokenizer([train_txt], os.path.join(tmp, "tokenizer"), vocab_size,
                                   model_type=model_type, seed=seed, num_threads=num_threads, layout=layout)
-            meta["tokenizer"] = {"trained": True, "vocab_size": vocab_size, "model_type": model_type, "layout": layout,
+            meta["tokenizer"] = {"trained": True, "vocab_size": vocab_size, "model_type": model_type,
+                                 "layout": layout if isinstance(layout, str) else dict(layout),
                                  "trained_on": "train"}
         else:
             meta["tokenizer"] = {"trained": False, "source": os.path.abspath(tokenizer_path)}

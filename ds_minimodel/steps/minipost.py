@@ -23,9 +23,11 @@ from ds_minimodel.training.checkpoint import export
 def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
     shards = open_corpus(cfg.data.path)
     state, src_cfg, lineage = read_model_dir(cfg.minipost.source)
-    if shards.vocab_size != src_cfg.vocab_size:
+    # Fewer pieces than embedding rows is normal: checkpoints pad their tables (multilingual-e5:
+    # 250,002 pieces in 250,037 rows), and the extra rows are never indexed.
+    if shards.vocab_size > src_cfg.vocab_size:
         raise UserError(f"corpus {cfg.data.path} has {shards.vocab_size} pieces but {cfg.minipost.source} has a "
-                        f"{src_cfg.vocab_size}-piece vocabulary: MiniPost trains on the source model's language")
+                        f"{src_cfg.vocab_size}-row embedding table: MiniPost trains on the source model's language")
     if lineage.get("tokenizer"):
         from ds_minimodel.tokenizer import Tokenizer
 

@@ -31,8 +31,9 @@ def load_source(cfg: FinetuneConfig) -> tuple[dict, ModelConfig, dict, Tokenizer
     if lineage.get("kind") == "minipost" or lineage.get("kind") == "finetune":
         raise UserError(f"{cfg.finetune.model_dir} is a {lineage['kind']} model; fine-tune the full pretrained model")
     tok = Tokenizer.load(lineage["tokenizer"])
-    if tok.vocab_size != src_cfg.vocab_size:
-        raise UserError(f"tokenizer of {cfg.finetune.model_dir} has {tok.vocab_size} pieces, the model {src_cfg.vocab_size}")
+    if tok.vocab_size > src_cfg.vocab_size:  # fewer is normal: a padded embedding table
+        raise UserError(f"tokenizer of {cfg.finetune.model_dir} has {tok.vocab_size} pieces, the model's embedding "
+                        f"table only {src_cfg.vocab_size} rows")
     # RoBERTa positions start at pad_token_id + 1; BERT's at 0.
     usable = src_cfg.max_positions - (src_cfg.pad_token_id + 1 if src_cfg.position_style == "roberta" else 0)
     if cfg.finetune.max_len > usable:
