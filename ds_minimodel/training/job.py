@@ -89,6 +89,9 @@ class JobSpec:
     make_model(ds_config) -> model with requires_grad already set (only those reach the optimizer)
     make_evaluate(engine, dist) -> a callable returning {"valid_...": value}, or None
     finalize(run_dir, checkpointer) runs on rank 0 after the last step.
+    clip_groups(model) -> groups of trainable parameters each clipped by its own gradient norm
+    (optim.grad_clip) instead of all by one; rank_state(model) -> per-rank state saved with each
+    rank's RNG state (state_dict/load_state_dict). Both for a job of several languages.
     """
 
     kind: str
@@ -100,6 +103,8 @@ class JobSpec:
     make_evaluate: Callable | None = None
     forward_kwargs: dict | None = None
     micro_flops: Callable[[dict], int] | None = None
+    clip_groups: Callable | None = None
+    rank_state: Callable | None = None
 
 
 def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
@@ -138,11 +143,14 @@ def _train(cfg, spec: JobSpec, run_dir: Path, ds_config: dict, loader, dist: ds.
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").exists():
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-    engine = ds.build_engine(spec.make_model(ds_config), ds_config, cfg.optim, cfg.train.steps, use_deepspeed)
+    model = spec.make_model(ds_config)
+    engine = ds.build_engine(model, ds_config, cfg.optim, cfg.train.steps, use_deepspeed,
+                             clip_groups=spec.clip_groups(model) if spec.clip_groups else None)
     torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # distinct dropout stream per rank
 
     peak_flops = loop.world_peak_flops(cfg.train.dtype)
-    checkpointer = Checkpointer(run_dir, dist, cfg.train.keep_last)
+    checkpointer = Checkpointer(run_dir, dist, cfg.train.keep_last,
+                                rank_state=spec.rank_state(model) if spec.rank_state else None)
     state = loop.LoopState()
     resumed_from = None
     if resume:
