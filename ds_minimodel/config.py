@@ -489,7 +489,8 @@ class AdaptConfig:
     def problems(self) -> list[str]:
         out = _section_problems(self) + _fixed_trainables("adaptation", self.train)
         if self.adapt.languages and isinstance(self.adapt.languages, list) and isinstance(self.adapt.data_paths, dict):
-            missing = list(dict.fromkeys(c for c in self.adapt.languages if c not in self.adapt.data_paths))
+            missing = list(dict.fromkeys(c for c in self.adapt.languages
+                                         if isinstance(c, str) and c not in self.adapt.data_paths))
             if missing and LANGUAGE_PLACEHOLDER not in self.data.path:
                 out.append(f"adapt.languages: no corpus for {', '.join(map(str, missing))}: list it in "
                            f"adapt.data_paths or give a data.path with {LANGUAGE_PLACEHOLDER} "

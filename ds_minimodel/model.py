@@ -230,10 +230,10 @@ class MultiLanguageMLM(nn.Module):
     module is the same object in all of them, so the frozen body is in memory once. A language's
     rows go through its own encoder only: its own embedding lookup, its own MLM softmax over its
     own vocabulary (the fused head never sees another language's rows or rows of the table), its
-    own mean over its own masked tokens. The loss is the sum of the languages' means, so each
-    language's parameters get exactly the gradient of its own loss, and in training each
-    language's dropout draws from its own random stream (`rng_streams.py`): the gradients and
-    masks a separate run of that language would compute.
+    own mean over its own masked tokens; in training its dropout draws from its own random
+    stream (`rng_streams.py`). So its parameters get the gradient, and its rows the masks, that a
+    separate run of that language would compute. (The multi-language job passes one language
+    per micro-batch: one language's activations alive at a time, as in its own run.)
 
     Kept as separate parameters (not one [sum V, d] table with offsets): autograd's backward of
     a slice writes a zero-filled gradient of the whole table per slice, and separate tensors make

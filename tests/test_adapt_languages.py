@@ -100,9 +100,9 @@ def records(run: Path, kind: str) -> list[dict]:
     return [r for r in rows if r["kind"] == kind]
 
 
-def separate(tmp_path, corpora, model_dir, **kw) -> dict[str, Path]:
+def separate(tmp_path, corpora, model_dir, *extra, **kw) -> dict[str, Path]:
     return {code: adapt(tmp_path / f"alone-{code}", model_dir, f"data.path={corpora[code]}",
-                        f"adapt.language={code}", **kw) for code in LANGUAGES}
+                        f"adapt.language={code}", *extra, **kw) for code in LANGUAGES}
 
 
 def together(out, corpora, model_dir, *extra, **kw) -> Path:
@@ -111,23 +111,31 @@ def together(out, corpora, model_dir, *extra, **kw) -> Path:
                  f"adapt.data_paths={{{paths}}}", *extra, **kw)
 
 
-SETTINGS = [pytest.param("torch", "z0.json", 1, id="torch"),
-            pytest.param("deepspeed", "z0.json", 2, id="zero0-2ranks"),
-            pytest.param("deepspeed", "z1.json", 2, id="zero1-2ranks"),
-            pytest.param("deepspeed", "z2.json", 2, id="zero2-2ranks")]
+# With gradient accumulation, each micro-batch's loss must be divided by the language's own
+# accumulation, not by all languages' micro-batches together: unclipped, and with an Adam epsilon
+# larger than the gradients' entries (so that the update follows the gradient's scale), a wrong
+# scale moves the result.
+SCALE_SENSITIVE = ("optim.grad_clip=0", "optim.eps=0.01")
+SETTINGS = [pytest.param("torch", "z0.json", 1, 1, (), id="torch"),
+            pytest.param("torch", "z0.json", 1, 2, SCALE_SENSITIVE, id="torch-accum2"),
+            pytest.param("deepspeed", "z0.json", 1, 2, SCALE_SENSITIVE, id="zero0-accum2"),
+            pytest.param("deepspeed", "z0.json", 2, 1, (), id="zero0-2ranks"),
+            pytest.param("deepspeed", "z1.json", 2, 1, (), id="zero1-2ranks"),
+            pytest.param("deepspeed", "z2.json", 2, 1, (), id="zero2-2ranks")]
 
 
-@pytest.mark.parametrize("engine,zero,world", SETTINGS)
-def test_one_job_equals_separate_runs(corpora, dropout_model_dir, tmp_path, engine, zero, world):
+@pytest.mark.parametrize("engine,zero,world,accum,extra", SETTINGS)
+def test_one_job_equals_separate_runs(corpora, dropout_model_dir, tmp_path, engine, zero, world, accum, extra):
     kw = dict(engine=engine, zero=zero, world=world)
-    alone = separate(tmp_path, corpora, dropout_model_dir, **kw)
-    multi = together(tmp_path / "together", corpora, dropout_model_dir, **kw)
+    alone = separate(tmp_path, corpora, dropout_model_dir, f"train.grad_accum={accum}", *extra, **kw)
+    multi = together(tmp_path / "together", corpora, dropout_model_dir, f"train.grad_accum={accum}", *extra, **kw)
 
     # fp32 bound (tests/helpers.py), as in test_torch_engine: a forward and a backward through the
     # mini-model (embeddings, layer 1, head); the longest sum is the word-table gradient over a
-    # step's tokens (4 x 32 per rank). Each language runs its separate run's arithmetic, so the
-    # bound is loose here; what it catches is a language's result moved by another's.
-    bound = dict(depth=2 * (1 + 2), reduction=4 * 32 * world)
+    # step's tokens (4 x 32 per micro-batch and rank). Each language runs its separate run's
+    # arithmetic, so the bound is loose here; what it catches is a language's result moved by
+    # another's.
+    bound = dict(depth=2 * (1 + 2), reduction=4 * 32 * world * accum)
     train, valid = records(multi, "train"), records(multi, "eval")
     flops = [0] * STEPS
     for code in LANGUAGES:

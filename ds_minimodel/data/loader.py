@@ -180,11 +180,13 @@ class MLMLoader:
 class LanguageLoaders:
     """One MLMLoader per language, stepped together: a multi-language adaptation job.
 
-    Each step holds every language's batch of the step: micro-batch m is
-    {"batches": {code: that language's micro-batch m}}. Each language's loader is the one a
-    separate run of it builds (same seed, micro-batch, accumulation, rank and world), so each
-    language sees the batches and masks of that run, step for step. The state is every
-    language's loader state; a checkpoint of another set of languages is refused.
+    Each step holds every language's micro-batches of the step, one language per micro-batch
+    ({"batches": {code: its micro-batch m}}: each is its own forward and backward, so only one
+    language's activations are alive at a time), for m in 0..grad_accum-1, every language in turn.
+    Each language's loader is the one a separate run of it builds (same seed, micro-batch,
+    accumulation, rank and world), so each language sees the batches and masks of that run, step
+    for step. The state is every language's loader state; a checkpoint of other languages, or of
+    the same in another order, is refused.
     """
 
     def __init__(self, loaders: dict[str, MLMLoader]):
@@ -194,7 +196,7 @@ class LanguageLoaders:
 
     def next_step(self) -> list[dict]:
         steps = {code: loader.next_step() for code, loader in self.loaders.items()}
-        return [{"batches": {code: steps[code][m] for code in steps}} for m in range(self.grad_accum)]
+        return [{"batches": {code: steps[code][m]}} for m in range(self.grad_accum) for code in steps]
 
     def state_dict(self) -> dict:
         return {"languages": {code: loader.state_dict() for code, loader in self.loaders.items()}}

@@ -4,9 +4,12 @@
         adapt.languages=[sw,tl,vi] data.path='data/bible-{lang}' train.out_dir=runs/adapt-3
     # or corpora by name: adapt.data_paths='{sw: data/bible-sw, tl: /corpora/tl}'
 
-One process holds the body once (`model.MultiLanguageMLM`), every step trains every language
-on its own batch, and one checkpoint resumes all of them; the run ends with one language pack
-per language in `train.out_dir/packs/<code>/` (the format of a single run's `pack/`).
+One process holds the body once (`model.MultiLanguageMLM`), every optimizer step trains every
+language on its own batch (each of its micro-batches one forward and backward, so one language's
+activations are alive at a time), and one checkpoint resumes all of them; the run ends with one
+language pack per language in `train.out_dir/packs/<code>/` (the format of a single run's
+`pack/`). Metrics: `final_loss_<code>` and `valid_final_loss_<code>` per language, and `loss`,
+their mean.
 
 Each language's result is the one a separate run of it would reach (same config, seed and
 corpus; tests/test_adapt_languages.py checks it against such runs): its embeddings start as that
@@ -94,5 +97,6 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
     spec = JobSpec(kind=kind, model_config=model_config, make_loader=make_loader, make_model=make_model,
                    loss_keys=("loss", *(f"final_loss_{code}" for code in vocab)), finalize=finalize,
                    make_evaluate=make_evaluate, forward_kwargs={"route": "final"}, micro_flops=micro_flops,
-                   clip_groups=lambda model: model.trainable_groups(), rank_state=lambda model: model.rng)
+                   parts=len(vocab), clip_groups=lambda model: model.trainable_groups(),
+                   rank_state=lambda model: model.rng)
     return run_job(cfg, spec, ds_config_path, resume)

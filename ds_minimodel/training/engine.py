@@ -222,35 +222,39 @@ def model_init_context(ds_config: dict):
 
 
 def build_engine(model: torch.nn.Module, ds_config: dict, optim: OptimConfig, total_steps: int,
-                 use_deepspeed: bool = True, clip_groups: list[list[torch.nn.Parameter]] | None = None):
+                 use_deepspeed: bool = True, clip_groups: list[list[torch.nn.Parameter]] | None = None,
+                 loss_accum: int | None = None):
     """DeepSpeed engine over the trainable parameters, with torch AdamW and our LR schedule (or
     the plain-PyTorch engine with the same interface).
 
-    clip_groups: clip each group's gradient by its own norm (the DeepSpeed config's
-    gradient_clipping) instead of all of them by one global norm: see `GroupClipped`.
+    For a job of several parts (languages) trained side by side, see `GroupedEngine`:
+    clip_groups clips each group's gradient by its own norm (the config's gradient_clipping)
+    instead of all of them by one; loss_accum divides each micro-batch's loss by this instead of
+    the config's gradient_accumulation_steps (which then counts every part's micro-batches).
     """
     if not use_deepspeed:
         from ds_minimodel.training.torch_engine import TorchEngine
 
-        return TorchEngine(model, ds_config, optim, total_steps, clip_groups=clip_groups)
+        return TorchEngine(model, ds_config, optim, total_steps, clip_groups=clip_groups, loss_accum=loss_accum)
     groups = optimizer_groups(model, optim.weight_decay)
     if not groups:
         raise UserError("nothing to train: every parameter of the model is frozen")
     max_norm = float(ds_config.get("gradient_clipping") or 0.0)
-    if clip_groups is not None and max_norm > 0:
+    clip_groups = clip_groups if max_norm > 0 else None
+    if clip_groups is not None:
         check_group_clipping(ds_config, "this DeepSpeed config")
         ds_config = {**ds_config, "gradient_clipping": 0.0}  # DeepSpeed's one global clip: off
     optimizer = adamw(groups, optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)
-    if clip_groups is not None and max_norm > 0:
-        return GroupClipped(engine, clip_groups, max_norm)
+    if clip_groups is not None or loss_accum is not None:
+        return GroupedEngine(engine, clip_groups, max_norm, loss_accum)
     return engine
 
 
 def check_group_clipping(ds_config: dict, source: str) -> None:
-    """Per-group clipping (`GroupClipped`) works under ZeRO 0-2 in fp32. DeepSpeed's bf16
+    """Per-group clipping (`GroupedEngine`) works under ZeRO 0-2 in fp32. DeepSpeed's bf16
     optimizer reduces and clips the gradients inside its own step, where no group can be
     clipped by its own norm; ZeRO-3 is refused for adaptation anyway."""
     if ds_config.get("bf16", {}).get("enabled"):
@@ -261,22 +265,35 @@ def check_group_clipping(ds_config: dict, source: str) -> None:
         raise UserError(f"clipping each language's gradient by its own norm needs ZeRO 0-2; {source} is ZeRO-3")
 
 
-class GroupClipped:
-    """A DeepSpeed engine whose optimizer steps clip each group of parameters by the norm of its
-    own gradient, as a separate run of each group would (DeepSpeed itself clips all of them by one
-    global norm, which is turned off).
+def accumulate_parts(ds_config: dict, parts: int, world_size: int) -> dict:
+    """The engine config of a job whose every micro-batch comes in `parts` parts, each its own
+    forward and backward: the optimizer step accumulates all of them (see `GroupedEngine`)."""
+    ga = ds_config["gradient_accumulation_steps"] * parts
+    return {**ds_config, "gradient_accumulation_steps": ga,
+            "train_batch_size": ds_config["train_micro_batch_size_per_gpu"] * ga * world_size}
 
-    At the accumulation boundary, backward has already reduced the gradients over the ranks
-    (ZeRO-0: every rank holds all of them; ZeRO 1-2: each rank its fragment of each parameter),
-    so between that backward and the optimizer step they are clipped in place: under ZeRO-0 by
-    DeepSpeed's own clip_grad_norm_, group by group (what its step runs for one group); under
-    ZeRO 1-2 each rank sums the squares of its fragments per group, one all_reduce of one
-    number per group gives every group's norm, and each rank scales its fragments by the formula
-    of DeepSpeed's ZeRO step. Everything else is the engine's own.
+
+class GroupedEngine:
+    """A DeepSpeed engine for parts (languages) trained side by side as if each ran alone.
+
+    Each micro-batch holds one part; the optimizer step accumulates grad_accum micro-batches of
+    every part (the engine's accumulation count, `accumulate_parts`), but each loss is divided by
+    `loss_accum`, the accumulation of one part's own run, as DeepSpeed divides it there.
+
+    With clip groups (each part's parameters), each is clipped by the norm of its own gradient
+    instead of all by one global norm (turned off in DeepSpeed). At the accumulation boundary,
+    backward has already reduced the gradients over the ranks (ZeRO-0: every rank holds all of
+    them; ZeRO 1-2: each rank its fragment of each parameter), so between that backward and the
+    optimizer step they are clipped in place: under ZeRO-0 by DeepSpeed's own clip_grad_norm_,
+    group by group (what its step runs for one group); under ZeRO 1-2 each rank sums the squares
+    of its fragments per group, one all_reduce of one number per group gives every group's
+    norm, and each rank scales its fragments by the formula of DeepSpeed's ZeRO step.
+    Everything else is the engine's own.
     """
 
-    def __init__(self, engine, groups: list[list[torch.nn.Parameter]], max_norm: float):
-        self.engine, self.groups, self.max_norm = engine, groups, max_norm
+    def __init__(self, engine, groups: list[list[torch.nn.Parameter]] | None, max_norm: float,
+                 loss_accum: int | None):
+        self.engine, self.groups, self.max_norm, self.loss_accum = engine, groups, max_norm, loss_accum
         self.partitioned = engine.zero_optimization_stage() > 0
 
     def __getattr__(self, name):
@@ -285,8 +302,13 @@ class GroupClipped:
     def __call__(self, *args, **kwargs):
         return self.engine(*args, **kwargs)
 
+    def backward(self, loss):
+        if self.loss_accum is None:
+            return self.engine.backward(loss)
+        return self.engine.backward(loss / self.loss_accum, scale_wrt_gas=False)
+
     def step(self) -> None:
-        if self.engine.is_gradient_accumulation_boundary():
+        if self.groups is not None and self.engine.is_gradient_accumulation_boundary():
             self.clip()
         self.engine.step()
 

@@ -89,9 +89,13 @@ class JobSpec:
     make_model(ds_config) -> model with requires_grad already set (only those reach the optimizer)
     make_evaluate(engine, dist) -> a callable returning {"valid_...": value}, or None
     finalize(run_dir, checkpointer) runs on rank 0 after the last step.
+    For a job of several languages trained side by side as if each ran alone:
+    parts: each configured micro-batch comes as this many micro-batches (one per language), each
+    its own forward and backward; the optimizer step accumulates all of them, each loss divided by
+    the configured gradient accumulation as in its own run (engine.GroupedEngine);
     clip_groups(model) -> groups of trainable parameters each clipped by its own gradient norm
     (optim.grad_clip) instead of all by one; rank_state(model) -> per-rank state saved with each
-    rank's RNG state (state_dict/load_state_dict). Both for a job of several languages.
+    rank's RNG state (state_dict/load_state_dict).
     """
 
     kind: str
@@ -103,6 +107,7 @@ class JobSpec:
     make_evaluate: Callable | None = None
     forward_kwargs: dict | None = None
     micro_flops: Callable[[dict], int] | None = None
+    parts: int = 1
     clip_groups: Callable | None = None
     rank_state: Callable | None = None
 
@@ -144,8 +149,14 @@ def _train(cfg, spec: JobSpec, run_dir: Path, ds_config: dict, loader, dist: ds.
         if not (run_dir / "config.yaml").exists():
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
     model = spec.make_model(ds_config)
-    engine = ds.build_engine(model, ds_config, cfg.optim, cfg.train.steps, use_deepspeed,
-                             clip_groups=spec.clip_groups(model) if spec.clip_groups else None)
+    if spec.parts == 1:
+        engine = ds.build_engine(model, ds_config, cfg.optim, cfg.train.steps, use_deepspeed,
+                                 clip_groups=spec.clip_groups(model) if spec.clip_groups else None)
+    else:
+        engine = ds.build_engine(model, ds.accumulate_parts(ds_config, spec.parts, dist.world_size), cfg.optim,
+                                 cfg.train.steps, use_deepspeed,
+                                 clip_groups=spec.clip_groups(model) if spec.clip_groups else None,
+                                 loss_accum=ds_config["gradient_accumulation_steps"])
     torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # distinct dropout stream per rank
 
     peak_flops = loop.world_peak_flops(cfg.train.dtype)

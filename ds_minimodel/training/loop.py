@@ -84,9 +84,11 @@ def batch_tokens(batch: dict) -> int:
 
 
 def train_step(engine, micro_batches: list[dict], forward_kwargs: dict, loss_keys: tuple[str, ...],
-               micro_flops: Callable[[dict], int] | None = None) -> tuple[list[float], int, int]:
-    """One optimizer step over this rank's micro-batches: (each loss summed over them, tokens, FLOPs)."""
-    sums = [0.0] * len(loss_keys)
+               micro_flops: Callable[[dict], int] | None = None) -> tuple[list[float], list[int], int, int]:
+    """One optimizer step over this rank's micro-batches: (each loss summed over the micro-batches
+    that return it, how many did, tokens, FLOPs). In a multi-language job each micro-batch is one
+    language's and returns its own loss key."""
+    sums, counts = [0.0] * len(loss_keys), [0] * len(loss_keys)
     tokens = flops = 0
     for batch in micro_batches:
         batch = to_device(batch, engine.device)
@@ -94,10 +96,12 @@ def train_step(engine, micro_batches: list[dict], forward_kwargs: dict, loss_key
         engine.backward(out["loss"])
         engine.step()
         for i, key in enumerate(loss_keys):
-            sums[i] += float(out[key].detach())
+            if key in out:
+                sums[i] += float(out[key].detach())
+                counts[i] += 1
         tokens += batch_tokens(batch)
         flops += micro_flops(batch) if micro_flops else 0
-    return sums, tokens, flops
+    return sums, counts, tokens, flops
 
 
 def run(engine, loader, *, train: TrainConfig, state: LoopState, logger: MetricsLogger,
@@ -120,9 +124,9 @@ def run(engine, loader, *, train: TrainConfig, state: LoopState, logger: Metrics
         faults.inject("step", state.step + 1)
         t0 = time.perf_counter()
         micro_batches = loader.next_step()
-        sums, tokens, flops = train_step(engine, micro_batches, forward_kwargs, loss_keys, micro_flops)
+        sums, counts, tokens, flops = train_step(engine, micro_batches, forward_kwargs, loss_keys, micro_flops)
         reduced = all_reduce_sum(sums + [tokens, flops], device)
-        losses = {k: v / (len(micro_batches) * world) for k, v in zip(loss_keys, reduced)}
+        losses = {k: v / (n * world) for k, v, n in zip(loss_keys, reduced, counts)}
         step_tokens, step_flops = int(reduced[-2]), int(reduced[-1])
         state.step += 1
         state.tokens += step_tokens

@@ -3,7 +3,8 @@
 `train.engine=torch` trains without DeepSpeed: torch AdamW and our LR schedule over the
 trainable parameters, loss scaled by 1/grad_accum, gradients averaged over ranks with one
 all_reduce per optimizer step (what DDP and DeepSpeed ZeRO-0 compute), optional clipping (of all
-parameters by one norm, or of each group of `clip_groups` by its own). It
+parameters by one norm, or of each group of `clip_groups` by its own; `loss_accum`: see
+engine.GroupedEngine). It
 writes the checkpoint layout of a DeepSpeed ZeRO-0 checkpoint for the model
 (`mp_rank_00_model_states.pt` holding {"module": state dict}), so consolidation, export and
 `--resume` work unchanged; optimizer and scheduler state go to `torch_optim_states.pt`.
@@ -37,7 +38,7 @@ def _world() -> int:
 
 class TorchEngine:
     def __init__(self, model: torch.nn.Module, config: dict, optim: OptimConfig, total_steps: int,
-                 clip_groups: list[list[torch.nn.Parameter]] | None = None):
+                 clip_groups: list[list[torch.nn.Parameter]] | None = None, loss_accum: int | None = None):
         groups = optimizer_groups(model, optim.weight_decay)
         if not groups:
             raise UserError("nothing to train: every parameter of the model is frozen")
@@ -46,7 +47,8 @@ class TorchEngine:
         else:
             self.device = torch.device("cpu")
         self.module = model.to(self.device)
-        self.grad_accum = int(config["gradient_accumulation_steps"])
+        self.grad_accum = int(config["gradient_accumulation_steps"])  # micro-batches per optimizer step
+        self.loss_accum = loss_accum or self.grad_accum  # what each micro-batch's loss is divided by
         self.grad_clip = float(config.get("gradient_clipping") or 0.0)
         self.params = [p for g in groups for p in g["params"]]
         # Clipped together: all parameters by one norm, or each group by its own.
@@ -64,7 +66,7 @@ class TorchEngine:
         return self.module(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.grad_accum).backward()
+        (loss / self.loss_accum).backward()
 
     def step(self) -> None:
         """Called after every micro-batch; steps the optimizer at the accumulation boundary."""
