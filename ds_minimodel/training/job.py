@@ -149,14 +149,11 @@ def _train(cfg, spec: JobSpec, run_dir: Path, ds_config: dict, loader, dist: ds.
         if not (run_dir / "config.yaml").exists():
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
     model = spec.make_model(ds_config)
-    if spec.parts == 1:
-        engine = ds.build_engine(model, ds_config, cfg.optim, cfg.train.steps, use_deepspeed,
-                                 clip_groups=spec.clip_groups(model) if spec.clip_groups else None)
-    else:
-        engine = ds.build_engine(model, ds.accumulate_parts(ds_config, spec.parts, dist.world_size), cfg.optim,
-                                 cfg.train.steps, use_deepspeed,
-                                 clip_groups=spec.clip_groups(model) if spec.clip_groups else None,
-                                 loss_accum=ds_config["gradient_accumulation_steps"])
+    parts = spec.parts > 1  # the engine accumulates every part's micro-batches, each loss as in its own run
+    engine = ds.build_engine(model, ds.accumulate_parts(ds_config, spec.parts, dist.world_size) if parts else ds_config,
+                             cfg.optim, cfg.train.steps, use_deepspeed,
+                             clip_groups=spec.clip_groups(model) if spec.clip_groups else None,
+                             loss_accum=ds_config["gradient_accumulation_steps"] if parts else None)
     torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # distinct dropout stream per rank
 
     peak_flops = loop.world_peak_flops(cfg.train.dtype)

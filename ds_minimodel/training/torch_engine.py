@@ -4,8 +4,7 @@
 trainable parameters, loss scaled by 1/grad_accum, gradients averaged over ranks with one
 all_reduce per optimizer step (what DDP and DeepSpeed ZeRO-0 compute), optional clipping (of all
 parameters by one norm, or of each group of `clip_groups` by its own; `loss_accum`: see
-engine.GroupedEngine). It
-writes the checkpoint layout of a DeepSpeed ZeRO-0 checkpoint for the model
+engine.GroupedEngine). It writes the checkpoint layout of a DeepSpeed ZeRO-0 checkpoint for the model
 (`mp_rank_00_model_states.pt` holding {"module": state dict}), so consolidation, export and
 `--resume` work unchanged; optimizer and scheduler state go to `torch_optim_states.pt`.
 No ZeRO: every rank holds the whole model and optimizer, fine for step 2, where only the
