@@ -11,7 +11,7 @@ two are timed in rounds within this run, the order swapped every round; the spee
 geometric mean of the rounds' ratios (each round pairs the sides under the same machine load),
 the phase table each side's median round.
 BENCH_CPU_TIME=1 times with the process's CPU time instead of the wall clock (steadier on a
-shared machine).
+shared machine); BENCH_VERBOSE=1 prints every round.
 
 The per-phase table (forward, backward, optimizer step, each per language-step) is where the
 time goes: a language's forward and backward are the same work in both (its rows never meet
