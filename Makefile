@@ -58,7 +58,8 @@ test: install
 # that the setting reaches the forked ranks and child processes. About 5 min on 2 cores.
 NUMERIC_TESTS ?= tests/test_tolerances.py tests/test_hf_parity.py tests/test_kernels.py tests/test_kernels_triton.py \
 	tests/test_pretrain_distributed.py tests/test_torch_engine.py tests/test_qa.py tests/test_flops.py \
-	tests/test_config_and_model.py tests/test_minimodel_pipeline.py tests/test_faults.py tests/test_export.py
+	tests/test_config_and_model.py tests/test_minimodel_pipeline.py tests/test_faults.py tests/test_export.py \
+	tests/test_adapt_languages.py
 .PHONY: test-isa
 test-isa: install
 	ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE OPENBLAS_CORETYPE=Prescott OMP_NUM_THREADS=1 \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,6 +423,11 @@ class MiniPostConfig:
         return _section_problems(self) + _fixed_trainables("MiniPost", self.train)
 
 
+# A language code of adapt.languages, and where data.path takes it.
+LANGUAGE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+LANGUAGE_PLACEHOLDER = "{lang}"
+
+
 @dataclass
 class AdaptSettings:
     """What step 2 trains through, and for which language."""
@@ -431,10 +437,17 @@ class AdaptSettings:
     model_dir: str = "runs/pretrain/final"
     # "mini": through the mini-model; "full": the standard baseline through the whole model.
     through: str = "mini"
-    # Target-language code recorded in the pack.
+    # Target-language code recorded in the pack (of a single-language job).
     language: str = "xx"
     # New embeddings: "random", or "copy_shared" (vectors of pieces the source vocab also has).
     init: str = "copy_shared"
+    # Several target languages in one job (steps/adapt_multi.py), e.g. [sw, tl, vi]: one frozen
+    # (mini-)model, every language's own embeddings, one pack each in train.out_dir/packs/<code>/.
+    # Empty: the single-language job (data.path, adapt.language).
+    languages: list = field(default_factory=list)
+    # Corpus of each language of adapt.languages, e.g. {sw: data/bible-sw}. A language not listed
+    # reads data.path with {lang} replaced by its code (data.path=data/bible-{lang}).
+    data_paths: dict = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         out = []
@@ -442,6 +455,25 @@ class AdaptSettings:
             out.append(f"adapt.through must be 'mini' or 'full', got {self.through!r}")
         if self.init not in ("random", "copy_shared"):
             out.append(f"adapt.init must be 'random' or 'copy_shared', got {self.init!r}")
+        if not isinstance(self.languages, list):
+            return out + [f"adapt.languages must be a list of language codes, e.g. [sw, tl], got {self.languages!r}"]
+        # Codes name directories (packs/<code>) and metric keys: letters, digits, - and _.
+        bad = [c for c in self.languages if not (isinstance(c, str) and LANGUAGE_CODE.fullmatch(c))]
+        if bad:
+            out.append(f"adapt.languages: {', '.join(map(repr, bad))} is not a language code "
+                       "(letters, digits, - and _; quote codes YAML reads otherwise, e.g. 'no')")
+        twice = sorted({c for c in self.languages if self.languages.count(c) > 1}, key=str)
+        if twice:
+            out.append(f"adapt.languages lists {', '.join(map(str, twice))} more than once")
+        if not isinstance(self.data_paths, dict):
+            out.append(f"adapt.data_paths must map language codes to corpus directories, got {self.data_paths!r}")
+        else:
+            extra = [c for c in self.data_paths if c not in self.languages]
+            if extra:
+                out.append(f"adapt.data_paths names {', '.join(map(str, extra))}, not in adapt.languages "
+                           f"{self.languages}")
+            out += [f"adapt.data_paths.{c} must be a corpus directory, got {p!r}"
+                    for c, p in self.data_paths.items() if not (isinstance(p, str) and p)]
         return out
 
 
@@ -455,7 +487,20 @@ class AdaptConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/adapt"))
 
     def problems(self) -> list[str]:
-        return _section_problems(self) + _fixed_trainables("adaptation", self.train)
+        out = _section_problems(self) + _fixed_trainables("adaptation", self.train)
+        if self.adapt.languages and isinstance(self.adapt.languages, list) and isinstance(self.adapt.data_paths, dict):
+            missing = list(dict.fromkeys(c for c in self.adapt.languages
+                                         if isinstance(c, str) and c not in self.adapt.data_paths))
+            if missing and LANGUAGE_PLACEHOLDER not in self.data.path:
+                out.append(f"adapt.languages: no corpus for {', '.join(map(str, missing))}: list it in "
+                           f"adapt.data_paths or give a data.path with {LANGUAGE_PLACEHOLDER} "
+                           f"(e.g. data/bible-{LANGUAGE_PLACEHOLDER}), got data.path={self.data.path}")
+        return out
+
+    def corpus_paths(self) -> dict[str, str]:
+        """{code: corpus directory} of a multi-language job, in adapt.languages' order."""
+        return {c: self.adapt.data_paths.get(c, self.data.path.replace(LANGUAGE_PLACEHOLDER, c))
+                for c in self.adapt.languages}
 
 
 # Fine-tuning tasks: classification (one text or a pair) and extractive QA (SQuAD v1.1 format).

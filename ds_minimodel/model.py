@@ -18,6 +18,8 @@ even hold [M x vocab] unless kernels="off").
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 
 import torch
@@ -26,6 +28,7 @@ from torch import nn
 
 from ds_minimodel import kernels
 from ds_minimodel.config import ModelConfig
+from ds_minimodel.rng_streams import RngStreams
 
 IGNORE_INDEX = -100
 
@@ -161,6 +164,27 @@ class MLMEncoder(nn.Module):
         self.lm_head = MLMHead(cfg, self.embeddings.word)
         self.mid_head = MLMHead(cfg, self.embeddings.word) if cfg.mid_head_layer else None
 
+    def sharing_body(self, vocab_size: int) -> "MLMEncoder":
+        """An encoder of another vocabulary over this one's body: every module and parameter is
+        this encoder's own object except the word table and the MLM heads' output biases, which are
+        new zeros (load their values). Built on the meta device, so the body is never allocated
+        twice."""
+        with torch.device("meta"):
+            other = MLMEncoder(dataclasses.replace(self.cfg, vocab_size=vocab_size))
+        word = self.embeddings.word
+        other.embeddings.word = nn.Parameter(word.new_zeros(vocab_size, word.shape[1]))
+        for name in ("position", "token_type", "layer_norm"):
+            setattr(other.embeddings, name, getattr(self.embeddings, name))
+        other.layers = self.layers
+        for head in ("lm_head", "mid_head"):
+            mine, theirs = getattr(self, head), getattr(other, head)
+            if mine is not None:
+                theirs.dense, theirs.layer_norm = mine.dense, mine.layer_norm
+                theirs.bias = nn.Parameter(mine.bias.new_zeros(vocab_size))
+                theirs.weight = other.embeddings.word
+        assert not any(t.is_meta for t in other.state_dict().values()), "a tensor was not shared or replaced"
+        return other
+
     def encode(self, input_ids, attention_mask=None, depth: int | None = None,
                token_type_ids=None) -> list[torch.Tensor]:
         """Hidden states after each of the first `depth` layers (all by default); [0] = embeddings."""
@@ -195,6 +219,55 @@ class MLMEncoder(nn.Module):
         if self.mid_head is not None and route in ("joint", "mid"):
             out["mid_loss"] = self.mid_head(*gather_masked(states[k], labels))
             out["loss"] = out["mid_loss"] if route == "mid" else out["loss"] + self.cfg.mid_head_weight * out["mid_loss"]
+        return out
+
+
+class MultiLanguageMLM(nn.Module):
+    """Several languages' MLM over one body: step 2 for many languages in one job.
+
+    Language i runs as its own `MLMEncoder`, `encoders[i]` (of `languages[i]`), built with
+    `MLMEncoder.sharing_body`: it owns only its word table and output bias, and every other
+    module is the same object in all of them, so the frozen body is in memory once. A language's
+    rows go through its own encoder only: its own embedding lookup, its own MLM softmax over its
+    own vocabulary (the fused head never sees another language's rows or rows of the table), its
+    own mean over its own masked tokens; in training its dropout draws from its own random
+    stream (`rng_streams.py`). So its parameters get the gradient, and its rows the masks, that a
+    separate run of that language would compute. (The multi-language job passes one language
+    per micro-batch: one language's activations alive at a time, as in its own run.)
+
+    Kept as separate parameters (not one [sum V, d] table with offsets): autograd's backward of
+    a slice writes a zero-filled gradient of the whole table per slice, and separate tensors make
+    each language's clipping group, optimizer state and pack a plain lookup by name.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_sizes: dict[str, int]):
+        super().__init__()
+        self.languages = list(vocab_sizes)
+        first = MLMEncoder(dataclasses.replace(cfg, vocab_size=vocab_sizes[self.languages[0]]))
+        # A list, not a dict by code: a code may be a Module attribute ("to" is Tongan).
+        self.encoders = nn.ModuleList([first] + [first.sharing_body(vocab_sizes[c]) for c in self.languages[1:]])
+        self.rng = RngStreams(self.languages)
+
+    @staticmethod
+    def prefix(languages: list[str], language: str) -> str:
+        """The state-dict prefix of `language`'s encoder in a model of `languages`."""
+        return f"encoders.{languages.index(language)}."
+
+    def trainable_groups(self) -> list[list[nn.Parameter]]:
+        """Each language's trainable parameters (its clipping group), in `languages` order."""
+        return [[p for p in enc.parameters() if p.requires_grad] for enc in self.encoders]
+
+    def forward(self, batches: dict[str, dict], route: str = "final") -> dict:
+        """batches: {code: MLMEncoder.forward's keyword arguments}. Returns {"loss": the sum of
+        the languages' losses, "num_masked": their total, f"{key}_{code}": each language's own}."""
+        out = {}
+        for code, batch in batches.items():
+            i = self.languages.index(code)
+            with self.rng.use(code) if self.training else contextlib.nullcontext():
+                mine = self.encoders[i](**batch, route=route)
+            out.update({f"{k}_{code}": v for k, v in mine.items()})
+            out["loss"] = mine["loss"] if "loss" not in out else out["loss"] + mine["loss"]
+            out["num_masked"] = mine["num_masked"] + out.get("num_masked", 0)
         return out
 
 

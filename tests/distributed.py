@@ -46,6 +46,7 @@ def run_ranks(fn, world_size: int = 2, args: tuple = (), timeout: float = 300.0,
     `timeout`) for every rank to fail or finish by itself, to test how survivors behave.
     """
     import deepspeed  # noqa: F401  (imported before forking, so children don't pay for it)
+    import torch._dynamo  # noqa: F401  (the same: torch.optim imports it at the first optimizer, seconds)
 
     ctx = mp.get_context("fork")
     queue = ctx.Queue()

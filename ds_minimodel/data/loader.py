@@ -177,6 +177,43 @@ class MLMLoader:
         self.epoch, self.position = epoch, position
 
 
+class LanguageLoaders:
+    """One MLMLoader per language, stepped together: a multi-language adaptation job.
+
+    Each step holds every language's micro-batches of the step, one language per micro-batch
+    ({"batches": {code: its micro-batch m}}: each is its own forward and backward, so only one
+    language's activations are alive at a time), for m in 0..grad_accum-1, every language in turn.
+    Each language's loader is the one a separate run of it builds (same seed, micro-batch,
+    accumulation, rank and world), so each language sees the batches and masks of that run, step
+    for step. The state is every language's loader state; a checkpoint of other languages, or of
+    the same in another order, is refused.
+    """
+
+    def __init__(self, loaders: dict[str, MLMLoader]):
+        self.loaders = loaders
+        self.grad_accum = next(iter(loaders.values())).grad_accum
+        assert all(ld.grad_accum == self.grad_accum for ld in loaders.values())
+
+    def next_step(self) -> list[dict]:
+        steps = {code: loader.next_step() for code, loader in self.loaders.items()}
+        return [{"batches": {code: steps[code][m]}} for m in range(self.grad_accum) for code in steps]
+
+    def state_dict(self) -> dict:
+        return {"languages": {code: loader.state_dict() for code, loader in self.loaders.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("languages")
+        if not isinstance(saved, dict) or list(saved) != list(self.loaders):
+            have = "one language" if not isinstance(saved, dict) else f"languages {list(saved)}"
+            raise InvalidValueError(f"cannot resume the data loaders: the checkpoint has {have}, "
+                                    f"this job {list(self.loaders)}")
+        for code, loader in self.loaders.items():
+            try:
+                loader.load_state_dict(saved[code])
+            except InvalidValueError as e:
+                raise InvalidValueError(f"language {code}: {e}") from None
+
+
 def eval_batches(shards: TokenShards, split: str, seq_len: int, batch_size: int,
                  num_batches: int | None, rank: int, world_size: int, seed: int,
                  mask_prob: float = 0.15) -> list[dict[str, torch.Tensor]]:

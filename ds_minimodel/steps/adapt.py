@@ -12,6 +12,7 @@ and record it as their step kind:
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,45 +88,91 @@ def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer |
     return word, bias, copied
 
 
-def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
-    shards = open_corpus(cfg.data.path)
-    target_tok = shards.tokenizer()
+@dataclass
+class Body:
+    """The frozen (mini-)model of adapt.model_dir that step 2 trains through."""
+
+    state: dict
+    cfg: ModelConfig
+    method: str  # select_body's
+    k: int  # the depth a pack's fingerprint covers
+    fingerprint: str
+    source_tokenizer: Tokenizer | None
+    kernels: str  # the source model's kernel setting
+
+    @property
+    def kind(self) -> str:
+        return STEP_KIND[self.method]
+
+
+def read_body(cfg: AdaptConfig) -> Body:
     state, src_cfg, lineage = read_model_dir(cfg.adapt.model_dir)
     body, body_cfg, method, k = select_body(state, src_cfg, lineage, cfg.adapt.through, cfg.adapt.model_dir)
     expected = lineage["body_fingerprints"].get(str(k))
     body_fp = fingerprint(body, k)
     assert expected in (None, body_fp), "a mini-model's layers 1..k must be its full model's layers 1..k"
-    if target_tok.pad_id != body_cfg.pad_token_id:
-        raise UserError(f"the tokenizer of {cfg.data.path} has pad id {target_tok.pad_id}, the model "
-                        f"{body_cfg.pad_token_id}")
+    source_tok = Tokenizer.load(lineage["tokenizer"]) if lineage.get("tokenizer") else None
+    return Body(body, body_cfg, method, k, body_fp, source_tok, src_cfg.kernels)
+
+
+def check_target(target_tok: Tokenizer, body: Body, data_path: str) -> None:
+    if target_tok.pad_id != body.cfg.pad_token_id:
+        raise UserError(f"the tokenizer of {data_path} has pad id {target_tok.pad_id}, the model "
+                        f"{body.cfg.pad_token_id}")
+
+
+def check_ds_config(ds_config_path: str) -> dict:
     raw_ds = ds.read_ds_config(ds_config_path)
     if ds.zero_stage(raw_ds) == 3:
         raise UserError(f"adaptation runs on one node with ZeRO 0-2; {ds_config_path} is ZeRO-3")
-    source_tok = Tokenizer.load(lineage["tokenizer"]) if lineage.get("tokenizer") else None
-    word, bias, copied = init_embeddings(cfg.adapt.init, body["embeddings.word"], source_tok, target_tok, cfg.train.seed)
-    start, model_cfg = plug_embeddings(body, body_cfg, word, bias, target_tok.pad_id)
-    model_cfg = dataclasses.replace(model_cfg, kernels=src_cfg.kernels)
-    kind = STEP_KIND[method]
+    return raw_ds
+
+
+def start_state(body: Body, target_tok: Tokenizer, cfg: AdaptConfig) -> tuple[dict, ModelConfig, int]:
+    """(the model's starting state dict, its config, rows copied): the body with the target
+    language's new embeddings plugged in."""
+    word, bias, copied = init_embeddings(cfg.adapt.init, body.state["embeddings.word"], body.source_tokenizer,
+                                         target_tok, cfg.train.seed)
+    start, model_cfg = plug_embeddings(body.state, body.cfg, word, bias, target_tok.pad_id)
+    return start, dataclasses.replace(model_cfg, kernels=body.kernels), copied
+
+
+def pack_info(cfg: AdaptConfig, body: Body, target_tok: Tokenizer, language: str, copied: int, depth: int,
+              **provenance) -> PackInfo:
+    return PackInfo(language=language, method=body.method, vocab_size=target_tok.vocab_size,
+                    hidden_size=body.cfg.hidden_size, pad_token_id=target_tok.pad_id,
+                    special={"bos": target_tok.bos_id, "pad": target_tok.pad_id, "eos": target_tok.eos_id,
+                             "unk": target_tok.unk_id, "mask": target_tok.mask_id},
+                    body_fingerprint=body.fingerprint, fingerprint_layers=body.k,
+                    tokenizer_fingerprint=target_tok.fingerprint(),
+                    provenance={"model_dir": str(cfg.adapt.model_dir), "through": cfg.adapt.through,
+                                "init": cfg.adapt.init, "rows_copied": copied, "steps": cfg.train.steps,
+                                "depth": depth, "world_size": env_world_size(), **provenance})
+
+
+def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
+    if cfg.adapt.languages:  # several languages in one job
+        from ds_minimodel.steps import adapt_multi  # it builds on this module
+
+        return adapt_multi.run(cfg, ds_config_path, resume)
+    shards = open_corpus(cfg.data.path)
+    target_tok = shards.tokenizer()
+    body = read_body(cfg)
+    check_target(target_tok, body, cfg.data.path)
+    check_ds_config(ds_config_path)
+    start, model_cfg, copied = start_state(body, target_tok, cfg)
 
     def make_model(ds_config: dict) -> MLMEncoder:
         torch.manual_seed(cfg.train.seed)
         model = MLMEncoder(model_cfg)
         model.load_state_dict(start, strict=True)
-        set_requires_grad_for_step(model, kind)
+        set_requires_grad_for_step(model, body.kind)
         return model
 
     def finalize(run_dir: Path, checkpointer) -> None:
         final, _ = consolidate(checkpointer.dir)
-        info = PackInfo(language=cfg.adapt.language, method=method, vocab_size=target_tok.vocab_size,
-                        hidden_size=model_cfg.hidden_size, pad_token_id=target_tok.pad_id,
-                        special={"bos": target_tok.bos_id, "pad": target_tok.pad_id, "eos": target_tok.eos_id,
-                                 "unk": target_tok.unk_id, "mask": target_tok.mask_id},
-                        body_fingerprint=body_fp, fingerprint_layers=k,
-                        tokenizer_fingerprint=target_tok.fingerprint(),
-                        provenance={"model_dir": str(cfg.adapt.model_dir), "through": cfg.adapt.through, "init": cfg.adapt.init,
-                                    "rows_copied": copied, "steps": cfg.train.steps, "depth": model_cfg.num_layers,
-                                    "world_size": env_world_size()})
+        info = pack_info(cfg, body, target_tok, cfg.adapt.language, copied, model_cfg.num_layers)
         save_pack(run_dir / "pack", info, final["embeddings.word"], final["lm_head.bias"], target_tok.path)
 
-    return run_mlm_job(cfg, model_cfg, shards, ds_config_path, resume, make_model=make_model, kind=kind,
+    return run_mlm_job(cfg, model_cfg, shards, ds_config_path, resume, make_model=make_model, kind=body.kind,
                        route="final", loss_keys=("loss", "final_loss"), finalize=finalize)

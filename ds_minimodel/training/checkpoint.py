@@ -3,7 +3,8 @@
 Layout of `<run>/checkpoints/`:
 
     step_00000100/      DeepSpeed's files (model + ZeRO shards of every rank),
-                        rng_rank<r>.pt (each rank's RNG states: dropout continues identically),
+                        rng_rank<r>.pt (each rank's RNG states: dropout continues identically;
+                        a multi-language job's per-language streams too),
                         meta.json (step, world size, ZeRO stage, data-loader position, resolved
                         config, and a manifest of every file with its size) -- written by rank 0
                         only after every rank finished: its presence is what makes the directory
@@ -37,6 +38,7 @@ from ds_minimodel.training import faults
 
 META = "meta.json"
 LATEST = "latest"
+RANK_STATE = "rank_state"  # the key of Checkpointer's rank_state in each rank's RNG file
 # A failed write with less than this left on the device is reported as a full disk: torch.save
 # does not raise ENOSPC but a RuntimeError ("unexpected pos ...") once the device is full.
 LOW_SPACE_BYTES = 16 << 20
@@ -165,10 +167,13 @@ def _gather(item, world_size: int) -> list:
 
 
 class Checkpointer:
-    def __init__(self, run_dir: str | Path, dist: ds.DistInfo, keep_last: int = 2):
+    def __init__(self, run_dir: str | Path, dist: ds.DistInfo, keep_last: int = 2, rank_state=None):
+        """rank_state: per-rank state beyond the RNG (an object with state_dict/load_state_dict,
+        e.g. a multi-language job's RNG streams), saved in each rank's RNG file."""
         self.dir = Path(run_dir) / "checkpoints"
         self.dist = dist
         self.keep_last = keep_last
+        self.rank_state = rank_state
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -216,7 +221,8 @@ class Checkpointer:
             ds.barrier()
         if error is None:
             try:
-                torch.save(rng_state(), tag_dir / f"rng_rank{self.dist.rank}.pt")
+                extra = {} if self.rank_state is None else {RANK_STATE: self.rank_state.state_dict()}
+                torch.save({**rng_state(), **extra}, tag_dir / f"rng_rank{self.dist.rank}.pt")
                 faults.inject("save_shards", step)
             except (OSError, RuntimeError) as e:
                 error = e
@@ -287,6 +293,13 @@ class Checkpointer:
                             f"{(str(e).strip().splitlines() or [''])[0]}") from None
         if path is None:
             raise UserError(f"DeepSpeed could not load checkpoint {tag_dir}")
+        if self.rank_state is not None:
+            if RANK_STATE not in rng:
+                raise UserError(f"checkpoint {tag_dir} holds no {RANK_STATE} (it was written by another kind of job)")
+            try:
+                self.rank_state.load_state_dict(rng[RANK_STATE])
+            except ValueError as e:
+                raise UserError(f"checkpoint {tag_dir} does not fit this job: {e}") from None
         set_rng_state(rng)
         return meta
 
@@ -323,6 +336,9 @@ def export(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = No
     from ds_minimodel.config import ModelConfig, from_dict
 
     state, meta = consolidate(checkpoint_dir, tag)
+    if "languages" in meta["config"]["model"]:
+        raise UserError(f"{checkpoint_dir} is a multi-language adaptation run, not one model: its language packs "
+                        f"are in {Path(checkpoint_dir).parent / 'packs'}")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "model.pt").exists():
         raise UserError(f"export directory {out_dir} is not empty and is not a previous export")

@@ -222,21 +222,139 @@ def model_init_context(ds_config: dict):
 
 
 def build_engine(model: torch.nn.Module, ds_config: dict, optim: OptimConfig, total_steps: int,
-                 use_deepspeed: bool = True):
+                 use_deepspeed: bool = True, clip_groups: list[list[torch.nn.Parameter]] | None = None,
+                 loss_accum: int | None = None):
     """DeepSpeed engine over the trainable parameters, with torch AdamW and our LR schedule (or
-    the plain-PyTorch engine with the same interface)."""
+    the plain-PyTorch engine with the same interface).
+
+    For a job of several parts (languages) trained side by side, see `GroupedEngine`:
+    clip_groups clips each group's gradient by its own norm (the config's gradient_clipping)
+    instead of all of them by one; loss_accum divides each micro-batch's loss by this instead of
+    the config's gradient_accumulation_steps (which then counts every part's micro-batches).
+    """
     if not use_deepspeed:
         from ds_minimodel.training.torch_engine import TorchEngine
 
-        return TorchEngine(model, ds_config, optim, total_steps)
+        return TorchEngine(model, ds_config, optim, total_steps, clip_groups=clip_groups, loss_accum=loss_accum)
     groups = optimizer_groups(model, optim.weight_decay)
     if not groups:
         raise UserError("nothing to train: every parameter of the model is frozen")
+    max_norm = float(ds_config.get("gradient_clipping") or 0.0)
+    clip_groups = clip_groups if max_norm > 0 else None
+    if clip_groups is not None:
+        check_group_clipping(ds_config, "this DeepSpeed config")
+        ds_config = {**ds_config, "gradient_clipping": 0.0}  # DeepSpeed's one global clip: off
     optimizer = adamw(groups, optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)
+    if clip_groups is not None or loss_accum is not None:
+        return GroupedEngine(engine, clip_groups, max_norm, loss_accum)
     return engine
+
+
+def check_group_clipping(ds_config: dict, source: str) -> None:
+    """Per-group clipping (`GroupedEngine`) works under ZeRO 0-2 in fp32. DeepSpeed's bf16
+    optimizer reduces and clips the gradients inside its own step, where no group can be
+    clipped by its own norm; ZeRO-3 is refused for adaptation anyway."""
+    if ds_config.get("bf16", {}).get("enabled"):
+        raise UserError(f"clipping each language's gradient by its own norm needs fp32 under DeepSpeed "
+                        f"(its bf16 optimizer clips inside its step by one global norm); {source} trains "
+                        "in bf16: use train.dtype=fp32, or optim.grad_clip=0")
+    if zero_stage(ds_config) > 2:
+        raise UserError(f"clipping each language's gradient by its own norm needs ZeRO 0-2; {source} is ZeRO-3")
+
+
+def accumulate_parts(ds_config: dict, parts: int, world_size: int) -> dict:
+    """The engine config of a job whose every micro-batch comes in `parts` parts, each its own
+    forward and backward: the optimizer step accumulates all of them (see `GroupedEngine`)."""
+    ga = ds_config["gradient_accumulation_steps"] * parts
+    return {**ds_config, "gradient_accumulation_steps": ga,
+            "train_batch_size": ds_config["train_micro_batch_size_per_gpu"] * ga * world_size}
+
+
+class GroupedEngine:
+    """A DeepSpeed engine for parts (languages) trained side by side as if each ran alone.
+
+    Each micro-batch holds one part; the optimizer step accumulates grad_accum micro-batches of
+    every part (the engine's accumulation count, `accumulate_parts`), but each loss is divided by
+    `loss_accum`, the accumulation of one part's own run, as DeepSpeed divides it there.
+
+    With clip groups (each part's parameters), each is clipped by the norm of its own gradient
+    instead of all by one global norm (turned off in DeepSpeed). At the accumulation boundary,
+    backward has already reduced the gradients over the ranks (ZeRO-0: every rank holds all of
+    them; ZeRO 1-2: each rank its fragment of each parameter), so between that backward and the
+    optimizer step they are clipped in place: under ZeRO-0 by DeepSpeed's own clip_grad_norm_,
+    group by group (what its step runs for one group); under ZeRO 1-2 each rank sums the squares
+    of its fragments per group, one all_reduce of one number per group gives every group's
+    norm, and each rank scales its fragments by the formula of DeepSpeed's ZeRO step.
+    Everything else is the engine's own.
+    """
+
+    def __init__(self, engine, groups: list[list[torch.nn.Parameter]] | None, max_norm: float,
+                 loss_accum: int | None):
+        self.engine, self.groups, self.max_norm, self.loss_accum = engine, groups, max_norm, loss_accum
+        self.partitioned = engine.zero_optimization_stage() > 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def backward(self, loss):
+        if self.loss_accum is None:
+            return self.engine.backward(loss)
+        return self.engine.backward(loss / self.loss_accum, scale_wrt_gas=False)
+
+    def step(self) -> None:
+        if self.groups is not None and self.engine.is_gradient_accumulation_boundary():
+            self.clip()
+        self.engine.step()
+
+    @torch.no_grad()
+    def clip(self) -> None:
+        if not self.partitioned:
+            from deepspeed.runtime.utils import clip_grad_norm_
+
+            for group in self.groups:
+                clip_grad_norm_([p for p in group if p.grad is not None], self.max_norm)
+            return
+        fragments = [[f for f in map(_grad_fragment, group) if f is not None] for group in self.groups]
+        device = get_accelerator_device()
+        zero = torch.zeros((), dtype=torch.float32, device=device)
+        # The arithmetic of DeepSpeed's ZeRO norm: each tensor's 2-norm, squared and summed.
+        squares = torch.stack([
+            torch.stack([torch.linalg.vector_norm(owned.float()).to(device) for _, owned in group]).pow(2).sum()
+            if group else zero for group in fragments])
+        torch.distributed.all_reduce(squares)
+        # ... and of its step: divide by max(1, (norm + 1e-6) / max_norm).
+        divisors = ((squares.sqrt() + 1e-6) / self.max_norm).clamp(min=1.0)
+        for group, divisor in zip(fragments, divisors):
+            for grad, _ in group:
+                grad.mul_(1.0 / divisor)
+
+
+def get_accelerator_device() -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def _grad_fragment(param: torch.nn.Parameter):
+    """(this rank's reduced gradient tensor of `param`, the part of it this rank owns) under ZeRO
+    1-2, or None where the rank owns none of it. Read through the mapping DeepSpeed's own
+    safe_get_full_grad reads (without its all_reduce of the whole tensor); the first tensor is
+    written in place to change the gradient the optimizer step will read."""
+    mapping = getattr(param, "_hp_mapping", None)
+    if mapping is None:
+        return None
+    grad = mapping.get_lp_grad_fragment(param._index_in_param_group)
+    owned = grad.reshape(-1)
+    address = mapping.lp_fragment_address
+    if owned.numel() == param.numel() and address.numel != param.numel():  # a full-size buffer
+        owned = owned.narrow(0, address.start, address.numel)
+    return grad, owned
 
 
 def consolidate_fp32(checkpoint_dir: str | Path, tag: str, stage: int) -> dict[str, torch.Tensor]:

@@ -89,6 +89,13 @@ class JobSpec:
     make_model(ds_config) -> model with requires_grad already set (only those reach the optimizer)
     make_evaluate(engine, dist) -> a callable returning {"valid_...": value}, or None
     finalize(run_dir, checkpointer) runs on rank 0 after the last step.
+    For a job of several languages trained side by side as if each ran alone:
+    parts: each configured micro-batch comes as this many micro-batches (one per language), each
+    its own forward and backward; the optimizer step accumulates all of them, each loss divided by
+    the configured gradient accumulation as in its own run (engine.GroupedEngine);
+    clip_groups(model) -> groups of trainable parameters each clipped by its own gradient norm
+    (optim.grad_clip) instead of all by one; rank_state(model) -> per-rank state saved with each
+    rank's RNG state (state_dict/load_state_dict).
     """
 
     kind: str
@@ -100,6 +107,9 @@ class JobSpec:
     make_evaluate: Callable | None = None
     forward_kwargs: dict | None = None
     micro_flops: Callable[[dict], int] | None = None
+    parts: int = 1
+    clip_groups: Callable | None = None
+    rank_state: Callable | None = None
 
 
 def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
@@ -138,11 +148,17 @@ def _train(cfg, spec: JobSpec, run_dir: Path, ds_config: dict, loader, dist: ds.
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").exists():
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-    engine = ds.build_engine(spec.make_model(ds_config), ds_config, cfg.optim, cfg.train.steps, use_deepspeed)
+    model = spec.make_model(ds_config)
+    parts = spec.parts > 1  # the engine accumulates every part's micro-batches, each loss as in its own run
+    engine = ds.build_engine(model, ds.accumulate_parts(ds_config, spec.parts, dist.world_size) if parts else ds_config,
+                             cfg.optim, cfg.train.steps, use_deepspeed,
+                             clip_groups=spec.clip_groups(model) if spec.clip_groups else None,
+                             loss_accum=ds_config["gradient_accumulation_steps"] if parts else None)
     torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # distinct dropout stream per rank
 
     peak_flops = loop.world_peak_flops(cfg.train.dtype)
-    checkpointer = Checkpointer(run_dir, dist, cfg.train.keep_last)
+    checkpointer = Checkpointer(run_dir, dist, cfg.train.keep_last,
+                                rank_state=spec.rank_state(model) if spec.rank_state else None)
     state = loop.LoopState()
     resumed_from = None
     if resume:

@@ -71,7 +71,37 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
 
 
 def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """The batch on `device`; nested dicts too (a multi-language batch: {"batches": {code: batch}})."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else to_device(v, device) if isinstance(v, dict)
+            else v for k, v in batch.items()}
+
+
+def batch_tokens(batch: dict) -> int:
+    """Positions of a batch: its input_ids, or those of the batches nested in it."""
+    if "input_ids" in batch:
+        return batch["input_ids"].numel()
+    return sum(batch_tokens(v) for v in batch.values() if isinstance(v, dict))
+
+
+def train_step(engine, micro_batches: list[dict], forward_kwargs: dict, loss_keys: tuple[str, ...],
+               micro_flops: Callable[[dict], int] | None = None) -> tuple[list[float], list[int], int, int]:
+    """One optimizer step over this rank's micro-batches: (each loss summed over the micro-batches
+    that return it, how many did, tokens, FLOPs). In a multi-language job each micro-batch is one
+    language's and returns its own loss key."""
+    sums, counts = [0.0] * len(loss_keys), [0] * len(loss_keys)
+    tokens = flops = 0
+    for batch in micro_batches:
+        batch = to_device(batch, engine.device)
+        out = engine(**batch, **forward_kwargs)
+        engine.backward(out["loss"])
+        engine.step()
+        for i, key in enumerate(loss_keys):
+            if key in out:
+                sums[i] += float(out[key].detach())
+                counts[i] += 1
+        tokens += batch_tokens(batch)
+        flops += micro_flops(batch) if micro_flops else 0
+    return sums, counts, tokens, flops
 
 
 def run(engine, loader, *, train: TrainConfig, state: LoopState, logger: MetricsLogger,
@@ -94,19 +124,9 @@ def run(engine, loader, *, train: TrainConfig, state: LoopState, logger: Metrics
         faults.inject("step", state.step + 1)
         t0 = time.perf_counter()
         micro_batches = loader.next_step()
-        sums = [0.0] * len(loss_keys)
-        tokens = flops = 0
-        for batch in micro_batches:
-            batch = to_device(batch, device)
-            out = engine(**batch, **forward_kwargs)
-            engine.backward(out["loss"])
-            engine.step()
-            for i, key in enumerate(loss_keys):
-                sums[i] += float(out[key].detach())
-            tokens += batch["input_ids"].numel()
-            flops += micro_flops(batch) if micro_flops else 0
+        sums, counts, tokens, flops = train_step(engine, micro_batches, forward_kwargs, loss_keys, micro_flops)
         reduced = all_reduce_sum(sums + [tokens, flops], device)
-        losses = {k: v / (len(micro_batches) * world) for k, v in zip(loss_keys, reduced)}
+        losses = {k: v / (n * world) for k, v, n in zip(loss_keys, reduced, counts)}
         step_tokens, step_flops = int(reduced[-2]), int(reduced[-1])
         state.step += 1
         state.tokens += step_tokens

@@ -2,8 +2,9 @@
 
 `train.engine=torch` trains without DeepSpeed: torch AdamW and our LR schedule over the
 trainable parameters, loss scaled by 1/grad_accum, gradients averaged over ranks with one
-all_reduce per optimizer step (what DDP and DeepSpeed ZeRO-0 compute), optional clipping. It
-writes the checkpoint layout of a DeepSpeed ZeRO-0 checkpoint for the model
+all_reduce per optimizer step (what DDP and DeepSpeed ZeRO-0 compute), optional clipping (of all
+parameters by one norm, or of each group of `clip_groups` by its own; `loss_accum`: see
+engine.GroupedEngine). It writes the checkpoint layout of a DeepSpeed ZeRO-0 checkpoint for the model
 (`mp_rank_00_model_states.pt` holding {"module": state dict}), so consolidation, export and
 `--resume` work unchanged; optimizer and scheduler state go to `torch_optim_states.pt`.
 No ZeRO: every rank holds the whole model and optimizer, fine for step 2, where only the
@@ -35,7 +36,8 @@ def _world() -> int:
 
 
 class TorchEngine:
-    def __init__(self, model: torch.nn.Module, config: dict, optim: OptimConfig, total_steps: int):
+    def __init__(self, model: torch.nn.Module, config: dict, optim: OptimConfig, total_steps: int,
+                 clip_groups: list[list[torch.nn.Parameter]] | None = None, loss_accum: int | None = None):
         groups = optimizer_groups(model, optim.weight_decay)
         if not groups:
             raise UserError("nothing to train: every parameter of the model is frozen")
@@ -44,9 +46,12 @@ class TorchEngine:
         else:
             self.device = torch.device("cpu")
         self.module = model.to(self.device)
-        self.grad_accum = int(config["gradient_accumulation_steps"])
+        self.grad_accum = int(config["gradient_accumulation_steps"])  # micro-batches per optimizer step
+        self.loss_accum = loss_accum or self.grad_accum  # what each micro-batch's loss is divided by
         self.grad_clip = float(config.get("gradient_clipping") or 0.0)
         self.params = [p for g in groups for p in g["params"]]
+        # Clipped together: all parameters by one norm, or each group by its own.
+        self.clip_groups = clip_groups if clip_groups is not None else [self.params]
         self.optimizer = adamw(groups, optim)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(optim, total_steps))
         self.micro_steps = 0
@@ -60,7 +65,7 @@ class TorchEngine:
         return self.module(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.grad_accum).backward()
+        (loss / self.loss_accum).backward()
 
     def step(self) -> None:
         """Called after every micro-batch; steps the optimizer at the accumulation boundary."""
@@ -79,7 +84,8 @@ class TorchEngine:
                 p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
                 offset += n
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(with_grad, self.grad_clip)
+            for group in self.clip_groups:
+                torch.nn.utils.clip_grad_norm_([p for p in group if p.grad is not None], self.grad_clip)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
