@@ -37,7 +37,13 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import torch  # noqa: E402
 
 from ds_minimodel.analysis.flops import step_flops  # noqa: E402
-from ds_minimodel.artefacts.surgery import BIASES, TIED, WORD, minijoint_mini, plug_embeddings  # noqa: E402
+from ds_minimodel.artefacts.surgery import (  # noqa: E402
+    BIASES,
+    TIED,
+    WORD,
+    minijoint_mini,
+    plug_embeddings,
+)
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
 from ds_minimodel.model import MLMEncoder, MultiLanguageMLM  # noqa: E402
 from ds_minimodel.steps.rules import set_requires_grad_for_step  # noqa: E402

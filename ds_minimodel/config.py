@@ -441,7 +441,7 @@ class AdaptSettings:
     language: str = "xx"
     # New embeddings: "random", or "copy_shared" (vectors of pieces the source vocab also has).
     init: str = "copy_shared"
-    # Several target languages in one job (steps/adapt_multi.py), e.g. [sw, tl, vi]: one frozen
+    # Several target languages in one job (steps/adapt/multi.py), e.g. [sw, tl, vi]: one frozen
     # (mini-)model, every language's own embeddings, one pack each in train.out_dir/packs/<code>/.
     # Empty: the single-language job (data.path, adapt.language).
     languages: list = field(default_factory=list)

@@ -194,7 +194,8 @@ def plan_pretrained(opts: PipelineOptions, source: Path) -> PretrainedPlan:
     the layout, so checkpoints sharing a data root never share a dataset they should not.
     """
     from ds_minimodel.artefacts import hf_source
-    from ds_minimodel.tokenizer import file_fingerprint, layout_for_special_ids
+    from ds_minimodel.tokenizers.base import file_fingerprint
+    from ds_minimodel.tokenizers.sentencepiece import layout_for_special_ids
 
     source = Path(source)
     src = hf_source.inspect(source)

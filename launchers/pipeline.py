@@ -44,7 +44,13 @@ def main(argv=None) -> None:
 
     def body():
         from ds_minimodel.errors import UserError
-        from ds_minimodel.pipeline import PipelineOptions, minilm_dir, plan_pretrained, run, run_pretrained
+        from ds_minimodel.pipeline import (
+            PipelineOptions,
+            minilm_dir,
+            plan_pretrained,
+            run,
+            run_pretrained,
+        )
         from ds_minimodel.training.run_lock import RunLock
 
         opts = PipelineOptions(work=Path(args.work), data_root=Path(args.data_root), nproc=args.nproc,

@@ -55,7 +55,10 @@ def special_layout(args):
     if args.vocab_size is None:
         raise UserError("--special-ids-from lays out a tokenizer trained here: give it with --vocab-size")
     from ds_minimodel.artefacts.hf_source import special_ids_of
-    from ds_minimodel.tokenizer import SPECIAL_LAYOUTS, layout_for_special_ids
+    from ds_minimodel.tokenizers.sentencepiece import (
+        SPECIAL_LAYOUTS,
+        layout_for_special_ids,
+    )
 
     name, ids = layout_for_special_ids(special_ids_of(args.special_ids_from))
     return name if name in SPECIAL_LAYOUTS else ids

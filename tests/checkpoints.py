@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from ds_minimodel.tokenizers import load_tokenizer
+
 KINDS = ("sentencepiece", "unigram", "bytelevel", "wordpiece")
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 BERT_SPECIALS = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -57,7 +59,15 @@ def write_xlmr_sentencepiece(d: Path, lines: list[str], vocab_size: int = 400) -
 
 def write_tokenizer(kind: str, d: Path, lines: list[str] | None = None) -> Path:
     """A tokenizer of `kind` in directory `d`, with the config files a checkpoint carries."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     lines = lines or english_lines()
     d.mkdir(parents=True, exist_ok=True)
@@ -114,12 +124,11 @@ def write_checkpoint(d: Path, model_type: str, *, layers: int, tokenizer: str | 
     """A tiny random checkpoint with a tokenizer of kind `tokenizer` (None: no tokenizer), its
     embedding table `rows_extra` rows larger than the tokenizer (a padded vocabulary), pad_token_id
     `pad` (default: the tokenizer's), bare encoder or with an MLM head."""
-    from ds_minimodel.tokenizer import Tokenizer
 
     d.mkdir(parents=True, exist_ok=True)
     size, tok_pad = 100, 1
     if tokenizer is not None:
-        tok = Tokenizer.load(str(write_tokenizer(tokenizer, d)))
+        tok = load_tokenizer(str(write_tokenizer(tokenizer, d)))
         size, tok_pad = tok.vocab_size, tok.pad_id
     cfg_cls = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig,
                "xlm-roberta": transformers.XLMRobertaConfig}[model_type]

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_corpus(tmp_path_factory) -> Path:
     """A small real-text dataset (English Bible verses, or synthetic text if not installed)."""
     from ds_minimodel.data.shards import write_shards
-    from ds_minimodel.tokenizer import train_tokenizer
+    from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_corpus")
     text = root / "corpus.txt"
@@ -56,7 +56,7 @@ def tiny_target_corpus(tmp_path_factory) -> Path:
     """A small Chichewa dataset with its own tokenizer (the new language of the tests)."""
     from ds_minimodel.data.recipes import chichewa_verses
     from ds_minimodel.data.shards import write_shards
-    from ds_minimodel.tokenizer import train_tokenizer
+    from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_target")
     verses = chichewa_verses()

@@ -32,7 +32,7 @@ CLIP = 0.05  # below every language's gradient norm in this setup (test_every_la
 
 def _corpus(root: Path, lines: list[str], vocab: int) -> Path:
     from ds_minimodel.data.shards import write_shards
-    from ds_minimodel.tokenizer import train_tokenizer
+    from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 
     root.mkdir(parents=True)
     (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -172,7 +172,7 @@ def test_every_language_is_clipped(corpora, dropout_model_dir, tmp_path):
     from ds_minimodel.data.loader import MLMLoader
     from ds_minimodel.data.shards import TokenShards
     from ds_minimodel.model import MLMEncoder
-    from ds_minimodel.steps.adapt import read_body, start_state
+    from ds_minimodel.steps.adapt.common import read_body, start_state
 
     norms = {}
     for code in LANGUAGES:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ds_minimodel.tokenizers import load_tokenizer
 from tests.conftest import REPO
 from tests.distributed import run_ranks
 from tests.helpers import disk_full_run, expect_rejected, expect_rejected_cli, tree_hash
@@ -413,9 +414,8 @@ def fake_pack(where: Path, tokenizer_dir: Path, hidden: int) -> Path:
     import torch
 
     from ds_minimodel.artefacts.langpack import PackInfo, save_pack
-    from ds_minimodel.tokenizer import Tokenizer
 
-    tok = Tokenizer.load(str(tokenizer_dir / "tokenizer.model"))
+    tok = load_tokenizer(str(tokenizer_dir / "tokenizer.model"))
     info = PackInfo(language="ny", method="minijoint", vocab_size=tok.vocab_size, hidden_size=hidden,
                     pad_token_id=tok.pad_id, special={"pad": tok.pad_id}, body_fingerprint="0" * 16,
                     fingerprint_layers=1, tokenizer_fingerprint=tok.fingerprint())

@@ -18,7 +18,8 @@ from ds_minimodel.data import (
     write_shards,
 )
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
-from ds_minimodel.tokenizer import Tokenizer, train_tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 300
@@ -79,12 +80,12 @@ def test_tokenizer_special_ids_and_determinism(tok, corpus, tmp_path):
     # Same inputs and seed -> the same model bytes, wherever it is written.
     again = train_tokenizer([corpus], str(tmp_path / "elsewhere" / "other"), VOCAB)
     assert again.fingerprint() == tok.fingerprint()
-    assert Tokenizer.load(tok.path).fingerprint() == tok.fingerprint()
+    assert load_tokenizer(tok.path).fingerprint() == tok.fingerprint()
 
 
 def test_tokenizer_errors(corpus, tmp_path):
     with pytest.raises(MissingFileError, match="nope.model"):
-        Tokenizer.load(str(tmp_path / "nope.model"))
+        load_tokenizer(str(tmp_path / "nope.model"))
     with pytest.raises(UserError, match="vocab_size 100000"):
         train_tokenizer([corpus], str(tmp_path / "big"), 100000)
 

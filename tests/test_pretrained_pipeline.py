@@ -18,6 +18,7 @@ import torch
 
 from ds_minimodel.config import FinetuneConfig, MiniPostConfig, load_config, to_dict
 from ds_minimodel.pipeline import PipelineOptions, mini_depth, plan_pretrained
+from ds_minimodel.tokenizers import load_tokenizer
 from tests.checkpoints import chichewa_lines, english_lines, write_checkpoint
 from tests.conftest import REPO
 from tests.helpers import expect_rejected, run_step
@@ -157,9 +158,8 @@ def test_config_pad_that_disagrees_with_the_tokenizer(tmp_path, capsys):
     """A BERT-architecture model with XLM-R's vocabulary whose config.json kept BertConfig's
     default pad_token_id 0 pads with its tokenizer's 1 (BERT positions do not depend on it); a
     RoBERTa-style one, whose positions count from it, is refused."""
-    from launchers.pipeline import main
-
     from ds_minimodel.artefacts.modeldir import read_model_dir
+    from launchers.pipeline import main
 
     bert = write_checkpoint(tmp_path / "bert0", "bert", layers=4, tokenizer="unigram", rows_extra=3, pad=0)
     _, cfg, lineage = read_model_dir(bert)
@@ -233,10 +233,9 @@ def test_e5_like_checkpoint_goes_through_its_planned_steps(dirs, tmp_path):
     encoded with the checkpoint's Unigram tokenizer, a new vocabulary laid out after its special
     ids (pad 1), the head over all 12 layers despite the padded table, the standard baseline and
     MiniPost adaptation through it, and fine-tuning's source check."""
-    from launchers.prepare_data import main as prepare
     from ds_minimodel.artefacts.modeldir import read_model_dir
     from ds_minimodel.steps.finetune.common import load_source
-    from ds_minimodel.tokenizer import Tokenizer
+    from launchers.prepare_data import main as prepare
 
     src = dirs["e5"]
     plan = plan_pretrained(opts_for(tmp_path), src)
@@ -252,7 +251,7 @@ def test_e5_like_checkpoint_goes_through_its_planned_steps(dirs, tmp_path):
             argv[argv.index("--vocab-size") + 1] = "300"
         assert prepare(argv + ["--valid-fraction", "0.1"]) == 0
     ny = tmp_path / "data" / "bible-ny-xlmr"
-    target = Tokenizer.load(str(ny / "tokenizer.model"))
+    target = load_tokenizer(str(ny / "tokenizer.model"))
     assert target.pad_id == plan.source.special_ids["pad"] == 1
     for name, module in (("head", "minipost"), ("minipost", "minipost"), ("adapt-full", "adapt"),
                          ("adapt-minipost", "adapt")):

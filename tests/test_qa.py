@@ -35,7 +35,8 @@ from ds_minimodel.tasks.batching import (
     layout_for,
 )
 from ds_minimodel.tasks.formats import ClassificationExample, load_task
-from ds_minimodel.tokenizer import Tokenizer, train_tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 from tests.conftest import REPO
 from tests.helpers import (
     LAYER,
@@ -163,7 +164,7 @@ def bert_tok(tmp_path_factory):
     ref = transformers.BertTokenizer(vocab={p: i for i, p in enumerate(dict.fromkeys(vocab))})
     d = tmp_path_factory.mktemp("bert_tok")
     ref.save_pretrained(str(d))
-    ours = Tokenizer.load(str(d / "tokenizer.json"))
+    ours = load_tokenizer(str(d / "tokenizer.json"))
     assert (ours.bos_id, ours.eos_id, ours.pad_id) == (ref.cls_token_id, ref.sep_token_id, ref.pad_token_id)
     return ref, ours
 
@@ -366,7 +367,7 @@ def _pack(tmp_path, tiny_target_corpus, model_dir, fingerprint=None):
 
     source, cfg, lineage = read_model_dir(model_dir)
     tok_path = str(tiny_target_corpus / "tokenizer.model")
-    tok = Tokenizer.load(tok_path)
+    tok = load_tokenizer(tok_path)
     g = torch.Generator().manual_seed(3)
     word = torch.randn(tok.vocab_size, cfg.hidden_size, generator=g) * float(source["embeddings.word"].std())
     info = PackInfo(language="ny", method="minijoint", vocab_size=tok.vocab_size, hidden_size=cfg.hidden_size,
@@ -407,7 +408,7 @@ def test_qa_scores_are_rank_split_consistent(qa_model):
     from ds_minimodel.steps.finetune.qa import encode_for, qa_scores
 
     model, config, lineage = load_finetuned(qa_model / "final")
-    tok = Tokenizer.load(lineage["tokenizer"])
+    tok = load_tokenizer(lineage["tokenizer"])
     dev = load_task("mlqa", str(QA_FIX), "en", "validation")
     feats = encode_for(model.encoder.cfg, dev, tok, config["task"])
     whole = qa_scores(model, feats, dev, batch_size=3)

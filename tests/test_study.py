@@ -99,7 +99,11 @@ def test_the_seed_changes_initialisation_and_data_order(tiny_study):
     """train.seed reaches both: the rebuilt initial embeddings differ between seeds (and the
     step-2 checkpoint is within two Adam steps of its own seed's, not of the other's), and the
     loader each run checkpointed reads the corpus in a seed-dependent order."""
-    from ds_minimodel.analysis.study.runs import checkpoint_tensors, init_tensors, open_run
+    from ds_minimodel.analysis.study.runs import (
+        checkpoint_tensors,
+        init_tensors,
+        open_run,
+    )
     from ds_minimodel.data.loader import MLMLoader
     from ds_minimodel.steps.mlm_job import open_corpus
     from ds_minimodel.training.checkpoint import read_meta

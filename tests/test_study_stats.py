@@ -15,7 +15,12 @@ from ds_minimodel.analysis.study.bootstrap import (
     percentile_interval,
     stack_seeds,
 )
-from ds_minimodel.analysis.study.matching import Point, first_crossing, isotonic, matched_compute
+from ds_minimodel.analysis.study.matching import (
+    Point,
+    first_crossing,
+    isotonic,
+    matched_compute,
+)
 from ds_minimodel.analysis.study.scoring import ScoreCache, Units
 from ds_minimodel.errors import UserError
 

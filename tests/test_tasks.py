@@ -22,7 +22,7 @@ from ds_minimodel.tasks import (
     span_text,
     task_data,
 )
-from ds_minimodel.tokenizer import sentencepiece_offsets, train_tokenizer
+from ds_minimodel.tokenizers.sentencepiece import sentencepiece_offsets, train_tokenizer
 
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tasks")
 BAD = os.path.join(FIX, "malformed")

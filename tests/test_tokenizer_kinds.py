@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from ds_minimodel.tokenizer import (
-    HFTokenizer,
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.pretrained import HFTokenizer
+from ds_minimodel.tokenizers.sentencepiece import (
     SentencePieceTokenizer,
-    Tokenizer,
     train_tokenizer,
 )
-from tests.checkpoints import KINDS, chichewa_lines, english_lines, reference, write_tokenizer
+from tests.checkpoints import (
+    KINDS,
+    chichewa_lines,
+    english_lines,
+    reference,
+    write_tokenizer,
+)
 
 LINES = [
     "In the beginning God created the heaven and the earth.",
@@ -59,7 +65,7 @@ def test_tokenizer_json_matches_transformers(wordpiece_json):
 
     ref = PreTrainedTokenizerFast(tokenizer_file=wordpiece_json)
     ref._tokenizer.no_truncation()
-    tok = Tokenizer.load(wordpiece_json)
+    tok = load_tokenizer(wordpiece_json)
     assert isinstance(tok, HFTokenizer) and tok.lowercase
     vocab = ref.get_vocab()
     assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.mask_id) == tuple(
@@ -95,11 +101,11 @@ def test_bert_layout_sentencepiece(tmp_path):
 def test_copy_shared_matches_pieces_across_tokenizer_kinds(wordpiece_json, tmp_path):
     """A sentencepiece target shares rows with a WordPiece source under one spelling, lowercased
     because the source lowercases."""
-    from ds_minimodel.steps.adapt import init_embeddings
+    from ds_minimodel.steps.adapt.common import init_embeddings
 
     (tmp_path / "t.txt").write_text("\n".join(LINES) + "\n", encoding="utf-8")
     target = train_tokenizer([str(tmp_path / "t.txt")], str(tmp_path / "sp"), 60, layout="bert")
-    source = Tokenizer.load(wordpiece_json)
+    source = load_tokenizer(wordpiece_json)
     source_word = torch.randn(source.vocab_size, 8)
     word, bias, copied = init_embeddings("copy_shared", source_word, source, target, seed=0)
     src_index = {p: i for i, p in enumerate(source.pieces())}
@@ -124,7 +130,7 @@ def test_prepare_data_with_tokenizer_json(wordpiece_json, tmp_path, capsys):
     (tmp_path / "t.txt").write_text("\n".join(LINES) + "\n", encoding="utf-8")
     index = prepare_dataset(str(tmp_path / "ds"), text_files=[str(tmp_path / "t.txt")],
                             tokenizer_path=wordpiece_json, valid_fraction=0.1)
-    tok = Tokenizer.load(wordpiece_json)
+    tok = load_tokenizer(wordpiece_json)
     assert index["special"] == {"bos": tok.bos_id, "pad": tok.pad_id, "eos": tok.eos_id, "unk": tok.unk_id,
                                 "mask": tok.mask_id}
     shards = TokenShards.open(str(tmp_path / "ds"))
@@ -151,7 +157,7 @@ def kind_dirs(tmp_path_factory):
 @pytest.mark.parametrize("kind", KINDS)
 def test_source_tokenizer_of_every_kind_matches_transformers(kind, kind_dirs):
     from ds_minimodel.artefacts.hf_source import source_tokenizer
-    from ds_minimodel.pretrained_tokenizers import XLMRSentencePieceTokenizer
+    from ds_minimodel.tokenizers.pretrained import XLMRSentencePieceTokenizer
 
     d = kind_dirs[kind]
     ref = reference(kind, d)
@@ -177,7 +183,7 @@ def test_source_tokenizer_of_every_kind_matches_transformers(kind, kind_dirs):
 
     copy = d.parent / f"{kind}-copy.model"
     shutil.copyfile(tok.path, copy)
-    again = Tokenizer.load(str(copy))
+    again = load_tokenizer(str(copy))
     assert type(again) is type(tok) and again.special_role_ids() == tok.special_role_ids()
     assert again.encode(TEXTS[1]) == tok.encode(TEXTS[1])
 
@@ -188,7 +194,7 @@ def test_word_pieces_spell_every_kind_alike(kind, kind_dirs):
     pieces are decoded from bytes by transformers' own decoder."""
     d = kind_dirs[kind]
     ref = reference(kind, d)
-    tok = Tokenizer.load(str(next(p for p in d.iterdir() if p.name in ("tokenizer.json", "sentencepiece.bpe.model"))))
+    tok = load_tokenizer(str(next(p for p in d.iterdir() if p.name in ("tokenizer.json", "sentencepiece.bpe.model"))))
     got = tok.word_pieces()
     checked = 0
     for i, token in enumerate(ref.convert_ids_to_tokens(list(range(len(ref))))):
@@ -227,7 +233,7 @@ def check_copy_shared(kind, source_vocab: dict, source_specials, source_tok, sou
     """init_embeddings' copy_shared table: the rows of pieces both vocabularies share are the source
     rows of those pieces (found in the source vocabulary as its kind spells them); special tokens
     copy by role; every other row is fresh noise at the source table's scale."""
-    from ds_minimodel.steps.adapt import init_embeddings
+    from ds_minimodel.steps.adapt.common import init_embeddings
 
     word, bias, copied = init_embeddings("copy_shared", source_word, source_tok, target, seed=0)
     assert word.shape == (target.vocab_size, source_word.shape[1]) and torch.equal(bias, torch.zeros(target.vocab_size))
@@ -258,11 +264,11 @@ def check_copy_shared(kind, source_vocab: dict, source_specials, source_tok, sou
 def test_copy_shared_copies_the_shared_rows_of_every_kind(kind, kind_dirs, tmp_path):
     """A new language's vocabulary (trained here with the source's layout) against each kind of
     source, whose embedding table is padded beyond its tokenizer (rows never indexed)."""
-    from ds_minimodel.tokenizer import layout_for_special_ids
+    from ds_minimodel.tokenizers.sentencepiece import layout_for_special_ids
 
     d = kind_dirs[kind]
     ref = reference(kind, d)
-    source = Tokenizer.load(str(next(p for p in d.iterdir() if p.name in ("tokenizer.json", "sentencepiece.bpe.model"))))
+    source = load_tokenizer(str(next(p for p in d.iterdir() if p.name in ("tokenizer.json", "sentencepiece.bpe.model"))))
     (tmp_path / "t.txt").write_text("\n".join(english_lines(200) + chichewa_lines(200)) + "\n", encoding="utf-8")
     _, layout = layout_for_special_ids(source.special_role_ids())
     target = train_tokenizer([str(tmp_path / "t.txt")], str(tmp_path / "sp"), 300, layout=layout)
@@ -276,7 +282,7 @@ def test_copy_shared_copies_the_shared_rows_of_every_kind(kind, kind_dirs, tmp_p
 def test_layout_follows_the_checkpoints_special_ids(tmp_path):
     import sentencepiece as spm
 
-    from ds_minimodel.tokenizer import layout_for_special_ids
+    from ds_minimodel.tokenizers.sentencepiece import layout_for_special_ids
 
     xlmr = {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": 250001}  # XLM-R, e5, multilingual MiniLM: any architecture
     bert = {"pad": 0, "unk": 100, "bos": 101, "eos": 102, "mask": 103}  # BERT's WordPiece (all-MiniLM-L6-v2)
@@ -311,7 +317,7 @@ def test_sentencepiece_model_of_neither_layout_is_refused(tmp_path):
                                    minloglevel=2)
     (tmp_path / "odd.model").write_bytes(model.getvalue())
     with pytest.raises(Exception, match=r"has no <mask> piece and is not XLM-R's sentencepiece model"):
-        Tokenizer.load(str(tmp_path / "odd.model"))
+        load_tokenizer(str(tmp_path / "odd.model"))
 
 
 # ---- The real multilingual-e5-small ------------------------------------------------------------
@@ -334,7 +340,7 @@ def test_e5_tokenizer_kind_specials_and_word_pieces(e5_dir, e5_ref):
     assert src.special_ids == {"bos": ref.cls_token_id, "pad": ref.pad_token_id, "eos": ref.sep_token_id,
                                "unk": ref.unk_token_id, "mask": ref.mask_token_id} == \
         {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": 250001}
-    tok = Tokenizer.load(str(src.tokenizer_path))
+    tok = load_tokenizer(str(src.tokenizer_path))
     pieces = ref.convert_ids_to_tokens(list(range(len(ref))))
     got = tok.word_pieces()
     for i in range(4, len(pieces), 97):  # a spread sample of the 250k pieces
@@ -352,7 +358,7 @@ def test_e5_copy_shared_copies_real_rows(e5_dir, e5_ref, tmp_path):
     from safetensors import safe_open
 
     from ds_minimodel.artefacts.hf_source import tokenizer_and_overrides
-    from ds_minimodel.tokenizer import layout_for_special_ids
+    from ds_minimodel.tokenizers.sentencepiece import layout_for_special_ids
 
     source, overrides = tokenizer_and_overrides(e5_dir)
     with safe_open(str(e5_dir / "model.safetensors"), framework="pt") as f:

@@ -42,7 +42,7 @@ from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
 from ds_minimodel.staged_dir import check_empty_or_overwrite, staged_dir
 from ds_minimodel.tasks.batching import layout_for
-from ds_minimodel.tokenizer import Tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer
 
 PROVENANCE = "ds_minimodel_export.json"  # what went in; transformers ignores it
 _CLASSIFIER_CLASS = {"xlm-roberta": "XLMRobertaForSequenceClassification", "bert": "BertForSequenceClassification"}

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ds_minimodel.artefacts import hf
 from ds_minimodel.errors import UserError
-from ds_minimodel.tokenizer import ROLES, Tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.base import ROLES, Tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model")
 # The keys tokenizer_config.json / special_tokens_map.json name each role by. The data pipeline's
@@ -108,7 +109,7 @@ def source_tokenizer(d: str | Path) -> Tokenizer:
                         "vocab.json + merges.txt needs its fast tokenizer written first: "
                         "AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)")
     try:
-        tok = Tokenizer.load(str(path))
+        tok = load_tokenizer(str(path))
     except UserError as e:
         raise UserError(f"{d}: {e}") from None
     for role, (token, where) in declared_special_tokens(d).items():
@@ -219,11 +220,11 @@ def special_ids_of(path: str | Path) -> dict[str, int]:
     """role -> id of the tokenizer of a model directory (Hugging Face or ours), or of a tokenizer file."""
     p = Path(path)
     if p.is_file():
-        return Tokenizer.load(str(p)).special_role_ids()
+        return load_tokenizer(str(p)).special_role_ids()
     if not p.is_dir():
         raise UserError(f"{p}: no such file or directory")
     if (p / "config.json").is_file() and "model_type" in _read_json(p / "config.json"):
         return source_tokenizer(p).special_role_ids()
     if (p / "tokenizer.model").is_file():  # one of our model or dataset directories
-        return Tokenizer.load(str(p / "tokenizer.model")).special_role_ids()
+        return load_tokenizer(str(p / "tokenizer.model")).special_role_ids()
     raise UserError(f"{p}: neither a Hugging Face model directory nor one with a tokenizer.model")

@@ -35,7 +35,9 @@ from pathlib import Path
 
 from ds_minimodel.errors import UserError
 from ds_minimodel.tasks.batching import Layout
-from ds_minimodel.tokenizer import WORD_START, HFTokenizer, SentencePieceTokenizer, Tokenizer
+from ds_minimodel.tokenizers.base import WORD_START, Tokenizer
+from ds_minimodel.tokenizers.pretrained import HFTokenizer
+from ds_minimodel.tokenizers.sentencepiece import SentencePieceTokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

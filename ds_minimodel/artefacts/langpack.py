@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from ds_minimodel.errors import UserError
 from ds_minimodel.staged_dir import staged_dir
-from ds_minimodel.tokenizer import Tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer
 
 FORMAT = 1
 
@@ -78,7 +79,7 @@ def load_pack(path: str | Path) -> tuple[PackInfo, dict[str, torch.Tensor], Toke
         tensors = load_file(str(path / "embeddings.safetensors"))
     except Exception as e:  # safetensors raises several types for truncated/corrupt files
         raise UserError(f"{path}/embeddings.safetensors is unreadable: {e}") from None
-    tok = Tokenizer.load(str(path / "tokenizer.model"))
+    tok = load_tokenizer(str(path / "tokenizer.model"))
     if tuple(tensors["word"].shape) != (info.vocab_size, info.hidden_size) or tok.vocab_size != info.vocab_size:
         raise UserError(f"language pack {path} is inconsistent: embeddings {tuple(tensors['word'].shape)}, "
                         f"tokenizer {tok.vocab_size} pieces, pack.json says {info.vocab_size} x {info.hidden_size}")

@@ -38,7 +38,9 @@ from typing import Callable, Iterable, Iterator, Mapping
 from ds_minimodel.data.shards import write_shards
 from ds_minimodel.errors import InvalidValueError, MissingFileError
 from ds_minimodel.staged_dir import check_empty_or_overwrite
-from ds_minimodel.tokenizer import Tokenizer, train_tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer
+from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 
 # --------------------------------------------------------------------------------------------
 # Books, chapters, genres
@@ -507,7 +509,7 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
         raise InvalidValueError(f"--max-chars {max_chars} must be positive")
     # Fail before the slow part, not after it (write_shards checks again).
     check_empty_or_overwrite(out, overwrite)
-    tok = Tokenizer.load(tokenizer_path) if tokenizer_path else None  # a bad path fails early too
+    tok = load_tokenizer(tokenizer_path) if tokenizer_path else None  # a bad path fails early too
 
     if recipe:
         splits, meta = bible_recipe(recipe, valid_fraction, seed)

@@ -24,7 +24,8 @@ import numpy as np
 
 from ds_minimodel.errors import InvalidValueError, MissingFileError
 from ds_minimodel.staged_dir import check_empty_or_overwrite, staged_dir
-from ds_minimodel.tokenizer import Tokenizer, file_fingerprint
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer, file_fingerprint
 
 FORMAT = 1
 INDEX = "index.json"
@@ -48,7 +49,7 @@ def write_shards(out_dir: str, splits: dict[str, Iterable[list[int]]], tokenizer
     (`staged_dir`), so a crash or a bad document never leaves a half-written dataset there.
     """
     check_empty_or_overwrite(out_dir, overwrite)
-    tok = Tokenizer.load(tokenizer_path)
+    tok = load_tokenizer(tokenizer_path)
     dtype = dtype_for_vocab(tok.vocab_size)
     with staged_dir(out_dir) as tmp:
         shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
@@ -181,7 +182,7 @@ class TokenShards:
 
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer.load(os.path.join(self.path, self.index["tokenizer"]))
+            self._tokenizer = load_tokenizer(os.path.join(self.path, self.index["tokenizer"]))
         return self._tokenizer
 
     @property

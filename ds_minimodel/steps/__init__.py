@@ -2,7 +2,8 @@
 
 1.  pretrain.py   MiniJoint pretraining: the whole encoder, final + mid-layer MLM heads
 1b. minipost.py   MiniPost: frozen layers 1..k of a pretrained encoder under a small trained top
-2.  adapt.py      a new language's embeddings, trained through the frozen (mini-)model
+2.  adapt/        a new language's embeddings, trained through the frozen (mini-)model
+                  (single.py, multi.py for several languages in one job, common.py)
 3.  finetune/     body + task head on source-language task data, embeddings frozen
                   (classification.py, qa.py, and common.py for what both share)
 4.  transfer.py   plug a language pack into the fine-tuned model and evaluate zero-shot

@@ -17,6 +17,7 @@ from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
 from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.training.checkpoint import export
 
 
@@ -29,9 +30,8 @@ def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
         raise UserError(f"corpus {cfg.data.path} has {shards.vocab_size} pieces but {cfg.minipost.source} has a "
                         f"{src_cfg.vocab_size}-row embedding table: MiniPost trains on the source model's language")
     if lineage.get("tokenizer"):
-        from ds_minimodel.tokenizer import Tokenizer
 
-        if Tokenizer.load(lineage["tokenizer"]).fingerprint() != shards.tokenizer().fingerprint():
+        if load_tokenizer(lineage["tokenizer"]).fingerprint() != shards.tokenizer().fingerprint():
             raise UserError(f"corpus {cfg.data.path} was tokenized with another tokenizer than {cfg.minipost.source}")
     k, n = cfg.minipost.layers, cfg.minipost.top_layers
     if k > src_cfg.num_layers:

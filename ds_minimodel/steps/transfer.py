@@ -47,7 +47,8 @@ from ds_minimodel.tasks.bible import (
 from ds_minimodel.tasks.formats import load_task as load_split
 from ds_minimodel.tasks.formats import task_file
 from ds_minimodel.tasks.metrics import retrieval_metrics
-from ds_minimodel.tokenizer import Tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer
 
 
 def _encoder_state(state: dict, prefix: str) -> dict:
@@ -79,7 +80,7 @@ def random_control(info: PackInfo, tensors: dict, seed: int = 0) -> dict:
 def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: int = 32) -> dict:
     """English (source) accuracy, and per pack the target-language accuracy and its control."""
     model, config, lineage = load_classifier(model_dir)
-    src_tok = Tokenizer.load(lineage["tokenizer"])
+    src_tok = load_tokenizer(lineage["tokenizer"])
     max_len = config["task"]["max_len"]
     result = {"task": task.name, "chance_majority": task.meta.get("chance", {}),
               "source": {"language": task.train_language,
@@ -131,7 +132,7 @@ def evaluate_qa(model_dir: str, packs: list[str], task_path: str | None = None, 
     if task.get("kind") != "qa":
         raise UserError(f"{model_dir} is not an extractive QA model (task kind {task.get('kind', 'classification')!r})")
     task_path = task_path or from_dict(FinetuneConfig, config["finetune"]).finetune.task_path
-    src_tok = Tokenizer.load(lineage["tokenizer"])
+    src_tok = load_tokenizer(lineage["tokenizer"])
 
     def scores(m, examples, tok, lang) -> dict:
         return qa_scores(m, encode_for(m.encoder.cfg, examples, tok, task), examples, batch_size,
@@ -187,7 +188,7 @@ def evaluate_retrieval(pretrained_dir: str, packs: list[str], pairs=None, layer:
     max_pairs = MAX_RETRIEVAL_PAIRS if max_pairs is None else max_pairs
     state, cfg, lineage = read_model_dir(pretrained_dir)
     layer = layer or max(1, cfg.num_layers // 2)
-    src_tok = Tokenizer.load(lineage["tokenizer"])
+    src_tok = load_tokenizer(lineage["tokenizer"])
     model = MLMEncoder(cfg)
     model.load_state_dict(state, strict=True)
     max_len = min(128, cfg.max_positions - cfg.pad_token_id - 1)  # RoBERTa positions start at pad + 1

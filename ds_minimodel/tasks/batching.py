@@ -32,7 +32,7 @@ import torch
 
 from ds_minimodel.errors import InvalidValueError
 from ds_minimodel.tasks.formats import ClassificationExample, QAExample
-from ds_minimodel.tokenizer import Tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer
 
 Span = tuple[int, int]
 

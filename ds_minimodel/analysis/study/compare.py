@@ -9,7 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ds_minimodel.analysis.study.bootstrap import MethodScores, bootstrap_ratios, stack_seeds
+from ds_minimodel.analysis.study.bootstrap import (
+    MethodScores,
+    bootstrap_ratios,
+    stack_seeds,
+)
 from ds_minimodel.analysis.study.loss_scoring import MLMLossScorer
 from ds_minimodel.analysis.study.matching import Point, matched_compute
 from ds_minimodel.analysis.study.render import markdown, plot_curves

@@ -34,7 +34,7 @@ from ds_minimodel.artefacts.surgery import plug_embeddings
 from ds_minimodel.data.loader import eval_batches
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, gather_masked
-from ds_minimodel.steps.adapt import select_body
+from ds_minimodel.steps.adapt.common import select_body
 from ds_minimodel.steps.mlm_job import open_corpus
 
 

@@ -15,9 +15,9 @@ from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import fingerprint
 from ds_minimodel.config import AdaptConfig, from_dict
 from ds_minimodel.errors import MissingFileError, UserError
-from ds_minimodel.steps.adapt import init_embeddings, select_body
+from ds_minimodel.steps.adapt.common import init_embeddings, select_body
 from ds_minimodel.steps.mlm_job import open_corpus
-from ds_minimodel.tokenizer import Tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.training.checkpoint import consolidate, is_complete, read_meta
 from ds_minimodel.training.metrics import read_metrics
 
@@ -137,7 +137,7 @@ def init_tensors(run: StudyRun) -> dict[str, torch.Tensor]:
     if target_tok.fingerprint() != run.info.tokenizer_fingerprint:
         raise UserError(f"{where}: the tokenizer of data.path {run.config.data.path} is not the one the run "
                         "was trained with")
-    source_tok = Tokenizer.load(lineage["tokenizer"]) if lineage.get("tokenizer") else None
+    source_tok = load_tokenizer(lineage["tokenizer"]) if lineage.get("tokenizer") else None
     word, bias, _ = init_embeddings(run.config.adapt.init, body["embeddings.word"], source_tok, target_tok,
                                     run.config.train.seed)
     return {"word": word, "output_bias": bias}

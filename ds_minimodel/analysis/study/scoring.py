@@ -28,7 +28,11 @@ from ds_minimodel.artefacts.surgery import plug_embeddings
 from ds_minimodel.config import FinetuneConfig, from_dict
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.steps.finetune.classification import accuracy, correct_flags, load_task
+from ds_minimodel.steps.finetune.classification import (
+    accuracy,
+    correct_flags,
+    load_task,
+)
 from ds_minimodel.steps.finetune.common import load_classifier
 from ds_minimodel.steps.transfer import mean_pooled, plugged_model
 from ds_minimodel.tasks.batching import encode_texts, layout_for
@@ -38,7 +42,7 @@ from ds_minimodel.tasks.bible import (
     verse_retrieval_pairs,
 )
 from ds_minimodel.tasks.metrics import retrieval_ranks
-from ds_minimodel.tokenizer import Tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.training.checkpoint import write_atomic
 
 METRICS = ("accuracy", "retrieval_top1")
@@ -102,7 +106,7 @@ class AccuracyScorer:
         self.max_len = int(config["task"]["max_len"])
         self.batch_size, self.eval_examples, self.seed = batch_size, eval_examples, seed
         src_test = self.task.tests[self.task.train_language]
-        src_tok = Tokenizer.load(self.lineage["tokenizer"])
+        src_tok = load_tokenizer(self.lineage["tokenizer"])
         # Packed as the model family expects (BERT: [CLS] A [SEP] B [SEP] with segment ids).
         self.layout = layout_for(self.model.encoder.cfg)
         src = encode_texts(src_test, src_tok, self.max_len, self.layout)
@@ -130,7 +134,7 @@ class AccuracyScorer:
 
         key = (info.language, info.tokenizer_fingerprint)
         if key not in self._encoded:
-            tok = Tokenizer.load(tokenizer_path)
+            tok = load_tokenizer(tokenizer_path)
             test = self._subset(self.task.test_in(info.language))  # the pack's language picks the test set
             enc = encode_texts(test, tok, self.max_len, self.layout)
             order = sorted(range(len(enc.ids)), key=lambda i: (len(enc.ids[i]), i))
@@ -174,7 +178,7 @@ class RetrievalScorer:
         self.max_len = min(128, self.cfg.max_positions - self.cfg.pad_token_id - 1)
         model = MLMEncoder(self.cfg)
         model.load_state_dict(self.state, strict=True)
-        self.english = mean_pooled(model, [text for _, text in self.sample], Tokenizer.load(self.lineage["tokenizer"]),
+        self.english = mean_pooled(model, [text for _, text in self.sample], load_tokenizer(self.lineage["tokenizer"]),
                                    self.layer, max_len=self.max_len)
         self.identity = {"metric": self.metric, "model": file_id(self.pretrained_dir / "model.pt"),
                          "pairs": len(self.sample), "layer": self.layer}
@@ -201,7 +205,7 @@ class RetrievalScorer:
         model = MLMEncoder(cfg)
         model.load_state_dict(state, strict=True)
         pairs = self.pairs_for(info.language)
-        target = mean_pooled(model, [p.target for p in pairs], Tokenizer.load(tokenizer_path), self.layer,
+        target = mean_pooled(model, [p.target for p in pairs], load_tokenizer(tokenizer_path), self.layer,
                              max_len=self.max_len)
         english = self.english[torch.tensor([self._row[p.id] for p in pairs], dtype=torch.long)]
         ranks = retrieval_ranks(english, target)

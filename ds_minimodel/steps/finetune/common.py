@@ -19,7 +19,8 @@ from ds_minimodel.artefacts.modeldir import read_model_dir, write_model_dir
 from ds_minimodel.config import FinetuneConfig, ModelConfig, to_dict
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import QuestionAnswering, SequenceClassifier
-from ds_minimodel.tokenizer import Tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer
 from ds_minimodel.training.checkpoint import consolidate
 
 
@@ -30,7 +31,7 @@ def load_source(cfg: FinetuneConfig) -> tuple[dict, ModelConfig, dict, Tokenizer
         raise UserError(f"{cfg.finetune.model_dir} has no tokenizer.model: fine-tuning needs the source tokenizer")
     if lineage.get("kind") == "minipost" or lineage.get("kind") == "finetune":
         raise UserError(f"{cfg.finetune.model_dir} is a {lineage['kind']} model; fine-tune the full pretrained model")
-    tok = Tokenizer.load(lineage["tokenizer"])
+    tok = load_tokenizer(lineage["tokenizer"])
     if tok.vocab_size > src_cfg.vocab_size:  # fewer is normal: a padded embedding table
         raise UserError(f"tokenizer of {cfg.finetune.model_dir} has {tok.vocab_size} pieces, the model's embedding "
                         f"table only {src_cfg.vocab_size} rows")

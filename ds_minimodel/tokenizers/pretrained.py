@@ -1,4 +1,4 @@
-"""The tokenizers pretrained checkpoints ship, behind `tokenizer.Tokenizer`'s interface.
+"""The tokenizers pretrained checkpoints ship, behind `base.Tokenizer`'s interface.
 
 * `HFTokenizer`: a Hugging Face `tokenizer.json` of any model kind an XLM-R-family or BERT-family
   checkpoint uses: WordPiece (BERT, "##" continuations), byte-level BPE (RoBERTa, "Ġ" for a
@@ -18,13 +18,13 @@ import json
 from typing import Iterable, Sequence
 
 from ds_minimodel.errors import InvalidValueError
-from ds_minimodel.tokenizer import (
+from ds_minimodel.tokenizers.base import (
     MASK_PIECE,
     WORD_START,
     Tokenizer,
     metaspace_word_pieces,
-    sentencepiece_offsets,
 )
+from ds_minimodel.tokenizers.sentencepiece import sentencepiece_offsets
 
 # Special-token spellings by role, RoBERTa's / XLM-R's and BERT's.
 _HF_SPECIALS = {"bos": ("<s>", "[CLS]"), "pad": ("<pad>", "[PAD]"), "eos": ("</s>", "[SEP]"),

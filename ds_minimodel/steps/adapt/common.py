@@ -1,33 +1,22 @@
-"""Step 2: learn a new language's embeddings through a frozen (mini-)model; write a language pack.
-
-Every variant trains the same thing, an `MLMEncoder` through route "final" with only the word
-table and the output bias trainable (`steps/rules.py`); they differ only in the body it runs through,
-and record it as their step kind:
-
-  minijoint  adapt_mini      layers 1..k of a MiniJoint model and its mid head (as the k-layer model's head)
-  minipost   adapt_minipost  a MiniPost mini-model: frozen layers 1..k and its trained top of n layers
-  full       adapt_full      the standard baseline (Artetxe et al. 2020): all L layers and the final head
-"""
+"""What every step-2 job shares, one language or many: the body it trains through (`select_body`,
+`read_body`), the new embeddings' start (`init_embeddings`, `start_state`), the checks before
+anything runs, and the language pack's record (`pack_info`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ds_minimodel.artefacts.langpack import PackInfo, save_pack
+from ds_minimodel.artefacts.langpack import PackInfo
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import fingerprint, minijoint_mini, plug_embeddings
 from ds_minimodel.config import AdaptConfig, ModelConfig
 from ds_minimodel.errors import UserError
-from ds_minimodel.model import MLMEncoder
-from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
-from ds_minimodel.steps.rules import set_requires_grad_for_step
-from ds_minimodel.tokenizer import Tokenizer
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer
 from ds_minimodel.training import engine as ds
-from ds_minimodel.training.checkpoint import consolidate
 from ds_minimodel.training.job import env_world_size
 
 # The step kind of each body (select_body's method).
@@ -111,7 +100,7 @@ def read_body(cfg: AdaptConfig) -> Body:
     expected = lineage["body_fingerprints"].get(str(k))
     body_fp = fingerprint(body, k)
     assert expected in (None, body_fp), "a mini-model's layers 1..k must be its full model's layers 1..k"
-    source_tok = Tokenizer.load(lineage["tokenizer"]) if lineage.get("tokenizer") else None
+    source_tok = load_tokenizer(lineage["tokenizer"]) if lineage.get("tokenizer") else None
     return Body(body, body_cfg, method, k, body_fp, source_tok, src_cfg.kernels)
 
 
@@ -148,31 +137,3 @@ def pack_info(cfg: AdaptConfig, body: Body, target_tok: Tokenizer, language: str
                     provenance={"model_dir": str(cfg.adapt.model_dir), "through": cfg.adapt.through,
                                 "init": cfg.adapt.init, "rows_copied": copied, "steps": cfg.train.steps,
                                 "depth": depth, "world_size": env_world_size(), **provenance})
-
-
-def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
-    if cfg.adapt.languages:  # several languages in one job
-        from ds_minimodel.steps import adapt_multi  # it builds on this module
-
-        return adapt_multi.run(cfg, ds_config_path, resume)
-    shards = open_corpus(cfg.data.path)
-    target_tok = shards.tokenizer()
-    body = read_body(cfg)
-    check_target(target_tok, body, cfg.data.path)
-    check_ds_config(ds_config_path)
-    start, model_cfg, copied = start_state(body, target_tok, cfg)
-
-    def make_model(ds_config: dict) -> MLMEncoder:
-        torch.manual_seed(cfg.train.seed)
-        model = MLMEncoder(model_cfg)
-        model.load_state_dict(start, strict=True)
-        set_requires_grad_for_step(model, body.kind)
-        return model
-
-    def finalize(run_dir: Path, checkpointer) -> None:
-        final, _ = consolidate(checkpointer.dir)
-        info = pack_info(cfg, body, target_tok, cfg.adapt.language, copied, model_cfg.num_layers)
-        save_pack(run_dir / "pack", info, final["embeddings.word"], final["lm_head.bias"], target_tok.path)
-
-    return run_mlm_job(cfg, model_cfg, shards, ds_config_path, resume, make_model=make_model, kind=body.kind,
-                       route="final", loss_keys=("loss", "final_loss"), finalize=finalize)

@@ -30,7 +30,13 @@ from ds_minimodel.artefacts.langpack import save_pack
 from ds_minimodel.config import AdaptConfig, to_dict
 from ds_minimodel.data.loader import LanguageLoaders, MLMLoader, eval_batches
 from ds_minimodel.model import MultiLanguageMLM
-from ds_minimodel.steps.adapt import check_ds_config, check_target, pack_info, read_body, start_state
+from ds_minimodel.steps.adapt.common import (
+    check_ds_config,
+    check_target,
+    pack_info,
+    read_body,
+    start_state,
+)
 from ds_minimodel.steps.mlm_job import open_corpus
 from ds_minimodel.steps.rules import set_requires_grad_for_step
 from ds_minimodel.training import engine as ds

@@ -1,4 +1,4 @@
-"""Tokenizers: sentencepiece models trained here, and the tokenizers pretrained checkpoints ship.
+"""Sentencepiece models trained here (`train_tokenizer`) and read back (`SentencePieceTokenizer`).
 
 Sentencepiece models trained here put the special tokens where the model expects them: a new
 language's vocabulary must pad with the id the frozen body was trained with. The layout follows
@@ -6,15 +6,11 @@ the model's own special ids (`layout_for_special_ids`): XLM-R's (`<s>`=0, `<pad>
 `<unk>`=3, `<mask>`=4) for our own models and every XLM-R/RoBERTa-vocabulary checkpoint, whatever
 its architecture; BERT's padding id for WordPiece BERT checkpoints (`<pad>`=0, `<unk>`=1, `<s>`=2,
 `</s>`=3, `<mask>`=4). `<mask>` is looked up by name, never assumed.
-
-A pretrained checkpoint's own tokenizer (a `tokenizer.json` of any model kind, or XLM-R's
-`sentencepiece.bpe.model` with fairseq's id offset) is read by `pretrained_tokenizers.py`;
-`Tokenizer.load` tells all kinds apart by content.
 """
+
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -22,10 +18,12 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import sentencepiece as spm
 
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
-
-MASK_PIECE = "<mask>"
-ROLES = ("bos", "pad", "eos", "unk", "mask")  # the special tokens every tokenizer here has
-WORD_START = "\u2581"  # sentencepiece's word-start marker
+from ds_minimodel.tokenizers.base import (
+    MASK_PIECE,
+    ROLES,
+    Tokenizer,
+    metaspace_word_pieces,
+)
 
 # Sentencepiece reads at most this many lines (sampled when the corpus has more): it keeps the
 # trainer's memory and time bounded on large corpora; 2M verse- or line-sized sentences is far
@@ -34,108 +32,6 @@ MAX_TRAINING_SENTENCES = 2_000_000
 # Lines longer than this (in bytes) are skipped by the trainer; the default (4192) would drop
 # long paragraphs without a word.
 MAX_SENTENCE_BYTES = 1 << 16
-
-
-class Tokenizer:
-    """A loaded tokenizer: a sentencepiece `.model` file or a Hugging Face `tokenizer.json`.
-
-    `Tokenizer.load` tells them apart by content, not name (a `tokenizer.json` copied into a
-    dataset or model directory is stored as `tokenizer.model`). Both expose the same ids:
-    `bos_id`/`eos_id` are `<s>`/`</s>` or BERT's `[CLS]`/`[SEP]`, the tokens the data pipeline
-    puts around every sequence.
-    """
-
-    path: str
-    vocab_size: int
-    bos_id: int
-    pad_id: int
-    eos_id: int
-    unk_id: int
-    mask_id: int
-    # What kind of vocabulary it is (how it marks words): "sentencepiece" here; pretrained_tokenizers.py's
-    # "wordpiece", "bpe-bytelevel", "unigram-metaspace", "sentencepiece-fairseq", ...
-    kind: str = "sentencepiece"
-    # Whether the tokenizer lowercases its input: piece matching across vocabularies
-    # (copy_shared embedding init) must then lowercase the other side too.
-    lowercase: bool = False
-
-    def _set_specials(self, ids: dict[str, int]) -> None:
-        for role, i in ids.items():
-            if i is None or i < 0:
-                raise InvalidValueError(f"tokenizer {self.path} has no {role} token")
-            setattr(self, f"{role}_id", int(i))
-        self.special_ids: frozenset[int] = frozenset(ids.values())
-        self._fingerprint: str | None = None
-
-    @staticmethod
-    def load(path: str) -> "Tokenizer":
-        if not os.path.isfile(path):
-            raise MissingFileError(f"tokenizer model {path} does not exist")
-        with open(path, "rb") as f:
-            head = f.read(64).lstrip()
-        # A serialized sentencepiece model is a protobuf (first byte a field tag, never "{").
-        if head.startswith(b"{"):
-            from ds_minimodel.pretrained_tokenizers import HFTokenizer
-
-            return HFTokenizer.load(path)
-        sp = _load_processor(path)
-        if sp.piece_to_id(MASK_PIECE) != sp.unk_id():
-            return SentencePieceTokenizer(path, sp)
-        # No <mask>: not one of ours. XLM-R's own sentencepiece.bpe.model has none either; it is
-        # read with fairseq's ids, as transformers' XLMRobertaTokenizer reads it.
-        from ds_minimodel.pretrained_tokenizers import XLMRSentencePieceTokenizer
-
-        if XLMRSentencePieceTokenizer.fits(sp):
-            return XLMRSentencePieceTokenizer(path, sp)
-        raise InvalidValueError(f"tokenizer {path} has no {MASK_PIECE} piece and is not XLM-R's sentencepiece "
-                                "model (<unk> 0, <s> 1, </s> 2, no <pad>); train it with train_tokenizer()")
-
-    def special_role_ids(self) -> dict[str, int]:
-        """{"bos", "pad", "eos", "unk", "mask"} -> id."""
-        return {role: getattr(self, f"{role}_id") for role in ROLES}
-
-    def token_id(self, token: str) -> int | None:
-        """Id of the piece spelled `token` (a special token's name, e.g. "<pad>" or "[PAD]"), or None."""
-        raise NotImplementedError
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without `<s>`/`</s>` (the data pipeline adds those)."""
-        raise NotImplementedError
-
-    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
-        raise NotImplementedError
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """`encode(text)` and each token's [begin, end) *character* span in `text` (extractive QA
-        maps answers between characters and tokens with these)."""
-        raise NotImplementedError
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; special tokens decode to nothing."""
-        raise NotImplementedError
-
-    def piece(self, token_id: int) -> str:
-        raise NotImplementedError
-
-    def pieces(self) -> list[str]:
-        """All pieces in id order: matching pieces across two vocabularies lets one copy the
-        embeddings of shared pieces when initialising a new language's embedding matrix."""
-        return [self.piece(i) for i in range(self.vocab_size)]
-
-    def word_pieces(self) -> list[str]:
-        """`pieces()` in one spelling for every tokenizer, so vocabularies of different kinds can
-        be matched: a word-initial piece is the bare word ("lord"), a continuation starts
-        with "##" (WordPiece's convention; sentencepiece marks word starts with "▁" instead)."""
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        """Short sha256 of the model file: identifies the vocabulary in checkpoints and shards."""
-        if self._fingerprint is None:
-            self._fingerprint = file_fingerprint(self.path)
-        return self._fingerprint
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size})"
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -152,7 +48,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def load(cls, path: str) -> "SentencePieceTokenizer":
-        return cls(path, _load_processor(path))
+        return cls(path, load_processor(path))
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)
@@ -179,7 +75,7 @@ class SentencePieceTokenizer(Tokenizer):
         return metaspace_word_pieces(self.pieces())
 
 
-def _load_processor(path: str) -> spm.SentencePieceProcessor:
+def load_processor(path: str) -> spm.SentencePieceProcessor:
     sp = spm.SentencePieceProcessor()
     try:
         sp.load(path)
@@ -187,12 +83,6 @@ def _load_processor(path: str) -> spm.SentencePieceProcessor:
         raise InvalidValueError(f"tokenizer model {path} is neither a sentencepiece model nor a "
                                 f"tokenizer.json ({exc})") from None
     return sp
-
-
-def metaspace_word_pieces(pieces: list[str], marker: str = WORD_START) -> list[str]:
-    """`word_pieces` of a vocabulary that marks word starts ("▁word"): the bare word for those,
-    "##piece" for the rest (sentencepiece, and Unigram/Metaspace tokenizer.json files)."""
-    return [p[len(marker):] if p.startswith(marker) else "##" + p for p in pieces]
 
 
 def sentencepiece_offsets(sp, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -219,11 +109,6 @@ def _byte_to_char(text: str) -> list[int]:
         table.extend([i] * len(ch.encode("utf-8")))
     table.append(len(text))
     return table
-
-
-def file_fingerprint(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def _lines(text_files: list[str]) -> Iterator[str]:
@@ -339,13 +224,4 @@ def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
     with open(out_prefix + ".vocab", "w", encoding="utf-8") as f:
         for i in range(sp.get_piece_size()):
             f.write(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n")
-    return Tokenizer.load(out_prefix + ".model")
-
-
-def __getattr__(name: str):
-    # HFTokenizer moved to pretrained_tokenizers.py (imported lazily: it subclasses Tokenizer).
-    if name == "HFTokenizer":
-        from ds_minimodel.pretrained_tokenizers import HFTokenizer
-
-        return HFTokenizer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return SentencePieceTokenizer.load(out_prefix + ".model")
