@@ -34,9 +34,31 @@ class PipelineOptions:
     adapt_steps: int = 600
     finetune_steps: int = 300
     retrieval_pairs: int = 1000
+    eval_examples: int | None = None  # step 4: a seeded sample of the test set (None: all of it)
+    head_steps: int | None = None  # pretrained pipeline: the baseline's MLM head (None: minipost_steps)
     k: int | None = None  # pretrained pipeline: MiniPost's depth (default L/4, see mini_depth)
     top_layers: int = 1  # pretrained pipeline: MiniPost's trained top layers
-    extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides
+    extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides (`step_overrides`)
+
+
+def step_overrides(items: list[str], steps: tuple[str, ...]) -> dict[str, list[str]]:
+    """`["adapt:data.seq_len=64", ...]` (launchers/pipeline.py --set) -> {"adapt": ["data.seq_len=64"]}.
+
+    A step name is one of `steps`; "adapt" reaches every method's step 2, so the methods keep
+    equal budgets. The key=value part goes to that step's launcher after everything the pipeline
+    passes, so it wins; the launcher checks it like any config override."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        step, sep, override = item.partition(":")
+        if not sep or step not in steps or "=" not in override:
+            raise UserError(f"--set {item!r}: expected STEP:key.sub=value with STEP one of {', '.join(steps)}")
+        out.setdefault(step, []).append(override)
+    return out
+
+
+# What --set can reach: the launchers each pipeline runs, by step name.
+OVERRIDABLE_STEPS = ("pretrain", "minipost", "adapt", "finetune")
+OVERRIDABLE_PRETRAINED_STEPS = ("head", "minipost", "adapt", "finetune")
 
 
 @dataclass(frozen=True)
@@ -86,13 +108,14 @@ def _adapt(opts: PipelineOptions, method: str, model_dir: Path, through: str, ta
                  f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])])
 
 
-def _minipost(opts: PipelineOptions, name: str, config: str, source, english: Path, settings: tuple = ()) -> Step:
+def _minipost(opts: PipelineOptions, name: str, config: str, source, english: Path, settings: tuple = (),
+              steps: int | None = None) -> Step:
     """`settings`: what the pipeline derived for this model (minipost.layers, ...), before the user's extras."""
     out = opts.work / name
     return Step(name, out / "final" / "model.pt",
                 [PY, "launchers/minipost.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
                  f"minipost.source={source}", f"data.path={english}", f"train.out_dir={out}",
-                 f"train.steps={opts.minipost_steps}", *settings, *opts.extra.get(name, [])])
+                 f"train.steps={steps or opts.minipost_steps}", *settings, *opts.extra.get(name, [])])
 
 
 def _finetune_and_evaluate(opts: PipelineOptions, config: str, model_dir, methods, retrieval_model) -> list[Step]:
@@ -105,6 +128,7 @@ def _finetune_and_evaluate(opts: PipelineOptions, config: str, model_dir, method
             Step("evaluate", work / "transfer.json",
                  [PY, "launchers/evaluate.py", "--model", work / "finetune" / "final", *packs,
                   "--pretrained", retrieval_model, "--retrieval-pairs", opts.retrieval_pairs,
+                  *(["--eval-examples", opts.eval_examples] if opts.eval_examples is not None else []),
                   "--out", work / "transfer.json"])]
 
 
@@ -217,8 +241,12 @@ def plan_pretrained(opts: PipelineOptions, source: Path) -> PretrainedPlan:
              _prepare("data-ny", "bible-ny", ny, "--vocab-size", "8000", "--special-ids-from", source)]
     prep = {"minipost": "minipost"}
     full_model = source
+    if src.has_mlm_head and ("head" in opts.extra or opts.head_steps is not None):
+        raise UserError(f"{source} has its own MLM head, so the pipeline trains none: --head-steps and "
+                        "--set head:... do not apply")
     if not src.has_mlm_head:  # the standard baseline needs one: trained over the whole frozen body
-        head = _minipost(opts, "head", "configs/minipost-head-pretrained.yaml", source, en, (f"minipost.layers={L}",))
+        head = _minipost(opts, "head", "configs/minipost-head-pretrained.yaml", source, en, (f"minipost.layers={L}",),
+                         steps=opts.head_steps)
         steps.append(head)
         full_model, prep["full"] = head.done.parent, "head"
     minipost = _minipost(opts, "minipost", "configs/minipost-pretrained.yaml", source, en,

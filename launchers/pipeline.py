@@ -10,6 +10,7 @@ mini-model.
 
     python launchers/pipeline.py --work runs/pipeline [--reuse-pretrain runs/demo]
     python launchers/pipeline.py --work runs/pipeline-pretrained --from-pretrained [HF_DIR] [--k 3] [--plan]
+        [--head-steps N] [--eval-examples N] [--set adapt:data.seq_len=64 ...]
 """
 
 import argparse
@@ -33,6 +34,16 @@ def main(argv=None) -> None:
     p.add_argument("--adapt-steps", type=int, default=600)
     p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--retrieval-pairs", type=int, default=1000)
+    p.add_argument("--eval-examples", type=int, default=None,
+                   help="step 4: score a seeded sample of this many test verses, the same in every language "
+                        "(default: all)")
+    p.add_argument("--head-steps", type=int, default=None,
+                   help="with --from-pretrained, a checkpoint without an MLM head: the steps of the head the "
+                        "standard baseline needs (default: --minipost-steps)")
+    p.add_argument("--set", action="append", default=[], metavar="STEP:key.sub=value", dest="overrides",
+                   help="a config override for one step's launcher (repeatable), e.g. adapt:data.seq_len=64; "
+                        "STEP: pretrain, minipost, adapt (every method), finetune, or with --from-pretrained "
+                        "head instead of pretrain")
     p.add_argument("--from-pretrained", nargs="?", const="minilm", default=None, metavar="HF_DIR",
                    help="start from a pretrained encoder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--k", type=int, default=None,
@@ -45,11 +56,14 @@ def main(argv=None) -> None:
     def body():
         from ds_minimodel.errors import UserError
         from ds_minimodel.pipeline import (
+            OVERRIDABLE_PRETRAINED_STEPS,
+            OVERRIDABLE_STEPS,
             PipelineOptions,
             minilm_dir,
             plan_pretrained,
             run,
             run_pretrained,
+            step_overrides,
         )
         from ds_minimodel.training.run_lock import RunLock
 
@@ -57,7 +71,10 @@ def main(argv=None) -> None:
                                reuse_pretrain=Path(args.reuse_pretrain) if args.reuse_pretrain else None,
                                pretrain_steps=args.pretrain_steps, minipost_steps=args.minipost_steps,
                                adapt_steps=args.adapt_steps, finetune_steps=args.finetune_steps,
-                               retrieval_pairs=args.retrieval_pairs, k=args.k, top_layers=args.top_layers)
+                               retrieval_pairs=args.retrieval_pairs, eval_examples=args.eval_examples,
+                               head_steps=args.head_steps, k=args.k, top_layers=args.top_layers,
+                               extra=step_overrides(args.overrides, OVERRIDABLE_PRETRAINED_STEPS if args.from_pretrained
+                                                    else OVERRIDABLE_STEPS))
         plan = None
         if args.from_pretrained:
             source = minilm_dir() if args.from_pretrained == "minilm" else Path(args.from_pretrained)
@@ -69,8 +86,8 @@ def main(argv=None) -> None:
                 for s in plan.steps:
                     print(f"[{s.name}] " + " ".join(map(str, s.cmd)))
                 return
-        elif args.k is not None or args.top_layers != 1 or args.plan:
-            raise UserError("--k, --top-layers and --plan apply to --from-pretrained")
+        elif args.k is not None or args.top_layers != 1 or args.plan or args.head_steps is not None:
+            raise UserError("--k, --top-layers, --head-steps and --plan apply to --from-pretrained")
         # One pipeline per work directory (each step also locks its own train.out_dir): a second
         # one would overwrite the first's step logs and timings before a step refused it.
         with RunLock(opts.work, "--work"):
