@@ -53,6 +53,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -387,13 +388,18 @@ try:
         time.sleep(120)
 except KeyboardInterrupt:
     print("lost", flush=True)
-    sys.exit(3)
+    sys.exit(130)
 """
 
 
-def holder(directory, mode="auto", stale=60.0, then="hold") -> subprocess.Popen:
+def holder(directory, mode="auto", stale=60.0, then="hold", sigint="default") -> subprocess.Popen:
+    """A process holding the run lock of `directory`. `sigint`: "default" (Python installs its
+    KeyboardInterrupt handler) or "ignore" (as in a background job of a non-interactive shell);
+    set explicitly, so the test does not depend on how pytest itself was started."""
+    disposition = {"default": signal.SIG_DFL, "ignore": signal.SIG_IGN}[sigint]
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), mode, str(stale), then], cwd=REPO,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
     line = proc.stdout.readline()
     assert line.startswith("held"), f"holder failed: {line}{proc.stderr.read() if proc.poll() is not None else ''}"
     return proc

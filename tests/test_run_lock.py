@@ -96,12 +96,14 @@ def test_lock_goes_with_its_owner_on_exit_and_on_kill_9(tmp_path):
         assert len(list(run.glob(".owner.*.json"))) == 1, "the dead owner's record was not replaced"
 
 
-def test_fresh_lease_is_refused_and_a_stale_one_taken_over_once(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignore"])
+def test_fresh_lease_is_refused_and_a_stale_one_taken_over_once(sigint, tmp_path):
     """A lease owner frozen (SIGSTOP) past the stale timeout is taken over; when it wakes up it
-    finds the newer owner and stops instead of writing beside it."""
+    finds the newer owner and stops instead of writing beside it: through KeyboardInterrupt, or,
+    where SIGINT is ignored (`nohup ... &` from a script), by exiting at once."""
     run = tmp_path / "run"
     t0 = time.time()
-    owner = holder(run, mode="lease", stale=1.5)
+    owner = holder(run, mode="lease", stale=1.5, sigint=sigint)
     t1 = time.time()
     try:
         with pytest.raises(RunInUseError) as exc:
@@ -119,7 +121,7 @@ def test_fresh_lease_is_refused_and_a_stale_one_taken_over_once(tmp_path):
                 code = owner.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 code = None
-            assert code == 3, f"the owner that lost its lease kept running (exit {code})"
+            assert code == run_lock.LOST_OWNERSHIP_EXIT, f"the owner that lost its lease kept running (exit {code})"
             assert "lost ownership" in owner.stderr.read()
             record = json.loads((run / ".owner.2.json").read_text())
             assert record["pid"] == os.getpid()

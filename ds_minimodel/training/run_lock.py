@@ -50,6 +50,9 @@ _RECORD = re.compile(r"^\.owner\.(\d+)\.json$")
 _RECORD_TMP = re.compile(r"^\.owner\.(\d+)\.json\.tmp\d+$")
 MODE_ENV, STALE_ENV = "DSM_RUN_LOCK", "DSM_RUN_LOCK_STALE_S"
 DEFAULT_STALE_S = 60.0
+# How an owner that lost its lease ends: 130, as an interrupted run (cli.run_main's exit code for
+# KeyboardInterrupt, which the usual path raises) also when SIGINT is ignored and it must stop hard.
+LOST_OWNERSHIP_EXIT = 130
 # flock errors that mean "this file system has no usable flock", not "someone holds it".
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 
@@ -338,9 +341,16 @@ class RunLock:
                 print(f"error: lost ownership of {self.what} {self.dir} to {describe(record)} "
                       f"(its record {record_path(self.dir, gen).name}); stopping this run so that "
                       "it does not write beside the new owner", file=sys.stderr, flush=True)
-                # A real SIGINT to the main thread: it also wakes a sleep or a blocking call
-                # (_thread.interrupt_main would wait for the next bytecode).
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                if callable(signal.getsignal(signal.SIGINT)):
+                    # A real SIGINT to the main thread: it also wakes a sleep or a blocking call
+                    # (_thread.interrupt_main would wait for the next bytecode), and it unwinds.
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                else:
+                    # SIGINT ignored, as in any background job of a non-interactive shell
+                    # (`nohup train ... &` in a script): a signal would change nothing, and the
+                    # run would go on writing beside the new owner. Stop at once instead; what
+                    # it was writing is incomplete anyway (a checkpoint counts only with meta.json).
+                    os._exit(LOST_OWNERSHIP_EXIT)
                 return
             try:
                 _write_atomic(record_path(self.dir, self._gen),
