@@ -222,6 +222,46 @@ def test_plan_only_prints_the_commands(dirs, tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
+def test_step_overrides_reach_only_their_step_after_the_pipeline_settings(dirs, tmp_path, capsys):
+    """--set STEP:key=value lands last on that step's command (so it wins over what the pipeline
+    derived); "adapt" reaches both methods' step 2; --head-steps sets only the head's budget."""
+    from launchers.pipeline import main
+
+    main(["--from-pretrained", str(dirs["e5"]), "--work", str(tmp_path / "w"), "--plan", "--head-steps", "9",
+          "--minipost-steps", "11", "--set", "adapt:data.seq_len=48", "--set", "minipost:minipost.layers=2",
+          "--set", "finetune:finetune.pooling=cls"])
+    cmds = {line.split("] ")[0][1:]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("[")}
+    assert "train.steps=9" in cmds["head"] and "train.steps=11" in cmds["minipost"]
+    assert cmds["minipost"][-3:] == ["minipost.layers=3", "minipost.top_layers=1", "minipost.layers=2"]
+    assert cmds["adapt-full"][-1] == cmds["adapt-minipost"][-1] == "data.seq_len=48"
+    assert cmds["finetune"][-1] == "finetune.pooling=cls"
+    assert not any("seq_len=48" in c or "pooling" in c for c in cmds["head"] + cmds["minipost"])
+
+
+@pytest.mark.parametrize("bad, needles", [
+    (["--set", "adapt-full:train.steps=3"], ["--set 'adapt-full:train.steps=3'", "head, minipost, adapt, finetune"]),
+    (["--set", "adapt:train.steps"], ["expected STEP:key.sub=value"]),
+    (["--set", "pretrain:train.steps=3"], ["STEP one of head, minipost"]),
+])
+def test_bad_step_overrides_are_refused(bad, needles, dirs, tmp_path, capsys):
+    from launchers.pipeline import main
+
+    expect_rejected(capsys, main, ["--from-pretrained", str(dirs["e5"]), "--work", str(tmp_path / "w"), *bad],
+                    *needles)
+    assert not (tmp_path / "w").exists()
+
+
+def test_head_options_refused_where_the_checkpoint_has_a_head(dirs, tmp_path, capsys):
+    from launchers.pipeline import main
+
+    args = ["--from-pretrained", str(dirs["roberta"]), "--work", str(tmp_path / "w")]
+    expect_rejected(capsys, main, args + ["--head-steps", "5"], "has its own MLM head", "--head-steps")
+    expect_rejected(capsys, main, args + ["--set", "head:train.steps=5"], "has its own MLM head")
+    expect_rejected(capsys, main, ["--work", str(tmp_path / "w"), "--head-steps", "5"], "apply to --from-pretrained")
+    assert not (tmp_path / "w").exists()
+
+
 # ---- The steps that failed on a real multilingual checkpoint, on a tiny one of its shape ------
 
 TINY = ["train.steps=2", "train.micro_batch_size=4", "train.save_every=2", "train.eval_every=2", "train.log_every=1",
