@@ -450,7 +450,9 @@ def _read_weights(d: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"{d}: no model.safetensors or pytorch_model.bin (nor a sharded index) in this directory")
 
 
-def _read_json(f: Path) -> dict:
+def read_json_object(f: Path) -> dict:
+    """A JSON object file of a model directory (config.json, tokenizer_config.json, ...), or one
+    `error:` line naming the file."""
     try:
         raw = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -462,7 +464,7 @@ def _read_json(f: Path) -> dict:
 
 def _is_previous_export(d: Path) -> bool:
     try:
-        return _read_json(d / EXPORT_MARKER).get("format") == EXPORT_FORMAT
+        return read_json_object(d / EXPORT_MARKER).get("format") == EXPORT_FORMAT
     except UserError:
         return False
 
@@ -490,7 +492,7 @@ def load_hf_pretrained(path_or_dir: str | os.PathLike, mid_head_layer: int | Non
         raise UserError(f"{path}: no such directory")
     if not (d / "config.json").is_file():
         raise UserError(f"{d}: no config.json: not a Hugging Face model directory")
-    raw = _read_json(d / "config.json")
+    raw = read_json_object(d / "config.json")
     model_type = raw.get("model_type")
     if model_type not in MODEL_TYPES:
         raise UserError(
@@ -502,7 +504,7 @@ def load_hf_pretrained(path_or_dir: str | os.PathLike, mid_head_layer: int | Non
     exported = _is_previous_export(d)
     try:
         if exported:
-            meta = _read_json(marker)
+            meta = read_json_object(marker)
             cfg = from_dict(ModelConfig, meta["model"])
             if cfg.mid_head_layer is not None and mid_head_layer is not None and mid_head_layer != cfg.mid_head_layer:
                 raise UserError(
@@ -528,7 +530,7 @@ def load_hf_pretrained(path_or_dir: str | os.PathLike, mid_head_layer: int | Non
         raise UserError(f"{d}: invalid model config: " + "; ".join(problems))
 
     sd, has_head, src = _from_hf(_read_weights(d), model_type, where=str(d))
-    saved_mid = exported and _read_json(marker)["model"].get("mid_head_layer") is not None
+    saved_mid = exported and read_json_object(marker)["model"].get("mid_head_layer") is not None
     if saved_mid:
         if not (d / MID_HEAD_FILE).is_file():
             raise UserError(f"{marker}: says there is a mid head but {MID_HEAD_FILE} is missing")

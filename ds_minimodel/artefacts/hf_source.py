@@ -19,7 +19,6 @@ no weights, a tokenizer larger than the embedding table) is refused with one lin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,16 +69,6 @@ class HFSource:
                 f"{self.tokenizer_path.name} ({rows}); special ids " + " ".join(f"{r} {pad[r]}" for r in ROLES))
 
 
-def _read_json(f: Path) -> dict:
-    try:
-        raw = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{f}: not readable JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{f}: expected a JSON object")
-    return raw
-
-
 def find_tokenizer(d: Path) -> Path | None:
     return next((d / n for n in TOKENIZER_FILES if (d / n).is_file()), None)
 
@@ -90,7 +79,7 @@ def declared_special_tokens(d: Path) -> dict[str, tuple[str, str]]:
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if not (d / name).is_file():
             continue
-        raw = _read_json(d / name)
+        raw = hf.read_json_object(d / name)
         for role, keys in ROLE_KEYS.items():
             value = next((raw[k] for k in keys if raw.get(k)), None)
             token = value.get("content") if isinstance(value, dict) else value
@@ -138,7 +127,7 @@ def _weight_names(d: Path) -> list[str]:
     """Tensor names of the checkpoint, without reading the tensors where the format allows."""
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (d / index).is_file():
-            weight_map = _read_json(d / index).get("weight_map")
+            weight_map = hf.read_json_object(d / index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise UserError(f"{d / index}: not a valid shard index (no weight_map)")
             return list(weight_map)
@@ -167,7 +156,7 @@ def inspect(path: str | Path) -> HFSource:
         raise UserError(f"{d}: no such directory")
     if not (d / "config.json").is_file():
         raise UserError(f"{d}: no config.json: not a Hugging Face model directory")
-    raw = _read_json(d / "config.json")
+    raw = hf.read_json_object(d / "config.json")
     if "model_type" not in raw and "model" in raw:
         raise UserError(f"{d}: a ds_minimodel model directory, not a Hugging Face one; give its export ({d / 'hf'})")
     _refuse_architecture(d, raw)
@@ -208,7 +197,7 @@ def tokenizer_and_overrides(d: str | Path) -> tuple[Tokenizer | None, dict]:
     d = Path(d)
     if find_tokenizer(d) is None:
         return None, {}
-    raw = _read_json(d / "config.json")
+    raw = hf.read_json_object(d / "config.json")
     style = hf.MODEL_TYPES.get(raw.get("model_type"), ("bert",))[0]
     tok = source_tokenizer(d)
     rows = raw.get("vocab_size")
@@ -223,7 +212,7 @@ def special_ids_of(path: str | Path) -> dict[str, int]:
         return load_tokenizer(str(p)).special_role_ids()
     if not p.is_dir():
         raise UserError(f"{p}: no such file or directory")
-    if (p / "config.json").is_file() and "model_type" in _read_json(p / "config.json"):
+    if (p / "config.json").is_file() and "model_type" in hf.read_json_object(p / "config.json"):
         return source_tokenizer(p).special_role_ids()
     if (p / "tokenizer.model").is_file():  # one of our model or dataset directories
         return load_tokenizer(str(p / "tokenizer.model")).special_role_ids()
