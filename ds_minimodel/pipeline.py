@@ -34,7 +34,6 @@ class PipelineOptions:
     adapt_steps: int = 600
     finetune_steps: int = 300
     retrieval_pairs: int = 1000
-    eval_examples: int | None = None  # step 4: a seeded sample of the test set (None: all of it)
     head_steps: int | None = None  # pretrained pipeline: the baseline's MLM head (None: minipost_steps)
     k: int | None = None  # pretrained pipeline: MiniPost's depth (default L/4, see mini_depth)
     top_layers: int = 1  # pretrained pipeline: MiniPost's trained top layers
@@ -128,7 +127,6 @@ def _finetune_and_evaluate(opts: PipelineOptions, config: str, model_dir, method
             Step("evaluate", work / "transfer.json",
                  [PY, "launchers/evaluate.py", "--model", work / "finetune" / "final", *packs,
                   "--pretrained", retrieval_model, "--retrieval-pairs", opts.retrieval_pairs,
-                  *(["--eval-examples", opts.eval_examples] if opts.eval_examples is not None else []),
                   "--out", work / "transfer.json"])]
 
 

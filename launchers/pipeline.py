@@ -10,7 +10,7 @@ mini-model.
 
     python launchers/pipeline.py --work runs/pipeline [--reuse-pretrain runs/demo]
     python launchers/pipeline.py --work runs/pipeline-pretrained --from-pretrained [HF_DIR] [--k 3] [--plan]
-        [--head-steps N] [--eval-examples N] [--set adapt:data.seq_len=64 ...]
+        [--head-steps N] [--set adapt:data.seq_len=64 ...]
 """
 
 import argparse
@@ -34,9 +34,6 @@ def main(argv=None) -> None:
     p.add_argument("--adapt-steps", type=int, default=600)
     p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--retrieval-pairs", type=int, default=1000)
-    p.add_argument("--eval-examples", type=int, default=None,
-                   help="step 4: score a seeded sample of this many test verses, the same in every language "
-                        "(default: all)")
     p.add_argument("--head-steps", type=int, default=None,
                    help="with --from-pretrained, a checkpoint without an MLM head: the steps of the head the "
                         "standard baseline needs (default: --minipost-steps)")
@@ -71,7 +68,7 @@ def main(argv=None) -> None:
                                reuse_pretrain=Path(args.reuse_pretrain) if args.reuse_pretrain else None,
                                pretrain_steps=args.pretrain_steps, minipost_steps=args.minipost_steps,
                                adapt_steps=args.adapt_steps, finetune_steps=args.finetune_steps,
-                               retrieval_pairs=args.retrieval_pairs, eval_examples=args.eval_examples,
+                               retrieval_pairs=args.retrieval_pairs,
                                head_steps=args.head_steps, k=args.k, top_layers=args.top_layers,
                                extra=step_overrides(args.overrides, OVERRIDABLE_PRETRAINED_STEPS if args.from_pretrained
                                                     else OVERRIDABLE_STEPS))
