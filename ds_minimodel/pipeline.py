@@ -37,6 +37,7 @@ class PipelineOptions:
     head_steps: int | None = None  # pretrained pipeline: the baseline's MLM head (None: minipost_steps)
     k: int | None = None  # pretrained pipeline: MiniPost's depth (default L/4, see mini_depth)
     top_layers: int = 1  # pretrained pipeline: MiniPost's trained top layers
+    language_vocab: int = 8000  # languages pipeline: each new language's vocabulary size
     extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides (`step_overrides`)
 
 
@@ -117,9 +118,9 @@ def _minipost(opts: PipelineOptions, name: str, config: str, source, english: Pa
                  f"train.steps={steps or opts.minipost_steps}", *settings, *opts.extra.get(name, [])])
 
 
-def _finetune_and_evaluate(opts: PipelineOptions, config: str, model_dir, methods, retrieval_model) -> list[Step]:
+def _finetune_and_evaluate(opts: PipelineOptions, config: str, model_dir, pack_dirs, retrieval_model) -> list[Step]:
     work = opts.work
-    packs = [a for m in methods for a in ("--pack", work / f"adapt-{m}" / "pack")]
+    packs = [a for d in pack_dirs for a in ("--pack", d)]
     return [Step("finetune", work / "finetune" / "final" / "model.pt",
                  [PY, "launchers/finetune.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
                   f"finetune.model_dir={model_dir}", f"train.out_dir={work / 'finetune'}",
@@ -128,6 +129,20 @@ def _finetune_and_evaluate(opts: PipelineOptions, config: str, model_dir, method
                  [PY, "launchers/evaluate.py", "--model", work / "finetune" / "final", *packs,
                   "--pretrained", retrieval_model, "--retrieval-pairs", opts.retrieval_pairs,
                   "--out", work / "transfer.json"])]
+
+
+def _packs(opts: PipelineOptions, methods) -> list[Path]:
+    return [opts.work / f"adapt-{m}" / "pack" for m in methods]
+
+
+def _pretrain(opts: PipelineOptions, pretrain: Path, english: Path) -> Step:
+    """MiniJoint pretraining of the demo model on English (skipped when `pretrain` is a finished
+    run, e.g. `make demo`'s reused with --reuse-pretrain)."""
+    return Step("pretrain", pretrain / "final" / "model.pt",
+                [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py", "--resume",
+                 "--deepspeed", "ds_configs/z3.json", "--config", "configs/demo-cpu.yaml", f"data.path={english}",
+                 f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *opts.extra.get("pretrain", [])],
+                ranks=opts.nproc)
 
 
 def run(opts: PipelineOptions) -> Path:
@@ -142,18 +157,76 @@ def run(opts: PipelineOptions) -> Path:
                "minipost": (minipost.done.parent, "mini")}
     steps = [_prepare("data-en", "bible-en", en, "--vocab-size", "8000"),
              _prepare("data-ny", "bible-ny", ny, "--vocab-size", "8000"),
-             Step("pretrain", pretrain / "final" / "model.pt",
-                  [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py", "--resume",
-                   "--deepspeed", "ds_configs/z3.json", "--config", "configs/demo-cpu.yaml", f"data.path={en}",
-                   f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *opts.extra.get("pretrain", [])],
-                  ranks=opts.nproc),
+             _pretrain(opts, pretrain, en),
              minipost,
              *(_adapt(opts, method, *sources[method], ny) for method in METHODS),
-             *_finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final", METHODS, pretrain / "final")]
+             *_finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final", _packs(opts, METHODS),
+                                    pretrain / "final")]
     for s in steps:
         runner(s)
     # MiniJoint's mini-model comes with pretraining; MiniPost's costs its own training run.
     report = pipeline_report(opts.work, pretrain, runner.timings, METHODS, prep={"minipost": "minipost"})
+    print(f"report: {report}", flush=True)
+    return report
+
+
+# `make pipeline-languages`: ten of the table's languages, of as many scripts and families as it
+# has (Bantu, Austronesian twice, Austroasiatic, Turkic, Indo-Aryan, Iranian, Semitic, Slavic,
+# Sinitic); Chichewa is `make pipeline`'s.
+DEFAULT_LANGUAGES = ("sw", "tl", "id", "vi", "tr", "hi", "fa", "ar", "ru", "zh")
+
+
+def plan_languages(opts: PipelineOptions, languages: list[str]) -> list[Step]:
+    """`run`'s pipeline for many target languages at once: each method's step 2 is one
+    multi-language job (adapt.languages) that ends with a pack per language, English fine-tuning
+    runs once, and step 4 scores every pack on its own language's held-out verses (the same verse
+    ids in every language). Unknown or repeated languages are refused before anything runs."""
+    from ds_minimodel.data.recipes import bible_language
+
+    if not languages:
+        raise UserError("--languages: no language given")
+    for code in languages:
+        if code == "en":
+            raise UserError("--languages: en is the source language, not a target")
+        bible_language(code)  # an InvalidValueError naming the table's languages
+    twice = sorted({c for c in languages if languages.count(c) > 1})
+    if twice:
+        raise UserError(f"--languages lists {', '.join(twice)} more than once")
+    en = opts.data_root / "bible-en"
+    corpus = f"bible-{{lang}}-v{opts.language_vocab}"  # named by vocabulary: sizes never share a dataset
+    pretrain = opts.reuse_pretrain or opts.work / "pretrain"
+    minipost = _minipost(opts, "minipost", "configs/minipost-cpu.yaml", pretrain / "final", en)
+    sources = {"full": (pretrain / "final", "full"), "minijoint": (pretrain / "final", "mini"),
+               "minipost": (minipost.done.parent, "mini")}
+    steps = [_prepare("data-en", "bible-en", en, "--vocab-size", "8000"),
+             *(_prepare(f"data-{c}", f"bible-{c}", opts.data_root / corpus.format(lang=c),
+                        "--vocab-size", str(opts.language_vocab)) for c in languages),
+             _pretrain(opts, pretrain, en), minipost]
+    for method in METHODS:
+        out = opts.work / f"adapt-{method}"
+        model_dir, through = sources[method]
+        steps.append(Step(f"adapt-{method}", out / "packs" / languages[-1] / "pack.json",  # written last
+                          [PY, "launchers/adapt.py", "--resume", "--deepspeed", "ds_configs/z0.json",
+                           "--config", "configs/adapt-cpu.yaml", f"adapt.model_dir={model_dir}",
+                           f"adapt.through={through}", f"adapt.languages=[{','.join(languages)}]",
+                           f"data.path={opts.data_root / corpus}", f"train.out_dir={out}",
+                           f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])]))
+    packs = [opts.work / f"adapt-{m}" / "packs" / c for m in METHODS for c in languages]
+    return steps + _finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final", packs,
+                                          pretrain / "final")
+
+
+def run_languages(opts: PipelineOptions, languages: list[str]) -> Path:
+    """The demo's English models adapted to many languages: standard / MiniJoint / MiniPost, each
+    one multi-language job; report.md has a table per language and the average over languages."""
+    from ds_minimodel.analysis.report import languages_report
+
+    steps = plan_languages(opts, languages)
+    runner = _Steps(opts.work, opts.nproc)
+    for s in steps:
+        runner(s)
+    pretrain = opts.reuse_pretrain or opts.work / "pretrain"
+    report = languages_report(opts.work, pretrain, runner.timings, METHODS, languages, prep={"minipost": "minipost"})
     print(f"report: {report}", flush=True)
     return report
 
@@ -251,7 +324,8 @@ def plan_pretrained(opts: PipelineOptions, source: Path) -> PretrainedPlan:
                          (f"minipost.layers={k}", f"minipost.top_layers={n}"))
     steps += [minipost, _adapt(opts, "full", full_model, "full", ny),
               _adapt(opts, "minipost", minipost.done.parent, "mini", ny),
-              *_finetune_and_evaluate(opts, "configs/finetune-pretrained.yaml", source, PRETRAINED_METHODS, source)]
+              *_finetune_and_evaluate(opts, "configs/finetune-pretrained.yaml", source, _packs(opts, PRETRAINED_METHODS),
+                                     source)]
     return PretrainedPlan(source=src, k=k, top_layers=n, layout=layout, methods=PRETRAINED_METHODS,
                           prep=dict(sorted(prep.items())), steps=steps)
 

@@ -9,6 +9,7 @@ special ids, padded vocabulary) is read from the checkpoint; --k and --top-layer
 mini-model.
 
     python launchers/pipeline.py --work runs/pipeline [--reuse-pretrain runs/demo]
+    python launchers/pipeline.py --work runs/pipeline-languages --languages sw,tl,vi [--reuse-pretrain runs/demo]
     python launchers/pipeline.py --work runs/pipeline-pretrained --from-pretrained [HF_DIR] [--k 3] [--plan]
         [--head-steps N] [--set adapt:data.seq_len=64 ...]
 """
@@ -41,6 +42,10 @@ def main(argv=None) -> None:
                    help="a config override for one step's launcher (repeatable), e.g. adapt:data.seq_len=64; "
                         "STEP: pretrain, minipost, adapt (every method), finetune, or with --from-pretrained "
                         "head instead of pretrain")
+    p.add_argument("--languages", default=None, metavar="CODES",
+                   help="many target languages at once (comma-separated codes of the language table, or "
+                        "'default' for ten of them): each method's step 2 is one multi-language job")
+    p.add_argument("--language-vocab", type=int, default=8000, help="with --languages: each language's vocabulary")
     p.add_argument("--from-pretrained", nargs="?", const="minilm", default=None, metavar="HF_DIR",
                    help="start from a pretrained encoder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--k", type=int, default=None,
@@ -53,12 +58,15 @@ def main(argv=None) -> None:
     def body():
         from ds_minimodel.errors import UserError
         from ds_minimodel.pipeline import (
+            DEFAULT_LANGUAGES,
             OVERRIDABLE_PRETRAINED_STEPS,
             OVERRIDABLE_STEPS,
             PipelineOptions,
             minilm_dir,
+            plan_languages,
             plan_pretrained,
             run,
+            run_languages,
             run_pretrained,
             step_overrides,
         )
@@ -70,9 +78,22 @@ def main(argv=None) -> None:
                                adapt_steps=args.adapt_steps, finetune_steps=args.finetune_steps,
                                retrieval_pairs=args.retrieval_pairs,
                                head_steps=args.head_steps, k=args.k, top_layers=args.top_layers,
+                               language_vocab=args.language_vocab,
                                extra=step_overrides(args.overrides, OVERRIDABLE_PRETRAINED_STEPS if args.from_pretrained
                                                     else OVERRIDABLE_STEPS))
-        plan = None
+        plan = languages = None
+        if args.languages is not None:
+            if args.from_pretrained:
+                raise UserError("--languages applies to the demo pipeline, not --from-pretrained")
+            languages = list(DEFAULT_LANGUAGES) if args.languages == "default" else \
+                [c.strip() for c in args.languages.split(",") if c.strip()]
+            steps = plan_languages(opts, languages)  # bad languages refused before anything runs
+            if args.plan:
+                for s in steps:
+                    print(f"[{s.name}] " + " ".join(map(str, s.cmd)))
+                return
+        elif args.language_vocab != 8000:
+            raise UserError("--language-vocab applies to --languages")
         if args.from_pretrained:
             source = minilm_dir() if args.from_pretrained == "minilm" else Path(args.from_pretrained)
             # Everything model-dependent is read from the checkpoint now, so one that cannot work
@@ -83,13 +104,17 @@ def main(argv=None) -> None:
                 for s in plan.steps:
                     print(f"[{s.name}] " + " ".join(map(str, s.cmd)))
                 return
-        elif args.k is not None or args.top_layers != 1 or args.plan or args.head_steps is not None:
-            raise UserError("--k, --top-layers, --head-steps and --plan apply to --from-pretrained")
+        elif args.k is not None or args.top_layers != 1 or args.head_steps is not None or \
+                (args.plan and languages is None):
+            raise UserError("--k, --top-layers, --head-steps and --plan apply to --from-pretrained "
+                            "(and --plan to --languages)")
         # One pipeline per work directory (each step also locks its own train.out_dir): a second
         # one would overwrite the first's step logs and timings before a step refused it.
         with RunLock(opts.work, "--work"):
             if plan is not None:
                 run_pretrained(opts, plan)
+            elif languages is not None:
+                run_languages(opts, languages)
             else:
                 run(opts)
 

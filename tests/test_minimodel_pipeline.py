@@ -166,6 +166,7 @@ def test_finetune_then_transfer_and_mismatched_pack_refused(tiny_model_dir, tiny
                                  labels=torch.tensor([test[i].label for i in chunk]))
             hits += int(out["num_correct"])
     assert scores["accuracy"] == pytest.approx(hits / len(test))
+    assert scores["ids"] == [ex.id for ex in test]  # the verse of each per-example result
 
     # A pack whose body fingerprint belongs to another model: refused, nothing written.
     bad = tmp_path / "bad_pack"

@@ -73,3 +73,90 @@ def test_report_without_per_example_results(pipeline_dir):
     (work / "transfer.json").write_text(json.dumps(transfer))
     text = pipeline_report(work, "pretrain", {}, METHODS).read_text()
     assert _row(text, "minijoint")[3:5] == ["-", "-"]
+
+
+# ---- the many-languages report (make pipeline-languages) ----------------------------------------
+
+LANGS = ["sw", "tl", "vi"]
+
+
+@pytest.fixture
+def languages_dir(tmp_path):
+    """Three languages x three methods; Tagalog's Bible lacks two of the test verses."""
+    rng = np.random.default_rng(7)
+    ids = [f"v{i}" for i in range(300)]
+    lacks = {"tl": {"v3", "v150"}}
+    flags, packs = {}, {}
+    for i, m in enumerate(METHODS):
+        _write_run(tmp_path / f"adapt-{m}", seconds_per_step=(6.0, 2.0, 2.5)[i], flops_per_step=(9e9, 3e9, 4e9)[i])
+        for j, c in enumerate(LANGS):
+            have = [v for v in ids if v not in lacks.get(c, ())]
+            right = rng.random(len(have)) < 0.25 + 0.05 * j - 0.02 * i
+            control = rng.random(len(have)) < 0.2
+            flags[(m, c)] = (dict(zip(have, right)), dict(zip(have, control)))
+            packs[f"adapt-{m}/packs/{c}"] = {
+                "method": m, "language": c, "examples": len(have), "accuracy": right.mean(),
+                "control_accuracy": control.mean(), "ids": have,
+                "correct": "".join("1" if x else "0" for x in right),
+                "control_correct": "".join("1" if x else "0" for x in control)}
+    transfer = {"classification": {"task": "verse-genre", "chance_majority": {"majority": 0.2},
+                                   "source": {"language": "en", "accuracy": 0.44}, "packs": packs}}
+    (tmp_path / "transfer.json").write_text(json.dumps(transfer))
+    return tmp_path, flags, [v for v in ids if v not in lacks["tl"]]
+
+
+def _cells(report: str, first: str) -> list[str]:
+    line = next(x for x in report.splitlines() if x.startswith(f"| {first}"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def _diff_se(cell: str) -> tuple[float, float]:
+    diff, se = re.match(r"([+-][\d.]+) ± ([\d.]+)", cell).groups()
+    return float(diff), float(se)
+
+
+def test_languages_report_per_language_and_average_against_numpy(languages_dir):
+    from ds_minimodel.analysis.report import languages_report
+
+    work, flags, common = languages_dir
+    text = languages_report(work, "pretrain", {"minipost": 7.0}, METHODS, LANGS, prep={"minipost": "minipost"}).read_text()
+    assert (work / "languages.png").stat().st_size > 0
+    # Columns: language, verses, full acc, full vs control, then per mini method acc, vs control, vs full.
+    col = {"full": 2, "minijoint": 4, "minipost": 7}
+    for c, name in zip(LANGS, ("Swahili", "Tagalog", "Vietnamese")):
+        row = _cells(text, f"{name} ({c})")
+        assert int(row[1]) == len(flags[("full", c)][0])
+        for m in METHODS:
+            right, control = (np.array(list(d.values()), dtype=float) for d in flags[(m, c)])
+            assert float(row[col[m]]) == pytest.approx(right.mean(), abs=6e-4)
+            d = right - control
+            assert _diff_se(row[col[m] + 1]) == pytest.approx((100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(len(d))),
+                                                             abs=0.051)
+    # The average: on the verses all languages have, per verse the mean over languages.
+    row = _cells(text, "**average**")
+    assert int(row[1]) == len(common) == 298
+
+    def per_verse(m, which):
+        return np.array([np.mean([flags[(m, c)][which][v] for c in LANGS]) for v in common])
+
+    for m in METHODS:
+        assert float(row[col[m]]) == pytest.approx(per_verse(m, 0).mean(), abs=6e-4)
+        d = per_verse(m, 0) - per_verse(m, 1)
+        assert _diff_se(row[col[m] + 1]) == pytest.approx((100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(len(d))),
+                                                         abs=0.051)
+        if m != "full":
+            d = per_verse(m, 0) - per_verse("full", 0)
+            assert _diff_se(row[col[m] + 2]) == pytest.approx(
+                (100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(len(d))), abs=0.051)
+    # Step-2 compute: each method's one job (30 steps of 9e9 / 3e9 FLOPs, 6 / 2 s a step).
+    assert _cells(text, "minijoint |")[1:5] == ["9e+10", "3.00x fewer", "60", "3.00x"]
+    assert _cells(text, "minipost |")[-1] == "minipost: 7"
+
+
+def test_languages_report_names_a_missing_result(languages_dir):
+    from ds_minimodel.analysis.report import languages_report
+    from ds_minimodel.errors import UserError
+
+    work, _, _ = languages_dir
+    with pytest.raises(UserError, match="has no result for full/de, minijoint/de, minipost/de$"):
+        languages_report(work, "pretrain", {}, METHODS, LANGS + ["de"])

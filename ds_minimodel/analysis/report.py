@@ -153,15 +153,119 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
 def _paired_cell(a: str | None, b: str | None) -> str:
     """"+4.3 ± 1.2*" (points): accuracy of per-example results `a` ("0"/"1" strings from
     transfer.json) minus that of `b` on the same examples, with the paired standard error."""
-    from ds_minimodel.tasks.metrics import paired_difference
-
     if a is None or b is None:  # a transfer.json written before per-example results
         return "-"
-    diff, se = paired_difference([c == "1" for c in a], [c == "1" for c in b])
-    return f"{100 * diff:+.1f} ± {100 * se:.1f}{'*' if abs(diff) > 2 * se else ''}"
+    return _paired_flags(_flags(a), _flags(b))
 
 
 def _prep_cell(step: str | None, timings: dict) -> str:
     if step is None:
         return "-"
     return f"{step}: {timings[step]:.0f}" if step in timings else f"{step}: (reused)"
+
+
+def languages_report(work: str | Path, pretrain: str | Path, timings: dict, methods: tuple[str, ...],
+                     languages: list[str], prep: dict[str, str] | None = None) -> Path:
+    """report.md + languages.png for a finished many-languages pipeline (`make pipeline-languages`).
+
+    Per language: each method's zero-shot accuracy, its difference to its random-embedding control
+    and to the standard baseline (paired, on that language's test verses). The average over
+    languages is taken on the verses every language has (the same ids in every language): per
+    verse, the mean over languages, so its standard error counts each verse once however many
+    languages it appears in. Each method's step-2 compute is its one multi-language job's."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    work = Path(work)
+    cls = json.loads((work / "transfer.json").read_text())["classification"]
+    results = {(v["method"], v["language"]): v for v in cls["packs"].values()}
+    missing = [f"{m}/{c}" for m in methods for c in languages if (m, c) not in results]
+    if missing:
+        raise UserError(f"{work / 'transfer.json'} has no result for {', '.join(missing)}")
+    curves = {m: _adapt_curves(work / f"adapt-{m}") for m in methods}
+    base = methods[0]  # the standard baseline
+
+    def cells(flags: dict[str, list[bool]], control: dict[str, list[bool]]) -> list[str]:
+        out = []
+        for m in methods:
+            out += [f"{sum(flags[m]) / len(flags[m]):.3f}", _paired_flags(flags[m], control[m])]
+            if m != base:
+                out.append(_paired_flags(flags[m], flags[base]))
+        return out
+
+    header = ["language", "verses"]
+    for m in methods:
+        header += [f"{m}", "vs control"] + ([f"vs {base}"] if m != base else [])
+    lines = [f"# Mini-model adaptation: English -> {len(languages)} languages (CPU pipeline)", "",
+             f"Pretrained model: `{pretrain}`. Each method trains every language's embeddings in one job "
+             f"({curves[base]['step'][-1]} steps, each step one batch of every language); the packs are "
+             "plugged into the same English-fine-tuned model.", "",
+             f"English (source) accuracy: **{cls['source']['accuracy']:.3f}**; chance (majority class): "
+             f"{cls['chance_majority'].get('majority', 0.0):.3f}.", "",
+             "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    per_language = {}
+    for c in languages:
+        flags = {m: _flags(results[(m, c)]["correct"]) for m in methods}
+        control = {m: _flags(results[(m, c)]["control_correct"]) for m in methods}
+        per_language[c] = {m: sum(flags[m]) / len(flags[m]) for m in methods}
+        lines.append(f"| {language_name(c)} ({c}) | {len(flags[base])} | " + " | ".join(cells(flags, control)) + " |")
+    common, flags, control = _verse_means(results, methods, languages)
+    lines.append(f"| **average** | {len(common)} | " + " | ".join(cells(flags, control)) + " |")
+    lines += ["", "Accuracy; vs control / vs standard: the difference in points on the same verses, with one "
+              "standard error of the paired difference (* beyond two). Average: per verse the mean over "
+              f"languages, on the {len(common)} test verses every language has.", "",
+              "Step-2 compute, each method's one job over all languages:", "",
+              "| method | step-2 FLOPs | vs standard | step-2 train time (s) | speedup vs standard | one-time prep (s) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for m in methods:
+        f, t = curves[m]["flops"][-1], curves[m]["seconds"][-1]
+        fewer, faster = (("-", "-") if m == base else
+                         (f"{curves[base]['flops'][-1] / f:.2f}x fewer", f"{curves[base]['seconds'][-1] / t:.2f}x"))
+        lines.append(f"| {m} | {f:.3g} | {fewer} | {t:.0f} | {faster} | {_prep_cell((prep or {}).get(m), timings)} |")
+    lines += ["", "![per-language accuracy](languages.png)", "",
+              "Wall-clock of each pipeline step (s, including start-up): " +
+              ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
+
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(languages) + 3), 4))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        ax.bar([x + (i - (len(methods) - 1) / 2) * width for x in range(len(languages))],
+               [per_language[c][m] for c in languages], width, label=m)
+    ax.axhline(cls["chance_majority"].get("majority", 0.0), color="k", ls="--", lw=1, label="majority class")
+    ax.set(title="verse genre, zero-shot transfer from English", ylabel="accuracy",
+           xticks=list(range(len(languages))), xticklabels=languages)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(work / "languages.png", dpi=110)
+    plt.close(fig)
+    out = work / "report.md"
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out
+
+
+def _flags(bits: str) -> list[bool]:
+    return [c == "1" for c in bits]
+
+
+def _paired_flags(a, b) -> str:
+    """_paired_cell for per-example values (bools, or per-verse means over languages)."""
+    from ds_minimodel.tasks.metrics import paired_difference
+
+    diff, se = paired_difference(a, b)
+    return f"{100 * diff:+.1f} ± {100 * se:.1f}{'*' if abs(diff) > 2 * se else ''}"
+
+
+def _verse_means(results: dict, methods, languages) -> tuple[list[str], dict, dict]:
+    """The verse ids every language's test set has, and per method the mean over languages of
+    each such verse's right (1) / wrong (0), for the pack and for its control."""
+    by_id = {key: {i: (a == "1", b == "1") for i, a, b in zip(r["ids"], r["correct"], r["control_correct"])}
+             for key, r in results.items()}
+    first = results[(methods[0], languages[0])]["ids"]
+    common = [i for i in first if all(i in by_id[(m, c)] for m in methods for c in languages)]
+    mean = {m: [sum(by_id[(m, c)][i][0] for c in languages) / len(languages) for i in common] for m in methods}
+    control = {m: [sum(by_id[(m, c)][i][1] for c in languages) / len(languages) for i in common] for m in methods}
+    return common, mean, control

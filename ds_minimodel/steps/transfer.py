@@ -103,6 +103,9 @@ def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: 
             # Per example, in test-set order, as "0"/"1": lets a report pair any two methods
             # (or a method and its control) on the same examples (`paired_difference`).
             "correct": _bits(correct), "control_correct": _bits(control_correct),
+            # The verse (example) id of each position: aligns languages whose test sets differ
+            # by the verses a Bible lacks (the many-languages report's average).
+            "ids": [ex.id for ex in test],
         }
     return result
 

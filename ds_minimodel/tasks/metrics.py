@@ -40,17 +40,19 @@ def _pairs(predictions: Sequence[int], labels: Sequence[int]) -> list[tuple[int,
     return list(zip(predictions, labels))
 
 
-def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> tuple[float, float]:
+def paired_difference(correct_a: Sequence[float], correct_b: Sequence[float]) -> tuple[float, float]:
     """Accuracy of A minus accuracy of B on the same examples, and the standard error of that
     difference: the sample standard deviation of the per-example differences (each -1, 0 or 1)
     over sqrt(n). Pairing cancels the examples both get right or both get wrong, so two methods
-    scored on one test set are compared far more tightly than two independent accuracies."""
+    scored on one test set are compared far more tightly than two independent accuracies.
+    A per-example score may also be a fraction (an example's mean correctness over several
+    languages): the same formula over its differences."""
     if len(correct_a) != len(correct_b):
         raise InvalidValueError(f"{len(correct_a)} results against {len(correct_b)}: not the same examples")
     n = len(correct_a)
     if n < 2:
         raise InvalidValueError("a paired difference needs at least 2 examples")
-    d = [int(bool(a)) - int(bool(b)) for a, b in zip(correct_a, correct_b)]
+    d = [float(a) - float(b) for a, b in zip(correct_a, correct_b)]
     mean = sum(d) / n
     var = sum((x - mean) ** 2 for x in d) / (n - 1)
     return mean, (var / n) ** 0.5

@@ -1,0 +1,55 @@
+"""`make pipeline-languages` (launchers/pipeline.py --languages): the plan's commands, checked
+without training (the multi-language job itself is tests/test_adapt_languages.py's; the report,
+tests/test_report.py's), and bad language lists refused before anything is written."""
+
+import pytest
+
+from ds_minimodel.pipeline import METHODS, PipelineOptions, plan_languages
+from tests.helpers import expect_rejected
+
+
+def test_one_multi_language_job_per_method_and_every_pack_evaluated(tmp_path):
+    opts = PipelineOptions(work=tmp_path / "w", data_root=tmp_path / "d", reuse_pretrain=tmp_path / "demo",
+                           adapt_steps=300, language_vocab=4000, extra={"adapt": ["data.seq_len=64"]})
+    steps = {s.name: [str(c) for c in s.cmd] for s in plan_languages(opts, ["sw", "tl", "vi"])}
+    assert list(steps) == ["data-en", "data-sw", "data-tl", "data-vi", "pretrain", "minipost",
+                           "adapt-full", "adapt-minijoint", "adapt-minipost", "finetune", "evaluate"]
+    assert steps["data-tl"][-6:] == ["--recipe", "bible-tl", "--out", str(tmp_path / "d" / "bible-tl-v4000"),
+                                     "--vocab-size", "4000"]
+    assert f"train.out_dir={tmp_path / 'demo'}" in steps["pretrain"]  # reused: skipped once it is finished
+    body = {"full": (tmp_path / "demo" / "final", "full"), "minijoint": (tmp_path / "demo" / "final", "mini"),
+            "minipost": (tmp_path / "w" / "minipost" / "final", "mini")}
+    for m in METHODS:
+        cmd = steps[f"adapt-{m}"]
+        assert f"adapt.model_dir={body[m][0]}" in cmd and f"adapt.through={body[m][1]}" in cmd
+        assert "adapt.languages=[sw,tl,vi]" in cmd and f"data.path={tmp_path / 'd' / 'bible-{lang}-v4000'}" in cmd
+        assert cmd[-2:] == ["train.steps=300", "data.seq_len=64"]
+    evaluate = steps["evaluate"]
+    packs = [evaluate[i + 1] for i, a in enumerate(evaluate) if a == "--pack"]
+    assert packs == [str(tmp_path / "w" / f"adapt-{m}" / "packs" / c) for m in METHODS for c in ("sw", "tl", "vi")]
+
+
+@pytest.mark.parametrize("languages, needle", [
+    ("sw,xx", "language 'xx' has no Bible here"),
+    ("sw,tl,sw", "--languages lists sw more than once"),
+    ("en,sw", "en is the source language"),
+    (",", "--languages: no language given"),
+])
+def test_bad_language_lists_are_refused_before_anything_is_written(languages, needle, tmp_path, capsys):
+    from launchers.pipeline import main
+
+    work, data = tmp_path / "w", tmp_path / "d"
+    expect_rejected(capsys, main, ["--work", str(work), "--data-root", str(data), "--languages", languages], needle)
+    assert not work.exists() and not data.exists()
+
+
+def test_languages_plan_prints_and_language_options_stay_with_it(tmp_path, capsys):
+    from launchers.pipeline import main
+
+    main(["--work", str(tmp_path / "w"), "--languages", "default", "--plan"])
+    out = capsys.readouterr().out
+    assert "adapt.languages=[sw,tl,id,vi,tr,hi,fa,ar,ru,zh]" in out and out.count("[data-") == 11
+    assert not (tmp_path / "w").exists()
+    expect_rejected(capsys, main, ["--work", str(tmp_path / "w"), "--language-vocab", "4000"], "applies to --languages")
+    expect_rejected(capsys, main, ["--work", str(tmp_path / "w"), "--languages", "sw", "--from-pretrained"],
+                    "--languages applies to the demo pipeline")
