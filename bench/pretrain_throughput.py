@@ -272,6 +272,13 @@ def _rss_gib() -> float | None:
     return None
 
 
+def timing_order(steps: int, hf_first: bool = False) -> list[tuple[str, str]]:
+    """Which side times its step first in each round: alternating (ours-hf, hf-ours, ...; hf
+    first in the first round with --hf-first), so a machine that speeds up or slows down during
+    the run shifts both sides' medians alike."""
+    return [("hf", "ours") if (i % 2 == 0) == hf_first else ("ours", "hf") for i in range(steps)]
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int)
@@ -345,11 +352,10 @@ def main(argv=None) -> float:
                 zero_init=True)
     hf = Side("hf (XLMRobertaForMaskedLM)", lambda: build_hf(a, max_positions), a, ds_config, optim, batches, ga,
               zero_init=False)
-    # Alternate which side goes first in each round (ours-hf, hf-ours, ...; --hf-first starts with hf).
-    for i in range(a.steps):
-        first, second = (hf, ours) if (i % 2 == 0) == a.hf_first else (ours, hf)
-        first.timed_step(i)
-        second.timed_step(i)
+    sides = {"ours": ours, "hf": hf}
+    for i, (first, second) in enumerate(timing_order(a.steps, a.hf_first)):
+        sides[first].timed_step(i)
+        sides[second].timed_step(i)
     rows = [ours.row(dist.world_size), hf.row(dist.world_size)]
     ratio = rows[0]["tok_s"] / rows[1]["tok_s"]
     if dist.is_main:

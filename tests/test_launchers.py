@@ -84,3 +84,18 @@ def _port():
     from tests.distributed import free_port
 
     return free_port()
+
+
+def test_pretrain_throughput_bench_times_at_least_5_steps_in_alternating_order():
+    """bench/pretrain_throughput.py (issue: it timed 2 steps, ours always first): fewer than 5
+    timed steps per side are refused, and the side that goes first alternates by round."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_throughput", REPO / "bench" / "pretrain_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--quick", "--steps", "4"])
+    assert bench.parse_args(["--quick"]).steps >= 5 and bench.parse_args([]).steps >= 5
+    assert bench.timing_order(4) == [("ours", "hf"), ("hf", "ours"), ("ours", "hf"), ("hf", "ours")]
+    assert bench.timing_order(3, hf_first=True) == [("hf", "ours"), ("ours", "hf"), ("hf", "ours")]
