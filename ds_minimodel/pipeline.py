@@ -199,8 +199,10 @@ def plan_languages(opts: PipelineOptions, languages: list[str]) -> list[Step]:
     sources = {"full": (pretrain / "final", "full"), "minijoint": (pretrain / "final", "mini"),
                "minipost": (minipost.done.parent, "mini")}
     steps = [_prepare("data-en", "bible-en", en, "--vocab-size", "8000"),
+             # At most language_vocab pieces: Vietnamese's Bible, short space-separated syllables,
+             # has only about 4,100 distinct ones.
              *(_prepare(f"data-{c}", f"bible-{c}", opts.data_root / corpus.format(lang=c),
-                        "--vocab-size", str(opts.language_vocab)) for c in languages),
+                        "--vocab-size", str(opts.language_vocab), "--vocab-limit", "soft") for c in languages),
              _pretrain(opts, pretrain, en), minipost]
     for method in METHODS:
         out = opts.work / f"adapt-{method}"

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     tok = p.add_mutually_exclusive_group(required=True)
     tok.add_argument("--vocab-size", type=int, help="train a sentencepiece model of this size on the train split")
     tok.add_argument("--tokenizer", metavar="PATH", help="reuse this sentencepiece model or tokenizer.json")
+    p.add_argument("--vocab-limit", choices=["hard", "soft"], default="hard",
+                   help="with --vocab-size: exactly that many pieces (hard), or at most that many where the corpus "
+                        "has fewer distinct pieces (soft)")
     p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"], help="sentencepiece model type")
     lay = p.add_mutually_exclusive_group()
     lay.add_argument("--layout", choices=["xlmr", "bert"],
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
                         text_column=args.text_column, vocab_size=args.vocab_size, tokenizer_path=args.tokenizer,
                         valid_fraction=args.valid_fraction, max_chars=args.max_chars, seed=args.seed,
                         overwrite=args.overwrite, model_type=args.model_type, num_threads=args.threads,
-                        layout=layout)
+                        layout=layout, vocab_limit=args.vocab_limit)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

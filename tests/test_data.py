@@ -86,8 +86,25 @@ def test_tokenizer_special_ids_and_determinism(tok, corpus, tmp_path):
 def test_tokenizer_errors(corpus, tmp_path):
     with pytest.raises(MissingFileError, match="nope.model"):
         load_tokenizer(str(tmp_path / "nope.model"))
-    with pytest.raises(UserError, match="vocab_size 100000"):
+    with pytest.raises(UserError, match=r"vocab_size 100000 .*too high.*--vocab-limit soft\)$"):
         train_tokenizer([corpus], str(tmp_path / "big"), 100000)
+    with pytest.raises(InvalidValueError, match="vocab_limit 'loose'"):
+        train_tokenizer([corpus], str(tmp_path / "big"), VOCAB, vocab_limit="loose")
+
+
+def test_soft_vocab_limit_takes_what_the_corpus_has(corpus, tmp_path):
+    """A corpus with fewer distinct pieces than asked for (Vietnamese's Bible against 8,000):
+    "soft" trains the largest vocabulary sentencepiece can, below the request; "hard" refuses.
+    The dataset records both sizes."""
+    soft = train_tokenizer([corpus], str(tmp_path / "soft"), 100000, vocab_limit="soft")
+    assert 300 < soft.vocab_size < 100000 and soft.special_ids == {0, 1, 2, 3, 4}
+    out = tmp_path / "ds"
+    code = prepare_data.main(["--text", corpus, "--out", str(out), "--vocab-size", "100000", "--vocab-limit", "soft"])
+    assert code in (0, None)
+    meta = json.loads((out / "index.json").read_text())
+    assert 300 < meta["vocab_size"] < 100000  # trained on the train split only: close to `soft`'s size
+    assert (meta["meta"]["tokenizer"]["vocab_size"], meta["meta"]["tokenizer"]["requested_vocab_size"]) == \
+        (meta["vocab_size"], 100000)
 
 
 def test_shards_round_trip(tok, tmp_path):

@@ -14,8 +14,8 @@ def test_one_multi_language_job_per_method_and_every_pack_evaluated(tmp_path):
     steps = {s.name: [str(c) for c in s.cmd] for s in plan_languages(opts, ["sw", "tl", "vi"])}
     assert list(steps) == ["data-en", "data-sw", "data-tl", "data-vi", "pretrain", "minipost",
                            "adapt-full", "adapt-minijoint", "adapt-minipost", "finetune", "evaluate"]
-    assert steps["data-tl"][-6:] == ["--recipe", "bible-tl", "--out", str(tmp_path / "d" / "bible-tl-v4000"),
-                                     "--vocab-size", "4000"]
+    assert steps["data-tl"][-8:] == ["--recipe", "bible-tl", "--out", str(tmp_path / "d" / "bible-tl-v4000"),
+                                     "--vocab-size", "4000", "--vocab-limit", "soft"]
     assert f"train.out_dir={tmp_path / 'demo'}" in steps["pretrain"]  # reused: skipped once it is finished
     body = {"full": (tmp_path / "demo" / "final", "full"), "minijoint": (tmp_path / "demo" / "final", "mini"),
             "minipost": (tmp_path / "w" / "minipost" / "final", "mini")}

@@ -489,7 +489,7 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                     vocab_size: int | None = None, tokenizer_path: str | None = None,
                     valid_fraction: float = 0.01, max_chars: int | None = None, seed: int = 0,
                     overwrite: bool = False, model_type: str = "unigram", num_threads: int = 1,
-                    layout: str | Mapping[str, int] = "xlmr",
+                    layout: str | Mapping[str, int] = "xlmr", vocab_limit: str = "hard",
                     log: Callable[[str], None] = print) -> dict:
     """Text -> (trained or given) tokenizer -> token shards at `out`.
 
@@ -533,8 +533,10 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                     for seg in doc.segments:
                         f.write(seg + "\n")
             tok = train_tokenizer([train_txt], os.path.join(tmp, "tokenizer"), vocab_size,
-                                  model_type=model_type, seed=seed, num_threads=num_threads, layout=layout)
-            meta["tokenizer"] = {"trained": True, "vocab_size": vocab_size, "model_type": model_type,
+                                  model_type=model_type, seed=seed, num_threads=num_threads, layout=layout,
+                                  vocab_limit=vocab_limit)
+            meta["tokenizer"] = {"trained": True, "vocab_size": tok.vocab_size, "requested_vocab_size": vocab_size,
+                                 "vocab_limit": vocab_limit, "model_type": model_type,
                                  "layout": layout if isinstance(layout, str) else dict(layout),
                                  "trained_on": "train"}
         else:

@@ -170,7 +170,8 @@ def _resolve_layout(layout: str | Mapping[str, int]) -> dict[str, int]:
 
 def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
                     model_type: str = "unigram", seed: int = 0, num_threads: int = 1,
-                    character_coverage: float = 0.9999, layout: str | Mapping[str, int] = "xlmr") -> Tokenizer:
+                    character_coverage: float = 0.9999, layout: str | Mapping[str, int] = "xlmr",
+                    vocab_limit: str = "hard") -> Tokenizer:
     """Train a sentencepiece model on `text_files` (one sentence or paragraph per line).
 
     Writes `out_prefix.model` and `out_prefix.vocab` (piece TAB score, for reading). The model
@@ -180,8 +181,12 @@ def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
     the sentence sampling is seeded; with one thread the EM sums run in a fixed order (more
     threads are faster and probably still deterministic for a fixed count, but sentencepiece
     does not promise it). `layout` is a name of SPECIAL_LAYOUTS or the ids themselves
-    (`layout_for_special_ids`).
+    (`layout_for_special_ids`). `vocab_limit`: "hard" (exactly `vocab_size` pieces, else a user
+    error) or "soft" (at most that many: a corpus with fewer distinct pieces, e.g. Vietnamese's
+    short space-separated syllables, gets what it has).
     """
+    if vocab_limit not in ("hard", "soft"):
+        raise InvalidValueError(f"vocab_limit {vocab_limit!r} is not one of hard, soft")
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise InvalidValueError(f"model_type {model_type!r} is not one of unigram, bpe, char, word")
     ids = _resolve_layout(layout)
@@ -207,15 +212,16 @@ def train_tokenizer(text_files: list[str], out_prefix: str, vocab_size: int,
             user_defined_symbols=[MASK_PIECE],
             input_sentence_size=MAX_TRAINING_SENTENCES, shuffle_input_sentence=True,
             max_sentence_length=MAX_SENTENCE_BYTES, character_coverage=character_coverage,
-            num_threads=num_threads,
+            num_threads=num_threads, hard_vocab_limit=vocab_limit == "hard",
             # Errors only: its progress log is hundreds of lines. (Not `logstream`: that needs
             # sys.stderr to have a file descriptor, which pytest's capture does not.)
             minloglevel=2)
     except RuntimeError as exc:
         # Typically "Vocabulary size too high" on a small corpus: a user problem, not a bug.
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        hint = " (or let the vocabulary be smaller: --vocab-limit soft)" if "too high" in msg else ""
         raise UserError(f"sentencepiece training on {', '.join(text_files)} with vocab_size "
-                        f"{vocab_size} failed: {msg}") from None
+                        f"{vocab_size} failed: {msg}{hint}") from None
     out_dir = os.path.dirname(os.path.abspath(out_prefix))
     os.makedirs(out_dir, exist_ok=True)
     with open(out_prefix + ".model", "wb") as f:
