@@ -142,12 +142,14 @@ pipeline-pretrained: install
 # language; report.md has a table per language, the average over languages with paired standard
 # errors, and each method's step-2 compute. It reuses `make pipeline`'s pretraining
 # (runs/pipeline/pretrain) or `make demo`'s (runs/demo) when present, and pretrains otherwise.
-# Fitted to about 2 hours on 2 cores from the demo model's per-step times (make study's: at
-# sequence length 128 and 16 sequences a step, 1.6 s through the full model, 0.53 s through
-# MiniJoint's, 0.67 s through MiniPost's; at 64, about half): a step of every method over ten
-# languages costs about 14 s at length 64, so 300 steps are about 70 min; data preparation
-# (ten 8k vocabularies), MiniPost, fine-tuning and scoring 30 packs and their controls on 1,482
-# verses each add about 30 min. Estimated, not yet measured end to end.
+# Fitted to about 2 hours on 2 cores from the demo model's per-step times. make study's, at
+# sequence length 128 and 16 sequences a step: 1.6 s through the full model, 0.53 s through
+# MiniJoint's, 0.67 s through MiniPost's; about half at length 64. A 3-language pilot (20 steps,
+# machine shared with a test run) took 1.8 / 0.7 / 0.8 s a step over its 3 languages. So a step of
+# every method over ten languages costs 11-14 s at length 64, and 300 steps are 55-70 min.
+# Pretraining (when none is reused: 400 steps, about 21 min), data preparation (ten vocabularies of
+# at most 8k pieces), MiniPost, fine-tuning and scoring 30 packs and their controls on 1,482 verses
+# each (the pilot scored 9 in 440 s) add 30-50 min. Estimated, not yet measured end to end.
 LANGUAGES_PRETRAIN ?= $(firstword $(foreach d,runs/pipeline/pretrain runs/demo,$(if $(wildcard $(d)/final/model.pt),$(d))))
 LANGUAGES_ARGS ?= --languages default --adapt-steps 300 --set adapt:data.seq_len=64 --retrieval-pairs 500
 .PHONY: pipeline-languages
