@@ -55,7 +55,7 @@ test: install
 # force their baseline ones). test-isa reruns the numerical tests, and those that claim bit-identical
 # resumes and frozen parameters, with all three on their baseline kernels, then with ATen's AVX2
 # kernels (on an AVX-512 machine, not the ones the plain run used). tests/test_tolerances.py checks
-# that the setting reaches the forked ranks and child processes. About 5 min on 2 cores.
+# that the setting reaches the forked ranks and child processes. About 6 min per setting on 2 cores.
 NUMERIC_TESTS ?= tests/test_tolerances.py tests/test_hf_parity.py tests/test_kernels.py tests/test_kernels_triton.py \
 	tests/test_pretrain_distributed.py tests/test_torch_engine.py tests/test_qa.py tests/test_flops.py \
 	tests/test_config_and_model.py tests/test_minimodel_pipeline.py tests/test_faults.py tests/test_export.py \
