@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,demo,wandb,multilingual$(shell command -v mpicc >/dev/null 2>&1 && echo ,mpi)
+EXTRAS ?= dev,demo,wandb,multilingual,focus$(shell command -v mpicc >/dev/null 2>&1 && echo ,mpi)
 NPROC ?= 2
 
 # Per-checkout cache for DeepSpeed's JIT-built ops (the CPU comm op takes about a minute).
@@ -71,7 +71,7 @@ test-isa: install
 # `make install` may add. `make test-latest` runs the same test command there; `make lock` writes
 # what it resolved to constraints.txt.
 LATEST_VENV ?= .venv-latest
-LOCK_EXTRAS ?= dev,demo,wandb,pretrained,multilingual$(shell command -v mpicc >/dev/null 2>&1 && echo ,mpi)
+LOCK_EXTRAS ?= dev,demo,wandb,pretrained,multilingual,focus$(shell command -v mpicc >/dev/null 2>&1 && echo ,mpi)
 .PHONY: resolve-latest test-latest lock
 resolve-latest:
 	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)

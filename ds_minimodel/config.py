@@ -425,6 +425,8 @@ class MiniPostConfig:
 
 # A language code of adapt.languages, and where data.path takes it.
 LANGUAGE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# How adapt.init starts the new embeddings (steps/adapt/common.init_embeddings).
+INITS = ("random", "copy_shared", "focus")
 LANGUAGE_PLACEHOLDER = "{lang}"
 
 
@@ -439,7 +441,9 @@ class AdaptSettings:
     through: str = "mini"
     # Target-language code recorded in the pack (of a single-language job).
     language: str = "xx"
-    # New embeddings: "random", or "copy_shared" (vectors of pieces the source vocab also has).
+    # New embeddings: "random" (the paper's), "copy_shared" (vectors of pieces the source vocab
+    # also has), or "focus" (those, and FOCUS combinations of them for the other pieces:
+    # steps/adapt/focus.py; needs the `focus` extra, fasttext).
     init: str = "copy_shared"
     # Several target languages in one job (steps/adapt/multi.py), e.g. [sw, tl, vi]: one frozen
     # (mini-)model, every language's own embeddings, one pack each in train.out_dir/packs/<code>/.
@@ -453,8 +457,8 @@ class AdaptSettings:
         out = []
         if self.through not in ("mini", "full"):
             out.append(f"adapt.through must be 'mini' or 'full', got {self.through!r}")
-        if self.init not in ("random", "copy_shared"):
-            out.append(f"adapt.init must be 'random' or 'copy_shared', got {self.init!r}")
+        if self.init not in INITS:
+            out.append(f"adapt.init must be one of {', '.join(map(repr, INITS))}, got {self.init!r}")
         if not isinstance(self.languages, list):
             return out + [f"adapt.languages must be a list of language codes, e.g. [sw, tl], got {self.languages!r}"]
         # Codes name directories (packs/<code>) and metric keys: letters, digits, - and _.

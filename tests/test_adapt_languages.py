@@ -179,7 +179,7 @@ def test_every_language_is_clipped(corpora, dropout_model_dir, tmp_path):
         cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
                           [f"adapt.model_dir={dropout_model_dir}", f"data.path={corpora[code]}"])
         shards = TokenShards.open(str(corpora[code]))
-        start, model_cfg, _ = start_state(read_body(cfg), shards.tokenizer(), cfg)
+        start, model_cfg, _ = start_state(read_body(cfg), shards, cfg)
         model = MLMEncoder(model_cfg)
         model.load_state_dict(start)
         batch = MLMLoader(shards, "train", 32, 4, 1, 0, 1, 0).next_step()[0]

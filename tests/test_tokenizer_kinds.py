@@ -107,7 +107,7 @@ def test_copy_shared_matches_pieces_across_tokenizer_kinds(wordpiece_json, tmp_p
     target = train_tokenizer([str(tmp_path / "t.txt")], str(tmp_path / "sp"), 60, layout="bert")
     source = load_tokenizer(wordpiece_json)
     source_word = torch.randn(source.vocab_size, 8)
-    word, bias, copied = init_embeddings("copy_shared", source_word, source, target, seed=0)
+    word, bias, record = init_embeddings("copy_shared", source_word, source, target, seed=0)
     src_index = {p: i for i, p in enumerate(source.pieces())}
     expected = 0
     for i, piece in enumerate(target.pieces()):
@@ -118,7 +118,7 @@ def test_copy_shared_matches_pieces_across_tokenizer_kinds(wordpiece_json, tmp_p
         if j is not None and j not in source.special_ids:
             assert torch.equal(word[i], source_word[j]), piece
             expected += 1
-    assert expected > 10 and copied == expected + 5  # + the five special tokens, by role
+    assert expected > 10 and record["rows_copied"] == expected + 5  # + the five special tokens, by role
     assert torch.equal(word[target.pad_id], source_word[source.pad_id])
     assert torch.equal(word[target.bos_id], source_word[source.bos_id])  # <s> <- [CLS]
 
@@ -235,7 +235,7 @@ def check_copy_shared(kind, source_vocab: dict, source_specials, source_tok, sou
     copy by role; every other row is fresh noise at the source table's scale."""
     from ds_minimodel.steps.adapt.common import init_embeddings
 
-    word, bias, copied = init_embeddings("copy_shared", source_word, source_tok, target, seed=0)
+    word, bias, record = init_embeddings("copy_shared", source_word, source_tok, target, seed=0)
     assert word.shape == (target.vocab_size, source_word.shape[1]) and torch.equal(bias, torch.zeros(target.vocab_size))
     shared, fresh = 0, []
     for i, piece in enumerate(target.pieces()):
@@ -249,7 +249,7 @@ def check_copy_shared(kind, source_vocab: dict, source_specials, source_tok, sou
             fresh.append(i)
     for role in ("bos", "pad", "eos", "unk", "mask"):
         assert torch.equal(word[getattr(target, f"{role}_id")], source_word[getattr(source_tok, f"{role}_id")]), role
-    assert copied == shared + 5
+    assert record["rows_copied"] == shared + 5
     rest = word[fresh]
     # Fresh rows: none is a source row; their spread is the source table's (normal init at its std).
     # (rows compared by their first three values: two random rows never share them by chance)

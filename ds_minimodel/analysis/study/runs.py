@@ -60,17 +60,17 @@ def adapt_body(config: AdaptConfig, where: str):
     return body, body_cfg, method, k, lineage
 
 
-def _target_tokenizer(config: AdaptConfig, where: str):
+def _target_corpus(config: AdaptConfig, where: str):
     path = config.data.path
     if not path or not (Path(path) / "index.json").is_file():
         raise MissingFileError(f"{where} was trained on data.path {path!r}, which is not a dataset here")
-    return open_corpus(path).tokenizer()
+    return open_corpus(path)
 
 
 def _info_from_config(config: AdaptConfig, where: str) -> tuple[PackInfo, str]:
     """The PackInfo adapt.run would write for this run (when it has no final pack yet)."""
     body, _, method, k, _ = adapt_body(config, where)
-    tok = _target_tokenizer(config, where)
+    tok = _target_corpus(config, where).tokenizer()
     info = PackInfo(language=config.adapt.language, method=method, vocab_size=tok.vocab_size,
                     hidden_size=int(body["embeddings.word"].shape[1]), pad_token_id=tok.pad_id,
                     special={"bos": tok.bos_id, "pad": tok.pad_id, "eos": tok.eos_id, "unk": tok.unk_id,
@@ -133,13 +133,14 @@ def init_tensors(run: StudyRun) -> dict[str, torch.Tensor]:
     from the same source model, tokenizers and seed."""
     where = f"run {run.name!r} ({run.dir})"
     body, _, _, _, lineage = adapt_body(run.config, where)
-    target_tok = _target_tokenizer(run.config, where)
+    corpus = _target_corpus(run.config, where)
+    target_tok = corpus.tokenizer()
     if target_tok.fingerprint() != run.info.tokenizer_fingerprint:
         raise UserError(f"{where}: the tokenizer of data.path {run.config.data.path} is not the one the run "
                         "was trained with")
     source_tok = load_tokenizer(lineage["tokenizer"]) if lineage.get("tokenizer") else None
     word, bias, _ = init_embeddings(run.config.adapt.init, body["embeddings.word"], source_tok, target_tok,
-                                    run.config.train.seed)
+                                    run.config.train.seed, corpus)
     return {"word": word, "output_bias": bias}
 
 

@@ -13,7 +13,9 @@ from ds_minimodel.artefacts.langpack import PackInfo
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import fingerprint, minijoint_mini, plug_embeddings
 from ds_minimodel.config import AdaptConfig, ModelConfig
+from ds_minimodel.data.shards import TokenShards
 from ds_minimodel.errors import UserError
+from ds_minimodel.steps.adapt.focus import corpus_documents, focus_init
 from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.tokenizers.base import Tokenizer
 from ds_minimodel.training import engine as ds
@@ -43,38 +45,61 @@ def select_body(state: dict, cfg: ModelConfig, lineage: dict, through: str, wher
 
 
 def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer | None, target_tok: Tokenizer,
-                    seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """New [V', d] word table and [V'] output bias; returns also how many rows were copied.
+                    seed: int, corpus: TokenShards | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """New [V', d] word table and [V'] output bias, and a record of how they started
+    ({"rows_copied": n, ...}: the pack's provenance).
 
     Rows start as normal noise with the source table's std (the scale the frozen body's first
-    layer norm and attention expect). Special tokens always copy their source row, by role;
+    layer norm and attention expect). Special tokens always copy their source row, by role.
     "copy_shared" also copies every piece both vocabularies contain (digits, names, punctuation
     and sub-words the two languages share), matched in one spelling (`word_pieces`) so a
     sentencepiece target can share rows with a WordPiece source; lowercased when the source
-    tokenizer lowercases its input.
+    tokenizer lowercases its input. "focus" copies the same shared pieces and starts every other
+    piece the target corpus (its train split) uses often enough as FOCUS's combination of them
+    (steps/adapt/focus.py).
     """
+    source_word = source_word.detach()
     g = torch.Generator().manual_seed(seed)
     std = float(source_word.std())
     word = torch.randn(target_tok.vocab_size, source_word.shape[1], generator=g) * std
     bias = torch.zeros(target_tok.vocab_size)
-    copied = 0
-    if source_tok is not None:
-        for role in ("bos_id", "pad_id", "eos_id", "unk_id", "mask_id"):
-            word[getattr(target_tok, role)] = source_word[getattr(source_tok, role)]
-            copied += 1
-        if how == "copy_shared":
-            source_ids: dict[str, int] = {}
-            for i, p in enumerate(source_tok.word_pieces()):
-                source_ids.setdefault(p, i)
-            specials = target_tok.special_ids
-            for i, piece in enumerate(target_tok.word_pieces()):
-                j = source_ids.get(piece.lower() if source_tok.lowercase else piece)
-                if j is not None and i not in specials and j not in source_tok.special_ids:
-                    word[i] = source_word[j]
-                    copied += 1
-    elif how == "copy_shared":
-        raise UserError("adapt.init=copy_shared needs the source model's tokenizer (tokenizer.model in its directory)")
-    return word, bias, copied
+    record = {"rows_copied": 0}
+    if source_tok is None:
+        if how != "random":
+            raise UserError(f"adapt.init={how} needs the source model's tokenizer (tokenizer.model in its directory)")
+        return word, bias, record
+    for role in ("bos_id", "pad_id", "eos_id", "unk_id", "mask_id"):
+        word[getattr(target_tok, role)] = source_word[getattr(source_tok, role)]
+        record["rows_copied"] += 1
+    if how == "random":
+        return word, bias, record
+    shared = shared_pieces(source_tok, target_tok)
+    if how == "focus":
+        if corpus is None:
+            raise UserError("adapt.init=focus needs the target corpus (its train split trains the auxiliary "
+                            "fastText model)")
+        result = focus_init(word, source_word, shared,
+                            corpus_documents(corpus.tokens("train"), target_tok.eos_id, target_tok.special_ids),
+                            target_tok.pieces(), target_tok.special_ids)
+        record.update(rows_focus=len(result.combined), focus_seconds=round(result.seconds, 2))
+    else:
+        for i, j in shared:
+            word[i] = source_word[j]
+    record["rows_copied"] += len(shared)
+    return word, bias, record
+
+
+def shared_pieces(source_tok: Tokenizer, target_tok: Tokenizer) -> list[tuple[int, int]]:
+    """[(target id, source id)] of the non-special pieces both vocabularies spell alike."""
+    source_ids: dict[str, int] = {}
+    for i, p in enumerate(source_tok.word_pieces()):
+        source_ids.setdefault(p, i)
+    shared = []
+    for i, piece in enumerate(target_tok.word_pieces()):
+        j = source_ids.get(piece.lower() if source_tok.lowercase else piece)
+        if j is not None and i not in target_tok.special_ids and j not in source_tok.special_ids:
+            shared.append((i, j))
+    return shared
 
 
 @dataclass
@@ -117,16 +142,17 @@ def check_ds_config(ds_config_path: str) -> dict:
     return raw_ds
 
 
-def start_state(body: Body, target_tok: Tokenizer, cfg: AdaptConfig) -> tuple[dict, ModelConfig, int]:
-    """(the model's starting state dict, its config, rows copied): the body with the target
-    language's new embeddings plugged in."""
-    word, bias, copied = init_embeddings(cfg.adapt.init, body.state["embeddings.word"], body.source_tokenizer,
-                                         target_tok, cfg.train.seed)
+def start_state(body: Body, corpus: TokenShards, cfg: AdaptConfig) -> tuple[dict, ModelConfig, dict]:
+    """(the model's starting state dict, its config, init_embeddings' record): the body with the
+    target language's (the corpus's tokenizer's) new embeddings plugged in."""
+    target_tok = corpus.tokenizer()
+    word, bias, record = init_embeddings(cfg.adapt.init, body.state["embeddings.word"], body.source_tokenizer,
+                                         target_tok, cfg.train.seed, corpus)
     start, model_cfg = plug_embeddings(body.state, body.cfg, word, bias, target_tok.pad_id)
-    return start, dataclasses.replace(model_cfg, kernels=body.kernels), copied
+    return start, dataclasses.replace(model_cfg, kernels=body.kernels), record
 
 
-def pack_info(cfg: AdaptConfig, body: Body, target_tok: Tokenizer, language: str, copied: int, depth: int,
+def pack_info(cfg: AdaptConfig, body: Body, target_tok: Tokenizer, language: str, init_record: dict, depth: int,
               **provenance) -> PackInfo:
     return PackInfo(language=language, method=body.method, vocab_size=target_tok.vocab_size,
                     hidden_size=body.cfg.hidden_size, pad_token_id=target_tok.pad_id,
@@ -135,5 +161,5 @@ def pack_info(cfg: AdaptConfig, body: Body, target_tok: Tokenizer, language: str
                     body_fingerprint=body.fingerprint, fingerprint_layers=body.k,
                     tokenizer_fingerprint=target_tok.fingerprint(),
                     provenance={"model_dir": str(cfg.adapt.model_dir), "through": cfg.adapt.through,
-                                "init": cfg.adapt.init, "rows_copied": copied, "steps": cfg.train.steps,
+                                "init": cfg.adapt.init, **init_record, "steps": cfg.train.steps,
                                 "depth": depth, "world_size": env_world_size(), **provenance})

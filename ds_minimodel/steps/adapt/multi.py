@@ -55,7 +55,7 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
     raw_ds = check_ds_config(ds_config_path)
     if cfg.optim.grad_clip > 0 and cfg.train.engine == "deepspeed":
         ds.check_group_clipping({**raw_ds, "bf16": {"enabled": cfg.train.dtype == "bf16"}}, ds_config_path)
-    starts = {code: start_state(body, tok, cfg) for code, tok in tokenizers.items()}
+    starts = {code: start_state(body, s, cfg) for code, s in shards.items()}
     model_cfg = dataclasses.replace(next(iter(starts.values()))[1], vocab_size=None)
     vocab = {code: tok.vocab_size for code, tok in tokenizers.items()}
     kind = body.kind

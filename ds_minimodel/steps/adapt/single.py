@@ -27,7 +27,7 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
     body = read_body(cfg)
     check_target(target_tok, body, cfg.data.path)
     check_ds_config(ds_config_path)
-    start, model_cfg, copied = start_state(body, target_tok, cfg)
+    start, model_cfg, init_record = start_state(body, shards, cfg)
 
     def make_model(ds_config: dict) -> MLMEncoder:
         torch.manual_seed(cfg.train.seed)
@@ -38,7 +38,7 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
 
     def finalize(run_dir: Path, checkpointer) -> None:
         final, _ = consolidate(checkpointer.dir)
-        info = pack_info(cfg, body, target_tok, cfg.adapt.language, copied, model_cfg.num_layers)
+        info = pack_info(cfg, body, target_tok, cfg.adapt.language, init_record, model_cfg.num_layers)
         save_pack(run_dir / "pack", info, final["embeddings.word"], final["lm_head.bias"], target_tok.path)
 
     return run_mlm_job(cfg, model_cfg, shards, ds_config_path, resume, make_model=make_model, kind=body.kind,
