@@ -51,6 +51,10 @@ class ModelConfig:
     # MLM head/embedding kernels: "auto" (Triton on CUDA, chunked torch on CPU), "triton",
     # "torch" (chunked, never holds [masked x vocab] logits) or "off" (plain PyTorch).
     kernels: str = "auto"
+    # The chunked head's strategy (kernels "torch"): "vocab" (logits recomputed in backward, least
+    # memory), "rows" (gradients in forward from row blocks' logits, one GEMM less) or "auto"
+    # (each device's measured winner: kernels.resolve_strategy, bench/head_strategy.py).
+    head_strategy: str = "auto"
     # Std of the normal init of linear and embedding weights (BERT/RoBERTa use 0.02).
     init_std: float = 0.02
 
@@ -69,6 +73,8 @@ class ModelConfig:
             out.append(f"model.attention must be 'sdpa' or 'explicit', got {self.attention!r}")
         if self.kernels not in ("auto", "triton", "torch", "off"):
             out.append(f"model.kernels must be one of auto|triton|torch|off, got {self.kernels!r}")
+        if self.head_strategy not in ("auto", "vocab", "rows"):
+            out.append(f"model.head_strategy must be one of auto|vocab|rows, got {self.head_strategy!r}")
         if self.mid_head_layer is not None and not 1 <= self.mid_head_layer <= self.num_layers - 1:
             out.append(
                 f"model.mid_head_layer must be in 1..{self.num_layers - 1} (num_layers - 1), "

@@ -71,9 +71,10 @@ class Embeddings(nn.Module):
         not_pad = input_ids.ne(pad).int()
         return (torch.cumsum(not_pad, dim=1) * not_pad + pad).long()
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                tied: kernels.TiedGradient | None = None) -> torch.Tensor:
         pad = self.cfg.pad_token_id
-        x = kernels.embedding(input_ids, self.word, impl=self.cfg.kernels, padding_idx=pad)
+        x = kernels.embedding(input_ids, self.word, impl=self.cfg.kernels, padding_idx=pad, tied=tied)
         pos_pad = pad if self.cfg.position_style == "roberta" else None
         x = x + F.embedding(self.position_ids(input_ids), self.position, padding_idx=pos_pad)
         if token_type_ids is None:
@@ -132,18 +133,21 @@ class MLMHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig, tied_weight: nn.Parameter):
         super().__init__()
-        self.impl = cfg.kernels
+        self.impl, self.strategy = cfg.kernels, cfg.head_strategy
         self.dense = Linear(cfg.hidden_size, cfg.hidden_size, cfg.init_std)
         self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.weight = tied_weight  # the word-embedding Parameter itself: owned here too
 
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """With labels ([M] ids): mean CE over the M rows of `hidden`. Without: logits."""
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None,
+                tied: kernels.TiedGradient | None = None) -> torch.Tensor:
+        """With labels ([M] ids): mean CE over the M rows of `hidden`. Without: logits.
+        tied: the forward's TiedGradient (its lookup's), so d weight joins the one [V, d] buffer."""
         h = self.layer_norm(F.gelu(self.dense(hidden)))
         if labels is None:
             return F.linear(h, self.weight, self.bias)
-        return kernels.masked_lm_loss(h, self.weight, self.bias, labels, impl=self.impl)
+        return kernels.masked_lm_loss(h, self.weight, self.bias, labels, impl=self.impl, strategy=self.strategy,
+                                      tied=tied)
 
 
 def gather_masked(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,10 +190,10 @@ class MLMEncoder(nn.Module):
         return other
 
     def encode(self, input_ids, attention_mask=None, depth: int | None = None,
-               token_type_ids=None) -> list[torch.Tensor]:
+               token_type_ids=None, tied: kernels.TiedGradient | None = None) -> list[torch.Tensor]:
         """Hidden states after each of the first `depth` layers (all by default); [0] = embeddings."""
         key_mask = None if attention_mask is None else attention_mask.bool()
-        states = [self.embeddings(input_ids, token_type_ids)]
+        states = [self.embeddings(input_ids, token_type_ids, tied)]
         for layer in self.layers[: depth if depth is not None else len(self.layers)]:
             states.append(layer(states[-1], key_mask))
         return states
@@ -208,16 +212,18 @@ class MLMEncoder(nn.Module):
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
         if route == "mid" and self.mid_head is None:
             raise ValueError("route 'mid' needs a model with model.mid_head_layer set")
-        states = self.encode(input_ids, attention_mask, depth=k if route == "mid" else None)
+        # One [V, d] gradient for the word table, shared by the lookup and the heads (tied_grad.py).
+        tied = kernels.TiedGradient() if labels is not None else None
+        states = self.encode(input_ids, attention_mask, depth=k if route == "mid" else None, tied=tied)
         if labels is None:
             head = self.mid_head if route == "mid" else self.lm_head
             return {"hidden": states[-1], "logits": head(states[-1])}
         out = {"num_masked": labels.ne(IGNORE_INDEX).sum()}
         if route in ("joint", "final"):
-            out["final_loss"] = self.lm_head(*gather_masked(states[-1], labels))
+            out["final_loss"] = self.lm_head(*gather_masked(states[-1], labels), tied=tied)
             out["loss"] = out["final_loss"]
         if self.mid_head is not None and route in ("joint", "mid"):
-            out["mid_loss"] = self.mid_head(*gather_masked(states[k], labels))
+            out["mid_loss"] = self.mid_head(*gather_masked(states[k], labels), tied=tied)
             out["loss"] = out["mid_loss"] if route == "mid" else out["loss"] + self.cfg.mid_head_weight * out["mid_loss"]
         return out
 

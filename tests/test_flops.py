@@ -505,21 +505,29 @@ def test_chunked_head_model_and_hardware_flops(weight_trainable):
             assert sum(f for op, f, _ in bwd.calls if op == "addmm_") == logits
 
 
+@pytest.mark.parametrize("strategy", ["vocab", "rows", "auto"])
 @pytest.mark.parametrize("kind", ["pretrain_joint", "minipost_top", "adapt_mini", "adapt_full"])
-def test_whole_step_with_chunked_kernels(kind):
+def test_whole_step_with_chunked_kernels(kind, strategy):
     """kernels="torch" (vocabulary-chunked head, 3 chunks at V=3001), every GEMM of a real step
-    counted: the model FLOPs are step_flops' total (as the plain head's), and the logits GEMM
-    recomputed in backward, one [M, d] @ [d, V] per head run, makes hardware_total."""
+    counted: the model FLOPs are step_flops' total (as the plain head's). The "vocab" strategy
+    recomputes the logits GEMM in backward, one [M, d] @ [d, V] per head run (hardware_total);
+    "rows" (what "auto" is on CPU) computes the head's gradients in forward, from kept logits:
+    no recompute, the same total."""
     B, T, M = 3, 19, 7
-    cfg = cfg_for(kind, kernels="torch", vocab_size=3001)
+    cfg = cfg_for(kind, kernels="torch", vocab_size=3001, head_strategy=strategy)
     ids, labels = batch(cfg, B, T, M)
     fwd, bwd = recorded_step(model_for(cfg, kind), kind, ids, labels)
     report = flops.step_flops(cfg, kind, B, T, M, minipost_frozen_layers=K)
     heads_run = 2 if kind == "pretrain_joint" else 1
-    assert fwd.total() == report.forward
-    assert bwd.total(logits=False) == report.backward  # model FLOPs: no recompute
-    assert fwd.total() + bwd.total(logits=False) == report.total
-    assert bwd.total(logits=True) == report.recompute == heads_run * 2 * M * 48 * 3001  # hardware only
+    if strategy == "vocab":
+        assert fwd.total() == report.forward
+        assert bwd.total(logits=False) == report.backward  # model FLOPs: no recompute
+        assert fwd.total() + bwd.total(logits=False) == report.total
+        assert bwd.total(logits=True) == report.recompute == heads_run * 2 * M * 48 * 3001  # hardware only
+    else:
+        assert fwd.total(logits=True) == heads_run * 2 * M * 48 * 3001  # each head's logits, once
+        assert bwd.total(logits=True) == report.recompute == 0
+        assert fwd.total() + bwd.total() == report.total  # the head's backward GEMMs ran in forward
     assert fwd.total() + bwd.total() == report.hardware_total
     # The recorder counts what FlopCounterMode counts where that one is exact (the plain head).
     plain = cfg_for(kind, kernels="off", vocab_size=3001)
@@ -540,9 +548,13 @@ def test_recompute_and_hardware_counts():
     assert ckpt.hardware_total == plain.total + ckpt.recompute
     assert flops.step_flops(cfg_for("eval"), "eval", B, T, M, recompute=True).recompute == 0
     # SDPA's score recompute and the fused head's logits recompute are hardware-only too.
-    fused = flops.step_flops(cfg_for("adapt_mini", attention="sdpa", kernels="torch"), "adapt_mini", B, T, M)
+    fused = flops.step_flops(cfg_for("adapt_mini", attention="sdpa", kernels="torch", head_strategy="vocab"),
+                             "adapt_mini", B, T, M)
     assert fused.total == flops.step_flops(cfg_for("adapt_mini"), "adapt_mini", B, T, M).total
     assert fused.recompute == K * 2 * B * T * T * 48 + 2 * M * 48 * 301
+    rows = flops.step_flops(cfg_for("adapt_mini", attention="sdpa", kernels="torch", head_strategy="rows"),
+                            "adapt_mini", B, T, M)
+    assert rows.total == fused.total and rows.recompute == K * 2 * B * T * T * 48  # no logits recompute
 
 
 def test_deepspeed_profiler_estimate_matches_a_real_profiler_run():

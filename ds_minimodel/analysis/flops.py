@@ -37,8 +37,10 @@ there is no attention dropout (eval, or attention_dropout=0); with dropout in tr
 falls back to the math path, whose bmm's the counter sees exactly as for "explicit".
 
 MLM head kernels. `kernels != "off"` (chunked torch, Triton) cost the same model FLOPs as the plain
-F.linear + cross-entropy, but recompute the logits in backward instead of storing [M, V]: one more
-2*M*d*V, booked as hardware-only `recompute`. (FlopCounterMode cannot check this: it counts the
+F.linear + cross-entropy. The Triton kernels and the chunked head's "vocab" strategy recompute the
+logits in backward instead of storing [M, V]: one more 2*M*d*V, booked as hardware-only
+`recompute`. Its "rows" strategy (model.head_strategy; "auto" picks it on CPU) keeps each row
+block's logits and computes the gradients from them: no recompute. (FlopCounterMode cannot check this: it counts the
 recompute GEMM but not the in-place `addmm_` that accumulates d hidden, so its total for the chunked
 head equals the plain head's by coincidence; `tests/test_flops.py` counts every GEMM itself.)
 
@@ -57,6 +59,7 @@ from typing import Sequence
 
 import torch
 
+from ds_minimodel import kernels
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder
@@ -299,6 +302,19 @@ def _linear(rows: int, n_in: int, n_out: int, *, grad_input: bool, grad_weight: 
     return Flops(f, f if grad_input else 0, f if grad_weight else 0)
 
 
+def head_recomputes(cfg: ModelConfig, device_type: str | None = None) -> bool:
+    """Whether the fused MLM head recomputes its logits in backward on `device_type` (default:
+    CUDA when there is one, as the training jobs run): Triton always, the chunked head on its
+    "vocab" strategy."""
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    impl = kernels.resolve_impl(cfg.kernels, torch.empty(0, device="meta"))
+    if impl == "off":
+        return False
+    if cfg.kernels == "auto" and device_type == "cuda" and kernels.triton_available():
+        return True
+    return impl == "triton" or kernels.resolve_strategy(cfg.head_strategy, device_type) == "vocab"
+
+
 def _mlm_head(cfg: ModelConfig, plan: StepPlan, head: str, m: int, *, grad_in: bool) -> Flops:
     """RoBERTa MLM head `head` ("lm_head" / "mid_head") on the m gathered masked rows: dense d->d,
     gelu, LN, tied decoder d->V. grad_in: whether its input needs a gradient."""
@@ -311,7 +327,7 @@ def _mlm_head(cfg: ModelConfig, plan: StepPlan, head: str, m: int, *, grad_in: b
     # backward recomputes them chunk by chunk, one more [m, d] @ [d, V] (hardware only).
     h_needs_grad = grad_in or plan.trains(f"{head}.dense.") or plan.trains(f"{head}.layer_norm.")
     decoder = _linear(m, d, v, grad_input=h_needs_grad, grad_weight="embeddings.word" in plan.trainable)
-    if cfg.kernels != "off" and decoder.backward:
+    if head_recomputes(cfg) and decoder.backward:
         decoder = dataclasses.replace(decoder, recompute=decoder.forward)
     return dense + decoder
 

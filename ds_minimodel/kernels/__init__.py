@@ -22,11 +22,12 @@ import torch.nn.functional as F
 
 from ds_minimodel.kernels import chunked
 from ds_minimodel.kernels.reference import masked_lm_loss_reference
+from ds_minimodel.kernels.tied_grad import TiedGradient
 from ds_minimodel.kernels.triton_support import check_device, triton_available
 
 IMPLS = ("auto", "triton", "torch", "off")
 
-__all__ = ["IMPLS", "STRATEGIES", "masked_lm_loss", "embedding", "resolve_impl"]
+__all__ = ["IMPLS", "STRATEGIES", "TiedGradient", "resolve_strategy", "masked_lm_loss", "embedding", "resolve_impl"]
 
 
 def resolve_impl(impl, tensor):
@@ -63,11 +64,24 @@ def _check_head_inputs(hidden, weight, bias, labels):
                          f"max {int(labels.max())}")
 
 
-STRATEGIES = ("vocab", "rows")
+STRATEGIES = ("auto", "vocab", "rows")
+# The chunked head's strategy "auto" picks per device type, as measured by bench/head_strategy.py
+# (same shapes, both strategies, alternating, in one process). CPU (2 cores, fp32, the MiniJoint
+# step at XLM-R-base shapes): "rows" wins, its one GEMM less outweighs the [R, V] block's traffic
+# and its gradients living from forward to backward. CUDA: "vocab" (the Triton kernels' algorithm;
+# there a GEMM is cheap next to the [M, V]-sized memory passes "rows" adds), unmeasured here.
+AUTO_STRATEGY = {"cpu": "rows", "cuda": "vocab"}
+
+
+def resolve_strategy(strategy: str, device_type: str) -> str:
+    """The chunked head's concrete strategy ("vocab" | "rows") for tensors on `device_type`."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"masked_lm_loss: unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    return AUTO_STRATEGY.get(device_type, "vocab") if strategy == "auto" else strategy
 
 
 def masked_lm_loss(hidden, weight, bias, labels, impl: str = "auto", *, chunk_size=None,
-                   strategy="vocab", rows_per_block=None, triton_blocks=None):
+                   strategy="vocab", rows_per_block=None, triton_blocks=None, tied=None):
     """Mean cross-entropy of `hidden @ weight.T + bias` against `labels`.
 
     hidden: [M, d] states of the M masked positions; weight: [V, d] (tied to the word
@@ -80,10 +94,13 @@ def masked_lm_loss(hidden, weight, bias, labels, impl: str = "auto", *, chunk_si
 
     chunk_size: vocabulary columns per chunk on the "torch" path (default: a [M, C] fp32 buffer
     of at most 128 MiB, C in [1024, 32768]; see `chunked.vocab_chunk_columns`).
-    strategy ("torch" path): "vocab" (default; logits recomputed in backward, memory O(M * C))
-    or "rows" (gradients computed in forward from row blocks' [R, V] logits: one GEMM less,
-    memory O(R * V); rows_per_block defaults to a 512 MiB block, see `chunked.row_block_rows`).
+    strategy ("torch" path): "vocab" (default; logits recomputed in backward, memory O(M * C)),
+    "rows" (gradients computed in forward from row blocks' [R, V] logits: one GEMM less,
+    memory O(R * V); rows_per_block defaults to a 512 MiB block, see `chunked.row_block_rows`)
+    or "auto" (`resolve_strategy`: the device's measured winner; what models use).
     triton_blocks: tile-size overrides for the Triton kernels, {"forward": {...}, "backward": {...}}.
+    tied: the `TiedGradient` of this forward (`tied_grad.py`), when `weight` is the word table
+    that `embedding(..., tied=)` looked up: d weight then goes into its one [V, d] buffer.
     """
     impl = resolve_impl(impl, hidden)
     if impl == "off":
@@ -97,29 +114,29 @@ def masked_lm_loss(hidden, weight, bias, labels, impl: str = "auto", *, chunk_si
     if impl == "triton":
         tensors = (hidden, weight, labels) + (() if bias is None else (bias,))
         check_device(*tensors, what="masked_lm_loss")
-        return TritonMaskedLMLoss.apply(hidden, weight, bias, labels, triton_blocks)
+        return TritonMaskedLMLoss.apply(hidden, weight, bias, labels, triton_blocks, tied)
     elem = torch.finfo(chunked.acc_dtype(hidden.dtype)).bits // 8
     if chunk_size is None:
         chunk_size = chunked.vocab_chunk_columns(hidden.shape[0], weight.shape[0], elem_size=elem)
     if chunk_size < 1:
         raise ValueError(f"masked_lm_loss: chunk_size must be >= 1, got {chunk_size}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"masked_lm_loss: unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    strategy = resolve_strategy(strategy, hidden.device.type)
     rows = None
     backward_follows = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
     if strategy == "rows" and backward_follows:
         rows = rows_per_block or chunked.row_block_rows(hidden.shape[0], weight.shape[0], elem_size=elem)
-    return ChunkedMaskedLMLoss.apply(hidden, weight, bias, labels, int(chunk_size), rows)
+    return ChunkedMaskedLMLoss.apply(hidden, weight, bias, labels, int(chunk_size), rows, tied)
 
 
-def embedding(input_ids, weight, impl: str = "auto", padding_idx=None, *, deterministic=True):
+def embedding(input_ids, weight, impl: str = "auto", padding_idx=None, *, deterministic=True, tied=None):
     """`F.embedding(input_ids, weight, padding_idx=padding_idx)`, backward on our kernels.
 
     The padding row gets no gradient (nn.Embedding's contract; HF RoBERTa / XLM-R: row 1).
     impl: "auto" | "triton" | "torch" | "off" as for `masked_lm_loss`, plus "cuda" for the
     optional C++ extension (`cuda_ext.py`; CUDA machines only). deterministic: on "triton",
-    sort + segment sum (True, the default) or atomic adds (False).
+    sort + segment sum (True, the default) or atomic adds (False). tied: a fresh `TiedGradient`
+    to hand to the MLM heads that read `weight` in this forward (`tied_grad.py`).
     """
     num_embeddings = weight.shape[0]
     if padding_idx is not None:
@@ -138,4 +155,4 @@ def embedding(input_ids, weight, impl: str = "auto", padding_idx=None, *, determ
         backend = "triton" if deterministic else "triton_atomic"
     elif backend == "cuda" and not weight.is_cuda:
         raise RuntimeError("embedding: impl='cuda' (the C++ extension) needs CUDA tensors")
-    return Embedding.apply(input_ids, weight, padding_idx, backend)
+    return Embedding.apply(input_ids, weight, padding_idx, backend, tied)

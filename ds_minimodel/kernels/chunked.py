@@ -120,12 +120,14 @@ def head_forward(hidden, weight, bias, labels, chunk):
 
 
 def head_backward(hidden, weight, bias, labels, lse, grad_scale, chunk, need_hidden, need_weight,
-                  need_bias):
+                  need_bias, d_weight_into=None):
     """Gradients of sum_i (lse_i - z_i,y_i) * grad_scale with respect to hidden, weight, bias.
 
     grad_scale: 0-dim tensor (grad_output / M; a tensor so CUDA never syncs on it). Returns
     (d hidden, d weight, d bias) in the inputs' dtypes; None where not needed. With
     need_weight=False (frozen tied weight) the weight-gradient GEMM is skipped entirely.
+    d_weight_into: an existing [V, d] gradient (another head's, `tied_grad.py`) that d weight is
+    accumulated into, chunk by chunk, and returned as d weight (no second [V, d] tensor).
     """
     dtype = acc_dtype(hidden.dtype)
     h = hidden.to(dtype).contiguous()
@@ -137,7 +139,11 @@ def head_backward(hidden, weight, bias, labels, lse, grad_scale, chunk, need_hid
     d_hidden = torch.zeros_like(h) if need_hidden else None
     # fp32 weights: each chunk's GEMM writes straight into its rows of the result. bf16: the
     # chunk is computed in fp32 and rounded once when copied in.
-    d_weight = torch.empty(weight.shape, dtype=weight.dtype, device=device) if need_weight else None
+    accumulate = need_weight and d_weight_into is not None
+    if accumulate:
+        d_weight = d_weight_into
+    else:
+        d_weight = torch.empty(weight.shape, dtype=weight.dtype, device=device) if need_weight else None
     d_bias = torch.empty(vocab, dtype=dtype, device=device) if need_bias else None
     for start in range(0, vocab, chunk):
         stop = min(start + chunk, vocab)
@@ -150,10 +156,13 @@ def head_backward(hidden, weight, bias, labels, lse, grad_scale, chunk, need_hid
         if need_hidden:
             d_hidden.addmm_(g, w)
         if need_weight:
-            if d_weight.dtype == dtype:
-                torch.mm(g.t(), h, out=d_weight[start:stop])
+            if d_weight.dtype != dtype:
+                rows_w = (g.t() @ h).to(d_weight.dtype)
+                d_weight[start:stop].add_(rows_w) if accumulate else d_weight[start:stop].copy_(rows_w)
+            elif accumulate:
+                d_weight[start:stop].addmm_(g.t(), h)
             else:
-                d_weight[start:stop].copy_(g.t() @ h)
+                torch.mm(g.t(), h, out=d_weight[start:stop])
         if need_bias:
             torch.sum(g, dim=0, out=d_bias[start:stop])
     return (

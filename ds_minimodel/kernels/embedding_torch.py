@@ -60,3 +60,30 @@ def embedding_backward_torch(grad_output, input_ids, num_embeddings, padding_idx
     if grad_output.is_cuda:
         return embedding_backward_sorted(grad_output, input_ids, num_embeddings, padding_idx)
     return embedding_backward_index_add(grad_output, input_ids, num_embeddings, padding_idx)
+
+
+def embedding_rows_add_(out, grad_output, input_ids, padding_idx=None):
+    """Add the lookup's gradient rows into an existing [V, d] gradient `out` (the MLM heads' d W,
+    `tied_grad.py`) in place, and return it: the same rows `embedding_backward_torch` would write
+    into a zero table, with no zero table. The padding row gets nothing from the lookup (its
+    head gradient stays). Deterministic: on CPU index_add_ walks the ids in order; on CUDA the
+    rows are first summed per distinct id (sort + segment sum), then added once per row."""
+    g, ids, d = _flat(grad_output, input_ids)
+    if padding_idx is not None:
+        keep = ids.ne(padding_idx)
+        g, ids = g[keep], ids[keep]
+    if ids.numel() == 0:
+        return out
+    if out.dtype in (torch.float32, torch.float64) and g.dtype == out.dtype and not g.is_cuda:
+        return out.index_add_(0, ids, g)
+    acc_dtype = torch.promote_types(g.dtype, torch.float32)
+    if g.is_cuda:
+        sorted_ids, perm = torch.sort(ids, stable=True)
+        uniq, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+        sums = torch.segment_reduce(g.index_select(0, perm).to(acc_dtype), "sum", lengths=counts, axis=0, unsafe=True)
+    else:
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        sums = torch.zeros(uniq.numel(), d, dtype=acc_dtype, device=g.device).index_add_(0, inverse, g.to(acc_dtype))
+    # Each row once, added in fp32 and rounded once (bf16 tables).
+    out.index_copy_(0, uniq, (out.index_select(0, uniq).to(acc_dtype) + sums).to(out.dtype))
+    return out
