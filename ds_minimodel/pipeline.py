@@ -38,6 +38,7 @@ class PipelineOptions:
     k: int | None = None  # pretrained pipeline: MiniPost's depth (default L/4, see mini_depth)
     top_layers: int = 1  # pretrained pipeline: MiniPost's trained top layers
     language_vocab: int = 8000  # languages pipeline: each new language's vocabulary size
+    regular: bool = True  # demo pipeline: also the paper's baseline model (no mid head), `regular_steps`
     extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides (`step_overrides`)
 
 
@@ -135,21 +136,45 @@ def _packs(opts: PipelineOptions, methods) -> list[Path]:
     return [opts.work / f"adapt-{m}" / "pack" for m in methods]
 
 
-def _pretrain(opts: PipelineOptions, pretrain: Path, english: Path) -> Step:
+def _pretrain(opts: PipelineOptions, pretrain: Path, english: Path, name: str = "pretrain",
+              settings: tuple = ()) -> Step:
     """MiniJoint pretraining of the demo model on English (skipped when `pretrain` is a finished
-    run, e.g. `make demo`'s reused with --reuse-pretrain)."""
-    return Step("pretrain", pretrain / "final" / "model.pt",
+    run, e.g. `make demo`'s reused with --reuse-pretrain). `settings` go before the user's extras."""
+    return Step(name, pretrain / "final" / "model.pt",
                 [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py", "--resume",
                  "--deepspeed", "ds_configs/z3.json", "--config", "configs/demo-cpu.yaml", f"data.path={english}",
-                 f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *opts.extra.get("pretrain", [])],
+                 f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *settings,
+                 *opts.extra.get("pretrain", [])],
                 ranks=opts.nproc)
 
 
-def run(opts: PipelineOptions) -> Path:
-    """MiniJoint pretraining on English, MiniPost from it, three adaptations, transfer."""
-    from ds_minimodel.analysis.report import pipeline_report
+# The paper's comparison: standard and MiniPost start from a regularly pretrained model, MiniJoint
+# from its own. The regular model is the demo's MiniJoint pretraining without the mid head: same
+# data, steps, batch and schedule (so a little less compute: no mid-head MLM).
+REGULAR = "regular"
+REGULAR_METHODS = ("full", "minipost")
 
-    runner = _Steps(opts.work, opts.nproc)
+
+def regular_steps(opts: PipelineOptions, english: Path, target: Path) -> list[Step]:
+    """The regular model's branch, in `work/regular/`: its pretraining, MiniPost from it, the
+    standard baseline and MiniPost adaptations, its own English fine-tuning and transfer
+    (regular/transfer.json). Step names carry the prefix `regular-`."""
+    import dataclasses
+
+    sub = dataclasses.replace(opts, work=opts.work / REGULAR)
+    pretrain = sub.work / "pretrain"
+    minipost = _minipost(sub, "minipost", "configs/minipost-cpu.yaml", pretrain / "final", english)
+    sources = {"full": (pretrain / "final", "full"), "minipost": (minipost.done.parent, "mini")}
+    steps = [_pretrain(sub, pretrain, english, settings=("model.mid_head_layer=null",)), minipost,
+             *(_adapt(sub, m, *sources[m], target) for m in REGULAR_METHODS),
+             *_finetune_and_evaluate(sub, "configs/finetune-cpu.yaml", pretrain / "final", _packs(sub, REGULAR_METHODS),
+                                     pretrain / "final")]
+    return [dataclasses.replace(s, name=f"{REGULAR}-{s.name}") for s in steps]
+
+
+def plan_demo(opts: PipelineOptions) -> list[Step]:
+    """MiniJoint pretraining on English, MiniPost from it, three adaptations, transfer; and (unless
+    opts.regular is False) the regular model's branch (`regular_steps`)."""
     en, ny = opts.data_root / "bible-en", opts.data_root / "bible-ny"
     pretrain = opts.reuse_pretrain or opts.work / "pretrain"
     minipost = _minipost(opts, "minipost", "configs/minipost-cpu.yaml", pretrain / "final", en)
@@ -161,11 +186,22 @@ def run(opts: PipelineOptions) -> Path:
              minipost,
              *(_adapt(opts, method, *sources[method], ny) for method in METHODS),
              *_finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final", _packs(opts, METHODS),
-                                    pretrain / "final")]
-    for s in steps:
+                                    pretrain / "final"),
+             *(regular_steps(opts, en, ny) if opts.regular else [])]
+    return steps
+
+
+def run(opts: PipelineOptions) -> Path:
+    """`plan_demo`'s steps, then report.md."""
+    from ds_minimodel.analysis.report import pipeline_report
+
+    runner = _Steps(opts.work, opts.nproc)
+    pretrain = opts.reuse_pretrain or opts.work / "pretrain"
+    for s in plan_demo(opts):
         runner(s)
     # MiniJoint's mini-model comes with pretraining; MiniPost's costs its own training run.
-    report = pipeline_report(opts.work, pretrain, runner.timings, METHODS, prep={"minipost": "minipost"})
+    report = pipeline_report(opts.work, pretrain, runner.timings, METHODS, prep={"minipost": "minipost"},
+                             regular=opts.work / REGULAR if opts.regular else None)
     print(f"report: {report}", flush=True)
     return report
 

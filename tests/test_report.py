@@ -160,3 +160,65 @@ def test_languages_report_names_a_missing_result(languages_dir):
     work, _, _ = languages_dir
     with pytest.raises(UserError, match="has no result for full/de, minijoint/de, minipost/de$"):
         languages_report(work, "pretrain", {}, METHODS, LANGS + ["de"])
+
+
+# ---- the paper's comparison (the regular model's branch) --------------------------------------
+
+def _write_pretrain(run, flops, valid_loss):
+    run.mkdir(parents=True)
+    with open(run / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"kind": "train", "step": 400, "loss": 6.0, "flops": flops, "train_seconds": 9.0}) + "\n")
+        f.write(json.dumps({"kind": "eval", "step": 400, "valid_final_loss": valid_loss}) + "\n")
+
+
+def test_report_regular_section_pairs_by_verse_id(pipeline_dir):
+    """Standard and MiniPost from the regular model, MiniJoint from its own: MiniJoint's difference
+    to the standard baseline is paired by verse id (the regular transfer lists its verses in
+    another order), and the mid head's cost compares the two models' English accuracy (paired)
+    and final validation loss."""
+    work, correct, _ = pipeline_dir
+    rng = np.random.default_rng(3)
+    n = len(correct["full"])
+    ids = [f"v{i}" for i in range(n)]
+    transfer = json.loads((work / "transfer.json").read_text())
+    english_mj = rng.random(n) < 0.45
+    for pack in transfer["classification"]["packs"].values():
+        pack["ids"] = ids
+    transfer["classification"]["source"].update(accuracy=english_mj.mean(), ids=ids,
+                                                correct="".join("1" if x else "0" for x in english_mj))
+    (work / "transfer.json").write_text(json.dumps(transfer))
+    _write_pretrain(work / "pretrain", 7.3e13, 5.87)
+
+    regular = work / "regular"
+    order = rng.permutation(n)
+    reg_flags = {m: rng.random(n) < p for m, p in (("full", 0.31), ("minipost", 0.28))}
+    english_reg = rng.random(n) < 0.47
+    bits = lambda a: "".join("1" if x else "0" for x in a)  # noqa: E731
+    packs = {}
+    for m, (sec, fl) in (("full", (4.0, 12e9)), ("minipost", (1.5, 5e9))):
+        _write_run(regular / f"adapt-{m}", seconds_per_step=sec, flops_per_step=fl)
+        packs[f"regular/adapt-{m}/pack"] = {"method": m, "language": "ny", "examples": n,
+                                            "accuracy": reg_flags[m].mean(), "control_accuracy": 0.2,
+                                            "correct": bits(reg_flags[m][order]), "control_correct": "0" * n,
+                                            "ids": [ids[i] for i in order]}
+    (regular / "transfer.json").write_text(json.dumps({"classification": {
+        "task": "verse-genre", "chance_majority": {"majority": 0.2}, "packs": packs,
+        "source": {"language": "en", "accuracy": english_reg.mean(), "correct": bits(english_reg[order]),
+                   "ids": [ids[i] for i in order]}}}))
+    _write_pretrain(regular / "pretrain", 6.9e13, 5.91)
+
+    text = pipeline_report(work, work / "pretrain", {}, METHODS, regular=regular).read_text()
+    section = text[text.index("## The paper's comparison"):]
+    row = _row(section, "minijoint")
+    assert row[1] == "MiniJoint" and float(row[2]) == pytest.approx(correct["minijoint"].mean(), abs=6e-4)
+    d = correct["minijoint"].astype(float) - reg_flags["full"]
+    diff, se = re.match(r"([+-][\d.]+) ± ([\d.]+)", row[5]).groups()
+    assert (float(diff), float(se)) == pytest.approx((100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(n)), abs=0.051)
+    assert row[7] == "4.00x"  # step-2 FLOPs: 30 x 12e9 against 30 x 3e9
+    assert _row(section, "minipost")[7] == "2.40x" and _row(section, "standard")[5] == "-"
+    cost = _row(section, "MiniJoint")
+    assert cost[1:4] == ["7.3e+13", "5.870", f"{english_mj.mean():.3f}"]
+    d = english_mj.astype(float) - english_reg
+    diff, se = re.match(r"([+-][\d.]+) ± ([\d.]+)", cost[4]).groups()
+    assert (float(diff), float(se)) == pytest.approx((100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(n)), abs=0.051)
+    assert _row(section, "regular")[1:3] == ["6.9e+13", "5.910"]

@@ -55,12 +55,14 @@ def _adapt_curves(run_dir: Path) -> dict:
 
 
 def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, methods: tuple[str, ...],
-                    prep: dict[str, str] | None = None) -> Path:
+                    prep: dict[str, str] | None = None, regular: str | Path | None = None) -> Path:
     """report.md + adaptation.png + transfer.png for a finished pipeline directory.
 
     `prep` names, per method, the one-time pipeline step its step 2 depends on besides the
     pretrained model (MiniPost's top training; the MLM head a headless encoder needs before the
-    standard baseline): its wall-clock is reported next to the step-2 time."""
+    standard baseline): its wall-clock is reported next to the step-2 time. `regular`: the
+    regular model's branch (pipeline.regular_steps), reported as the paper's comparison
+    (`regular_section`)."""
     import json
 
     import matplotlib
@@ -142,12 +144,72 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
               "standard error of the paired difference; * marks a difference beyond two standard errors."]
     lines += ["", "One-time prep: the pipeline step the method's step 2 needs besides the pretrained model, "
               "paid once per model, not per language (wall-clock including start-up)."]
+    if regular is not None:
+        lines += regular_section(work, Path(regular), Path(pretrain), timings)
     lines += ["", "![adaptation](adaptation.png)", "", "![transfer](transfer.png)", "",
               "Wall-clock of each pipeline step (s, including start-up): " +
               ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
     out = work / "report.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
+
+
+def regular_section(work: Path, regular: Path, pretrain: Path, timings: dict) -> list[str]:
+    """The paper's comparison: the standard baseline and MiniPost adapted from a regular model
+    (no mid head, pretrained like the MiniJoint one), MiniJoint from its own model, each pack
+    plugged into its own model's English fine-tuning; differences paired by verse id. And what the
+    mid head costs the full model: its English accuracy and final MLM loss, regular vs MiniJoint."""
+    import json
+
+    def results(transfer: Path) -> tuple[dict, dict]:
+        cls = json.loads(transfer.read_text())["classification"]
+        return cls, {v["method"]: v for v in cls["packs"].values()}
+
+    reg_cls, reg = results(regular / "transfer.json")
+    mj_cls, mj = results(work / "transfer.json")
+    rows = [("standard", "regular", reg["full"], regular / "adapt-full"),
+            ("minipost", "regular", reg["minipost"], regular / "adapt-minipost"),
+            ("minijoint", "MiniJoint", mj["minijoint"], work / "adapt-minijoint")]
+    base, base_curve = reg["full"], _adapt_curves(regular / "adapt-full")
+    lines = ["", "## The paper's comparison: standard and MiniPost from a regular model", "",
+             f"The regular model (`{regular / 'pretrain'}`) is pretrained as the MiniJoint one (same data, steps, "
+             "batch and schedule) without the mid head. Standard and MiniPost adapt from it, MiniJoint from the "
+             "MiniJoint model; each pack is plugged into its own model's English fine-tuning. vs standard: paired "
+             "on the same verses (by id).", "",
+             "| method | from | accuracy | control | vs control (points) | vs standard (points) | step-2 FLOPs | "
+             "fewer FLOPs than standard | step-2 train time (s) | speedup vs standard |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, model, r, run_dir in rows:
+        curve = base_curve if name == "standard" else _adapt_curves(run_dir)
+        f, t = curve["flops"][-1], curve["seconds"][-1]
+        vs_base = "-" if name == "standard" else _paired_flags(*_aligned(r, base))
+        ratio = "-" if name == "standard" else f"{base_curve['flops'][-1] / f:.2f}x"
+        speed = "-" if name == "standard" else f"{base_curve['seconds'][-1] / t:.2f}x"
+        lines.append(f"| {name} | {model} | {r['accuracy']:.3f} | {r['control_accuracy']:.3f} | "
+                     f"{_paired_cell(r['correct'], r['control_correct'])} | {vs_base} | {f:.3g} | {ratio} | "
+                     f"{t:.0f} | {speed} |")
+    lines += ["", "### What the mid head costs the full model", "",
+              "| model | pretraining FLOPs | final validation MLM loss | English accuracy (fine-tuned) | vs regular (points) |",
+              "| --- | --- | --- | --- | --- |"]
+    for name, run_dir, cls in (("regular", regular / "pretrain", reg_cls), ("MiniJoint", pretrain, mj_cls)):
+        evals = [r for r in read_metrics(run_dir, "eval") if "valid_final_loss" in r]
+        flops = read_metrics(run_dir, "train")[-1]["flops"]
+        vs = "-" if name == "regular" else (
+            _paired_flags(*_aligned(cls["source"], reg_cls["source"])) if "correct" in cls["source"] else "-")
+        lines.append(f"| {name} | {flops:.3g} | {evals[-1]['valid_final_loss']:.3f} | "
+                     f"{cls['source']['accuracy']:.3f} | {vs} |")
+    lines += ["", "Validation MLM loss: the final head's, on the same English validation split; the MiniJoint "
+              "model's pretraining FLOPs include its mid head's."]
+    return lines
+
+
+def _aligned(a: dict, b: dict) -> tuple[list[bool], list[bool]]:
+    """Two results' per-example flags on the examples both have, matched by id."""
+    b_by_id = dict(zip(b["ids"], _flags(b["correct"])))
+    pairs = [(x, b_by_id[i]) for i, x in zip(a["ids"], _flags(a["correct"])) if i in b_by_id]
+    if not pairs:
+        raise UserError("two transfer results to compare share no test example")
+    return [x for x, _ in pairs], [y for _, y in pairs]
 
 
 def _paired_cell(a: str | None, b: str | None) -> str:

@@ -82,10 +82,12 @@ def evaluate_classification(model_dir: str, packs: list[str], task, batch_size: 
     model, config, lineage = load_classifier(model_dir)
     src_tok = load_tokenizer(lineage["tokenizer"])
     max_len = config["task"]["max_len"]
+    source = task.tests[task.train_language]
+    source_correct = _correct(model, source, src_tok, max_len, batch_size)
     result = {"task": task.name, "chance_majority": task.meta.get("chance", {}),
-              "source": {"language": task.train_language,
-                         "accuracy": _mean(_correct(model, task.tests[task.train_language], src_tok, max_len,
-                                                    batch_size))},
+              # Per example too: two models' English accuracies pair on the same verses.
+              "source": {"language": task.train_language, "accuracy": _mean(source_correct),
+                         "correct": _bits(source_correct), "ids": [ex.id for ex in source]},
               "packs": {}}
     for pack_dir in packs:
         info, tensors, tok = load_pack(pack_dir)
