@@ -118,3 +118,14 @@ def plug_embeddings(state: dict, cfg: ModelConfig, word: torch.Tensor, output_bi
         if name in state:
             out[name] = output_bias
     return out, dataclasses.replace(cfg, vocab_size=word.shape[0])
+
+
+def plugged_encoder(state: dict, cfg: ModelConfig, tensors: dict, pad_token_id: int):
+    """An `MLMEncoder` (eval mode) of `state` with a pack's tensors ({"word", "output_bias"})
+    plugged in: what scoring a language pack through an encoder needs."""
+    from ds_minimodel.model import MLMEncoder
+
+    plugged_state, plugged_cfg = plug_embeddings(state, cfg, tensors["word"], tensors["output_bias"], pad_token_id)
+    model = MLMEncoder(plugged_cfg)
+    model.load_state_dict(plugged_state, strict=True)
+    return model.eval()

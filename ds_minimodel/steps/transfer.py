@@ -18,7 +18,7 @@ import torch
 
 from ds_minimodel.artefacts.langpack import PackInfo, check_compatible, load_pack
 from ds_minimodel.artefacts.modeldir import read_model_dir
-from ds_minimodel.artefacts.surgery import plug_embeddings
+from ds_minimodel.artefacts.surgery import plug_embeddings, plugged_encoder
 from ds_minimodel.config import FinetuneConfig, from_dict
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder
@@ -213,9 +213,7 @@ def evaluate_retrieval(pretrained_dir: str, packs: list[str], pairs=None, layer:
                          where=str(pretrained_dir))
         scores = {}
         for name, t in (("pack", tensors), ("control", random_control(info, tensors))):
-            plugged_state, plugged_cfg = plug_embeddings(state, cfg, t["word"], t["output_bias"], info.pad_token_id)
-            target_model = MLMEncoder(plugged_cfg)
-            target_model.load_state_dict(plugged_state, strict=True)
+            target_model = plugged_encoder(state, cfg, t, info.pad_token_id)
             scores[name] = retrieval_metrics(source, mean_pooled(target_model, [p.target for p in lang_pairs], tok,
                                                                    layer, max_len=max_len))
         dropped = getattr(lang_pairs, "meta", {}).get("dropped", {})

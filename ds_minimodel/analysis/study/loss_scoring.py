@@ -30,7 +30,7 @@ from ds_minimodel.analysis.study.runs import StudyRun
 from ds_minimodel.analysis.study.scoring import Units, file_id
 from ds_minimodel.artefacts.langpack import PackInfo, check_compatible
 from ds_minimodel.artefacts.modeldir import read_model_dir
-from ds_minimodel.artefacts.surgery import plug_embeddings
+from ds_minimodel.artefacts.surgery import plugged_encoder
 from ds_minimodel.data.loader import eval_batches
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, gather_masked
@@ -97,9 +97,6 @@ class MLMLossScorer:
         check_compatible(info, hidden_size=self.cfg.hidden_size, pad_token_id=self.cfg.pad_token_id,
                          body_fingerprint=self.lineage["body_fingerprints"].get(str(info.fingerprint_layers), "none"),
                          where=str(self.model_dir))
-        state, cfg = plug_embeddings(self.body, self.cfg, tensors["word"], tensors["output_bias"], info.pad_token_id)
-        model = MLMEncoder(cfg)
-        model.load_state_dict(state, strict=True)
-        model.eval()
+        model = plugged_encoder(self.body, self.cfg, tensors, info.pad_token_id)
         parts = [sequence_losses(model, b) for b in self.batches]
         return Units(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))

@@ -24,7 +24,7 @@ from ds_minimodel.analysis.study.runs import (
 )
 from ds_minimodel.artefacts.langpack import PackInfo, check_compatible
 from ds_minimodel.artefacts.modeldir import read_model_dir
-from ds_minimodel.artefacts.surgery import plug_embeddings
+from ds_minimodel.artefacts.surgery import plugged_encoder
 from ds_minimodel.config import FinetuneConfig, from_dict
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.model import MLMEncoder
@@ -201,9 +201,7 @@ class RetrievalScorer:
         check_compatible(info, hidden_size=self.cfg.hidden_size, pad_token_id=self.cfg.pad_token_id,
                          body_fingerprint=self.lineage["body_fingerprints"].get(str(info.fingerprint_layers), "none"),
                          where=str(self.pretrained_dir))
-        state, cfg = plug_embeddings(self.state, self.cfg, tensors["word"], tensors["output_bias"], info.pad_token_id)
-        model = MLMEncoder(cfg)
-        model.load_state_dict(state, strict=True)
+        model = plugged_encoder(self.state, self.cfg, tensors, info.pad_token_id)
         pairs = self.pairs_for(info.language)
         target = mean_pooled(model, [p.target for p in pairs], load_tokenizer(tokenizer_path), self.layer,
                              max_len=self.max_len)
