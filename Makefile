@@ -55,16 +55,21 @@ test: install
 # force their baseline ones). test-isa reruns the numerical tests, and those that claim bit-identical
 # resumes and frozen parameters, with all three on their baseline kernels, then with ATen's AVX2
 # kernels (on an AVX-512 machine, not the ones the plain run used). tests/test_tolerances.py checks
-# that the setting reaches the forked ranks and child processes. About 6 min per setting on 2 cores.
+# that the setting reaches the forked ranks and child processes. About 6 min per setting on 2 cores
+# one after the other; the two settings run side by side (each pytest runs one thread), their
+# outputs kept apart (--output-sync).
 NUMERIC_TESTS ?= tests/test_tolerances.py tests/test_hf_parity.py tests/test_kernels.py tests/test_kernels_triton.py \
 	tests/test_pretrain_distributed.py tests/test_torch_engine.py tests/test_qa.py tests/test_flops.py \
 	tests/test_config_and_model.py tests/test_minimodel_pipeline.py tests/test_faults.py tests/test_export.py \
 	tests/test_adapt_languages.py
-.PHONY: test-isa
+.PHONY: test-isa test-isa-default test-isa-avx2
 test-isa: install
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-isa-default test-isa-avx2
+test-isa-default: install
 	ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE OPENBLAS_CORETYPE=Prescott OMP_NUM_THREADS=1 \
-		$(PY) -m pytest -q $(NUMERIC_TESTS)
-	ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1 $(PY) -m pytest -q $(NUMERIC_TESTS)
+		$(PY) -m pytest -q -p no:cacheprovider $(NUMERIC_TESTS)
+test-isa-avx2: install
+	ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(NUMERIC_TESTS)
 
 # The newest versions setup.py allows, in their own venv (torch stays TORCH_SPEC: a newer torch is
 # its own decision), with every extra (MPI too, when mpicc exists) so the lock covers whatever
