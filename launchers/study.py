@@ -18,7 +18,7 @@ or run the adaptation runs first (one after another, via the real adapt launcher
     python launchers/study.py --run-experiments --pretrained runs/pipeline/pretrain/final \
         --minipost runs/pipeline/minipost/final --model runs/pipeline/finetune/final \
         --target-data data/bible-ny --out runs/study [--steps full=300 minijoint=900 minipost=900] \
-        [--checkpoints 10] [--seeds 3]
+        [--checkpoints 10] [--seeds 3] [--methods full minijoint minipost minipost+focus] [--init random]
 
 Writes study.json, study.md, metric_vs_flops.png, metric_vs_wallclock.png and
 mlm_loss_vs_flops.png into --out, and ends with one line per method:
@@ -96,7 +96,11 @@ def main(argv=None) -> None:
     exp = p.add_argument_group("--run-experiments")
     exp.add_argument("--minipost", help="MiniPost model directory (step 1b's final/)")
     exp.add_argument("--target-data", help="target-language dataset (prepare_data.py --recipe bible-<language>)")
-    exp.add_argument("--methods", nargs="+", default=None, help="default: full minijoint [minipost]")
+    exp.add_argument("--methods", nargs="+", default=None,
+                     help="default: full minijoint [minipost]; METHOD+INIT gives a method its own embedding "
+                          "init, e.g. minipost+focus")
+    exp.add_argument("--init", default="random", help="adapt.init of every method without its own (default: "
+                                                         "random, the paper's)")
     exp.add_argument("--steps", nargs="+", default=[], metavar="[METHOD=]N",
                      help="adaptation steps (default full=300 minijoint=900 minipost=900)")
     exp.add_argument("--checkpoints", type=int, default=10, help="evenly spaced checkpoints per run")
@@ -134,7 +138,7 @@ def main(argv=None) -> None:
                                                  minipost=Path(args.minipost) if args.minipost else None,
                                                  methods=methods, steps=parse_steps(args.steps),
                                                  checkpoints=args.checkpoints, seeds=tuple(range(args.seeds)),
-                                                 config=args.config,
+                                                 config=args.config, init=args.init,
                                                  ds_config=args.deepspeed, overrides=args.overrides)
             experiments.plan_experiments(opts)  # every input checked before the scorer loads or anything trains
         else:

@@ -334,6 +334,29 @@ def test_study_plan_sets_seeds_dense_checkpoints_and_parses_as_adapt_config(tiny
         plan_experiments(dataclasses.replace(opts, seeds=(0, 0)))
 
 
+def test_study_plan_gives_a_method_its_own_init(tiny_model_dir, tiny_target_corpus, tmp_path):
+    """Every run starts from the paper's random embeddings unless its method says +INIT: then its
+    own directory and adapt.init; unknown inits, a method named twice and --set adapt.init are
+    refused before anything runs."""
+    from ds_minimodel.analysis.study.experiments import ExperimentOptions, plan_experiments
+    from ds_minimodel.config import AdaptConfig, load_config
+
+    opts = ExperimentOptions(out=tmp_path, pretrained=tiny_model_dir, target_data=tiny_target_corpus,
+                             methods=("full", "minijoint", "minijoint+focus"), seeds=(0,),
+                             steps={"full": 30, "minijoint": 90})
+    plan = plan_experiments(opts)
+    assert [d.name for _, _, d, _ in plan] == ["adapt-full-s0", "adapt-minijoint-s0", "adapt-minijoint-focus-s0"]
+    inits = [load_config(AdaptConfig, REPO / "configs/adapt-cpu.yaml", o).adapt.init for *_, o in plan]
+    assert inits == ["random", "random", "focus"]  # configs/adapt-cpu.yaml says copy_shared
+    assert load_config(AdaptConfig, REPO / "configs/adapt-cpu.yaml", plan[2][3]).train.steps == 90  # minijoint's
+    for bad, needle in ((dict(methods=("full", "minijoint+glove")), "unknown method"),
+                        (dict(methods=("full", "full")), "twice"),
+                        (dict(init="zeros"), "--init"),
+                        (dict(overrides=["adapt.init=focus"]), "adapt.init")):
+        with pytest.raises(UserError, match=needle):
+            plan_experiments(dataclasses.replace(opts, **bad))
+
+
 def test_checkpoint_tensors_match_the_final_pack(tiny_study):
     from ds_minimodel.analysis.study.runs import checkpoint_tensors, open_run
     from ds_minimodel.artefacts.langpack import load_pack

@@ -2,6 +2,10 @@
 through the real adapt launcher, one after another (so that each wall-clock is measured on an
 otherwise idle machine), reused when finished and resumed when interrupted.
 
+A method is `full`, `minijoint` or `minipost`, optionally with its own initialisation of the new
+embeddings, `METHOD+INIT` (e.g. `minipost+focus`, run directory `adapt-minipost-focus-s0`); every
+other run starts as `ExperimentOptions.init` says (default "random": the paper's setting).
+
 train.seed drives everything random in a run: the new embeddings' initialisation
 (adapt.init_embeddings), the data order (the loader's per-epoch permutation) and the MLM masks;
 seed s of every method shares all three, which is what lets the bootstrap pair them."""
@@ -16,7 +20,7 @@ from typing import Callable
 import yaml
 
 from ds_minimodel.analysis.study.runs import METHODS, adapt_body
-from ds_minimodel.config import AdaptConfig, AdaptSettings
+from ds_minimodel.config import INITS, AdaptConfig, AdaptSettings
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.subprocess_runner import REPO, run_command
 
@@ -37,6 +41,13 @@ class ExperimentOptions:
     config: str = "configs/adapt-cpu.yaml"
     ds_config: str = "ds_configs/z0.json"
     overrides: list = field(default_factory=list)  # extra key=value for every run (e.g. optim.lr=1e-3)
+    init: str = "random"  # adapt.init of every method without its own (+INIT)
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """"minipost+focus" -> ("minipost", "focus"); "full" -> ("full", None)."""
+    base, sep, init = name.partition("+")
+    return base, (init if sep else None)
 
 
 def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list[str]]]:
@@ -48,12 +59,18 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
         raise InvalidValueError("the study needs at least one seed")
     if len(set(opts.seeds)) != len(opts.seeds):
         raise InvalidValueError(f"seeds {list(opts.seeds)} repeat a seed")
-    if any(o.split("=", 1)[0] in ("train.seed", "train.eval_every") for o in opts.overrides):
-        raise InvalidValueError("--set train.seed / train.eval_every: the study sets them (--seeds, and an evaluation "
-                                "at every checkpoint)")
-    unknown = [m for m in opts.methods if m not in METHODS]
+    if any(o.split("=", 1)[0] in ("train.seed", "train.eval_every", "adapt.init") for o in opts.overrides):
+        raise InvalidValueError("--set train.seed / train.eval_every / adapt.init: the study sets them (--seeds, an "
+                                "evaluation at every checkpoint, --init or METHOD+INIT)")
+    unknown = [m for m in opts.methods if split_method(m)[0] not in METHODS
+               or split_method(m)[1] not in (None, *INITS)]
     if unknown:
-        raise InvalidValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise InvalidValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}, each "
+                                f"optionally +INIT ({'|'.join(INITS)}), e.g. minipost+focus")
+    if opts.init not in INITS:
+        raise InvalidValueError(f"--init must be one of {'|'.join(INITS)}, got {opts.init!r}")
+    if len(set(opts.methods)) != len(opts.methods):
+        raise InvalidValueError(f"--methods {' '.join(opts.methods)} names a method twice")
     if "full" not in opts.methods:
         raise InvalidValueError("the study needs the baseline: --methods must include 'full'")
     for label, path in (("--pretrained", opts.pretrained), ("--target-data", opts.target_data)):
@@ -62,7 +79,7 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
     if not (Path(opts.target_data) / "index.json").is_file():
         raise MissingFileError(f"--target-data {opts.target_data} is not a dataset (no index.json; "
                                "make it with launchers/prepare_data.py --recipe bible-<language>)")
-    if "minipost" in opts.methods:
+    if any(split_method(m)[0] == "minipost" for m in opts.methods):
         if opts.minipost is None:
             raise InvalidValueError("method minipost needs --minipost DIR (a MiniPost model: make pipeline's "
                                     "runs/pipeline/minipost/final), or leave it out of --methods")
@@ -73,29 +90,31 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
     plan = []
     per_method = []
     for method in opts.methods:
+        base, _ = split_method(method)
         # The body each run will train through, selected as adapt.py will: a model without a mid
         # head (minijoint) or a full model given as --minipost fails here, not after an hour.
-        planned = AdaptConfig(adapt=AdaptSettings(model_dir=str(sources[method][0]), through=sources[method][1]))
+        planned = AdaptConfig(adapt=AdaptSettings(model_dir=str(sources[base][0]), through=sources[base][1]))
         _, _, selected, _, _ = adapt_body(planned, f"method {method}")
-        if selected != method:
-            raise InvalidValueError(f"method {method}: {sources[method][0]} adapts as {selected!r}, not {method!r}")
-        steps = int(opts.steps.get(method, 0))
+        if selected != base:
+            raise InvalidValueError(f"method {method}: {sources[base][0]} adapts as {selected!r}, not {base!r}")
+        steps = int(opts.steps.get(method, opts.steps.get(base, 0)))
         if steps < 1:
             raise InvalidValueError(f"steps for {method} must be positive, got {opts.steps.get(method)}")
         per_method.append((method, steps))
     for seed in opts.seeds:
         for method, steps in per_method:
+            base, init = split_method(method)
             save_every = max(1, -(-steps // opts.checkpoints))  # ceil: at most `checkpoints` saves, the last at `steps`
             saves = steps // save_every + (1 if steps % save_every else 0)
-            model_dir, through = sources[method]
-            run_dir = Path(opts.out) / f"adapt-{method}-s{seed}"
+            model_dir, through = sources[base]
+            run_dir = Path(opts.out) / f"adapt-{method.replace('+', '-')}-s{seed}"
             # eval_every = save_every: the run's own validation loss at every checkpoint (study.json's
             # own_valid_loss; evaluation time is not counted in train_seconds).
             overrides = [f"adapt.model_dir={Path(model_dir).resolve()}", f"adapt.through={through}",
                          f"data.path={Path(opts.target_data).resolve()}", f"train.out_dir={run_dir.resolve()}",
                          f"train.steps={steps}", f"train.save_every={save_every}", f"train.keep_last={saves + 1}",
                          f"train.seed={seed}", f"train.eval_every={save_every}", "train.progress=false",
-                         *opts.overrides]
+                         f"adapt.init={init or opts.init}", *opts.overrides]
             plan.append((method, seed, run_dir, overrides))
     return plan
 

@@ -159,10 +159,14 @@ def check_runs(runs: dict[str, list[StudyRun]], baseline: str) -> None:
         raise UserError(f"the baseline {baseline!r} is not among the runs ({', '.join(runs)}); pass --runs "
                         f"{baseline}=DIR or --baseline NAME")
     for name, seeds in runs.items():
+        base, _, init = name.partition("+")  # a method with its own init: minipost+focus
         for run in seeds:
-            if name in METHODS and run.method != name:
+            if base in METHODS and run.method != base:
                 raise UserError(f"mismatched runs: {name}={run.dir} is a {run.method} run (its pack info says "
                                 f"method {run.method!r})")
+            if init and run.config.adapt.init != init:
+                raise UserError(f"mismatched runs: {name}={run.dir} started its embeddings with adapt.init="
+                                f"{run.config.adapt.init}, not {init}")
     ref = runs[baseline][0]
     for name, seeds in runs.items():
         for run in seeds:
