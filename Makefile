@@ -213,25 +213,36 @@ pipeline-multilingual: install
 # verses, about 10 s, + the MLM loss of 128 validation sequences, about 5 s): about 25 min.
 # About 1 h 45 min in all on 2 cores (estimated from those per-run and per-score times, not
 # measured end to end), inside the 2-hour budget STUDY_SEEDS=3 was chosen for; a 4th seed would
-# add about 35 min. The steps stay as they were: fewer
+# add about 35 min. minijoint+focus adds 600 steps a seed (its start is closer; about 6 min) and
+# 33 scored points (about 8 min): about 2 h 10 min with it (STUDY_METHODS without it: 1 h 45). The steps stay as they were: fewer
 # steps would shrink every method's room to reach the baseline, not just the noise. A finished run
 # is reused, an interrupted one resumed, and scores are cached (runs/study/score_cache_*.json).
 # STUDY_PIPELINE / STUDY_PRETRAINED point it at another pipeline directory (e.g. one run with
 # --reuse-pretrain); STUDY_ARGS adds launcher options (e.g. --eval-examples 600, --bootstrap 2000).
+# The paper's comparison: the standard baseline and MiniPost adapt from the pipeline's regular model
+# (runs/pipeline/regular: no mid head, the same pretraining budget), MiniJoint from its own; each
+# pack is scored through its own model's fine-tuning (and MLM head); every run starts from random
+# embeddings (the paper's init) except minijoint+focus (adapt.init=focus), which is measured against
+# the same random-init baseline. The regular branch's numbers are estimates until `make pipeline`
+# has run it.
 # No `make study-quick`: the study needs the pipeline's models, and `make pipeline` alone takes
 # about 50 min from a fresh clone, so a < 30 min study would need a second, smaller pipeline.
 STUDY_PIPELINE ?= runs/pipeline
 STUDY_PRETRAINED ?= $(STUDY_PIPELINE)/pretrain/final
-STUDY_STEPS ?= full=300 minijoint=900 minipost=900
+STUDY_REGULAR ?= $(STUDY_PIPELINE)/regular
+STUDY_METHODS ?= full minijoint minipost minijoint+focus
+STUDY_STEPS ?= full=300 minijoint=900 minipost=900 minijoint+focus=600
 STUDY_SEEDS ?= 3
 STUDY_OUT ?= runs/study
 .PHONY: study
 study: install
-	@test -f $(STUDY_PIPELINE)/finetune/final/model.pt -a -f $(STUDY_PIPELINE)/minipost/final/model.pt || \
-		{ echo "make study needs the pipeline's models in $(STUDY_PIPELINE): run make pipeline first" >&2; exit 1; }
+	@test -f $(STUDY_PIPELINE)/finetune/final/model.pt -a -f $(STUDY_REGULAR)/finetune/final/model.pt \
+		-a -f $(STUDY_REGULAR)/minipost/final/model.pt || \
+		{ echo "make study needs the pipeline's models in $(STUDY_PIPELINE) and $(STUDY_REGULAR): run make pipeline first" >&2; exit 1; }
 	$(PY) launchers/study.py --run-experiments --pretrained $(STUDY_PRETRAINED) \
-		--minipost $(STUDY_PIPELINE)/minipost/final --model $(STUDY_PIPELINE)/finetune/final \
-		--target-data data/bible-ny --out $(STUDY_OUT) \
+		--baseline-pretrained $(STUDY_REGULAR)/pretrain/final --minipost $(STUDY_REGULAR)/minipost/final \
+		--model $(STUDY_REGULAR)/finetune/final $(STUDY_PIPELINE)/finetune/final \
+		--target-data data/bible-ny --out $(STUDY_OUT) --methods $(STUDY_METHODS) \
 		--steps $(STUDY_STEPS) --checkpoints 10 --seeds $(STUDY_SEEDS) $(STUDY_ARGS)
 
 # `make study` in miniature, end to end on tiny models: MiniPost and fine-tuning launchers, then

@@ -72,7 +72,9 @@ def main(argv=None) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs", nargs="+", metavar="NAME=DIR", help="existing adaptation run directories")
     src.add_argument("--run-experiments", action="store_true", help="train the adaptation runs first")
-    p.add_argument("--model", help="fine-tuned classifier directory (step 3's final/): for --metric accuracy")
+    p.add_argument("--model", nargs="+", help="fine-tuned classifier directory (step 3's final/): for --metric "
+                                              "accuracy; several when the methods adapt from different models "
+                                              "(each pack is scored through the one it was made for)")
     p.add_argument("--pretrained", help="pretrained model directory: the runs' source (--run-experiments) and "
                                         "the encoder for --metric retrieval_top1")
     p.add_argument("--metric", choices=("accuracy", "retrieval_top1"), default="accuracy")
@@ -95,6 +97,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="output directory (also the runs' home with --run-experiments)")
     exp = p.add_argument_group("--run-experiments")
     exp.add_argument("--minipost", help="MiniPost model directory (step 1b's final/)")
+    exp.add_argument("--baseline-pretrained", help="the model the standard baseline adapts from, when not "
+                                                   "--pretrained (the paper's regular model: no mid head)")
     exp.add_argument("--target-data", help="target-language dataset (prepare_data.py --recipe bible-<language>)")
     exp.add_argument("--methods", nargs="+", default=None,
                      help="default: full minijoint [minipost]; METHOD+INIT gives a method its own embedding "
@@ -139,6 +143,8 @@ def main(argv=None) -> None:
                                                  methods=methods, steps=parse_steps(args.steps),
                                                  checkpoints=args.checkpoints, seeds=tuple(range(args.seeds)),
                                                  config=args.config, init=args.init,
+                                                 baseline_pretrained=Path(args.baseline_pretrained)
+                                                 if args.baseline_pretrained else None,
                                                  ds_config=args.deepspeed, overrides=args.overrides)
             experiments.plan_experiments(opts)  # every input checked before the scorer loads or anything trains
         else:
@@ -146,7 +152,8 @@ def main(argv=None) -> None:
             study_runs.open_runs(runs, args.baseline)  # bad runs fail before the scorer loads anything
         # Build the scorer before any training: a bad --model fails now, not after an hour.
         if args.metric == "accuracy":
-            scorer = scoring.AccuracyScorer(args.model, args.eval_examples, args.seed)
+            scorers = [scoring.AccuracyScorer(m, args.eval_examples, args.seed) for m in args.model]
+            scorer = scorers[0] if len(scorers) == 1 else scoring.ByBody(scorers)
         else:
             scorer = scoring.RetrievalScorer(args.pretrained, args.retrieval_pairs)
         # One study per --out (each adaptation run also locks its own directory), taken once

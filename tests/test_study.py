@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,3 +366,47 @@ def test_checkpoint_tensors_match_the_final_pack(tiny_study):
     _, pack, _ = load_pack(run.dir / "pack")
     last = checkpoint_tensors(run, run.tags[-1])
     assert torch.equal(last["word"], pack["word"]) and torch.equal(last["output_bias"], pack["output_bias"])
+
+
+def test_by_body_scores_each_pack_through_its_own_model():
+    """The paper's comparison scores the standard baseline's packs through the regular model and
+    MiniJoint's through its own: ByBody picks the scorer whose model has the pack's body
+    fingerprint at the pack's depth, and names the pack when none has."""
+    from types import SimpleNamespace
+
+    from ds_minimodel.analysis.study.scoring import ByBody
+
+    def scorer(name, fingerprints):
+        return SimpleNamespace(metric="accuracy", better="higher", identity={"model": name}, model_dir=name,
+                               lineage={"body_fingerprints": fingerprints},
+                               references=lambda language, name=name: {"model": name},
+                               score=lambda info, tensors, tok, name=name: name)
+
+    regular, minijoint = scorer("regular", {"2": "r2", "8": "r8"}), scorer("minijoint", {"2": "m2", "8": "m8"})
+    by_body = ByBody([regular, minijoint])
+    pack = lambda layers, fp: SimpleNamespace(fingerprint_layers=layers, body_fingerprint=fp,  # noqa: E731
+                                             method="x", language="ny")
+    assert by_body.score(pack(8, "r8"), None, None) == "regular"  # the standard baseline, all 8 layers
+    assert by_body.score(pack(2, "r2"), None, None) == "regular"  # MiniPost from the regular model
+    assert by_body.score(pack(2, "m2"), None, None) == "minijoint"
+    assert by_body.identity == {"metric": "accuracy", "models": [{"model": "regular"}, {"model": "minijoint"}]}
+    assert by_body.references("ny") == {"model": "regular", "other_models": [{"model": "minijoint"}]}
+    with pytest.raises(UserError, match="no scoring model fits the x pack .* regular, minijoint"):
+        by_body.score(pack(2, "zz"), None, None)
+
+
+def test_study_plan_adapts_the_baseline_from_its_own_model(tiny_model_dir, tiny_target_corpus, tmp_path):
+    import shutil
+
+    from ds_minimodel.analysis.study.experiments import ExperimentOptions, plan_experiments
+    from ds_minimodel.config import AdaptConfig, load_config
+
+    regular = tmp_path / "regular"
+    shutil.copytree(tiny_model_dir, regular)
+    opts = ExperimentOptions(out=tmp_path / "s", pretrained=tiny_model_dir, target_data=tiny_target_corpus,
+                             baseline_pretrained=regular, methods=("full", "minijoint"), seeds=(0,))
+    dirs = {m: load_config(AdaptConfig, REPO / "configs/adapt-cpu.yaml", o).adapt.model_dir
+            for m, _, _, o in plan_experiments(opts)}
+    assert dirs == {"full": str(regular.resolve()), "minijoint": str(Path(tiny_model_dir).resolve())}
+    with pytest.raises(UserError, match="--baseline-pretrained"):
+        plan_experiments(dataclasses.replace(opts, baseline_pretrained=tmp_path / "missing"))

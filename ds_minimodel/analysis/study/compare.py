@@ -18,7 +18,7 @@ from ds_minimodel.analysis.study.loss_scoring import MLMLossScorer
 from ds_minimodel.analysis.study.matching import Point, matched_compute
 from ds_minimodel.analysis.study.render import markdown, plot_curves
 from ds_minimodel.analysis.study.runs import StudyRun, open_runs, own_valid_loss
-from ds_minimodel.analysis.study.scoring import RunScores, ScoreCache, collect_scores
+from ds_minimodel.analysis.study.scoring import ByBody, RunScores, ScoreCache, collect_scores
 from ds_minimodel.errors import UserError
 from ds_minimodel.training.checkpoint import write_atomic
 
@@ -98,6 +98,23 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
             "units": next(iter(methods.values())).num.shape[2]}
 
 
+def _loss_scorer(opened: dict, base, opts: StudyOptions):
+    """The MLM loss through each run's own full model: the baseline's first, then any other a run
+    adapted through or carved its MiniJoint mini-model from (a MiniPost pack fits the model its
+    MiniPost was made from, which the paper's comparison shares with the baseline). One model:
+    its scorer; several: `ByBody` routes each pack to its own."""
+    dirs = [base.config.adapt.model_dir]
+    for runs in opened.values():
+        for r in runs:
+            if r.method in ("full", "minijoint") and r.config.adapt.model_dir not in dirs:
+                dirs.append(r.config.adapt.model_dir)
+    data = base.config.data
+    scorers = [MLMLossScorer.for_run(base, opts.loss_sequences, opts.loss_mask_seed)] + \
+        [MLMLossScorer(d, data.path, data.seq_len, data.mask_prob, opts.loss_sequences, data.eval_batch_size,
+                       opts.loss_mask_seed) for d in dirs[1:]]
+    return scorers[0] if len(scorers) == 1 else ByBody(scorers)
+
+
 def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir: str | Path,
                  opts: StudyOptions | None = None, log: Callable[[str], None] = print) -> dict:
     """Score every checkpoint of every run (`runs`: {method: its run dirs, one per seed}), compute
@@ -114,7 +131,7 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
         if base.config.adapt.through != "full":
             raise UserError(f"the MLM loss is scored through the baseline's full model, but the baseline "
                             f"{opts.baseline!r} ({base.dir}) trained through a mini-model; pass --no-loss")
-        loss_scorer = MLMLossScorer.for_run(base, opts.loss_sequences, opts.loss_mask_seed)
+        loss_scorer = _loss_scorer(opened, base, opts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {scorer.metric: _study_metric(opened, scorer, out_dir, opts, opts.fraction, log)}

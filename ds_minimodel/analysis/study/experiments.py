@@ -42,6 +42,8 @@ class ExperimentOptions:
     ds_config: str = "ds_configs/z0.json"
     overrides: list = field(default_factory=list)  # extra key=value for every run (e.g. optim.lr=1e-3)
     init: str = "random"  # adapt.init of every method without its own (+INIT)
+    # The standard baseline's model (the paper's regular model, no mid head); None: `pretrained`.
+    baseline_pretrained: Path | None = None
 
 
 def split_method(name: str) -> tuple[str, str | None]:
@@ -73,7 +75,8 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
         raise InvalidValueError(f"--methods {' '.join(opts.methods)} names a method twice")
     if "full" not in opts.methods:
         raise InvalidValueError("the study needs the baseline: --methods must include 'full'")
-    for label, path in (("--pretrained", opts.pretrained), ("--target-data", opts.target_data)):
+    for label, path in (("--pretrained", opts.pretrained), ("--target-data", opts.target_data),
+                        ("--baseline-pretrained", opts.baseline_pretrained or opts.pretrained)):
         if not Path(path).is_dir():
             raise MissingFileError(f"{label} {path} does not exist")
     if not (Path(opts.target_data) / "index.json").is_file():
@@ -85,7 +88,7 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
                                     "runs/pipeline/minipost/final), or leave it out of --methods")
         if not Path(opts.minipost).is_dir():
             raise MissingFileError(f"--minipost {opts.minipost} does not exist")
-    sources = {"full": (opts.pretrained, "full"), "minijoint": (opts.pretrained, "mini"),
+    sources = {"full": (opts.baseline_pretrained or opts.pretrained, "full"), "minijoint": (opts.pretrained, "mini"),
                "minipost": (opts.minipost, "mini")}
     plan = []
     per_method = []

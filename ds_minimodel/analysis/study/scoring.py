@@ -211,6 +211,45 @@ class RetrievalScorer:
         return Units(hits.numpy(), None)
 
 
+class ByBody:
+    """One metric over several models: each pack is scored by the scorer whose model it was trained
+    for (the model's lineage has the pack's body fingerprint at the pack's depth). So methods
+    adapted from different models, the paper's comparison (the standard baseline and MiniPost from
+    a regular model, MiniJoint from its own), are each measured through their own model. The
+    first scorer's model is the baseline's: its references are the study's."""
+
+    def __init__(self, scorers: list):
+        if not scorers:
+            raise UserError("no model to score with")
+        self.scorers = scorers
+        self.metric, self.better = scorers[0].metric, scorers[0].better
+        if any(s.metric != self.metric for s in scorers):
+            raise UserError(f"one study metric, several scorers: {sorted({s.metric for s in scorers})}")
+        self.identity = {"metric": self.metric, "models": [s.identity for s in scorers]}
+
+    @staticmethod
+    def fits(scorer, info: PackInfo) -> bool:
+        return scorer.lineage.get("body_fingerprints", {}).get(str(info.fingerprint_layers)) == info.body_fingerprint
+
+    def scorer_for(self, info: PackInfo):
+        for s in self.scorers:
+            if self.fits(s, info):
+                return s
+        models = ", ".join(str(getattr(s, "model_dir", getattr(s, "pretrained_dir", "?"))) for s in self.scorers)
+        raise UserError(f"no scoring model fits the {info.method} pack ({info.language}, body fingerprint "
+                        f"{info.body_fingerprint} over {info.fingerprint_layers} layers): it was adapted from "
+                        f"another model than {models}")
+
+    def references(self, language: str) -> dict:
+        refs = self.scorers[0].references(language)
+        if len(self.scorers) > 1:
+            refs = {**refs, "other_models": [s.references(language) for s in self.scorers[1:]]}
+        return refs
+
+    def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
+        return self.scorer_for(info).score(info, tensors, tokenizer_path)
+
+
 class ScoreCache:
     """Scores already computed, per unit, keyed by the tensors' hash, valid for one scorer
     identity; kept in a JSON file so that re-running a study re-scores nothing (and a table
