@@ -154,7 +154,8 @@ pipeline-pretrained: install
 # every method over ten languages costs 11-14 s at length 64, and 300 steps are 55-70 min.
 # Pretraining (when none is reused: 400 steps, about 21 min), data preparation (ten vocabularies of
 # at most 8k pieces), MiniPost, fine-tuning and scoring 30 packs and their controls on 1,482 verses
-# each (the pilot scored 9 in 440 s) add 30-50 min. Estimated, not yet measured end to end.
+# each (the pilot scored 9 in 440 s) add 30-50 min. Measured from a fresh clone reusing
+# runs/pipeline/pretrain: 80 min (4,818 s; the standard job 35 min, partly on a shared machine).
 LANGUAGES_PRETRAIN ?= $(firstword $(foreach d,runs/pipeline/pretrain runs/demo,$(if $(wildcard $(d)/final/model.pt),$(d))))
 LANGUAGES_ARGS ?= --languages default --adapt-steps 300 --set adapt:data.seq_len=64 --retrieval-pairs 500
 .PHONY: pipeline-languages
