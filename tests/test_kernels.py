@@ -101,10 +101,12 @@ def test_chunk_and_row_block_sizes():
     assert chunked.vocab_chunk_columns(8, 250002) == chunked.MAX_CHUNK_COLUMNS
     assert chunked.vocab_chunk_columns(10**6, 250002) == chunked.MIN_CHUNK_COLUMNS
     assert chunked.vocab_chunk_columns(512, 8000) == 2048  # at most a quarter of the logits
-    # "rows": 512 MiB / (250,002 * 4 B) -> 512 rows; at most a quarter of the rows.
+    # "rows": 512 MiB / (250,002 * 4 B) -> 512 rows; all rows when they fit (fewer passes over W).
     assert chunked.row_block_rows(4096, 250002) == 512
-    assert chunked.row_block_rows(4096, 32000) == 1024
+    assert chunked.row_block_rows(154, 250002) == 154
+    assert chunked.row_block_rows(4096, 32000) == 4096
     assert chunked.row_block_rows(37, 301) == 37
+    assert chunked.row_block_rows(4096, 10**7) == chunked.MIN_ROW_BLOCK  # a huge vocabulary: the floor
 
 
 def _rel_err(a, ref):
