@@ -136,11 +136,10 @@ def _packs(opts: PipelineOptions, methods) -> list[Path]:
     return [opts.work / f"adapt-{m}" / "pack" for m in methods]
 
 
-def _pretrain(opts: PipelineOptions, pretrain: Path, english: Path, name: str = "pretrain",
-              settings: tuple = ()) -> Step:
+def _pretrain(opts: PipelineOptions, pretrain: Path, english: Path, settings: tuple = ()) -> Step:
     """MiniJoint pretraining of the demo model on English (skipped when `pretrain` is a finished
     run, e.g. `make demo`'s reused with --reuse-pretrain). `settings` go before the user's extras."""
-    return Step(name, pretrain / "final" / "model.pt",
+    return Step("pretrain", pretrain / "final" / "model.pt",
                 [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py", "--resume",
                  "--deepspeed", "ds_configs/z3.json", "--config", "configs/demo-cpu.yaml", f"data.path={english}",
                  f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *settings,

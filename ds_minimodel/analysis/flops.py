@@ -40,9 +40,10 @@ MLM head kernels. `kernels != "off"` (chunked torch, Triton) cost the same model
 F.linear + cross-entropy. The Triton kernels and the chunked head's "vocab" strategy recompute the
 logits in backward instead of storing [M, V]: one more 2*M*d*V, booked as hardware-only
 `recompute`. Its "rows" strategy (model.head_strategy; "auto" picks it on CPU) keeps each row
-block's logits and computes the gradients from them: no recompute. (FlopCounterMode cannot check this: it counts the
-recompute GEMM but not the in-place `addmm_` that accumulates d hidden, so its total for the chunked
-head equals the plain head's by coincidence; `tests/test_flops.py` counts every GEMM itself.)
+block's logits and computes the gradients from them: no recompute. (FlopCounterMode cannot check
+this: it counts the recompute GEMM but not the in-place `addmm_` that accumulates d hidden, so its
+total for the chunked head equals the plain head's by coincidence; `tests/test_flops.py` counts
+every GEMM itself.)
 
 MFU counts `total` (model FLOPs), HFU counts `hardware_total` = total + recompute (activation
 checkpointing with `recompute=True`, flash attention's score recompute under SDPA, and the fused
@@ -307,12 +308,10 @@ def head_recomputes(cfg: ModelConfig, device_type: str | None = None) -> bool:
     CUDA when there is one, as the training jobs run): Triton always, the chunked head on its
     "vocab" strategy."""
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
-    impl = kernels.resolve_impl(cfg.kernels, torch.empty(0, device="meta"))
-    if impl == "off":
+    if cfg.kernels == "off":
         return False
-    if cfg.kernels == "auto" and device_type == "cuda" and kernels.triton_available():
-        return True
-    return impl == "triton" or kernels.resolve_strategy(cfg.head_strategy, device_type) == "vocab"
+    triton = cfg.kernels == "triton" or (cfg.kernels == "auto" and device_type == "cuda" and kernels.triton_available())
+    return triton or kernels.resolve_strategy(cfg.head_strategy, device_type) == "vocab"
 
 
 def _mlm_head(cfg: ModelConfig, plan: StepPlan, head: str, m: int, *, grad_in: bool) -> Flops:

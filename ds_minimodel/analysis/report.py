@@ -145,7 +145,7 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     lines += ["", "One-time prep: the pipeline step the method's step 2 needs besides the pretrained model, "
               "paid once per model, not per language (wall-clock including start-up)."]
     if regular is not None:
-        lines += regular_section(work, Path(regular), Path(pretrain), timings)
+        lines += regular_section(work, Path(regular), Path(pretrain))
     lines += ["", "![adaptation](adaptation.png)", "", "![transfer](transfer.png)", "",
               "Wall-clock of each pipeline step (s, including start-up): " +
               ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
@@ -154,7 +154,7 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     return out
 
 
-def regular_section(work: Path, regular: Path, pretrain: Path, timings: dict) -> list[str]:
+def regular_section(work: Path, regular: Path, pretrain: Path) -> list[str]:
     """The paper's comparison: the standard baseline and MiniPost adapted from a regular model
     (no mid head, pretrained like the MiniJoint one), MiniJoint from its own model, each pack
     plugged into its own model's English fine-tuning; differences paired by verse id. And what the

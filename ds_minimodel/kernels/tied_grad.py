@@ -12,8 +12,8 @@ before the lookup's (the head reads states computed from the lookup's output), s
 * the first head's backward writes its d W into a new buffer and keeps it here (returning None
   for the weight); a second head (MiniJoint's mid head) accumulates into the same buffer;
 * the lookup's backward adds its rows into that buffer in place and returns it: the weight's only
-  gradient. With no head gradient (adaptation's frozen heads never have one: the table is
-  trainable, so they do), the lookup falls back to its own zero-filled table.
+  gradient. When no head handed one over (a forward without labels, or heads on the reference
+  path), the lookup falls back to its own zero-filled table.
 
 So one [V, d] tensor per step, and the optimizer's pass over it is the only other V-sized work.
 

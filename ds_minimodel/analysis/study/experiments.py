@@ -19,7 +19,7 @@ from typing import Callable
 
 import yaml
 
-from ds_minimodel.analysis.study.runs import METHODS, adapt_body
+from ds_minimodel.analysis.study.runs import METHODS, adapt_body, split_method
 from ds_minimodel.config import INITS, AdaptConfig, AdaptSettings
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.subprocess_runner import REPO, run_command
@@ -44,12 +44,6 @@ class ExperimentOptions:
     init: str = "random"  # adapt.init of every method without its own (+INIT)
     # The standard baseline's model (the paper's regular model, no mid head); None: `pretrained`.
     baseline_pretrained: Path | None = None
-
-
-def split_method(name: str) -> tuple[str, str | None]:
-    """"minipost+focus" -> ("minipost", "focus"); "full" -> ("full", None)."""
-    base, sep, init = name.partition("+")
-    return base, (init if sep else None)
 
 
 def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list[str]]]:

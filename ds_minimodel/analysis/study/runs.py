@@ -22,6 +22,13 @@ from ds_minimodel.training.checkpoint import consolidate, is_complete, read_meta
 from ds_minimodel.training.metrics import read_metrics
 
 METHODS = ("full", "minijoint", "minipost")
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """A study method name with its own embedding init: "minipost+focus" -> ("minipost", "focus");
+    "full" -> ("full", None)."""
+    base, sep, init = name.partition("+")
+    return base, (init if sep else None)
 INIT_TAG = "init"
 
 
@@ -159,7 +166,7 @@ def check_runs(runs: dict[str, list[StudyRun]], baseline: str) -> None:
         raise UserError(f"the baseline {baseline!r} is not among the runs ({', '.join(runs)}); pass --runs "
                         f"{baseline}=DIR or --baseline NAME")
     for name, seeds in runs.items():
-        base, _, init = name.partition("+")  # a method with its own init: minipost+focus
+        base, init = split_method(name)
         for run in seeds:
             if base in METHODS and run.method != base:
                 raise UserError(f"mismatched runs: {name}={run.dir} is a {run.method} run (its pack info says "

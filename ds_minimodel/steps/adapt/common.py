@@ -73,19 +73,18 @@ def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer |
         record["rows_copied"] += 1
     if how == "random":
         return word, bias, record
+    if how == "focus" and corpus is None:
+        raise UserError("adapt.init=focus needs the target corpus (its train split trains the auxiliary "
+                        "fastText model)")
     shared = shared_pieces(source_tok, target_tok)
+    for i, j in shared:
+        word[i] = source_word[j]
+    record["rows_copied"] += len(shared)
     if how == "focus":
-        if corpus is None:
-            raise UserError("adapt.init=focus needs the target corpus (its train split trains the auxiliary "
-                            "fastText model)")
         result = focus_init(word, source_word, shared,
                             corpus_documents(corpus.tokens("train"), target_tok.eos_id, target_tok.special_ids),
                             target_tok.pieces(), target_tok.special_ids)
         record.update(rows_focus=len(result.combined), focus_seconds=round(result.seconds, 2))
-    else:
-        for i, j in shared:
-            word[i] = source_word[j]
-    record["rows_copied"] += len(shared)
     return word, bias, record
 
 

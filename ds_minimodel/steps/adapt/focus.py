@@ -102,20 +102,17 @@ def token_vectors(documents, pieces: list[str], threads: int = 1, **settings) ->
 
 @dataclass
 class FocusResult:
-    copied: list[tuple[int, int]]  # (target id, source id) of shared pieces
     combined: list[int]  # target ids initialised by FOCUS
     seconds: float  # auxiliary model and combination
 
 
 def focus_init(word: torch.Tensor, source_word: torch.Tensor, shared: list[tuple[int, int]], documents,
                target_pieces: list[str], special_ids, **fasttext_settings) -> FocusResult:
-    """Fill `word` (the target table, already holding the random start and the special rows) in
-    place: shared pieces copy their source rows, other pieces fastText knows get FOCUS rows.
+    """Fill `word` in place (the target table, already holding the random start, the special rows
+    and the `shared` pieces' source rows): every other piece fastText knows gets its FOCUS row.
     Special tokens' rows stay (fastText's own end-of-line word "</s>" may spell one of them)."""
     t0 = time.perf_counter()
     aux = token_vectors(documents, target_pieces, **fasttext_settings)
-    for i, j in shared:
-        word[i] = source_word[j]
     shared_ids = {i for i, _ in shared}
     anchors = [(i, j) for i, j in shared if i in aux]
     new = [i for i in sorted(aux) if i not in shared_ids and i not in special_ids]
@@ -124,4 +121,4 @@ def focus_init(word: torch.Tensor, source_word: torch.Tensor, shared: list[tuple
         rows = focus_combine(torch.from_numpy(np.stack([aux[i] for i in new])), shared_aux,
                              source_word[[j for _, j in anchors]])
         word[new] = rows.to(word.dtype)
-    return FocusResult(copied=shared, combined=new, seconds=time.perf_counter() - t0)
+    return FocusResult(combined=new, seconds=time.perf_counter() - t0)
