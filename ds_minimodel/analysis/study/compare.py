@@ -14,6 +14,7 @@ from ds_minimodel.analysis.study.bootstrap import (
     bootstrap_ratios,
     stack_seeds,
 )
+from ds_minimodel.analysis.study.full_models import compare_full_models
 from ds_minimodel.analysis.study.loss_scoring import MLMLossScorer
 from ds_minimodel.analysis.study.matching import Point, matched_compute
 from ds_minimodel.analysis.study.render import markdown, plot_curves
@@ -137,6 +138,9 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
     metrics = {scorer.metric: _study_metric(opened, scorer, out_dir, opts, opts.fraction, log)}
     if loss_scorer is not None:
         metrics[loss_scorer.metric] = _study_metric(opened, loss_scorer, out_dir, opts, 1.0, log)
+    # Several classifiers (the paper's comparison): what the mid head costs the full model.
+    full_models = compare_full_models(scorer.scorers) if isinstance(scorer, ByBody) and scorer.metric == "accuracy" \
+        else None
     plots = plot_curves(metrics, out_dir)
     summary = {name: {m: {"ratio": r["matched"]["methods"][name]["ratio_value"],
                           "interval": r["matched"]["methods"][name]["interval_flops"],
@@ -150,6 +154,7 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
                      for r in rs] for n, rs in opened.items()},
         "summary": summary,
         "metrics": metrics,
+        "full_models": full_models,
         "method": "each method's curve is its metric at each checkpoint averaged over its seeds; the crossing of "
                   "the target (fraction x the baseline's averaged final metric; for the MLM loss its averaged "
                   "final loss) is found on the curve's monotone (isotonic) fit, linearly interpolated between "

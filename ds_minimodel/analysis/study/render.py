@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ds_minimodel.analysis.study.full_models import markdown as full_models_section
+
 METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->target retrieval top-1",
                 "mlm_loss": "target-language MLM loss (full model, plugged)"}
 MATCHED_AT = {"mlm_loss": "MLM loss"}  # how a summary line names the metric the compute is matched at
@@ -129,6 +131,7 @@ def markdown(study: dict) -> str:
         if refs:
             lines += ["References: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                  for k, v in refs.items()) + ".", ""]
+    lines += full_models_section(study.get("full_models"))
     lines += ["How: " + study["method"] + " The compute ratio is the baseline's FLOPs to reach the target divided by "
               "the method's (wall-clock likewise, a point estimate: seconds are measured and depend on the "
               "machine's load). Crossings are interpolated between checkpoints (error at most one checkpoint "

@@ -29,7 +29,6 @@ from ds_minimodel.config import FinetuneConfig, from_dict
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.finetune.classification import (
-    accuracy,
     correct_flags,
     load_task,
 )
@@ -110,8 +109,11 @@ class AccuracyScorer:
         # Packed as the model family expects (BERT: [CLS] A [SEP] B [SEP] with segment ids).
         self.layout = layout_for(self.model.encoder.cfg)
         src = encode_texts(src_test, src_tok, self.max_len, self.layout)
-        self.source_accuracy = accuracy(self.model, src.ids, [ex.label for ex in src_test], src_tok.pad_id,
-                                        batch_size, type_ids=src.type_ids)
+        # Per example: two models' English results pair on the same examples (full_models.py).
+        self.source_correct = np.asarray(correct_flags(self.model, src.ids, [ex.label for ex in src_test],
+                                                       src_tok.pad_id, batch_size, type_ids=src.type_ids), dtype=bool)
+        self.source_ids = [ex.id for ex in src_test]
+        self.source_accuracy = float(self.source_correct.mean()) if len(src_test) else 0.0
         self._encoded: dict[tuple[str, str], tuple[list, list | None, list, int]] = {}
         self.identity = {"metric": self.metric, "model": file_id(self.model_dir / "model.pt"), "task": self.task.name,
                          "eval_examples": eval_examples, "seed": seed, "max_len": self.max_len}
