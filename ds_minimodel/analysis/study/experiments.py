@@ -101,19 +101,26 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
     for seed in opts.seeds:
         for method, steps in per_method:
             base, init = split_method(method)
-            save_every = max(1, -(-steps // opts.checkpoints))  # ceil: at most `checkpoints` saves, the last at `steps`
-            saves = steps // save_every + (1 if steps % save_every else 0)
-            model_dir, through = sources[base]
             run_dir = Path(opts.out) / f"adapt-{method.replace('+', '-')}-s{seed}"
-            # eval_every = save_every: the run's own validation loss at every checkpoint (study.json's
-            # own_valid_loss; evaluation time is not counted in train_seconds).
-            overrides = [f"adapt.model_dir={Path(model_dir).resolve()}", f"adapt.through={through}",
-                         f"data.path={Path(opts.target_data).resolve()}", f"train.out_dir={run_dir.resolve()}",
-                         f"train.steps={steps}", f"train.save_every={save_every}", f"train.keep_last={saves + 1}",
-                         f"train.seed={seed}", f"train.eval_every={save_every}", "train.progress=false",
-                         f"adapt.init={init or opts.init}", *opts.overrides]
-            plan.append((method, seed, run_dir, overrides))
+            plan.append((method, seed, run_dir, run_settings(*sources[base], opts.target_data, run_dir, steps,
+                                                             opts.checkpoints, seed, init or opts.init,
+                                                             opts.overrides)))
     return plan
+
+
+def run_settings(model_dir, through: str, target_data, run_dir: Path, steps: int, checkpoints: int, seed: int,
+                 init: str, extra: list[str]) -> list[str]:
+    """adapt.py's overrides for one study run: `checkpoints` evenly spaced checkpoints (the last at
+    `steps`), each kept, and the run's own validation loss at each."""
+    save_every = max(1, -(-steps // checkpoints))  # ceil: at most `checkpoints` saves, the last at `steps`
+    saves = steps // save_every + (1 if steps % save_every else 0)
+    # eval_every = save_every: the run's own validation loss at every checkpoint (study.json's
+    # own_valid_loss; evaluation time is not counted in train_seconds).
+    return [f"adapt.model_dir={Path(model_dir).resolve()}", f"adapt.through={through}",
+            f"data.path={Path(target_data).resolve()}", f"train.out_dir={Path(run_dir).resolve()}",
+            f"train.steps={steps}", f"train.save_every={save_every}", f"train.keep_last={saves + 1}",
+            f"train.seed={seed}", f"train.eval_every={save_every}", "train.progress=false",
+            f"adapt.init={init}", *extra]
 
 
 def _same_number(a, b) -> bool:
@@ -157,20 +164,26 @@ def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], floa
                     log: Callable[[str], None] = print) -> dict[str, list[Path]]:
     """Run (or finish, or reuse) each method's adaptation runs, one after another so that each
     run's wall-clock is measured on an otherwise idle machine. Returns {method: [run dir per seed]}.
-
-    A run whose pack exists is reused when it was made with the planned settings; a run that
-    stopped half-way is resumed (--resume); one made with other settings is refused.
     runner(cmd, log_path) runs one command (default: `subprocess_runner.run_command`, as the
-    pipeline does).
-    """
-    runner = runner or run_command
-
+    pipeline does)."""
     plan = plan_experiments(opts)
-    logs = Path(opts.out) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    train_runs([(run_dir, overrides) for _, _, run_dir, overrides in plan], opts.config, opts.ds_config,
+               Path(opts.out) / "logs", runner, log)
     runs: dict[str, list[Path]] = {}
-    for method, seed, run_dir, overrides in plan:
+    for method, _, run_dir, _ in plan:
         runs.setdefault(method, []).append(run_dir)
+    return runs
+
+
+def train_runs(plan: list[tuple[Path, list[str]]], config: str, ds_config: str, logs: Path,
+               runner: Callable[[list, Path], float] | None = None, log: Callable[[str], None] = print) -> None:
+    """Train each (run dir, adapt.py overrides) through the adapt launcher, in order, logging to
+    logs/<run dir name>.log. A run whose pack exists is reused when it was made with the planned
+    settings; a run that stopped half-way is resumed (--resume); one made with other settings is
+    refused."""
+    runner = runner or run_command
+    logs.mkdir(parents=True, exist_ok=True)
+    for run_dir, overrides in plan:
         name = run_dir.name
         resume = (run_dir / "config.yaml").is_file()
         if resume:
@@ -181,10 +194,9 @@ def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], floa
         if (run_dir / "pack" / "pack.json").is_file():
             log(f"[{name}] already done ({run_dir})")
             continue
-        steps, save_every = (o.split("=", 1)[1] for o in overrides[4:6])
-        log(f"[{name}] {'resuming' if resume else 'training'}: {steps} steps, a checkpoint every {save_every}, "
-            f"seed {seed}")
-        cmd = [sys.executable, str(REPO / "launchers" / "adapt.py"), "--deepspeed", _repo_path(opts.ds_config, REPO),
-               "--config", _repo_path(opts.config, REPO), *(["--resume"] if resume else []), *overrides]
+        settings = dict(o.split("=", 1) for o in overrides)
+        log(f"[{name}] {'resuming' if resume else 'training'}: {settings['train.steps']} steps, a checkpoint every "
+            f"{settings['train.save_every']}, seed {settings['train.seed']}")
+        cmd = [sys.executable, str(REPO / "launchers" / "adapt.py"), "--deepspeed", _repo_path(ds_config, REPO),
+               "--config", _repo_path(config, REPO), *(["--resume"] if resume else []), *overrides]
         runner(cmd, logs / f"{name}.log")
-    return runs
