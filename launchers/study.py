@@ -23,6 +23,14 @@ or run the adaptation runs first (one after another, via the real adapt launcher
 Writes study.json, study.md, metric_vs_flops.png, metric_vs_wallclock.png and
 mlm_loss_vs_flops.png into --out, and ends with one line per method:
 `study <method>: compute ratio X.XX (95% interval LO-HI) at matched accuracy`.
+
+Or the k x vocabulary frontier at a fixed depth (sweep.py: a MiniPost per k, a tokenizer per
+vocabulary, standard baseline and every k per vocabulary, all seeds; sweep.json, sweep.md,
+sweep.png, and the table merged into --into-study's study.json and study.md):
+
+    python launchers/study.py --sweep k=1,2,3,4 vocab=8000,32000 --pretrained runs/pipeline/regular/pretrain/final \
+        --model runs/pipeline/regular/finetune/final --english-data data/bible-en --target-recipe bible-ny \
+        --out runs/study/sweep --into-study runs/study [--steps full=300 [mini=N]] [--budget 1.0]
 """
 
 import argparse
@@ -67,11 +75,29 @@ def parse_steps(items: list[str]) -> dict[str, int]:
     return steps
 
 
+def parse_sweep(items: list[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """`k=1,2,3,4 vocab=8000,32000` -> ((1, 2, 3, 4), (8000, 32000))."""
+    axes: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if name not in ("k", "vocab") or not sep or name in axes:
+            raise InvalidValueError(f"--sweep {item!r}: expected k=N,N,... and vocab=N,N,..., each once")
+        try:
+            axes[name] = tuple(int(v) for v in values.split(","))
+        except ValueError:
+            raise InvalidValueError(f"--sweep {item!r}: values must be integers separated by commas") from None
+    missing = [a for a in ("k", "vocab") if a not in axes]
+    if missing:
+        raise InvalidValueError(f"--sweep needs {' and '.join(f'{a}=...' for a in missing)}")
+    return axes["k"], axes["vocab"]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs", nargs="+", metavar="NAME=DIR", help="existing adaptation run directories")
     src.add_argument("--run-experiments", action="store_true", help="train the adaptation runs first")
+    src.add_argument("--sweep", nargs="+", metavar="AXIS=VALUES", help="k=1,2,3,4 vocab=8000,32000: the frontier")
     p.add_argument("--model", nargs="+", help="fine-tuned classifier directory (step 3's final/): for --metric "
                                               "accuracy; several when the methods adapt from different models "
                                               "(each pack is scored through the one it was made for)")
@@ -113,10 +139,19 @@ def main(argv=None) -> None:
     exp.add_argument("--deepspeed", default="ds_configs/z0.json")
     exp.add_argument("--set", nargs="+", default=[], metavar="key=value", dest="overrides",
                      help="extra adaptation config overrides for every run")
+    sw = p.add_argument_group("--sweep (also --pretrained: the regular model, --model, --steps, --seeds, "
+                              "--checkpoints, --config, --set)")
+    sw.add_argument("--english-data", help="what each MiniPost top layer trains on (e.g. data/bible-en)")
+    sw.add_argument("--target-recipe", help="built-in target corpus, one tokenizer per vocabulary (e.g. bible-ny)")
+    sw.add_argument("--target-max-chars", type=int, help="at most this many characters of the target corpus per split")
+    sw.add_argument("--minipost-config", default="configs/minipost-cpu.yaml")
+    sw.add_argument("--budget", type=float, default=1.0,
+                    help="each k's FLOP budget as a multiple of the baseline's (without --steps mini=N)")
+    sw.add_argument("--into-study", help="a study --out whose study.json and study.md get the sweep table")
     args = p.parse_args(argv)
 
     def body():
-        from ds_minimodel.analysis.study import compare, experiments, render, scoring
+        from ds_minimodel.analysis.study import compare, experiments, render, scoring, sweep
         from ds_minimodel.analysis.study import runs as study_runs
         from ds_minimodel.training.run_lock import RunLock
 
@@ -132,7 +167,21 @@ def main(argv=None) -> None:
             raise InvalidValueError("--metric accuracy needs --model (the fine-tuned classifier directory)")
         if args.metric == "retrieval_top1" and not args.pretrained:
             raise InvalidValueError("--metric retrieval_top1 needs --pretrained (the pretrained model directory)")
-        if args.run_experiments:
+        if args.sweep:
+            ks, vocabs = parse_sweep(args.sweep)
+            if not (args.pretrained and args.english_data and args.target_recipe):
+                raise InvalidValueError("--sweep needs --pretrained, --english-data and --target-recipe")
+            steps = parse_steps(args.steps)
+            sweep_opts = sweep.SweepOptions(out=Path(args.out), pretrained=Path(args.pretrained),
+                                            english_data=Path(args.english_data), target_recipe=args.target_recipe,
+                                            target_max_chars=args.target_max_chars,
+                                            ks=ks, vocabs=vocabs, full_steps=steps["full"], mini_steps=steps.get("mini"),
+                                            budget=args.budget, seeds=tuple(range(args.seeds)),
+                                            checkpoints=args.checkpoints, config=args.config,
+                                            minipost_config=args.minipost_config, ds_config=args.deepspeed,
+                                            overrides=args.overrides)
+            sweep.check_options(sweep_opts)
+        elif args.run_experiments:
             if not (args.pretrained and args.target_data):
                 raise InvalidValueError("--run-experiments needs --pretrained and --target-data")
             methods = tuple(args.methods or (("full", "minijoint", "minipost") if args.minipost
@@ -156,15 +205,23 @@ def main(argv=None) -> None:
             scorer = scorers[0] if len(scorers) == 1 else scoring.ByBody(scorers)
         else:
             scorer = scoring.RetrievalScorer(args.pretrained, args.retrieval_pairs)
+        options = compare.StudyOptions(baseline=args.baseline, fraction=args.fraction, baseline_at=args.baseline_at,
+                                       include_init=not args.no_init_point, fit=args.fit,
+                                       bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
+                                       loss=not args.no_loss, loss_sequences=args.loss_sequences)
         # One study per --out (each adaptation run also locks its own directory), taken once
         # every input is checked: a refused study creates nothing.
         with out_lock:
+            if args.sweep:
+                result = sweep.run_sweep(sweep_opts, scorer, options)
+                merged = args.into_study and sweep.merge_into_study(result, Path(args.out), Path(args.into_study))
+                print(f"wrote {Path(args.out) / 'sweep.json'}, sweep.md, sweep.png"
+                      f"{f'; the table into {args.into_study}/study.md' if merged else ''}")
+                for line in render.sweep_lines(result):
+                    print(line, flush=True)
+                return
             if args.run_experiments:
                 runs = experiments.run_experiments(opts)
-            options = compare.StudyOptions(baseline=args.baseline, fraction=args.fraction, baseline_at=args.baseline_at,
-                                           include_init=not args.no_init_point, fit=args.fit,
-                                           bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
-                                           loss=not args.no_loss, loss_sequences=args.loss_sequences)
             result = compare.compare_runs(runs, scorer, args.out, options)
         print(f"wrote {Path(args.out) / 'study.json'}, study.md, {', '.join(result['plots'])}")
         for line in render.summary_lines(result):

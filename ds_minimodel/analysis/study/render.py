@@ -132,6 +132,8 @@ def markdown(study: dict) -> str:
             lines += ["References: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                  for k, v in refs.items()) + ".", ""]
     lines += full_models_section(study.get("full_models"))
+    if study.get("sweep"):
+        lines += sweep_section(study["sweep"], study["sweep"].get("plot", "sweep.png"))
     lines += ["How: " + study["method"] + " The compute ratio is the baseline's FLOPs to reach the target divided by "
               "the method's (wall-clock likewise, a point estimate: seconds are measured and depend on the "
               "machine's load). Crossings are interpolated between checkpoints (error at most one checkpoint "
@@ -158,4 +160,105 @@ def summary_lines(result: dict) -> list[str]:
     for metric in [m for m in result["metrics"] if m != primary] + [primary]:
         for name, per_metric in result["summary"].items():
             out.append(ratio_line(name, per_metric[metric], metric, level))
+    return out
+
+
+# The k x vocabulary sweep (sweep.py).
+
+def _num(v, spec: str) -> str:
+    if v is None:
+        return "-"
+    if v == "inf" or (isinstance(v, float) and math.isinf(v)):
+        return "inf"
+    return format(v, spec)
+
+
+def sweep_section(result: dict, image: str) -> list[str]:
+    """The k x vocabulary table (sweep.md, and study.md's section when merged), `image` its plot."""
+    metrics = [m for m in ("accuracy", "retrieval_top1", "mlm_loss") if any(m in p for p in result["points"])]
+    head = ["k", "V (pieces)", "steps", "FLOP ratio / step", "wall-clock ratio / step", "head share of a mini step"]
+    for m in metrics:
+        head += [f"steps to target ({m})", f"compute ratio ({m})", "95% interval", f"wall-clock ratio ({m})"]
+    lines = ["## The k x vocabulary frontier (MiniPost at a fixed depth L)", "",
+             f"Each point: MiniPost of the bottom k layers (+ one new top layer) of `{result['pretrained']}` against "
+             f"the standard baseline at the same vocabulary, seeds {', '.join(map(str, result['seeds']))}. Ratios are "
+             "full / mini; per-step ratios are measured in the runs (FLOPs: the analytic count of each step's real "
+             "batch; wall-clock: training seconds); the compute ratio is at matched metric (the baseline's final), "
+             "with its bootstrap interval. Head share: the MLM head's FLOPs in a mini step (analytic, expected "
+             "masking); it does not shrink with k.", "",
+             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for p in sorted(result["points"], key=lambda p: (p["vocab"], p["k"])):
+        cells = [str(p["k"]), f"{p['vocab_size']}", str(p["steps"]), f"{p['step_flops_ratio']:.2f}",
+                 f"{p['step_seconds_ratio']:.2f}", f"{100 * p['head_share']:.0f}%"]
+        for m in metrics:
+            e = p[m]
+            lo, hi = e["interval"]
+            cells += [_num(e["steps_to_target"], ".0f") if e["steps_to_target"] is not None else "not reached",
+                      _num(e["ratio"], ".2f"), f"{_num(lo, '.2f')}-{_num(hi, '.2f')}", _num(e["wallclock_ratio"], ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", f"![sweep]({image})", ""]
+
+
+def plot_sweep(result: dict, path: Path) -> Path:
+    """One figure: left, the ratios against k per vocabulary (compute ratio at matched accuracy with
+    its interval, and the per-step FLOP and wall-clock ratios); right, the head's share of a mini
+    step and the steps to the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = next((m for m in ("accuracy", "retrieval_top1", "mlm_loss") if any(m in p for p in result["points"])))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    steps_axis = right.twinx()
+    for v in result["vocabs"]:
+        pts = sorted((p for p in result["points"] if p["vocab"] == v), key=lambda p: p["k"])
+        ks = [p["k"] for p in pts]
+        ratio = [_finite(p[metric]["ratio"]) for p in pts]
+        lo = [r - _finite(p[metric]["interval"][0], r) for r, p in zip(ratio, pts)]
+        hi = [_finite(p[metric]["interval"][1], r) - r for r, p in zip(ratio, pts)]
+        line = left.errorbar(ks, ratio, yerr=[lo, hi], marker="o", capsize=3,
+                             label=f"V={pts[0]['vocab_size'] if pts else v}: compute ratio at matched {metric}")
+        color = line[0].get_color()
+        left.plot(ks, [p["step_flops_ratio"] for p in pts], ls="--", color=color, label=f"V={v}: FLOP ratio / step")
+        left.plot(ks, [p["step_seconds_ratio"] for p in pts], ls=":", color=color,
+                  label=f"V={v}: wall-clock ratio / step")
+        right.plot(ks, [100 * p["head_share"] for p in pts], marker="s", color=color, label=f"V={v}: head share")
+        steps_axis.plot(ks, [p[metric]["steps_to_target"] or float("nan") for p in pts], ls="--", marker="^",
+                        color=color, label=f"V={v}: steps to target")
+    left.axhline(1.0, color="k", lw=0.8)
+    left.set(xlabel="k (frozen bottom layers of the mini-model)", ylabel="full / mini",
+             title="saving against k (error bars: 95% bootstrap)")
+    right.set(xlabel="k", ylabel="MLM head's share of a mini step (%)", title="what does not shrink with k")
+    steps_axis.set_ylabel(f"mini steps to the baseline's final {metric}")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.set_xticks(result["ks"])
+    left.legend(fontsize=6)
+    handles = right.get_legend_handles_labels()
+    more = steps_axis.get_legend_handles_labels()
+    right.legend(handles[0] + more[0], handles[1] + more[1], fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _finite(v, default: float = float("nan")) -> float:
+    """Plot value of a ratio from study.json: "inf" and None (not reached) become `default`."""
+    if v is None or v == "inf" or (isinstance(v, float) and not math.isfinite(v)):
+        return default
+    return float(v)
+
+
+def sweep_lines(result: dict) -> list[str]:
+    """One line per point: `sweep k=K V=N: compute ratio X.XX (95% interval LO-HI) at matched <metric>`."""
+    out = []
+    for p in sorted(result["points"], key=lambda p: (p["vocab"], p["k"])):
+        for metric in [m for m in ("mlm_loss", "accuracy", "retrieval_top1") if m in p]:
+            e = p[metric]
+            lo, hi = e["interval"]
+            out.append(f"sweep k={p['k']} V={p['vocab_size']}: compute ratio {_ratio(e['ratio'])} (95% interval "
+                       f"{_ratio(lo)}-{_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}; "
+                       f"{p['step_flops_ratio']:.2f}x fewer FLOPs a step, head {100 * p['head_share']:.0f}% of it")
     return out
