@@ -39,6 +39,11 @@ class PipelineOptions:
     top_layers: int = 1  # pretrained pipeline: MiniPost's trained top layers
     language_vocab: int = 8000  # languages pipeline: each new language's vocabulary size
     regular: bool = True  # demo pipeline: also the paper's baseline model (no mid head), `regular_steps`
+    # Demo pipeline: the models' configs (make study-quick's smaller model), and whether to stop at
+    # the models a study needs (pretraining, MiniPost, fine-tuning: no adaptation or transfer).
+    pretrain_config: str = "configs/demo-cpu.yaml"
+    minipost_config: str = "configs/minipost-cpu.yaml"
+    models_only: bool = False
     extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides (`step_overrides`)
 
 
@@ -141,7 +146,7 @@ def _pretrain(opts: PipelineOptions, pretrain: Path, english: Path, settings: tu
     run, e.g. `make demo`'s reused with --reuse-pretrain). `settings` go before the user's extras."""
     return Step("pretrain", pretrain / "final" / "model.pt",
                 [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py", "--resume",
-                 "--deepspeed", "ds_configs/z3.json", "--config", "configs/demo-cpu.yaml", f"data.path={english}",
+                 "--deepspeed", "ds_configs/z3.json", "--config", opts.pretrain_config, f"data.path={english}",
                  f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *settings,
                  *opts.extra.get("pretrain", [])],
                 ranks=opts.nproc)
@@ -162,7 +167,7 @@ def regular_steps(opts: PipelineOptions, english: Path, target: Path) -> list[St
 
     sub = dataclasses.replace(opts, work=opts.work / REGULAR)
     pretrain = sub.work / "pretrain"
-    minipost = _minipost(sub, "minipost", "configs/minipost-cpu.yaml", pretrain / "final", english)
+    minipost = _minipost(sub, "minipost", opts.minipost_config, pretrain / "final", english)
     sources = {"full": (pretrain / "final", "full"), "minipost": (minipost.done.parent, "mini")}
     steps = [_pretrain(sub, pretrain, english, settings=("model.mid_head_layer=null",)), minipost,
              *(_adapt(sub, m, *sources[m], target) for m in REGULAR_METHODS),
@@ -176,7 +181,7 @@ def plan_demo(opts: PipelineOptions) -> list[Step]:
     opts.regular is False) the regular model's branch (`regular_steps`)."""
     en, ny = opts.data_root / "bible-en", opts.data_root / "bible-ny"
     pretrain = opts.reuse_pretrain or opts.work / "pretrain"
-    minipost = _minipost(opts, "minipost", "configs/minipost-cpu.yaml", pretrain / "final", en)
+    minipost = _minipost(opts, "minipost", opts.minipost_config, pretrain / "final", en)
     sources = {"full": (pretrain / "final", "full"), "minijoint": (pretrain / "final", "mini"),
                "minipost": (minipost.done.parent, "mini")}
     steps = [_prepare("data-en", "bible-en", en, "--vocab-size", "8000"),
@@ -187,6 +192,9 @@ def plan_demo(opts: PipelineOptions) -> list[Step]:
              *_finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final", _packs(opts, METHODS),
                                     pretrain / "final"),
              *(regular_steps(opts, en, ny) if opts.regular else [])]
+    if opts.models_only:  # what a study adapts from and scores through (its MiniPost: the regular model's)
+        drop = r"(^|-)(adapt-\w+|evaluate)$" + ("|^minipost$" if opts.regular else "")
+        steps = [s for s in steps if not re.search(drop, s.name)]
     return steps
 
 
@@ -198,6 +206,9 @@ def run(opts: PipelineOptions) -> Path:
     pretrain = opts.reuse_pretrain or opts.work / "pretrain"
     for s in plan_demo(opts):
         runner(s)
+    if opts.models_only:
+        print(f"models ready in {opts.work} (--models-only: no adaptation, transfer or report)", flush=True)
+        return opts.work
     # MiniJoint's mini-model comes with pretraining; MiniPost's costs its own training run.
     report = pipeline_report(opts.work, pretrain, runner.timings, METHODS, prep={"minipost": "minipost"},
                              regular=opts.work / REGULAR if opts.regular else None)
@@ -230,7 +241,7 @@ def plan_languages(opts: PipelineOptions, languages: list[str]) -> list[Step]:
     en = opts.data_root / "bible-en"
     corpus = f"bible-{{lang}}-v{opts.language_vocab}"  # named by vocabulary: sizes never share a dataset
     pretrain = opts.reuse_pretrain or opts.work / "pretrain"
-    minipost = _minipost(opts, "minipost", "configs/minipost-cpu.yaml", pretrain / "final", en)
+    minipost = _minipost(opts, "minipost", opts.minipost_config, pretrain / "final", en)
     sources = {"full": (pretrain / "final", "full"), "minijoint": (pretrain / "final", "mini"),
                "minipost": (minipost.done.parent, "mini")}
     steps = [_prepare("data-en", "bible-en", en, "--vocab-size", "8000"),

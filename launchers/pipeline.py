@@ -10,6 +10,8 @@ mini-model. The demo pipeline also pretrains a regular model (no mid head, the s
 the standard baseline and MiniPost adapt from too, as in the paper (--no-regular skips it).
 
     python launchers/pipeline.py --work runs/pipeline [--reuse-pretrain runs/demo] [--no-regular] [--plan]
+    python launchers/pipeline.py --work runs/pipeline-quick --pretrain-config configs/quick-cpu.yaml \
+        --minipost-config configs/minipost-quick.yaml --models-only     # make study-quick's models
     python launchers/pipeline.py --work runs/pipeline-languages --languages sw,tl,vi [--reuse-pretrain runs/demo]
     python launchers/pipeline.py --work runs/pipeline-pretrained --from-pretrained [HF_DIR] [--k 3] [--plan]
         [--head-steps N] [--set adapt:data.seq_len=64 ...]
@@ -23,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ds_minimodel.cli import run_main  # noqa: E402
+
+DEMO_CONFIGS = ("configs/demo-cpu.yaml", "configs/minipost-cpu.yaml")  # PipelineOptions' defaults
 
 
 def main(argv=None) -> None:
@@ -47,6 +51,12 @@ def main(argv=None) -> None:
                    help="many target languages at once (comma-separated codes of the language table, or "
                         "'default' for ten of them): each method's step 2 is one multi-language job")
     p.add_argument("--language-vocab", type=int, default=8000, help="with --languages: each language's vocabulary")
+    p.add_argument("--pretrain-config", default=DEMO_CONFIGS[0], help="demo pipeline: both models' pretraining YAML "
+                                                                      "(the MiniJoint one sets model.mid_head_layer)")
+    p.add_argument("--minipost-config", default=DEMO_CONFIGS[1], help="demo pipeline: MiniPost's YAML (its k)")
+    p.add_argument("--models-only", action="store_true",
+                   help="demo pipeline: only what a study needs (pretraining, MiniPost, fine-tuning; no adaptation, "
+                        "transfer or report)")
     p.add_argument("--no-regular", action="store_true",
                    help="demo pipeline: skip the regular model (no mid head) that standard and MiniPost also "
                         "adapt from (the paper's comparison; about 55 min on 2 cores)")
@@ -85,6 +95,8 @@ def main(argv=None) -> None:
                                retrieval_pairs=args.retrieval_pairs,
                                head_steps=args.head_steps, k=args.k, top_layers=args.top_layers,
                                language_vocab=args.language_vocab, regular=not args.no_regular,
+                               pretrain_config=args.pretrain_config, minipost_config=args.minipost_config,
+                               models_only=args.models_only,
                                extra=step_overrides(args.overrides, OVERRIDABLE_PRETRAINED_STEPS if args.from_pretrained
                                                     else OVERRIDABLE_STEPS))
         plan = languages = None
@@ -100,8 +112,11 @@ def main(argv=None) -> None:
                 return
         elif args.language_vocab != 8000:
             raise UserError("--language-vocab applies to --languages")
-        if args.no_regular and (args.from_pretrained or languages is not None):
-            raise UserError("--no-regular applies to the demo pipeline (not --from-pretrained or --languages)")
+        demo_only = [flag for flag, used in (("--no-regular", args.no_regular), ("--models-only", args.models_only),
+                                             ("--pretrain-config", args.pretrain_config != DEMO_CONFIGS[0]),
+                                             ("--minipost-config", args.minipost_config != DEMO_CONFIGS[1])) if used]
+        if demo_only and (args.from_pretrained or languages is not None):
+            raise UserError(f"{', '.join(demo_only)}: for the demo pipeline (not --from-pretrained or --languages)")
         if args.from_pretrained:
             source = minilm_dir() if args.from_pretrained == "minilm" else Path(args.from_pretrained)
             # Everything model-dependent is read from the checkpoint now, so one that cannot work

@@ -84,3 +84,26 @@ def test_demo_pipeline_plans_the_regular_model_branch(tmp_path):
     assert f"adapt.model_dir={work / 'pretrain' / 'final'}" in steps["adapt-minijoint"]  # MiniJoint's own model
     assert not any(n.startswith("regular-") for n in (s.name for s in plan_demo(
         PipelineOptions(work=work, data_root=data, regular=False))))
+
+
+def test_models_only_plans_what_a_study_needs_with_its_configs(tmp_path, capsys):
+    """make study-quick's models: both pretrainings with the given YAML (the regular one still
+    without the mid head), the regular model's MiniPost with the given YAML, both fine-tunings;
+    no adaptation, transfer or MiniJoint-branch MiniPost."""
+    from launchers.pipeline import main
+    from ds_minimodel.pipeline import plan_demo
+
+    opts = PipelineOptions(work=tmp_path / "w", data_root=tmp_path / "d", models_only=True,
+                           pretrain_config="configs/quick-cpu.yaml", minipost_config="configs/minipost-quick.yaml")
+    steps = {s.name: [str(c) for c in s.cmd] for s in plan_demo(opts)}
+    assert list(steps) == ["data-en", "data-ny", "pretrain", "finetune", "regular-pretrain", "regular-minipost",
+                           "regular-finetune"]
+    for name in ("pretrain", "regular-pretrain"):
+        assert steps[name][steps[name].index("--config") + 1] == "configs/quick-cpu.yaml"
+    assert steps["regular-pretrain"][-1] == "model.mid_head_layer=null"
+    assert "configs/minipost-quick.yaml" in steps["regular-minipost"]
+    without_regular = [s.name for s in plan_demo(PipelineOptions(work=tmp_path / "w", data_root=tmp_path / "d",
+                                                                 models_only=True, regular=False))]
+    assert without_regular == ["data-en", "data-ny", "pretrain", "minipost", "finetune"]
+    expect_rejected(capsys, main, ["--work", str(tmp_path / "w"), "--models-only", "--from-pretrained"],
+                    "--models-only: for the demo pipeline")
