@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ds_minimodel.errors import UserError
-from ds_minimodel.subprocess_runner import run_command
+from ds_minimodel.subprocess_runner import run_command, with_free_port
 
 if TYPE_CHECKING:
     from ds_minimodel.artefacts.hf_source import HFSource
@@ -95,7 +95,8 @@ class _Steps:
             return
         print(f"[{step.name}]", flush=True)
         threads = max(self.nproc // step.ranks, 1)
-        self.timings[step.name] = run_command(step.cmd, self.work / "logs" / f"{step.name}.log", threads)
+        self.timings[step.name] = run_command(with_free_port(step.cmd), self.work / "logs" / f"{step.name}.log",
+                                              threads)
         self.timings_file.write_text(json.dumps(self.timings, indent=2))
 
 

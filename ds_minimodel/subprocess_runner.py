@@ -9,6 +9,7 @@ same signature).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -42,3 +43,15 @@ def run_command(cmd: list, log: str | Path, threads: int | None = None) -> float
                         f"log {log}: {' | '.join(tail)}")
     print(f"  done in {seconds:.0f} s (log: {log})", flush=True)
     return seconds
+
+
+def with_free_port(cmd: list) -> list:
+    """A `deepspeed` launch with `--master_port` set to a port free now (unless it sets one): two
+    pipelines on one machine would otherwise both take the launcher's default 29500, and the
+    second's rendezvous would fail with EADDRINUSE."""
+    if not cmd or Path(str(cmd[0])).name != "deepspeed" or "--master_port" in map(str, cmd):
+        return cmd
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [cmd[0], "--master_port", str(port), *cmd[1:]]

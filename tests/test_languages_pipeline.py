@@ -107,3 +107,26 @@ def test_models_only_plans_what_a_study_needs_with_its_configs(tmp_path, capsys)
     assert without_regular == ["data-en", "data-ny", "pretrain", "minipost", "finetune"]
     expect_rejected(capsys, main, ["--work", str(tmp_path / "w"), "--models-only", "--from-pretrained"],
                     "--models-only: for the demo pipeline")
+
+
+def test_deepspeed_steps_get_a_free_master_port():
+    """Two pipelines on one machine: each deepspeed launch gets its own free rendezvous port
+    (both used to take 29500; the second failed with EADDRINUSE); other commands and an explicit
+    --master_port are left alone."""
+    import socket
+
+    from ds_minimodel.subprocess_runner import with_free_port
+
+    with socket.socket() as held:  # a port in use, as a running pipeline's rendezvous would be
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        cmd = with_free_port(["/venv/bin/deepspeed", "--num_gpus", "2", "launchers/pretrain.py"])
+        assert cmd[:2] == ["/venv/bin/deepspeed", "--master_port"] and cmd[3:] == ["--num_gpus", "2", "launchers/pretrain.py"]
+        port = int(cmd[2])
+        assert port != held.getsockname()[1]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free when handed out
+    python = ["/venv/bin/python", "launchers/minipost.py"]
+    assert with_free_port(python) == python
+    explicit = ["deepspeed", "--master_port", "29511", "launchers/pretrain.py"]
+    assert with_free_port(explicit) == explicit
