@@ -226,8 +226,9 @@ pipeline-multilingual: install
 # embeddings (the paper's init) except minijoint+focus (adapt.init=focus), which is measured against
 # the same random-init baseline. The regular branch's numbers are estimates until `make pipeline`
 # has run it.
-# No `make study-quick`: the study needs the pipeline's models, and `make pipeline` alone takes
-# about 50 min from a fresh clone, so a < 30 min study would need a second, smaller pipeline.
+# study.md also says what the mid head costs the full model (full_models.py: each scoring model's
+# pretraining FLOPs, final validation MLM loss and English accuracy, paired per verse), and, once
+# `make study-sweep` has run, the k x vocabulary table.
 STUDY_PIPELINE ?= runs/pipeline
 STUDY_PRETRAINED ?= $(STUDY_PIPELINE)/pretrain/final
 STUDY_REGULAR ?= $(STUDY_PIPELINE)/regular
@@ -245,6 +246,50 @@ study: install
 		--model $(STUDY_REGULAR)/finetune/final $(STUDY_PIPELINE)/finetune/final \
 		--target-data data/bible-ny --out $(STUDY_OUT) --methods $(STUDY_METHODS) \
 		--steps $(STUDY_STEPS) --checkpoints 10 --seeds $(STUDY_SEEDS) $(STUDY_ARGS)
+
+# The frontier (launchers/study.py --sweep; analysis/study/sweep.py): at the regular model's fixed
+# depth L = 8, MiniPost of k = 1..4 bottom layers (+ one new top layer, each its own MiniPost run on
+# English) against the standard baseline, at Chichewa vocabularies of at most 8,000 and 32,000
+# pieces (a tokenizer and dataset each, in runs/study/sweep/data). Every k gets the baseline's FLOP
+# budget (its steps = the baseline's FLOPs / its own per-step FLOPs). Per point: the per-step FLOP
+# and wall-clock ratios, steps to the baseline's final accuracy and MLM loss, the compute ratio
+# with its 95% interval, the head's share of a mini step; sweep.json, sweep.md, sweep.png, and the
+# table merged into runs/study/study.md. Sized for about 2 hours on 2 cores (estimated from make
+# study's per-step times, not yet measured): sequences of 64, a 150-step baseline, 3 seeds, 6
+# checkpoints, 600 test verses and 64 validation sequences per score. Needs `make pipeline`'s
+# regular model; resumable like the study.
+SWEEP_K ?= 1,2,3,4
+SWEEP_VOCAB ?= 8000,32000
+SWEEP_ARGS ?= --steps full=150 --set data.seq_len=64 --checkpoints 6 --seeds 3 --eval-examples 600 --loss-sequences 64
+.PHONY: study-sweep
+study-sweep: install
+	@test -f $(STUDY_REGULAR)/finetune/final/model.pt || \
+		{ echo "make study-sweep needs the regular model in $(STUDY_REGULAR): run make pipeline first" >&2; exit 1; }
+	$(PY) launchers/study.py --sweep k=$(SWEEP_K) vocab=$(SWEEP_VOCAB) --pretrained $(STUDY_REGULAR)/pretrain/final \
+		--model $(STUDY_REGULAR)/finetune/final --english-data data/bible-en --target-recipe bible-ny \
+		--out $(STUDY_OUT)/sweep --into-study $(STUDY_OUT) $(SWEEP_ARGS)
+
+# The study on a fresh clone in about 30 minutes: its own smaller models (configs/quick-cpu.yaml:
+# 4 layers of width 128, sequences of 64; a regular twin without the mid head; MiniPost and both
+# fine-tunings: launchers/pipeline.py --models-only), then standard / MiniJoint / MiniPost, 3 seeds,
+# 6 checkpoints, 600 test verses per score. Everything in runs/pipeline-quick and runs/study-quick
+# is reused when present. Budget (estimated from a pilot on a shared machine, not yet measured
+# end to end): install 2 min, data 2, two pretrainings of 500 steps 10, MiniPost and fine-tunings 4,
+# adaptation 8, scoring 4.
+QUICK_WORK ?= runs/pipeline-quick
+QUICK_OUT ?= runs/study-quick
+QUICK_METHODS ?= full minijoint minipost
+QUICK_STEPS ?= full=200 minijoint=600 minipost=600
+.PHONY: study-quick
+study-quick: install
+	$(PY) launchers/pipeline.py --work $(QUICK_WORK) --models-only --nproc $(NPROC) \
+		--pretrain-config configs/quick-cpu.yaml --minipost-config configs/minipost-quick.yaml \
+		--pretrain-steps 500 --minipost-steps 100 --finetune-steps 200
+	$(PY) launchers/study.py --run-experiments --pretrained $(QUICK_WORK)/pretrain/final \
+		--baseline-pretrained $(QUICK_WORK)/regular/pretrain/final --minipost $(QUICK_WORK)/regular/minipost/final \
+		--model $(QUICK_WORK)/regular/finetune/final $(QUICK_WORK)/finetune/final --target-data data/bible-ny \
+		--out $(QUICK_OUT) --methods $(QUICK_METHODS) --steps $(QUICK_STEPS) --checkpoints 6 --seeds 3 \
+		--set data.seq_len=64 --eval-examples 600 --loss-sequences 64
 
 # `make study` in miniature, end to end on tiny models: MiniPost and fine-tuning launchers, then
 # launchers/study.py --run-experiments through its default subprocess runner, 2 seeds x 3 methods
