@@ -182,7 +182,7 @@ def run_sweep(opts: SweepOptions, scorer, study_opts: StudyOptions | None = None
     prepare_inputs(opts, runner, log)
     plan = plan_runs(opts)
     for v, arms in plan.items():
-        by_seed = [run for i in range(len(opts.seeds)) for arm in arms.values() for run in arm["runs"][i:i + 1]]
+        by_seed = [arm["runs"][i] for i in range(len(opts.seeds)) for arm in arms.values()]
         train_runs(by_seed, opts.config, opts.ds_config, Path(opts.out) / f"v{v}" / "logs", runner, log)
     points = []
     for v, arms in plan.items():
