@@ -200,37 +200,41 @@ def sweep_section(result: dict, image: str) -> list[str]:
 
 
 def plot_sweep(result: dict, path: Path) -> Path:
-    """One figure: left, the ratios against k per vocabulary (compute ratio at matched accuracy with
-    its interval, and the per-step FLOP and wall-clock ratios); right, the head's share of a mini
-    step and the steps to the target."""
+    """One figure: left, the ratios against k per vocabulary (the compute ratio at each matched
+    metric with its interval, and the per-step FLOP and wall-clock ratios); right, the head's share
+    of a mini step and the steps to each target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = next((m for m in ("accuracy", "retrieval_top1", "mlm_loss") if any(m in p for p in result["points"])))
+    metrics = [m for m in ("accuracy", "retrieval_top1", "mlm_loss") if any(m in p for p in result["points"])]
+    markers = dict(zip(metrics, "o^v"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     steps_axis = right.twinx()
     for v in result["vocabs"]:
         pts = sorted((p for p in result["points"] if p["vocab"] == v), key=lambda p: p["k"])
-        ks = [p["k"] for p in pts]
-        ratio = [_finite(p[metric]["ratio"]) for p in pts]
-        lo = [r - _finite(p[metric]["interval"][0], r) for r, p in zip(ratio, pts)]
-        hi = [_finite(p[metric]["interval"][1], r) - r for r, p in zip(ratio, pts)]
-        line = left.errorbar(ks, ratio, yerr=[lo, hi], marker="o", capsize=3,
-                             label=f"V={pts[0]['vocab_size'] if pts else v}: compute ratio at matched {metric}")
-        color = line[0].get_color()
-        left.plot(ks, [p["step_flops_ratio"] for p in pts], ls="--", color=color, label=f"V={v}: FLOP ratio / step")
+        ks, size = [p["k"] for p in pts], pts[0]["vocab_size"] if pts else v
+        color = None
+        for metric in metrics:
+            ratio = [_finite(p[metric]["ratio"]) for p in pts]
+            lo = [r - _finite(p[metric]["interval"][0], r) for r, p in zip(ratio, pts)]
+            hi = [_finite(p[metric]["interval"][1], r) - r for r, p in zip(ratio, pts)]
+            line = left.errorbar(ks, ratio, yerr=[lo, hi], marker=markers[metric], capsize=3, color=color,
+                                 label=f"V={size}: compute ratio at matched {MATCHED_AT.get(metric, metric)}")
+            color = line[0].get_color()
+            steps_axis.plot(ks, [_finite(p[metric]["steps_to_target"]) for p in pts], ls="--",
+                            marker=markers[metric], mfc="none", color=color,
+                            label=f"V={size}: steps to the {MATCHED_AT.get(metric, metric)} target")
+        left.plot(ks, [p["step_flops_ratio"] for p in pts], ls="--", color=color, label=f"V={size}: FLOP ratio / step")
         left.plot(ks, [p["step_seconds_ratio"] for p in pts], ls=":", color=color,
-                  label=f"V={v}: wall-clock ratio / step")
-        right.plot(ks, [100 * p["head_share"] for p in pts], marker="s", color=color, label=f"V={v}: head share")
-        steps_axis.plot(ks, [p[metric]["steps_to_target"] or float("nan") for p in pts], ls="--", marker="^",
-                        color=color, label=f"V={v}: steps to target")
+                  label=f"V={size}: wall-clock ratio / step")
+        right.plot(ks, [100 * p["head_share"] for p in pts], marker="s", color=color, label=f"V={size}: head share")
     left.axhline(1.0, color="k", lw=0.8)
     left.set(xlabel="k (frozen bottom layers of the mini-model)", ylabel="full / mini",
              title="saving against k (error bars: 95% bootstrap)")
     right.set(xlabel="k", ylabel="MLM head's share of a mini step (%)", title="what does not shrink with k")
-    steps_axis.set_ylabel(f"mini steps to the baseline's final {metric}")
+    steps_axis.set_ylabel("mini steps to the baseline's final metric (dashed)")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.set_xticks(result["ks"])
