@@ -24,6 +24,10 @@ Writes study.json, study.md, metric_vs_flops.png, metric_vs_wallclock.png and
 mlm_loss_vs_flops.png into --out, and ends with one line per method:
 `study <method>: compute ratio X.XX (95% interval LO-HI) at matched accuracy`.
 
+Or the ratio averaged over target languages, from one study per language (languages.py):
+
+    python launchers/study.py --average runs/study-languages/sw runs/study-languages/tl --out runs/study-languages
+
 Or the k x vocabulary frontier at a fixed depth (sweep.py: a MiniPost per k, a tokenizer per
 vocabulary, standard baseline and every k per vocabulary, all seeds; sweep.json, sweep.md,
 sweep.png, and the table merged into --into-study's study.json and study.md):
@@ -92,12 +96,35 @@ def parse_sweep(items: list[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return axes["k"], axes["vocab"]
 
 
+def average(dirs: list[str], out: Path) -> None:
+    """--average: the ratio averaged over the languages of several studies, into out/study.json
+    and study.md."""
+    import json
+
+    from ds_minimodel.analysis.study import languages
+    from ds_minimodel.analysis.study.compare import json_safe
+    from ds_minimodel.training.checkpoint import write_atomic
+    from ds_minimodel.training.run_lock import RunLock
+
+    if any(Path(d).resolve() == out.resolve() for d in dirs):
+        raise InvalidValueError(f"--out {out} is one of the averaged studies: choose another directory")
+    result = languages.average_studies(languages.read_studies(dirs))
+    with RunLock(out, "--out"):
+        write_atomic(out / "study.json", json.dumps(json_safe(result), indent=1))
+        write_atomic(out / "study.md", "\n".join(languages.markdown(result)) + "\n")
+    print(f"wrote {out / 'study.json'}, study.md")
+    for line in languages.summary_lines(result):
+        print(line, flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs", nargs="+", metavar="NAME=DIR", help="existing adaptation run directories")
     src.add_argument("--run-experiments", action="store_true", help="train the adaptation runs first")
     src.add_argument("--sweep", nargs="+", metavar="AXIS=VALUES", help="k=1,2,3,4 vocab=8000,32000: the frontier")
+    src.add_argument("--average", nargs="+", metavar="STUDY_DIR",
+                     help="the studies of several target languages: their ratios averaged (geometric mean)")
     p.add_argument("--model", nargs="+", help="fine-tuned classifier directory (step 3's final/): for --metric "
                                               "accuracy; several when the methods adapt from different models "
                                               "(each pack is scored through the one it was made for)")
@@ -151,6 +178,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     def body():
+        if args.average:
+            return average(args.average, Path(args.out))
         from ds_minimodel.analysis.study import compare, experiments, render, scoring, sweep
         from ds_minimodel.analysis.study import runs as study_runs
         from ds_minimodel.training.run_lock import RunLock

@@ -40,13 +40,13 @@ class StudyOptions:
     loss_mask_seed: int = 0
 
 
-def _json_safe(v):
+def json_safe(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
+        return {k: json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
+        return [json_safe(x) for x in v]
     return v
 
 
@@ -89,7 +89,9 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
                             level=opts.level)
     for name, b in boot["methods"].items():
         matched["methods"][name]["interval_flops"] = b["interval"]
-        matched["methods"][name]["bootstrap"] = {k: b[k] for k in ("undefined", "not_reached", "at_zero_flops")}
+        # The replicates themselves too: the average over languages (languages.py) bootstraps from them.
+        matched["methods"][name]["bootstrap"] = {**{k: b[k] for k in ("undefined", "not_reached", "at_zero_flops")},
+                                                 "ratios": b["ratios"].tolist()}
     language = opened[opts.baseline][0].info.language
     return {"metric": scorer.metric, "better": scorer.better, "scorer": scorer.identity,
             "references": scorer.references(language), "matched": matched,
@@ -164,7 +166,7 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
                   "means not reached, inf reached at 0 FLOPs.",
         "plots": [p.name for p in plots],
     }
-    result = _json_safe(result)
+    result = json_safe(result)
     write_atomic(out_dir / "study.json", json.dumps(result, indent=1))
     write_atomic(out_dir / "study.md", markdown(result))
     return result
