@@ -264,6 +264,31 @@ study-multilingual: install
 		--steps full=500 minipost=1000 minipost+focus=600 --checkpoints 6 --seeds $(STUDY_SEEDS) \
 		--set data.seq_len=64 --eval-examples 600 --loss-sequences 64
 
+# The ratio averaged over target languages: one study per language over `make pipeline`'s models
+# (standard from the regular model against MiniJoint, 3 seeds, sequences of 64), each language's
+# data prepared as `make pipeline-languages` does (data/bible-<code>-v8000), then `study.py
+# --average`: the geometric mean of the languages' ratios with a bootstrap interval
+# (runs/study-languages/study.md). Budget from make study's step times at half the length (not yet
+# measured end to end): about 20 min a language.
+LANG_STUDY_LANGUAGES ?= sw tl id
+LANG_STUDY_OUT ?= runs/study-languages
+LANG_STUDY_ARGS ?= --methods full minijoint --steps full=300 minijoint=900 --checkpoints 6 --seeds $(STUDY_SEEDS) \
+	--eval-examples 600 --loss-sequences 64
+.PHONY: study-languages
+study-languages: install
+	@test -f $(STUDY_PIPELINE)/finetune/final/model.pt -a -f $(STUDY_REGULAR)/finetune/final/model.pt || \
+		{ echo "make study-languages needs the pipeline's models in $(STUDY_PIPELINE): run make pipeline first" >&2; exit 1; }
+	for lang in $(LANG_STUDY_LANGUAGES); do \
+		test -f data/bible-$$lang-v8000/index.json || $(PY) launchers/prepare_data.py --recipe bible-$$lang \
+			--out data/bible-$$lang-v8000 --vocab-size 8000 --vocab-limit soft --overwrite || exit 1; \
+		$(PY) launchers/study.py --run-experiments --pretrained $(STUDY_PRETRAINED) \
+			--baseline-pretrained $(STUDY_REGULAR)/pretrain/final \
+			--model $(STUDY_REGULAR)/finetune/final $(STUDY_PIPELINE)/finetune/final \
+			--target-data data/bible-$$lang-v8000 --out $(LANG_STUDY_OUT)/$$lang $(LANG_STUDY_ARGS) \
+			--set adapt.language=$$lang data.seq_len=64 || exit 1; \
+	done
+	$(PY) launchers/study.py --average $(addprefix $(LANG_STUDY_OUT)/,$(LANG_STUDY_LANGUAGES)) --out $(LANG_STUDY_OUT)
+
 # The frontier (launchers/study.py --sweep; analysis/study/sweep.py): at the regular model's fixed
 # depth L = 8, MiniPost of k = 1..4 bottom layers (+ one new top layer, each its own MiniPost run on
 # English) against the standard baseline, at Chichewa vocabularies of at most 8,000 and 32,000
