@@ -452,3 +452,24 @@ def test_summarize_a_directory_without_a_run(tmp_path, capsys):
     from launchers.summarize import main
 
     expect_rejected(capsys, main, [str(tmp_path)], "no eval records", watch=[tmp_path])
+
+
+def test_adapt_refuses_a_corpus_of_another_language(tmp_path, capsys, tiny_model_dir, tiny_target_corpus):
+    """A pack is labelled with adapt.language, and transfer scores it on that language's test set:
+    a Chichewa corpus adapted as Swahili (the config's default language left in place) would be
+    scored on Swahili verses. A corpus that says its language (prepare_data's recipes do) must
+    match it; one that says none is taken as given."""
+    import json
+    import shutil
+
+    from launchers.adapt import main
+
+    corpus = Path(shutil.copytree(tiny_target_corpus, tmp_path / "ny"))
+    index = json.loads((corpus / "index.json").read_text())
+    index["meta"]["language"] = "ny"
+    (corpus / "index.json").write_text(json.dumps(index))
+    expect_rejected(capsys, main, adapt_args(tiny_model_dir, corpus, tmp_path / "o", "adapt.language=sw"),
+                    f"{corpus} is a ny corpus", "adapt.language=sw", watch=[corpus])
+    expect_rejected(capsys, main, adapt_args(tiny_model_dir, tmp_path / "{lang}", tmp_path / "o2",
+                                             "adapt.languages=[ny,sw]", f"adapt.data_paths={{sw: {corpus}}}"),
+                    f"{corpus} is a ny corpus", "adapt.languages says sw", watch=[corpus])

@@ -128,10 +128,19 @@ def read_body(cfg: AdaptConfig) -> Body:
     return Body(body, body_cfg, method, k, body_fp, source_tok, src_cfg.kernels)
 
 
-def check_target(target_tok: Tokenizer, body: Body, data_path: str) -> None:
+def check_target(corpus: TokenShards, body: Body, data_path: str, language: str, setting: str) -> None:
+    """The corpus fits the body (pad id) and is of the language the pack will be labelled with:
+    transfer scores a pack on its label's test set. A corpus that does not say its language
+    (index.json meta.language; prepare_data's recipes do) is taken as given. `setting`: the
+    config key that names the language, for the message."""
+    target_tok = corpus.tokenizer()
     if target_tok.pad_id != body.cfg.pad_token_id:
         raise UserError(f"the tokenizer of {data_path} has pad id {target_tok.pad_id}, the model "
                         f"{body.cfg.pad_token_id}")
+    said = corpus.index.get("meta", {}).get("language")
+    if said and said != language:
+        raise UserError(f"{data_path} is a {said} corpus (its index.json), but {setting}: the pack would be "
+                        f"labelled {language} and scored on {language}'s test set")
 
 
 def check_ds_config(ds_config_path: str) -> dict:

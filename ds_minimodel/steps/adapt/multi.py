@@ -50,8 +50,8 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
     shards = {code: open_corpus(path) for code, path in paths.items()}
     tokenizers = {code: s.tokenizer() for code, s in shards.items()}
     body = read_body(cfg)
-    for code, tok in tokenizers.items():
-        check_target(tok, body, paths[code])
+    for code, corpus in shards.items():
+        check_target(corpus, body, paths[code], code, f"adapt.languages says {code}")
     raw_ds = check_ds_config(ds_config_path)
     if cfg.optim.grad_clip > 0 and cfg.train.engine == "deepspeed":
         ds.check_group_clipping({**raw_ds, "bf16": {"enabled": cfg.train.dtype == "bf16"}}, ds_config_path)

@@ -25,7 +25,7 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
     shards = open_corpus(cfg.data.path)
     target_tok = shards.tokenizer()
     body = read_body(cfg)
-    check_target(target_tok, body, cfg.data.path)
+    check_target(shards, body, cfg.data.path, cfg.adapt.language, f"adapt.language={cfg.adapt.language}")
     check_ds_config(ds_config_path)
     start, model_cfg, init_record = start_state(body, shards, cfg)
 
