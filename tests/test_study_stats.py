@@ -412,3 +412,32 @@ def test_score_cache_keeps_units_and_discards_other_identities(tmp_path):
     # A cache of the old format (one number per checkpoint) is not read as units.
     path.write_text(json.dumps({"identity": {"metric": "accuracy"}, "scores": {"a": 0.5}}))
     assert ScoreCache(path, {"metric": "accuracy"}).scores == {}
+
+
+def test_balanced_accuracy_is_the_mean_recall_over_classes_whichever_class_a_collapsed_model_picks():
+    """AccuracyScorer.balanced_weights reweights the accuracy units (1 / the example's class size)
+    so that sum(num) / sum(den) is the mean per-class recall, computed here by hand; a classifier
+    that answers one class for every input scores 1 / classes whichever class that is, while its
+    plain accuracy is that class's share of the test set."""
+    from types import SimpleNamespace
+
+    from ds_minimodel.analysis.study.scoring import AccuracyScorer
+
+    rng = np.random.default_rng(3)
+    labels = rng.choice(4, size=300, p=[0.5, 0.3, 0.15, 0.05])
+    examples = [SimpleNamespace(label=int(y)) for y in labels]
+    stub = SimpleNamespace(task=SimpleNamespace(test_in=lambda language: examples), _subset=lambda ex: ex)
+    w = AccuracyScorer.balanced_weights(stub, "ny")
+
+    def balanced(flags):
+        return Units(flags * w, w).value
+
+    for _ in range(5):
+        predicted = rng.choice(4, size=300)
+        flags = (predicted == labels).astype(float)
+        recalls = [flags[labels == c].mean() for c in range(4)]
+        assert balanced(flags) == pytest.approx(sum(recalls) / 4)
+    for c in range(4):
+        collapsed = (labels == c).astype(float)  # always answers class c
+        assert balanced(collapsed) == pytest.approx(0.25)
+        assert Units(collapsed, None).value == pytest.approx((labels == c).mean())

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ds_minimodel.analysis.study.bootstrap import (
     MethodScores,
     bootstrap_ratios,
@@ -55,11 +57,14 @@ def _as_lists(runs: dict) -> dict[str, list]:
 
 
 def _score_method(runs: list[StudyRun], scorer, cache: ScoreCache, include_init: bool,
-                  log: Callable[[str], None]) -> tuple[MethodScores, list[RunScores]]:
+                  log: Callable[[str], None], weights=None) -> tuple[MethodScores, list[RunScores]]:
+    """Every seed's scores; `weights` (per unit) reweight numerator and denominator alike (the
+    class-balanced view of accuracy)."""
     scored = [collect_scores(r, scorer, cache, include_init, log) for r in runs]
+    w = 1.0 if weights is None else weights
     scores = stack_seeds(runs[0].name, [s.seed for s in scored], [s.tags for s in scored], [s.steps for s in scored],
                          [s.flops for s in scored], [s.seconds for s in scored],
-                         [[u.num for u in s.units] for s in scored], [[u.den for u in s.units] for s in scored])
+                         [[u.num * w for u in s.units] for s in scored], [[u.den * w for u in s.units] for s in scored])
     return scores, scored
 
 
@@ -68,20 +73,25 @@ def _curves_json(scores: MethodScores, scored: list[RunScores], matched_entry: d
     return {"seeds": scores.seeds, "tags": scores.tags, "steps": scores.steps.tolist(),
             "flops": scores.flops.mean(axis=0).tolist(), "seconds_mean": scores.seconds.mean(axis=0).tolist(),
             "mean": scores.per_seed.mean(axis=0).tolist(), "fit": matched_entry["fit"],
-            "per_seed": {str(s.seed): {"metric": s.values, "flops": s.flops, "seconds": s.seconds,
+            "per_seed": {str(s.seed): {"metric": values.tolist(), "flops": s.flops, "seconds": s.seconds,
                                        "own_valid_loss": [o.get(st) for st in s.steps]}
-                         for s, o in zip(scored, own)}}
+                         for s, o, values in zip(scored, own, scores.per_seed)}}
 
 
 def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts: StudyOptions, fraction: float,
-                  log: Callable[[str], None]) -> dict:
-    """One metric: scores, the point estimate on the seed-averaged curves, the bootstrap."""
+                  log: Callable[[str], None], balanced: bool = False) -> dict:
+    """One metric: scores, the point estimate on the seed-averaged curves, the bootstrap.
+    `balanced`: the accuracy scores (the same cache, no new forward pass) reweighted per class."""
     cache = ScoreCache(out_dir / f"score_cache_{scorer.metric}.json", scorer.identity)
+    metric = "balanced_accuracy" if balanced else scorer.metric
+    language = opened[opts.baseline][0].info.language
+    weights = scorer.balanced_weights(language) if balanced else None
     methods, scored = {}, {}
     for name, runs in opened.items():
-        log(f"[{scorer.metric}] {name}: seeds {', '.join(str(r.seed) for r in runs)}, "
+        log(f"[{metric}] {name}: seeds {', '.join(str(r.seed) for r in runs)}, "
             f"{len(runs[0].tags)} checkpoints each")
-        methods[name], scored[name] = _score_method(runs, scorer, cache, opts.include_init, log)
+        methods[name], scored[name] = _score_method(runs, scorer, cache, opts.include_init,
+                                                    (lambda _: None) if balanced else log, weights)
     curves: dict[str, list[Point]] = {name: m.curve() for name, m in methods.items()}
     matched = matched_compute(curves, opts.baseline, fraction, opts.baseline_at, scorer.better, opts.fit)
     boot = bootstrap_ratios(methods, baseline=opts.baseline, fraction=fraction, baseline_at=opts.baseline_at,
@@ -92,9 +102,9 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
         # The replicates themselves too: the average over languages (languages.py) bootstraps from them.
         matched["methods"][name]["bootstrap"] = {**{k: b[k] for k in ("undefined", "not_reached", "at_zero_flops")},
                                                  "ratios": b["ratios"].tolist()}
-    language = opened[opts.baseline][0].info.language
-    return {"metric": scorer.metric, "better": scorer.better, "scorer": scorer.identity,
-            "references": scorer.references(language), "matched": matched,
+    references = {"chance": 1.0 / len(np.unique(weights))} if balanced else scorer.references(language)
+    return {"metric": metric, "better": scorer.better, "scorer": scorer.identity,
+            "references": references, "matched": matched,
             "curves": {name: _curves_json(methods[name], scored[name], matched["methods"][name], opened[name])
                        for name in methods},
             "bootstrap": {k: boot[k] for k in ("replicates", "seed", "level", "seed_resampling", "unit_resampling")},
@@ -138,6 +148,8 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {scorer.metric: _study_metric(opened, scorer, out_dir, opts, opts.fraction, log)}
+    if scorer.metric == "accuracy":
+        metrics["balanced_accuracy"] = _study_metric(opened, scorer, out_dir, opts, opts.fraction, log, balanced=True)
     if loss_scorer is not None:
         metrics[loss_scorer.metric] = _study_metric(opened, loss_scorer, out_dir, opts, 1.0, log)
     # Several classifiers (the paper's comparison): what the mid head costs the full model.

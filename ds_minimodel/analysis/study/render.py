@@ -8,8 +8,9 @@ from pathlib import Path
 from ds_minimodel.analysis.study.full_models import markdown as full_models_section
 
 METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->target retrieval top-1",
+                "balanced_accuracy": "target-language class-balanced accuracy",
                 "mlm_loss": "target-language MLM loss (full model, plugged)"}
-MATCHED_AT = {"mlm_loss": "MLM loss"}  # how a summary line names the metric the compute is matched at
+MATCHED_AT = {"mlm_loss": "MLM loss", "balanced_accuracy": "balanced accuracy"}  # how a summary line names the metric the compute is matched at
 
 
 def _label(metric: str) -> str:
@@ -165,6 +166,8 @@ def summary_lines(result: dict) -> list[str]:
 
 # The k x vocabulary sweep (sweep.py).
 
+SWEEP_METRICS = ("accuracy", "balanced_accuracy", "retrieval_top1", "mlm_loss")  # in its table's order
+
 def _num(v, spec: str) -> str:
     if v is None:
         return "-"
@@ -175,7 +178,7 @@ def _num(v, spec: str) -> str:
 
 def sweep_section(result: dict, image: str) -> list[str]:
     """The k x vocabulary table (sweep.md, and study.md's section when merged), `image` its plot."""
-    metrics = [m for m in ("accuracy", "retrieval_top1", "mlm_loss") if any(m in p for p in result["points"])]
+    metrics = [m for m in SWEEP_METRICS if any(m in p for p in result["points"])]
     head = ["k", "V (pieces)", "steps", "FLOP ratio / step", "wall-clock ratio / step", "head share of a mini step"]
     for m in metrics:
         head += [f"steps to target ({m})", f"compute ratio ({m})", "95% interval", f"wall-clock ratio ({m})"]
@@ -208,8 +211,8 @@ def plot_sweep(result: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in ("accuracy", "retrieval_top1", "mlm_loss") if any(m in p for p in result["points"])]
-    markers = dict(zip(metrics, "o^v"))
+    metrics = [m for m in SWEEP_METRICS if any(m in p for p in result["points"])]
+    markers = dict(zip(metrics, "o^vs"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     steps_axis = right.twinx()
     for v in result["vocabs"]:
@@ -259,7 +262,7 @@ def sweep_lines(result: dict) -> list[str]:
     """One line per point: `sweep k=K V=N: compute ratio X.XX (95% interval LO-HI) at matched <metric>`."""
     out = []
     for p in sorted(result["points"], key=lambda p: (p["vocab"], p["k"])):
-        for metric in [m for m in ("mlm_loss", "accuracy", "retrieval_top1") if m in p]:
+        for metric in [m for m in SWEEP_METRICS if m in p]:
             e = p[metric]
             lo, hi = e["interval"]
             out.append(f"sweep k={p['k']} V={p['vocab_size']}: compute ratio {_ratio(e['ratio'])} (95% interval "

@@ -132,6 +132,15 @@ class AccuracyScorer:
         return {"source_accuracy": self.source_accuracy, "chance_majority": majority_rate(test),
                 "test_examples": len(test), **({"test_verses_missing_in_language": missing} if missing else {})}
 
+    def balanced_weights(self, language: str) -> np.ndarray:
+        """Per test example (test-set order, the subset scored), 1 / the size of its class: the
+        accuracy units reweighted by these give the class-balanced accuracy (the mean recall over
+        classes; compare.py's `balanced_accuracy`), on which a classifier that answers one class
+        whatever the input scores 1 / classes, whichever class it collapsed to."""
+        labels = np.array([ex.label for ex in self._subset(self.task.test_in(language))])
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        return 1.0 / counts[inverse]
+
     def _encode(self, info: PackInfo, tokenizer_path: str):
 
         key = (info.language, info.tokenizer_fingerprint)
@@ -241,6 +250,9 @@ class ByBody:
         raise UserError(f"no scoring model fits the {info.method} pack ({info.language}, body fingerprint "
                         f"{info.body_fingerprint} over {info.fingerprint_layers} layers): it was adapted from "
                         f"another model than {models}")
+
+    def balanced_weights(self, language: str) -> np.ndarray:
+        return self.scorers[0].balanced_weights(language)  # every model scores the same test set
 
     def references(self, language: str) -> dict:
         refs = self.scorers[0].references(language)
