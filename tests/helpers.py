@@ -380,8 +380,8 @@ import sys, time
 from ds_minimodel.training.run_lock import RunLock
 directory, mode, stale, then = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 lock = RunLock(directory, mode=mode, stale_after_s=stale, heartbeat_s=min(stale / 4, 1.0)).acquire()
-print("held", lock.mechanism, flush=True)
-try:
+try:  # "held" inside: on a loaded machine the takeover's SIGINT may come before the sleep starts
+    print("held", lock.mechanism, flush=True)
     if then == "release":
         lock.release()
     if then == "hold":
