@@ -24,7 +24,9 @@ def _model(root, name, mid_head_layer, flops, losses, ids, correct):
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     fine = root / name / "finetune" / "final"
     fine.mkdir(parents=True)
-    (fine / "config.json").write_text(json.dumps({"finetune": {"model_dir": str(run / "final")}}))
+    # As finetune writes it: the whole FinetuneConfig under "finetune" (its own "finetune" section inside).
+    (fine / "config.json").write_text(json.dumps({"finetune": {"finetune": {"model_dir": str(run / "final")},
+                                                               "train": {}}}))
     correct = np.asarray(correct, dtype=bool)
     return SimpleNamespace(model_dir=fine, source_ids=list(ids), source_correct=correct,
                            source_accuracy=float(correct.mean()))

@@ -60,7 +60,7 @@ def test_study_run_experiments_end_to_end_through_the_default_runner(tiny_model_
             log = (out / "logs" / f"adapt-{method}-s{seed}.log").read_text(encoding="utf-8")
             assert "done: 4 steps" in log, log[-1000:]
     result = json.loads((out / "study.json").read_text())
-    assert set(result["metrics"]) == {"accuracy", "mlm_loss"}
+    assert set(result["metrics"]) == {"accuracy", "balanced_accuracy", "mlm_loss"}
     for metric, study in result["metrics"].items():
         assert set(study["curves"]) == {"full", "minijoint", "minipost"}
         for method, c in study["curves"].items():

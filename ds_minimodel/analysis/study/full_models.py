@@ -31,7 +31,7 @@ def _pretraining(pretrained_dir: Path) -> dict:
 def describe(scorer) -> dict:
     """One AccuracyScorer's model: its pretraining and its English results (per example too)."""
     finetuned = json.loads((Path(scorer.model_dir) / "config.json").read_text(encoding="utf-8"))
-    pretrained = Path(finetuned["finetune"]["model_dir"])
+    pretrained = Path(finetuned["finetune"]["finetune"]["model_dir"])  # the FinetuneConfig's finetune.model_dir
     if not (pretrained / "config.json").is_file():
         raise UserError(f"{scorer.model_dir} was fine-tuned from {pretrained}, which is not a model directory here")
     return {"model": str(scorer.model_dir), **_pretraining(pretrained),
