@@ -224,8 +224,9 @@ pipeline-multilingual: install
 # (runs/pipeline/regular: no mid head, the same pretraining budget), MiniJoint from its own; each
 # pack is scored through its own model's fine-tuning (and MLM head); every run starts from random
 # embeddings (the paper's init) except minijoint+focus (adapt.init=focus), which is measured against
-# the same random-init baseline. The regular branch's numbers are estimates until `make pipeline`
-# has run it.
+# the same random-init baseline. Measured (--checkpoints 8): training 62 min one run after another
+# (a run: standard 311-327 s, MiniJoint 287-290 s, MiniJoint + FOCUS 224-239 s, MiniPost 385-421
+# s), scoring about 25 min (partly beside make test).
 # study.md also says what the mid head costs the full model (full_models.py: each scoring model's
 # pretraining FLOPs, final validation MLM loss and English accuracy, paired per verse), and, once
 # `make study-sweep` has run, the k x vocabulary table.
