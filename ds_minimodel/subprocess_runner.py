@@ -51,7 +51,11 @@ def with_free_port(cmd: list) -> list:
     second's rendezvous would fail with EADDRINUSE."""
     if not cmd or Path(str(cmd[0])).name != "deepspeed" or "--master_port" in map(str, cmd):
         return cmd
+    return [cmd[0], "--master_port", str(free_port()), *cmd[1:]]
+
+
+def free_port() -> int:
+    """A local TCP port free now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [cmd[0], "--master_port", str(port), *cmd[1:]]
+        return s.getsockname()[1]

@@ -96,11 +96,11 @@ def test_sweep_prepares_one_dataset_per_vocabulary_and_one_minipost_per_k(sweep_
     # Each vocabulary's runs seed by seed: every arm of seed 0, then of seed 1.
     names = [c[c.index("--config") + 2:][3].rsplit("/", 2)[1:] for name, c in calls if name == "adapt"]
     assert names == [[f"v{v}", f"adapt-{arm}-s{s}"] for v in (150, 300) for s in (0, 1) for arm in ("full", "k1", "k2")]
-    _, regular, _ = read_model_dir(opts.pretrained)
+    _, _, regular_lineage = read_model_dir(opts.pretrained)
     for k in (1, 2):
         _, cfg, lineage = read_model_dir(opts.out / f"minipost-k{k}" / "final")
         assert cfg.num_layers == k + 1
-        assert lineage["body_fingerprints"][str(k)] == read_model_dir(opts.pretrained)[2]["body_fingerprints"][str(k)]
+        assert lineage["body_fingerprints"][str(k)] == regular_lineage["body_fingerprints"][str(k)]
     for v in (150, 300):
         tok = open_corpus(opts.out / "data" / f"bible-ny-v{v}").tokenizer()
         assert tok.vocab_size <= v

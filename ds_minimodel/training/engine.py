@@ -11,7 +11,6 @@ import contextlib
 import json
 import math
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from deepspeed.utils import logger as ds_logger  # noqa: E402
 
 from ds_minimodel.config import OptimConfig  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402
+from ds_minimodel.subprocess_runner import free_port  # noqa: E402
 from ds_minimodel.training.optim import adamw, lr_lambda, optimizer_groups  # noqa: E402
 
 
@@ -41,12 +41,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed(timeout_s: int = 600, use_deepspeed: bool = True) -> DistInfo:
     """Join (or create) the process group under deepspeed, torchrun, mpirun or plain python.
 
@@ -59,7 +53,7 @@ def init_distributed(timeout_s: int = 600, use_deepspeed: bool = True) -> DistIn
     under_mpi = "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ
     if "RANK" not in os.environ and not under_mpi:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     ds_logger.setLevel("WARNING")
     if not torch.distributed.is_initialized():
         if use_deepspeed:

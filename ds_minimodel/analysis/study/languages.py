@@ -23,7 +23,7 @@ from ds_minimodel.analysis.study.bootstrap import percentile_interval
 from ds_minimodel.errors import UserError
 
 
-def _ratio(v) -> float:
+def _as_float(v) -> float:
     """A ratio as study.json writes it ("inf", None for undefined) as a float."""
     if v is None:
         return math.nan
@@ -61,7 +61,7 @@ def average_studies(studies: dict[str, dict], level: float = 0.95) -> dict:
                     problems.append(f"{lang}'s study has no bootstrap replicates for {name} at {metric} "
                                     "(written before they were kept: run its study again, the scores are cached)")
                 else:
-                    replicates[lang, metric, name] = [_ratio(x) for x in r]
+                    replicates[lang, metric, name] = [_as_float(x) for x in r]
     if len({len(r) for r in replicates.values()}) > 1:
         problems.append("the studies drew different numbers of bootstrap replicates (--bootstrap)")
     if problems:
@@ -73,8 +73,8 @@ def average_studies(studies: dict[str, dict], level: float = 0.95) -> dict:
             per_language = {}
             for lang, s in studies.items():
                 m = s["metrics"][metric]["matched"]["methods"][name]
-                per_language[lang] = {"ratio": _ratio(m["ratio_value"]),
-                                      "interval": [_ratio(x) for x in m["interval_flops"]],
+                per_language[lang] = {"ratio": _as_float(m["ratio_value"]),
+                                      "interval": [_as_float(x) for x in m["interval_flops"]],
                                       "final_metric": m["final_metric"]}
             stacked = np.stack([replicates[lang, metric, name] for lang in studies], axis=1)  # [B, languages]
             lo, hi = percentile_interval(geometric_mean(stacked), level)
@@ -86,7 +86,7 @@ def average_studies(studies: dict[str, dict], level: float = 0.95) -> dict:
 
 
 def markdown(result: dict) -> list[str]:
-    from ds_minimodel.analysis.study.render import MATCHED_AT, _ratio as fmt
+    from ds_minimodel.analysis.study.render import MATCHED_AT, format_ratio as fmt
 
     pct = round(result["level"] * 100)
     langs = result["languages"]

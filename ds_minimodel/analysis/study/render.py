@@ -81,7 +81,8 @@ def _fmt(v, spec: str, none: str = "-") -> str:
     return format(v, spec)
 
 
-def _ratio(v) -> str:
+def format_ratio(v) -> str:
+    """A ratio from study.json for people: 2 decimals, inf, or n/a when undefined."""
     v = math.inf if v == "inf" else v
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, ".2f")
 
@@ -89,8 +90,8 @@ def _ratio(v) -> str:
 def ratio_line(method: str, entry: dict, metric: str, level: float) -> str:
     """`study <method>: compute ratio X.XX (95% interval LO-HI) at matched <metric>`."""
     lo, hi = entry["interval"]
-    return (f"study {method}: compute ratio {_ratio(entry['ratio'])} ({round(level * 100):d}% interval "
-            f"{_ratio(lo)}-{_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}")
+    return (f"study {method}: compute ratio {format_ratio(entry['ratio'])} ({round(level * 100):d}% interval "
+            f"{format_ratio(lo)}-{format_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}")
 
 
 def _metric_section(study: dict, runs: dict, level: float) -> list[str]:
@@ -113,8 +114,8 @@ def _metric_section(study: dict, runs: dict, level: float) -> list[str]:
         lo, hi = e["interval_flops"]
         seeds = ", ".join(str(r["seed"]) for r in runs[name])
         lines.append(f"| {name} | {seeds} | {e['steps']} | {e['final_metric']:.4f} | {e['total_flops']:.3e} | "
-                     f"{_fmt(e['flops_to_target'], '.3e', 'not reached')} | {_ratio(e['ratio_value'])} | "
-                     f"{_ratio(lo)}-{_ratio(hi)} | {_fmt(e['seconds_to_target'], '.1f', 'not reached')} | "
+                     f"{_fmt(e['flops_to_target'], '.3e', 'not reached')} | {format_ratio(e['ratio_value'])} | "
+                     f"{format_ratio(lo)}-{format_ratio(hi)} | {_fmt(e['seconds_to_target'], '.1f', 'not reached')} | "
                      f"{_fmt(e['ratio_seconds'], '.2f')} | {e.get('note', '')} |")
     return lines + [""]
 
@@ -265,7 +266,7 @@ def sweep_lines(result: dict) -> list[str]:
         for metric in [m for m in SWEEP_METRICS if m in p]:
             e = p[metric]
             lo, hi = e["interval"]
-            out.append(f"sweep k={p['k']} V={p['vocab_size']}: compute ratio {_ratio(e['ratio'])} (95% interval "
-                       f"{_ratio(lo)}-{_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}; "
+            out.append(f"sweep k={p['k']} V={p['vocab_size']}: compute ratio {format_ratio(e['ratio'])} (95% interval "
+                       f"{format_ratio(lo)}-{format_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}; "
                        f"{p['step_flops_ratio']:.2f}x fewer FLOPs a step, head {100 * p['head_share']:.0f}% of it")
     return out
