@@ -316,9 +316,9 @@ study-sweep: install
 # 4 layers of width 128, sequences of 64; a regular twin without the mid head; MiniPost and both
 # fine-tunings: launchers/pipeline.py --models-only), then standard / MiniJoint / MiniPost, 3 seeds,
 # 6 checkpoints, 600 test verses per score. Everything in runs/pipeline-quick and runs/study-quick
-# is reused when present. Budget (estimated from a pilot on a shared machine, not yet measured
-# end to end): install 2 min, data 2, two pretrainings of 500 steps 10, MiniPost and fine-tunings 4,
-# adaptation 8, scoring 4.
+# is reused when present. Measured on a fresh clone (2 cores, 2026-12-02): 26 min 15 s in all:
+# install 2.6 min, data 0.8, pretraining 6.5 (MiniJoint, with the comm op's JIT build) + 5.0
+# (regular), MiniPost and fine-tunings 2.5, 9 adaptation runs 7.7, scoring 1.2.
 QUICK_WORK ?= runs/pipeline-quick
 QUICK_OUT ?= runs/study-quick
 QUICK_METHODS ?= full minijoint minipost

@@ -441,3 +441,21 @@ def test_balanced_accuracy_is_the_mean_recall_over_classes_whichever_class_a_col
         collapsed = (labels == c).astype(float)  # always answers class c
         assert balanced(collapsed) == pytest.approx(0.25)
         assert Units(collapsed, None).value == pytest.approx((labels == c).mean())
+
+
+def test_plug_gap_is_each_methods_loss_lost_in_the_full_model_beyond_the_baselines_sampling_offset():
+    from ds_minimodel.analysis.study.render import plug_gap_section
+
+    def seed(own, plugged):  # own loss logged every other checkpoint: the last logged one counts
+        return {"metric": [9.0, plugged], "own_valid_loss": [9.0, own] if own is not None else [None, None]}
+
+    study = {"matched": {"baseline": "full"}, "curves": {
+        "full": {"per_seed": {"0": seed(6.0, 6.1), "1": seed(6.2, 6.3)}},  # offset +0.1 (sampling)
+        "mini": {"per_seed": {"0": seed(6.0, 7.0), "1": seed(None, 9.9)}},  # seed 1 never logged its own
+    }}
+    rows = [line.split(" | ") for line in plug_gap_section(study) if line.startswith("| full") or
+            line.startswith("| mini")]
+    # by hand: full own 6.1, plugged 6.2, gap +0.1; mini (seed 0 only) own 6.0, plugged 7.0, gap +1.0, beyond +0.9
+    assert rows[0][1:] == ["2", "6.100", "6.200", "+0.100", "+0.000 |"]
+    assert rows[1][1:] == ["1", "6.000", "7.000", "+1.000", "+0.900 |"]
+    assert plug_gap_section({"matched": {"baseline": "full"}, "curves": {"mini": study["curves"]["mini"]}}) == []
