@@ -67,7 +67,7 @@ def sweep_run(tiny_corpus, tmp_path_factory):
                         minipost_config="configs/minipost-tiny.yaml", overrides=["adapt.language=ny"])
     calls = []
     result = run_sweep(opts, AccuracyScorer(root / "ft" / "final", eval_examples=120),
-                       StudyOptions(bootstrap=40, loss_sequences=8), runner=in_process_runner(calls), log=lambda s: None)
+                       StudyOptions(bootstrap=40, loss_sequences=8, level=0.9), runner=in_process_runner(calls), log=lambda s: None)
     return {"opts": opts, "result": result, "calls": calls, "root": root}
 
 
@@ -141,8 +141,13 @@ def test_sweep_points_carry_each_vocabularys_study(sweep_run):
             assert p[metric]["steps_to_target"] == m["step_to_target"]
             if p[metric]["steps_to_target"] is not None:
                 assert 0 <= p[metric]["steps_to_target"] <= p["steps"]
+    from ds_minimodel.analysis.study.render import sweep_lines
+
     text = (opts.out / "sweep.md").read_text()
     assert text.count("\n| 1 |") == 2 and text.count("\n| 2 |") == 2  # a row per point
+    # The intervals are the studies' (level 0.9 here), and the table and the printed lines say so.
+    assert result["level"] == study["level"] == 0.9 and "| 90% interval |" in text and "95%" not in text
+    assert all("(90% interval " in line for line in sweep_lines(result))
     assert (opts.out / "sweep.png").stat().st_size > 10_000
 
 

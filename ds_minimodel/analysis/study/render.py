@@ -214,12 +214,18 @@ def _num(v, spec: str) -> str:
     return format(v, spec)
 
 
+def _percent(result: dict) -> str:
+    """The interval's level as a percentage (sweeps written before it was recorded were at 95%)."""
+    return f"{round(100 * (result.get('level') or 0.95)):d}%"
+
+
 def sweep_section(result: dict, image: str) -> list[str]:
     """The k x vocabulary table (sweep.md, and study.md's section when merged), `image` its plot."""
     metrics = [m for m in SWEEP_METRICS if any(m in p for p in result["points"])]
     head = ["k", "V (pieces)", "steps", "FLOP ratio / step", "wall-clock ratio / step", "head share of a mini step"]
     for m in metrics:
-        head += [f"steps to target ({m})", f"compute ratio ({m})", "95% interval", f"wall-clock ratio ({m})"]
+        head += [f"steps to target ({m})", f"compute ratio ({m})", f"{_percent(result)} interval",
+                 f"wall-clock ratio ({m})"]
     lines = ["## The k x vocabulary frontier (MiniPost at a fixed depth L)", "",
              f"Each point: MiniPost of the bottom k layers (+ one new top layer) of `{result['pretrained']}` against "
              f"the standard baseline at the same vocabulary, seeds {', '.join(map(str, result['seeds']))}. Ratios are "
@@ -297,13 +303,14 @@ def _finite(v, default: float = float("nan")) -> float:
 
 
 def sweep_lines(result: dict) -> list[str]:
-    """One line per point: `sweep k=K V=N: compute ratio X.XX (95% interval LO-HI) at matched <metric>`."""
+    """One line per point: `sweep k=K V=N: compute ratio X.XX (95% interval LO-HI) at matched <metric>` (the
+    study's --level)."""
     out = []
     for p in sorted(result["points"], key=lambda p: (p["vocab"], p["k"])):
         for metric in [m for m in SWEEP_METRICS if m in p]:
             e = p[metric]
             lo, hi = e["interval"]
-            out.append(f"sweep k={p['k']} V={p['vocab_size']}: compute ratio {format_ratio(e['ratio'])} (95% interval "
+            out.append(f"sweep k={p['k']} V={p['vocab_size']}: compute ratio {format_ratio(e['ratio'])} ({_percent(result)} interval "
                        f"{format_ratio(lo)}-{format_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}; "
                        f"{p['step_flops_ratio']:.2f}x fewer FLOPs a step, head {100 * p['head_share']:.0f}% of it")
     return out

@@ -184,13 +184,14 @@ def run_sweep(opts: SweepOptions, scorer, study_opts: StudyOptions | None = None
     for v, arms in plan.items():
         by_seed = [arm["runs"][i] for i in range(len(opts.seeds)) for arm in arms.values()]
         train_runs(by_seed, opts.config, opts.ds_config, Path(opts.out) / f"v{v}" / "logs", runner, log)
-    points = []
+    points, level = [], None
     for v, arms in plan.items():
         study = compare_runs({name: [d for d, _ in arm["runs"]] for name, arm in arms.items()}, scorer,
                              Path(opts.out) / f"v{v}", study_opts, log)
         points += sweep_points(v, arms, study)
+        level = study["level"]
     result = {"pretrained": str(opts.pretrained), "target_recipe": opts.target_recipe, "ks": list(opts.ks),
-              "vocabs": list(opts.vocabs), "seeds": list(opts.seeds), "budget": opts.budget,
+              "vocabs": list(opts.vocabs), "seeds": list(opts.seeds), "budget": opts.budget, "level": level,
               "mini_steps": opts.mini_steps, "points": points,
               "studies": {str(v): str(Path(opts.out) / f"v{v}" / "study.json") for v in plan}}
     out = Path(opts.out)
