@@ -232,7 +232,9 @@ def sweep_section(result: dict, image: str) -> list[str]:
              "full / mini; per-step ratios are measured in the runs (FLOPs: the analytic count of each step's real "
              "batch; wall-clock: training seconds); the compute ratio is at matched metric (the baseline's final), "
              "with its bootstrap interval. Head share: the MLM head's FLOPs in a mini step (analytic, expected "
-             "masking); it does not shrink with k.", "",
+             "masking); it does not shrink with k. A compute ratio of 0.00: not reached; n/a: the baseline "
+             "reached its target at 0 FLOPs (its final metric no better than its start), so no ratio is meaningful.",
+             "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for p in sorted(result["points"], key=lambda p: (p["vocab"], p["k"])):
         cells = [str(p["k"]), f"{p['vocab_size']}", str(p["steps"]), f"{p['step_flops_ratio']:.2f}",
@@ -241,7 +243,8 @@ def sweep_section(result: dict, image: str) -> list[str]:
             e = p[m]
             lo, hi = e["interval"]
             cells += [_num(e["steps_to_target"], ".0f") if e["steps_to_target"] is not None else "not reached",
-                      _num(e["ratio"], ".2f"), f"{_num(lo, '.2f')}-{_num(hi, '.2f')}", _num(e["wallclock_ratio"], ".2f")]
+                      format_ratio(e["ratio"]), f"{format_ratio(lo)}-{format_ratio(hi)}",
+                      _num(e["wallclock_ratio"], ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", f"![sweep]({image})", ""]
 
