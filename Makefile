@@ -297,10 +297,11 @@ study-languages: install
 # budget (its steps = the baseline's FLOPs / its own per-step FLOPs). Per point: the per-step FLOP
 # and wall-clock ratios, steps to the baseline's final accuracy and MLM loss, the compute ratio
 # with its 95% interval, the head's share of a mini step; sweep.json, sweep.md, sweep.png, and the
-# table merged into runs/study/study.md. Sized for about 2 hours on 2 cores (estimated from make
-# study's per-step times, not yet measured): sequences of 64, a 150-step baseline, 3 seeds, 6
-# checkpoints, 600 test verses and 64 validation sequences per score. Needs `make pipeline`'s
-# regular model; resumable like the study.
+# table merged into runs/study/study.md. Sequences of 64, a 150-step baseline, 3 seeds, 6
+# checkpoints, 600 test verses and 64 validation sequences per score. Measured (2 cores,
+# 2026-12-02): 79 min in all: tokenizers and 4 MiniPost runs 7 min, 15 runs at V = 8,000 25 min
+# (about 100 s each), 15 at V = 28,065 30 min (about 120 s), scoring 18 min. Needs `make
+# pipeline`'s regular model; resumable like the study.
 SWEEP_K ?= 1,2,3,4
 SWEEP_VOCAB ?= 8000,32000
 SWEEP_ARGS ?= --steps full=150 --set data.seq_len=64 --checkpoints 6 --seeds 3 --eval-examples 600 --loss-sequences 64
