@@ -9,6 +9,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -141,12 +142,21 @@ def test_sweep_points_carry_each_vocabularys_study(sweep_run):
             assert p[metric]["steps_to_target"] == m["step_to_target"]
             if p[metric]["steps_to_target"] is not None:
                 assert 0 <= p[metric]["steps_to_target"] <= p["steps"]
+        # The plug gap: (plugged - own) of the arm beyond the baseline's, seed means of the final losses.
+        curves = study["metrics"]["mlm_loss"]["curves"]
+
+        def gap(name):
+            seeds = curves[name]["per_seed"].values()
+            own = [next(v for v in reversed(s["own_valid_loss"]) if v is not None) for s in seeds]
+            return np.mean([s["metric"][-1] for s in seeds]) - np.mean(own)
+        assert p["plug_gap"] == pytest.approx(gap(f"k{p['k']}") - gap("full"), abs=1e-12)
     from ds_minimodel.analysis.study.render import sweep_lines
 
     text = (opts.out / "sweep.md").read_text()
     assert text.count("\n| 1 |") == 2 and text.count("\n| 2 |") == 2  # a row per point
     # The intervals are the studies' (level 0.9 here), and the table and the printed lines say so.
     assert result["level"] == study["level"] == 0.9 and "| 90% interval |" in text and "95%" not in text
+    assert "| plug gap beyond the baseline's |" in text
     assert all("(90% interval " in line for line in sweep_lines(result))
     assert (opts.out / "sweep.png").stat().st_size > 10_000
 

@@ -125,27 +125,37 @@ def _last(values: list):
     return next((v for v in reversed(values) if v is not None), None)
 
 
-def plug_gap_section(study: dict) -> list[str]:
+def plug_gaps(study: dict) -> dict[str, dict]:
     """For the MLM loss: each method's final validation loss through the model it trained through
-    (its own log) beside the full model's with its embeddings plugged in. A mini-model method whose
-    own loss is as low as the baseline's but whose plugged loss is not has learned embeddings that
-    do not carry over to the full model: the premise of mini-model adaptation failing.
+    (its own log, seed mean over the seeds that logged one) beside the full model's with its
+    embeddings plugged in. A mini-model method whose own loss is as low as the baseline's but whose
+    plugged loss is not has learned embeddings that do not carry over to the full model: the
+    premise of mini-model adaptation failing.
 
     The two losses are measured on different samples (a run's own evaluation has its own sequences
-    and its seed's masks), so the baseline's row, where both are the same model, shows the offset
-    that sampling alone makes; the last column is each method's gap beyond it."""
-    gaps = {}
+    and its seed's masks), so the baseline's gap, where both are the same model, is the offset that
+    sampling alone makes; "beyond" is each method's gap minus it. {} without the baseline's."""
+    means = {}
     for name, curve in study["curves"].items():
         pairs = [(_last(s.get("own_valid_loss") or []), s["metric"][-1]) for s in curve["per_seed"].values()]
         pairs = [(own, plugged) for own, plugged in pairs if own is not None]
         if pairs:
-            gaps[name] = [sum(p[i] for p in pairs) / len(pairs) for i in (0, 1)] + [len(pairs)]
-    base = gaps.get(study["matched"]["baseline"])
-    if not gaps or base is None:
-        return []
+            means[name] = (*(sum(p[i] for p in pairs) / len(pairs) for i in (0, 1)), len(pairs))
+    base = means.get(study["matched"]["baseline"])
+    if base is None:
+        return {}
     offset = base[1] - base[0]
-    rows = [f"| {name} | {n} | {own:.3f} | {plugged:.3f} | {plugged - own:+.3f} | {plugged - own - offset:+.3f} |"
-            for name, (own, plugged, n) in gaps.items()]
+    return {name: {"own": own, "plugged": plugged, "seeds": n, "gap": plugged - own,
+                   "beyond": plugged - own - offset} for name, (own, plugged, n) in means.items()}
+
+
+def plug_gap_section(study: dict) -> list[str]:
+    """study.md's table of `plug_gaps`."""
+    gaps = plug_gaps(study)
+    if not gaps:
+        return []
+    rows = [f"| {name} | {g['seeds']} | {g['own']:.3f} | {g['plugged']:.3f} | {g['gap']:+.3f} | {g['beyond']:+.3f} |"
+            for name, g in gaps.items()]
     return ["Where each method's embeddings stand at the end (seed means): the validation loss of the model each "
             "run trained through, from its own log (its own validation sequences and masks), and the full model's "
             "with the embeddings plugged in (the table above). The baseline trained through the full model, so its "
@@ -226,13 +236,17 @@ def sweep_section(result: dict, image: str) -> list[str]:
     for m in metrics:
         head += [f"steps to target ({m})", f"compute ratio ({m})", f"{_percent(result)} interval",
                  f"wall-clock ratio ({m})"]
+    gap = any("plug_gap" in p for p in result["points"])
+    head += ["plug gap beyond the baseline's"] if gap else []
     lines = ["## The k x vocabulary frontier (MiniPost at a fixed depth L)", "",
              f"Each point: MiniPost of the bottom k layers (+ one new top layer) of `{result['pretrained']}` against "
              f"the standard baseline at the same vocabulary, seeds {', '.join(map(str, result['seeds']))}. Ratios are "
              "full / mini; per-step ratios are measured in the runs (FLOPs: the analytic count of each step's real "
              "batch; wall-clock: training seconds); the compute ratio is at matched metric (the baseline's final), "
              "with its bootstrap interval. Head share: the MLM head's FLOPs in a mini step (analytic, expected "
-             "masking); it does not shrink with k. A compute ratio of 0.00: not reached; n/a: the baseline "
+             "masking); it does not shrink with k. Plug gap: the MLM loss the embeddings lose in the full model "
+             "beyond what the baseline's lose (study.md's plug-gap table). A compute ratio of 0.00: not reached; "
+             "n/a: the baseline "
              "reached its target at 0 FLOPs (its final metric no better than its start), so no ratio is meaningful.",
              "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -245,6 +259,7 @@ def sweep_section(result: dict, image: str) -> list[str]:
             cells += [_num(e["steps_to_target"], ".0f") if e["steps_to_target"] is not None else "not reached",
                       format_ratio(e["ratio"]), f"{format_ratio(lo)}-{format_ratio(hi)}",
                       _num(e["wallclock_ratio"], ".2f")]
+        cells += [_num(p.get("plug_gap"), "+.2f")] if gap else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", f"![sweep]({image})", ""]
 
@@ -313,7 +328,8 @@ def sweep_lines(result: dict) -> list[str]:
         for metric in [m for m in SWEEP_METRICS if m in p]:
             e = p[metric]
             lo, hi = e["interval"]
-            out.append(f"sweep k={p['k']} V={p['vocab_size']}: compute ratio {format_ratio(e['ratio'])} ({_percent(result)} interval "
-                       f"{format_ratio(lo)}-{format_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}; "
+            out.append(f"sweep k={p['k']} V={p['vocab_size']}: compute ratio {format_ratio(e['ratio'])} "
+                       f"({_percent(result)} interval {format_ratio(lo)}-{format_ratio(hi)}) at matched "
+                       f"{MATCHED_AT.get(metric, metric)}; "
                        f"{p['step_flops_ratio']:.2f}x fewer FLOPs a step, head {100 * p['head_share']:.0f}% of it")
     return out

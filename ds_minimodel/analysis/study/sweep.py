@@ -29,7 +29,7 @@ from typing import Callable
 from ds_minimodel.analysis import flops
 from ds_minimodel.analysis.study.compare import StudyOptions, compare_runs
 from ds_minimodel.analysis.study.experiments import run_settings, train_runs
-from ds_minimodel.analysis.study.render import plot_sweep, sweep_section
+from ds_minimodel.analysis.study.render import plot_sweep, plug_gaps, sweep_section
 from ds_minimodel.analysis.study.runs import adapt_body
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.config import AdaptConfig, load_config
@@ -211,6 +211,7 @@ def _mean_per_step(study: dict, name: str, key: str) -> float:
 def sweep_points(vocab: int, arms: dict, study: dict) -> list[dict]:
     """One row per k: what the per-vocabulary study measured, next to the arm's analytic step."""
     full_flops, full_seconds = _mean_per_step(study, "full", "flops"), _mean_per_step(study, "full", "seconds")
+    gaps = plug_gaps(study["metrics"]["mlm_loss"]) if "mlm_loss" in study["metrics"] else {}
     rows = []
     for name, arm in arms.items():
         if name == "full":
@@ -219,6 +220,8 @@ def sweep_points(vocab: int, arms: dict, study: dict) -> list[dict]:
                "step_flops_ratio": full_flops / _mean_per_step(study, name, "flops"),
                "step_seconds_ratio": full_seconds / _mean_per_step(study, name, "seconds"),
                "head_share": arm["head_share"], "baseline_step_head_share": arms["full"]["head_share"]}
+        if name in gaps:
+            row["plug_gap"] = gaps[name]["beyond"]
         for metric, s in study["metrics"].items():
             m = s["matched"]["methods"][name]
             row[metric] = {"ratio": m["ratio_value"], "interval": m["interval_flops"],
