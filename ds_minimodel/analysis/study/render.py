@@ -87,11 +87,16 @@ def format_ratio(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, ".2f")
 
 
+def _ratio_phrase(entry: dict, metric: str, level: float) -> str:
+    """`compute ratio X.XX (95% interval LO-HI) at matched <metric>`: the study's and the sweep's lines."""
+    lo, hi = entry["interval"]
+    return (f"compute ratio {format_ratio(entry['ratio'])} ({round(level * 100):d}% interval "
+            f"{format_ratio(lo)}-{format_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}")
+
+
 def ratio_line(method: str, entry: dict, metric: str, level: float) -> str:
     """`study <method>: compute ratio X.XX (95% interval LO-HI) at matched <metric>`."""
-    lo, hi = entry["interval"]
-    return (f"study {method}: compute ratio {format_ratio(entry['ratio'])} ({round(level * 100):d}% interval "
-            f"{format_ratio(lo)}-{format_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}")
+    return f"study {method}: {_ratio_phrase(entry, metric, level)}"
 
 
 def _metric_section(study: dict, runs: dict, level: float) -> list[str]:
@@ -224,9 +229,9 @@ def _num(v, spec: str) -> str:
     return format(v, spec)
 
 
-def _percent(result: dict) -> str:
-    """The interval's level as a percentage (sweeps written before it was recorded were at 95%)."""
-    return f"{round(100 * (result.get('level') or 0.95)):d}%"
+def _level(result: dict) -> float:
+    """The sweep's interval level (sweeps written before it was recorded were at 0.95)."""
+    return result.get("level") or 0.95
 
 
 def sweep_section(result: dict, image: str) -> list[str]:
@@ -234,7 +239,7 @@ def sweep_section(result: dict, image: str) -> list[str]:
     metrics = [m for m in SWEEP_METRICS if any(m in p for p in result["points"])]
     head = ["k", "V (pieces)", "steps", "FLOP ratio / step", "wall-clock ratio / step", "head share of a mini step"]
     for m in metrics:
-        head += [f"steps to target ({m})", f"compute ratio ({m})", f"{_percent(result)} interval",
+        head += [f"steps to target ({m})", f"compute ratio ({m})", f"{round(100 * _level(result)):d}% interval",
                  f"wall-clock ratio ({m})"]
     gap = any("plug_gap" in p for p in result["points"])
     head += ["plug gap beyond the baseline's"] if gap else []
@@ -246,8 +251,7 @@ def sweep_section(result: dict, image: str) -> list[str]:
              "with its bootstrap interval. Head share: the MLM head's FLOPs in a mini step (analytic, expected "
              "masking); it does not shrink with k. Plug gap: the MLM loss the embeddings lose in the full model "
              "beyond what the baseline's lose (study.md's plug-gap table). A compute ratio of 0.00: not reached; "
-             "n/a: the baseline "
-             "reached its target at 0 FLOPs (its final metric no better than its start), so no ratio is meaningful.",
+             "n/a: the baseline reached its target at 0 FLOPs (its final metric no better than its start), so no ratio is meaningful.",
              "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for p in sorted(result["points"], key=lambda p: (p["vocab"], p["k"])):
@@ -326,10 +330,6 @@ def sweep_lines(result: dict) -> list[str]:
     out = []
     for p in sorted(result["points"], key=lambda p: (p["vocab"], p["k"])):
         for metric in [m for m in SWEEP_METRICS if m in p]:
-            e = p[metric]
-            lo, hi = e["interval"]
-            out.append(f"sweep k={p['k']} V={p['vocab_size']}: compute ratio {format_ratio(e['ratio'])} "
-                       f"({_percent(result)} interval {format_ratio(lo)}-{format_ratio(hi)}) at matched "
-                       f"{MATCHED_AT.get(metric, metric)}; "
+            out.append(f"sweep k={p['k']} V={p['vocab_size']}: {_ratio_phrase(p[metric], metric, _level(result))}; "
                        f"{p['step_flops_ratio']:.2f}x fewer FLOPs a step, head {100 * p['head_share']:.0f}% of it")
     return out
