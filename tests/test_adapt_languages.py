@@ -195,6 +195,12 @@ def test_resume_is_bit_identical(corpora, dropout_model_dir, tmp_path):
     assert not (part / "packs").exists()
     together(part, corpora, dropout_model_dir, resume=True)
     assert [r for r in records(part, "resume")][0]["step"] == 3
+    # The checkpoint it resumed from holds each language's own tensors only: the body all the
+    # encoders share is rebuilt from the model directory, under none of their names saved.
+    module = torch.load(part / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt",
+                        weights_only=False)["module"]
+    assert set(module) == {f"encoders.{i}.{name}" for i in range(len(LANGUAGES))
+                           for name in ("embeddings.word", "lm_head.weight", "lm_head.bias")}
 
     def losses(run):
         return [{k: v for k, v in r.items() if "loss" in k} for r in records(run, "train")]

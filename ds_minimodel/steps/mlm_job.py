@@ -28,9 +28,11 @@ def open_corpus(path: str) -> TokenShards:
 
 def run_mlm_job(cfg, model_cfg: ModelConfig, shards: TokenShards, ds_config_path: str, resume: bool, *,
                 make_model: Callable[[dict], torch.nn.Module], kind: str, route: str, loss_keys: tuple[str, ...],
-                finalize: Callable[[Path, Checkpointer], None] | None = None, flops_kwargs: dict | None = None) -> Path:
+                finalize: Callable[[Path, Checkpointer], None] | None = None, flops_kwargs: dict | None = None,
+                checkpoint_frozen: bool = True) -> Path:
     """Run the MLM job of `cfg` (its .data, .optim and .train sections) over `shards`; `route` is
-    MLMEncoder.forward's, `loss_keys` the losses it returns (the total first)."""
+    MLMEncoder.forward's, `loss_keys` the losses it returns (the total first); checkpoint_frozen:
+    JobSpec's."""
 
     def make_loader(mb: int, ga: int, rank: int, world: int) -> MLMLoader:
         return MLMLoader(shards, "train", cfg.data.seq_len, mb, ga, rank, world, cfg.train.seed, cfg.data.mask_prob)
@@ -49,5 +51,6 @@ def run_mlm_job(cfg, model_cfg: ModelConfig, shards: TokenShards, ds_config_path
     spec = JobSpec(kind=kind, model_config=to_dict(model_cfg), make_loader=make_loader, make_model=make_model,
                    loss_keys=loss_keys, finalize=finalize or export_final, make_evaluate=make_evaluate,
                    forward_kwargs={"route": route},
-                   micro_flops=loop.flops_counter(model_cfg, kind, **(flops_kwargs or {})))
+                   micro_flops=loop.flops_counter(model_cfg, kind, **(flops_kwargs or {})),
+                   checkpoint_frozen=checkpoint_frozen)
     return run_job(cfg, spec, ds_config_path, resume)

@@ -11,6 +11,10 @@ Layout of `<run>/checkpoints/`:
                         a checkpoint.
     latest              the newest complete tag, replaced atomically after meta.json exists.
 
+A step whose frozen parameters are rebuilt from its own inputs (adaptation: the body of
+adapt.model_dir) saves only what it trains (`Checkpointer(exclude_frozen=True)`): meta.json then
+records the frozen parameters' sha256 instead, and a resume over another body is refused.
+
 A run killed mid-save leaves a directory without meta.json, which is never loaded and is
 removed by the next save; `latest` still names the previous complete checkpoint. A save that
 fails (disk full, read-only or vanished file system) fails every rank with one line, removes its
@@ -21,7 +25,9 @@ truncated or corrupt checkpoint is refused by name before DeepSpeed reads a byte
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import json
 import os
 import random
@@ -140,6 +146,51 @@ def verify_files(tag_dir: Path, files: dict[str, int] | None, names: list[str]) 
     return problems
 
 
+def frozen_names(module: torch.nn.Module) -> set[str]:
+    """Every state-dict name of a frozen parameter, aliases included (a body shared by several
+    encoders appears under each of their prefixes)."""
+    return {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def frozen_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 of the frozen parameters (names, shapes, dtypes, bytes), each tensor once."""
+    h = hashlib.sha256()
+    for name, p in sorted(module.named_parameters()):
+        if not p.requires_grad:
+            t = p.detach().cpu().contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the bytes, whatever the dtype (bf16 too)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def frozen_left_out(module: torch.nn.Module):
+    """module.state_dict() without any frozen parameter while inside. DeepSpeed's own
+    exclude_frozen_parameters removes each parameter under its first name only, so a body shared
+    by several encoders (MultiLanguageMLM) would still be saved under the others'."""
+    names = frozen_names(module)
+
+    def drop(_module, state, prefix, _metadata):
+        for name in names:
+            state.pop(prefix + name, None)
+
+    handle = module.register_state_dict_post_hook(drop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _load_without_frozen(src: dict, dst: torch.nn.Module) -> None:
+    """Load a state dict saved without the frozen parameters: every other tensor must be there
+    (the frozen ones are the model's own, built from the same body, as meta.json's sha256 says)."""
+    result = dst.load_state_dict(src, strict=False)
+    missing = sorted(set(result.missing_keys) - frozen_names(dst))
+    if missing or result.unexpected_keys:
+        raise UserError(f"the checkpoint's trained tensors do not fit this model (missing: {missing or 'none'}; "
+                        f"unexpected: {sorted(result.unexpected_keys) or 'none'})")
+
+
 def _describe_write_error(e: Exception, where: Path) -> str:
     """One phrase for a failed write: a full disk says so, whatever exception carried it."""
     try:
@@ -167,13 +218,17 @@ def _gather(item, world_size: int) -> list:
 
 
 class Checkpointer:
-    def __init__(self, run_dir: str | Path, dist: ds.DistInfo, keep_last: int = 2, rank_state=None):
+    def __init__(self, run_dir: str | Path, dist: ds.DistInfo, keep_last: int = 2, rank_state=None,
+                 exclude_frozen: bool = False):
         """rank_state: per-rank state beyond the RNG (an object with state_dict/load_state_dict,
-        e.g. a multi-language job's RNG streams), saved in each rank's RNG file."""
+        e.g. a multi-language job's RNG streams), saved in each rank's RNG file.
+        exclude_frozen: save only the trained parameters (and buffers); the job rebuilds the
+        frozen ones from its inputs, and a resume checks them against the saved sha256."""
         self.dir = Path(run_dir) / "checkpoints"
         self.dist = dist
         self.keep_last = keep_last
         self.rank_state = rank_state
+        self.exclude_frozen = exclude_frozen
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -213,7 +268,10 @@ class Checkpointer:
         self._agree(error, tag_dir)
 
         try:  # 2. every rank writes its DeepSpeed files and its RNG state
-            engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step}, save_latest=False)
+            with frozen_left_out(engine.module) if self.exclude_frozen else contextlib.nullcontext():
+                # (the flag also keeps ZeRO-2 from saving the frozen parameters' fragments)
+                engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step}, save_latest=False,
+                                       exclude_frozen_parameters=self.exclude_frozen)
         except (OSError, RuntimeError) as e:
             # DeepSpeed writes between its tag check and its closing barrier, where the other
             # ranks now wait: join that barrier, then report.
@@ -233,6 +291,10 @@ class Checkpointer:
                 fsync_tree(tag_dir)
                 full = {"step": step, "tag": tag, "world_size": self.dist.world_size, **meta,
                         "files": manifest(tag_dir)}
+                if self.exclude_frozen:
+                    # Hashed at every save (a fraction of a second for a 12-layer body): what it
+                    # records is the body this checkpoint was trained over, not an assumption.
+                    full["frozen"] = {"excluded": True, "sha256": frozen_fingerprint(engine.module)}
                 write_atomic(tag_dir / META, json.dumps(full, indent=2))
                 faults.inject("save_meta", step)
                 write_atomic(self.dir / LATEST, tag)
@@ -284,9 +346,15 @@ class Checkpointer:
             raise UserError(f"checkpoint {tag_dir} was written by {meta.get('world_size')} ranks; "
                             f"this run has {self.dist.world_size} (exact resume needs the same world size)")
         self.verify(tag_dir, meta)
+        frozen_excluded = frozen_left_out_of(meta)
+        if frozen_excluded and meta["frozen"].get("sha256") != frozen_fingerprint(engine.module):
+            raise UserError(f"checkpoint {tag_dir} was trained over other frozen parameters than this run's "
+                            "(its body changed since: the model directory was replaced or edited); "
+                            "resume it over the body it started from, or start a new run")
         try:
             path, _ = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
-                                             load_lr_scheduler_states=True)
+                                             load_lr_scheduler_states=True,
+                                             custom_load_fn=_load_without_frozen if frozen_excluded else None)
             rng = torch.load(tag_dir / f"rng_rank{self.dist.rank}.pt", weights_only=False)
         except Exception as e:  # whatever verify() could not see: DeepSpeed raises many types
             raise UserError(f"checkpoint {tag_dir} could not be loaded: {type(e).__name__}: "
@@ -315,8 +383,14 @@ class Checkpointer:
                             f"(remove that directory to fall back to an earlier checkpoint)")
 
 
+def frozen_left_out_of(meta: dict) -> bool:
+    """Whether a checkpoint (its meta.json) holds only the trained parameters."""
+    return bool(meta.get("frozen", {}).get("excluded"))
+
+
 def consolidate(checkpoint_dir: str | Path, tag: str | None = None) -> tuple[dict, dict]:
-    """(fp32 state dict, meta) of a complete checkpoint, whatever its ZeRO stage."""
+    """(fp32 state dict, meta) of a complete checkpoint, whatever its ZeRO stage: every tensor it
+    holds (without the frozen parameters where `frozen_left_out_of(meta)`)."""
     checkpoint_dir = Path(checkpoint_dir)
     ck = Checkpointer(checkpoint_dir.parent, ds.DistInfo(0, 1, 0))
     tag = tag or ck.latest_tag()
@@ -336,6 +410,12 @@ def export(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = No
     from ds_minimodel.config import ModelConfig, from_dict
 
     state, meta = consolidate(checkpoint_dir, tag)
+    if frozen_left_out_of(meta):
+        run_dir = Path(checkpoint_dir).parent
+        body = meta["config"].get("adapt", {}).get("model_dir")
+        raise UserError(f"{checkpoint_dir} holds only what its {meta.get('step_kind', 'adaptation')} run trained, not a "
+                        f"whole model{f' (its frozen body is {body})' if body else ''}: the run's result is its "
+                        f"language pack, in {run_dir / 'pack'} (or {run_dir / 'packs'} for several languages)")
     if "languages" in meta["config"]["model"]:
         raise UserError(f"{checkpoint_dir} is a multi-language adaptation run, not one model: its language packs "
                         f"are in {Path(checkpoint_dir).parent / 'packs'}")

@@ -96,6 +96,9 @@ class JobSpec:
     clip_groups(model) -> groups of trainable parameters each clipped by its own gradient norm
     (optim.grad_clip) instead of all by one; rank_state(model) -> per-rank state saved with each
     rank's RNG state (state_dict/load_state_dict).
+    checkpoint_frozen=False: checkpoints hold only the trained parameters, for a step whose
+    make_model rebuilds the frozen ones from its inputs (adaptation's body: about three quarters
+    of a multilingual-e5-small checkpoint); a resume checks them against the saved sha256.
     """
 
     kind: str
@@ -110,6 +113,7 @@ class JobSpec:
     parts: int = 1
     clip_groups: Callable | None = None
     rank_state: Callable | None = None
+    checkpoint_frozen: bool = True
 
 
 def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
@@ -158,7 +162,8 @@ def _train(cfg, spec: JobSpec, run_dir: Path, ds_config: dict, loader, dist: ds.
 
     peak_flops = loop.world_peak_flops(cfg.train.dtype)
     checkpointer = Checkpointer(run_dir, dist, cfg.train.keep_last,
-                                rank_state=spec.rank_state(model) if spec.rank_state else None)
+                                rank_state=spec.rank_state(model) if spec.rank_state else None,
+                                exclude_frozen=not spec.checkpoint_frozen)
     state = loop.LoopState()
     resumed_from = None
     if resume:

@@ -110,25 +110,35 @@ class TorchEngine:
     # ---- checkpoints (the Checkpointer adds meta, RNG state and the manifest) ---------------
 
     def save_checkpoint(self, save_dir: str, tag: str, client_state: dict | None = None,
-                        save_latest: bool = False) -> None:
-        """Rank 0 writes: every rank holds the same weights and optimizer state."""
+                        save_latest: bool = False, exclude_frozen_parameters: bool = False) -> None:
+        """Rank 0 writes: every rank holds the same weights and optimizer state. As DeepSpeed's,
+        exclude_frozen_parameters leaves out each frozen parameter (under its first name)."""
         tag_dir = Path(save_dir) / tag
         if _rank() == 0:
             tag_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"module": self.module.state_dict(), "client_state": client_state or {}}, tag_dir / MODEL_FILE)
+            module = self.module.state_dict()
+            if exclude_frozen_parameters:
+                for name, p in self.module.named_parameters():
+                    if not p.requires_grad:
+                        module.pop(name, None)
+            torch.save({"module": module, "client_state": client_state or {}}, tag_dir / MODEL_FILE)
             torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                         "micro_steps": self.micro_steps}, tag_dir / OPTIM_FILE)
         if dist.is_initialized():
             dist.barrier()
 
     def load_checkpoint(self, load_dir: str, tag: str, load_optimizer_states: bool = True,
-                        load_lr_scheduler_states: bool = True):
+                        load_lr_scheduler_states: bool = True, custom_load_fn=None):
+        """As DeepSpeed's: custom_load_fn(src=module state dict, dst=module) replaces the strict load."""
         tag_dir = Path(load_dir) / tag
         if not (tag_dir / OPTIM_FILE).is_file():
             raise UserError(f"checkpoint {tag_dir} was not written by train.engine=torch "
                             "(resume it with the engine that wrote it)")
         states = torch.load(tag_dir / MODEL_FILE, map_location=self.device, weights_only=False)
-        self.module.load_state_dict(states["module"], strict=True)
+        if custom_load_fn is not None:
+            custom_load_fn(src=states["module"], dst=self.module)
+        else:
+            self.module.load_state_dict(states["module"], strict=True)
         opt = torch.load(tag_dir / OPTIM_FILE, map_location=self.device, weights_only=False)
         if load_optimizer_states:
             self.optimizer.load_state_dict(opt["optimizer"])

@@ -104,5 +104,5 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
                    loss_keys=("loss", *(f"final_loss_{code}" for code in vocab)), finalize=finalize,
                    make_evaluate=make_evaluate, forward_kwargs={"route": "final"}, micro_flops=micro_flops,
                    parts=len(vocab), clip_groups=lambda model: model.trainable_groups(),
-                   rank_state=lambda model: model.rng)
+                   rank_state=lambda model: model.rng, checkpoint_frozen=False)
     return run_job(cfg, spec, ds_config_path, resume)

@@ -41,5 +41,6 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
         info = pack_info(cfg, body, target_tok, cfg.adapt.language, init_record, model_cfg.num_layers)
         save_pack(run_dir / "pack", info, final["embeddings.word"], final["lm_head.bias"], target_tok.path)
 
+    # Checkpoints without the frozen body: make_model rebuilds it from adapt.model_dir.
     return run_mlm_job(cfg, model_cfg, shards, ds_config_path, resume, make_model=make_model, kind=body.kind,
-                       route="final", loss_keys=("loss", "final_loss"), finalize=finalize)
+                       route="final", loss_keys=("loss", "final_loss"), finalize=finalize, checkpoint_frozen=False)
