@@ -270,9 +270,8 @@ study-multilingual: install
 # data prepared as `make pipeline-languages` does (data/bible-<code>-v8000), then `study.py
 # --average`: the geometric mean of the languages' ratios with a bootstrap interval
 # (runs/study-languages/study.md). Measured for sw: 99 min, sharing the 2 cores with make
-# study-multilingual and make test (its 6 runs 5,800 s, scoring 7 min); alone, make study-sweep's
-# step times put a language at about 30 min (not measured alone). Resumable: every finished run
-# and score is kept.
+# study-multilingual and make test (its 6 runs 5,800 s, scoring 7 min). tl alone: 6 runs of 138-182 s
+# (16 min), then scoring. Resumable: every finished run and score is kept.
 LANG_STUDY_LANGUAGES ?= sw tl id
 LANG_STUDY_OUT ?= runs/study-languages
 LANG_STUDY_ARGS ?= --methods full minijoint --steps full=300 minijoint=900 --checkpoints 6 --seeds $(STUDY_SEEDS) \
