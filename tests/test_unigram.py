@@ -53,3 +53,33 @@ def test_bits_per_char_counts_the_decoded_text(tiny_corpus):
     assert got.distance(got.nats_per_token) == {"nats_per_token": 0.0, "bits_per_char": 0.0}
     assert got.distance(got.nats_per_token - 1.0)["bits_per_char"] == pytest.approx(
         got.tokens / chars / math.log(2))
+
+
+def _fake_run(root, data, losses):
+    """A run directory as pretraining leaves it: config.yaml naming the data, eval records."""
+    import json
+
+    run = root / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"data:\n  path: {data}\n", encoding="utf-8")
+    rows = [{"kind": "eval", "step": s, "valid_final_loss": f, "valid_mid_loss": m} for s, f, m in losses]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return run
+
+
+@pytest.mark.parametrize("below, passed", [(1.2, True), (0.9, False)])
+def test_body_gate(tmp_path, tiny_corpus, below, passed):
+    import subprocess
+    import sys
+
+    from ds_minimodel.analysis.body import read_gate
+
+    nats, _ = _reference(tiny_corpus)
+    run = _fake_run(tmp_path, tiny_corpus, [(0, nats + 3, nats + 3), (100, nats - below, nats - below + 0.1)])
+    proc = subprocess.run([sys.executable, "launchers/summarize.py", str(run), "--require-body-gate"],
+                          capture_output=True, text=True)
+    assert (proc.returncode == 0) == passed, proc.stderr
+    gate = read_gate(run / "final")
+    assert gate["passed"] == passed
+    assert gate["final_head_below_unigram_nats"] == pytest.approx(below, abs=1e-9)
+    assert f"{below:.3f} nats/token" in proc.stdout
