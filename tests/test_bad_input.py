@@ -473,3 +473,50 @@ def test_adapt_refuses_a_corpus_of_another_language(tmp_path, capsys, tiny_model
     expect_rejected(capsys, main, adapt_args(tiny_model_dir, tmp_path / "{lang}", tmp_path / "o2",
                                              "adapt.languages=[ny,sw]", f"adapt.data_paths={{sw: {corpus}}}"),
                     f"{corpus} is a ny corpus", "adapt.languages says sw", watch=[corpus])
+
+
+# ---- --set of the pipeline and the study: checked against the step's config before anything runs ----
+
+def test_pipeline_set_is_checked_against_each_steps_config_before_anything_runs(tmp_path, capsys):
+    """launchers/pipeline.py --set STEP:key=value is loaded into the config that step's launcher
+    will load (its YAML, what the pipeline passes, the override last), for every step it reaches,
+    at planning: a misspelt key or a bad value fails --plan at once with the config file's
+    one-line error, not an hour later when that step starts. Every problem in one line."""
+    from launchers.pipeline import main
+
+    work = tmp_path / "w"
+    base = ["--work", str(work), "--data-root", str(tmp_path / "d"), "--plan"]
+    expect_rejected(capsys, main, [*base, "--set", "adapt:nosuch.key=1"],
+                    "unknown key nosuch", "configs/adapt-cpu.yaml", "adapt-full")
+    line = expect_rejected(capsys, main, [*base, "--set", "pretrain:train.stepz=3", "--set", "minipost:optim.lr=-1",
+                                          "--set", "finetune:finetune.pooling=max"],
+                           "unknown key train.stepz", "configs/demo-cpu.yaml", "optim.lr must be positive",
+                           "configs/minipost-cpu.yaml", "finetune.pooling must be 'cls' or 'mean'",
+                           "configs/finetune-cpu.yaml")
+    assert "adapt" not in line  # the adaptation steps' configs are fine
+    expect_rejected(capsys, main, [*base, "--set", "adapt:train.steps=many"], "train.steps: expected int")
+    expect_rejected(capsys, main, [*base, "--languages", "sw,tl", "--set", "adapt:adapt.langauge=sw"],
+                    "unknown key adapt.langauge")
+    assert not work.exists()
+    # Good overrides plan as before: the check refuses nothing the launchers accept.
+    main([*base, "--set", "adapt:optim.lr=1e-3", "--set", "finetune:finetune.pooling=mean"])
+    out = capsys.readouterr().out
+    assert out.count("optim.lr=1e-3") == 5 and "finetune.pooling=mean" in out  # 3 + the regular model's 2
+
+
+def test_study_set_is_checked_against_each_runs_config_before_anything_runs(tmp_path, capsys, tiny_model_dir,
+                                                                           tiny_target_corpus):
+    """launchers/study.py --set key=value goes to every adaptation run: it is loaded with each
+    planned run's settings and the --config YAML before the scorer loads or anything trains."""
+    from launchers.study import main
+
+    out = tmp_path / "study"
+    base = ["--run-experiments", "--pretrained", str(tiny_model_dir), "--target-data", str(tiny_target_corpus),
+            "--model", str(tiny_model_dir), "--config", str(REPO / "configs/adapt-tiny.yaml"), "--seeds", "1",
+            "--steps", "8", "--out", str(out)]
+    expect_rejected(capsys, main, [*base, "--set", "nosuch.key=1"], "unknown key nosuch", "adapt-tiny.yaml")
+    expect_rejected(capsys, main, [*base, "--set", "optim.schedule=cubic", "data.seq_lem=16"],
+                    "optim.schedule must be linear|cosine|constant", "unknown key data.seq_lem")
+    # Checked with each run's own settings: a stop after the runs' 8 steps.
+    expect_rejected(capsys, main, [*base, "--set", "train.stop_at_step=9"], "train.stop_at_step must be in 1..train.steps")
+    assert not out.exists()

@@ -193,3 +193,7 @@ def test_sweep_refuses_bad_axes_and_a_model_with_a_mid_head(tiny_model_dir, tiny
     assert "has a mid head" in message and "k=1,4" in message and "vocab=150,150" in message
     with pytest.raises(UserError, match="not a built-in corpus"):
         check_options(dataclasses.replace(opts, target_recipe="bible-xx"))
+    # --set reaches every adaptation run: checked against the adaptation config with the rest.
+    with pytest.raises(UserError) as e:
+        check_options(dataclasses.replace(opts, overrides=["nosuch.key=1"]))
+    assert "unknown key nosuch" in str(e.value) and "has a mid head" in str(e.value)
