@@ -58,6 +58,79 @@ def paired_difference(correct_a: Sequence[float], correct_b: Sequence[float]) ->
     return mean, (var / n) ** 0.5
 
 
+def confusion_counts(a: Sequence[int], b: Sequence[int], num_labels: int) -> torch.Tensor:
+    """[num_labels, num_labels] float64 counts: row = a's label, column = b's label."""
+    pairs = _pairs(a, b)
+    out = torch.zeros(num_labels, num_labels, dtype=torch.float64)
+    for x, y in pairs:
+        if not (0 <= x < num_labels and 0 <= y < num_labels):
+            raise InvalidValueError(f"label pair ({x}, {y}) is outside 0..{num_labels - 1}")
+        out[x, y] += 1
+    return out
+
+
+def kappa_from_confusion(confusion) -> float:
+    """Cohen's kappa of a square count matrix: (p_o - p_e) / (1 - p_e), p_o the diagonal's share,
+    p_e the agreement two raters with these marginals reach by chance. Why kappa and not raw
+    agreement: a classifier that answers one class agrees with another that mostly answers it
+    too, at a high rate and for no reason; kappa scores that 0. When both raters use one and the
+    same class throughout (p_e = 1) agreement is perfect but says nothing: kappa is 0 there too
+    (a convention; the formula is 0/0)."""
+    c = torch.as_tensor(confusion, dtype=torch.float64)
+    n = c.sum()
+    if c.dim() != 2 or c.shape[0] != c.shape[1] or n <= 0:
+        raise InvalidValueError(f"kappa needs a square, non-empty count matrix, got shape {tuple(c.shape)}")
+    p_o = c.diagonal().sum() / n
+    p_e = (c.sum(dim=1) * c.sum(dim=0)).sum() / n ** 2
+    if p_e >= 1:
+        return 0.0
+    return float((p_o - p_e) / (1 - p_e))
+
+
+def cohen_kappa(a: Sequence[int], b: Sequence[int], num_labels: int) -> float:
+    return kappa_from_confusion(confusion_counts(a, b, num_labels))
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve of `scores` for binary `labels` (1 = positive): the probability
+    that a random positive scores above a random negative, ties counting one half (the
+    Mann-Whitney U statistic over n_pos * n_neg), from average ranks."""
+    s = torch.as_tensor([float(x) for x in scores], dtype=torch.float64)
+    y = torch.as_tensor([int(v) for v in labels])
+    if s.shape != y.shape or not set(y.tolist()) <= {0, 1}:
+        raise InvalidValueError("roc_auc needs one 0/1 label per score")
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    if not n_pos or not n_neg:
+        raise InvalidValueError("roc_auc needs both positive and negative examples")
+    order = torch.argsort(s)
+    ranks = torch.empty_like(s)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average rank (1-based) over each run of tied scores
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def row_precision_at_1(learned, source, known: Mapping[int, int]) -> tuple[float, int]:
+    """For the target rows whose correct source row is known ({target id: source id}), how often
+    the learned row's nearest source row by cosine is that one; returns (precision, rows scored).
+    Only meaningful where the answer is known, as for a cipher of the source language."""
+    learned, source = torch.as_tensor(learned).double(), torch.as_tensor(source).double()
+    if not known:
+        raise InvalidValueError("row precision@1 needs at least one target row with a known source row")
+    t = torch.tensor(list(known.keys()))
+    want = torch.tensor(list(known.values()))
+    q = torch.nn.functional.normalize(learned[t], dim=1)
+    k = torch.nn.functional.normalize(source, dim=1)
+    nearest = (q @ k.T).argmax(dim=1)
+    return float((nearest == want).double().mean()), len(known)
+
+
 def macro_f1(predictions: Sequence[int], labels: Sequence[int], num_labels: int | None = None) -> float:
     """Unweighted mean of the per-class F1 scores.
 
