@@ -5,6 +5,15 @@
     python launchers/prepare_data.py --text a.txt b.txt --out data/mine --tokenizer data/bible-en/tokenizer.model
     python launchers/prepare_data.py --hf-dataset saved_ds/ --text-column text --out data/hf --vocab-size 16000
 
+A cipher language (English in Cyrillic letters, ds_minimodel/data/cipher.py), with either tokenizer:
+
+    python launchers/prepare_data.py --recipe bible-en-cipher --out data/bible-en-cipher-src \
+        --cipher-tokenizer data/bible-en-body
+    python launchers/prepare_data.py --recipe bible-en-cipher --out data/bible-en-cipher --vocab-size 8000 \
+        --known-rows-from data/bible-en-body
+
+Both write known_rows.json (target id -> its correct source id) beside the tokenizer.
+
 Text files hold one document per non-empty line; a `datasets` dataset one document per row.
 The Bible recipes hold out evaluation chapters (see ds_minimodel/data/recipes.py) from every split.
 """
@@ -32,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     tok = p.add_mutually_exclusive_group(required=True)
     tok.add_argument("--vocab-size", type=int, help="train a sentencepiece model of this size on the train split")
     tok.add_argument("--tokenizer", metavar="PATH", help="reuse this sentencepiece model or tokenizer.json")
+    tok.add_argument("--cipher-tokenizer", metavar="SOURCE",
+                     help="a cipher recipe only: tokenize with SOURCE's sentencepiece model (a dataset directory or "
+                          "its tokenizer.model) with the cipher applied to every piece; every verse is checked to "
+                          "segment as SOURCE segments the plain text")
+    p.add_argument("--known-rows-from", metavar="SOURCE",
+                   help="a cipher recipe with --vocab-size or --tokenizer: record which pieces decipher to a piece "
+                        "of SOURCE's tokenizer (known_rows.json)")
     p.add_argument("--vocab-limit", choices=["hard", "soft"], default="hard",
                    help="with --vocab-size: exactly that many pieces (hard), or at most that many where the corpus "
                         "has fewer distinct pieces (soft)")
@@ -45,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-fraction", type=float, default=0.01,
                    help="fraction of documents (Bible: chapters) for the valid split; 0 for none")
     p.add_argument("--max-chars", type=int, help="keep at most this many characters per split (fast tests)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the valid split and tokenizer sampling")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the valid split, tokenizer sampling and the ciphered tokenizer's id permutation")
     p.add_argument("--threads", type=int, default=1, help="sentencepiece threads (1 = bit-reproducible)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
@@ -75,7 +92,8 @@ def main(argv=None) -> int:
                         text_column=args.text_column, vocab_size=args.vocab_size, tokenizer_path=args.tokenizer,
                         valid_fraction=args.valid_fraction, max_chars=args.max_chars, seed=args.seed,
                         overwrite=args.overwrite, model_type=args.model_type, num_threads=args.threads,
-                        layout=layout, vocab_limit=args.vocab_limit)
+                        layout=layout, vocab_limit=args.vocab_limit, cipher_tokenizer=args.cipher_tokenizer,
+                        known_rows_from=args.known_rows_from)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

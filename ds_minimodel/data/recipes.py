@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Mapping
 
-from ds_minimodel.data import cipher
+from ds_minimodel.data import cipher, cipher_prep
 from ds_minimodel.data.shards import write_shards
 from ds_minimodel.errors import InvalidValueError, MissingFileError
 from ds_minimodel.staged_dir import check_empty_or_overwrite
@@ -546,6 +546,7 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                     valid_fraction: float = 0.01, max_chars: int | None = None, seed: int = 0,
                     overwrite: bool = False, model_type: str = "unigram", num_threads: int = 1,
                     layout: str | Mapping[str, int] = "xlmr", vocab_limit: str = "hard",
+                    cipher_tokenizer: str | None = None, known_rows_from: str | None = None,
                     log: Callable[[str], None] = print) -> dict:
     """Text -> (trained or given) tokenizer -> token shards at `out`.
 
@@ -553,14 +554,26 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
     tokenizer_path (a sentencepiece model or a pretrained model's tokenizer.json); a new sentencepiece
     model gets the special-id `layout` of the model it is for (a name of SPECIAL_LAYOUTS or the ids). It is trained on the train split only, so neither the valid
     split nor held-out chapters shape the vocabulary. Returns the written index.
+
+    A cipher language's recipe (`bible-<code>-cipher`) may instead be tokenized with a source
+    tokenizer ciphered (`cipher_tokenizer`: a dataset directory or its tokenizer.model), or, with a
+    trained tokenizer, record the rows it shares with a source (`known_rows_from`): both write
+    known_rows.json (data/cipher_prep.py).
     """
     start = time.time()
     given = [n for n, v in (("--recipe", recipe), ("--text", text_files), ("--hf-dataset", hf_dataset)) if v]
     if len(given) != 1:
         raise InvalidValueError("give exactly one of --recipe, --text, --hf-dataset "
                                 f"(got {', '.join(given) or 'none'})")
-    if (vocab_size is None) == (tokenizer_path is None):
-        raise InvalidValueError("give exactly one of --vocab-size (train a tokenizer) and --tokenizer (reuse one)")
+    if sum(x is not None for x in (vocab_size, tokenizer_path, cipher_tokenizer)) != 1:
+        raise InvalidValueError("give exactly one of --vocab-size (train a tokenizer), --tokenizer (reuse one) and "
+                                "--cipher-tokenizer (cipher a source's)")
+    if known_rows_from and cipher_tokenizer:
+        raise InvalidValueError("--known-rows-from is for a tokenizer trained or reused here: --cipher-tokenizer "
+                                "writes the known rows of its own")
+    if cipher_tokenizer or known_rows_from:
+        code = BIBLE_SUBSETS.get(recipe, (recipe.removeprefix("bible-"),))[0] if recipe in BIBLE_RECIPES else None
+        cipher_prep.check_cipher_recipe(code, "--cipher-tokenizer" if cipher_tokenizer else "--known-rows-from")
     if max_chars is not None and max_chars < 1:
         raise InvalidValueError(f"--max-chars {max_chars} must be positive")
     # Fail before the slow part, not after it (write_shards checks again).
@@ -581,8 +594,15 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
     meta.update(seed=seed, valid_fraction=valid_fraction, max_chars=max_chars,
                 chars={name: sum(len(d.text) for d in docs) for name, docs in splits.items()})
 
+    extra_files: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="ds_minimodel_tok_") as tmp:
-        if tok is None:
+        if cipher_tokenizer:
+            # Every verse of the corpus, and every verse of the language's task text (the test verses).
+            verses = [seg for docs in splits.values() for d in docs for seg in d.segments]
+            verses += list(bible_verses(meta["language"]).values())
+            tok, meta["tokenizer"], extra_files = cipher_prep.ciphered_source_tokenizer(
+                cipher_tokenizer, tmp, verses, seed, num_threads, log)
+        elif tok is None:
             train_txt = os.path.join(tmp, "train.txt")
             with open(train_txt, "w", encoding="utf-8") as f:
                 for doc in splits["train"]:
@@ -597,12 +617,16 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                                  "trained_on": "train"}
         else:
             meta["tokenizer"] = {"trained": False, "source": os.path.abspath(tokenizer_path)}
+        if known_rows_from:
+            more, extra_files = cipher_prep.trained_known_rows(tok, known_rows_from, log)
+            meta["tokenizer"].update(more)
         streams = {name: _encode(tok, docs, num_threads) for name, docs in splits.items()}
-        index = write_shards(out, streams, tok.path, meta, overwrite=overwrite)
+        index = write_shards(out, streams, tok.path, meta, overwrite=overwrite, extra_files=extra_files)
 
     elapsed = time.time() - start
+    how = ("trained" if meta["tokenizer"]["trained"] else "ciphered" if cipher_tokenizer else "reused")
     log(f"prepared {out} in {elapsed:.1f} s: vocab {index['vocab_size']} "
-        f"({'trained' if meta['tokenizer']['trained'] else 'reused'} tokenizer {index['tokenizer_fingerprint']})")
+        f"({how} tokenizer {index['tokenizer_fingerprint']})")
     for name, info in index["splits"].items():
         chars = meta["chars"][name]
         log(f"  {name:>5}: {info['num_documents']:>8,} docs {chars:>12,} chars {info['num_tokens']:>11,} tokens "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -41,9 +41,10 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
 
 
 def write_shards(out_dir: str, splits: dict[str, Iterable[list[int]]], tokenizer_path: str,
-                 meta: dict, overwrite: bool = False) -> dict:
+                 meta: dict, overwrite: bool = False, extra_files: Mapping[str, str] | None = None) -> dict:
     """Write `splits` (name -> stream of documents, each a list of ids without specials) to
-    `out_dir` and return the index.
+    `out_dir` and return the index. `extra_files`: file name -> text written beside them (a
+    cipher language's known_rows.json), in the same staged write.
 
     Everything is written into a staging directory that replaces `out_dir` only at the end
     (`staged_dir`), so a crash or a bad document never leaves a half-written dataset there.
@@ -53,6 +54,8 @@ def write_shards(out_dir: str, splits: dict[str, Iterable[list[int]]], tokenizer
     dtype = dtype_for_vocab(tok.vocab_size)
     with staged_dir(out_dir) as tmp:
         shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         vocab_file = os.path.splitext(tokenizer_path)[0] + ".vocab"
         if os.path.isfile(vocab_file):
             shutil.copyfile(vocab_file, tmp / "tokenizer.vocab")
