@@ -84,7 +84,9 @@ def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer |
         result = focus_init(word, source_word, shared,
                             corpus_documents(corpus.tokens("train"), target_tok.eos_id, target_tok.special_ids),
                             target_tok.pieces(), target_tok.special_ids)
-        record.update(rows_focus=len(result.combined), focus_seconds=round(result.seconds, 2))
+        # FOCUS's one-time cost (the study adds it to a "+focus" method's curve): wall-clock and FLOPs.
+        record.update(rows_focus=len(result.combined), focus_seconds=round(result.seconds, 2),
+                      focus_flops=result.flops, focus_cost=result.cost)
     return word, bias, record
 
 

@@ -17,7 +17,10 @@ The auxiliary model is trained with one thread and fastText's fixed seed (its Py
 none), so the same corpus and tokenizer give the same vectors: `study` can rebuild a run's step-0
 embeddings. train.seed varies only the random rows (the rare pieces) and, as for every init, the
 data order and masks. Its cost (seconds on a
-Bible) is not part of step 2's FLOP count; `focus_init` returns its wall time for the record.
+Bible) is not part of step 2's FLOP count: it is a one-time cost that standard adaptation does not
+pay. `focus_init` returns its wall time and its FLOPs (analysis/focus_cost.py: fastText's CBOW
+updates on the tokens and passes it actually trains on, and the combination's products) for the
+pack's record; the study adds them to a "+focus" method's curve (analysis/study/one_time_cost.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ds_minimodel.analysis.focus_cost import cbow_cost, combine_flops
 from ds_minimodel.errors import UserError
 
 # The paper's auxiliary fastText settings (CBOW: closer to MLM than skip-gram), with a hash-bucket
@@ -77,14 +81,21 @@ def corpus_documents(tokens: np.ndarray, eos_id: int, special_ids) -> list[np.nd
     return [d[~np.isin(d, specials)] for d in docs if len(d)]
 
 
-def token_vectors(documents, pieces: list[str], threads: int = 1, **settings) -> dict[int, np.ndarray]:
-    """{target id: fastText vector} for every piece that occurs at least minCount times in
-    `documents` (iterables of target ids). Pieces are written as the tokenizer spells them (unique
-    within a vocabulary) so fastText's character n-grams see them; a piece with whitespace in it,
-    if any, by its id."""
+def fasttext_words(pieces: list[str]) -> list[str]:
+    """The word fastText sees for each target id: the piece as the tokenizer spells it (unique
+    within a vocabulary) so fastText's character n-grams see it; a piece with whitespace in it, if
+    any, by its id."""
+    return [p if p and not any(c.isspace() for c in p) else f"<id{i}>" for i, p in enumerate(pieces)]
+
+
+def token_vectors(documents, pieces: list[str], threads: int = 1,
+                  **settings) -> tuple[dict[int, np.ndarray], dict]:
+    """({target id: fastText vector} for every piece that occurs at least minCount times in
+    `documents` (iterables of target ids), the settings fastText trained with: its own record of
+    them, defaults included)."""
     import fasttext  # optional dependency (the `focus` extra); imported only for init=focus
 
-    words = [p if p and not any(c.isspace() for c in p) else f"<id{i}>" for i, p in enumerate(pieces)]
+    words = fasttext_words(pieces)
     ids = {w: i for i, w in enumerate(words)}
     fd, path = tempfile.mkstemp(suffix=".txt", prefix="focus-")
     try:
@@ -97,13 +108,17 @@ def token_vectors(documents, pieces: list[str], threads: int = 1, **settings) ->
         model = fasttext.train_unsupervised(path, **{**FASTTEXT, **settings}, thread=threads, verbose=0)
     finally:
         os.unlink(path)
-    return {ids[w]: model.get_word_vector(w) for w in model.words if w in ids}
+    args = model.f.getArgs()
+    used = {k: getattr(args, k) for k in ("dim", "ws", "epoch", "minCount", "neg", "minn", "maxn", "t")}
+    return {ids[w]: model.get_word_vector(w) for w in model.words if w in ids}, {**used, "words": len(model.words)}
 
 
 @dataclass
 class FocusResult:
     combined: list[int]  # target ids initialised by FOCUS
-    seconds: float  # auxiliary model and combination
+    seconds: float  # auxiliary model and combination (wall-clock)
+    flops: float  # the same, estimated (analysis/focus_cost.py)
+    cost: dict  # the counts behind `flops`: fastText's passes, updates, context, n-grams
 
 
 def focus_init(word: torch.Tensor, source_word: torch.Tensor, shared: list[tuple[int, int]], documents,
@@ -112,7 +127,8 @@ def focus_init(word: torch.Tensor, source_word: torch.Tensor, shared: list[tuple
     and the `shared` pieces' source rows): every other piece fastText knows gets its FOCUS row.
     Special tokens' rows stay (fastText's own end-of-line word "</s>" may spell one of them)."""
     t0 = time.perf_counter()
-    aux = token_vectors(documents, target_pieces, **fasttext_settings)
+    documents = list(documents)  # read twice: by fastText, and by the cost estimate
+    aux, used = token_vectors(documents, target_pieces, **fasttext_settings)
     shared_ids = {i for i, _ in shared}
     anchors = [(i, j) for i, j in shared if i in aux]
     new = [i for i in sorted(aux) if i not in shared_ids and i not in special_ids]
@@ -121,4 +137,9 @@ def focus_init(word: torch.Tensor, source_word: torch.Tensor, shared: list[tuple
         rows = focus_combine(torch.from_numpy(np.stack([aux[i] for i in new])), shared_aux,
                              source_word[[j for _, j in anchors]])
         word[new] = rows.to(word.dtype)
-    return FocusResult(combined=new, seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0  # the estimate below is bookkeeping, not FOCUS's cost
+    fasttext_cost = cbow_cost(documents, fasttext_words(target_pieces), used)
+    fasttext_cost["words_fasttext"] = used["words"]  # its dictionary's size beside the estimate's ("words")
+    combine = combine_flops(len(new), len(anchors), int(used["dim"]), int(source_word.shape[1])) if new else 0.0
+    return FocusResult(combined=new, seconds=seconds, flops=fasttext_cost["flops"] + combine,
+                       cost={"fasttext": fasttext_cost, "combine_flops": combine})
