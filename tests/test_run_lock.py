@@ -402,3 +402,208 @@ def test_second_pipeline_into_a_live_work_dir_is_refused(tmp_path, capsys):
         assert_names_owner(line, owner.pid, t0, t1, f"lock {work / '.owner.lock'}")
     finally:
         stop(owner)
+
+
+# ---- issue 23: the check-then-lock gap, a deleted lock file, fencing ---------------------------
+
+# A job whose process group forms only once the test says so (a line on stdin): between its check
+# of the run directory and its lock, another job can start and finish a run there.
+LATE_JOB = """
+import sys
+from ds_minimodel.training import engine
+start = engine.init_distributed
+
+def late(*args, **kwargs):
+    print("checked", flush=True)
+    sys.stdin.readline()
+    return start(*args, **kwargs)
+
+engine.init_distributed = late
+from launchers.pretrain import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_run_written_between_the_check_and_the_lock_is_refused(tiny_corpus, tmp_path):
+    """Two jobs (a new one and a --resume one) check an empty directory; run A then starts and
+    finishes there before their process groups form. Once they hold the lock, each must find
+    that the directory is no longer what it checked and refuse, writing nothing."""
+    out = tmp_path / "run"
+    args = ["--deepspeed", "ds_configs/z0.json", "--config", "configs/tiny.yaml", f"data.path={tiny_corpus}",
+            f"train.out_dir={out}"]
+    late = {kind: subprocess.Popen([PY, "-c", LATE_JOB, *extra, *args], cwd=REPO, env=ENV, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for kind, extra in (("new", []), ("resume", ["--resume"]))}
+    try:
+        for kind, proc in late.items():
+            line = proc.stdout.readline()
+            assert line.strip() == "checked", (kind, line, proc.stderr.read() if proc.poll() is not None else "")
+        from tests.distributed import run_ranks
+
+        run_ranks(_pretrain_rank, 1, args=(tiny_corpus, out))  # run A, start to finish
+        assert (out / "final" / "model.pt").is_file()
+        before = tree_hash(out)
+        for kind, proc in late.items():  # one after the other: each meets the directory, not the other's lock
+            stdout, stderr = proc.communicate("go\n", timeout=180)
+            errors = [line for line in stderr.splitlines() if line.strip()]
+            assert proc.returncode == 2 and len(errors) == 1, (kind, proc.returncode, stderr[-3000:])
+            assert errors[0].startswith(f"error: train.out_dir {out} ") and "another job" in errors[0], (kind, errors)
+            assert tree_hash(out) == before, f"the {kind} job wrote into run A's directory"
+    finally:
+        for proc in late.values():
+            stop(proc)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".owner")], "a refused job left its lock"
+
+
+def test_a_deleted_lock_file_does_not_hand_a_live_owner_over(tmp_path):
+    """A cleanup script deletes .owner.lock while its owner runs: a newcomer's flock on a new file
+    proves nothing about the owner, whose record is fresh and whose pid lives."""
+    run = tmp_path / "run"
+    t0 = time.time()
+    owner = holder(run)
+    t1 = time.time()
+    try:
+        (run / ".owner.lock").unlink()
+        with pytest.raises(RunInUseError) as exc:
+            RunLock(run).acquire()
+        assert_names_owner(str(exc.value), owner.pid, t0, t1, f"lock {run / '.owner.lock'}")
+        time.sleep(2.5)  # the owner heartbeats every second: it must not find a newer owner
+        assert owner.poll() is None, f"the live owner stopped: {owner.stdout.read()} {owner.stderr.read()}"
+        names = sorted(n for n in os.listdir(run) if ".tmp" not in n)
+        assert names == [".owner.1.json"], f"the refused newcomer left files or replaced the record: {names}"
+        assert json.loads((run / ".owner.1.json").read_text())["pid"] == owner.pid
+    finally:
+        stop(owner)
+
+
+def test_a_fresh_record_from_another_host_blocks_whatever_the_flock_says(tmp_path):
+    """flock is local to a node on NFS mounted with local_lock: an owner on another host holds
+    nothing here. Its fresh heartbeat blocks; once stale, it is taken over."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".owner.lock").touch()
+    st = (run / ".owner.lock").stat()
+    now = time.time()
+    other = {"host": f"not-{HOST}", "pid": os.getpid(), "since": now - 10, "heartbeat": now, "lock": "flock",
+             "gen": 3, "lock_file": [st.st_dev, st.st_ino]}
+    (run / ".owner.3.json").write_text(json.dumps(other))
+    with pytest.raises(RunInUseError, match=f"is in use by pid {os.getpid()} on host not-{HOST} since "):
+        RunLock(run).acquire()
+    assert json.loads((run / ".owner.3.json").read_text()) == other
+    assert sorted(os.listdir(run)) == [".owner.3.json", ".owner.lock"]
+
+    (run / ".owner.3.json").write_text(json.dumps({**other, "heartbeat": now - 120}))
+    with RunLock(run, stale_after_s=60) as lock:
+        assert lock.mechanism == "flock"
+        assert json.loads((run / ".owner.4.json").read_text())["pid"] == os.getpid()
+
+
+def test_a_dead_owner_whose_lock_file_was_deleted_is_replaced_at_once(tmp_path):
+    """kill -9, then the lock file is deleted too: same host, pid gone, so no stale wait."""
+    run = tmp_path / "run"
+    killed = holder(run)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    (run / ".owner.lock").unlink()
+    t0 = time.monotonic()
+    with RunLock(run) as lock:
+        assert time.monotonic() - t0 < 5
+        assert lock.mechanism == "flock"
+        assert [json.loads(p.read_text())["pid"] for p in run.glob(".owner.*.json")] == [os.getpid()]
+
+
+# A lease owner that appends a metrics line every 50 ms and says when it wrote each.
+WRITER = """
+import sys, time
+from ds_minimodel.training.metrics import MetricsLogger
+from ds_minimodel.training.run_lock import RunLock
+run = sys.argv[1]
+lock = RunLock(run, mode="lease", stale_after_s=1.5, heartbeat_s=0.375).acquire()
+logger = MetricsLogger(run, is_main=True, total_steps=10**9, progress=False)
+for step in range(1, 10**9):
+    logger.log("train", step, {})
+    print("wrote", step, time.time(), flush=True)
+    time.sleep(0.05)
+"""
+
+
+def _stop_while_asleep(proc) -> None:
+    """SIGSTOP `proc` during one of its 50 ms sleeps (never between a check and its write: a
+    fence cannot close that window on a file system, see run_lock.py)."""
+    for _ in range(200):
+        line = proc.stdout.readline()
+        assert line.startswith("wrote"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        wrote = float(line.split()[2])
+        if int(line.split()[1]) < 3 or time.time() - wrote > 0.02:
+            continue
+        proc.send_signal(signal.SIGSTOP)
+        if time.time() - wrote < 0.04:
+            return
+        proc.send_signal(signal.SIGCONT)
+    raise AssertionError("could not stop the writer while it slept")
+
+
+def test_a_frozen_lease_owner_writes_nothing_after_its_takeover(tmp_path):
+    """Frozen (SIGSTOP) past the stale timeout, taken over, resumed: its next write must find
+    the newer generation first, whichever of its threads runs first."""
+    run = tmp_path / "run"
+    writer = subprocess.Popen([PY, "-c", WRITER, str(run)], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        _stop_while_asleep(writer)
+        metrics = run / "metrics.jsonl"
+        before = metrics.read_bytes()
+        time.sleep(2.5)  # past the 1.5 s stale timeout
+        taken = time.time()
+        with RunLock(run, mode="lease", stale_after_s=1.5) as lock:
+            assert lock.mechanism == "lease"
+            writer.send_signal(signal.SIGCONT)
+            try:
+                writer.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+            assert writer.poll() is not None, "the owner that lost its lease kept running"
+            late = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["time"] >= taken]
+            assert metrics.read_bytes() == before, f"written after the takeover: {late}"
+            assert metrics.stat().st_mtime < taken
+            assert "lost ownership" in writer.stderr.read()
+    finally:
+        writer.send_signal(signal.SIGCONT)
+        stop(writer)
+
+
+def test_checkpoints_and_metrics_lines_are_fenced(tmp_path):
+    """While the lease is this process's, a checkpoint and a metrics line are written; once a
+    newer generation exists (a takeover), neither writes a byte, even before the heartbeat
+    thread notices (here it never runs)."""
+    import torch
+
+    from ds_minimodel.config import OptimConfig
+    from ds_minimodel.training.checkpoint import Checkpointer
+    from ds_minimodel.training.engine import DistInfo
+    from ds_minimodel.training.metrics import MetricsLogger
+    from ds_minimodel.training.torch_engine import TorchEngine
+
+    run = tmp_path / "run"
+    lock = RunLock(run, mode="lease", heartbeat_s=3600).acquire()
+    try:
+        engine = TorchEngine(torch.nn.Linear(2, 2), {"train_micro_batch_size_per_gpu": 1,
+                                                     "gradient_accumulation_steps": 1},
+                             OptimConfig(lr=1e-2, warmup_steps=0), total_steps=4)
+        checkpointer = Checkpointer(run, DistInfo(0, 1, 0))
+        logger = MetricsLogger(run, is_main=True, total_steps=4, progress=False)
+        checkpointer.save(engine, 1, {})
+        logger.log("train", 1, {})
+        assert checkpointer.latest_tag() == "step_00000001"
+        now = time.time()  # a newcomer's takeover: the next generation's record
+        (run / ".owner.2.json").write_text(json.dumps({"host": HOST, "pid": 1, "since": now, "heartbeat": now,
+                                                       "lock": "lease", "gen": 2}))
+        before = tree_hash(run)
+        with pytest.raises(RunInUseError, match="lost ownership of train.out_dir .* to pid 1 on host"):
+            checkpointer.save(engine, 2, {})
+        with pytest.raises(RunInUseError, match="lost ownership"):
+            logger.log("train", 2, {})
+        assert tree_hash(run) == before
+    finally:
+        lock.release()
+    assert (run / ".owner.2.json").is_file(), "the old owner removed the new owner's record"
