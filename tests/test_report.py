@@ -222,3 +222,24 @@ def test_report_regular_section_pairs_by_verse_id(pipeline_dir):
     diff, se = re.match(r"([+-][\d.]+) ± ([\d.]+)", cost[4]).groups()
     assert (float(diff), float(se)) == pytest.approx((100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(n)), abs=0.051)
     assert _row(section, "regular")[1:3] == ["6.9e+13", "5.910"]
+
+
+def _without_majority(work):
+    transfer = json.loads((work / "transfer.json").read_text())
+    transfer["classification"]["chance_majority"] = {}
+    (work / "transfer.json").write_text(json.dumps(transfer))
+
+
+def test_a_missing_majority_class_rate_is_shown_as_unknown_not_zero(pipeline_dir):
+    """transfer.json without the majority-class rate: the report says "?", never a made-up 0.000."""
+    _without_majority(pipeline_dir[0])
+    text = pipeline_report(pipeline_dir[0], "pretrain", {}, METHODS).read_text()
+    assert "chance (majority class): ?." in text, text[:600]
+
+
+def test_a_missing_majority_class_rate_is_unknown_in_the_languages_report_too(languages_dir):
+    from ds_minimodel.analysis.report import languages_report
+
+    _without_majority(languages_dir[0])
+    text = languages_report(languages_dir[0], "pretrain", {}, METHODS, LANGS).read_text()
+    assert "chance (majority class): ?." in text, text[:600]

@@ -3,6 +3,7 @@ run_experiments, their scoring (accuracy, retrieval, the full model's MLM loss) 
 outputs. The statistics on synthetic curves are in test_study_stats.py."""
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -143,10 +144,15 @@ def test_study_reads_the_seeds_and_writes_intervals_json_markdown_and_plots(tiny
     main(argv + ["--out", str(tmp_path / "a")])
     out = capsys.readouterr().out.strip().splitlines()
     # The run ends with one line per mini-model method at matched accuracy; the MLM loss line before.
-    pattern = r"study minijoint: compute ratio (\S+) \(95% interval (\S+)-(\S+)\) at matched "
-    assert re.fullmatch(pattern + "accuracy", out[-1]), out[-1]
-    assert re.fullmatch(pattern + "MLM loss", out[-2]), out[-2]
+    # (Its ratio, a bound or no ratio, and the replicates behind the interval: test_study_render.)
+    pattern = r"study minijoint: .+ at matched {}; (n = \d+ of 200 replicates|no 95% interval.*)"
+    assert re.fullmatch(pattern.format("accuracy"), out[-1]), out[-1]
+    assert re.fullmatch(pattern.format("MLM loss"), out[-2]), out[-2]
     result = json.loads((tmp_path / "a" / "study.json").read_text())
+    # The study's own bootstrap stream: 64 bits of sha256("<target language>:<--bootstrap-seed>").
+    stream = int.from_bytes(hashlib.sha256(b"ny:0").digest()[:8], "big")
+    assert result["bootstrap_stream"]["stream"] == stream and result["bootstrap_stream"]["language"] == "ny"
+    assert all(m["bootstrap"]["seed"] == stream for m in result["metrics"].values())
     for name in ("study.md", "metric_vs_flops.png", "metric_vs_wallclock.png", "mlm_loss_vs_flops.png"):
         assert (tmp_path / "a" / name).stat().st_size > 0, name
     assert (tmp_path / "a" / "mlm_loss_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
@@ -181,7 +187,7 @@ def test_study_reads_the_seeds_and_writes_intervals_json_markdown_and_plots(tiny
         return math.inf if v == "inf" else v
     for metric in ("accuracy", "mlm_loss"):
         e = result["summary"]["minijoint"][metric]
-        if e["ratio"] is not None:  # None: the baseline has no crossing (JSON's NaN)
+        if e["ratio"] is not None and e["interval"] is not None:  # None: no ratio (JSON's NaN), no interval
             lo, hi = map(num, e["interval"])
             assert lo <= num(e["ratio"]) <= hi, (metric, e)
     md = (tmp_path / "a" / "study.md").read_text()

@@ -74,3 +74,14 @@ def test_one_model_has_no_comparison_and_a_missing_source_is_named(tmp_path):
     (tmp_path / "minijoint" / "pretrain" / "final" / "config.json").unlink()
     with pytest.raises(UserError, match="fine-tuned from .*not a model directory"):
         compare_full_models([only, other])
+
+
+def test_the_paired_difference_says_it_covers_test_example_sampling_of_one_model_each(tmp_path):
+    """The ± of the mid head's cost is the paired standard error over test examples, for one
+    fine-tuned model each: study.md must say so, not present it as the mid head's cost in general."""
+    ids = [f"v{i}" for i in range(50)]
+    rng = np.random.default_rng(1)
+    regular = _model(tmp_path, "regular", None, 1000, [6.5], ids, rng.random(50) < 0.6)
+    joint = _model(tmp_path, "joint", 2, 1100, [6.6], ids, rng.random(50) < 0.5)
+    text = "\n".join(markdown(compare_full_models([regular, joint])))
+    assert "test-example sampling" in text and "one model each" in text, text

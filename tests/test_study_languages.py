@@ -2,6 +2,7 @@
 study.json files with known replicates, against the standard library's geometric mean and
 order statistics taken by hand."""
 
+import hashlib
 import json
 import math
 import statistics
@@ -9,20 +10,35 @@ import statistics
 import numpy as np
 import pytest
 
-from ds_minimodel.analysis.study.languages import average_studies, geometric_mean, read_studies
+from ds_minimodel.analysis.study.languages import average_studies, geometric_mean, read_studies, summary_lines
 from ds_minimodel.errors import UserError
 from tests.helpers import expect_rejected
 
 
-def _study(language: str, ratios: dict, replicates: dict, metric: str = "accuracy") -> dict:
-    """A study.json as compare.py writes it, reduced to what the average reads."""
-    methods = {name: {"ratio_value": r, "interval_flops": [replicates[name][0], replicates[name][-1]],
+def _stream(language: str, seed: int = 0) -> int:
+    """The study's bootstrap stream as compare.py records it: sha256 of '<language>:<seed>', 64 bits."""
+    return int.from_bytes(hashlib.sha256(f"{language}:{seed}".encode()).digest()[:8], "big")
+
+
+def _study(language: str, ratios: dict, replicates: dict, metric: str = "accuracy", bounds: dict | None = None,
+           level: float = 0.95, fraction: float = 1.0, baseline_at: str = "crossing", fit: str = "isotonic",
+           include_init: bool = True) -> dict:
+    """A study.json as compare.py writes it, reduced to what the average reads. A ratio 0 is "not
+    reached" (its bound from `bounds`), inf "reached at 0 FLOPs", None undefined."""
+    def outcome(r):
+        return "met_at_start" if r is None else "not_reached" if r == 0 else \
+            "at_zero_flops" if r in ("inf", math.inf) else "ratio"
+    methods = {name: {"ratio_value": r, "outcome": outcome(r), "ratio_bound": (bounds or {}).get(name),
+                      "interval_flops": [replicates[name][0], replicates[name][-1]],
                       "final_metric": 0.3, "bootstrap": {"ratios": replicates[name]}}
                for name, r in ratios.items()}
-    methods["full"] = {"ratio_value": 1.0, "interval_flops": [1.0, 1.0], "final_metric": 0.3}
-    return {"metric": metric, "summary": {name: {} for name in ratios},
+    methods["full"] = {"ratio_value": 1.0, "outcome": "ratio", "interval_flops": [1.0, 1.0], "final_metric": 0.3}
+    return {"metric": metric, "level": level, "include_init_point": include_init,
+            "bootstrap_stream": {"stream": _stream(language), "language": language, "bootstrap_seed": 0},
+            "summary": {name: {} for name in ratios},
             "runs": {"full": [{"language": language}], **{n: [{"language": language}] for n in ratios}},
-            "metrics": {metric: {"matched": {"baseline": "full", "methods": methods}}}}
+            "metrics": {metric: {"matched": {"baseline": "full", "fraction": fraction, "baseline_at": baseline_at,
+                                             "fit": fit, "methods": methods}}}}
 
 
 def _order_interval(values, level=0.95):
@@ -47,17 +63,82 @@ def test_geometric_mean_over_languages_and_its_bootstrap_interval():
     assert e["per_language"]["tl"]["ratio"] == 3.5 and result["languages"] == ["sw", "tl", "vi"]
 
 
-def test_censored_ratios_keep_their_meaning():
-    """Not reached (0) in one language makes the average 0; reached at initialisation (inf) makes it
-    inf; both in one replicate leave it undefined, and the interval comes from the others."""
+def test_a_language_not_reached_makes_the_mean_a_bound_and_undefined_replicates_are_counted():
+    """Not reached in sw (its ratio < 0.5) and 2.0 in tl: the mean is a bound, below
+    sqrt(0.5 * 2) = 1.0, never 0. Replicate 0 is undefined (not reached in sw, reached at 0 FLOPs in
+    tl): counted, n = 3 of 4, under 90%, so no interval, and the line says why."""
     assert geometric_mean([0.0, 2.0, 3.0]) == 0.0
     assert geometric_mean([math.inf, 2.0]) == math.inf
     assert math.isnan(geometric_mean([0.0, math.inf]))
-    studies = {"sw": _study("sw", {"minipost": 0}, {"minipost": [0, 2.0, 2.0, 2.0]}),
+    studies = {"sw": _study("sw", {"minipost": 0}, {"minipost": [0, 2.0, 2.0, 2.0]}, bounds={"minipost": 0.5}),
                "tl": _study("tl", {"minipost": 2.0}, {"minipost": ["inf", 2.0, 2.0, 8.0]})}
-    e = average_studies(studies)["methods"]["minipost"]["accuracy"]
-    assert e["ratio"] == 0.0
-    assert e["interval"] == [2.0, 4.0]  # replicate 0 (0 and inf) dropped; the others 2, 2, 4
+    result = average_studies(studies)
+    e = result["methods"]["minipost"]["accuracy"]
+    assert e["outcome"] == "not_reached" and e["ratio_bound"] == pytest.approx(math.sqrt(0.5 * 2.0))
+    assert (e["n"], e["replicates"], e["interval"]) == (3, 4, None)
+    line = summary_lines(result)[0]
+    assert "compute ratio < 1.00" in line and "not reached in sw" in line and "0.00" not in line, line
+    assert "no 95% interval" in line and "n = 3 of 4" in line and "under 90%" in line, line
+
+
+def test_an_interval_needs_90_percent_of_the_replicates_defined():
+    """9 of 10 replicates defined: the interval over those 9, by hand; 8 of 10: none."""
+    sw = [2.0] * 9 + [0]  # replicate 9: not reached in sw ...
+    tl = [1.0 + i / 10 for i in range(9)] + ["inf"]  # ... and reached at 0 FLOPs in tl: undefined
+    studies = {"sw": _study("sw", {"m": 2.0}, {"m": sw}, bounds={"m": 0.5}), "tl": _study("tl", {"m": 1.5}, {"m": tl})}
+    result = average_studies(studies)
+    e = result["methods"]["m"]["accuracy"]
+    by_hand = [statistics.geometric_mean([2.0, 1.0 + i / 10]) for i in range(9)]
+    assert e["ratio"] == pytest.approx(math.sqrt(3.0)) and (e["n"], e["replicates"]) == (9, 10)
+    assert e["interval"] == [pytest.approx(x) for x in _order_interval(by_hand)]
+    line = summary_lines(result)[0]
+    assert line.startswith("study m: compute ratio 1.73 (95% interval ") and line.endswith("n = 9 of 10 replicates")
+    studies["sw"]["metrics"]["accuracy"]["matched"]["methods"]["m"]["bootstrap"]["ratios"][8] = None
+    e = average_studies(studies)["methods"]["m"]["accuracy"]
+    assert (e["n"], e["interval"]) == (8, None)
+
+
+def test_reached_at_zero_flops_or_no_ratio_in_one_language_gives_no_mean():
+    """inf in one language: the mean is unbounded (no finite value, said so); a language with no
+    ratio (its target met at the start) leaves the mean undefined; neither prints a number."""
+    reps = [2.0, 2.0, 2.0]
+    inf = average_studies({"sw": _study("sw", {"m": "inf"}, {"m": ["inf"] * 3}), "tl": _study("tl", {"m": 2.0}, {"m": reps})})
+    e = inf["methods"]["m"]["accuracy"]
+    assert e["outcome"] == "at_zero_flops" and e["ratio"] == math.inf
+    line = summary_lines(inf)[0]
+    assert "no finite compute ratio" in line and "reached at 0 FLOPs in sw" in line and " inf" not in line, line
+    none = average_studies({"sw": _study("sw", {"m": None}, {"m": [None] * 3}), "tl": _study("tl", {"m": 2.0}, {"m": reps})})
+    e = none["methods"]["m"]["accuracy"]
+    assert e["outcome"] == "undefined" and math.isnan(e["ratio"]) and e["interval"] is None and e["n"] == 0
+    line = summary_lines(none)[0]
+    assert "no compute ratio" in line and "target met at the start in sw" in line and "n/a" not in line, line
+
+
+def test_average_refuses_studies_without_a_stream_with_one_stream_or_other_definitions(tmp_path, capsys):
+    """Each study must record its own bootstrap stream (every study.json written before the streams
+    were derived per language records none), no two the same, and the same level and target."""
+    from launchers.study import main
+
+    sw = _study("sw", {"minijoint": 2.0}, {"minijoint": [2.0, 2.1]})
+    old = _study("tl", {"minijoint": 3.0}, {"minijoint": [3.0, 3.1]})
+    del old["bootstrap_stream"]
+    for name, s in (("sw", sw), ("tl", old)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "study.json").write_text(json.dumps(s))
+    expect_rejected(capsys, main, ["--average", str(tmp_path / "sw"), str(tmp_path / "tl"), "--out",
+                                   str(tmp_path / "avg")], "record no bootstrap stream", "tl (")
+    assert not (tmp_path / "avg" / "study.json").exists()
+    same = _study("vi", {"minijoint": 2.0}, {"minijoint": [2.0, 2.1]})
+    same["bootstrap_stream"] = dict(sw["bootstrap_stream"])
+    with pytest.raises(UserError, match=r"one bootstrap stream.*sw.*vi"):
+        average_studies({"sw": sw, "vi": same})
+    for key, value in (("level", 0.9), ("fraction", 0.9), ("baseline_at", "final"), ("fit", "raw"),
+                       ("include_init", False)):
+        other = _study("vi", {"minijoint": 2.0}, {"minijoint": [2.0, 2.1]}, **{key: value})
+        with pytest.raises(UserError) as err:
+            average_studies({"sw": sw, "vi": other})
+        message = str(err.value)
+        assert key in message and "sw" in message and "vi" in message and "\n" not in message, message
 
 
 def test_average_refuses_what_does_not_average(tmp_path, capsys):
@@ -95,7 +176,7 @@ def test_average_launcher_writes_the_summary_lines(tmp_path, capsys):
     main(["--average", str(tmp_path / "sw"), str(tmp_path / "tl"), "--out", str(tmp_path / "avg")])
     out = capsys.readouterr().out
     assert "study minijoint: compute ratio 4.00 (95% interval 4.00-4.00) at matched accuracy " \
-           "(geometric mean over 2 languages)" in out
+           "(geometric mean over 2 languages); n = 3 of 3 replicates" in out
     saved = json.loads((tmp_path / "avg" / "study.json").read_text())
     assert saved["methods"]["minijoint"]["accuracy"]["ratio"] == pytest.approx(4.0)
     assert "| tl | 8.00 |" in (tmp_path / "avg" / "study.md").read_text()

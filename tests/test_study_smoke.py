@@ -26,7 +26,8 @@ def launch(*argv, timeout=600) -> subprocess.CompletedProcess:
     return proc
 
 
-SUMMARY = re.compile(r"study (\w+): compute ratio (\S+) \(95% interval (\S+)-(\S+)\) at matched (accuracy|MLM loss)")
+SUMMARY = re.compile(r"study (\w+): compute ratio (\S+) \(95% interval (\S+)-(\S+)\) at matched (accuracy|MLM loss); "
+                     r"n = (\d+) of 1000 replicates")
 
 
 def _number(text: str) -> float:

@@ -56,6 +56,8 @@ def crossing_reference(x, m, target, higher=True):
 def ratio_reference(flops, curves, baseline, fraction, higher=True):
     """Each method's ratio at the first crossing of the monotone fits (0: not reached, inf: at 0)."""
     target = fraction * curves[baseline][-1]
+    if flops[baseline][0] == 0 and (curves[baseline][0] >= target if higher else curves[baseline][0] <= target):
+        return {k: math.nan for k in curves}  # the baseline's raw start meets the target: no ratio at all
     fits = {k: isotonic_reference(v, higher) for k, v in curves.items()}
     base = crossing_reference(flops[baseline], fits[baseline], target, higher)
     out = {}
@@ -198,7 +200,7 @@ def test_never_reaching_the_target_has_no_ratio():
     assert r["target"] == pytest.approx(0.6)
     mj = r["methods"]["minijoint"]
     assert mj["reached"] is False and mj["ratio_flops"] is None and mj["ratio_seconds"] is None
-    assert mj["flops_to_target"] is None and "never reached" in mj["note"] and mj["ratio_value"] == 0.0
+    assert mj["flops_to_target"] is None and "not reached" in mj["note"] and mj["ratio_value"] == 0.0
     json.dumps(r)  # serialisable as is
     # The baseline reaches its own final value at the latest at its last point.
     assert r["methods"]["full"]["reached"] and r["methods"]["full"]["ratio_flops"] == pytest.approx(1.0)
@@ -220,20 +222,60 @@ def test_ratio_uses_the_baselines_own_crossing_or_its_whole_run():
     assert half["methods"]["minijoint"]["ratio_flops"] == pytest.approx(150 / 30)
 
 
-def test_reaching_the_target_at_zero_compute_gives_no_ratio():
+def test_a_target_met_at_the_shared_start_gives_no_ratio_in_the_estimate_and_in_every_replicate():
+    """Both methods start from the same embeddings (0.5 at 0 FLOPs), which already meet the target
+    (the baseline's final 0.5). On the monotone fit the baseline's later dip (0.45) pools its start
+    down to 0.475, so it would cross only at 200 FLOPs while minijoint, flat at its start, crosses
+    at 0: ratio +inf. The raw start decides instead: no ratio for anyone, on either fit."""
     init = Point(0, 0, 0.0, 0.5, "init")
     curves = {"full": [init] + curve((100, 0.45), (200, 0.5)), "minijoint": [init] + curve((30, 0.6))}
-    raw = matched_compute(curves, fit="raw")
-    assert raw["methods"]["minijoint"]["flops_to_target"] == 0 and raw["methods"]["minijoint"]["ratio_flops"] is None
-    assert raw["methods"]["full"]["ratio_flops"] is None and "0 FLOPs" in raw["methods"]["full"]["note"]
-    assert math.isnan(raw["methods"]["minijoint"]["ratio_value"])
-    # On the monotone fit the baseline's dip is pooled (0.475, 0.475, 0.5): it reaches 0.5 only at
-    # 200 FLOPs, and minijoint, at 0.5 from the start, reached it at initialization: ratio +inf.
-    fit = matched_compute(curves)
-    assert fit["baseline_flops_to_target"] == pytest.approx(200.0)
-    mj = fit["methods"]["minijoint"]
-    assert mj["flops_to_target"] == 0 and mj["ratio_value"] == math.inf
-    assert "initialization" in fit["methods"]["minijoint"]["note"]
+    for fit in ("isotonic", "raw"):
+        r = matched_compute(curves, fit=fit)
+        for name in ("full", "minijoint"):
+            e = r["methods"][name]
+            assert e["outcome"] == "met_at_start" and math.isnan(e["ratio_value"]), (fit, name, e)
+            assert e["ratio_flops"] is None and "target met at the start" in e["note"], (fit, name, e)
+    # Every bootstrap replicate follows the same rule: seeds that all share this start and this dip.
+    flat = np.broadcast_to(np.array([0.5, 0.45, 0.5])[None, :, None], (3, 3, 20)).copy()
+    methods = {"full": scores([0, 1, 2], [0, 100, 200], flat),
+               "minijoint": scores([0, 1, 2], [0, 30, 60], np.broadcast_to(
+                   np.array([0.5, 0.6, 0.6])[None, :, None], (3, 3, 20)).copy())}
+    got = bootstrap_ratios(methods, replicates=50, seed=0)["methods"]["minijoint"]
+    assert got["at_zero_flops"] == 0 and got["undefined"] == 50
+
+
+def test_a_method_with_its_own_start_that_meets_the_target_reached_it_at_zero_flops():
+    """Only where the baseline's start does not meet the target: a method starting elsewhere (its
+    own initialisation) that already meets it needs no step-2 compute: ratio +inf, said so."""
+    curves = {"full": [Point(0, 0, 0.0, 0.2, "init")] + curve((100, 0.45), (200, 0.5)),
+              "minipost+focus": [Point(0, 0, 0.0, 0.55, "init")] + curve((30, 0.6))}
+    e = matched_compute(curves)["methods"]["minipost+focus"]
+    assert e["outcome"] == "at_zero_flops" and e["ratio_value"] == math.inf and "0 FLOPs" in e["note"]
+
+
+def test_not_reached_is_a_bound_on_the_ratio():
+    """A method that never reaches the target within its budget: its ratio is below the baseline's
+    FLOPs to the target over the method's whole budget (it would need more than that budget)."""
+    curves = {"full": curve((100, 0.3), (200, 0.5), (300, 0.6)),
+              "minijoint": curve((30, 0.2), (60, 0.4), (120, 0.55))}
+    e = matched_compute(curves)["methods"]["minijoint"]
+    assert e["outcome"] == "not_reached" and e["ratio_bound"] == pytest.approx(300 / 120)
+    assert "not reached within 120 FLOPs" in e["note"]
+
+
+def test_balanced_accuracy_chance_is_one_over_the_number_of_classes():
+    """A classifier that answers one class scores 1 / classes in balanced accuracy, whatever the
+    class sizes: a balanced test set of 3 classes and sizes {10, 10, 20} both give 1/3."""
+    from types import SimpleNamespace
+
+    from ds_minimodel.analysis.study.compare import balanced_chance
+    from ds_minimodel.analysis.study.scoring import AccuracyScorer
+
+    for labels in ([0, 0, 1, 1, 2, 2], [0] * 10 + [1] * 10 + [2] * 20, [5] * 3 + [1] * 7 + [2] * 11 + [0] * 2):
+        examples = [SimpleNamespace(label=y) for y in labels]
+        stub = SimpleNamespace(task=SimpleNamespace(test_in=lambda language: examples), _subset=lambda ex: ex)
+        classes = len(set(labels))
+        assert balanced_chance(AccuracyScorer.balanced_weights(stub, "ny")) == pytest.approx(1 / classes), labels
 
 
 def test_matched_compute_is_deterministic_and_checks_its_input():

@@ -52,6 +52,11 @@ def json_safe(v):
     return v
 
 
+def balanced_chance(weights) -> float:
+    """The balanced accuracy of a classifier that answers one class whatever the input."""
+    return 1.0 / len(np.unique(weights))
+
+
 def _as_lists(runs: dict) -> dict[str, list]:
     return {name: list(dirs) if isinstance(dirs, (list, tuple)) else [dirs] for name, dirs in runs.items()}
 
@@ -102,7 +107,7 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
         # The replicates themselves too: the average over languages (languages.py) bootstraps from them.
         matched["methods"][name]["bootstrap"] = {**{k: b[k] for k in ("undefined", "not_reached", "at_zero_flops")},
                                                  "ratios": b["ratios"].tolist()}
-    references = {"chance": 1.0 / len(np.unique(weights))} if balanced else scorer.references(language)
+    references = {"chance": balanced_chance(weights)} if balanced else scorer.references(language)
     return {"metric": metric, "better": scorer.better, "scorer": scorer.identity,
             "references": references, "matched": matched,
             "curves": {name: _curves_json(methods[name], scored[name], matched["methods"][name], opened[name])
