@@ -221,3 +221,87 @@ def test_focus_init_records_its_one_time_cost(tiny_corpus, tiny_target_corpus):
     shared = [i for i, _ in shared_pieces(source_tok, target_tok)]
     assert 0 < record["focus_cost"]["combine_flops"] <= combine_flops(record["rows_focus"], len(shared), 100, 64)
     assert record["focus_flops"] == pytest.approx(ft["flops"] + record["focus_cost"]["combine_flops"])
+
+
+# The study: each "+focus" ratio without and with the one-time cost (analysis/study/one_time_cost.py).
+
+def _scores(seeds, flops, seconds, metric, units=4):
+    """MethodScores whose every seed and unit has the same curve: resampling cannot move it, so
+    the interval is the point, by hand."""
+    from ds_minimodel.analysis.study.bootstrap import MethodScores
+
+    s, p = len(seeds), len(flops)
+    num = np.broadcast_to(np.asarray(metric, dtype=np.float64)[None, :, None], (s, p, units)).copy()
+    return MethodScores(list(seeds), [f"t{i}" for i in range(p)], np.arange(p) * 10,
+                        np.tile(np.asarray(flops, np.float64), (s, 1)), np.tile(np.asarray(seconds, np.float64), (s, 1)),
+                        num, np.ones_like(num))
+
+
+def _match(scores):
+    from ds_minimodel.analysis.study.bootstrap import bootstrap_ratios
+    from ds_minimodel.analysis.study.matching import matched_compute
+
+    curves = {name: m.curve() for name, m in scores.items()}
+    return (matched_compute(curves, "full", 1.0, "crossing", "higher", "isotonic"),
+            bootstrap_ratios(scores, baseline="full", replicates=40, seed=0))
+
+
+def test_study_reports_each_focus_ratio_without_and_with_its_one_time_cost():
+    """full reaches its final 0.8 at 200 FLOPs (20 s). minipost+focus reaches 0.8 at its second
+    point: 20 FLOPs, ratio 200/20 = 10; with its one-time cost of 30 FLOPs (seconds 5 and 7, mean 6)
+    at 50 FLOPs, ratio 4, and wall-clock 20 / (2 + 6) = 2.5. full+focus's start already meets the
+    target: at 0 FLOPs without the cost, at its cost (25 FLOPs) with it: ratio 8."""
+    from ds_minimodel.analysis.study.one_time_cost import ratio_lines, section, with_one_time_costs
+
+    methods = {"full": _scores([0, 1], [0, 100, 200], [0, 10, 20], [0.2, 0.5, 0.8]),
+               "minipost+focus": _scores([0, 1], [0, 20, 40], [0, 2, 4], [0.3, 0.8, 0.9]),
+               "full+focus": _scores([0, 1], [0, 100, 200], [0, 10, 20], [0.85, 0.9, 0.9])}
+    costs = {"minipost+focus": {"init": "focus", "flops": {0: 30.0, 1: 30.0}, "seconds": {0: 5.0, 1: 7.0},
+                                "source": {0: "recorded by the run", 1: "recorded by the run"}},
+             "full+focus": {"init": "focus", "flops": {0: 25.0, 1: 25.0}, "seconds": {0: None, 1: None},
+                            "source": {0: "recorded by the run", 1: "recorded by the run"}}}
+    matched, _ = _match(methods)
+    assert matched["methods"]["minipost+focus"]["ratio_value"] == pytest.approx(10.0)
+    assert matched["methods"]["full+focus"]["flops_to_target"] == 0
+
+    got = with_one_time_costs(methods, costs, _match)
+    mp, ff = got["minipost+focus"], got["full+focus"]
+    assert mp["cost_flops"] == 30.0 and mp["cost_seconds"] == 6.0
+    assert mp["flops_to_target"] == pytest.approx(50.0) and mp["ratio"] == pytest.approx(4.0)
+    assert mp["interval"] == pytest.approx([4.0, 4.0])
+    assert mp["seconds_to_target"] == pytest.approx(8.0) and mp["ratio_seconds"] == pytest.approx(2.5)
+    assert ff["flops_to_target"] == pytest.approx(25.0) and ff["ratio"] == pytest.approx(8.0)
+    assert ff["cost_seconds"] is None and ff["ratio_seconds"] is None  # seconds not recorded: no wall-clock ratio
+    assert set(got) == set(costs)  # the baseline and uncosted methods are not repeated
+    assert methods["minipost+focus"].flops[0, 1] == 20  # the study's own curves are left as they were
+
+    study = {"matched": matched, "one_time_cost": got}
+    lines = ratio_lines({"level": 0.95, "metrics": {"accuracy": study}})
+    assert lines[0] == ("study minipost+focus with its one-time cost (focus: 3.000e+01 FLOPs): compute ratio 4.00 "
+                        "(95% interval 4.00-4.00) at matched accuracy; without it 10.00")
+    assert lines[1].startswith("study full+focus with its one-time cost (focus: 2.500e+01 FLOPs): compute ratio 8.00")
+    table = "\n".join(section(study, 0.95))
+    assert "| minipost+focus | focus | 3.000e+01 | 6.0 | 10.00 | 4.00 | 4.00-4.00 | 2.50 | recorded by the run |" in table
+    assert "| full+focus | focus | 2.500e+01 | not recorded | inf | 8.00 | 8.00-8.00 | - |" in table
+
+
+def test_one_time_costs_come_from_the_pack_record_or_a_rebuild(monkeypatch):
+    from types import SimpleNamespace
+
+    from ds_minimodel.analysis.study import one_time_cost
+
+    def run(seed, init, provenance):
+        return SimpleNamespace(seed=seed, config=SimpleNamespace(adapt=SimpleNamespace(init=init)),
+                               info=SimpleNamespace(provenance=provenance))
+
+    rebuilt = []
+    monkeypatch.setattr(one_time_cost, "init_record",
+                        lambda r: rebuilt.append(r.seed) or {"focus_flops": 7e9, "focus_seconds": 3.5})
+    opened = {"full": [run(0, "random", {"init": "random"})],
+              "minipost+focus": [run(0, "focus", {"focus_flops": 7e9, "focus_seconds": 2.0}),
+                                 run(1, "focus", {"init": "focus"})]}  # a pack from before the record
+    costs = one_time_cost.one_time_costs(opened, log=lambda _: None)
+    assert list(costs) == ["minipost+focus"] and rebuilt == [1]
+    assert costs["minipost+focus"]["flops"] == {0: 7e9, 1: 7e9}
+    assert costs["minipost+focus"]["seconds"] == {0: 2.0, 1: 3.5}
+    assert costs["minipost+focus"]["source"] == {0: "recorded by the run", 1: "measured again by the study"}
