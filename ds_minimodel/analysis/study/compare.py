@@ -53,8 +53,11 @@ def json_safe(v):
 
 
 def balanced_chance(weights) -> float:
-    """The balanced accuracy of a classifier that answers one class whatever the input."""
-    return 1.0 / len(np.unique(weights))
+    """The balanced accuracy of a classifier that answers one class whatever the input: 1 / the
+    number of classes. Each unit's weight is 1 / the size of its class, so each class's weights
+    sum to 1 and all of them to the number of classes (counting distinct weights would count
+    distinct class sizes instead: 1 for a balanced test set)."""
+    return 1.0 / round(float(np.sum(weights)))
 
 
 def _as_lists(runs: dict) -> dict[str, list]:
