@@ -138,6 +138,17 @@ def checkpoint_tensors(run: StudyRun, tag: str) -> dict[str, torch.Tensor]:
 def init_tensors(run: StudyRun) -> dict[str, torch.Tensor]:
     """The run's embeddings before its first step, rebuilt with adapt.py's own `init_embeddings`
     from the same source model, tokenizers and seed."""
+    word, bias, _ = _rebuild_init(run)
+    return {"word": word, "output_bias": bias}
+
+
+def init_record(run: StudyRun) -> dict:
+    """init_embeddings' record of the run's start, rebuilt as init_tensors does (for adapt.init=focus
+    that trains its fastText model again: the FLOPs are the run's, the seconds this machine's)."""
+    return _rebuild_init(run)[2]
+
+
+def _rebuild_init(run: StudyRun):
     where = f"run {run.name!r} ({run.dir})"
     body, _, _, _, lineage = adapt_body(run.config, where)
     corpus = _target_corpus(run.config, where)
@@ -146,9 +157,8 @@ def init_tensors(run: StudyRun) -> dict[str, torch.Tensor]:
         raise UserError(f"{where}: the tokenizer of data.path {run.config.data.path} is not the one the run "
                         "was trained with")
     source_tok = load_tokenizer(lineage["tokenizer"]) if lineage.get("tokenizer") else None
-    word, bias, _ = init_embeddings(run.config.adapt.init, body["embeddings.word"], source_tok, target_tok,
-                                    run.config.train.seed, corpus)
-    return {"word": word, "output_bias": bias}
+    return init_embeddings(run.config.adapt.init, body["embeddings.word"], source_tok, target_tok,
+                           run.config.train.seed, corpus)
 
 
 def own_valid_loss(run: StudyRun) -> dict[int, float]:
