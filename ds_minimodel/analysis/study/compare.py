@@ -19,6 +19,7 @@ from ds_minimodel.analysis.study.bootstrap import (
 from ds_minimodel.analysis.study.full_models import compare_full_models
 from ds_minimodel.analysis.study.loss_scoring import MLMLossScorer
 from ds_minimodel.analysis.study.matching import Point, matched_compute
+from ds_minimodel.analysis.study.one_time_cost import one_time_costs, with_one_time_costs
 from ds_minimodel.analysis.study.render import markdown, plot_curves
 from ds_minimodel.analysis.study.runs import StudyRun, open_runs, own_valid_loss
 from ds_minimodel.analysis.study.scoring import ByBody, RunScores, ScoreCache, collect_scores
@@ -87,9 +88,10 @@ def _curves_json(scores: MethodScores, scored: list[RunScores], matched_entry: d
 
 
 def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts: StudyOptions, fraction: float,
-                  log: Callable[[str], None], balanced: bool = False) -> dict:
+                  log: Callable[[str], None], balanced: bool = False, costs: dict | None = None) -> dict:
     """One metric: scores, the point estimate on the seed-averaged curves, the bootstrap.
-    `balanced`: the accuracy scores (the same cache, no new forward pass) reweighted per class."""
+    `balanced`: the accuracy scores (the same cache, no new forward pass) reweighted per class.
+    `costs`: one_time_costs'; each such method is matched again with its cost (one_time_cost.py)."""
     cache = ScoreCache(out_dir / f"score_cache_{scorer.metric}.json", scorer.identity)
     metric = "balanced_accuracy" if balanced else scorer.metric
     language = opened[opts.baseline][0].info.language
@@ -100,11 +102,17 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
             f"{len(runs[0].tags)} checkpoints each")
         methods[name], scored[name] = _score_method(runs, scorer, cache, opts.include_init,
                                                     (lambda _: None) if balanced else log, weights)
-    curves: dict[str, list[Point]] = {name: m.curve() for name, m in methods.items()}
-    matched = matched_compute(curves, opts.baseline, fraction, opts.baseline_at, scorer.better, opts.fit)
-    boot = bootstrap_ratios(methods, baseline=opts.baseline, fraction=fraction, baseline_at=opts.baseline_at,
-                            better=scorer.better, fit=opts.fit, replicates=opts.bootstrap, seed=opts.bootstrap_seed,
-                            level=opts.level)
+
+    def match(scores: dict[str, MethodScores]) -> tuple[dict, dict]:
+        """The point estimate on the seed-averaged curves, and the bootstrap (the costed curves
+        go through this too)."""
+        curves: dict[str, list[Point]] = {name: m.curve() for name, m in scores.items()}
+        return (matched_compute(curves, opts.baseline, fraction, opts.baseline_at, scorer.better, opts.fit),
+                bootstrap_ratios(scores, baseline=opts.baseline, fraction=fraction, baseline_at=opts.baseline_at,
+                                 better=scorer.better, fit=opts.fit, replicates=opts.bootstrap,
+                                 seed=opts.bootstrap_seed, level=opts.level))
+
+    matched, boot = match(methods)
     for name, b in boot["methods"].items():
         matched["methods"][name]["interval_flops"] = b["interval"]
         # The replicates themselves too: the average over languages (languages.py) bootstraps from them.
@@ -116,7 +124,8 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
             "curves": {name: _curves_json(methods[name], scored[name], matched["methods"][name], opened[name])
                        for name in methods},
             "bootstrap": {k: boot[k] for k in ("replicates", "seed", "level", "seed_resampling", "unit_resampling")},
-            "units": next(iter(methods.values())).num.shape[2]}
+            "units": next(iter(methods.values())).num.shape[2],
+            "one_time_cost": with_one_time_costs(methods, costs or {}, match)}
 
 
 def _loss_scorer(opened: dict, base, opts: StudyOptions):
@@ -153,13 +162,16 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
             raise UserError(f"the MLM loss is scored through the baseline's full model, but the baseline "
                             f"{opts.baseline!r} ({base.dir}) trained through a mini-model; pass --no-loss")
         loss_scorer = _loss_scorer(opened, base, opts)
+    costs = one_time_costs(opened, log)  # FOCUS's fastText model, which standard adaptation does not train
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {scorer.metric: _study_metric(opened, scorer, out_dir, opts, opts.fraction, log)}
+    metrics = {scorer.metric: _study_metric(opened, scorer, out_dir, opts, opts.fraction, log, costs=costs)}
     if scorer.metric == "accuracy":
-        metrics["balanced_accuracy"] = _study_metric(opened, scorer, out_dir, opts, opts.fraction, log, balanced=True)
+        metrics["balanced_accuracy"] = _study_metric(opened, scorer, out_dir, opts, opts.fraction, log, balanced=True,
+                                                     costs=costs)
     if loss_scorer is not None:
-        metrics[loss_scorer.metric] = _study_metric(opened, loss_scorer, out_dir, opts, 1.0, log)
+        metrics[loss_scorer.metric] = _study_metric(opened, loss_scorer, out_dir, opts, 1.0, log,
+                                                         costs=costs)
     # Several classifiers (the paper's comparison): what the mid head costs the full model.
     full_models = compare_full_models(scorer.scorers) if isinstance(scorer, ByBody) and scorer.metric == "accuracy" \
         else None
@@ -177,6 +189,7 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
         "summary": summary,
         "metrics": metrics,
         "full_models": full_models,
+        "one_time_costs": costs,
         "method": "each method's curve is its metric at each checkpoint averaged over its seeds; the crossing of "
                   "the target (fraction x the baseline's averaged final metric; for the MLM loss its averaged "
                   "final loss) is found on the curve's monotone (isotonic) fit, linearly interpolated between "
