@@ -171,14 +171,18 @@ def plug_gap_section(study: dict) -> list[str]:
 
 
 def markdown(study: dict) -> str:
+    from ds_minimodel.analysis.study import one_time_cost  # here: it imports this module
+
     level = study["level"]
     lines = ["# Compute-budget study: step-2 compute to reach the standard baseline", ""]
     for name, per_metric in study["summary"].items():
         for metric, entry in per_metric.items():
             lines.append(f"- {ratio_line(name, entry, metric, level)}")
+    lines += [f"- {line}" for line in one_time_cost.ratio_lines(study)]
     lines.append("")
     for metric, s in study["metrics"].items():
         lines += _metric_section(s, study["runs"], level)
+        lines += one_time_cost.section(s, level)
         if s["metric"] == "mlm_loss":
             lines += plug_gap_section(s)
         refs = s.get("references") or {}
@@ -201,7 +205,9 @@ def markdown(study: dict) -> str:
 
 def summary_lines(result: dict) -> list[str]:
     """Notes and the MLM-loss lines first; the run ends with one line per method at matched
-    transfer metric (ratio_line's form)."""
+    transfer metric (ratio_line's form), after the "+focus" methods' with their one-time cost."""
+    from ds_minimodel.analysis.study.one_time_cost import ratio_lines as one_time_lines
+
     level, primary = result["level"], result["metric"]
     out = []
     for metric, s in result["metrics"].items():
@@ -211,6 +217,7 @@ def summary_lines(result: dict) -> list[str]:
         for name, e in m["methods"].items():
             if e.get("note"):
                 out.append(f"  {name}: {e['note']}")
+    out += one_time_lines(result)
     for metric in [m for m in result["metrics"] if m != primary] + [primary]:
         for name, per_metric in result["summary"].items():
             out.append(ratio_line(name, per_metric[metric], metric, level))
