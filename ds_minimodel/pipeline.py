@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ds_minimodel.config import AdaptConfig, ConfigError, FinetuneConfig, MiniPostConfig, PretrainConfig, load_config
 from ds_minimodel.errors import UserError
-from ds_minimodel.subprocess_runner import run_command, with_free_port
+from ds_minimodel.subprocess_runner import REPO, run_command, with_free_port
 
 if TYPE_CHECKING:
     from ds_minimodel.artefacts.hf_source import HFSource
@@ -52,7 +53,8 @@ def step_overrides(items: list[str], steps: tuple[str, ...]) -> dict[str, list[s
 
     A step name is one of `steps`; "adapt" reaches every method's step 2, so the methods keep
     equal budgets. The key=value part goes to that step's launcher after everything the pipeline
-    passes, so it wins; the launcher checks it like any config override."""
+    passes, so it wins; the plan checks it against that step's config (`check_step_configs`)
+    before anything runs."""
     out: dict[str, list[str]] = {}
     for item in items:
         step, sep, override = item.partition(":")
@@ -75,6 +77,40 @@ class Step:
     done: Path
     cmd: list
     ranks: int = 1
+
+
+# The config each training launcher loads (cli.training_main), by its file name.
+LAUNCHER_CONFIGS = {"pretrain.py": PretrainConfig, "minipost.py": MiniPostConfig, "adapt.py": AdaptConfig,
+                    "finetune.py": FinetuneConfig}
+
+
+def check_step_configs(steps: list[Step]) -> list[Step]:
+    """Load every training step's config as its launcher will (its --config YAML, what the
+    pipeline passes, the user's --set last), so that a misspelt key or a bad value fails at
+    planning, with the config file's own error, and not when that step starts, perhaps an hour
+    into the pipeline. Every problem in one error; a problem shared by several steps (an
+    "adapt:" override reaches every method's) is said once, with the steps it stops."""
+    from ds_minimodel.cli import training_parser
+
+    parser = training_parser("")
+    failed: dict[str, list[str]] = {}
+    for step in steps:
+        cmd = [str(c) for c in step.cmd]
+        launcher = next((i for i, c in enumerate(cmd) if Path(c).parent.name == "launchers"
+                         and Path(c).name in LAUNCHER_CONFIGS), None)
+        if launcher is None:  # data preparation, evaluation: no config
+            continue
+        args = parser.parse_args(cmd[launcher + 1:])
+        try:
+            # Steps run in the repository (subprocess_runner.run_command): their relative paths too.
+            load_config(LAUNCHER_CONFIGS[Path(cmd[launcher]).name], REPO / args.config if args.config else None,
+                        args.overrides)
+        except ConfigError as e:
+            failed.setdefault(str(e), []).append(step.name)
+    if failed:
+        raise ConfigError("; ".join(f"step{'s' if len(names) > 1 else ''} {', '.join(names)}: {problem}"
+                                    for problem, names in failed.items()))
+    return steps
 
 
 class _Steps:
@@ -196,16 +232,17 @@ def plan_demo(opts: PipelineOptions) -> list[Step]:
     if opts.models_only:  # what a study adapts from and scores through (its MiniPost: the regular model's)
         drop = r"(^|-)(adapt-\w+|evaluate)$" + ("|^minipost$" if opts.regular else "")
         steps = [s for s in steps if not re.search(drop, s.name)]
-    return steps
+    return check_step_configs(steps)
 
 
 def run(opts: PipelineOptions) -> Path:
     """`plan_demo`'s steps, then report.md."""
     from ds_minimodel.analysis.report import pipeline_report
 
+    steps = plan_demo(opts)  # checked before the work directory is made
     runner = _Steps(opts.work, opts.nproc)
     pretrain = opts.reuse_pretrain or opts.work / "pretrain"
-    for s in plan_demo(opts):
+    for s in steps:
         runner(s)
     if opts.models_only:
         print(f"models ready in {opts.work} (--models-only: no adaptation, transfer or report)", flush=True)
@@ -261,8 +298,8 @@ def plan_languages(opts: PipelineOptions, languages: list[str]) -> list[Step]:
                            f"data.path={opts.data_root / corpus}", f"train.out_dir={out}",
                            f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])]))
     packs = [opts.work / f"adapt-{m}" / "packs" / c for m in METHODS for c in languages]
-    return steps + _finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final", packs,
-                                          pretrain / "final")
+    return check_step_configs(steps + _finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final",
+                                                             packs, pretrain / "final"))
 
 
 def run_languages(opts: PipelineOptions, languages: list[str]) -> Path:
@@ -376,7 +413,7 @@ def plan_pretrained(opts: PipelineOptions, source: Path) -> PretrainedPlan:
               *_finetune_and_evaluate(opts, "configs/finetune-pretrained.yaml", source, _packs(opts, PRETRAINED_METHODS),
                                      source)]
     return PretrainedPlan(source=src, k=k, top_layers=n, layout=layout, methods=PRETRAINED_METHODS,
-                          prep=dict(sorted(prep.items())), steps=steps)
+                          prep=dict(sorted(prep.items())), steps=check_step_configs(steps))
 
 
 def run_pretrained(opts: PipelineOptions, plan: PretrainedPlan) -> Path:

@@ -129,10 +129,12 @@ def main(argv=None) -> None:
                 return
         elif args.k is not None or args.top_layers != 1 or args.head_steps is not None:
             raise UserError("--k, --top-layers and --head-steps apply to --from-pretrained")
-        elif args.plan and languages is None:
-            for s in plan_demo(opts):
-                print(f"[{s.name}] " + " ".join(map(str, s.cmd)))
-            return
+        elif languages is None:
+            steps = plan_demo(opts)  # every step's config checked (--set too) before anything is written
+            if args.plan:
+                for s in steps:
+                    print(f"[{s.name}] " + " ".join(map(str, s.cmd)))
+                return
         # One pipeline per work directory (each step also locks its own train.out_dir): a second
         # one would overwrite the first's step logs and timings before a step refused it.
         with RunLock(opts.work, "--work"):

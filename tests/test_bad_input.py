@@ -497,6 +497,8 @@ def test_pipeline_set_is_checked_against_each_steps_config_before_anything_runs(
     expect_rejected(capsys, main, [*base, "--set", "adapt:train.steps=many"], "train.steps: expected int")
     expect_rejected(capsys, main, [*base, "--languages", "sw,tl", "--set", "adapt:adapt.langauge=sw"],
                     "unknown key adapt.langauge")
+    # Without --plan the same, before the work directory (its lock, logs, timings) is made.
+    expect_rejected(capsys, main, [*base[:-1], "--set", "adapt:nosuch.key=1"], "unknown key nosuch")
     assert not work.exists()
     # Good overrides plan as before: the check refuses nothing the launchers accept.
     main([*base, "--set", "adapt:optim.lr=1e-3", "--set", "finetune:finetune.pooling=mean"])
@@ -518,5 +520,6 @@ def test_study_set_is_checked_against_each_runs_config_before_anything_runs(tmp_
     expect_rejected(capsys, main, [*base, "--set", "optim.schedule=cubic", "data.seq_lem=16"],
                     "optim.schedule must be linear|cosine|constant", "unknown key data.seq_lem")
     # Checked with each run's own settings: a stop after the runs' 8 steps.
-    expect_rejected(capsys, main, [*base, "--set", "train.stop_at_step=9"], "train.stop_at_step must be in 1..train.steps")
+    expect_rejected(capsys, main, [*base, "--set", "train.stop_at_step=9"],
+                    "train.stop_at_step must be in 1..train.steps")
     assert not out.exists()

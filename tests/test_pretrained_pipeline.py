@@ -243,6 +243,9 @@ def test_step_overrides_reach_only_their_step_after_the_pipeline_settings(dirs, 
     (["--set", "adapt-full:train.steps=3"], ["--set 'adapt-full:train.steps=3'", "head, minipost, adapt, finetune"]),
     (["--set", "adapt:train.steps"], ["expected STEP:key.sub=value"]),
     (["--set", "pretrain:train.steps=3"], ["STEP one of head, minipost"]),
+    # Checked against each step's config when planned, not when the step starts.
+    (["--set", "adapt:nosuch.key=1"], ["steps adapt-full, adapt-minipost:", "unknown key nosuch"]),
+    (["--set", "head:optim.schedule=cubic"], ["step head:", "optim.schedule must be"]),
 ])
 def test_bad_step_overrides_are_refused(bad, needles, dirs, tmp_path, capsys):
     from launchers.pipeline import main

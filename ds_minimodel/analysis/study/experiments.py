@@ -20,7 +20,7 @@ from typing import Callable
 import yaml
 
 from ds_minimodel.analysis.study.runs import METHODS, adapt_body, split_method
-from ds_minimodel.config import INITS, AdaptConfig, AdaptSettings
+from ds_minimodel.config import INITS, AdaptConfig, AdaptSettings, ConfigError, load_config
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.subprocess_runner import REPO, run_command
 
@@ -105,7 +105,26 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
             plan.append((method, seed, run_dir, run_settings(*sources[base], opts.target_data, run_dir, steps,
                                                              opts.checkpoints, seed, init or opts.init,
                                                              opts.overrides)))
+    problems = run_config_problems(opts.config, [overrides for *_, overrides in plan])
+    if problems:
+        raise ConfigError("; ".join(problems))
     return plan
+
+
+def run_config_problems(config: str, runs: list[list[str]]) -> list[str]:
+    """Each distinct problem of the planned runs' configs, loaded as adapt.py will load them
+    (the --config YAML, the run's settings, --set last): a misspelt key or a bad value in --set
+    fails before anything trains, with the config file's one-line error, not when the first
+    run starts."""
+    path = _repo_path(config, REPO)
+    problems: list[str] = []
+    for overrides in runs:
+        try:
+            load_config(AdaptConfig, path, overrides)
+        except ConfigError as e:
+            if f"the adaptation runs' config: {e}" not in problems:  # the same --set in every run: said once
+                problems.append(f"the adaptation runs' config: {e}")
+    return problems
 
 
 def run_settings(model_dir, through: str, target_data, run_dir: Path, steps: int, checkpoints: int, seed: int,

@@ -28,7 +28,7 @@ from typing import Callable
 
 from ds_minimodel.analysis import flops
 from ds_minimodel.analysis.study.compare import StudyOptions, compare_runs
-from ds_minimodel.analysis.study.experiments import run_settings, train_runs
+from ds_minimodel.analysis.study.experiments import run_config_problems, run_settings, train_runs
 from ds_minimodel.analysis.study.render import plot_sweep, plug_gaps, sweep_section
 from ds_minimodel.analysis.study.runs import adapt_body
 from ds_minimodel.artefacts.modeldir import read_model_dir
@@ -88,6 +88,12 @@ def check_options(opts: SweepOptions) -> int:
         problems.append(f"seeds {list(opts.seeds)}: at least one, none twice")
     if opts.checkpoints < 1:
         problems.append(f"checkpoints must be >= 1, got {opts.checkpoints}")
+    # --set reaches every run: checked now with the baseline's settings, not after the datasets and
+    # MiniPosts are made (an arm differs only in its body and its steps).
+    problems += run_config_problems(opts.config, [
+        run_settings(opts.pretrained, "full", dataset_dir(opts, v), Path(opts.out) / f"v{v}" / f"adapt-full-s{seed}",
+                     max(opts.full_steps, 1), max(opts.checkpoints, 1), seed, "random", opts.overrides)
+        for v in opts.vocabs[:1] for seed in opts.seeds])
     if problems:
         raise InvalidValueError("; ".join(problems))
     return cfg.num_layers
