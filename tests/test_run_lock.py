@@ -512,7 +512,11 @@ def test_a_dead_owner_whose_lock_file_was_deleted_is_replaced_at_once(tmp_path):
         assert [json.loads(p.read_text())["pid"] for p in run.glob(".owner.*.json")] == [os.getpid()]
 
 
-# A lease owner that appends a metrics line every 50 ms and says when it wrote each.
+# A lease owner that appends a metrics line every 50 ms and says when it wrote each. Interrupted,
+# it logs where it stopped, as training scripts often do: the heartbeat's stop (a SIGINT) then
+# leads to a write too, so only a check at the write itself keeps the directory clean (without
+# that handler the heartbeat usually wins the race against the next write, and a test without
+# fencing passes by luck).
 WRITER = """
 import sys, time
 from ds_minimodel.training.metrics import MetricsLogger
@@ -520,10 +524,16 @@ from ds_minimodel.training.run_lock import RunLock
 run = sys.argv[1]
 lock = RunLock(run, mode="lease", stale_after_s=1.5, heartbeat_s=0.375).acquire()
 logger = MetricsLogger(run, is_main=True, total_steps=10**9, progress=False)
-for step in range(1, 10**9):
-    logger.log("train", step, {})
-    print("wrote", step, time.time(), flush=True)
-    time.sleep(0.05)
+step = 0
+try:
+    while True:
+        step += 1
+        logger.log("train", step, {})
+        print("wrote", step, time.time(), flush=True)
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    logger.log("interrupted", step, {})
+    raise
 """
 
 
@@ -548,7 +558,8 @@ def test_a_frozen_lease_owner_writes_nothing_after_its_takeover(tmp_path):
     the newer generation first, whichever of its threads runs first."""
     run = tmp_path / "run"
     writer = subprocess.Popen([PY, "-c", WRITER, str(run)], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _stop_while_asleep(writer)
         metrics = run / "metrics.jsonl"
