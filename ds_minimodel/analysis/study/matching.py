@@ -32,6 +32,24 @@ The target is fraction x the baseline's final (seed-averaged, unfitted) metric. 
 isotonic fit always reaches its own final value (the fit's last point is the largest mean of a
 suffix of the curve, so at least the last point), so with fraction <= 1 the baseline has a
 crossing.
+
+Outcomes (each method's `outcome`; `ratio_value` as one number for the bootstrap's order
+statistics in brackets):
+- "ratio": the baseline's FLOPs to the target over the method's [that ratio];
+- "not_reached": the method's fit never reaches the target within its budget. A censored value,
+  not a zero: the method would need more than its whole budget, so its ratio is below
+  `ratio_bound` = the baseline's FLOPs / the method's total FLOPs [0.0: the low end];
+- "at_zero_flops": the method's own start (0 FLOPs) already meets the target while the
+  baseline's does not: it needs no step-2 compute, no finite ratio [+inf: the high end];
+- "met_at_start": the baseline's start already meets the target: it needs no compute, so no
+  method has a ratio [NaN]. Decided on the raw (unfitted) start point, not on the fit: the fit
+  pools the start with later points, so a later dip in the baseline's curve pulls its fitted start
+  below the target while a method with the very same start keeps it there, and the same start
+  would read "reached at 0 FLOPs" for one and not for the other. A raw start never misses the
+  target where its fit meets it (the fit's first value is the lowest prefix mean, for a
+  higher-is-better metric), so this rule also covers a fit that crosses at 0 FLOPs;
+- "no_baseline": the baseline's fit never reaches the target (fraction > 1) [NaN].
+The rule is applied here, so it holds in every bootstrap replicate as in the estimate.
 """
 
 from __future__ import annotations
@@ -137,6 +155,19 @@ def first_crossing(points: list[Point], target: float, better: str = "higher") -
     return Crossing(False)
 
 
+# An interval needs this share of the bootstrap replicates to define a ratio (not NaN).
+MIN_DEFINED = 0.9
+
+
+def interval_withheld(defined: int, replicates: int) -> bool:
+    """Too few replicates define a ratio for their interval to stand for the estimate's."""
+    return defined < MIN_DEFINED * replicates
+
+
+def _meets(metric: float, target: float, better: str) -> bool:
+    return metric >= target if better == "higher" else metric <= target
+
+
 def _ratio(baseline: float | None, method: float | None) -> float | None:
     if baseline is None or method is None or method <= 0 or baseline <= 0:
         return None
@@ -144,12 +175,13 @@ def _ratio(baseline: float | None, method: float | None) -> float | None:
 
 
 def ratio_value(entry: dict, baseline_flops: float | None) -> float:
-    """A method's FLOP ratio as one number that orders every outcome, for intervals and summary
-    lines: the ratio when defined; 0.0 when the method never reached the target (its true ratio
-    is below baseline / its whole budget: 0 is the conservative end); +inf when it reached it at
-    0 FLOPs (its initial embeddings already do); NaN when the baseline has no crossing or reached
-    it at 0 FLOPs itself (no ratio is meaningful)."""
-    if not baseline_flops:
+    """A method's FLOP ratio as one number that orders every outcome, for the bootstrap's order
+    statistics: the ratio when defined; 0.0 when the method never reached the target (a censored
+    value, its ratio below `ratio_bound`: 0 is the conservative end); +inf when it reached it at
+    0 FLOPs (its initial embeddings already do); NaN when no ratio is meaningful (the target was
+    met at the start, or the baseline has no crossing). People read the outcome, not this number
+    (render.py)."""
+    if entry.get("outcome") == "met_at_start" or not baseline_flops:
         return math.nan
     if not entry["reached"]:
         return 0.0
@@ -165,7 +197,8 @@ def matched_compute(curves: dict[str, list[Point]], baseline: str = "full", frac
 
     baseline_at: "crossing" (default) compares with the baseline's own crossing of the same
     target, found the same way; "final" with the baseline's whole run (its last point).
-    A ratio is None when either side did not reach the target, or reached it at 0 compute.
+    A ratio is None when either side did not reach the target, or reached it at 0 compute; each
+    method's `outcome` says which (the module docstring).
     """
     if baseline not in curves:
         raise InvalidValueError(f"baseline {baseline!r} is not among the runs ({', '.join(curves)})")
@@ -179,6 +212,8 @@ def matched_compute(curves: dict[str, list[Point]], baseline: str = "full", frac
     base_final = curves[baseline][-1].metric
     target = fraction * base_final
     base_cross = first_crossing(fits[baseline], target, better)
+    start = curves[baseline][0]
+    met_at_start = start.flops == 0 and _meets(start.metric, target, better)
     if baseline_at == "final":
         ref_flops, ref_seconds = float(curves[baseline][-1].flops), float(curves[baseline][-1].seconds)
     else:
@@ -197,19 +232,29 @@ def matched_compute(curves: dict[str, list[Point]], baseline: str = "full", frac
             "at_first_point": c.at_first_point,
             "ratio_flops": _ratio(ref_flops, c.flops), "ratio_seconds": _ratio(ref_seconds, c.seconds),
         }
-        if not c.reached:
-            entry["note"] = f"never reached {target:.4g} (best {entry['best_metric']:.4g})"
+        entry["outcome"], entry["ratio_bound"] = "ratio", None
+        if met_at_start:
+            entry["outcome"] = "met_at_start"
+            entry["ratio_flops"] = entry["ratio_seconds"] = None
+            entry["note"] = (f"target met at the start: the baseline's initial {start.metric:.4g} already meets "
+                             f"{target:.4g}, so no method has a ratio")
+        elif not ref_flops:
+            entry["outcome"] = "no_baseline"
+            entry["ratio_flops"] = entry["ratio_seconds"] = None
+            entry["note"] = "the baseline never reached the target: no ratio"
+        elif not c.reached:
+            entry["outcome"] = "not_reached"
+            entry["ratio_bound"] = ref_flops / pts[-1].flops if pts[-1].flops > 0 else None
+            entry["note"] = (f"not reached within {pts[-1].flops:.3g} FLOPs (target {target:.4g}, best "
+                             f"{entry['best_metric']:.4g})")
         elif c.flops == 0:
-            entry["note"] = "reached at initialization (0 FLOPs): no ratio"
+            entry["outcome"] = "at_zero_flops"
+            entry["note"] = "reached at 0 FLOPs (its own start meets the target): no finite ratio"
         elif c.at_first_point:
             entry["note"] = "reached by the first checkpoint: its compute is an upper bound"
-        if c.reached and not ref_flops:
-            entry["ratio_flops"] = entry["ratio_seconds"] = None
-            why = "never reached the target" if ref_flops is None else "reached it at 0 FLOPs"
-            entry.setdefault("note", f"the baseline {why}: no ratio")
         entry["ratio_value"] = ratio_value(entry, ref_flops)
         methods[name] = entry
     return {"baseline": baseline, "fraction": fraction, "baseline_at": baseline_at, "better": better, "fit": fit,
-            "baseline_final_metric": base_final, "target": target,
+            "baseline_final_metric": base_final, "target": target, "met_at_start": met_at_start,
             "baseline_flops_to_target": ref_flops, "baseline_seconds_to_target": ref_seconds,
             "methods": methods}
