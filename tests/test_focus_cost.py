@@ -232,7 +232,7 @@ def _scores(seeds, flops, seconds, metric, units=4):
 
     s, p = len(seeds), len(flops)
     num = np.broadcast_to(np.asarray(metric, dtype=np.float64)[None, :, None], (s, p, units)).copy()
-    return MethodScores(list(seeds), [f"t{i}" for i in range(p)], np.arange(p) * 10,
+    return MethodScores(list(seeds), ["init"] + [f"t{i}" for i in range(1, p)], np.arange(p) * 10,
                         np.tile(np.asarray(flops, np.float64), (s, 1)), np.tile(np.asarray(seconds, np.float64), (s, 1)),
                         num, np.ones_like(num))
 
@@ -250,40 +250,55 @@ def test_study_reports_each_focus_ratio_without_and_with_its_one_time_cost():
     """full reaches its final 0.8 at 200 FLOPs (20 s). minipost+focus reaches 0.8 at its second
     point: 20 FLOPs, ratio 200/20 = 10; with its one-time cost of 30 FLOPs (seconds 5 and 7, mean 6)
     at 50 FLOPs, ratio 4, and wall-clock 20 / (2 + 6) = 2.5. full+focus's start already meets the
-    target: at 0 FLOPs without the cost, at its cost (25 FLOPs) with it: ratio 8."""
+    target: at 0 FLOPs without the cost (no finite ratio), at its cost (25 FLOPs) with it: ratio 8.
+    minijoint+focus never reaches it: within its 20 FLOPs (ratio below 200/20 = 10), and with its
+    cost of 30 within 50 (ratio below 4)."""
     from ds_minimodel.analysis.study.one_time_cost import ratio_lines, section, with_one_time_costs
 
     methods = {"full": _scores([0, 1], [0, 100, 200], [0, 10, 20], [0.2, 0.5, 0.8]),
                "minipost+focus": _scores([0, 1], [0, 20, 40], [0, 2, 4], [0.3, 0.8, 0.9]),
-               "full+focus": _scores([0, 1], [0, 100, 200], [0, 10, 20], [0.85, 0.9, 0.9])}
+               "full+focus": _scores([0, 1], [0, 100, 200], [0, 10, 20], [0.85, 0.9, 0.9]),
+               "minijoint+focus": _scores([0, 1], [0, 10, 20], [0, 1, 2], [0.1, 0.2, 0.3])}
+    recorded = {0: "recorded by the run", 1: "recorded by the run"}
     costs = {"minipost+focus": {"init": "focus", "flops": {0: 30.0, 1: 30.0}, "seconds": {0: 5.0, 1: 7.0},
-                                "source": {0: "recorded by the run", 1: "recorded by the run"}},
+                                "source": recorded},
              "full+focus": {"init": "focus", "flops": {0: 25.0, 1: 25.0}, "seconds": {0: None, 1: None},
-                            "source": {0: "recorded by the run", 1: "recorded by the run"}}}
+                            "source": recorded},
+             "minijoint+focus": {"init": "focus", "flops": {0: 30.0, 1: 30.0}, "seconds": {0: 1.0, 1: 1.0},
+                                 "source": recorded}}
     matched, _ = _match(methods)
     assert matched["methods"]["minipost+focus"]["ratio_value"] == pytest.approx(10.0)
     assert matched["methods"]["full+focus"]["flops_to_target"] == 0
 
     got = with_one_time_costs(methods, costs, _match)
-    mp, ff = got["minipost+focus"], got["full+focus"]
+    mp, ff, mj = got["minipost+focus"], got["full+focus"], got["minijoint+focus"]
     assert mp["cost_flops"] == 30.0 and mp["cost_seconds"] == 6.0
     assert mp["flops_to_target"] == pytest.approx(50.0) and mp["ratio"] == pytest.approx(4.0)
     assert mp["interval"] == pytest.approx([4.0, 4.0])
     assert mp["seconds_to_target"] == pytest.approx(8.0) and mp["ratio_seconds"] == pytest.approx(2.5)
     assert ff["flops_to_target"] == pytest.approx(25.0) and ff["ratio"] == pytest.approx(8.0)
+    assert ff["note"] == "its start (the FOCUS init, at its one-time cost) meets the target"
     assert ff["cost_seconds"] is None and ff["ratio_seconds"] is None  # seconds not recorded: no wall-clock ratio
-    assert set(got) == set(costs)  # the baseline and uncosted methods are not repeated
+    assert not mj["reached"] and mj["total_flops"] == 50.0
+    assert set(got) == set(costs)  # the baseline is not repeated
     assert methods["minipost+focus"].flops[0, 1] == 20  # the study's own curves are left as they were
 
     study = {"matched": matched, "one_time_cost": got}
     lines = ratio_lines({"level": 0.95, "metrics": {"accuracy": study}})
-    assert lines[0] == ("study minipost+focus with its one-time cost (focus: 3.000e+01 FLOPs): compute ratio 4.00 "
-                        "(95% interval 4.00-4.00) at matched accuracy; without it 10.00")
-    assert lines[1].startswith("study full+focus with its one-time cost (focus: 2.500e+01 FLOPs): compute ratio 8.00")
+    assert lines[0] == ("study minipost+focus with its one-time cost (focus: 3.000e+01 FLOPs, 6.0 s): compute ratio "
+                        "4.00 (95% interval 4.00-4.00; n = 40 of 40 replicates) at matched accuracy; without it "
+                        "compute ratio 10.00")
+    assert lines[1].startswith("study full+focus with its one-time cost (focus: 2.500e+01 FLOPs): compute ratio 8.00 "
+                               "(95% interval 8.00-8.00; n = 40 of 40 replicates) at matched accuracy; without it "
+                               "no ratio (")
+    assert lines[2].startswith("study minijoint+focus with its one-time cost (focus: 3.000e+01 FLOPs, 1.0 s): not "
+                               "reached within 50 FLOPs, ratio below 4.00 (95% interval no interval")
+    assert lines[2].endswith("at matched accuracy; without it not reached within 20 FLOPs, ratio below 10.00")
     table = "\n".join(section(study, 0.95))
-    assert "| minipost+focus | focus | 3.000e+01 | 6.0 | 10.00 | 4.00 | 4.00-4.00 | 2.50 | recorded by the run |" in table
-    # (without the cost, its start meets the target: however the study prints that)
-    assert "| full+focus | focus | 2.500e+01 | not recorded | " in table and " | 8.00 | 8.00-8.00 | - |" in table
+    assert ("| minipost+focus | focus | 3.000e+01 | 6.0 | compute ratio 10.00 | compute ratio 4.00 | 4.00-4.00 | 2.50 "
+            "| recorded by the run |") in table
+    assert "| full+focus | focus | 2.500e+01 | not recorded | no ratio (" in table
+    assert " | compute ratio 8.00 | 8.00-8.00 | - |" in table
 
 
 def test_one_time_costs_come_from_the_pack_record_or_a_rebuild(monkeypatch):

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from ds_minimodel.analysis.study.bootstrap import MethodScores
-from ds_minimodel.analysis.study.runs import StudyRun, init_record
+from ds_minimodel.analysis.study.runs import INIT_TAG, StudyRun, init_record
 from ds_minimodel.analysis.study.render import MATCHED_AT, format_ratio
 
 ONE_TIME_INITS = ("focus",)  # adapt.init values with a one-time cost
@@ -82,39 +82,55 @@ def with_one_time_costs(methods: dict[str, MethodScores], costs: dict[str, dict]
     for name, c in costs.items():
         e, b = matched["methods"][name], boot["methods"][name]
         seconds = _mean(c["seconds"].values())
+        note = e.get("note", "")
+        if e["reached"] and e["at_first_point"] and methods[name].tags[0] == INIT_TAG:
+            note = "its start (the FOCUS init, at its one-time cost) meets the target"
         out[name] = {"init": c["init"], "cost_flops": _mean(c["flops"].values()), "cost_seconds": seconds,
                      "source": sorted(set(c["source"].values())),
-                     "reached": e["reached"], "flops_to_target": e["flops_to_target"],
+                     "reached": e["reached"], "outcome": e.get("outcome"), "ratio_bound": e.get("ratio_bound"),
+                     "total_flops": e["total_flops"], "flops_to_target": e["flops_to_target"],
                      "seconds_to_target": e["seconds_to_target"] if seconds is not None else None,
                      "ratio": e["ratio_value"], "interval": b["interval"],
-                     "ratio_seconds": e["ratio_seconds"] if seconds is not None else None,
-                     "note": e.get("note", ""),
+                     "ratio_seconds": e["ratio_seconds"] if seconds is not None else None, "note": note,
                      "bootstrap": {k: v for k, v in b.items() if not isinstance(v, np.ndarray)}}
     return out
 
 
 # study.md and the printed summary.
 
+def _outcome(entry: dict) -> str:
+    """A matched entry's outcome in words (matching.py's outcomes; entries written before them
+    have only `reached`)."""
+    outcome = entry.get("outcome") or ("ratio" if entry["reached"] else "not_reached")
+    ratio = entry.get("ratio_value", entry.get("ratio"))
+    if outcome == "ratio":
+        return f"compute ratio {format_ratio(ratio)}"
+    if outcome == "not_reached":
+        bound = entry.get("ratio_bound")
+        below = f", ratio below {format_ratio(bound)}" if bound is not None else ""
+        return f"not reached within {entry['total_flops']:.3g} FLOPs{below}"
+    return f"no ratio ({entry.get('note') or outcome})"
+
+
 def _interval(entry: dict) -> str:
     iv = entry.get("interval")
-    if not iv or iv[0] is None:
+    if not iv or iv[0] is None or entry.get("outcome", "ratio") != "ratio":
         return "no interval"
     return f"{format_ratio(iv[0])}-{format_ratio(iv[1])}"
 
 
-def _ratio(entry: dict) -> str:
-    return format_ratio(entry["ratio"]) if entry["reached"] else "not reached (the cost does not change that)"
-
-
 def ratio_lines(result: dict) -> list[str]:
-    """One line per costed method and metric: its ratio without and with its one-time cost."""
+    """One line per costed method and metric: its ratio with its one-time cost, then without."""
     level, out = result["level"], []
     for metric, study in result["metrics"].items():
         for name, e in (study.get("one_time_cost") or {}).items():
-            without = study["matched"]["methods"][name]["ratio_value"]
-            out.append(f"study {name} with its one-time cost ({e['init']}: {e['cost_flops']:.3e} FLOPs): compute "
-                       f"ratio {_ratio(e)} ({round(level * 100):d}% interval {_interval(e)}) at matched "
-                       f"{MATCHED_AT.get(metric, metric)}; without it {format_ratio(without)}")
+            b = e.get("bootstrap") or {}
+            n = f"; n = {b['replicates'] - b['undefined']} of {b['replicates']} replicates" \
+                if "replicates" in b and "undefined" in b else ""
+            seconds = "" if e["cost_seconds"] is None else f", {e['cost_seconds']:.1f} s"
+            out.append(f"study {name} with its one-time cost ({e['init']}: {e['cost_flops']:.3e} FLOPs{seconds}): "
+                       f"{_outcome(e)} ({round(level * 100):d}% interval {_interval(e)}{n}) at matched "
+                       f"{MATCHED_AT.get(metric, metric)}; without it {_outcome(study['matched']['methods'][name])}")
     return out
 
 
@@ -126,17 +142,15 @@ def section(study: dict, level: float) -> list[str]:
     m = study["matched"]
     rows = []
     for name, e in entries.items():
-        base = m["methods"][name]
         seconds = "not recorded" if e["cost_seconds"] is None else f"{e['cost_seconds']:.1f}"
         with_seconds = "-" if e["ratio_seconds"] is None else f"{e['ratio_seconds']:.2f}"
-        rows.append(f"| {name} | {e['init']} | {e['cost_flops']:.3e} | {seconds} | "
-                    f"{format_ratio(base['ratio_value'])} | {_ratio(e)} | {_interval(e)} | {with_seconds} | "
-                    f"{', '.join(e['source'])} |")
+        rows.append(f"| {name} | {e['init']} | {e['cost_flops']:.3e} | {seconds} | {_outcome(m['methods'][name])} | "
+                    f"{_outcome(e)} | {_interval(e)} | {with_seconds} | {', '.join(e['source'])} |")
     pct = round(level * 100)
     return ["One-time cost: what a method spends once before its first step, which standard adaptation does not "
             "(FOCUS: training its fastText model on the target text and combining source rows; FLOPs estimated "
             "from fastText's CBOW updates, wall-clock measured). With it, the cost is added to every point of the "
             "method's curve and the ratio found again the same way.", "",
-            f"| method | init | one-time FLOPs | one-time wall-clock (s) | compute ratio without | with | {pct}% "
-            "interval with | wall-clock ratio with | cost from |",
+            f"| method | init | one-time FLOPs | one-time wall-clock (s) | without it | with it | {pct}% "
+            "interval with it | wall-clock ratio with it | cost from |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
