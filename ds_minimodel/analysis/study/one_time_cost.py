@@ -83,7 +83,7 @@ def with_one_time_costs(methods: dict[str, MethodScores], costs: dict[str, dict]
         e, b = matched["methods"][name], boot["methods"][name]
         seconds = _mean(c["seconds"].values())
         note = e.get("note", "")
-        if e["reached"] and e["at_first_point"] and methods[name].tags[0] == INIT_TAG:
+        if e.get("outcome", "ratio") == "ratio" and e["at_first_point"] and methods[name].tags[0] == INIT_TAG:
             note = "its start (the FOCUS init, at its one-time cost) meets the target"
         out[name] = {"init": c["init"], "cost_flops": _mean(c["flops"].values()), "cost_seconds": seconds,
                      "source": sorted(set(c["source"].values())),
