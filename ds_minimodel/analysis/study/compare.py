@@ -3,6 +3,7 @@ curves with bootstrap intervals, and write the study's outputs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from ds_minimodel.analysis.study.bootstrap import (
 )
 from ds_minimodel.analysis.study.full_models import compare_full_models
 from ds_minimodel.analysis.study.loss_scoring import MLMLossScorer
-from ds_minimodel.analysis.study.matching import Point, matched_compute
+from ds_minimodel.analysis.study.matching import MIN_DEFINED, Point, interval_withheld, matched_compute
 from ds_minimodel.analysis.study.one_time_cost import one_time_costs, with_one_time_costs
 from ds_minimodel.analysis.study.render import markdown, plot_curves
 from ds_minimodel.analysis.study.runs import StudyRun, open_runs, own_valid_loss
@@ -59,6 +60,53 @@ def balanced_chance(weights) -> float:
     sum to 1 and all of them to the number of classes (counting distinct weights would count
     distinct class sizes instead: 1 for a balanced test set)."""
     return 1.0 / round(float(np.sum(weights)))
+
+
+STREAM_DERIVATION = "the first 8 bytes (big-endian) of sha256('<target language>:<--bootstrap-seed>')"
+
+
+def bootstrap_stream(language: str, seed: int) -> int:
+    """The study's own bootstrap stream (numpy's default_rng seed): each target language's study
+    draws its replicates from its own stream, so the replicates of studies of different languages
+    are independent, which the average over languages (languages.py) relies on. The same seed in
+    every language gave every language the same resampling matrices."""
+    return int.from_bytes(hashlib.sha256(f"{language}:{seed}".encode()).digest()[:8], "big")
+
+
+def attach_bootstrap(matched: dict, boot: dict) -> None:
+    """Each method's bootstrap into its matched entry: the interval, how many replicates define a
+    ratio (not NaN) and the replicates themselves (the average over languages resamples them).
+    No interval where fewer than MIN_DEFINED of the replicates define a ratio, or where the
+    estimate itself has none (an interval of the few replicates that do would stand for nothing
+    the study reports); `interval_note` then says why."""
+    for name, b in boot["methods"].items():
+        e = matched["methods"][name]
+        r = np.asarray(b["ratios"], dtype=np.float64)
+        defined, total = int((~np.isnan(r)).sum()), len(r)
+        interval, why = b.get("interval"), b.get("why")
+        if interval is not None and any(x is None or math.isnan(x) for x in interval):
+            interval = None
+        if interval_withheld(defined, total):
+            interval, why = None, (f"only n = {defined} of {total} replicates define a ratio "
+                                   f"(under {MIN_DEFINED:.0%})")
+        elif e["outcome"] in ("met_at_start", "no_baseline"):
+            interval, why = None, None
+        e["interval_flops"], e["interval_defined"], e["interval_replicates"] = interval, defined, total
+        if interval is None and why:
+            e["interval_note"] = why
+        e["bootstrap"] = {"undefined": total - defined, "not_reached": int((r == 0).sum()),
+                          "at_zero_flops": int(np.isinf(r).sum()), "ratios": r.tolist()}
+
+
+def summarize(metrics: dict[str, dict], names) -> dict:
+    """{method: {metric: what a summary line says}} for the methods `names`."""
+    keys = {"ratio": "ratio_value", "interval": "interval_flops", "outcome": "outcome", "ratio_bound": "ratio_bound",
+            "total_flops": "total_flops", "n": "interval_defined", "replicates": "interval_replicates",
+            "interval_note": "interval_note"}
+    return {name: {m: {**{k: r["matched"]["methods"][name].get(v) for k, v in keys.items()},
+                       "note": r["matched"]["methods"][name].get("note", "")}
+                   for m, r in metrics.items()}
+            for name in names}
 
 
 def _as_lists(runs: dict) -> dict[str, list]:
@@ -110,14 +158,10 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
         return (matched_compute(curves, opts.baseline, fraction, opts.baseline_at, scorer.better, opts.fit),
                 bootstrap_ratios(scores, baseline=opts.baseline, fraction=fraction, baseline_at=opts.baseline_at,
                                  better=scorer.better, fit=opts.fit, replicates=opts.bootstrap,
-                                 seed=opts.bootstrap_seed, level=opts.level))
+                                 seed=bootstrap_stream(language, opts.bootstrap_seed), level=opts.level))
 
     matched, boot = match(methods)
-    for name, b in boot["methods"].items():
-        matched["methods"][name]["interval_flops"] = b["interval"]
-        # The replicates themselves too: the average over languages (languages.py) bootstraps from them.
-        matched["methods"][name]["bootstrap"] = {**{k: b[k] for k in ("undefined", "not_reached", "at_zero_flops")},
-                                                 "ratios": b["ratios"].tolist()}
+    attach_bootstrap(matched, boot)
     references = {"chance": balanced_chance(weights)} if balanced else scorer.references(language)
     return {"metric": metric, "better": scorer.better, "scorer": scorer.identity,
             "references": references, "matched": matched,
@@ -176,13 +220,12 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
     full_models = compare_full_models(scorer.scorers) if isinstance(scorer, ByBody) and scorer.metric == "accuracy" \
         else None
     plots = plot_curves(metrics, out_dir)
-    summary = {name: {m: {"ratio": r["matched"]["methods"][name]["ratio_value"],
-                          "interval": r["matched"]["methods"][name]["interval_flops"],
-                          "note": r["matched"]["methods"][name].get("note", "")}
-                      for m, r in metrics.items()}
-               for name in opened if name != opts.baseline}
+    summary = summarize(metrics, [name for name in opened if name != opts.baseline])
+    language = opened[opts.baseline][0].info.language
     result = {
         "metric": scorer.metric, "level": opts.level, "include_init_point": opts.include_init,
+        "bootstrap_stream": {"stream": bootstrap_stream(language, opts.bootstrap_seed), "language": language,
+                             "bootstrap_seed": opts.bootstrap_seed, "derivation": STREAM_DERIVATION},
         "runs": {n: [{"dir": str(r.dir), "method": r.method, "language": r.info.language, "seed": r.seed,
                       "steps": r.config.train.steps, "model_dir": r.config.adapt.model_dir, "checkpoints": r.tags}
                      for r in rs] for n, rs in opened.items()},
@@ -195,8 +238,11 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
                   "final loss) is found on the curve's monotone (isotonic) fit, linearly interpolated between "
                   "checkpoints; the ratio is the baseline's FLOPs to the target over the method's; the interval is "
                   "the percentile bootstrap over seeds and units (test examples, verse pairs, validation "
-                  "sequences) together, recomputing curves, target and crossings in every replicate. A ratio of 0 "
-                  "means not reached, inf reached at 0 FLOPs.",
+                  "sequences) together, recomputing curves, target and crossings in every replicate, drawn from "
+                  "the study's own stream (bootstrap_stream); an interval counts the replicates that define a "
+                  "ratio (n = k of N), and none is given under 90% of them. A method that never reaches the target "
+                  "has a bound (its ratio is below the baseline's FLOPs over its whole budget), one whose own start "
+                  "meets it no finite ratio, and none has a ratio when the baseline's start already meets it.",
         "plots": [p.name for p in plots],
     }
     result = json_safe(result)

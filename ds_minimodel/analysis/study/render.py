@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from ds_minimodel.analysis.study.full_models import markdown as full_models_section
+from ds_minimodel.analysis.study.matching import MIN_DEFINED, interval_withheld
 
 METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->target retrieval top-1",
                 "balanced_accuracy": "target-language class-balanced accuracy",
@@ -87,16 +88,110 @@ def format_ratio(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, ".2f")
 
 
-def _ratio_phrase(entry: dict, metric: str, level: float) -> str:
-    """`compute ratio X.XX (95% interval LO-HI) at matched <metric>`: the study's and the sweep's lines."""
-    lo, hi = entry["interval"]
-    return (f"compute ratio {format_ratio(entry['ratio'])} ({round(level * 100):d}% interval "
-            f"{format_ratio(lo)}-{format_ratio(hi)}) at matched {MATCHED_AT.get(metric, metric)}")
+# How a ratio is read (matching.py's outcomes). An entry is a summary entry of study.json
+# (compare.summarize), a sweep point's metric or an average over languages: "ratio", "interval",
+# and where recorded "outcome", "ratio_bound", "total_flops", "n" and "replicates" (the bootstrap
+# replicates that define a ratio, of all), "interval_note" (why no interval), "why" (the average's
+# own reason). Entries written before outcomes were recorded read their outcome off the number.
+NO_RATIO = {"met_at_start": "target met at the start", "no_baseline": "the baseline never reached the target",
+            "undefined": "undefined"}
+
+
+def _number(v) -> float:
+    if v is None:
+        return math.nan
+    return math.inf if v == "inf" else float(v)
+
+
+def outcome(entry: dict) -> str:
+    if entry.get("outcome"):
+        return entry["outcome"]
+    v = _number(entry.get("ratio"))
+    return "undefined" if math.isnan(v) else "at_zero_flops" if math.isinf(v) else \
+        "not_reached" if v == 0 else "ratio"
+
+
+def _has_ratio(entry: dict) -> bool:
+    """Whether the estimate is a number, a bound or unbounded (not: no ratio at all)."""
+    return outcome(entry) in ("ratio", "not_reached", "at_zero_flops")
+
+
+def point_phrase(entry: dict) -> str:
+    """The estimate in words: a number, a bound, or no ratio and why; never 0.00 or inf."""
+    o = outcome(entry)
+    if o == "ratio":
+        return f"compute ratio {format_ratio(entry['ratio'])}"
+    if o == "not_reached":
+        why = entry.get("why") or (f"not reached within {entry['total_flops']:.3g} FLOPs"
+                                   if entry.get("total_flops") is not None else "not reached")
+        bound = entry.get("ratio_bound")
+        return f"compute ratio < {bound:.2f} (a bound: {why})" if bound is not None else f"no compute ratio ({why})"
+    if o == "at_zero_flops":
+        return f"no finite compute ratio ({entry.get('why') or 'reached at 0 FLOPs'})"
+    return f"no compute ratio ({entry.get('why') or NO_RATIO.get(o, o)})"
+
+
+def _end(v) -> str:
+    v = _number(v)
+    return "not reached" if v == 0 else "reached at 0 FLOPs" if math.isinf(v) else format(v, ".2f")
+
+
+def _interval_ends(interval) -> str:
+    """LO-HI, or in words where an end is censored (0: not reached, inf: reached at 0 FLOPs)."""
+    lo, hi = (_number(x) for x in interval)
+    if all(0 < x < math.inf for x in (lo, hi)):
+        return f"{lo:.2f}-{hi:.2f}"
+    return f"{_end(lo)} in every replicate" if lo == hi else f"{_end(lo)} to {_end(hi)}"
+
+
+def _shows_interval(entry: dict) -> bool:
+    iv = entry.get("interval")
+    return _has_ratio(entry) and iv is not None and not any(math.isnan(_number(x)) for x in iv)
+
+
+def _ratio_phrase(entry: dict, metric: str, level: float, qualifier: str = "") -> str:
+    """`compute ratio X.XX (95% interval LO-HI) at matched <metric>; n = K of N replicates` for a
+    defined ratio; a bound, no finite ratio or no ratio in words otherwise, and no interval (saying
+    why) where too few replicates define one. The study's, the sweep's and the average's lines."""
+    pct = round(level * 100)
+    at = f"at matched {MATCHED_AT.get(metric, metric)}{qualifier}"
+    n, total = entry.get("n"), entry.get("replicates")
+    count = f"n = {n} of {total} replicates" if n is not None and total else None
+    point = point_phrase(entry)
+    if _shows_interval(entry):
+        ends = _interval_ends(entry["interval"])
+        return f"{point} ({pct}% interval{':' if 'every' in ends else ''} {ends}) {at}" + (f"; {count}" if count else "")
+    note = None if not _has_ratio(entry) else entry.get("interval_note")
+    why = f": {note}" if note else f" ({count} define a ratio)" if count else ""
+    return f"{point} {at}; no {pct}% interval{why}"
 
 
 def ratio_line(method: str, entry: dict, metric: str, level: float) -> str:
-    """`study <method>: compute ratio X.XX (95% interval LO-HI) at matched <metric>`."""
+    """`study <method>: compute ratio X.XX (95% interval LO-HI) at matched <metric>; n = K of N replicates`."""
     return f"study {method}: {_ratio_phrase(entry, metric, level)}"
+
+
+def ratio_cell(entry: dict) -> str:
+    """A table's compute-ratio cell."""
+    o = outcome(entry)
+    if o == "ratio":
+        return format_ratio(entry["ratio"])
+    if o == "not_reached":
+        bound = entry.get("ratio_bound")
+        return f"< {bound:.2f} (not reached)" if bound is not None else "not reached"
+    if o == "at_zero_flops":
+        return "reached at 0 FLOPs"
+    return f"no ratio ({entry.get('why') or NO_RATIO.get(o, o)})"
+
+
+def interval_cell(entry: dict) -> str:
+    """A table's interval cell, with the replicates that define it."""
+    n, total = entry.get("n"), entry.get("replicates")
+    count = f"n = {n} of {total}" if n is not None and total else ""
+    if _shows_interval(entry):
+        return _interval_ends(entry["interval"]) + (f" ({count})" if count else "")
+    withheld = _has_ratio(entry) and n is not None and total and interval_withheld(n, total)
+    return "none" + (f": {count}" if count else "") + (f" (under {MIN_DEFINED:.0%})" if withheld else "")
 
 
 def _metric_section(study: dict, runs: dict, level: float) -> list[str]:
@@ -109,18 +204,21 @@ def _metric_section(study: dict, runs: dict, level: float) -> list[str]:
              f"({m['baseline_final_metric']:.4f}) = **{m['target']:.4f}**. Baseline compute compared against: its "
              f"{against} ({_fmt(m['baseline_flops_to_target'], '.3e')} FLOPs, "
              f"{_fmt(m['baseline_seconds_to_target'], '.1f')} s). Interval: {round(level * 100)}% percentile "
-             f"bootstrap, {b['replicates']} replicates (seed {b['seed']}), resampling with replacement the seeds "
+             f"bootstrap, {b['replicates']} replicates (stream {b['seed']}), resampling with replacement the seeds "
              f"({'paired across methods' if b['seed_resampling'] == 'paired' else 'independently per method'})"
-             f"{' and the ' + str(study['units']) + ' units' if b['unit_resampling'] else ''}.",
+             f"{' and the ' + str(study['units']) + ' units' if b['unit_resampling'] else ''}; n: the "
+             f"replicates that define a ratio, none under {MIN_DEFINED:.0%} of them.",
              "", "| method | seeds | steps | final (mean) | FLOPs (total) | FLOPs to target | compute ratio | "
              f"{round(level * 100)}% interval | wall-clock to target (s) | wall-clock ratio | note |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, e in m["methods"].items():
-        lo, hi = e["interval_flops"]
         seeds = ", ".join(str(r["seed"]) for r in runs[name])
+        entry = {"ratio": e["ratio_value"], "interval": e.get("interval_flops"), "outcome": e.get("outcome"),
+                 "ratio_bound": e.get("ratio_bound"), "n": e.get("interval_defined"),
+                 "replicates": e.get("interval_replicates")}
         lines.append(f"| {name} | {seeds} | {e['steps']} | {e['final_metric']:.4f} | {e['total_flops']:.3e} | "
-                     f"{_fmt(e['flops_to_target'], '.3e', 'not reached')} | {format_ratio(e['ratio_value'])} | "
-                     f"{format_ratio(lo)}-{format_ratio(hi)} | {_fmt(e['seconds_to_target'], '.1f', 'not reached')} | "
+                     f"{_fmt(e['flops_to_target'], '.3e', 'not reached')} | {ratio_cell(entry)} | "
+                     f"{interval_cell(entry)} | {_fmt(e['seconds_to_target'], '.1f', 'not reached')} | "
                      f"{_fmt(e['ratio_seconds'], '.2f')} | {e.get('note', '')} |")
     return lines + [""]
 
@@ -257,8 +355,9 @@ def sweep_section(result: dict, image: str) -> list[str]:
              "batch; wall-clock: training seconds); the compute ratio is at matched metric (the baseline's final), "
              "with its bootstrap interval. Head share: the MLM head's FLOPs in a mini step (analytic, expected "
              "masking); it does not shrink with k. Plug gap: the MLM loss the embeddings lose in the full model "
-             "beyond what the baseline's lose (study.md's plug-gap table). A compute ratio of 0.00: not reached; "
-             "n/a: the baseline reached its target at 0 FLOPs (its final metric no better than its start), so no ratio is meaningful.",
+             "beyond what the baseline's lose (study.md's plug-gap table). A compute ratio < x: not reached within "
+             "the arm's budget (a bound); no ratio (target met at the start): the baseline's start already meets its "
+             "final metric, so no ratio is meaningful. n: the bootstrap replicates that define the interval.",
              "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for p in sorted(result["points"], key=lambda p: (p["vocab"], p["k"])):
@@ -266,10 +365,8 @@ def sweep_section(result: dict, image: str) -> list[str]:
                  f"{p['step_seconds_ratio']:.2f}", f"{100 * p['head_share']:.0f}%"]
         for m in metrics:
             e = p[m]
-            lo, hi = e["interval"]
             cells += [_num(e["steps_to_target"], ".0f") if e["steps_to_target"] is not None else "not reached",
-                      format_ratio(e["ratio"]), f"{format_ratio(lo)}-{format_ratio(hi)}",
-                      _num(e["wallclock_ratio"], ".2f")]
+                      ratio_cell(e), interval_cell(e), _num(e["wallclock_ratio"], ".2f")]
         cells += [_num(p.get("plug_gap"), "+.2f")] if gap else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", f"![sweep]({image})", ""]
@@ -293,9 +390,11 @@ def plot_sweep(result: dict, path: Path) -> Path:
         ks, size = [p["k"] for p in pts], pts[0]["vocab_size"] if pts else v
         color = None
         for metric in metrics:
-            ratio = [_finite(p[metric]["ratio"]) for p in pts]
-            lo = [r - _finite(p[metric]["interval"][0], r) for r, p in zip(ratio, pts)]
-            hi = [_finite(p[metric]["interval"][1], r) - r for r, p in zip(ratio, pts)]
+            # A censored ratio (not reached, at 0 FLOPs) or none is not a point on the plot.
+            ratio = [_finite(p[metric]["ratio"]) if outcome(p[metric]) == "ratio" else math.nan for p in pts]
+            ends = [p[metric]["interval"] if _shows_interval(p[metric]) else [None, None] for p in pts]
+            lo = [r - _finite(e[0], r) for r, e in zip(ratio, ends)]  # not reached (0): the bar goes to 0
+            hi = [_finite(e[1], r) - r for r, e in zip(ratio, ends)]
             line = left.errorbar(ks, ratio, yerr=[lo, hi], marker=markers[metric], capsize=3, color=color,
                                  label=f"V={size}: compute ratio at matched {MATCHED_AT.get(metric, metric)}")
             color = line[0].get_color()
@@ -308,7 +407,7 @@ def plot_sweep(result: dict, path: Path) -> Path:
         right.plot(ks, [100 * p["head_share"] for p in pts], marker="s", color=color, label=f"V={size}: head share")
     left.axhline(1.0, color="k", lw=0.8)
     left.set(xlabel="k (frozen bottom layers of the mini-model)", ylabel="full / mini",
-             title="saving against k (error bars: 95% bootstrap)")
+             title=f"saving against k (error bars: {round(100 * _level(result)):d}% bootstrap)")
     right.set(xlabel="k", ylabel="MLM head's share of a mini step (%)", title="what does not shrink with k")
     steps_axis.set_ylabel("mini steps to the baseline's final metric (dashed)")
     for ax in (left, right):
