@@ -14,6 +14,16 @@ A cipher language (English in Cyrillic letters, ds_minimodel/data/cipher.py), wi
 
 Both write known_rows.json (target id -> its correct source id) beside the tokenizer.
 
+A language outside the built-in table, from a verse-aligned Bible of your own (USFM: a file or a
+directory of book files; or a TSV of book, chapter, verse, text), under a code of your choosing:
+
+    python launchers/prepare_data.py --bible-file my_bible.usfm --language xx-test --out data/bible-xx-test \
+        --vocab-size 8000
+
+One document per chapter and the same held-out chapters as the recipes; index.json records the file
+(path, sha256), and a pack adapted on it carries that record, so transfer evaluation scores the
+language on the file's held-out verses (ds_minimodel/data/user_bible.py).
+
 Text files hold one document per non-empty line; a `datasets` dataset one document per row.
 The Bible recipes hold out evaluation chapters (see ds_minimodel/data/recipes.py) from every split.
 """
@@ -36,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--recipe", choices=sorted(BIBLE_RECIPES), help="a built-in offline corpus")
     src.add_argument("--text", nargs="+", metavar="FILE", help="UTF-8 text files, one document per line")
     src.add_argument("--hf-dataset", metavar="DIR", help="a datasets.Dataset saved with save_to_disk")
+    src.add_argument("--bible-file", metavar="PATH",
+                     help="a verse-aligned Bible of your own: USFM (a file, or a directory of .usfm/.sfm files) or "
+                          "TSV (book, chapter, verse, text); needs --language")
+    p.add_argument("--language", metavar="CODE",
+                   help="with --bible-file: its language's code, outside the built-in table (e.g. xx-test); "
+                        "adapt.language and the packs then use it")
     p.add_argument("--text-column", default="text", help="column of --hf-dataset holding the text")
     p.add_argument("--out", required=True, help="dataset directory to create (must be absent or empty)")
     tok = p.add_mutually_exclusive_group(required=True)
@@ -93,7 +109,7 @@ def main(argv=None) -> int:
                         valid_fraction=args.valid_fraction, max_chars=args.max_chars, seed=args.seed,
                         overwrite=args.overwrite, model_type=args.model_type, num_threads=args.threads,
                         layout=layout, vocab_limit=args.vocab_limit, cipher_tokenizer=args.cipher_tokenizer,
-                        known_rows_from=args.known_rows_from)
+                        known_rows_from=args.known_rows_from, bible_file=args.bible_file, language=args.language)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

