@@ -3,13 +3,29 @@ and test set; compare.py), then per method and metric the geometric mean of the 
 ratios, with a percentile interval from their bootstrap replicates.
 
 Why the geometric mean: the ratios are multiplicative (2x in one language and 0.5x in another
-average to 1x, not 1.25x), and it keeps the study's censored values meaningful: a language where
-the method never reached the target (ratio 0) makes the average 0, one reached at initialisation
-(inf) makes it inf, and both at once leave it undefined.
+average to 1x, not 1.25x).
 
-Why the interval is valid: each language's replicates resample its own runs and test examples,
-independent of every other language's, so replicate b of every language together is one draw of
-the product distribution; the geometric mean of each such draw is a replicate of the average.
+Censored languages. A language where the method never reached the target has a bound, not a
+ratio (below the baseline's FLOPs over the method's whole budget): the mean is then a bound too,
+the geometric mean with each such language at its bound, and says so. A language where the
+method reached the target at 0 FLOPs (no finite ratio) leaves the mean unbounded: no value. A
+language with no ratio at all (the target met at the start, or a baseline that never reached it),
+or both kinds of censoring at once, leaves it undefined: no value, and the reason.
+
+The interval. In replicate b, the geometric mean of every language's replicate b, with the
+censored values ordered at their ends (not reached 0, at 0 FLOPs inf); a replicate where one
+language is 0 and another inf, or any is undefined, is undefined. Undefined replicates are
+counted, never dropped silently: the interval is over the n of N that are defined, says so, and
+is not given under 90% of them, nor where the estimate itself is undefined.
+
+Why replicate b of every language together is one draw of the product distribution: each study
+resampled its own runs and test examples from its own bootstrap stream, derived from its target
+language and its --bootstrap-seed (compare.bootstrap_stream, recorded in study.json), so the
+languages' replicates are independent. Studies written before the streams were derived per
+language all drew from --bootstrap-seed 0 (the same resampling matrices wherever seeds and test
+sets have the same sizes): they record no stream and are refused, as are studies whose streams
+coincide and studies whose interval level or target (fraction, baseline_at, fit, init point)
+differ, which would average different quantities.
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ds_minimodel.analysis.study.bootstrap import percentile_interval
+from ds_minimodel.analysis.study.matching import MIN_DEFINED, interval_withheld
 from ds_minimodel.errors import UserError
 
 
@@ -37,10 +54,77 @@ def geometric_mean(values) -> np.ndarray | float:
         return np.exp(np.log(v).mean(axis=-1))
 
 
-def average_studies(studies: dict[str, dict], level: float = 0.95) -> dict:
+def _named(studies: dict, langs) -> str:
+    return ", ".join(f"{lang} ({studies[lang].get('_path') or 'study.json'})" for lang in langs)
+
+
+def _differ(studies: dict, what: str, values: dict) -> str | None:
+    if len({repr(v) for v in values.values()}) == 1:
+        return None
+    return f"the studies differ in {what}: " + ", ".join(f"{lang} {v}" for lang, v in values.items())
+
+
+def comparability_problems(studies: dict[str, dict], metrics: list[str]) -> list[str]:
+    """Why these studies' ratios and replicates cannot be averaged (the module docstring)."""
+    problems = []
+    streams = {lang: (s.get("bootstrap_stream") or {}).get("stream") for lang, s in studies.items()}
+    missing = [lang for lang, v in streams.items() if v is None]
+    if missing:
+        problems.append(f"{_named(studies, missing)} record no bootstrap stream (written when every language drew "
+                        "from the same --bootstrap-seed: run them again, the scores are cached)")
+    by_stream: dict[int, list[str]] = {}
+    for lang, v in streams.items():
+        if v is not None:
+            by_stream.setdefault(v, []).append(lang)
+    for langs in by_stream.values():
+        if len(langs) > 1:
+            problems.append(f"{_named(studies, langs)} drew their replicates from one bootstrap stream: they are "
+                            "not independent (give each its own --bootstrap-seed)")
+    checks = [("level", {lang: s.get("level") for lang, s in studies.items()}),
+              ("include_init", {lang: s.get("include_init_point") for lang, s in studies.items()})]
+    for metric in metrics:
+        for key in ("fraction", "baseline_at", "fit"):
+            checks.append((f"{key} at {metric}",
+                           {lang: s["metrics"][metric]["matched"].get(key) for lang, s in studies.items()}))
+    problems += [p for p in (_differ(studies, what, values) for what, values in checks) if p]
+    return problems
+
+
+def mean_over_languages(per_language: dict[str, dict]) -> dict:
+    """The estimate of the mean from each language's outcome (the module docstring): "ratio", a
+    bound ("not_reached", with ratio_bound), "at_zero_flops" (unbounded) or "undefined"."""
+    by = {}
+    for lang, p in per_language.items():
+        by.setdefault(p["outcome"], []).append(lang)
+    none = [lang for o, langs in by.items() if o not in ("ratio", "not_reached", "at_zero_flops") for lang in langs]
+    if none:
+        reasons = sorted({per_language[lang]["outcome"] for lang in none})
+        from ds_minimodel.analysis.study.render import NO_RATIO
+
+        why = "; ".join(f"{NO_RATIO.get(o, o)} in {', '.join(l for l in none if per_language[l]['outcome'] == o)}"
+                        for o in reasons)
+        return {"outcome": "undefined", "ratio": math.nan, "ratio_bound": None, "why": why}
+    low, high = by.get("not_reached", []), by.get("at_zero_flops", [])
+    if low and high:
+        return {"outcome": "undefined", "ratio": math.nan, "ratio_bound": None,
+                "why": f"not reached in {', '.join(low)}, reached at 0 FLOPs in {', '.join(high)}"}
+    if high:
+        return {"outcome": "at_zero_flops", "ratio": math.inf, "ratio_bound": None,
+                "why": f"reached at 0 FLOPs in {', '.join(high)}"}
+    if low:
+        bounds = [per_language[lang]["ratio_bound"] if lang in low else per_language[lang]["ratio"]
+                  for lang in per_language]
+        bound = None if any(b is None for b in bounds) else float(geometric_mean(bounds))
+        return {"outcome": "not_reached", "ratio": 0.0, "ratio_bound": bound,
+                "why": f"not reached in {', '.join(low)}"}
+    return {"outcome": "ratio", "ratio": float(geometric_mean([p["ratio"] for p in per_language.values()])),
+            "ratio_bound": None}
+
+
+def average_studies(studies: dict[str, dict], level: float | None = None) -> dict:
     """{language: its study.json} -> {"languages", "level", "methods": {method: {metric: {"ratio",
-    "interval", "per_language": {language: {"ratio", "interval"}}}}}}: every method and metric that
-    every study has."""
+    "outcome", "ratio_bound", "why", "interval", "n", "replicates", "per_language": {language: ...}}}}}:
+    every method and metric that every study has, at the studies' own level (`level` must agree)."""
     if len(studies) < 2:
         raise UserError("an average over languages needs the studies of at least two languages")
     first = next(iter(studies.values()))
@@ -52,6 +136,11 @@ def average_studies(studies: dict[str, dict], level: float = 0.95) -> dict:
     methods = [n for n in first["summary"] if all(n in s["summary"] for s in studies.values())]
     if not methods:
         problems.append("no mini-model method is in every study")
+    problems += comparability_problems(studies, metrics)
+    study_level = first.get("level")
+    if level is not None and study_level is not None and level != study_level:
+        problems.append(f"the studies' intervals are at {study_level}, not {level}")
+    level = study_level if study_level is not None else (level or 0.95)
     replicates = {}
     for lang, s in studies.items():
         for metric in metrics:
@@ -65,7 +154,7 @@ def average_studies(studies: dict[str, dict], level: float = 0.95) -> dict:
     if len({len(r) for r in replicates.values()}) > 1:
         problems.append("the studies drew different numbers of bootstrap replicates (--bootstrap)")
     if problems:
-        raise UserError("; ".join(dict.fromkeys(problems)))
+        raise UserError("--average: " + "; ".join(dict.fromkeys(problems)))
     out = {}
     for name in methods:
         out[name] = {}
@@ -73,52 +162,65 @@ def average_studies(studies: dict[str, dict], level: float = 0.95) -> dict:
             per_language = {}
             for lang, s in studies.items():
                 m = s["metrics"][metric]["matched"]["methods"][name]
-                per_language[lang] = {"ratio": _as_float(m["ratio_value"]),
-                                      "interval": [_as_float(x) for x in m["interval_flops"]],
+                ratio = _as_float(m["ratio_value"])
+                per_language[lang] = {"ratio": ratio, "outcome": m.get("outcome") or _outcome_of(ratio),
+                                      "ratio_bound": m.get("ratio_bound"), "interval": m.get("interval_flops"),
+                                      "n": m.get("interval_defined"), "replicates": m.get("interval_replicates"),
                                       "final_metric": m["final_metric"]}
             stacked = np.stack([replicates[lang, metric, name] for lang in studies], axis=1)  # [B, languages]
-            lo, hi = percentile_interval(geometric_mean(stacked), level)
-            out[name][metric] = {"ratio": float(geometric_mean([p["ratio"] for p in per_language.values()])),
-                                 "interval": [lo, hi], "per_language": per_language}
+            means = geometric_mean(stacked)
+            defined, total = int((~np.isnan(means)).sum()), len(means)
+            entry = {**mean_over_languages(per_language), "n": defined, "replicates": total, "interval": None}
+            if interval_withheld(defined, total):
+                entry["interval_note"] = (f"only n = {defined} of {total} replicates define a ratio "
+                                          f"(under {MIN_DEFINED:.0%})")
+            elif entry["outcome"] != "undefined":
+                entry["interval"] = list(percentile_interval(means, level))
+            out[name][metric] = {**entry, "per_language": per_language}
     return {"languages": list(studies), "level": level, "baseline": next(iter(baselines.values())),
             "metric": first["metric"], "methods": out,
             "studies": {lang: s.get("_path", "") for lang, s in studies.items()}}
 
 
+def _outcome_of(ratio: float) -> str:
+    return "undefined" if math.isnan(ratio) else "at_zero_flops" if math.isinf(ratio) else \
+        "not_reached" if ratio == 0 else "ratio"
+
+
 def markdown(result: dict) -> list[str]:
-    from ds_minimodel.analysis.study.render import MATCHED_AT, format_ratio as fmt
+    from ds_minimodel.analysis.study.render import MATCHED_AT, interval_cell, ratio_cell
 
     pct = round(result["level"] * 100)
     langs = result["languages"]
     lines = [f"# Compute-budget study averaged over {len(langs)} languages ({', '.join(langs)})", "",
              f"Per method: the geometric mean over languages of the compute ratio at matched metric (each language's "
              f"study: its own runs against the standard baseline `{result['baseline']}`), with a {pct}% percentile "
-             "interval over the languages' bootstrap replicates together; then each language's own ratio and "
-             "interval.", ""]
+             "interval over the languages' bootstrap replicates together (n: the replicates whose mean is defined; "
+             f"none under {MIN_DEFINED:.0%}); then each language's own ratio and interval. A language where the "
+             "method never reached the target has a bound (<), and makes the mean a bound; one where it reached it "
+             "at 0 FLOPs leaves the mean without a finite value; one with no ratio leaves it undefined.", ""]
     for name, per_metric in result["methods"].items():
         for metric, e in per_metric.items():
             at = MATCHED_AT.get(metric, metric)
-            lines += [f"## {name} at matched {at}: **{fmt(e['ratio'])}** ({pct}% interval "
-                      f"{fmt(e['interval'][0])}-{fmt(e['interval'][1])})", "",
+            lines += [f"## {name} at matched {at}: **{ratio_cell(e)}** ({pct}% interval {interval_cell(e)})", "",
                       "| language | compute ratio | interval | method's final metric |", "| --- | --- | --- | --- |"]
             for lang, p in e["per_language"].items():
-                lines.append(f"| {lang} | {fmt(p['ratio'])} | {fmt(p['interval'][0])}-{fmt(p['interval'][1])} | "
-                             f"{p['final_metric']:.4f} |")
+                lines.append(f"| {lang} | {ratio_cell(p)} | {interval_cell(p)} | {p['final_metric']:.4f} |")
             lines.append("")
     return lines
 
 
 def summary_lines(result: dict) -> list[str]:
     """The study's line per method, at every metric, the transfer metric last."""
-    from ds_minimodel.analysis.study.render import ratio_line
+    from ds_minimodel.analysis.study.render import _ratio_phrase
 
     primary = result["metric"]
     out = []
     for name, per_metric in result["methods"].items():
         for metric in sorted(per_metric, key=lambda m: m == primary):
-            e = per_metric[metric]
-            line = ratio_line(name, {"ratio": e["ratio"], "interval": e["interval"]}, metric, result["level"])
-            out.append(f"{line} (geometric mean over {len(result['languages'])} languages)")
+            phrase = _ratio_phrase(per_metric[metric], metric, result["level"],
+                                   f" (geometric mean over {len(result['languages'])} languages)")
+            out.append(f"study {name}: {phrase}")
     return out
 
 

@@ -178,7 +178,8 @@ def ratio_cell(entry: dict) -> str:
         return format_ratio(entry["ratio"])
     if o == "not_reached":
         bound = entry.get("ratio_bound")
-        return f"< {bound:.2f} (not reached)" if bound is not None else "not reached"
+        why = f"a bound: {entry['why']}" if entry.get("why") else "not reached"
+        return f"< {bound:.2f} ({why})" if bound is not None else why
     if o == "at_zero_flops":
         return "reached at 0 FLOPs"
     return f"no ratio ({entry.get('why') or NO_RATIO.get(o, o)})"
