@@ -54,6 +54,11 @@ def _adapt_curves(run_dir: Path) -> dict:
             "valid": [(r["step"], r.get("valid_final_loss")) for r in evals]}
 
 
+def _rate(v) -> str:
+    """A rate for the report; "?" where it was not recorded (a made-up 0.000 would read as measured)."""
+    return "?" if v is None else f"{v:.3f}"
+
+
 def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, methods: tuple[str, ...],
                     prep: dict[str, str] | None = None, regular: str | Path | None = None) -> Path:
     """report.md + adaptation.png + transfer.png for a finished pipeline directory.
@@ -91,14 +96,15 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     fig.savefig(work / "adaptation.png", dpi=110)
     plt.close(fig)
 
-    chance = cls["chance_majority"].get("majority", 0.0)
+    chance = cls["chance_majority"].get("majority")  # None when transfer.json lacks it: shown "?", not 0.0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     xs = range(len(methods))
     acc = [by_method[m][1]["accuracy"] for m in methods]
     ctl = [by_method[m][1]["control_accuracy"] for m in methods]
     axes[0].bar([x - 0.2 for x in xs], acc, 0.4, label="adapted embeddings")
     axes[0].bar([x + 0.2 for x in xs], ctl, 0.4, label="random embeddings (control)")
-    axes[0].axhline(chance, color="k", ls="--", lw=1, label="chance (majority class)")
+    if chance is not None:
+        axes[0].axhline(chance, color="k", ls="--", lw=1, label="chance (majority class)")
     axes[0].axhline(cls["source"]["accuracy"], color="g", ls=":", lw=1, label="English (source)")
     axes[0].set(title=f"verse genre, zero-shot {name}", ylabel="accuracy", xticks=list(xs), xticklabels=methods)
     rpacks = {v["method"]: v for v in ret["packs"].values()}
@@ -122,7 +128,7 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
              f"Pretrained model: `{pretrain}`. Each method trains {name} embeddings for the same number "
              f"of steps ({curves['full']['step'][-1]}), then they are plugged into the same English-fine-tuned model.",
              "", f"English (source) accuracy: **{cls['source']['accuracy']:.3f}**; chance (majority class): "
-             f"{chance:.3f}.", "",
+             f"{_rate(chance)}.", "",
              f"| method | {name} accuracy | control (random emb.) | vs control (points) | vs full (points) | "
              "retrieval top-1 | MRR | control top-1 | step-2 train time (s) | speedup vs full | step-2 FLOPs | "
              f"final {short} MLM loss | one-time prep (s) |",
@@ -267,7 +273,7 @@ def languages_report(work: str | Path, pretrain: str | Path, timings: dict, meth
              f"({curves[base]['step'][-1]} steps, each step one batch of every language); the packs are "
              "plugged into the same English-fine-tuned model.", "",
              f"English (source) accuracy: **{cls['source']['accuracy']:.3f}**; chance (majority class): "
-             f"{cls['chance_majority'].get('majority', 0.0):.3f}.", "",
+             f"{_rate(cls['chance_majority'].get('majority'))}.", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     per_language = {}
     for c in languages:
@@ -297,7 +303,8 @@ def languages_report(work: str | Path, pretrain: str | Path, timings: dict, meth
     for i, m in enumerate(methods):
         ax.bar([x + (i - (len(methods) - 1) / 2) * width for x in range(len(languages))],
                [per_language[c][m] for c in languages], width, label=m)
-    ax.axhline(cls["chance_majority"].get("majority", 0.0), color="k", ls="--", lw=1, label="majority class")
+    if cls["chance_majority"].get("majority") is not None:
+        ax.axhline(cls["chance_majority"]["majority"], color="k", ls="--", lw=1, label="majority class")
     ax.set(title="verse genre, zero-shot transfer from English", ylabel="accuracy",
            xticks=list(range(len(languages))), xticklabels=languages)
     ax.legend(fontsize=8)

@@ -4,7 +4,9 @@ MiniJoint trains a second MLM head at a middle layer during pretraining, so the 
 may change. For each fine-tuned model the study scores through, this reads its pretraining run
 (FLOPs, final validation MLM loss of the last layer's head, whether it had a mid head) and its
 English (source) test accuracy, per example; a model with a mid head is compared with the one
-without on the same test examples (paired difference and its standard error)."""
+without on the same test examples (paired difference and its standard error: the sampling of test
+examples for these two models, one pretraining and one fine-tuning each, not seed-to-seed
+variation)."""
 
 from __future__ import annotations
 
@@ -72,7 +74,9 @@ def markdown(comparison: dict | None) -> list[str]:
     lines = ["## What the mid head costs the full model", "",
              "Each model the packs were scored through: its pretraining and its English (source) test accuracy "
              "after the same fine-tuning. vs the model without a mid head: paired on the same test examples, "
-             "± one standard error, * beyond two.", "",
+             "± one standard error, * beyond two. The ± covers test-example sampling only, of one model each (one "
+             "pretraining and one fine-tuning seed per model): it is not the mid head's cost across seeds, which "
+             "would need several pretrainings of each.", "",
              "| fine-tuned model | mid head at layer | pretraining steps | pretraining FLOPs | final validation MLM "
              "loss | English accuracy | vs no mid head (points) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
