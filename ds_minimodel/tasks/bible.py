@@ -19,6 +19,11 @@ folded into its neighbour) is dropped from that language's test set only, and co
 builds the test set of any further language on demand (`TaskData.test_in`), which is how
 transfer evaluation picks the language of each pack.
 
+A cipher language ("en-cipher", "sw-cipher": data/cipher.py) is a target language like any
+other: its text is its plain language's verse-aligned text, ciphered (for English the KJV), so
+its test verses are the plain language's test verses letter for letter, and the plain
+language's accuracy is the ceiling of its transfer.
+
 The held-out chapters are `recipes.heldout_chapters(HELDOUT_SEED, HELDOUT_FRACTION)`, the same
 chapters every Bible corpus recipe drops, so no test verse is seen in pretraining, adaptation
 or fine-tuning, in any language. `seed` only changes which training verses are sampled and
