@@ -217,6 +217,10 @@ def test_prepare_data_with_the_ciphered_tokenizer_and_with_known_rows(tokenizers
     assert main(["--recipe", "bible-en", "--out", str(tmp_path / "no"), "--cipher-tokenizer", source.path]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--cipher-tokenizer is for a cipher language's recipe" in err and "'en'" in err
+    missing = tmp_path / "no-such-dir"
+    assert main(["--recipe", "bible-en-cipher", "--out", str(tmp_path / "no"), "--known-rows-from", str(missing),
+                 "--vocab-size", "200"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: source tokenizer {missing} does not exist"
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,12 +32,14 @@ from ds_minimodel.tokenizers.cipher import (
 )
 
 
-def check_cipher_recipe(language: str | None, option: str) -> None:
-    """The cipher options need a cipher language's recipe (`bible-<code>-cipher`)."""
+def check_cipher_recipe(language: str | None, option: str, source: str) -> None:
+    """The cipher options need a cipher language's recipe (`bible-<code>-cipher`) and a source
+    tokenizer that exists (checked before the slow part)."""
     if not language or not cipher.is_cipher_code(language):
         raise UserError(f"{option} is for a cipher language's recipe (--recipe bible-<code>{cipher.CIPHER_SUFFIX}, "
                         f"e.g. bible-en{cipher.CIPHER_SUFFIX}); this corpus is "
                         f"{'of language ' + repr(language) if language else 'not a Bible recipe'}")
+    source_model_path(source)
 
 
 def ciphered_source_tokenizer(source: str, tmp: str, verses: Iterable[str], seed: int, num_threads: int,

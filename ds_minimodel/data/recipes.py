@@ -592,7 +592,8 @@ def prepare_dataset(out: str, *, recipe: str | None = None, text_files: list[str
                                 "writes the known rows of its own")
     if cipher_tokenizer or known_rows_from:
         code = BIBLE_SUBSETS.get(recipe, (recipe.removeprefix("bible-"),))[0] if recipe in BIBLE_RECIPES else None
-        cipher_prep.check_cipher_recipe(code, "--cipher-tokenizer" if cipher_tokenizer else "--known-rows-from")
+        cipher_prep.check_cipher_recipe(code, "--cipher-tokenizer" if cipher_tokenizer else "--known-rows-from",
+                                        cipher_tokenizer or known_rows_from)
     if max_chars is not None and max_chars < 1:
         raise InvalidValueError(f"--max-chars {max_chars} must be positive")
     # Fail before the slow part, not after it (write_shards checks again).
