@@ -98,10 +98,9 @@ def cbow_cost(documents, words: list[str], settings: dict | None = None, seed: i
     vocab = counts >= s["minCount"]
     in_vocab = int(counts[vocab].sum())
     if in_vocab == 0:
-        return {"flops": 0.0, "passes": 0.0, "updates": 0.0, "tokens": ntokens}
-    freq = counts / ntokens
-    with np.errstate(divide="ignore"):
-        keep_p = np.where(counts > 0, np.sqrt(s["t"] / np.maximum(freq, 1e-300)) + s["t"] / np.maximum(freq, 1e-300), 0)
+        return {"flops": 0.0, "passes": 0.0, "updates": 0.0, "tokens": ntokens, "words": 0}  # fastText refuses this
+    t_over_f = np.divide(s["t"] * ntokens, counts, out=np.zeros(len(counts)), where=counts > 0)
+    keep_p = np.sqrt(t_over_f) + t_over_f  # fastText's pdiscard: a token is kept when a uniform draw is below it
     rows = 1 + np.array([ngram_count(w, int(s["minn"]), int(s["maxn"])) for w in words] + [0], dtype=np.float64)
 
     # One pass: every line's in-vocabulary tokens (with its "</s>"), cut into getLine's lines.
