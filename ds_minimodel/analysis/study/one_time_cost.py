@@ -65,7 +65,9 @@ def with_one_time_costs(methods: dict[str, MethodScores], costs: dict[str, dict]
     FLOP curve (and wall-clock curve where every seed recorded its seconds). `match` is the study's
     own: (matched_compute's result, bootstrap_ratios' result) for a set of MethodScores, so the
     ratio and interval are found exactly as for the curves without the cost (the same bootstrap
-    seed draws the same replicates)."""
+    seed draws the same replicates), and the interval is kept or withheld by compare's rule."""
+    from ds_minimodel.analysis.study.compare import attach_bootstrap  # here: compare imports this module
+
     costs = {name: c for name, c in costs.items() if name in methods}
     if not costs:
         return {}
@@ -78,9 +80,10 @@ def with_one_time_costs(methods: dict[str, MethodScores], costs: dict[str, dict]
         shifted[name] = dataclasses.replace(m, flops=m.flops + add_flops,
                                             seconds=m.seconds + (0.0 if None in secs else add_seconds))
     matched, boot = match(shifted)
+    attach_bootstrap(matched, boot)
     out = {}
     for name, c in costs.items():
-        e, b = matched["methods"][name], boot["methods"][name]
+        e = matched["methods"][name]
         seconds = _mean(c["seconds"].values())
         note = e.get("note", "")
         if e.get("outcome", "ratio") == "ratio" and e["at_first_point"] and methods[name].tags[0] == INIT_TAG:
@@ -90,9 +93,9 @@ def with_one_time_costs(methods: dict[str, MethodScores], costs: dict[str, dict]
                      "reached": e["reached"], "outcome": e.get("outcome"), "ratio_bound": e.get("ratio_bound"),
                      "total_flops": e["total_flops"], "flops_to_target": e["flops_to_target"],
                      "seconds_to_target": e["seconds_to_target"] if seconds is not None else None,
-                     "ratio": e["ratio_value"], "interval": b["interval"],
-                     "ratio_seconds": e["ratio_seconds"] if seconds is not None else None, "note": note,
-                     "bootstrap": {k: v for k, v in b.items() if not isinstance(v, np.ndarray)}}
+                     "ratio": e["ratio_value"], "interval": e["interval_flops"], "n": e["interval_defined"],
+                     "replicates": e["interval_replicates"], "interval_note": e.get("interval_note"),
+                     "ratio_seconds": e["ratio_seconds"] if seconds is not None else None, "note": note}
     return out
 
 
@@ -115,7 +118,7 @@ def _outcome(entry: dict) -> str:
 def _interval(entry: dict) -> str:
     iv = entry.get("interval")
     if not iv or iv[0] is None or entry.get("outcome", "ratio") != "ratio":
-        return "no interval"
+        return f"no interval: {entry['interval_note']}" if entry.get("interval_note") else "no interval"
     return f"{format_ratio(iv[0])}-{format_ratio(iv[1])}"
 
 
@@ -124,9 +127,7 @@ def ratio_lines(result: dict) -> list[str]:
     level, out = result["level"], []
     for metric, study in result["metrics"].items():
         for name, e in (study.get("one_time_cost") or {}).items():
-            b = e.get("bootstrap") or {}
-            n = f"; n = {b['replicates'] - b['undefined']} of {b['replicates']} replicates" \
-                if "replicates" in b and "undefined" in b else ""
+            n = f"; n = {e['n']} of {e['replicates']} replicates" if e.get("replicates") else ""
             seconds = "" if e["cost_seconds"] is None else f", {e['cost_seconds']:.1f} s"
             out.append(f"study {name} with its one-time cost ({e['init']}: {e['cost_flops']:.3e} FLOPs{seconds}): "
                        f"{_outcome(e)} ({round(level * 100):d}% interval {_interval(e)}{n}) at matched "
