@@ -21,7 +21,6 @@ What is checked, each against something independent of the code under test:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import string
 import unicodedata
@@ -37,7 +36,7 @@ from ds_minimodel.config import ModelConfig
 from ds_minimodel.data import cipher
 from ds_minimodel.data.masking import mask_tokens
 from ds_minimodel.data.recipes import english_verses
-from ds_minimodel.errors import InvalidValueError, UserError
+from ds_minimodel.errors import InvalidValueError
 from ds_minimodel.model import MLMEncoder, SequenceClassifier
 from ds_minimodel.steps.adapt.common import select_body
 from ds_minimodel.steps.transfer import plugged_model
@@ -200,6 +199,8 @@ def test_prepare_data_with_the_ciphered_tokenizer_and_with_known_rows(tokenizers
     tok = load_tokenizer(str(out / "tokenizer.model"))
     rows = read_known_rows(out, tok)
     assert len(rows) == VOCAB - 5
+    vocab = (out / "tokenizer.vocab").read_text(encoding="utf-8").splitlines()
+    assert len(vocab) == VOCAB and vocab[7].split("\t")[0] == tok.piece(7)  # the readable listing, as trained ones
     # The shards, read back through the id map, are the source's tokens of the plain text.
     ids = [int(i) for i in np.fromfile(out / "train.bin", dtype=np.uint16)[:400]]  # uint16: a vocabulary < 65535
     from ds_minimodel.data.recipes import bible_recipe

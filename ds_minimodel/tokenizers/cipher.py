@@ -92,6 +92,9 @@ def cipher_sentencepiece(source_path: str, out_path: str, seed: int | None = 0) 
     with open(out_path, "wb") as f:
         f.write(proto.SerializeToString())
     tok = SentencePieceTokenizer.load(out_path)
+    with open(os.path.splitext(out_path)[0] + ".vocab", "w", encoding="utf-8") as f:  # for reading, as trained ones
+        for piece in proto.pieces:
+            f.write(f"{piece.piece}\t{piece.score:g}\n")
     assert tok.special_role_ids() == SentencePieceTokenizer.load(source_path).special_role_ids(), \
         "the ciphered model must keep the source's special ids"
     return id_map
