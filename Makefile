@@ -96,6 +96,27 @@ demo: install $(DEMO_DATA)/index.json
 		data.path=$(DEMO_DATA) train.out_dir=$(DEMO_RUN)
 	$(PY) launchers/summarize.py $(DEMO_RUN) --require-drop 0.5
 
+# The study's body (issue 25), built once per machine and reused by every study: MiniJoint
+# pretraining on three English Bibles (bible-en-body; the other three are the cipher language's
+# text), one process, train.engine=torch, resumable (run it again after an interruption), then
+# the body report: each head's distance below the unigram cross-entropy, and the gate a study
+# needs (final head >= 1 nat below). `make body-regular`: its twin without the mid head (the
+# paper's baseline body). Settings and pilot curves: configs/pretrain-body.yaml.
+BODY_DATA ?= data/bible-en-body
+BODY_RUN ?= runs/body
+BODY_REGULAR_RUN ?= runs/body-regular
+.PHONY: body body-regular
+$(BODY_DATA)/index.json: | install
+	$(PY) launchers/prepare_data.py --recipe bible-en-body --out $(BODY_DATA) --vocab-size 8000
+body: install $(BODY_DATA)/index.json
+	$(PY) launchers/pretrain.py --resume --config configs/pretrain-body.yaml \
+		data.path=$(BODY_DATA) train.out_dir=$(BODY_RUN)
+	$(PY) launchers/summarize.py $(BODY_RUN) --require-body-gate
+body-regular: install $(BODY_DATA)/index.json
+	$(PY) launchers/pretrain.py --resume --config configs/pretrain-body.yaml \
+		data.path=$(BODY_DATA) train.out_dir=$(BODY_REGULAR_RUN) model.mid_head_layer=null
+	$(PY) launchers/summarize.py $(BODY_REGULAR_RUN) --require-body-gate
+
 # The fault matrix (bench/faults.py): kills, a full disk, hung and killed hosts and every bad input,
 # each resume compared bit for bit; one summary line (docs/clusters-and-faults.md). Multi-node and
 # tmpfs scenarios need root.
