@@ -27,7 +27,7 @@ import numpy as np
 
 from ds_minimodel.analysis.study.bootstrap import MethodScores
 from ds_minimodel.analysis.study.runs import INIT_TAG, StudyRun, init_record
-from ds_minimodel.analysis.study.render import MATCHED_AT, format_ratio
+from ds_minimodel.analysis.study.render import interval_cell, point_phrase, ratio_cell, ratio_line
 
 ONE_TIME_INITS = ("focus",)  # adapt.init values with a one-time cost
 
@@ -99,27 +99,14 @@ def with_one_time_costs(methods: dict[str, MethodScores], costs: dict[str, dict]
     return out
 
 
-# study.md and the printed summary.
+# study.md and the printed summary, in the study's own words (render.py's phrases and cells).
 
-def _outcome(entry: dict) -> str:
-    """A matched entry's outcome in words (matching.py's outcomes; entries written before them
-    have only `reached`)."""
-    outcome = entry.get("outcome") or ("ratio" if entry["reached"] else "not_reached")
-    ratio = entry.get("ratio_value", entry.get("ratio"))
-    if outcome == "ratio":
-        return f"compute ratio {format_ratio(ratio)}"
-    if outcome == "not_reached":
-        bound = entry.get("ratio_bound")
-        below = f", ratio below {format_ratio(bound)}" if bound is not None else ""
-        return f"not reached within {entry['total_flops']:.3g} FLOPs{below}"
-    return f"no ratio ({entry.get('note') or outcome})"
-
-
-def _interval(entry: dict) -> str:
-    iv = entry.get("interval")
-    if not iv or iv[0] is None or entry.get("outcome", "ratio") != "ratio":
-        return f"no interval: {entry['interval_note']}" if entry.get("interval_note") else "no interval"
-    return f"{format_ratio(iv[0])}-{format_ratio(iv[1])}"
+def _without(study: dict, name: str) -> dict:
+    """The method's entry without the cost, in the form render's phrases read (compare.summarize's)."""
+    e = study["matched"]["methods"][name]
+    return {"ratio": e["ratio_value"], "interval": e.get("interval_flops"), "outcome": e.get("outcome"),
+            "ratio_bound": e.get("ratio_bound"), "total_flops": e.get("total_flops"), "n": e.get("interval_defined"),
+            "replicates": e.get("interval_replicates"), "interval_note": e.get("interval_note")}
 
 
 def ratio_lines(result: dict) -> list[str]:
@@ -127,11 +114,9 @@ def ratio_lines(result: dict) -> list[str]:
     level, out = result["level"], []
     for metric, study in result["metrics"].items():
         for name, e in (study.get("one_time_cost") or {}).items():
-            n = f"; n = {e['n']} of {e['replicates']} replicates" if e.get("replicates") else ""
             seconds = "" if e["cost_seconds"] is None else f", {e['cost_seconds']:.1f} s"
-            out.append(f"study {name} with its one-time cost ({e['init']}: {e['cost_flops']:.3e} FLOPs{seconds}): "
-                       f"{_outcome(e)} ({round(level * 100):d}% interval {_interval(e)}{n}) at matched "
-                       f"{MATCHED_AT.get(metric, metric)}; without it {_outcome(study['matched']['methods'][name])}")
+            costed = f"{name} with its one-time cost ({e['init']}: {e['cost_flops']:.3e} FLOPs{seconds})"
+            out.append(f"{ratio_line(costed, e, metric, level)}; without it: {point_phrase(_without(study, name))}")
     return out
 
 
@@ -140,18 +125,19 @@ def section(study: dict, level: float) -> list[str]:
     entries = study.get("one_time_cost") or {}
     if not entries:
         return []
-    m = study["matched"]
     rows = []
     for name, e in entries.items():
+        without = _without(study, name)
         seconds = "not recorded" if e["cost_seconds"] is None else f"{e['cost_seconds']:.1f}"
         with_seconds = "-" if e["ratio_seconds"] is None else f"{e['ratio_seconds']:.2f}"
-        rows.append(f"| {name} | {e['init']} | {e['cost_flops']:.3e} | {seconds} | {_outcome(m['methods'][name])} | "
-                    f"{_outcome(e)} | {_interval(e)} | {with_seconds} | {', '.join(e['source'])} |")
+        rows.append(f"| {name} | {e['init']} | {e['cost_flops']:.3e} | {seconds} | {ratio_cell(without)} | "
+                    f"{interval_cell(without)} | {ratio_cell(e)} | {interval_cell(e)} | {with_seconds} | "
+                    f"{', '.join(e['source'])} | {e['note']} |")
     pct = round(level * 100)
     return ["One-time cost: what a method spends once before its first step, which standard adaptation does not "
             "(FOCUS: training its fastText model on the target text and combining source rows; FLOPs estimated "
             "from fastText's CBOW updates, wall-clock measured). With it, the cost is added to every point of the "
             "method's curve and the ratio found again the same way.", "",
-            f"| method | init | one-time FLOPs | one-time wall-clock (s) | without it | with it | {pct}% "
-            "interval with it | wall-clock ratio with it | cost from |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
+            f"| method | init | one-time FLOPs | one-time wall-clock (s) | compute ratio without it | {pct}% interval "
+            f"| compute ratio with it | {pct}% interval | wall-clock ratio with it | cost from | note (with it) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
