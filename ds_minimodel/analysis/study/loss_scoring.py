@@ -15,6 +15,16 @@ on validation data.
 Units are the validation sequences: num = the summed cross-entropy of a sequence's masked
 tokens, den = how many it has, so that resampling sequences resamples the loss token-weighted,
 as `loop.evaluate_mlm` averages it.
+
+Their clusters (`clusters`, for the bootstrap) are the validation split's documents: one per
+chapter in the Bible recipes (index.json's meta "document"), so the sequences cut from one
+chapter are drawn together. A sequence is a window of the packed stream and may straddle two
+chapters (a chapter is ~800 tokens, a sequence 62-126): it belongs to the document holding most
+of its tokens (the earlier on a tie). Each unit must sit in exactly one cluster to be drawn with
+it, and the majority chapter is the one whose text dominates its loss; the correlation a
+straddling sequence keeps with its other chapter is a few tokens' worth. With few validation
+sequences there are few clusters (64 sequences of 62 tokens span ~5 chapters): the interval then
+says so, and its test-set part takes Student's t with C - 1 degrees of freedom.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ds_minimodel.analysis.study.bootstrap import UnitClusters
 from ds_minimodel.analysis.study.runs import StudyRun
 from ds_minimodel.analysis.study.scoring import Units, file_id
 from ds_minimodel.artefacts.langpack import PackInfo, check_compatible
@@ -36,6 +47,17 @@ from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, gather_masked
 from ds_minimodel.steps.adapt.common import select_body
 from ds_minimodel.steps.mlm_job import open_corpus
+
+
+def sequence_documents(tokens: np.ndarray, eos: int, sequences: int, body: int) -> np.ndarray:
+    """Per sequence i (the stream's tokens [i*body, (i+1)*body): loader._build_rows), the index of
+    the document holding most of its tokens, the earlier on a tie. Document j is the tokens after
+    the j-th `</s>` up to and including the next one (shards.py ends every document with one)."""
+    span = np.asarray(tokens[:sequences * body])
+    assert span.size == sequences * body
+    # The document of token t: how many </s> come before it.
+    doc = np.concatenate([[0], np.cumsum(span[:-1] == eos)]).reshape(sequences, body)
+    return np.array([w[0] + int(np.argmax(np.bincount(w - w[0]))) for w in doc], dtype=np.int64)
 
 
 @torch.no_grad()
@@ -72,6 +94,11 @@ class MLMLossScorer:
         self.batches = eval_batches(shards, "valid", seq_len, batch_size, math.ceil(sequences / batch_size), 0, 1,
                                     mask_seed, mask_prob)
         self.sequences = sum(int(b["input_ids"].shape[0]) for b in self.batches)
+        # The batches hold sequences 0 .. sequences-1 in order (one rank): their documents.
+        kind = shards.index.get("meta", {}).get("document")
+        docs = sequence_documents(shards.tokens("valid"), shards.index["special"]["eos"], self.sequences, seq_len - 2)
+        self._clusters = UnitClusters("chapter" if kind == "chapter" else f"document ({kind or 'unknown'})",
+                                      tuple(str(d) for d in docs))
         self.identity = {"metric": self.metric, "model": file_id(self.model_dir / "model.pt"),
                          "data": shards.fingerprint(), "sequences": self.sequences, "seq_len": seq_len,
                          "mask_prob": mask_prob, "mask_seed": mask_seed}
@@ -85,6 +112,10 @@ class MLMLossScorer:
         data = run.config.data
         return cls(run.config.adapt.model_dir, data.path, data.seq_len, data.mask_prob, sequences,
                    data.eval_batch_size, mask_seed)
+
+    def clusters(self, language: str) -> UnitClusters:
+        """Per validation sequence, its document (the module docstring); the same in every language."""
+        return self._clusters
 
     def references(self, language: str) -> dict:
         return {"validation_sequences": self.sequences,

@@ -3,7 +3,9 @@
 that makes a study resumable.
 
 Every scorer's `score` returns `Units`: a numerator and a denominator per unit, the metric over a
-set of units being sum(num) / sum(den) (bootstrap.py). A scorer says which way is better."""
+set of units being sum(num) / sum(den) (bootstrap.py). A scorer says which way is better, and
+`clusters(language)` says which units are correlated (bootstrap.UnitClusters, in unit order: the
+chapter of each test verse or verse pair), or None where it cannot tell."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ds_minimodel.analysis.study.bootstrap import UnitClusters
 from ds_minimodel.analysis.study.runs import (
     INIT_TAG,
     StudyRun,
@@ -62,6 +65,20 @@ class Units:
     @property
     def value(self) -> float:
         return float(self.num.sum() / self.den.sum())
+
+
+def verse_chapter(verse_id: str) -> str | None:
+    """"book.chapter" of a "book.chapter.verse" id (tasks/bible.verse_id); None for any other id
+    (XNLI's "en-123", PAWS-X's "17": examples that are not Bible verses)."""
+    parts = str(verse_id).split(".")
+    return f"{parts[0]}.{parts[1]}" if len(parts) == 3 and all(p.isdigit() for p in parts) else None
+
+
+def chapter_clusters(ids) -> UnitClusters | None:
+    """The chapters of verse ids, in order; None unless every id is a verse's (the bootstrap then
+    draws units one by one, and says so)."""
+    chapters = [verse_chapter(i) for i in ids]
+    return UnitClusters("chapter", tuple(chapters)) if chapters and None not in chapters else None
 
 
 def tensors_key(info: PackInfo, tensors: dict) -> str:
@@ -141,6 +158,10 @@ class AccuracyScorer:
         _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         return 1.0 / counts[inverse]
 
+    def clusters(self, language: str) -> UnitClusters | None:
+        """Per test example (test-set order, the subset scored), the chapter of its verse."""
+        return chapter_clusters([ex.id for ex in self._subset(self.task.test_in(language))])
+
     def _encode(self, info: PackInfo, tokenizer_path: str):
 
         key = (info.language, info.tokenizer_fingerprint)
@@ -201,6 +222,10 @@ class RetrievalScorer:
             self._pairs[language] = verse_retrieval_pairs("heldout", max_pairs=self.max_pairs, language=language)
         return self._pairs[language]
 
+    def clusters(self, language: str) -> UnitClusters | None:
+        """Per verse pair (the units' order), its chapter."""
+        return chapter_clusters([p.id for p in self.pairs_for(language)])
+
     def references(self, language: str) -> dict:
         pairs = self.pairs_for(language)
         dropped = len(self.sample) - len(pairs)
@@ -253,6 +278,9 @@ class ByBody:
 
     def balanced_weights(self, language: str) -> np.ndarray:
         return self.scorers[0].balanced_weights(language)  # every model scores the same test set
+
+    def clusters(self, language: str) -> UnitClusters | None:
+        return self.scorers[0].clusters(language)  # the same units for every model
 
     def references(self, language: str) -> dict:
         refs = self.scorers[0].references(language)
