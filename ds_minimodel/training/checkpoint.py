@@ -15,6 +15,12 @@ A step whose frozen parameters are rebuilt from its own inputs (adaptation: the 
 adapt.model_dir) saves only what it trains (`Checkpointer(exclude_frozen=True)`): meta.json then
 records the frozen parameters' sha256 instead, and a resume over another body is refused.
 
+A save first checks, on rank 0, that this process still owns the run directory
+(run_lock.check_owner: an owner taken over while frozen must not write beside the new one), and
+again right before meta.json: shards written in between by an owner taken over meanwhile stay an
+incomplete directory, never loaded, removed by the new owner's next save. A run that lost its
+directory touches nothing there on its way out (no clean-up of its partial checkpoint).
+
 A run killed mid-save leaves a directory without meta.json, which is never loaded and is
 removed by the next save; `latest` still names the previous complete checkpoint. A save that
 fails (disk full, read-only or vanished file system) fails every rank with one line, removes its
@@ -41,6 +47,7 @@ import torch
 from ds_minimodel.errors import UserError
 from ds_minimodel.training import engine as ds
 from ds_minimodel.training import faults
+from ds_minimodel.training.run_lock import LostOwnershipError, check_owner
 
 META = "meta.json"
 LATEST = "latest"
@@ -257,15 +264,18 @@ class Checkpointer:
         """
         tag = tag_for(step)
         tag_dir = self.dir / tag
-        error = None
+        error = lost = None
         if self.dist.is_main:  # 1. the directory, without the debris of a save that was killed
             try:
+                check_owner(self.dir.parent)
                 self.dir.mkdir(parents=True, exist_ok=True)
                 if tag_dir.exists() and not is_complete(tag_dir):
                     discard(tag_dir)
+            except LostOwnershipError as e:
+                lost = str(e)
             except OSError as e:
                 error = e
-        self._agree(error, tag_dir)
+        self._agree(error, tag_dir, lost)
 
         try:  # 2. every rank writes its DeepSpeed files and its RNG state
             with frozen_left_out(engine.module) if self.exclude_frozen else contextlib.nullcontext():
@@ -289,6 +299,7 @@ class Checkpointer:
         if self.dist.is_main:  # 3. every rank's files are on disk: mark complete, move `latest`
             try:
                 fsync_tree(tag_dir)
+                check_owner(self.dir.parent)  # last, right before the write that makes it count
                 full = {"step": step, "tag": tag, "world_size": self.dist.world_size, **meta,
                         "files": manifest(tag_dir)}
                 if self.exclude_frozen:
@@ -299,15 +310,22 @@ class Checkpointer:
                 faults.inject("save_meta", step)
                 write_atomic(self.dir / LATEST, tag)
                 self._prune()
+            except LostOwnershipError as e:
+                lost = str(e)
             except OSError as e:
                 error = e
-        self._agree(error, tag_dir)
+        self._agree(error, tag_dir, lost)
         return tag_dir
 
-    def _agree(self, error: Exception | None, tag_dir: Path) -> None:
-        """Collective: raise the same CheckpointWriteError on every rank if any rank failed."""
-        mine = None if error is None else _describe_write_error(error, tag_dir)
-        failed = [(r, m) for r, m in enumerate(_gather(mine, self.dist.world_size)) if m is not None]
+    def _agree(self, error: Exception | None, tag_dir: Path, lost: str | None = None) -> None:
+        """Collective: raise the same CheckpointWriteError on every rank if any rank failed, or
+        rank 0's LostOwnershipError (without touching the directory: it is another run's now)."""
+        mine = (lost, None if error is None else _describe_write_error(error, tag_dir))
+        gathered = _gather(mine, self.dist.world_size)
+        lost = next((m for m, _ in gathered if m is not None), None)
+        if lost is not None:
+            raise LostOwnershipError(lost)
+        failed = [(r, m) for r, (_, m) in enumerate(gathered) if m is not None]
         if not failed:
             return
         if self.dist.is_main and not is_complete(tag_dir):

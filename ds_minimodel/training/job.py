@@ -4,8 +4,11 @@ Everything that can be checked is checked before the process group starts, ident
 rank, so bad input fails every rank at once with the same one-line error instead of leaving a
 peer waiting in a collective. Then global rank 0 takes the run directory's lock (run_lock.py:
 a second job into a live run fails on every rank, naming the owner, before it writes anything)
-and holds it to the end. Then: engine over the trainable parameters, resume, the one training
-loop (loop.py), checkpoints, metrics, and the step's own `finalize` on rank 0.
+and holds it to the end. Building the data loader and forming the process group take a while, and
+another job may start and even finish a run in the directory meanwhile: so once the lock is held,
+rank 0 looks again and refuses a directory that is no longer what the check saw. Then: engine
+over the trainable parameters, resume, the one training loop (loop.py), checkpoints, metrics, and
+the step's own `finalize` on rank 0.
 """
 
 from __future__ import annotations
@@ -44,9 +47,27 @@ def env_rank() -> int:
     return 0
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
+def run_dir_contents(run_dir: Path) -> dict[str, tuple]:
+    """What a check sees of a run directory: each entry (the lock's own files left out) and each
+    entry of its subdirectories (checkpoints/step_..., final/...), with kind, size and mtime. A
+    job writing there changes it: a new checkpoint, a metrics line, an export."""
+    seen = {}
+    if not run_dir.is_dir():
+        return seen
+    for entry in os.scandir(run_dir):
+        if run_lock.is_lock_file(entry.name):
+            continue
+        paths = [entry] + (list(os.scandir(entry.path)) if entry.is_dir(follow_symlinks=False) else [])
+        for e in paths:
+            st = e.stat(follow_symlinks=False)
+            seen[os.path.relpath(e.path, run_dir)] = (e.is_dir(follow_symlinks=False), st.st_size, st.st_mtime_ns)
+    return seen
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> dict[str, tuple]:
     """A new run never writes into a directory that holds another run's files (the files of the
-    run lock alone, left by an owner killed before it wrote anything, are no run)."""
+    run lock alone, left by an owner killed before it wrote anything, are no run). Returns what
+    it saw (run_dir_contents), for recheck_run_dir once the lock is held."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"train.out_dir {run_dir} exists and is not a directory")
     if not resume and run_dir.is_dir() and any(not run_lock.is_lock_file(p.name) for p in run_dir.iterdir()):
@@ -54,19 +75,45 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise UserError(f"train.out_dir {run_dir} already holds a run"
                         + (f" and is in use by {owner}; wait for it to end or choose another train.out_dir" if owner
                            else "; pass --resume to continue it or choose another train.out_dir"))
-    if resume and run_dir.is_dir() and (run_dir / "config.yaml").is_file():
+    if not (resume and run_dir.is_dir() and (run_dir / "config.yaml").is_file()):
+        check_creatable(run_dir, "train.out_dir")
+    return run_dir_contents(run_dir)
+
+
+def recheck_run_dir(run_dir: Path, resume: bool, seen: dict[str, tuple]) -> None:
+    """Under the lock: refuse a directory that another job wrote into since check_run_dir saw it
+    (a run started, or even finished, while this job built its loader and process group). Only
+    the lock's holder writes there, so any change is another job's."""
+    now = run_dir_contents(run_dir)
+    if now == seen:
         return
-    check_creatable(run_dir, "train.out_dir")
+    changed = ", ".join(sorted({name.split(os.sep)[0] for name in set(now) ^ set(seen)}
+                               | {name.split(os.sep)[0] for name in set(now) & set(seen) if now[name] != seen[name]}))
+    if not resume:
+        raise UserError(f"train.out_dir {run_dir} held no run when this job checked it, but another job wrote one "
+                        f"there ({changed}) before this job took its lock; choose another train.out_dir, or pass "
+                        "--resume to continue that run")
+    raise UserError(f"train.out_dir {run_dir} changed between this job's check and its lock: another job wrote "
+                    f"{changed} meanwhile, so this is not the run this job set out to continue; look at it, then "
+                    "launch again with --resume to continue it as it is now")
 
 
-def take_run_lock(lock: run_lock.RunLock, dist: ds.DistInfo) -> run_lock.RunLock | None:
+def take_run_lock(lock: run_lock.RunLock, dist: ds.DistInfo,
+                  recheck: Callable[[], None] | None = None) -> run_lock.RunLock | None:
     """Collective: global rank 0 takes the run directory's lock (it alone writes the directory's
-    run files) and every rank learns the verdict, so a second launch fails on all its ranks with
-    the same line instead of leaving peers in a collective. Returns the held lock on rank 0."""
+    run files), runs `recheck` under it, and every rank learns the verdict, so a second launch
+    fails on all its ranks with the same line instead of leaving peers in a collective. Returns
+    the held lock on rank 0."""
     verdict, error = None, None
     if dist.is_main:
         try:
             lock.acquire()
+            try:
+                if recheck is not None:
+                    recheck()
+            except BaseException:
+                lock.release()
+                raise
         except UserError as e:
             error, verdict = e, str(e)
         except OSError as e:  # e.g. no write access: the line cli.run_main prints on rank 0
@@ -119,7 +166,7 @@ class JobSpec:
 def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
     """`cfg` has .optim and .train sections (and whatever the spec's callables read)."""
     run_dir = Path(cfg.train.out_dir)
-    check_run_dir(run_dir, resume)
+    seen = check_run_dir(run_dir, resume)
     world = env_world_size()
     use_deepspeed = cfg.train.engine == "deepspeed"
     raw_ds = ds.read_ds_config(ds_config_path) if ds_config_path else {}
@@ -136,7 +183,8 @@ def run_job(cfg, spec: JobSpec, ds_config_path: str, resume: bool) -> Path:
     lock = run_lock.RunLock(run_dir, "train.out_dir")  # reads DSM_RUN_LOCK*: bad values fail here
 
     dist = ds.init_distributed(cfg.train.collective_timeout_s, use_deepspeed)
-    held = take_run_lock(lock, dist)  # held until the run ends, however it ends
+    # Held until the run ends, however it ends; then the directory must still be what the check saw.
+    held = take_run_lock(lock, dist, recheck=lambda: recheck_run_dir(run_dir, resume, seen))
     try:
         _train(cfg, spec, run_dir, ds_config, loader, dist, resume, use_deepspeed)
     finally:
@@ -150,6 +198,7 @@ def _train(cfg, spec: JobSpec, run_dir: Path, ds_config: dict, loader, dist: ds.
     """Everything after the checks, on a directory this job owns."""
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        run_lock.check_owner(run_dir)  # every write that matters is fenced (run_lock.py)
         if not (run_dir / "config.yaml").exists():
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
     model = spec.make_model(ds_config)
@@ -196,6 +245,7 @@ def _train(cfg, spec: JobSpec, run_dir: Path, ds_config: dict, loader, dist: ds.
     finally:
         logger.close()
     if dist.is_main and state.step == cfg.train.steps:
+        run_lock.check_owner(run_dir)  # the final export, too, only while this job owns the directory
         spec.finalize(run_dir, checkpointer)
         print(f"done: {state.step} steps, {state.tokens} tokens; outputs in {run_dir}", flush=True)
     ds.barrier()

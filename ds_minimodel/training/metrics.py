@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ds_minimodel.training.run_lock import check_owner
+
 
 def _jsonable(v):
     if hasattr(v, "item"):
@@ -24,6 +26,8 @@ class MetricsLogger:
     Every record has `kind` ("train", "eval", ...), `step` and a wall-clock `time`; a resumed
     run appends to the same file, so the log of a resumed run reads like an uninterrupted one
     (records past the resume step from the interrupted attempt are dropped on resume).
+    Each write first checks that this process still owns the run directory, where it holds its
+    lock (run_lock.check_owner: an owner taken over while frozen writes no further line).
     """
 
     def __init__(self, run_dir: str | Path, *, is_main: bool, total_steps: int, start_step: int = 0,
@@ -48,6 +52,7 @@ class MetricsLogger:
         """Drop records of steps > `step` left by an attempt that died after its last checkpoint."""
         if not self.path.exists():
             return
+        check_owner(self.path.parent)
         keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
@@ -57,6 +62,7 @@ class MetricsLogger:
             return
         record = {"kind": kind, "step": step, "time": round(time.time(), 3),
                   **{k: _jsonable(v) for k, v in values.items()}}
+        check_owner(self.path.parent)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         numbers = {f"{kind}/{k}": v for k, v in record.items()

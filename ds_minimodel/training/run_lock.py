@@ -10,8 +10,14 @@ process that writes it (global rank 0), through two files inside the directory:
                      G is a generation number that only grows, see "lease" below.
 
 A second launch finds the flock taken and fails with one line naming the owner (host, pid,
-since), before it writes anything. A clean exit removes both files; a killed owner leaves them,
-and the next owner, once it holds the flock, knows the recorded flock holder is gone.
+since), before it writes anything. A clean exit removes both files; a killed owner leaves them.
+
+A newcomer replaces a record only when its owner is provably gone: its heartbeat is stale, or it
+held a flock on this host and either the kernel dropped that very lock (the record names the
+lock file's inode, on which the newcomer now holds the flock: a kill -9 is resumed at once) or
+its pid is dead. A flock taken on another inode proves nothing (someone deleted `.owner.lock`
+while its owner runs, and the newcomer locked a new file), and a fresh record from another host
+blocks whatever the flock says (flock is local to a node on NFS mounted with local_lock).
 
 Lease mode, where flock is unavailable (flock raises ENOLCK / EOPNOTSUPP / ENOSYS, as on some
 network file systems) or untrusted (set DSM_RUN_LOCK=lease, e.g. for NFS mounted with
@@ -26,6 +32,15 @@ past the timeout and taken over) stops the run rather than write beside the new 
 The two modes see each other: a flock owner heartbeats its record too, so a lease-mode newcomer
 refuses it, and a flock newcomer refuses a fresh record held by lease alone. Heartbeat ages
 compare the owner's clock with the newcomer's: keep node clocks within seconds (NTP).
+
+Fencing: an owner frozen past the timeout and taken over may wake up in the middle of its work,
+before its heartbeat thread notices. So every write that matters (a checkpoint, a metrics line,
+the final export) first calls `check_owner(directory)`, which raises LostOwnershipError once a
+newer generation exists or our record names someone else (in lease mode, once our record is gone:
+the record is the lease). It costs a listdir and a stat; the record is read only when it changed
+(once a heartbeat). A file system offers no compare-and-write, so a process frozen in the
+microseconds between that check and its write can still write once: the check makes the window
+that short, it cannot close it.
 """
 
 from __future__ import annotations
@@ -59,6 +74,39 @@ _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.
 
 class RunInUseError(UserError):
     """Another live process owns the directory."""
+
+
+class LostOwnershipError(RunInUseError):
+    """This process owned the directory and another one took it over (see "Fencing")."""
+
+
+# The locks this process holds, by the directory's real path: check_owner() finds them, so every
+# writer of a run directory is fenced without being handed the lock.
+_HELD: dict[str, "RunLock"] = {}
+
+
+def check_owner(directory) -> None:
+    """Before a write that matters into `directory`: raise LostOwnershipError if this process took
+    its lock and has lost it since. Nothing if this process holds no lock of it (a rank other than
+    0, a tool writing where no job runs)."""
+    if not _HELD:
+        return
+    lock = _HELD.get(os.path.realpath(directory))
+    if lock is not None:
+        lock.fence()
+
+
+def _pid_alive(pid) -> bool:
+    """Whether a process of this host has that pid; True where that cannot be told."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
 
 
 def is_lock_file(name: str) -> bool:
@@ -139,13 +187,8 @@ def live_owner(directory: Path, stale_after_s: float | None = None) -> str | Non
     gen, record = newest_record(Path(directory))
     if record is None or time.time() - record["heartbeat"] > stale_after_s:
         return None
-    if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
-        try:
-            os.kill(record["pid"], 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # alive, another user's
+    if record.get("host") == socket.gethostname() and not _pid_alive(record.get("pid")):
+        return None
     return describe(record)
 
 
@@ -208,6 +251,10 @@ class RunLock:
         self.mechanism: str | None = None  # "flock" or "lease" once held
         self.lost = threading.Event()  # set when another process took the lease over
         self._fd: int | None = None
+        self._lock_file: list[int] | None = None  # [st_dev, st_ino] of the file we hold the flock on
+        self._created = False  # whether we created that file
+        self._pid = os.getpid()  # a forked child does not own its parent's lock
+        self._checked = None  # (inode, mtime, size) of our record when last read and found ours
         self._gen = 0
         self._record: dict = {}
         self._stop = threading.Event()
@@ -230,9 +277,11 @@ class RunLock:
         try:
             self._claim_record(mechanism)
         except BaseException:
-            self._drop_flock(unlink=True)  # we held it: a lock file we may have created goes too
+            self._drop_flock(unlink=self._created)  # refused: a lock file we created goes, another's stays
             raise
         self.mechanism = mechanism
+        self._pid = os.getpid()
+        _HELD[os.path.realpath(self.dir)] = self
         self._thread = threading.Thread(target=self._heartbeat, name=f"run-lock {self.dir}", daemon=True)
         self._thread.start()
         return self
@@ -261,7 +310,8 @@ class RunLock:
                     return False
                 raise
             if _same_file(fd, self.lock_path):
-                self._fd = fd
+                st = os.fstat(fd)
+                self._fd, self._lock_file, self._created = fd, [st.st_dev, st.st_ino], created
                 return True
             os.close(fd)
         raise RunInUseError(f"{self.what} {self.dir}: could not settle the lock {self.lock_path} "
@@ -293,12 +343,12 @@ class RunLock:
         for _ in range(20):
             gen, record = newest_record(self.dir)
             if record is not None and not self._may_replace(record, mechanism):
-                age = max(time.time() - record.get("heartbeat", 0), 0)
-                raise self._in_use(record, f"lease {record_path(self.dir, gen)}, heartbeat {age:.0f} s ago; "
-                                           f"stale after {self.stale_after_s:g} s, {STALE_ENV}")
+                raise self._in_use(record, self._why_not(record, gen, mechanism))
             now = time.time()
             mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": now, "heartbeat": now,
                     "lock": mechanism, "gen": gen + 1}
+            if mechanism == "flock":
+                mine["lock_file"] = self._lock_file
             if _create_exclusive(record_path(self.dir, gen + 1), json.dumps(mine)):
                 self._gen, self._record = gen + 1, mine
                 self._remove_older_records()
@@ -307,10 +357,26 @@ class RunLock:
         raise RunInUseError(f"{self.what} {self.dir}: could not claim its owner record (too many competing owners)")
 
     def _may_replace(self, record: dict, mechanism: str) -> bool:
-        # We hold the flock: a recorded owner that held it too is gone (the kernel dropped it).
-        if mechanism == "flock" and record.get("lock") == "flock":
+        """Whether the recorded owner is provably gone (see the module's docstring)."""
+        if time.time() - record.get("heartbeat", 0) > self.stale_after_s:
             return True
-        return time.time() - record.get("heartbeat", 0) > self.stale_after_s
+        if mechanism != "flock" or record.get("lock") != "flock" or record.get("host") != socket.gethostname():
+            return False  # a fresh lease, or an owner elsewhere: our flock says nothing about it
+        if record.get("lock_file") == self._lock_file:
+            return True  # it held the flock we now hold, on the same file: the kernel dropped its lock
+        # Its lock file was deleted (or the record predates lock_file): only a dead pid proves it gone.
+        return not _pid_alive(record.get("pid"))
+
+    def _why_not(self, record: dict, gen: int, mechanism: str) -> str:
+        """Why a fresh record blocks us, for the refusal's line."""
+        age = max(time.time() - record.get("heartbeat", 0), 0)
+        fresh = f"heartbeat {age:.0f} s ago; stale after {self.stale_after_s:g} s, {STALE_ENV}"
+        if mechanism == "flock" and record.get("host") not in (None, socket.gethostname()):
+            return f"record {record_path(self.dir, gen)} of another host, {fresh}: our flock does not reach it"
+        if mechanism == "flock" and record.get("lock") == "flock":
+            return (f"lock {self.lock_path} was deleted while its owner runs; record {record_path(self.dir, gen)}, "
+                    f"{fresh}")
+        return f"lease {record_path(self.dir, gen)}, {fresh}"
 
     def _remove_older_records(self) -> None:
         """Earlier owners' records and their half-written temporaries (never a newer generation's:
@@ -326,21 +392,58 @@ class RunLock:
 
     # ---- holding --------------------------------------------------------------------------
 
-    def _superseded(self) -> bool:
-        """A newer generation exists (or ours holds another pid): we were taken over. Our record
-        merely gone (someone deleted it) is rewritten by the next heartbeat instead."""
+    def _taken_over(self) -> bool:
+        """A newer generation exists, or the record of ours names another process: we were taken
+        over. Our record merely gone (someone deleted it) is, under flock, rewritten by the next
+        heartbeat; in lease mode the record is the lease, and without it anyone may have claimed
+        (and released) the directory since. A listdir and a stat; the record is read only when it
+        changed since it was last found ours."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            names = []
+        if any(m and int(m.group(1)) > self._gen for m in map(_RECORD.match, names)):
+            return True
+        path = record_path(self.dir, self._gen)
+        try:
+            st = os.stat(path)
+            if (st.st_ino, st.st_mtime_ns, st.st_size) == self._checked:
+                return False
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return self.mechanism == "lease"
+        except ValueError:
+            record = None  # being written by whoever claimed our generation after it was deleted
+        if not isinstance(record, dict) or record.get("pid") != os.getpid() or \
+                record.get("host") != socket.gethostname():
+            return True
+        self._checked = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return False
+
+    def _lost_message(self) -> str:
         gen, record = newest_record(self.dir)
-        return gen > self._gen or (gen == self._gen and record.get("pid") != os.getpid())
+        to = f"{describe(record)} (its record {record_path(self.dir, gen).name})" if record is not None else \
+            f"whoever claims it next (its owner record {record_path(self.dir, self._gen).name} was removed)"
+        return f"lost ownership of {self.what} {self.dir} to {to}; stopping this run so that it does not write " \
+               "beside the new owner"
+
+    def fence(self) -> None:
+        """Raise LostOwnershipError unless this process still owns the directory: called right
+        before each write that matters (through check_owner)."""
+        if self.mechanism is None or self._pid != os.getpid():
+            return
+        if self.lost.is_set() or self._taken_over():
+            self.lost.set()
+            raise LostOwnershipError(self._lost_message())
 
     def _heartbeat(self) -> None:
         warned = False
         while not self._stop.wait(self.heartbeat_s):
-            if self._superseded():
+            if self.lost.is_set():  # fence() found it first and raised: the main thread is stopping
+                return
+            if self._taken_over():
                 self.lost.set()
-                gen, record = newest_record(self.dir)
-                print(f"error: lost ownership of {self.what} {self.dir} to {describe(record)} "
-                      f"(its record {record_path(self.dir, gen).name}); stopping this run so that "
-                      "it does not write beside the new owner", file=sys.stderr, flush=True)
+                print(f"error: {self._lost_message()}", file=sys.stderr, flush=True)
                 if callable(signal.getsignal(signal.SIGINT)):
                     # A real SIGINT to the main thread: it also wakes a sleep or a blocking call
                     # (_thread.interrupt_main would wait for the next bytecode), and it unwinds.
@@ -371,9 +474,13 @@ class RunLock:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        if _HELD.get(os.path.realpath(self.dir)) is self:
+            del _HELD[os.path.realpath(self.dir)]
         if not self.lost.is_set():
             record_path(self.dir, self._gen).unlink(missing_ok=True)
-        self._drop_flock(unlink=True)
+        # Taken over, the lock file (if still ours) is the new owner's lock too (on another node's
+        # flock): leave it.
+        self._drop_flock(unlink=not self.lost.is_set())
         self.mechanism = None
 
     def _drop_flock(self, unlink: bool) -> None:
