@@ -13,8 +13,11 @@ from typing import Callable
 import numpy as np
 
 from ds_minimodel.analysis.study.bootstrap import (
+    INTERVAL_SUMMARY,
+    INTERVAL_WHY,
     MethodScores,
     bootstrap_ratios,
+    interval_description,
     stack_seeds,
 )
 from ds_minimodel.analysis.study.full_models import compare_full_models
@@ -92,6 +95,7 @@ def attach_bootstrap(matched: dict, boot: dict) -> None:
         elif e["outcome"] in ("met_at_start", "no_baseline"):
             interval, why = None, None
         e["interval_flops"], e["interval_defined"], e["interval_replicates"] = interval, defined, total
+        e["interval_method"] = b.get("interval_method")
         if interval is None and why:
             e["interval_note"] = why
         e["bootstrap"] = {"undefined": total - defined, "not_reached": int((r == 0).sum()),
@@ -151,6 +155,9 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
         methods[name], scored[name] = _score_method(runs, scorer, cache, opts.include_init,
                                                     (lambda _: None) if balanced else log, weights)
 
+    # Which units are correlated (a test verse's chapter): the bootstrap draws them together.
+    clusters = scorer.clusters(language) if hasattr(scorer, "clusters") else None
+
     def match(scores: dict[str, MethodScores]) -> tuple[dict, dict]:
         """The point estimate on the seed-averaged curves, and the bootstrap (the costed curves
         go through this too)."""
@@ -158,7 +165,8 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
         return (matched_compute(curves, opts.baseline, fraction, opts.baseline_at, scorer.better, opts.fit),
                 bootstrap_ratios(scores, baseline=opts.baseline, fraction=fraction, baseline_at=opts.baseline_at,
                                  better=scorer.better, fit=opts.fit, replicates=opts.bootstrap,
-                                 seed=bootstrap_stream(language, opts.bootstrap_seed), level=opts.level))
+                                 seed=bootstrap_stream(language, opts.bootstrap_seed), level=opts.level,
+                                 clusters=clusters))
 
     matched, boot = match(methods)
     attach_bootstrap(matched, boot)
@@ -167,7 +175,9 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
             "references": references, "matched": matched,
             "curves": {name: _curves_json(methods[name], scored[name], matched["methods"][name], opened[name])
                        for name in methods},
-            "bootstrap": {k: boot[k] for k in ("replicates", "seed", "level", "seed_resampling", "unit_resampling")},
+            "bootstrap": {**{k: boot[k] for k in ("replicates", "seed", "level", "seed_resampling", "unit_resampling",
+                                                  "clusters", "seeds", "interval_method")},
+                          "description": interval_description(boot)},
             "units": next(iter(methods.values())).num.shape[2],
             "one_time_cost": with_one_time_costs(methods, costs or {}, match)}
 
@@ -236,13 +246,13 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
         "method": "each method's curve is its metric at each checkpoint averaged over its seeds; the crossing of "
                   "the target (fraction x the baseline's averaged final metric; for the MLM loss its averaged "
                   "final loss) is found on the curve's monotone (isotonic) fit, linearly interpolated between "
-                  "checkpoints; the ratio is the baseline's FLOPs to the target over the method's; the interval is "
-                  "the percentile bootstrap over seeds and units (test examples, verse pairs, validation "
-                  "sequences) together, recomputing curves, target and crossings in every replicate, drawn from "
-                  "the study's own stream (bootstrap_stream); an interval counts the replicates that define a "
+                  "checkpoints; the ratio is the baseline's FLOPs to the target over the method's; "
+                  + INTERVAL_SUMMARY + " Replicates are drawn from the study's own stream (bootstrap_stream); an "
+                  "interval counts the replicates that define a "
                   "ratio (n = k of N), and none is given under 90% of them. A method that never reaches the target "
                   "has a bound (its ratio is below the baseline's FLOPs over its whole budget), one whose own start "
-                  "meets it no finite ratio, and none has a ratio when the baseline's start already meets it.",
+                  "meets it no finite ratio, and none has a ratio when the baseline's start already meets it. "
+                  + INTERVAL_WHY,
         "plots": [p.name for p in plots],
     }
     result = json_safe(result)
