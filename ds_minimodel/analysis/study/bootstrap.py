@@ -463,11 +463,10 @@ def interval_description(boot: dict) -> str:
         what = (f"the {boot['clusters']} {resampled} (each drawn with all its units)" if boot.get("clusters")
                 else f"the {boot.get('units', '')} {resampled}".replace("  ", " "))
     seeds = f"the seeds ({'paired across methods' if boot['seed_resampling'] == 'paired' else 'per method'})"
-    draws = f"{boot['replicates']} replicates (seed {boot['seed']}) drawing {seeds} and {what}"
+    draws = f"{boot['replicates']} replicates (stream {boot['seed']}) drawing {seeds} and {what}"
     if boot.get("interval_method", "percentile") == "percentile":
         return f"Interval: {pct}% percentile bootstrap, {draws}."
     return (f"Interval: {pct}% for few seeds, on the log ratio: +- sqrt(t_(S-1)^2 x V_seeds + t_(C-1)^2 x V_test), "
             f"V_seeds by leaving each seed out in turn, V_test from a bootstrap of {what} with every seed kept; "
             "where the ratio is censored (not reached, or reached at 0 FLOPs, with all seeds or one left out), "
-            f"the percentile interval of a bootstrap whose seed part is scaled to Student's t. Bootstrap: {draws}. "
-            + INTERVAL_WHY)
+            f"the percentile interval of a bootstrap whose seed part is scaled to Student's t. Bootstrap: {draws}.")
