@@ -204,11 +204,14 @@ def _metric_section(study: dict, runs: dict, level: float) -> list[str]:
              f"Target: {m['fraction']:g} x the seed-averaged final {metric} of the baseline `{base}` "
              f"({m['baseline_final_metric']:.4f}) = **{m['target']:.4f}**. Baseline compute compared against: its "
              f"{against} ({_fmt(m['baseline_flops_to_target'], '.3e')} FLOPs, "
-             f"{_fmt(m['baseline_seconds_to_target'], '.1f')} s). Interval: {round(level * 100)}% percentile "
-             f"bootstrap, {b['replicates']} replicates (stream {b['seed']}), resampling with replacement the seeds "
-             f"({'paired across methods' if b['seed_resampling'] == 'paired' else 'independently per method'})"
-             f"{' and the ' + str(study['units']) + ' units' if b['unit_resampling'] else ''}; n: the "
-             f"replicates that define a ratio, none under {MIN_DEFINED:.0%} of them.",
+             f"{_fmt(m['baseline_seconds_to_target'], '.1f')} s). "
+             # bootstrap.interval_description: how the interval was built (studies before it: the percentile one).
+             + (b["description"].rstrip(".") if b.get("description") else
+                f"Interval: {round(level * 100)}% percentile "
+                f"bootstrap, {b['replicates']} replicates (stream {b['seed']}), resampling with replacement the seeds "
+                f"({'paired across methods' if b['seed_resampling'] == 'paired' else 'independently per method'})"
+                f"{' and the ' + str(study['units']) + ' units' if b['unit_resampling'] else ''}")
+             + f"; n: the replicates that define a ratio, none under {MIN_DEFINED:.0%} of them.",
              "", "| method | seeds | steps | final (mean) | FLOPs (total) | FLOPs to target | compute ratio | "
              f"{round(level * 100)}% interval | wall-clock to target (s) | wall-clock ratio | note |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
