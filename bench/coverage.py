@@ -151,7 +151,8 @@ def run(studies: int = 200, replicates: int = 1000, seeds: int = 3, rng_seed: in
             old = bootstrap_ratios(methods, replicates=replicates, seed=i, level=level, interval="percentile")
             tallies["old"].add(*old["methods"]["mini"]["interval"])
         if len(tallies) > ("old" in tallies):
-            m = bootstrap_ratios(methods, replicates=replicates, seed=i, level=level, clusters=clusters)["methods"]["mini"]
+            m = bootstrap_ratios(methods, replicates=replicates, seed=i, level=level,
+                                 clusters=clusters)["methods"]["mini"]
             if "clusters, percentile" in tallies:
                 tallies["clusters, percentile"].add(*m["percentile_interval"])
             if "clusters, jackknife-t" in tallies:
@@ -175,7 +176,8 @@ def main(argv=None) -> int:
         start = time.time()
         result = run(args.studies, args.replicates, seeds, args.rng_seed, args.level, scenario=scenario)
         for variant, r in result.items():
-            print(f"{scenario:<10} seeds {seeds}  {variant:<22} coverage {r['coverage']:.3f}  median width {r['median_width']:.2f} "
+            print(f"{scenario:<10} seeds {seeds}  {variant:<22} coverage {r['coverage']:.3f}  "
+                  f"median width {r['median_width']:.2f} "
                   f"(hi/lo {r['median_hi_over_lo']:.2f})  no interval {r['no_interval']}  percentile fallback "
                   f"{r['fallback']}")
         print(f"  ({time.time() - start:.0f} s)")

@@ -102,8 +102,9 @@ def test_cluster_resampling_has_the_variance_of_resampling_chapters():
     chapter = np.repeat(np.arange(40), 5)
     methods = {"full": baseline([0], 200), "mini": two_point([0], 100, v[chapter][None, :])}
     b = 20000
-    got = bootstrap_ratios(methods, fraction=0.5, replicates=b, seed=1,
-                           clusters=UnitClusters("chapter", chapter.tolist()), interval="percentile")["methods"]["mini"]["ratios"]
+    clusters = UnitClusters("chapter", chapter.tolist())
+    got = bootstrap_ratios(methods, fraction=0.5, replicates=b, seed=1, clusters=clusters,
+                           interval="percentile")["methods"]["mini"]["ratios"]
     expected = v.var() / 40
     # The sample variance of 20,000 draws is within 5% of its expectation (its relative SE is ~1%).
     assert got.var() == pytest.approx(expected, rel=0.05)

@@ -172,7 +172,9 @@ def _betacf(a: float, b: float, x: float) -> float:
     h = d
     for m in range(1, 1000):
         m2 = 2 * m
-        for num in (m * (b - m) * x / ((a + m2 - 1) * (a + m2)), -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))):
+        even = m * (b - m) * x / ((a + m2 - 1) * (a + m2))
+        odd = -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))
+        for num in (even, odd):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + num / c
@@ -397,7 +399,8 @@ def bootstrap_ratios(methods: dict[str, MethodScores], *, baseline: str = "full"
         tile = lambda d: {k: np.broadcast_to(v, (replicates, v.size)) for k, v in d.items()}  # noqa: E731
         unit_logs = replicate_ratios({k: v.mean(axis=1) for k, v in per_seed.items()}, tile(mean_flops),
                                      tile(mean_seconds), log=True)
-        t_parts = {name: _jackknife_t(point[name], jack, name, unit_logs[name], n_clusters or n, level) for name in methods}
+        t_parts = {name: _jackknife_t(point[name], jack, name, unit_logs[name], n_clusters or n, level)
+                   for name in methods}
         if any(t["interval"] is None for t in t_parts.values()):
             # The multiplier bootstrap: the same unit draws; the seed part drawn with Gaussian
             # multipliers (shared by paired methods), scaled to Student's t (_multiplier_scale).
