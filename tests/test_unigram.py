@@ -68,18 +68,19 @@ def _fake_run(root, data, losses):
 
 
 @pytest.mark.parametrize("below, passed", [(1.2, True), (0.9, False)])
-def test_body_gate(tmp_path, tiny_corpus, below, passed):
-    import subprocess
-    import sys
-
+def test_body_gate(tmp_path, tiny_corpus, capsys, below, passed):
     from ds_minimodel.analysis.body import read_gate
+    from launchers import summarize
 
     nats, _ = _reference(tiny_corpus)
     run = _fake_run(tmp_path, tiny_corpus, [(0, nats + 3, nats + 3), (100, nats - below, nats - below + 0.1)])
-    proc = subprocess.run([sys.executable, "launchers/summarize.py", str(run), "--require-body-gate"],
-                          capture_output=True, text=True)
-    assert (proc.returncode == 0) == passed, proc.stderr
+    code = 0
+    try:
+        summarize.main([str(run), "--require-body-gate"])
+    except SystemExit as exc:
+        code = exc.code
+    assert (code == 0) == passed
     gate = read_gate(run / "final")
     assert gate["passed"] == passed
     assert gate["final_head_below_unigram_nats"] == pytest.approx(below, abs=1e-9)
-    assert f"{below:.3f} nats/token" in proc.stdout
+    assert f"{below:.3f} nats/token" in capsys.readouterr().out
