@@ -80,8 +80,8 @@ class LostOwnershipError(RunInUseError):
     """This process owned the directory and another one took it over (see "Fencing")."""
 
 
-# The locks this process holds, by the directory's real path: check_owner() finds them, so every
-# writer of a run directory is fenced without being handed the lock.
+# The locks this process holds, by the directory's absolute and real paths: check_owner() finds
+# them, so every writer of a run directory is fenced without being handed the lock.
 _HELD: dict[str, "RunLock"] = {}
 
 
@@ -91,7 +91,8 @@ def check_owner(directory) -> None:
     0, a tool writing where no job runs)."""
     if not _HELD:
         return
-    lock = _HELD.get(os.path.realpath(directory))
+    # abspath costs no system call; realpath (one lstat per component) only for another spelling
+    lock = _HELD.get(os.path.abspath(directory)) or _HELD.get(os.path.realpath(directory))
     if lock is not None:
         lock.fence()
 
@@ -260,6 +261,9 @@ class RunLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _keys(self) -> set[str]:
+        return {os.path.abspath(self.dir), os.path.realpath(self.dir)}
+
     @property
     def lock_path(self) -> Path:
         return self.dir / LOCK_FILE
@@ -281,7 +285,8 @@ class RunLock:
             raise
         self.mechanism = mechanism
         self._pid = os.getpid()
-        _HELD[os.path.realpath(self.dir)] = self
+        for key in self._keys():
+            _HELD[key] = self
         self._thread = threading.Thread(target=self._heartbeat, name=f"run-lock {self.dir}", daemon=True)
         self._thread.start()
         return self
@@ -474,8 +479,9 @@ class RunLock:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        if _HELD.get(os.path.realpath(self.dir)) is self:
-            del _HELD[os.path.realpath(self.dir)]
+        for key in self._keys():
+            if _HELD.get(key) is self:
+                del _HELD[key]
         if not self.lost.is_set():
             record_path(self.dir, self._gen).unlink(missing_ok=True)
         # Taken over, the lock file (if still ours) is the new owner's lock too (on another node's
