@@ -4,6 +4,9 @@ The lock between real processes: a second owner is refused with a line naming th
 pid, since), the lock goes with its owner (a clean exit, an exit without release, kill -9), a
 lease is taken over only once stale and by exactly one of several racing newcomers, a frozen
 owner that lost its lease stops itself, and a file system without flock falls back to the lease.
+The races of issue 23: a run written between a job's check and its lock is refused once the lock
+is held; a deleted lock file does not hand a live owner over (nor does a flock against a fresh
+record of another host); an owner frozen past its lease and taken over writes nothing more.
 Then the real launchers: a second `pretrain.py --resume` into a live run, plain and under the
 deepspeed launcher with 2 ranks, exits 2 with the owner's line on every rank and leaves the run's
 files byte for byte as they were; after kill -9 of the whole first launch, --resume continues
