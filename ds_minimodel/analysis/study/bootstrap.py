@@ -293,9 +293,11 @@ def _jackknife_t(point: float, jack: list, name: str, unit_logs: np.ndarray, n_c
     test set's (C clusters). Returns the interval and its parts, or no interval and why (the
     caller then uses the multiplier bootstrap)."""
     theta = _log(point)
+    if math.isnan(theta):
+        return {"interval": None, "why": "the point estimate has no ratio"}
     if not math.isfinite(theta):
-        why = "no ratio" if math.isnan(theta) else ("not reached" if theta < 0 else "reached at 0 FLOPs")
-        return {"interval": None, "why": f"the point estimate is censored ({why})"}
+        return {"interval": None, "why": "the point estimate is censored "
+                                         f"({'not reached' if theta < 0 else 'reached at 0 FLOPs'})"}
     q = (1 + level) / 2
     z = NormalDist().inv_cdf(q)
     seed_var = seed_half2 = 0.0
