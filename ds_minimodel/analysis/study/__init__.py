@@ -17,8 +17,9 @@ checkpoint every few steps:
 3. bootstrap.py: a method's curve is its seeds' mean metric at each checkpoint; matching.py: the
    target is fraction * the baseline's final (mean) metric, each curve's crossing of it is found
    on its monotone (isotonic) fit and interpolated, and a method's ratio is the baseline's FLOPs
-   to reach the target divided by the method's. bootstrap.py resamples seeds and units with
-   replacement and recomputes all of it per replicate: a percentile interval for each ratio;
+   to reach the target divided by the method's. bootstrap.py resamples seeds and whole chapters
+   of units with replacement and recomputes all of it per replicate; each ratio's interval is
+   built for few seeds (a jackknife over seeds with Student's t, plus the chapters' bootstrap);
 4. compare.py runs 1-3 for the transfer metric and the MLM loss and writes study.json, study.md
    and the plots (render.py); experiments.py trains the adaptation runs first, through the real
    adapt launcher.
