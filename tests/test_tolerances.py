@@ -15,24 +15,30 @@ import pytest
 import torch
 
 from tests.distributed import run_ranks
-from tests.helpers import FP32_EPS, SAFETY, assert_close_fp32, fp32_tolerance
+from tests.helpers import assert_close_fp32, fp32_tolerance
 
 
-def test_bound_is_eps_sqrt_reduction_depth_steps_at_the_magnitude():
+def test_bound_by_hand():
+    """Worked by hand from the derivation in tests/helpers.py (16 x fp32's eps 2^-23 x sqrt(reduction)
+    x depth x steps, times the magnitude), not from its constants: every factor here is a power of
+    two or a small integer, so the values are exact."""
     expected = torch.tensor([0.5, -4.0, 2.0])
-    tol = fp32_tolerance(expected, depth=3, reduction=64, steps=2)
-    assert tol["rtol"] == pytest.approx(SAFETY * FP32_EPS * 8 * 3 * 2)
-    assert tol["atol"] == pytest.approx(tol["rtol"] * 4.0)  # max |expected|
-    assert fp32_tolerance(expected, depth=1, reduction=1, magnitude=0.25)["atol"] == pytest.approx(
-        SAFETY * FP32_EPS * 0.25)
+    # 16 * sqrt(64) * 3 * 2 = 768 eps = 768 / 2^23; at max |expected| = 4: 3072 / 2^23.
+    assert fp32_tolerance(expected, depth=3, reduction=64, steps=2) == {"rtol": 9.1552734375e-05,
+                                                                        "atol": 3.662109375e-04}
+    # helpers.py's example, one stage of 64-term sums: 16 * 8 = 128 eps.
+    assert fp32_tolerance(expected, depth=1, reduction=64)["rtol"] == 1.52587890625e-05
+    # 16 eps at a magnitude of 1/4: 4 eps = 2^-21.
+    assert fp32_tolerance(expected, depth=1, reduction=1, magnitude=0.25)["atol"] == 4.76837158203125e-07
 
 
 def test_assert_close_fp32_fails_just_above_the_bound_and_logs(tmp_path, monkeypatch):
     log = tmp_path / "tol.jsonl"
     monkeypatch.setenv("DSM_TOLERANCE_LOG", str(log))
     expected = torch.tensor([1.0, -3.0, 0.0])
-    tol = fp32_tolerance(expected, depth=2, reduction=100)
-    room = tol["atol"] + tol["rtol"] * 3.0  # the bound at the element of size 3
+    # By hand: rtol = 16 * sqrt(100) * 2 = 320 eps, atol = 3 x that (max |expected| = 3); the
+    # bound at the element of size 3 is atol + rtol * 3 = 1920 eps = 1920 / 2^23.
+    room = 2.288818359375e-04
     assert_close_fp32(expected + torch.tensor([0.0, 0.9 * room, 0.0]), expected, depth=2, reduction=100, what="in")
     with pytest.raises(AssertionError, match=r"(?s)out.*depth 2, reduction 100"):
         assert_close_fp32(expected + torch.tensor([0.0, 1.1 * room, 0.0]), expected, depth=2, reduction=100, what="out")
