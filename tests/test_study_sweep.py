@@ -157,7 +157,8 @@ def test_sweep_points_carry_each_vocabularys_study(sweep_run):
     # The intervals are the studies' (level 0.9 here), and the table and the printed lines say so.
     assert result["level"] == study["level"] == 0.9 and "| 90% interval |" in text and "95%" not in text
     assert "| plug gap beyond the baseline's |" in text
-    assert all("(90% interval " in line for line in sweep_lines(result))
+    # (a line without an interval says "no 90% interval" and why)
+    assert all("90% interval" in line and "95%" not in line for line in sweep_lines(result))
     assert (opts.out / "sweep.png").stat().st_size > 10_000
 
 

@@ -232,7 +232,11 @@ def sweep_points(vocab: int, arms: dict, study: dict) -> list[dict]:
             m = s["matched"]["methods"][name]
             row[metric] = {"ratio": m["ratio_value"], "interval": m["interval_flops"],
                            "steps_to_target": m["step_to_target"], "wallclock_ratio": m["ratio_seconds"],
-                           "target": s["matched"]["target"], "note": m.get("note", "")}
+                           "target": s["matched"]["target"], "note": m.get("note", ""),
+                           # how render.py reads the ratio: a bound, words, the replicates behind the interval
+                           "outcome": m.get("outcome"), "ratio_bound": m.get("ratio_bound"),
+                           "total_flops": m.get("total_flops"), "n": m.get("interval_defined"),
+                           "replicates": m.get("interval_replicates"), "interval_note": m.get("interval_note")}
         rows.append(row)
     return rows
 
