@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         for variant, r in result.items():
             print(f"{scenario:<10} seeds {seeds}  {variant:<22} coverage {r['coverage']:.3f}  "
                   f"median width {r['median_width']:.2f} "
-                  f"(hi/lo {r['median_hi_over_lo']:.2f})  no interval {r['no_interval']}  percentile fallback "
+                  f"(hi/lo {r['median_hi_over_lo']:.2f})  no interval {r['no_interval']}  multiplier fallback "
                   f"{r['fallback']}")
         print(f"  ({time.time() - start:.0f} s)")
         chosen = result["clusters, jackknife-t"]
