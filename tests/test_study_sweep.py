@@ -9,7 +9,6 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -142,14 +141,13 @@ def test_sweep_points_carry_each_vocabularys_study(sweep_run):
             assert p[metric]["steps_to_target"] == m["step_to_target"]
             if p[metric]["steps_to_target"] is not None:
                 assert 0 <= p[metric]["steps_to_target"] <= p["steps"]
-        # The plug gap: (plugged - own) of the arm beyond the baseline's, seed means of the final losses.
-        curves = study["metrics"]["mlm_loss"]["curves"]
-
-        def gap(name):
-            seeds = curves[name]["per_seed"].values()
-            own = [next(v for v in reversed(s["own_valid_loss"]) if v is not None) for s in seeds]
-            return np.mean([s["metric"][-1] for s in seeds]) - np.mean(own)
-        assert p["plug_gap"] == pytest.approx(gap(f"k{p['k']}") - gap("full"), abs=1e-12)
+        # The plug gap is the one the arm's study prints in its own table (the formula is checked
+        # against values worked by hand in test_study_stats, not re-derived here).
+        lines = (opts.out / f"v{p['vocab']}" / "study.md").read_text().splitlines()
+        header = lines.index("| method | seeds | own final loss | full model, plugged | gap | beyond the baseline's |")
+        table = lines[header + 2:]
+        cells = [row.strip("| ").split(" | ") for row in table[:table.index("")]]
+        assert {c[0]: c[-1] for c in cells}[f"k{p['k']}"] == f"{p['plug_gap']:+.3f}"
     from ds_minimodel.analysis.study.render import sweep_lines
 
     text = (opts.out / "sweep.md").read_text()
