@@ -96,12 +96,8 @@ demo: install $(DEMO_DATA)/index.json
 		data.path=$(DEMO_DATA) train.out_dir=$(DEMO_RUN)
 	$(PY) launchers/summarize.py $(DEMO_RUN) --require-drop 0.5
 
-# The study's body (issue 25), built once per machine and reused by every study: MiniJoint
-# pretraining on three English Bibles (bible-en-body; the other three are the cipher language's
-# text), one process, train.engine=torch, resumable (run it again after an interruption), then
-# the body report: each head's distance below the unigram cross-entropy, and the gate a study
-# needs (final head >= 1 nat below). `make body-regular`: its twin without the mid head (the
-# paper's baseline body). Settings and pilot curves: configs/pretrain-body.yaml.
+# The study's body, built once per machine: MiniJoint pretraining on bible-en-body, resumable, then
+# the body report and its gate (docs/pretraining.md). body-regular: its twin without the mid head.
 BODY_DATA ?= data/bible-en-body
 BODY_RUN ?= runs/body
 BODY_REGULAR_RUN ?= runs/body-regular
@@ -131,10 +127,8 @@ smoke: install
 bench: install
 	$(PY) bench/pretrain_throughput.py
 
-# The study interval's coverage (issue 23 item 6): 200 simulated studies with a known compute
-# ratio, through the real bootstrap and matching; prints coverage at 95% and median width for the
-# interval before (verses iid, percentile) and now (chapters, few-seed interval), at 3 and 5 seeds,
-# with the base and a doubled seed spread. Measured: 13 min on 2 cores shared with other jobs (load ~10).
+# The study interval's coverage by simulation: 200 studies with a known compute ratio through the
+# real bootstrap and matching (docs/compute-study.md).
 .PHONY: coverage
 coverage: install
 	OMP_NUM_THREADS=1 $(PY) bench/coverage.py
