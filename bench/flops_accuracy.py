@@ -1,4 +1,4 @@
-"""How exact is ds_minimodel.analysis.flops? One real step of every step kind at a few shapes, counted by
+"""How exact is ds_minimodel.method.flops? One real step of every step kind at a few shapes, counted by
 torch's FlopCounterMode, against the analytic count (and, for scale, the 6N rule and DeepSpeed's
 flops-profiler convention, which are estimates, not counts).
 
@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from ds_minimodel.analysis import flops, flops_check  # noqa: E402
+from ds_minimodel.method import flops  # noqa: E402
+from bench import flops_check  # noqa: E402
 from ds_minimodel.config import ModelConfig  # noqa: E402
 
 # (name, model shape, (batch, seq, masked)): distinct dimensions so that no two terms coincide.

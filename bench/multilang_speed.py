@@ -36,7 +36,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
 
-from ds_minimodel.analysis.flops import step_flops  # noqa: E402
+from ds_minimodel.method.flops import step_flops  # noqa: E402
 from ds_minimodel.artefacts.surgery import (  # noqa: E402
     BIASES,
     TIED,
@@ -46,7 +46,7 @@ from ds_minimodel.artefacts.surgery import (  # noqa: E402
 )
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
 from ds_minimodel.model import MLMEncoder, MultiLanguageMLM  # noqa: E402
-from ds_minimodel.steps.rules import set_requires_grad_for_step  # noqa: E402
+from ds_minimodel.method.rules import set_requires_grad_for_step  # noqa: E402
 from ds_minimodel.training import engine as ds  # noqa: E402
 from ds_minimodel.training import loop  # noqa: E402
 

@@ -383,11 +383,11 @@ def _section_problems(cfg) -> list[str]:
 
 
 def _fixed_trainables(step: str, train: "TrainConfig") -> list[str]:
-    """Steps 1b-3 train exactly what the method says (ds_minimodel/steps/rules.py); a freeze list
+    """Steps 1b-3 train exactly what the method says (ds_minimodel/method/rules.py); a freeze list
     there would be silently ignored, so it is refused."""
     if train.freeze:
         return [f"train.freeze applies to pretraining only; {step} trains a fixed set of parameters "
-                f"(ds_minimodel/steps/rules.py), got {train.freeze!r}"]
+                f"(ds_minimodel/method/rules.py), got {train.freeze!r}"]
     return []
 
 

@@ -41,7 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ds_minimodel.analysis import flops, flops_check  # noqa: E402
+from ds_minimodel.method import flops  # noqa: E402
+from ds_minimodel.training import utilisation  # noqa: E402
+from bench import flops_check  # noqa: E402
 from ds_minimodel.cli import run_main  # noqa: E402
 from ds_minimodel.config import ModelConfig, PretrainConfig, load_config  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402
@@ -252,13 +254,14 @@ def main(argv=None) -> None:
             print(f"(--deepspeed {args.deepspeed} is ZeRO-3 with memory_efficient_linear: its profiler "
                   f"reports the ZeRO-3 row)")
         if args.step_time:
-            peak = args.peak or flops.measure_cpu_peak(1.0)
+            peak = args.peak or utilisation.measure_cpu_peak(1.0)
             try:
                 peak = float(peak)  # a number; otherwise DEVICE:DTYPE
             except ValueError:
                 pass
-            mfu, hfu = report.mfu(args.step_time, peak), report.hfu(args.step_time, peak)
-            print(f"MFU {100 * mfu:.3g}%  HFU {100 * hfu:.3g}% (peak {flops.human(flops.resolve_peak(peak))}FLOP/s)")
+            mfu = utilisation.mfu(report.total / args.step_time, peak)
+            hfu = utilisation.hfu(report.hardware_total / args.step_time, peak)
+            print(f"MFU {100 * mfu:.3g}%  HFU {100 * hfu:.3g}% (peak {flops.human(utilisation.resolve_peak(peak))}FLOP/s)")
         if args.check:
             print("\n".join(_check(cfg, k, freeze, args, B, T, M)))
 

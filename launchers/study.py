@@ -101,8 +101,8 @@ def average(dirs: list[str], out: Path) -> None:
     and study.md."""
     import json
 
-    from ds_minimodel.analysis.study import languages
-    from ds_minimodel.analysis.study.compare import json_safe
+    from ds_minimodel.study import languages
+    from ds_minimodel.study.compare import json_safe
     from ds_minimodel.training.checkpoint import write_atomic
     from ds_minimodel.training.run_lock import RunLock
 
@@ -180,8 +180,8 @@ def main(argv=None) -> None:
     def body():
         if args.average:
             return average(args.average, Path(args.out))
-        from ds_minimodel.analysis.study import compare, experiments, render, scoring, sweep
-        from ds_minimodel.analysis.study import runs as study_runs
+        from ds_minimodel.study import compare, experiments, render, scoring, sweep
+        from ds_minimodel.study import runs as study_runs
         from ds_minimodel.training.run_lock import RunLock
 
         out_lock = RunLock(Path(args.out), "--out")  # reads DSM_RUN_LOCK*: bad values fail here

@@ -29,7 +29,9 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from ds_minimodel.analysis import flops, flops_check
+from ds_minimodel.method import flops
+from bench import flops_check
+from ds_minimodel.training import utilisation
 from ds_minimodel.config import (
     ModelConfig,
     PretrainConfig,
@@ -44,7 +46,7 @@ from ds_minimodel.model import (
     QuestionAnswering,
     SequenceClassifier,
 )
-from ds_minimodel.steps import rules as step_rules
+from ds_minimodel.method import rules as step_rules
 
 REPO = Path(__file__).resolve().parents[1]
 K = 2  # MiniJoint mid head / MiniPost frozen layers
@@ -624,17 +626,17 @@ def test_errors():
 
 
 def test_peaks_and_utilisation():
-    assert flops.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == flops.PEAK_FLOPS["H100-SXM"]["bf16"]
-    assert flops.peak_flops("NVIDIA H100 PCIe", "bf16") == flops.PEAK_FLOPS["H100-PCIe"]["bf16"]
-    assert flops.peak_flops("NVIDIA H200 NVL", "fp32") == flops.PEAK_FLOPS["H200-NVL"]["fp32"]
-    assert flops.peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
-    assert flops.mfu(494.75e12, "H100:bf16") == pytest.approx(0.5)
-    assert flops.hfu(1e12, 4e12) == 0.25
+    assert utilisation.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == utilisation.PEAK_FLOPS["H100-SXM"]["bf16"]
+    assert utilisation.peak_flops("NVIDIA H100 PCIe", "bf16") == utilisation.PEAK_FLOPS["H100-PCIe"]["bf16"]
+    assert utilisation.peak_flops("NVIDIA H200 NVL", "fp32") == utilisation.PEAK_FLOPS["H200-NVL"]["fp32"]
+    assert utilisation.peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
+    assert utilisation.mfu(494.75e12, "H100:bf16") == pytest.approx(0.5)
+    assert utilisation.hfu(1e12, 4e12) == 0.25
     with pytest.raises(UserError):
-        flops.peak_flops("TPU v5", "bf16")
+        utilisation.peak_flops("TPU v5", "bf16")
     r = flops.step_flops(small_cfg(), "pretrain", 3, 19, 7, recompute=True)
-    assert r.hfu(1.0, 1e9) > r.mfu(1.0, 1e9) == r.total / 1e9
-    assert flops.measure_cpu_peak(seconds=0.05, n=128) > 1e6
+    assert utilisation.hfu(r.hardware_total / 1.0, 1e9) > utilisation.mfu(r.total / 1.0, 1e9) == r.total / 1e9
+    assert utilisation.measure_cpu_peak(seconds=0.05, n=128) > 1e6
 
 
 @pytest.mark.parametrize("name,layers,d,k", [("xlmr-base", 12, 768, 3), ("xlmr-large", 24, 1024, 6)])

@@ -1,4 +1,4 @@
-"""FOCUS's one-time cost (analysis/focus_cost.py; issue 23 item 8): the FLOPs of one CBOW update
+"""FOCUS's one-time cost (method/focus_cost.py; issue 23 item 8): the FLOPs of one CBOW update
 against a pure-Python step whose arithmetic counts itself, the n-grams against hand lists and
 fastText's own, the corpus estimate against hand-worked corpora and a brute-force walk of
 fastText's training loop, and the record an adaptation's pack gets."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ds_minimodel.analysis.focus_cost import cbow_cost, cbow_update_flops, combine_flops, ngram_count
+from ds_minimodel.method.focus_cost import cbow_cost, cbow_update_flops, combine_flops, ngram_count
 
 
 class Counted:
@@ -223,12 +223,12 @@ def test_focus_init_records_its_one_time_cost(tiny_corpus, tiny_target_corpus):
     assert record["focus_flops"] == pytest.approx(ft["flops"] + record["focus_cost"]["combine_flops"])
 
 
-# The study: each "+focus" ratio without and with the one-time cost (analysis/study/one_time_cost.py).
+# The study: each "+focus" ratio without and with the one-time cost (study/one_time_cost.py).
 
 def _scores(seeds, flops, seconds, metric, units=4):
     """MethodScores whose every seed and unit has the same curve: resampling cannot move it, so
     the interval is the point, by hand."""
-    from ds_minimodel.analysis.study.bootstrap import MethodScores
+    from ds_minimodel.study.bootstrap import MethodScores
 
     s, p = len(seeds), len(flops)
     num = np.broadcast_to(np.asarray(metric, dtype=np.float64)[None, :, None], (s, p, units)).copy()
@@ -239,8 +239,8 @@ def _scores(seeds, flops, seconds, metric, units=4):
 
 
 def _match(scores):
-    from ds_minimodel.analysis.study.bootstrap import bootstrap_ratios
-    from ds_minimodel.analysis.study.matching import matched_compute
+    from ds_minimodel.study.bootstrap import bootstrap_ratios
+    from ds_minimodel.study.matching import matched_compute
 
     curves = {name: m.curve() for name, m in scores.items()}
     return (matched_compute(curves, "full", 1.0, "crossing", "higher", "isotonic"),
@@ -254,7 +254,8 @@ def test_study_reports_each_focus_ratio_without_and_with_its_one_time_cost():
     target: at 0 FLOPs without the cost (no finite ratio), at its cost (25 FLOPs) with it: ratio 8.
     minijoint+focus never reaches it: within its 20 FLOPs (ratio below 200/20 = 10), and with its
     cost of 30 within 50 (ratio below 4)."""
-    from ds_minimodel.analysis.study.one_time_cost import ratio_lines, section, with_one_time_costs
+    from ds_minimodel.study.one_time_cost import with_one_time_costs
+    from ds_minimodel.study.render import one_time_lines as ratio_lines, one_time_section as section
 
     methods = {"full": _scores([0, 1], [0, 100, 200], [0, 10, 20], [0.2, 0.5, 0.8]),
                "minipost+focus": _scores([0, 1], [0, 20, 40], [0, 2, 4], [0.3, 0.8, 0.9]),
@@ -267,7 +268,7 @@ def test_study_reports_each_focus_ratio_without_and_with_its_one_time_cost():
                             "source": recorded},
              "minijoint+focus": {"init": "focus", "flops": {0: 30.0, 1: 30.0}, "seconds": {0: 1.0, 1: 1.0},
                                  "source": recorded}}
-    from ds_minimodel.analysis.study.compare import attach_bootstrap
+    from ds_minimodel.study.matching import attach_bootstrap
 
     matched, boot = _match(methods)
     attach_bootstrap(matched, boot)  # as the study does: the intervals without the cost
@@ -309,7 +310,7 @@ def test_study_reports_each_focus_ratio_without_and_with_its_one_time_cost():
 def test_one_time_costs_come_from_the_pack_record_or_a_rebuild(monkeypatch):
     from types import SimpleNamespace
 
-    from ds_minimodel.analysis.study import one_time_cost
+    from ds_minimodel.study import one_time_cost
 
     def run(seed, init, provenance):
         return SimpleNamespace(seed=seed, config=SimpleNamespace(adapt=SimpleNamespace(init=init)),

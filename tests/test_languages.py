@@ -300,7 +300,7 @@ def test_retrieval_pairs_are_the_english_sample_in_every_language(code):
 def test_transfer_and_study_score_each_pack_in_its_own_language(tiny_model_dir, tiny_target_corpus, tmp_path):
     """Two packs, Chichewa and Bengali (random embeddings: what is tested is which verses each is
     scored on): each gets its language's pairs, and the study's scorer agrees with transfer."""
-    from ds_minimodel.analysis.study.scoring import RetrievalScorer
+    from ds_minimodel.study.scoring import RetrievalScorer
     from ds_minimodel.artefacts.langpack import PackInfo, load_pack, save_pack
     from ds_minimodel.artefacts.modeldir import read_model_dir
     from ds_minimodel.steps.transfer import evaluate_retrieval

@@ -14,7 +14,7 @@ from ds_minimodel.artefacts.surgery import (
 )
 from ds_minimodel.config import ModelConfig, from_dict
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from tests.helpers import expect_rejected, run_step
 
 
@@ -51,7 +51,7 @@ def assert_ran_as(run_dir, kind):
     """What ran is on record as step kind `kind`: in every checkpoint's meta.json, in the metrics
     log, and in the logged FLOPs (MFU's numerator), which are that kind's count for the model the
     run trained, micro-batch by micro-batch of its loader."""
-    from ds_minimodel.analysis.flops import step_flops
+    from ds_minimodel.method.flops import step_flops
     from ds_minimodel.config import ModelConfig, from_dict
     from ds_minimodel.data.loader import MLMLoader
     from ds_minimodel.data.shards import TokenShards

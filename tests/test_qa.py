@@ -17,14 +17,14 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from ds_minimodel.analysis import flops
+from ds_minimodel.method import flops
 from ds_minimodel.artefacts import hf
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.config import ConfigError, FinetuneConfig, ModelConfig, load_config
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import QuestionAnswering, SequenceClassifier
 from ds_minimodel.steps.finetune.common import ShuffledLoader, load_finetuned
-from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.tasks import batching
 from ds_minimodel.tasks.batching import (
     BERT,

@@ -52,7 +52,7 @@ def in_process_runner(calls):
 def tiny_study(tiny_model_dir, tiny_target_corpus, tmp_path_factory):
     """A fine-tuned tiny classifier and, for each of two seeds, two adaptation runs (full,
     minijoint) of 6 steps with a checkpoint every 2, made by run_experiments."""
-    from ds_minimodel.analysis.study.experiments import (
+    from ds_minimodel.study.experiments import (
         ExperimentOptions,
         run_experiments,
     )
@@ -76,7 +76,7 @@ def _run_args(runs: dict) -> list[str]:
 
 
 def test_run_experiments_keeps_every_checkpoint_and_reuses_finished_runs(tiny_study):
-    from ds_minimodel.analysis.study.experiments import run_experiments
+    from ds_minimodel.study.experiments import run_experiments
     from ds_minimodel.training.metrics import read_metrics
 
     assert {m: [d.name for d in dirs] for m, dirs in tiny_study["runs"].items()} == \
@@ -101,7 +101,7 @@ def test_the_seed_changes_initialisation_and_data_order(tiny_study):
     """train.seed reaches both: the rebuilt initial embeddings differ between seeds (and the
     step-2 checkpoint is within two Adam steps of its own seed's, not of the other's), and the
     loader each run checkpointed reads the corpus in a seed-dependent order."""
-    from ds_minimodel.analysis.study.runs import (
+    from ds_minimodel.study.runs import (
         checkpoint_tensors,
         init_tensors,
         open_run,
@@ -210,8 +210,8 @@ def test_study_reads_the_seeds_and_writes_intervals_json_markdown_and_plots(tiny
 
 
 def test_sequence_losses_sum_to_the_models_own_loss(tiny_study):
-    from ds_minimodel.analysis.study.loss_scoring import MLMLossScorer, sequence_losses
-    from ds_minimodel.analysis.study.runs import checkpoint_tensors, open_run
+    from ds_minimodel.study.loss_scoring import MLMLossScorer, sequence_losses
+    from ds_minimodel.study.runs import checkpoint_tensors, open_run
     from ds_minimodel.artefacts.surgery import plug_embeddings
     from ds_minimodel.model import MLMEncoder
 
@@ -237,8 +237,8 @@ def test_sequence_losses_sum_to_the_models_own_loss(tiny_study):
 
 
 def test_retrieval_metric_scores_every_checkpoint_per_pair(tiny_study, tiny_model_dir, tmp_path):
-    from ds_minimodel.analysis.study.compare import StudyOptions, compare_runs
-    from ds_minimodel.analysis.study.scoring import RetrievalScorer
+    from ds_minimodel.study.compare import StudyOptions, compare_runs
+    from ds_minimodel.study.scoring import RetrievalScorer
 
     scorer = RetrievalScorer(tiny_model_dir, pairs=40)
     result = compare_runs(tiny_study["runs"], scorer, tmp_path, StudyOptions(include_init=False, bootstrap=50,
@@ -306,7 +306,7 @@ def test_second_study_into_a_live_out_is_refused(tiny_study, tmp_path, capsys):
 
 def test_study_plan_sets_seeds_dense_checkpoints_and_parses_as_adapt_config(tiny_model_dir, tiny_target_corpus,
                                                                             tmp_path):
-    from ds_minimodel.analysis.study.experiments import (
+    from ds_minimodel.study.experiments import (
         ExperimentOptions,
         plan_experiments,
     )
@@ -345,7 +345,7 @@ def test_study_plan_gives_a_method_its_own_init(tiny_model_dir, tiny_target_corp
     """Every run starts from the paper's random embeddings unless its method says +INIT: then its
     own directory and adapt.init; unknown inits, a method named twice and --set adapt.init are
     refused before anything runs."""
-    from ds_minimodel.analysis.study.experiments import ExperimentOptions, plan_experiments
+    from ds_minimodel.study.experiments import ExperimentOptions, plan_experiments
     from ds_minimodel.config import AdaptConfig, load_config
 
     opts = ExperimentOptions(out=tmp_path, pretrained=tiny_model_dir, target_data=tiny_target_corpus,
@@ -365,7 +365,7 @@ def test_study_plan_gives_a_method_its_own_init(tiny_model_dir, tiny_target_corp
 
 
 def test_checkpoint_tensors_match_the_final_pack(tiny_study):
-    from ds_minimodel.analysis.study.runs import checkpoint_tensors, open_run
+    from ds_minimodel.study.runs import checkpoint_tensors, open_run
     from ds_minimodel.artefacts.langpack import load_pack
 
     run = open_run("full", tiny_study["runs"]["full"][1])
@@ -380,7 +380,7 @@ def test_by_body_scores_each_pack_through_its_own_model():
     fingerprint at the pack's depth, and names the pack when none has."""
     from types import SimpleNamespace
 
-    from ds_minimodel.analysis.study.scoring import ByBody
+    from ds_minimodel.study.scoring import ByBody
 
     def scorer(name, fingerprints):
         return SimpleNamespace(metric="accuracy", better="higher", identity={"model": name}, model_dir=name,
@@ -404,7 +404,7 @@ def test_by_body_scores_each_pack_through_its_own_model():
 def test_study_plan_adapts_the_baseline_from_its_own_model(tiny_model_dir, tiny_target_corpus, tmp_path):
     import shutil
 
-    from ds_minimodel.analysis.study.experiments import ExperimentOptions, plan_experiments
+    from ds_minimodel.study.experiments import ExperimentOptions, plan_experiments
     from ds_minimodel.config import AdaptConfig, load_config
 
     regular = tmp_path / "regular"

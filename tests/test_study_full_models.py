@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ds_minimodel.analysis.study.full_models import compare_full_models, markdown
+from ds_minimodel.study.full_models import compare_full_models, markdown
 from ds_minimodel.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""The ratio averaged over languages (analysis/study/languages.py, `study.py --average`) on made-up
+"""The ratio averaged over languages (study/languages.py, `study.py --average`) on made-up
 study.json files with known replicates, against the standard library's geometric mean and
 order statistics taken by hand."""
 
@@ -10,7 +10,7 @@ import statistics
 import numpy as np
 import pytest
 
-from ds_minimodel.analysis.study.languages import average_studies, geometric_mean, read_studies, summary_lines
+from ds_minimodel.study.languages import average_studies, geometric_mean, read_studies, summary_lines
 from ds_minimodel.errors import UserError
 from tests.helpers import expect_rejected
 

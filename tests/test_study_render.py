@@ -9,10 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from ds_minimodel.analysis.study.bootstrap import percentile_interval
-from ds_minimodel.analysis.study.compare import attach_bootstrap, json_safe, summarize
-from ds_minimodel.analysis.study.matching import Point, matched_compute
-from ds_minimodel.analysis.study.render import markdown, summary_lines
+from ds_minimodel.study.bootstrap import percentile_interval
+from ds_minimodel.study.compare import json_safe, summarize
+from ds_minimodel.study.matching import attach_bootstrap
+from ds_minimodel.study.matching import Point, matched_compute
+from ds_minimodel.study.render import markdown, summary_lines
 
 
 def curve(*pairs):
@@ -98,7 +99,7 @@ def test_sweep_plot_names_the_studies_level(monkeypatch, tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ds_minimodel.analysis.study.render import plot_sweep
+    from ds_minimodel.study.render import plot_sweep
 
     figures = []
     monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))

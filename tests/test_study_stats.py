@@ -9,19 +9,19 @@ import random
 import numpy as np
 import pytest
 
-from ds_minimodel.analysis.study.bootstrap import (
+from ds_minimodel.study.bootstrap import (
     MethodScores,
     bootstrap_ratios,
     percentile_interval,
     stack_seeds,
 )
-from ds_minimodel.analysis.study.matching import (
+from ds_minimodel.study.matching import (
     Point,
     first_crossing,
     isotonic,
     matched_compute,
 )
-from ds_minimodel.analysis.study.scoring import ScoreCache, Units
+from ds_minimodel.study.scoring import ScoreCache, Units
 from ds_minimodel.errors import UserError
 
 
@@ -268,8 +268,8 @@ def test_balanced_accuracy_chance_is_one_over_the_number_of_classes():
     class sizes: a balanced test set of 3 classes and sizes {10, 10, 20} both give 1/3."""
     from types import SimpleNamespace
 
-    from ds_minimodel.analysis.study.compare import balanced_chance
-    from ds_minimodel.analysis.study.scoring import AccuracyScorer
+    from ds_minimodel.study.compare import balanced_chance
+    from ds_minimodel.study.scoring import AccuracyScorer
 
     for labels in ([0, 0, 1, 1, 2, 2], [0] * 10 + [1] * 10 + [2] * 20, [5] * 3 + [1] * 7 + [2] * 11 + [0] * 2):
         examples = [SimpleNamespace(label=y) for y in labels]
@@ -464,7 +464,7 @@ def test_balanced_accuracy_is_the_mean_recall_over_classes_whichever_class_a_col
     plain accuracy is that class's share of the test set."""
     from types import SimpleNamespace
 
-    from ds_minimodel.analysis.study.scoring import AccuracyScorer
+    from ds_minimodel.study.scoring import AccuracyScorer
 
     rng = np.random.default_rng(3)
     labels = rng.choice(4, size=300, p=[0.5, 0.3, 0.15, 0.05])
@@ -487,7 +487,7 @@ def test_balanced_accuracy_is_the_mean_recall_over_classes_whichever_class_a_col
 
 
 def test_plug_gap_is_each_methods_loss_lost_in_the_full_model_beyond_the_baselines_sampling_offset():
-    from ds_minimodel.analysis.study.render import plug_gap_section
+    from ds_minimodel.study.render import plug_gap_section
 
     def seed(own, plugged):  # own loss logged every other checkpoint: the last logged one counts
         return {"metric": [9.0, plugged], "own_valid_loss": [9.0, own] if own is not None else [None, None]}

@@ -1,4 +1,4 @@
-"""The k x vocabulary sweep (analysis/study/sweep.py) end to end on a tiny regular model: a real
+"""The k x vocabulary sweep (study/sweep.py) end to end on a tiny regular model: a real
 tokenizer per vocabulary from the built-in Chichewa corpus, a real MiniPost per k, every arm's
 adaptation runs for two seeds through the adapt launcher, the per-vocabulary studies, the table,
 the plot and the merge into a study. Step budgets and the head's share are checked against
@@ -54,9 +54,9 @@ def in_process_runner(calls):
 
 @pytest.fixture(scope="module")
 def sweep_run(tiny_corpus, tmp_path_factory):
-    from ds_minimodel.analysis.study.compare import StudyOptions
-    from ds_minimodel.analysis.study.scoring import AccuracyScorer
-    from ds_minimodel.analysis.study.sweep import SweepOptions, run_sweep
+    from ds_minimodel.study.compare import StudyOptions
+    from ds_minimodel.study.scoring import AccuracyScorer
+    from ds_minimodel.study.sweep import SweepOptions, run_sweep
 
     root = tmp_path_factory.mktemp("sweep")
     run_ranks(_pretrain_regular, 1, args=(tiny_corpus, root / "regular"))
@@ -75,7 +75,7 @@ def _measured(cfg, kind: str, batch: int, seq: int, masked: int) -> tuple[int, i
     """(step FLOPs, of which the MLM head's) counted by FlopCounterMode on a plain-PyTorch model:
     everything the step counts that is not attributed to a transformer layer is the head's (the
     embedding lookups are no matmuls)."""
-    from ds_minimodel.analysis.flops_check import build_step, step_loss
+    from bench.flops_check import build_step, step_loss
 
     # Explicit attention: CPU SDPA without dropout runs a fused kernel FlopCounterMode does not count.
     step = build_step(dataclasses.replace(cfg, kernels="off", attention="explicit"), kind, batch, seq, masked)
@@ -107,7 +107,7 @@ def test_sweep_prepares_one_dataset_per_vocabulary_and_one_minipost_per_k(sweep_
 
 
 def test_sweep_budgets_and_head_share_match_flop_counter_mode(sweep_run):
-    from ds_minimodel.analysis.flops import expected_masked, minipost_config
+    from ds_minimodel.method.flops import expected_masked, minipost_config
     from ds_minimodel.artefacts.modeldir import read_model_dir
 
     opts, result = sweep_run["opts"], sweep_run["result"]
@@ -148,7 +148,7 @@ def test_sweep_points_carry_each_vocabularys_study(sweep_run):
         table = lines[header + 2:]
         cells = [row.strip("| ").split(" | ") for row in table[:table.index("")]]
         assert {c[0]: c[-1] for c in cells}[f"k{p['k']}"] == f"{p['plug_gap']:+.3f}"
-    from ds_minimodel.analysis.study.render import sweep_lines
+    from ds_minimodel.study.render import sweep_lines
 
     text = (opts.out / "sweep.md").read_text()
     assert text.count("\n| 1 |") == 2 and text.count("\n| 2 |") == 2  # a row per point
@@ -161,7 +161,7 @@ def test_sweep_points_carry_each_vocabularys_study(sweep_run):
 
 
 def test_sweep_table_merges_into_a_study(sweep_run, tmp_path):
-    from ds_minimodel.analysis.study.sweep import merge_into_study
+    from ds_minimodel.study.sweep import merge_into_study
 
     opts, result = sweep_run["opts"], sweep_run["result"]
     assert merge_into_study(result, opts.out, tmp_path) is False  # no study there yet: nothing written
@@ -177,7 +177,7 @@ def test_sweep_table_merges_into_a_study(sweep_run, tmp_path):
 
 
 def test_sweep_refuses_bad_axes_and_a_model_with_a_mid_head(tiny_model_dir, tiny_corpus, tmp_path):
-    from ds_minimodel.analysis.study.sweep import SweepOptions, check_options
+    from ds_minimodel.study.sweep import SweepOptions, check_options
     from launchers.study import parse_sweep
 
     assert parse_sweep(["k=1,2,3,4", "vocab=8000,32000"]) == ((1, 2, 3, 4), (8000, 32000))

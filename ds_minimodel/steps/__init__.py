@@ -8,8 +8,8 @@
                   (classification.py, qa.py, and common.py for what both share)
 4.  transfer.py   plug a language pack into the fine-tuned model and evaluate zero-shot
 
-rules.py says what each step trains (every step and the FLOP count read it); mlm_job.py is the
-masked-LM job that steps 1, 1b and 2 share. Each step runs on the shared training
+What each step trains is `ds_minimodel.method.rules` (the FLOP count reads it too); mlm_job.py is
+the masked-LM job that steps 1, 1b and 2 share. Each step runs on the shared training
 infrastructure in `ds_minimodel.training` and hands the next one an artefact
 (`ds_minimodel.artefacts`: model directories and language packs).
 """

@@ -16,7 +16,7 @@ from ds_minimodel.config import MiniPostConfig
 from ds_minimodel.errors import UserError
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
-from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.training.checkpoint import export
 

@@ -1,6 +1,6 @@
 """The masked-LM job that steps 1, 1b and 2 share: masked batches of a token corpus, validation
 MLM loss of every head the route runs, and by default a consolidated model directory with a
-Hugging Face export in final/. Each step brings its model (what trains: steps/rules.py) and its
+Hugging Face export in final/. Each step brings its model (what trains: method/rules.py) and its
 FLOP kind."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class LoopState:
 
 def flops_counter(model_cfg, kind: str, **kwargs) -> Callable[[dict], int]:
     """FLOPs of one micro-batch of step `kind`, from the masked positions it really has."""
-    from ds_minimodel.analysis.flops import step_flops
+    from ds_minimodel.method.flops import step_flops
 
     def count(batch: dict) -> int:
         B, T = batch["input_ids"].shape
@@ -52,13 +52,13 @@ def flops_counter(model_cfg, kind: str, **kwargs) -> Callable[[dict], int]:
 
 def world_peak_flops(dtype: str) -> float | None:
     """Peak FLOP/s of all ranks together: the vendor table on GPUs, a measured matmul rate on CPU."""
-    from ds_minimodel.analysis import flops
+    from ds_minimodel.training import utilisation
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     try:
         if torch.cuda.is_available():
-            return world * flops.peak_flops(torch.cuda.get_device_name(), "bf16" if dtype == "bf16" else "fp32")
-        return world * flops.measure_cpu_peak(seconds=0.3, n=512)
+            return world * utilisation.peak_flops(torch.cuda.get_device_name(), "bf16" if dtype == "bf16" else "fp32")
+        return world * utilisation.measure_cpu_peak(seconds=0.3, n=512)
     except UserError:
         return None
 

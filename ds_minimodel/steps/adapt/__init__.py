@@ -4,7 +4,7 @@ single.py trains one language, multi.py several in one job (`adapt.languages`), 
 what both share.
 
 Every variant trains the same thing, an `MLMEncoder` through route "final" with only the word
-table and the output bias trainable (`steps/rules.py`); they differ only in the body it runs through,
+table and the output bias trainable (`method/rules.py`); they differ only in the body it runs through,
 and record it as their step kind:
 
   minijoint  adapt_mini      layers 1..k of a MiniJoint model and its mid head (as the k-layer model's head)

@@ -18,9 +18,9 @@ none), so the same corpus and tokenizer give the same vectors: `study` can rebui
 embeddings. train.seed varies only the random rows (the rare pieces) and, as for every init, the
 data order and masks. Its cost (seconds on a
 Bible) is not part of step 2's FLOP count: it is a one-time cost that standard adaptation does not
-pay. `focus_init` returns its wall time and its FLOPs (analysis/focus_cost.py: fastText's CBOW
+pay. `focus_init` returns its wall time and its FLOPs (method/focus_cost.py: fastText's CBOW
 updates on the tokens and passes it actually trains on, and the combination's products) for the
-pack's record; the study adds them to a "+focus" method's curve (analysis/study/one_time_cost.py).
+pack's record; the study adds them to a "+focus" method's curve (study/one_time_cost.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ds_minimodel.analysis.focus_cost import cbow_cost, combine_flops
+from ds_minimodel.method.focus_cost import cbow_cost, combine_flops
 from ds_minimodel.errors import UserError
 
 # The paper's auxiliary fastText settings (CBOW: closer to MLM than skip-gram), with a hash-bucket
@@ -117,7 +117,7 @@ def token_vectors(documents, pieces: list[str], threads: int = 1,
 class FocusResult:
     combined: list[int]  # target ids initialised by FOCUS
     seconds: float  # auxiliary model and combination (wall-clock)
-    flops: float  # the same, estimated (analysis/focus_cost.py)
+    flops: float  # the same, estimated (method/focus_cost.py)
     cost: dict  # the counts behind `flops`: fastText's passes, updates, context, n-grams
 
 

@@ -39,7 +39,7 @@ from ds_minimodel.steps.adapt.common import (
     start_state,
 )
 from ds_minimodel.steps.mlm_job import open_corpus
-from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.training import engine as ds
 from ds_minimodel.training import loop
 from ds_minimodel.training.checkpoint import consolidate

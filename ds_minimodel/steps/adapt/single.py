@@ -18,7 +18,7 @@ from ds_minimodel.steps.adapt.common import (
     start_state,
 )
 from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
-from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.training.checkpoint import consolidate
 
 

@@ -21,7 +21,7 @@ from ds_minimodel.steps.finetune.common import (
     load_source,
     sample,
 )
-from ds_minimodel.steps.rules import set_requires_grad_for_step
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.tasks.batching import (
     EncodedTexts,
     encode_texts,
@@ -116,7 +116,7 @@ def run(cfg: FinetuneConfig, ds_config_path: str, resume: bool = False) -> Path:
                                                    dist.world_size, valid_enc.type_ids)}
 
     def micro_flops(batch: dict) -> int:
-        from ds_minimodel.analysis.flops import step_flops
+        from ds_minimodel.method.flops import step_flops
 
         B, T = batch["input_ids"].shape
         return step_flops(model_cfg, "finetune", B, T, 0, num_classes=len(task.label_names)).total

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ds_minimodel.analysis.flops import check_kind, step_plan
+from ds_minimodel.method.flops import check_kind, step_plan
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.model import (
     IGNORE_INDEX,
@@ -24,7 +24,7 @@ from ds_minimodel.model import (
     QuestionAnswering,
     SequenceClassifier,
 )
-from ds_minimodel.steps.rules import ROUTE, set_requires_grad_for_step
+from ds_minimodel.method.rules import ROUTE, set_requires_grad_for_step
 
 # --------------------------------------------------------------------------------------------
 # Parameters and the rules of thumb others use.
@@ -154,7 +154,7 @@ def step_loss(model, kind: str, input_ids, labels, class_labels=None) -> torch.T
 
 def count_step(model, kind: str, input_ids, labels, *, class_labels=None) -> tuple[int, int]:
     """(forward, backward) FLOPs FlopCounterMode counts for one step of `kind`; the caller has set
-    requires_grad (steps.rules.set_requires_grad_for_step)."""
+    requires_grad (method.rules.set_requires_grad_for_step)."""
     check_kind(kind)
     with FlopCounterMode(display=False) as fwd_counter, torch.set_grad_enabled(kind != "eval"):
         loss = step_loss(model, kind, input_ids, labels, class_labels)

@@ -258,3 +258,29 @@ def matched_compute(curves: dict[str, list[Point]], baseline: str = "full", frac
             "baseline_final_metric": base_final, "target": target, "met_at_start": met_at_start,
             "baseline_flops_to_target": ref_flops, "baseline_seconds_to_target": ref_seconds,
             "methods": methods}
+
+
+def attach_bootstrap(matched: dict, boot: dict) -> None:
+    """Each method's bootstrap into its matched entry: the interval, how many replicates define a
+    ratio (not NaN) and the replicates themselves (the average over languages resamples them).
+    No interval where fewer than MIN_DEFINED of the replicates define a ratio, or where the
+    estimate itself has none (an interval of the few replicates that do would stand for nothing
+    the study reports); `interval_note` then says why."""
+    for name, b in boot["methods"].items():
+        e = matched["methods"][name]
+        r = np.asarray(b["ratios"], dtype=np.float64)
+        defined, total = int((~np.isnan(r)).sum()), len(r)
+        interval, why = b.get("interval"), b.get("why")
+        if interval is not None and any(x is None or math.isnan(x) for x in interval):
+            interval = None
+        if interval_withheld(defined, total):
+            interval, why = None, (f"only n = {defined} of {total} replicates define a ratio "
+                                   f"(under {MIN_DEFINED:.0%})")
+        elif e["outcome"] in ("met_at_start", "no_baseline"):
+            interval, why = None, None
+        e["interval_flops"], e["interval_defined"], e["interval_replicates"] = interval, defined, total
+        e["interval_method"] = b.get("interval_method")
+        if interval is None and why:
+            e["interval_note"] = why
+        e["bootstrap"] = {"undefined": total - defined, "not_reached": int((r == 0).sum()),
+                          "at_zero_flops": int(np.isinf(r).sum()), "ratios": r.tolist()}

@@ -1,7 +1,7 @@
 """One-time costs: compute a method spends once, before its first step-2 step, that standard
 adaptation does not. Today that is FOCUS (adapt.init=focus): its auxiliary fastText model, trained
 on the target text, and the combination of source rows (steps/adapt/focus.py; the FLOPs are
-analysis/focus_cost.py's estimate, the wall-clock is measured). The step-2 curves leave it out, so a
+method/focus_cost.py's estimate, the wall-clock is measured). The step-2 curves leave it out, so a
 "+focus" method's ratio alone flatters it; the study reports each such ratio twice:
 
 - without the cost: the method's curve as trained (the ratio every other line prints);
@@ -25,9 +25,9 @@ from typing import Callable
 
 import numpy as np
 
-from ds_minimodel.analysis.study.bootstrap import MethodScores
-from ds_minimodel.analysis.study.runs import INIT_TAG, StudyRun, init_record
-from ds_minimodel.analysis.study.render import interval_cell, point_phrase, ratio_cell, ratio_line
+from ds_minimodel.study.bootstrap import MethodScores
+from ds_minimodel.study.matching import attach_bootstrap
+from ds_minimodel.study.runs import INIT_TAG, StudyRun, init_record
 
 ONE_TIME_INITS = ("focus",)  # adapt.init values with a one-time cost
 
@@ -66,8 +66,6 @@ def with_one_time_costs(methods: dict[str, MethodScores], costs: dict[str, dict]
     own: (matched_compute's result, bootstrap_ratios' result) for a set of MethodScores, so the
     ratio and interval are found exactly as for the curves without the cost (the same bootstrap
     seed draws the same replicates), and the interval is kept or withheld by compare's rule."""
-    from ds_minimodel.analysis.study.compare import attach_bootstrap  # here: compare imports this module
-
     costs = {name: c for name, c in costs.items() if name in methods}
     if not costs:
         return {}
@@ -97,47 +95,3 @@ def with_one_time_costs(methods: dict[str, MethodScores], costs: dict[str, dict]
                      "replicates": e["interval_replicates"], "interval_note": e.get("interval_note"),
                      "ratio_seconds": e["ratio_seconds"] if seconds is not None else None, "note": note}
     return out
-
-
-# study.md and the printed summary, in the study's own words (render.py's phrases and cells).
-
-def _without(study: dict, name: str) -> dict:
-    """The method's entry without the cost, in the form render's phrases read (compare.summarize's)."""
-    e = study["matched"]["methods"][name]
-    return {"ratio": e["ratio_value"], "interval": e.get("interval_flops"), "outcome": e.get("outcome"),
-            "ratio_bound": e.get("ratio_bound"), "total_flops": e.get("total_flops"), "n": e.get("interval_defined"),
-            "replicates": e.get("interval_replicates"), "interval_note": e.get("interval_note")}
-
-
-def ratio_lines(result: dict) -> list[str]:
-    """One line per costed method and metric: its ratio with its one-time cost, then without."""
-    level, out = result["level"], []
-    for metric, study in result["metrics"].items():
-        for name, e in (study.get("one_time_cost") or {}).items():
-            seconds = "" if e["cost_seconds"] is None else f", {e['cost_seconds']:.1f} s"
-            costed = f"{name} with its one-time cost ({e['init']}: {e['cost_flops']:.3e} FLOPs{seconds})"
-            out.append(f"{ratio_line(costed, e, metric, level)}; without it: {point_phrase(_without(study, name))}")
-    return out
-
-
-def section(study: dict, level: float) -> list[str]:
-    """study.md's table, under a metric's own table: each costed method without and with its cost."""
-    entries = study.get("one_time_cost") or {}
-    if not entries:
-        return []
-    rows = []
-    for name, e in entries.items():
-        without = _without(study, name)
-        seconds = "not recorded" if e["cost_seconds"] is None else f"{e['cost_seconds']:.1f}"
-        with_seconds = "-" if e["ratio_seconds"] is None else f"{e['ratio_seconds']:.2f}"
-        rows.append(f"| {name} | {e['init']} | {e['cost_flops']:.3e} | {seconds} | {ratio_cell(without)} | "
-                    f"{interval_cell(without)} | {ratio_cell(e)} | {interval_cell(e)} | {with_seconds} | "
-                    f"{', '.join(e['source'])} | {e['note']} |")
-    pct = round(level * 100)
-    return ["One-time cost: what a method spends once before its first step, which standard adaptation does not "
-            "(FOCUS: training its fastText model on the target text and combining source rows; FLOPs estimated "
-            "from fastText's CBOW updates, wall-clock measured). With it, the cost is added to every point of the "
-            "method's curve and the ratio found again the same way.", "",
-            f"| method | init | one-time FLOPs | one-time wall-clock (s) | compute ratio without it | {pct}% interval "
-            f"| compute ratio with it | {pct}% interval | wall-clock ratio with it | cost from | note (with it) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]

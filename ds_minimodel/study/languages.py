@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ds_minimodel.analysis.study.bootstrap import percentile_interval
-from ds_minimodel.analysis.study.matching import MIN_DEFINED, interval_withheld
+from ds_minimodel.study.bootstrap import percentile_interval
+from ds_minimodel.study.matching import MIN_DEFINED, interval_withheld
 from ds_minimodel.errors import UserError
 
 
@@ -99,7 +99,7 @@ def mean_over_languages(per_language: dict[str, dict]) -> dict:
     none = [lang for o, langs in by.items() if o not in ("ratio", "not_reached", "at_zero_flops") for lang in langs]
     if none:
         reasons = sorted({per_language[lang]["outcome"] for lang in none})
-        from ds_minimodel.analysis.study.render import NO_RATIO
+        from ds_minimodel.study.render import NO_RATIO
 
         why = "; ".join(f"{NO_RATIO.get(o, o)} in {', '.join(l for l in none if per_language[l]['outcome'] == o)}"
                         for o in reasons)
@@ -188,7 +188,7 @@ def _outcome_of(ratio: float) -> str:
 
 
 def markdown(result: dict) -> list[str]:
-    from ds_minimodel.analysis.study.render import MATCHED_AT, interval_cell, ratio_cell
+    from ds_minimodel.study.render import MATCHED_AT, interval_cell, ratio_cell
 
     pct = round(result["level"] * 100)
     langs = result["languages"]
@@ -212,7 +212,7 @@ def markdown(result: dict) -> list[str]:
 
 def summary_lines(result: dict) -> list[str]:
     """The study's line per method, at every metric, the transfer metric last."""
-    from ds_minimodel.analysis.study.render import _ratio_phrase
+    from ds_minimodel.study.render import _ratio_phrase
 
     primary = result["metric"]
     out = []

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ds_minimodel.analysis.study.bootstrap import UnitClusters
-from ds_minimodel.analysis.study.runs import (
+from ds_minimodel.study.bootstrap import UnitClusters
+from ds_minimodel.study.runs import (
     INIT_TAG,
     StudyRun,
     checkpoint_tensors,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ds_minimodel.analysis.study.full_models import markdown as full_models_section
-from ds_minimodel.analysis.study.matching import MIN_DEFINED, interval_withheld
+from ds_minimodel.study.full_models import markdown as full_models_section
+from ds_minimodel.study.matching import MIN_DEFINED, interval_withheld
 
 METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->target retrieval top-1",
                 "balanced_accuracy": "target-language class-balanced accuracy",
@@ -273,18 +273,16 @@ def plug_gap_section(study: dict) -> list[str]:
 
 
 def markdown(study: dict) -> str:
-    from ds_minimodel.analysis.study import one_time_cost  # here: it imports this module
-
     level = study["level"]
     lines = ["# Compute-budget study: step-2 compute to reach the standard baseline", ""]
     for name, per_metric in study["summary"].items():
         for metric, entry in per_metric.items():
             lines.append(f"- {ratio_line(name, entry, metric, level)}")
-    lines += [f"- {line}" for line in one_time_cost.ratio_lines(study)]
+    lines += [f"- {line}" for line in one_time_lines(study)]
     lines.append("")
     for metric, s in study["metrics"].items():
         lines += _metric_section(s, study["runs"], level)
-        lines += one_time_cost.section(s, level)
+        lines += one_time_section(s, level)
         if s["metric"] == "mlm_loss":
             lines += plug_gap_section(s)
         refs = s.get("references") or {}
@@ -308,8 +306,6 @@ def markdown(study: dict) -> str:
 def summary_lines(result: dict) -> list[str]:
     """Notes and the MLM-loss lines first; the run ends with one line per method at matched
     transfer metric (ratio_line's form), after the "+focus" methods' with their one-time cost."""
-    from ds_minimodel.analysis.study.one_time_cost import ratio_lines as one_time_lines
-
     level, primary = result["level"], result["metric"]
     out = []
     for metric, s in result["metrics"].items():
@@ -443,3 +439,47 @@ def sweep_lines(result: dict) -> list[str]:
             out.append(f"sweep k={p['k']} V={p['vocab_size']}: {_ratio_phrase(p[metric], metric, _level(result))}; "
                        f"{p['step_flops_ratio']:.2f}x fewer FLOPs a step, head {100 * p['head_share']:.0f}% of it")
     return out
+
+
+# One-time costs (one_time_cost.py) in study.md and the printed summary, in the study's own words.
+
+def _without_cost(study: dict, name: str) -> dict:
+    """The method's entry without the cost, in the form render's phrases read (compare.summarize's)."""
+    e = study["matched"]["methods"][name]
+    return {"ratio": e["ratio_value"], "interval": e.get("interval_flops"), "outcome": e.get("outcome"),
+            "ratio_bound": e.get("ratio_bound"), "total_flops": e.get("total_flops"), "n": e.get("interval_defined"),
+            "replicates": e.get("interval_replicates"), "interval_note": e.get("interval_note")}
+
+
+def one_time_lines(result: dict) -> list[str]:
+    """One line per costed method and metric: its ratio with its one-time cost, then without."""
+    level, out = result["level"], []
+    for metric, study in result["metrics"].items():
+        for name, e in (study.get("one_time_cost") or {}).items():
+            seconds = "" if e["cost_seconds"] is None else f", {e['cost_seconds']:.1f} s"
+            costed = f"{name} with its one-time cost ({e['init']}: {e['cost_flops']:.3e} FLOPs{seconds})"
+            out.append(f"{ratio_line(costed, e, metric, level)}; without it: {point_phrase(_without_cost(study, name))}")
+    return out
+
+
+def one_time_section(study: dict, level: float) -> list[str]:
+    """study.md's table, under a metric's own table: each costed method without and with its cost."""
+    entries = study.get("one_time_cost") or {}
+    if not entries:
+        return []
+    rows = []
+    for name, e in entries.items():
+        without = _without_cost(study, name)
+        seconds = "not recorded" if e["cost_seconds"] is None else f"{e['cost_seconds']:.1f}"
+        with_seconds = "-" if e["ratio_seconds"] is None else f"{e['ratio_seconds']:.2f}"
+        rows.append(f"| {name} | {e['init']} | {e['cost_flops']:.3e} | {seconds} | {ratio_cell(without)} | "
+                    f"{interval_cell(without)} | {ratio_cell(e)} | {interval_cell(e)} | {with_seconds} | "
+                    f"{', '.join(e['source'])} | {e['note']} |")
+    pct = round(level * 100)
+    return ["One-time cost: what a method spends once before its first step, which standard adaptation does not "
+            "(FOCUS: training its fastText model on the target text and combining source rows; FLOPs estimated "
+            "from fastText's CBOW updates, wall-clock measured). With it, the cost is added to every point of the "
+            "method's curve and the ratio found again the same way.", "",
+            f"| method | init | one-time FLOPs | one-time wall-clock (s) | compute ratio without it | {pct}% interval "
+            f"| compute ratio with it | {pct}% interval | wall-clock ratio with it | cost from | note (with it) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]

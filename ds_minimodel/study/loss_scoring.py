@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ds_minimodel.analysis.study.bootstrap import UnitClusters
-from ds_minimodel.analysis.study.runs import StudyRun
-from ds_minimodel.analysis.study.scoring import Units, file_id
+from ds_minimodel.study.bootstrap import UnitClusters
+from ds_minimodel.study.runs import StudyRun
+from ds_minimodel.study.scoring import Units, file_id
 from ds_minimodel.artefacts.langpack import PackInfo, check_compatible
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import plugged_encoder

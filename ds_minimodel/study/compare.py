@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ds_minimodel.analysis.study.bootstrap import (
+from ds_minimodel.study.bootstrap import (
     INTERVAL_SUMMARY,
     INTERVAL_WHY,
     MethodScores,
@@ -20,13 +20,13 @@ from ds_minimodel.analysis.study.bootstrap import (
     interval_description,
     stack_seeds,
 )
-from ds_minimodel.analysis.study.full_models import compare_full_models
-from ds_minimodel.analysis.study.loss_scoring import MLMLossScorer
-from ds_minimodel.analysis.study.matching import MIN_DEFINED, Point, interval_withheld, matched_compute
-from ds_minimodel.analysis.study.one_time_cost import one_time_costs, with_one_time_costs
-from ds_minimodel.analysis.study.render import markdown, plot_curves
-from ds_minimodel.analysis.study.runs import StudyRun, open_runs, own_valid_loss
-from ds_minimodel.analysis.study.scoring import ByBody, RunScores, ScoreCache, collect_scores
+from ds_minimodel.study.full_models import compare_full_models
+from ds_minimodel.study.loss_scoring import MLMLossScorer
+from ds_minimodel.study.matching import Point, attach_bootstrap, matched_compute
+from ds_minimodel.study.one_time_cost import one_time_costs, with_one_time_costs
+from ds_minimodel.study.render import markdown, plot_curves
+from ds_minimodel.study.runs import StudyRun, open_runs, own_valid_loss
+from ds_minimodel.study.scoring import ByBody, RunScores, ScoreCache, collect_scores
 from ds_minimodel.errors import UserError
 from ds_minimodel.training.checkpoint import write_atomic
 
@@ -74,32 +74,6 @@ def bootstrap_stream(language: str, seed: int) -> int:
     are independent, which the average over languages (languages.py) relies on. The same seed in
     every language gave every language the same resampling matrices."""
     return int.from_bytes(hashlib.sha256(f"{language}:{seed}".encode()).digest()[:8], "big")
-
-
-def attach_bootstrap(matched: dict, boot: dict) -> None:
-    """Each method's bootstrap into its matched entry: the interval, how many replicates define a
-    ratio (not NaN) and the replicates themselves (the average over languages resamples them).
-    No interval where fewer than MIN_DEFINED of the replicates define a ratio, or where the
-    estimate itself has none (an interval of the few replicates that do would stand for nothing
-    the study reports); `interval_note` then says why."""
-    for name, b in boot["methods"].items():
-        e = matched["methods"][name]
-        r = np.asarray(b["ratios"], dtype=np.float64)
-        defined, total = int((~np.isnan(r)).sum()), len(r)
-        interval, why = b.get("interval"), b.get("why")
-        if interval is not None and any(x is None or math.isnan(x) for x in interval):
-            interval = None
-        if interval_withheld(defined, total):
-            interval, why = None, (f"only n = {defined} of {total} replicates define a ratio "
-                                   f"(under {MIN_DEFINED:.0%})")
-        elif e["outcome"] in ("met_at_start", "no_baseline"):
-            interval, why = None, None
-        e["interval_flops"], e["interval_defined"], e["interval_replicates"] = interval, defined, total
-        e["interval_method"] = b.get("interval_method")
-        if interval is None and why:
-            e["interval_note"] = why
-        e["bootstrap"] = {"undefined": total - defined, "not_reached": int((r == 0).sum()),
-                          "at_zero_flops": int(np.isinf(r).sum()), "ratios": r.tolist()}
 
 
 def summarize(metrics: dict[str, dict], names) -> dict:

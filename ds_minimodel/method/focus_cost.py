@@ -1,6 +1,6 @@
 """FOCUS's one-time cost in FLOPs: the auxiliary fastText CBOW model it trains on the target text
 (steps/adapt/focus.py) and the combination of source rows. Standard adaptation pays neither; the
-study adds this to every point of a "+focus" method's FLOP curve (analysis/study/one_time_cost.py).
+study adds this to every point of a "+focus" method's FLOP curve (study/one_time_cost.py).
 
 The unit is the one of flops.py: a multiply and an add are one FLOP each (a multiply-add is 2),
 scalar work per update (the sigmoid's table lookup, the learning rate) is not counted, nor is

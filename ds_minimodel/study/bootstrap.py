@@ -88,7 +88,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from ds_minimodel.analysis.study.matching import Point, matched_compute
+from ds_minimodel.study.matching import Point, matched_compute
 from ds_minimodel.errors import InvalidValueError, UserError
 
 

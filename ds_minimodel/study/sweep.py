@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ds_minimodel.analysis import flops
-from ds_minimodel.analysis.study.compare import StudyOptions, compare_runs
-from ds_minimodel.analysis.study.experiments import run_config_problems, run_settings, train_runs
-from ds_minimodel.analysis.study.render import plot_sweep, plug_gaps, sweep_section
-from ds_minimodel.analysis.study.runs import adapt_body
+from ds_minimodel.method import flops
+from ds_minimodel.study.compare import StudyOptions, compare_runs
+from ds_minimodel.study.experiments import run_config_problems, run_settings, train_runs
+from ds_minimodel.study.render import plot_sweep, plug_gaps, sweep_section
+from ds_minimodel.study.runs import adapt_body
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.config import AdaptConfig, load_config
 from ds_minimodel.data.recipes import BIBLE_RECIPES
@@ -244,7 +244,7 @@ def sweep_points(vocab: int, arms: dict, study: dict) -> list[dict]:
 def merge_into_study(result: dict, out_dir: Path, study_dir: Path) -> bool:
     """Put the sweep (written into out_dir) into study_dir's study.json (key "sweep") and re-render
     its study.md; False when that study has not been written."""
-    from ds_minimodel.analysis.study.render import markdown as study_markdown
+    from ds_minimodel.study.render import markdown as study_markdown
 
     path = Path(study_dir) / "study.json"
     if not path.is_file():

@@ -1,0 +1,11 @@
+"""The method's accounting, below both the training loop and the steps (both import it; it
+imports neither):
+
+rules.py       what each step kind trains: the one rule the steps freeze their models by
+flops.py       the analytic FLOP count of every step kind (forward / input-gradient /
+               weight-gradient, aware of what is frozen), read by the loop, the steps and the study
+focus_cost.py  FOCUS's one-time cost: the FLOPs of its auxiliary fastText model and combination
+
+MFU and the hardware peaks sit beside the loop (training/utilisation.py); the check of the count
+against torch's FlopCounterMode is bench/flops_check.py.
+"""
