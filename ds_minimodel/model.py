@@ -282,7 +282,7 @@ class SequenceClassifier(nn.Module):
     on the mean of the token states (pooling="mean").
 
     Used for single sentences and sentence pairs alike (pairs are packed as <s> A </s></s> B </s>,
-    or [CLS] A [SEP] B [SEP] with token_type_ids for BERT: see tasks.batching.Layout).
+    or [CLS] A [SEP] B [SEP] with token_type_ids for BERT: see tokenizers.layout.Layout).
     The MLM heads stay in `encoder` (so a language pack plugs in by name) but are never called.
     """
 

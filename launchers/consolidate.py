@@ -21,9 +21,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from ds_minimodel.training.checkpoint import export
+        from ds_minimodel.artefacts.checkpoint_export import export_checkpoint
 
-        out = export(args.checkpoint_dir, args.out, args.tag, args.tokenizer)
+        out = export_checkpoint(args.checkpoint_dir, args.out, args.tag, args.tokenizer)
         print(f"wrote {out}/model.pt, {out}/config.json and {out}/hf")
 
     run_main(body)

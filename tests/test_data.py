@@ -14,6 +14,7 @@ from ds_minimodel.data import (
     TokenShards,
     eval_batches,
     mask_tokens,
+    bible_table,
     recipes,
     write_shards,
 )
@@ -332,25 +333,25 @@ def test_prepare_hf_dataset(tmp_path, capsys):
 
 
 def test_heldout_and_valid_chapters():
-    held = recipes.heldout_chapters()
-    assert held == recipes.heldout_chapters(seed=0, fraction=0.05)
-    assert 50 <= len(held) <= 70 and held != recipes.heldout_chapters(seed=1)
-    assert {recipes.BOOK_GENRE[b] for b, _ in held} == set(recipes.GENRES)
-    valid = recipes.valid_chapters(seed=0, fraction=0.01, heldout=held)
+    held = bible_table.heldout_chapters()
+    assert held == bible_table.heldout_chapters(seed=0, fraction=0.05)
+    assert 50 <= len(held) <= 70 and held != bible_table.heldout_chapters(seed=1)
+    assert {bible_table.BOOK_GENRE[b] for b, _ in held} == set(bible_table.GENRES)
+    valid = bible_table.valid_chapters(seed=0, fraction=0.01, heldout=held)
     assert len(valid) == 12 and not valid & held
-    assert len(recipes.all_chapters()) == 1189 and len(recipes.BOOK_GENRE) == 66
+    assert len(bible_table.all_chapters()) == 1189 and len(bible_table.BOOK_GENRE) == 66
 
 
 @pytest.mark.parametrize("recipe", ["bible-ny", "bible-en"])
 def test_bible_recipe_excludes_heldout(recipe):
     splits, meta = recipes.bible_recipe(recipe)
-    held = recipes.heldout_chapters()
-    valid = recipes.valid_chapters(heldout=held)
+    held = bible_table.heldout_chapters()
+    valid = bible_table.valid_chapters(heldout=held)
     train_keys = {d.key[1:] for d in splits["train"]}
     assert train_keys and not train_keys & held and not train_keys & valid
     assert {d.key[1:] for d in splits["valid"]} == valid
     assert {tuple(c) for c in meta["heldout"]["chapters"]} == held
-    n_sources = 1 if recipe == "bible-ny" else len(recipes.EN_TRANSLATIONS)
+    n_sources = 1 if recipe == "bible-ny" else len(bible_table.EN_TRANSLATIONS)
     assert len(splits["train"]) >= n_sources * (1189 - len(held) - len(valid)) - 2
 
 
@@ -361,8 +362,8 @@ def test_verses_align():
     assert en[(1, 1, 1)] == "In the beginning God created the heaven and the earth."
     assert ny[(1, 1, 1)].startswith("Pachiyambi Mulungu")
     assert len(set(ny) & set(en)) > 31000
-    assert recipes.BOOK_GENRE[1] == "law" and recipes.BOOK_GENRE[40] == "gospels"
-    assert recipes.BOOK_GENRE[66] == "letters" and recipes.book_name(19) == "Psalms"
+    assert bible_table.BOOK_GENRE[1] == "law" and bible_table.BOOK_GENRE[40] == "gospels"
+    assert bible_table.BOOK_GENRE[66] == "letters" and bible_table.book_name(19) == "Psalms"
 
 
 @pytest.mark.parametrize("recipe,word", [("bible-ny", "Mulungu"), ("bible-en", "God")])

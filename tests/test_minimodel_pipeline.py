@@ -161,7 +161,8 @@ def test_finetune_then_transfer_and_mismatched_pack_refused(tiny_model_dir, tiny
     from ds_minimodel.steps import transfer
     from ds_minimodel.steps.finetune.classification import load_task
     from ds_minimodel.steps.finetune.common import load_classifier
-    from ds_minimodel.tasks.batching import encode_texts, layout_for, padded_batch
+    from ds_minimodel.tasks.batching import encode_texts, padded_batch
+    from ds_minimodel.tokenizers.layout import layout_for
 
     model, config, lineage = load_classifier(str(ft / "final"))
     info, tensors, tok = load_pack(str(adapt / "pack"))

@@ -26,14 +26,8 @@ from ds_minimodel.model import QuestionAnswering, SequenceClassifier
 from ds_minimodel.steps.finetune.common import ShuffledLoader, load_finetuned
 from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.tasks import batching
-from ds_minimodel.tasks.batching import (
-    BERT,
-    ROBERTA,
-    Layout,
-    encode_qa,
-    encode_texts,
-    layout_for,
-)
+from ds_minimodel.tasks.batching import encode_qa, encode_texts
+from ds_minimodel.tokenizers.layout import BERT, ROBERTA, Layout, layout_for
 from ds_minimodel.tasks.formats import ClassificationExample, load_task
 from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.tokenizers.sentencepiece import train_tokenizer

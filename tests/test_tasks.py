@@ -163,7 +163,7 @@ def genre():
 
 
 def test_verse_genre_task_splits(genre):
-    from ds_minimodel.data.recipes import BOOK_GENRE, GENRES, heldout_chapters
+    from ds_minimodel.data.bible_table import BOOK_GENRE, GENRES, heldout_chapters
 
     heldout = heldout_chapters()
     assert genre.num_labels == len(GENRES) == 6 and genre.label_names == GENRES
@@ -198,7 +198,7 @@ def test_verse_genre_task_is_deterministic_and_seeded(genre):
 
 
 def test_verse_retrieval_pairs():
-    from ds_minimodel.data.recipes import heldout_chapters
+    from ds_minimodel.data.bible_table import heldout_chapters
 
     pairs = bible.verse_retrieval_pairs()
     heldout = heldout_chapters()

@@ -41,7 +41,7 @@ from ds_minimodel.artefacts.surgery import plug_embeddings
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
 from ds_minimodel.staged_dir import check_empty_or_overwrite, staged_dir
-from ds_minimodel.tasks.batching import layout_for
+from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tokenizers.base import Tokenizer
 
 PROVENANCE = "ds_minimodel_export.json"  # what went in; transformers ignores it

@@ -15,7 +15,7 @@ and puts `<mask>` last), `BertTokenizer` wants a WordPiece vocab.txt. So the exp
 * pre-tokenizer: Metaspace, which turns spaces into "▁", prefixes the text with "▁" (the dummy
   prefix) and splits before each "▁" (sentencepiece pieces never cross a word start);
 * post-processor: the frame our data pipeline puts around every sequence, by the body's
-  `tasks.batching.Layout`: `<s> A </s>` and `<s> A </s></s> B </s>` for the RoBERTa family,
+  `tokenizers.layout.Layout`: `<s> A </s>` and `<s> A </s></s> B </s>` for the RoBERTa family,
   `<s> A </s> B </s>` for the BERT family, with token types 0/1 where the body has two
   (`<s>`/`</s>` being whatever pieces hold the bos/eos ids);
 * the special pieces are added tokens, so the literal strings `<mask>` etc. in a text become
@@ -34,7 +34,7 @@ import json
 from pathlib import Path
 
 from ds_minimodel.errors import UserError
-from ds_minimodel.tasks.batching import Layout
+from ds_minimodel.tokenizers.layout import Layout
 from ds_minimodel.tokenizers.base import WORD_START, Tokenizer
 from ds_minimodel.tokenizers.pretrained import HFTokenizer
 from ds_minimodel.tokenizers.sentencepiece import SentencePieceTokenizer

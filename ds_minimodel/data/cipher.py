@@ -8,7 +8,7 @@ as "æ") is kept. So:
 - the ciphered text has exactly the source text's word, digit and punctuation structure, and
   sentencepiece's whitespace, digit and script splitting behave alike on both;
 - the source sentencepiece model with the cipher applied to every piece segments ciphered text
-  as the source segments the plain text (tokenizers/cipher.py checks that on every verse), so
+  as the source segments the plain text (data/cipher_vocab.py checks that on every verse), so
   every row of the ciphered vocabulary has a known correct source row;
 - the map is a bijection only where the source text holds none of the Cyrillic target letters:
   `check_plain` refuses text that does (a Russian Bible, say), since its cipher could not be read

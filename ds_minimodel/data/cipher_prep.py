@@ -1,4 +1,4 @@
-"""prepare_dataset's two cipher-language options (tokenizers/cipher.py does the work):
+"""prepare_dataset's two cipher-language options (data/cipher_vocab.py does the work):
 
 - `--cipher-tokenizer SOURCE`: tokenize with SOURCE's sentencepiece model ciphered
   (`ciphered_source_tokenizer`). Before any shard is written, every verse of the recipe (all
@@ -22,7 +22,7 @@ from ds_minimodel.data import cipher
 from ds_minimodel.errors import UserError
 from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.tokenizers.base import Tokenizer
-from ds_minimodel.tokenizers.cipher import (
+from ds_minimodel.data.cipher_vocab import (
     KNOWN_ROWS_FILE,
     cipher_sentencepiece,
     known_rows,

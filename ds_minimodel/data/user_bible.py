@@ -43,6 +43,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ds_minimodel.data import cipher
+from ds_minimodel.data.bible_table import (
+    HELDOUT_FRACTION,
+    HELDOUT_SEED,
+    LANGUAGES,
+    BibleLanguage,
+    Document,
+    heldout_chapters,
+    valid_chapters,
+)
 from ds_minimodel.errors import InvalidValueError, MissingFileError
 
 Key = tuple[int, int, int]
@@ -346,7 +355,6 @@ _REGISTRY: dict[str, _Entry] = {}
 def check_code(code: str) -> str:
     """A code for a user's language: a code config accepts, and not one the table serves."""
     from ds_minimodel.config import LANGUAGE_CODE
-    from ds_minimodel.data.recipes import LANGUAGES
 
     if not isinstance(code, str) or not LANGUAGE_CODE.fullmatch(code):
         raise InvalidValueError(f"--language {code!r} is not a language code (letters, digits, '-' and '_', "
@@ -391,12 +399,10 @@ def forget(code: str | None = None) -> None:
 
 
 def registered_language(code: str):
-    """The table row (`recipes.BibleLanguage`) of a registered user language, or None."""
+    """The table row (`bible_table.BibleLanguage`) of a registered user language, or None."""
     entry = _REGISTRY.get(code)
     if entry is None:
         return None
-    from ds_minimodel.data.recipes import BibleLanguage
-
     return BibleLanguage(code, code, "user", (entry.path,), os.path.basename(entry.path), "as the file writes it",
                          f"a user's Bible, registered by {entry.where}")
 
@@ -429,16 +435,8 @@ def parse_bible_file_option(value: str) -> tuple[str, str]:
 def user_bible_recipe(path: str, code: str, valid_fraction: float = 0.01, seed: int = 0):
     """(split -> documents, index.json meta) for a user's Bible, as `recipes.bible_recipe` makes
     them for a language of the table: one document per chapter, the held-out chapters of every
-    recipe left out of every split, and validation chapters ranked as `recipes.valid_chapters`
+    recipe left out of every split, and validation chapters ranked as `bible_table.valid_chapters`
     ranks them: `valid_fraction` of the file's chapters (for a whole Bible, the recipes' own)."""
-    from ds_minimodel.data.recipes import (
-        HELDOUT_FRACTION,
-        HELDOUT_SEED,
-        Document,
-        heldout_chapters,
-        valid_chapters,
-    )
-
     check_code(code)
     if not 0.0 <= valid_fraction < 1.0:
         raise InvalidValueError(f"--valid-fraction {valid_fraction} is not in [0, 1)")

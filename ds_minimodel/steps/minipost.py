@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ds_minimodel.artefacts.checkpoint_export import export_checkpoint
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import build_minipost
 from ds_minimodel.config import MiniPostConfig
@@ -18,7 +19,6 @@ from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
 from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.tokenizers import load_tokenizer
-from ds_minimodel.training.checkpoint import export
 
 
 def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
@@ -49,9 +49,11 @@ def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
 
     def finalize(run_dir: Path, checkpointer) -> None:
         fps = {str(i): lineage["body_fingerprints"][str(i)] for i in range(1, k + 1)}
-        export(checkpointer.dir, run_dir / "final", tokenizer_path=lineage.get("tokenizer"),
-               lineage={"kind": "minipost", "mini_layers": k, "top_layers": n, "source": str(cfg.minipost.source),
-                        "source_layers": src_cfg.num_layers, "body_fingerprints": fps}, hf_export=False)
+        export_checkpoint(checkpointer.dir, run_dir / "final", tokenizer_path=lineage.get("tokenizer"),
+                          lineage={"kind": "minipost", "mini_layers": k, "top_layers": n,
+                                   "source": str(cfg.minipost.source), "source_layers": src_cfg.num_layers,
+                                   "body_fingerprints": fps},
+                          hf_export=False)
 
     return run_mlm_job(cfg, mini_cfg, shards, ds_config_path, resume, make_model=make_model, kind="minipost_top",
                        route="final", loss_keys=("loss", "final_loss"), finalize=finalize,

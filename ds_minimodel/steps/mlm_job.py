@@ -11,11 +11,12 @@ from typing import Callable
 
 import torch
 
+from ds_minimodel.artefacts.checkpoint_export import export_checkpoint
 from ds_minimodel.config import ModelConfig, to_dict
 from ds_minimodel.data.loader import MLMLoader, eval_batches
 from ds_minimodel.data.shards import TokenShards
 from ds_minimodel.training import loop
-from ds_minimodel.training.checkpoint import Checkpointer, export
+from ds_minimodel.training.checkpoint import Checkpointer
 from ds_minimodel.training.job import JobSpec, run_job
 
 
@@ -46,7 +47,7 @@ def run_mlm_job(cfg, model_cfg: ModelConfig, shards: TokenShards, ds_config_path
         return lambda: loop.evaluate_mlm(engine, valid, {"route": route}, loss_keys[1:])
 
     def export_final(run_dir: Path, checkpointer: Checkpointer) -> None:
-        export(checkpointer.dir, run_dir / "final", tokenizer_path=str(Path(shards.path) / shards.index["tokenizer"]))
+        export_checkpoint(checkpointer.dir, run_dir / "final", tokenizer_path=str(Path(shards.path) / shards.index["tokenizer"]))
 
     spec = JobSpec(kind=kind, model_config=to_dict(model_cfg), make_loader=make_loader, make_model=make_model,
                    loss_keys=loss_keys, finalize=finalize or export_final, make_evaluate=make_evaluate,

@@ -34,11 +34,8 @@ from ds_minimodel.steps.finetune.qa import (
     encode_for,
     qa_scores,
 )
-from ds_minimodel.tasks.batching import (
-    encode_texts,
-    layout_for,
-    pad_sequences,
-)
+from ds_minimodel.tasks.batching import encode_texts, pad_sequences
+from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tasks.bible import (
     MAX_RETRIEVAL_PAIRS,
     retrieval_sample,

@@ -37,7 +37,8 @@ from ds_minimodel.steps.finetune.classification import (
 )
 from ds_minimodel.steps.finetune.common import load_classifier
 from ds_minimodel.steps.transfer import mean_pooled, plugged_model
-from ds_minimodel.tasks.batching import encode_texts, layout_for
+from ds_minimodel.tasks.batching import encode_texts
+from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tasks.bible import (
     majority_rate,
     retrieval_sample,

@@ -7,22 +7,11 @@
   English <-> target verse retrieval, in any language of the Bible table, all on chapters held
   out of every training corpus.
 - `metrics`: macro-F1, SQuAD/MLQA exact match and F1, retrieval top-1 and MRR.
-- `batching`: examples -> tensors in the model family's layout (RoBERTa or BERT), QA windows and
-  span decoding.
+- `batching`: examples -> tensors in the model family's layout (RoBERTa or BERT:
+  `ds_minimodel.tokenizers.layout`), QA windows and span decoding.
 """
 
-from ds_minimodel.tasks.batching import (
-                                        BERT,
-                                        ROBERTA,
-                                        EncodedTexts,
-                                        Layout,
-                                        QAFeatures,
-                                        encode_qa,
-                                        encode_texts,
-                                        layout_for,
-                                        qa_predictions,
-                                        span_text,
-)
+from ds_minimodel.tasks.batching import EncodedTexts, QAFeatures, encode_qa, encode_texts, qa_predictions, span_text
 from ds_minimodel.tasks.bible import (
                                         VersePair,
                                         VersePairs,
@@ -64,7 +53,7 @@ __all__ = [
     "VersePair", "VersePairs", "verse_genre_task", "verse_retrieval_pairs",
     "paired_difference", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
     "retrieval_metrics",
-    "Layout", "ROBERTA", "BERT", "layout_for", "EncodedTexts", "encode_texts",
+    "EncodedTexts", "encode_texts",
     "QAFeatures", "encode_qa",
     "qa_predictions", "span_text",
 ]

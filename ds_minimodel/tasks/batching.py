@@ -1,6 +1,6 @@
 """Task examples -> model tensors with a `Tokenizer`, in the layout of the model's family.
 
-Two families (`Layout`, chosen from the model config by `layout_for`):
+Two families (`tokenizers.layout.Layout`, chosen from the model config by `layout_for`):
 - RoBERTa / XLM-R (and the models trained here): `<s> A </s>`, pairs `<s> A </s></s> B </s>`,
   no token_type_ids (one token type).
 - BERT: `[CLS] A [SEP]`, pairs `[CLS] A [SEP] B [SEP]`, with token_type_ids 0 up to and
@@ -33,47 +33,9 @@ import torch
 from ds_minimodel.errors import InvalidValueError
 from ds_minimodel.tasks.formats import ClassificationExample, QAExample
 from ds_minimodel.tokenizers.base import Tokenizer
+from ds_minimodel.tokenizers.layout import ROBERTA, Layout
 
 Span = tuple[int, int]
-
-# --------------------------------------------------------------------------------------------
-# Layouts
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a model family packs special tokens around one or two segments (see the module doc).
-
-    `segment_ids`: feed token_type_ids (BERT with a two-row token-type table)."""
-    family: str = "roberta"
-    segment_ids: bool = False
-
-    def __post_init__(self) -> None:
-        if self.family not in ("roberta", "bert"):
-            raise InvalidValueError(f"layout family must be 'roberta' or 'bert', got {self.family!r}")
-        if self.segment_ids and self.family != "bert":
-            raise InvalidValueError("token_type_ids are only fed to BERT-family models")
-
-    @property
-    def separators(self) -> int:
-        """Separator tokens between the two segments of a pair: </s></s> (RoBERTa), [SEP] (BERT)."""
-        return 2 if self.family == "roberta" else 1
-
-
-ROBERTA = Layout("roberta")
-BERT = Layout("bert", segment_ids=True)
-
-
-def layout_for(cfg) -> Layout:
-    """The layout of the family of a model config (`ModelConfig`), never of its tokenizer: a new
-    language's tokenizer is trained here and knows nothing about the body it is plugged into.
-    BERT's absolute positions (position_style "bert", set by hf.config_from_hf for BERT
-    checkpoints) mark the BERT family; token_type_ids only when its token-type table has a
-    second row (type_vocab_size 2)."""
-    if cfg.position_style == "bert":
-        return Layout("bert", segment_ids=cfg.type_vocab_size >= 2)
-    return ROBERTA
-
 
 def _segments(n_a: int, n: int, layout: Layout) -> list[int] | None:
     """token_type_ids of a packed row of n tokens whose first n_a tokens are segment A."""

@@ -11,7 +11,7 @@ language's embeddings, evaluate zero-shot) is exercised on:
 - `verse_retrieval_pairs`: English <-> target verse pairs from the held-out chapters, for
   bitext retrieval with pooled sentence embeddings (`metrics.retrieval_metrics`).
 
-Every language of `recipes.LANGUAGES` is a target language (`recipes.DEFAULT_TARGET_LANGUAGE`
+Every language of `bible_table.LANGUAGES` is a target language (`bible_table.DEFAULT_TARGET_LANGUAGE`
 when none is named). Every language is scored on the same verse ids: the test ids are chosen
 from the English text alone, and a verse the target translation lacks (a placeholder, a verse
 folded into its neighbour) is dropped from that language's test set only, and counted
@@ -24,7 +24,7 @@ other: its text is its plain language's verse-aligned text, ciphered (for Englis
 its test verses are the plain language's test verses letter for letter, and the plain
 language's accuracy is the ceiling of its transfer.
 
-The held-out chapters are `recipes.heldout_chapters(HELDOUT_SEED, HELDOUT_FRACTION)`, the same
+The held-out chapters are `bible_table.heldout_chapters(HELDOUT_SEED, HELDOUT_FRACTION)`, the same
 chapters every Bible corpus recipe drops, so no test verse is seen in pretraining, adaptation
 or fine-tuning, in any language. `seed` only changes which training verses are sampled and
 which chapters are the validation chapters; it never moves the test set.
@@ -37,7 +37,8 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ds_minimodel.data.recipes import (
+from ds_minimodel.data.recipes import bible_language, bible_verses, english_verses
+from ds_minimodel.data.bible_table import (
     BOOK_GENRE,
     DEFAULT_TARGET_LANGUAGE,
     GENRES,
@@ -45,9 +46,6 @@ from ds_minimodel.data.recipes import (
     HELDOUT_SEED,
     SOURCE_LANGUAGE,
     all_chapters,
-    bible_language,
-    bible_verses,
-    english_verses,
     heldout_chapters,
 )
 from ds_minimodel.errors import InvalidValueError

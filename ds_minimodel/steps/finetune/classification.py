@@ -2,7 +2,7 @@
 (bible-genre, XNLI, PAWS-X), embeddings frozen (see common.py).
 
 Inputs are packed as the model family expects
-(`tasks.batching.layout_for`: RoBERTa `<s> A </s></s> B </s>`, BERT `[CLS] A [SEP] B [SEP]` with
+(`tokenizers.layout.layout_for`: RoBERTa `<s> A </s></s> B </s>`, BERT `[CLS] A [SEP] B [SEP]` with
 token_type_ids).
 """
 
@@ -22,12 +22,8 @@ from ds_minimodel.steps.finetune.common import (
     sample,
 )
 from ds_minimodel.method.rules import set_requires_grad_for_step
-from ds_minimodel.tasks.batching import (
-    EncodedTexts,
-    encode_texts,
-    layout_for,
-    padded_batch,
-)
+from ds_minimodel.tasks.batching import EncodedTexts, encode_texts, padded_batch
+from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tasks.formats import TaskData
 from ds_minimodel.training import loop
 from ds_minimodel.training.job import JobSpec, run_job

@@ -28,12 +28,8 @@ from ds_minimodel.steps.finetune.common import (
     sample,
 )
 from ds_minimodel.method.rules import set_requires_grad_for_step
-from ds_minimodel.tasks.batching import (
-    QAFeatures,
-    encode_qa,
-    layout_for,
-    qa_predictions,
-)
+from ds_minimodel.tasks.batching import QAFeatures, encode_qa, qa_predictions
+from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tasks.formats import QAExample, TaskData, load_task, task_file
 from ds_minimodel.tasks.metrics import qa_metrics
 from ds_minimodel.training import loop
