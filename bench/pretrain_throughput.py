@@ -178,10 +178,8 @@ class Side:
     """
 
     def __init__(self, name, build, a, ds_config, optim, batches, ga, zero_init):
-        from deepspeed.accelerator import get_accelerator
-
         self.name, self.a, self.batches, self.ga = name, a, batches, ga
-        self.acc = get_accelerator()
+        self.acc = ds.accelerator()
         rss_before = _rss_gib()
         can_reset = _reset_peak_rss()
         t0 = time.perf_counter()

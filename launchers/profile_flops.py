@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 
@@ -102,31 +101,11 @@ class _StepForward(nn.Module):
 
 
 def run_deepspeed_profiler(step: dict, *, zero3_linear: bool = False) -> int:
-    """FlopsProfiler.get_total_flops() for one forward of `step` (flops_check.build_step).
+    """FlopsProfiler.get_total_flops() for one forward of `step` (flops_check.build_step), through
+    the engine (the only module that imports DeepSpeed). zero3_linear: as engine.profiler_flops."""
+    from ds_minimodel.training import engine
 
-    zero3_linear: swap torch.nn.functional.linear for DeepSpeed's ZeRO-3 linear, as zero.Init
-    does, without partitioning anything: that swap alone is what makes the profiler count every
-    linear layer twice under ZeRO-3.
-    """
-    from deepspeed.profiling.flops_profiler.profiler import FlopsProfiler
-    from deepspeed.runtime.zero.linear import zero3_linear_wrap
-    from deepspeed.utils import logger as ds_logger
-
-    module = _StepForward(step)
-    saved_linear, saved_level = torch.nn.functional.linear, ds_logger.level
-    ds_logger.setLevel(logging.WARNING)
-    if zero3_linear:
-        torch.nn.functional.linear = zero3_linear_wrap
-    prof = FlopsProfiler(module)
-    try:
-        prof.start_profile()
-        with torch.no_grad():
-            module()
-        return int(prof.get_total_flops())
-    finally:
-        prof.end_profile()
-        torch.nn.functional.linear = saved_linear
-        ds_logger.setLevel(saved_level)
+    return engine.profiler_flops(_StepForward(step), zero3_linear=zero3_linear)
 
 
 # --------------------------------------------------------------------------------------------

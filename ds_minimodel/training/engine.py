@@ -329,10 +329,46 @@ class GroupedEngine:
                 grad.mul_(1.0 / divisor)
 
 
-def get_accelerator_device() -> torch.device:
+def accelerator():
+    """DeepSpeed's accelerator object (synchronize, memory counters): for code outside this module,
+    which never imports DeepSpeed itself."""
     from deepspeed.accelerator import get_accelerator
 
-    return torch.device(get_accelerator().current_device_name())
+    return get_accelerator()
+
+
+def get_accelerator_device() -> torch.device:
+    return torch.device(accelerator().current_device_name())
+
+
+def profiler_flops(module: torch.nn.Module, *, zero3_linear: bool = False) -> int:
+    """DeepSpeed's FlopsProfiler.get_total_flops() for one forward of `module` (called with no
+    arguments, under no_grad): what its profiler would report, for bench and profile_flops to
+    set against the analytic count.
+
+    zero3_linear: swap torch.nn.functional.linear for DeepSpeed's ZeRO-3 linear, as zero.Init
+    does, without partitioning anything: that swap alone is what makes the profiler count every
+    linear layer twice under ZeRO-3.
+    """
+    import logging
+
+    from deepspeed.profiling.flops_profiler.profiler import FlopsProfiler
+    from deepspeed.runtime.zero.linear import zero3_linear_wrap
+
+    saved_linear, saved_level = torch.nn.functional.linear, ds_logger.level
+    ds_logger.setLevel(logging.WARNING)
+    if zero3_linear:
+        torch.nn.functional.linear = zero3_linear_wrap
+    prof = FlopsProfiler(module)
+    try:
+        prof.start_profile()
+        with torch.no_grad():
+            module()
+        return int(prof.get_total_flops())
+    finally:
+        prof.end_profile()
+        torch.nn.functional.linear = saved_linear
+        ds_logger.setLevel(saved_level)
 
 
 def _grad_fragment(param: torch.nn.Parameter):
