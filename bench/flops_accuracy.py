@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from ds_minimodel.config import ModelConfig  # noqa: E402
 from ds_minimodel.method import flops  # noqa: E402
 from bench import flops_check  # noqa: E402
-from ds_minimodel.config import ModelConfig  # noqa: E402
 
 # (name, model shape, (batch, seq, masked)): distinct dimensions so that no two terms coincide.
 SHAPES = [

@@ -16,15 +16,15 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ds_minimodel.method.flops import check_kind, step_plan
 from ds_minimodel.config import ModelConfig
+from ds_minimodel.method.flops import check_kind, step_plan
+from ds_minimodel.method.rules import ROUTE, set_requires_grad_for_step
 from ds_minimodel.model import (
     IGNORE_INDEX,
     MLMEncoder,
     QuestionAnswering,
     SequenceClassifier,
 )
-from ds_minimodel.method.rules import ROUTE, set_requires_grad_for_step
 
 # --------------------------------------------------------------------------------------------
 # Parameters and the rules of thumb others use.

@@ -36,7 +36,6 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
 
-from ds_minimodel.method.flops import step_flops  # noqa: E402
 from ds_minimodel.artefacts.surgery import (  # noqa: E402
     BIASES,
     TIED,
@@ -45,8 +44,9 @@ from ds_minimodel.artefacts.surgery import (  # noqa: E402
     plug_embeddings,
 )
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
-from ds_minimodel.model import MLMEncoder, MultiLanguageMLM  # noqa: E402
+from ds_minimodel.method.flops import step_flops  # noqa: E402
 from ds_minimodel.method.rules import set_requires_grad_for_step  # noqa: E402
+from ds_minimodel.model import MLMEncoder, MultiLanguageMLM  # noqa: E402
 from ds_minimodel.training import engine as ds  # noqa: E402
 from ds_minimodel.training import loop  # noqa: E402
 

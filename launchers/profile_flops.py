@@ -40,12 +40,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ds_minimodel.method import flops  # noqa: E402
-from ds_minimodel.training import utilisation  # noqa: E402
-from bench import flops_check  # noqa: E402
 from ds_minimodel.cli import run_main  # noqa: E402
 from ds_minimodel.config import ModelConfig, PretrainConfig, load_config  # noqa: E402
 from ds_minimodel.errors import UserError  # noqa: E402
+from ds_minimodel.method import flops  # noqa: E402
+from ds_minimodel.training import utilisation  # noqa: E402
+from bench import flops_check  # noqa: E402
 
 SMALL = dict(hidden_size=64, num_heads=4, intermediate_size=128, vocab_size=1009)
 

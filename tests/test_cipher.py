@@ -34,6 +34,12 @@ from ds_minimodel.artefacts.langpack import PackInfo, load_pack, save_pack
 from ds_minimodel.artefacts.surgery import fingerprint, plugged_encoder
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.data import cipher
+from ds_minimodel.data.cipher_vocab import (
+    cipher_sentencepiece,
+    known_rows,
+    read_known_rows,
+    segmentation_mismatches,
+)
 from ds_minimodel.data.masking import mask_tokens
 from ds_minimodel.data.recipes import english_verses
 from ds_minimodel.errors import InvalidValueError
@@ -41,14 +47,8 @@ from ds_minimodel.model import MLMEncoder, SequenceClassifier
 from ds_minimodel.steps.adapt.common import select_body
 from ds_minimodel.steps.transfer import plugged_model
 from ds_minimodel.tasks.batching import encode_texts, padded_batch
-from ds_minimodel.tokenizers.layout import ROBERTA
 from ds_minimodel.tokenizers import load_tokenizer
-from ds_minimodel.data.cipher_vocab import (
-    cipher_sentencepiece,
-    known_rows,
-    read_known_rows,
-    segmentation_mismatches,
-)
+from ds_minimodel.tokenizers.layout import ROBERTA
 from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 from tests.helpers import assert_close_fp32
 

@@ -32,9 +32,9 @@ from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.finetune.common import load_classifier
 from ds_minimodel.steps.transfer import plugged_model
 from ds_minimodel.tasks.batching import build_pair, pad_sequences
-from ds_minimodel.tokenizers.layout import BERT, ROBERTA, Layout
 from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.tokenizers.base import Tokenizer
+from ds_minimodel.tokenizers.layout import BERT, ROBERTA, Layout
 from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 from launchers.export import main as export_main
 from tests.helpers import (

@@ -29,9 +29,6 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from ds_minimodel.method import flops
-from bench import flops_check
-from ds_minimodel.training import utilisation
 from ds_minimodel.config import (
     ModelConfig,
     PretrainConfig,
@@ -40,13 +37,16 @@ from ds_minimodel.config import (
     to_dict,
 )
 from ds_minimodel.errors import UserError
+from ds_minimodel.method import flops
+from ds_minimodel.method import rules as step_rules
 from ds_minimodel.model import (
     IGNORE_INDEX,
     MLMEncoder,
     QuestionAnswering,
     SequenceClassifier,
 )
-from ds_minimodel.method import rules as step_rules
+from ds_minimodel.training import utilisation
+from bench import flops_check
 
 REPO = Path(__file__).resolve().parents[1]
 K = 2  # MiniJoint mid head / MiniPost frozen layers

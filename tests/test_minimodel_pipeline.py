@@ -13,8 +13,8 @@ from ds_minimodel.artefacts.surgery import (
     plug_embeddings,
 )
 from ds_minimodel.config import ModelConfig, from_dict
-from ds_minimodel.model import MLMEncoder
 from ds_minimodel.method.rules import set_requires_grad_for_step
+from ds_minimodel.model import MLMEncoder
 from tests.helpers import expect_rejected, run_step
 
 

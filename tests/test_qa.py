@@ -17,19 +17,19 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from ds_minimodel.method import flops
 from ds_minimodel.artefacts import hf
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.config import ConfigError, FinetuneConfig, ModelConfig, load_config
 from ds_minimodel.errors import UserError
+from ds_minimodel.method import flops
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.model import QuestionAnswering, SequenceClassifier
 from ds_minimodel.steps.finetune.common import ShuffledLoader, load_finetuned
-from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.tasks import batching
 from ds_minimodel.tasks.batching import encode_qa, encode_texts
-from ds_minimodel.tokenizers.layout import BERT, ROBERTA, Layout, layout_for
 from ds_minimodel.tasks.formats import ClassificationExample, load_task
 from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.layout import BERT, ROBERTA, Layout, layout_for
 from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 from tests.conftest import REPO
 from tests.helpers import (

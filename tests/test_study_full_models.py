@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ds_minimodel.study.full_models import compare_full_models, markdown
 from ds_minimodel.errors import UserError
+from ds_minimodel.study.full_models import compare_full_models, markdown
 
 
 def _model(root, name, mid_head_layer, flops, losses, ids, correct):

@@ -14,10 +14,10 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
+from ds_minimodel.errors import UserError
 from ds_minimodel.study.bootstrap import MethodScores, UnitClusters, bootstrap_ratios, t_quantile
 from ds_minimodel.study.loss_scoring import sequence_documents
 from ds_minimodel.study.scoring import chapter_clusters
-from ds_minimodel.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

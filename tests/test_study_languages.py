@@ -10,8 +10,8 @@ import statistics
 import numpy as np
 import pytest
 
-from ds_minimodel.study.languages import average_studies, geometric_mean, read_studies, summary_lines
 from ds_minimodel.errors import UserError
+from ds_minimodel.study.languages import average_studies, geometric_mean, read_studies, summary_lines
 from tests.helpers import expect_rejected
 
 

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from ds_minimodel.errors import UserError
 from ds_minimodel.study.bootstrap import (
     MethodScores,
     bootstrap_ratios,
@@ -22,7 +23,6 @@ from ds_minimodel.study.matching import (
     matched_compute,
 )
 from ds_minimodel.study.scoring import ScoreCache, Units
-from ds_minimodel.errors import UserError
 
 
 def curve(*pairs, seconds_per_flop=1e-3):

@@ -41,8 +41,8 @@ from ds_minimodel.artefacts.surgery import plug_embeddings
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
 from ds_minimodel.staged_dir import check_empty_or_overwrite, staged_dir
-from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tokenizers.base import Tokenizer
+from ds_minimodel.tokenizers.layout import layout_for
 
 PROVENANCE = "ds_minimodel_export.json"  # what went in; transformers ignores it
 _CLASSIFIER_CLASS = {"xlm-roberta": "XLMRobertaForSequenceClassification", "bert": "BertForSequenceClassification"}

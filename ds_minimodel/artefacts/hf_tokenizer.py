@@ -34,8 +34,8 @@ import json
 from pathlib import Path
 
 from ds_minimodel.errors import UserError
-from ds_minimodel.tokenizers.layout import Layout
 from ds_minimodel.tokenizers.base import WORD_START, Tokenizer
+from ds_minimodel.tokenizers.layout import Layout
 from ds_minimodel.tokenizers.pretrained import HFTokenizer
 from ds_minimodel.tokenizers.sentencepiece import SentencePieceTokenizer
 

@@ -19,9 +19,6 @@ import os
 from typing import Callable, Iterable
 
 from ds_minimodel.data import cipher
-from ds_minimodel.errors import UserError
-from ds_minimodel.tokenizers import load_tokenizer
-from ds_minimodel.tokenizers.base import Tokenizer
 from ds_minimodel.data.cipher_vocab import (
     KNOWN_ROWS_FILE,
     cipher_sentencepiece,
@@ -30,6 +27,9 @@ from ds_minimodel.data.cipher_vocab import (
     segmentation_mismatches,
     source_model_path,
 )
+from ds_minimodel.errors import UserError
+from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.base import Tokenizer
 
 
 def check_cipher_recipe(language: str | None, option: str, source: str) -> None:

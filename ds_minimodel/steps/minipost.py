@@ -15,9 +15,9 @@ from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import build_minipost
 from ds_minimodel.config import MiniPostConfig
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
-from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.tokenizers import load_tokenizer
 
 

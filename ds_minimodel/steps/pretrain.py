@@ -11,9 +11,9 @@ import torch
 from ds_minimodel.config import ModelConfig, PretrainConfig
 from ds_minimodel.data.shards import TokenShards
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
-from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.training.engine import model_init_context
 
 

@@ -35,7 +35,6 @@ from ds_minimodel.steps.finetune.qa import (
     qa_scores,
 )
 from ds_minimodel.tasks.batching import encode_texts, pad_sequences
-from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tasks.bible import (
     MAX_RETRIEVAL_PAIRS,
     retrieval_sample,
@@ -46,6 +45,7 @@ from ds_minimodel.tasks.formats import task_file
 from ds_minimodel.tasks.metrics import retrieval_metrics
 from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.tokenizers.base import Tokenizer
+from ds_minimodel.tokenizers.layout import layout_for
 
 
 def _encoder_state(state: dict, prefix: str) -> dict:

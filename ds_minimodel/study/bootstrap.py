@@ -88,8 +88,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from ds_minimodel.study.matching import Point, matched_compute
 from ds_minimodel.errors import InvalidValueError, UserError
+from ds_minimodel.study.matching import Point, matched_compute
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from ds_minimodel.errors import UserError
 from ds_minimodel.study.bootstrap import (
     INTERVAL_SUMMARY,
     INTERVAL_WHY,
@@ -27,7 +28,6 @@ from ds_minimodel.study.one_time_cost import one_time_costs, with_one_time_costs
 from ds_minimodel.study.render import markdown, plot_curves
 from ds_minimodel.study.runs import StudyRun, open_runs, own_valid_loss
 from ds_minimodel.study.scoring import ByBody, RunScores, ScoreCache, collect_scores
-from ds_minimodel.errors import UserError
 from ds_minimodel.training.checkpoint import write_atomic
 
 

@@ -19,9 +19,9 @@ from typing import Callable
 
 import yaml
 
-from ds_minimodel.study.runs import METHODS, adapt_body, split_method
 from ds_minimodel.config import INITS, AdaptConfig, AdaptSettings, ConfigError, load_config
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
+from ds_minimodel.study.runs import METHODS, adapt_body, split_method
 from ds_minimodel.subprocess_runner import REPO, run_command
 
 

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ds_minimodel.errors import UserError
 from ds_minimodel.study.bootstrap import percentile_interval
 from ds_minimodel.study.matching import MIN_DEFINED, interval_withheld
-from ds_minimodel.errors import UserError
 
 
 def _as_float(v) -> float:

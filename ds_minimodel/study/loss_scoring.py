@@ -36,9 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ds_minimodel.study.bootstrap import UnitClusters
-from ds_minimodel.study.runs import StudyRun
-from ds_minimodel.study.scoring import Units, file_id
 from ds_minimodel.artefacts.langpack import PackInfo, check_compatible
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import plugged_encoder
@@ -47,6 +44,9 @@ from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, gather_masked
 from ds_minimodel.steps.adapt.common import select_body
 from ds_minimodel.steps.mlm_job import open_corpus
+from ds_minimodel.study.bootstrap import UnitClusters
+from ds_minimodel.study.runs import StudyRun
+from ds_minimodel.study.scoring import Units, file_id
 
 
 def sequence_documents(tokens: np.ndarray, eos: int, sequences: int, body: int) -> np.ndarray:

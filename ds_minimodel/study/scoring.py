@@ -18,13 +18,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ds_minimodel.study.bootstrap import UnitClusters
-from ds_minimodel.study.runs import (
-    INIT_TAG,
-    StudyRun,
-    checkpoint_tensors,
-    init_tensors,
-)
 from ds_minimodel.artefacts.langpack import PackInfo, check_compatible
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import plugged_encoder
@@ -37,8 +30,14 @@ from ds_minimodel.steps.finetune.classification import (
 )
 from ds_minimodel.steps.finetune.common import load_classifier
 from ds_minimodel.steps.transfer import mean_pooled, plugged_model
+from ds_minimodel.study.bootstrap import UnitClusters
+from ds_minimodel.study.runs import (
+    INIT_TAG,
+    StudyRun,
+    checkpoint_tensors,
+    init_tensors,
+)
 from ds_minimodel.tasks.batching import encode_texts
-from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tasks.bible import (
     majority_rate,
     retrieval_sample,
@@ -46,6 +45,7 @@ from ds_minimodel.tasks.bible import (
 )
 from ds_minimodel.tasks.metrics import retrieval_ranks
 from ds_minimodel.tokenizers import load_tokenizer
+from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.training.checkpoint import write_atomic
 
 METRICS = ("accuracy", "retrieval_top1")

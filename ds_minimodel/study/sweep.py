@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ds_minimodel.method import flops
-from ds_minimodel.study.compare import StudyOptions, compare_runs
-from ds_minimodel.study.experiments import run_config_problems, run_settings, train_runs
-from ds_minimodel.study.render import plot_sweep, plug_gaps, sweep_section
-from ds_minimodel.study.runs import adapt_body
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.config import AdaptConfig, load_config
 from ds_minimodel.data.recipes import BIBLE_RECIPES
 from ds_minimodel.errors import InvalidValueError, MissingFileError
+from ds_minimodel.method import flops
 from ds_minimodel.steps.adapt.common import STEP_KIND
+from ds_minimodel.study.compare import StudyOptions, compare_runs
+from ds_minimodel.study.experiments import run_config_problems, run_settings, train_runs
+from ds_minimodel.study.render import plot_sweep, plug_gaps, sweep_section
+from ds_minimodel.study.runs import adapt_body
 from ds_minimodel.subprocess_runner import REPO, run_command
 from ds_minimodel.training.checkpoint import write_atomic
 

@@ -37,7 +37,6 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ds_minimodel.data.recipes import bible_language, bible_verses, english_verses
 from ds_minimodel.data.bible_table import (
     BOOK_GENRE,
     DEFAULT_TARGET_LANGUAGE,
@@ -48,6 +47,7 @@ from ds_minimodel.data.bible_table import (
     all_chapters,
     heldout_chapters,
 )
+from ds_minimodel.data.recipes import bible_language, bible_verses, english_verses
 from ds_minimodel.errors import InvalidValueError
 from ds_minimodel.tasks.formats import ClassificationExample, TaskData
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ds_minimodel.method.focus_cost import cbow_cost, combine_flops
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.focus_cost import cbow_cost, combine_flops
 
 # The paper's auxiliary fastText settings (CBOW: closer to MLM than skip-gram), with a hash-bucket
 # table sized for a Bible-scale corpus (fastText's default, 2M buckets x dim floats, is 800 MB).

@@ -30,6 +30,7 @@ from ds_minimodel.artefacts.langpack import save_pack
 from ds_minimodel.config import AdaptConfig, to_dict
 from ds_minimodel.data.loader import LanguageLoaders, MLMLoader, eval_batches
 from ds_minimodel.data.user_bible import pack_provenance
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.model import MultiLanguageMLM
 from ds_minimodel.steps.adapt.common import (
     check_ds_config,
@@ -39,7 +40,6 @@ from ds_minimodel.steps.adapt.common import (
     start_state,
 )
 from ds_minimodel.steps.mlm_job import open_corpus
-from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.training import engine as ds
 from ds_minimodel.training import loop
 from ds_minimodel.training.checkpoint import consolidate

@@ -9,6 +9,7 @@ import torch
 from ds_minimodel.artefacts.langpack import save_pack
 from ds_minimodel.config import AdaptConfig
 from ds_minimodel.data.user_bible import pack_provenance
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.adapt.common import (
     check_ds_config,
@@ -18,7 +19,6 @@ from ds_minimodel.steps.adapt.common import (
     start_state,
 )
 from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
-from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.training.checkpoint import consolidate
 
 

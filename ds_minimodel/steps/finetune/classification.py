@@ -14,6 +14,7 @@ import torch
 
 from ds_minimodel.config import FinetuneConfig, to_dict
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.model import SequenceClassifier
 from ds_minimodel.steps.finetune.common import (
     ShuffledLoader,
@@ -21,10 +22,9 @@ from ds_minimodel.steps.finetune.common import (
     load_source,
     sample,
 )
-from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.tasks.batching import EncodedTexts, encode_texts, padded_batch
-from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tasks.formats import TaskData
+from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.training import loop
 from ds_minimodel.training.job import JobSpec, run_job
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ds_minimodel.config import FinetuneConfig, to_dict
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.model import QuestionAnswering
 from ds_minimodel.steps.finetune.common import (
     ShuffledLoader,
@@ -27,11 +28,10 @@ from ds_minimodel.steps.finetune.common import (
     load_source,
     sample,
 )
-from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.tasks.batching import QAFeatures, encode_qa, qa_predictions
-from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.tasks.formats import QAExample, TaskData, load_task, task_file
 from ds_minimodel.tasks.metrics import qa_metrics
+from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.training import loop
 from ds_minimodel.training.job import JobSpec, run_job
 
