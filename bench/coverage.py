@@ -62,7 +62,7 @@ UNITS_PER_CHAPTER = 10  # on average (1 + Poisson(9))
 A0, A1, X0 = -0.83, 1.4, 0.1  # accuracy about 0.25 at the start and 0.6 at the baseline's end
 SEED_PAIRING = 0.5
 # The seeds' spread (log-speed sd, level sd): "base" has seeds' final accuracies about 0.045 apart
-# (sd), as the real studies' (README: e.g. 0.273, 0.297, 0.182); "seed-heavy" twice that.
+# (sd), as the real studies' (docs/results.md: e.g. 0.273, 0.297, 0.182); "seed-heavy" twice that.
 SCENARIOS = {"base": (0.25, 0.1), "seed-heavy": (0.4, 0.25)}
 CHAPTER_SD, UNIT_SD = 0.4, 0.8  # difficulty, shared by every model
 CHAPTER_METHOD_SD, UNIT_METHOD_SD = 0.25, 0.4  # interactions, per method

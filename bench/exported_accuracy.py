@@ -7,7 +7,7 @@ The model and tokenizer come from the exported directory alone (AutoTokenizer,
 AutoModelForSequenceClassification: nothing of ds_minimodel's model code); the held-out verses
 come from the installed Bibles, the same test set `launchers/evaluate.py` scores. With --expect,
 the accuracy must equal the one evaluate.py recorded for --pack in transfer.json, and the
-per-verse right/wrong flags must match too: exits 1 otherwise. README's "Export" section shows the
+per-verse right/wrong flags must match too: exits 1 otherwise. docs/export.md shows the
 core of it.
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
 
     language = args.language or json.load(open(os.path.join(args.model, PROVENANCE)))["language"]
 
-    # --- the README snippet -------------------------------------------------------------------
+    # --- the docs/export.md snippet ----------------------------------------------------------------
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

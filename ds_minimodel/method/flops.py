@@ -18,7 +18,7 @@ parts:
 
 So full training costs ~3x the forward (the "6N" rule: 2N forward + 4N backward) and
 embedding-only training through a frozen body ~2x the forward (the "4N" rule: 2N forward + 2N
-input-gradients; see README.md, "FLOP accounting").
+input-gradients; see docs/flops.md).
 
 Who trains in each step kind is defined once, in `method/rules.py`: the steps freeze their models
 with `rules.set_requires_grad_for_step` and the count (`step_plan`) reads the same
