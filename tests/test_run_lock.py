@@ -621,3 +621,41 @@ def test_checkpoints_and_metrics_lines_are_fenced(tmp_path):
     finally:
         lock.release()
     assert (run / ".owner.2.json").is_file(), "the old owner removed the new owner's record"
+
+
+def test_a_takeover_while_meta_json_is_prepared_stops_the_save_before_it(tmp_path, monkeypatch):
+    """The last ownership check comes after everything a save computes before meta.json (the
+    manifest, the frozen body's hash: a fraction of a second), not before it: a takeover during
+    that work must leave the checkpoint incomplete (no meta.json), never a complete one in the new
+    owner's directory."""
+    import torch
+
+    from ds_minimodel.config import OptimConfig
+    from ds_minimodel.training import checkpoint
+    from ds_minimodel.training.checkpoint import Checkpointer
+    from ds_minimodel.training.engine import DistInfo
+    from ds_minimodel.training.torch_engine import TorchEngine
+
+    run = tmp_path / "run"
+    lock = RunLock(run, mode="lease", heartbeat_s=3600).acquire()
+    try:
+        engine = TorchEngine(torch.nn.Linear(2, 2), {"train_micro_batch_size_per_gpu": 1,
+                                                     "gradient_accumulation_steps": 1},
+                             OptimConfig(lr=1e-2, warmup_steps=0), total_steps=4)
+        checkpointer = Checkpointer(run, DistInfo(0, 1, 0))
+        real_manifest = checkpoint.manifest
+
+        def manifest_then_taken_over(tag_dir):
+            out = real_manifest(tag_dir)
+            now = time.time()  # a newcomer's takeover while this save lists its files
+            (run / ".owner.2.json").write_text(json.dumps({"host": HOST, "pid": 1, "since": now, "heartbeat": now,
+                                                           "lock": "lease", "gen": 2}))
+            return out
+
+        monkeypatch.setattr(checkpoint, "manifest", manifest_then_taken_over)
+        with pytest.raises(RunInUseError, match="lost ownership"):
+            checkpointer.save(engine, 1, {})
+        assert not (run / "checkpoints" / "step_00000001" / "meta.json").exists()
+        assert not (run / "checkpoints" / "latest").exists()
+    finally:
+        lock.release()
