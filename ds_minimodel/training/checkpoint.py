@@ -299,13 +299,15 @@ class Checkpointer:
         if self.dist.is_main:  # 3. every rank's files are on disk: mark complete, move `latest`
             try:
                 fsync_tree(tag_dir)
-                check_owner(self.dir.parent)  # last, right before the write that makes it count
                 full = {"step": step, "tag": tag, "world_size": self.dist.world_size, **meta,
                         "files": manifest(tag_dir)}
                 if self.exclude_frozen:
                     # Hashed at every save (a fraction of a second for a 12-layer body): what it
                     # records is the body this checkpoint was trained over, not an assumption.
                     full["frozen"] = {"excluded": True, "sha256": frozen_fingerprint(engine.module)}
+                # Last, after the manifest and the hash (a fraction of a second), right before
+                # the write that makes the checkpoint count.
+                check_owner(self.dir.parent)
                 write_atomic(tag_dir / META, json.dumps(full, indent=2))
                 faults.inject("save_meta", step)
                 write_atomic(self.dir / LATEST, tag)
