@@ -659,3 +659,29 @@ def test_a_takeover_while_meta_json_is_prepared_stops_the_save_before_it(tmp_pat
         assert not (run / "checkpoints" / "latest").exists()
     finally:
         lock.release()
+
+
+def test_a_resume_check_beside_a_live_run_survives_its_files_vanishing(tmp_path, monkeypatch):
+    """check_run_dir lists a run directory that its live owner may be writing (a --resume launched
+    beside it, refused only later by the lock): a file the owner replaces or prunes between the
+    listing and its stat (latest.tmpPID, a pruned step_...) is gone, not a crash with a traceback."""
+    from ds_minimodel.training import job
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (run / "config.yaml").write_text("x: 1\n")
+    vanishing = [run / "checkpoints" / "latest.tmp4242", run / "metrics.jsonl.tmp4242"]
+    for p in vanishing:
+        p.write_text("step_00000001")
+    real_scandir = os.scandir
+
+    def scandir_then_the_owner_writes(path):
+        entries = list(real_scandir(path))
+        for p in vanishing:  # the live owner's os.replace, right after our listing
+            p.unlink(missing_ok=True)
+        return iter(entries)
+
+    monkeypatch.setattr(job.os, "scandir", scandir_then_the_owner_writes)
+    seen = job.check_run_dir(run, resume=True)
+    assert "config.yaml" in seen and os.path.join("checkpoints", "step_00000001") in seen
+    assert not any("tmp4242" in name for name in seen), seen
