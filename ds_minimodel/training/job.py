@@ -50,16 +50,24 @@ def env_rank() -> int:
 def run_dir_contents(run_dir: Path) -> dict[str, tuple]:
     """What a check sees of a run directory: each entry (the lock's own files left out) and each
     entry of its subdirectories (checkpoints/step_..., final/...), with kind, size and mtime. A
-    job writing there changes it: a new checkpoint, a metrics line, an export."""
+    job writing there changes it: a new checkpoint, a metrics line, an export. The first check
+    runs before the lock, beside a live owner perhaps (a --resume the lock refuses later): an
+    entry it replaces or prunes between the listing and the stat is simply gone."""
     seen = {}
     if not run_dir.is_dir():
         return seen
     for entry in os.scandir(run_dir):
         if run_lock.is_lock_file(entry.name):
             continue
-        paths = [entry] + (list(os.scandir(entry.path)) if entry.is_dir(follow_symlinks=False) else [])
+        try:
+            paths = [entry] + (list(os.scandir(entry.path)) if entry.is_dir(follow_symlinks=False) else [])
+        except FileNotFoundError:
+            continue
         for e in paths:
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
             seen[os.path.relpath(e.path, run_dir)] = (e.is_dir(follow_symlinks=False), st.st_size, st.st_mtime_ns)
     return seen
 
