@@ -195,3 +195,40 @@ def test_the_interval_covers_a_known_ratio_in_90_to_99_percent_of_simulated_stud
     r = got["clusters, jackknife-t"]
     assert 0.90 <= r["coverage"] <= 0.99, r
     assert math.isfinite(r["median_width"]) and r["median_hi_over_lo"] < 6, r
+
+
+def test_a_multiplier_bootstrap_interval_counts_its_own_undefined_replicates():
+    """Where the interval comes from the multiplier bootstrap, "n = K of N" must count that
+    bootstrap's replicates, not the percentile one's. Here the baseline's seeds start at 0, 0 and
+    0.4: no draw of seeds brings its start to the target 0.5 (every percentile replicate defines a
+    ratio), but a Gaussian multiplier draw can (target met at the start: no ratio)."""
+    from ds_minimodel.study.matching import attach_bootstrap, matched_compute
+
+    n, b, seed = 4, 400, 7
+    start = np.array([0.0, 0.0, 0.4])
+
+    def method(start_values, final):
+        num = np.stack([np.repeat(start_values[:, None], n, axis=1), np.full((3, n), final)], axis=1)
+        fl = np.tile([0.0, 100.0], (3, 1))
+        return MethodScores([0, 1, 2], ["init", "final"], np.array([0, 10]), fl, fl / 1e9, num, np.ones_like(num))
+
+    methods = {"full": method(start, 1.0), "mini": method(np.zeros(3), 0.3)}  # mini never reaches 0.5
+    got = bootstrap_ratios(methods, fraction=0.5, replicates=b, seed=seed)
+    assert got["methods"]["mini"]["interval_method"].startswith("seed-t multiplier bootstrap")
+    assert not np.isnan(got["methods"]["mini"]["ratios"]).any()
+    # The multiplier draws written out: seed indices, unit indices, then the multipliers.
+    rng = np.random.default_rng(seed)
+    rng.integers(0, 3, (b, 3))
+    rng.integers(0, n, (b, n))
+    g = rng.standard_normal((b, 3))
+    t2 = (2 * 0.975 - 1) * math.sqrt(2 / (4 * 0.975 * 0.025))
+    k = t2 / NormalDist().inv_cdf(0.975) / math.sqrt(3 * 2)
+    drawn_start = start.mean() + k * g @ (start - start.mean())
+    defined = int((drawn_start < 0.5).sum())
+    assert 0 < defined < b
+    matched = matched_compute({name: m.curve() for name, m in methods.items()}, fraction=0.5)
+    attach_bootstrap(matched, got)
+    e = matched["methods"]["mini"]
+    assert (e["interval_defined"], e["interval_replicates"]) == (defined, b)
+    # Under 90% of them define it (346 of 400 here): no interval, and the note says so.
+    assert defined < 0.9 * b and e["interval_flops"] is None and f"n = {defined} of {b}" in e["interval_note"]
