@@ -51,7 +51,8 @@ interval of a multiplier bootstrap: the same cluster draws, and the seed part dr
 mean + k * sum_s g_s (x_s - mean) over the seeds' curves and FLOPs with Gaussian g_s (shared by
 paired methods), k = (t_{S-1} / z) / sqrt(S (S-1)): the seed mean's unbiased variance, widened
 to Student's quantiles. Censored replicates then sit at the ends (0, inf) as in the percentile
-interval. `interval_method` per method says which one was used.
+interval. `interval_method` per method says which one was used, and with the multiplier
+bootstrap `interval_defined` how many of its own replicates define a ratio (the "n" of its line).
 
 Why this interval, by simulation (bench/coverage.py, `make coverage`: 200 studies with a known
 true ratio, 60 chapters of ~10 verses, chapter-correlated method effects, seed spread in speed and
@@ -438,8 +439,10 @@ def bootstrap_ratios(methods: dict[str, MethodScores], *, baseline: str = "full"
         if name in t_parts:
             t = t_parts[name]
             if t["interval"] is None:
+                # Its own replicates define (or not) this interval: count them, not the percentile ones.
                 entry.update(interval=list(percentile_interval(fallback[name], level)),
-                             interval_method=f"seed-t multiplier bootstrap ({t['why']})")
+                             interval_method=f"seed-t multiplier bootstrap ({t['why']})",
+                             interval_defined=int((~np.isnan(fallback[name])).sum()))
             else:
                 entry.update(interval=t["interval"], interval_method="jackknife-t",
                              **{k: t[k] for k in ("log_se", "log_half_width", "seed_variance_share")})

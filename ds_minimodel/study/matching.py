@@ -270,15 +270,17 @@ def attach_bootstrap(matched: dict, boot: dict) -> None:
         e = matched["methods"][name]
         r = np.asarray(b["ratios"], dtype=np.float64)
         defined, total = int((~np.isnan(r)).sum()), len(r)
+        # The replicates the interval comes from (the multiplier bootstrap's where it is used).
+        interval_defined = b.get("interval_defined", defined)
         interval, why = b.get("interval"), b.get("why")
         if interval is not None and any(x is None or math.isnan(x) for x in interval):
             interval = None
-        if interval_withheld(defined, total):
-            interval, why = None, (f"only n = {defined} of {total} replicates define a ratio "
+        if interval_withheld(interval_defined, total):
+            interval, why = None, (f"only n = {interval_defined} of {total} replicates define a ratio "
                                    f"(under {MIN_DEFINED:.0%})")
         elif e["outcome"] in ("met_at_start", "no_baseline"):
             interval, why = None, None
-        e["interval_flops"], e["interval_defined"], e["interval_replicates"] = interval, defined, total
+        e["interval_flops"], e["interval_defined"], e["interval_replicates"] = interval, interval_defined, total
         e["interval_method"] = b.get("interval_method")
         if interval is None and why:
             e["interval_note"] = why
