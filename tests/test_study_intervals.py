@@ -232,3 +232,25 @@ def test_a_multiplier_bootstrap_interval_counts_its_own_undefined_replicates():
     assert (e["interval_defined"], e["interval_replicates"]) == (defined, b)
     # Under 90% of them define it (346 of 400 here): no interval, and the note says so.
     assert defined < 0.9 * b and e["interval_flops"] is None and f"n = {defined} of {b}" in e["interval_note"]
+
+
+def test_one_seed_per_method_says_its_interval_leaves_the_seed_variance_out():
+    """With one seed there is nothing to leave out: V_seeds is 0 and the interval is the test
+    set's alone (checked here against the unit bootstrap's spread: no seed term). study.md's
+    description must say so instead of describing a jackknife over seeds."""
+    from ds_minimodel.study.bootstrap import interval_description
+
+    rng = np.random.default_rng(3)
+    values = np.clip(0.8 + rng.normal(0, 0.1, (1, 40)), 0.55, 1.0)
+    methods = {"full": baseline([0], 40), "mini": two_point([0], 100, values)}
+    got = bootstrap_ratios(methods, fraction=0.5, replicates=200, seed=1,
+                           clusters=UnitClusters("chapter", np.repeat(np.arange(8), 5).tolist()))
+    e = got["methods"]["mini"]
+    assert e["interval_method"] == "jackknife-t" and e["seed_variance_share"] == 0.0
+    text = interval_description(got)
+    assert "one seed" in text and "seed variance" in text and "left out" in text, text
+    # Three seeds: no such caveat.
+    three = bootstrap_ratios({"full": baseline([0, 1, 2], 40),
+                              "mini": two_point([0, 1, 2], 100, np.repeat(values, 3, axis=0) - [[0.0], [0.02], [0.04]])},
+                             fraction=0.5, replicates=50, seed=1)
+    assert "one seed" not in interval_description(three)
