@@ -480,9 +480,12 @@ def interval_description(boot: dict) -> str:
                 else f"the {boot.get('units', '')} {resampled}".replace("  ", " "))
     seeds = f"the seeds ({'paired across methods' if boot['seed_resampling'] == 'paired' else 'per method'})"
     draws = f"{boot['replicates']} replicates (stream {boot['seed']}) drawing {seeds} and {what}"
+    # One seed (of some method) leaves nothing to resample or leave out: its seed variance is 0 here.
+    one = (" A method with one seed has no seed variance to estimate: it is left out, and its interval "
+           "covers the test set only.") if min(boot.get("seeds") or [2]) < 2 else ""
     if boot.get("interval_method", "percentile") == "percentile":
-        return f"Interval: {pct}% percentile bootstrap, {draws}."
+        return f"Interval: {pct}% percentile bootstrap, {draws}.{one}"
     return (f"Interval: {pct}% for few seeds, on the log ratio: +- sqrt(t_(S-1)^2 x V_seeds + t_(C-1)^2 x V_test), "
             f"V_seeds by leaving each seed out in turn, V_test from a bootstrap of {what} with every seed kept; "
             "where the ratio is censored (not reached, or reached at 0 FLOPs, with all seeds or one left out), "
-            f"the percentile interval of a bootstrap whose seed part is scaled to Student's t. Bootstrap: {draws}.")
+            f"the percentile interval of a bootstrap whose seed part is scaled to Student's t. Bootstrap: {draws}.{one}")
