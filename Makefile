@@ -110,7 +110,7 @@ body: install $(BODY_DATA)/index.json
 	$(PY) launchers/summarize.py $(BODY_RUN) --require-body-gate
 body-regular: install $(BODY_DATA)/index.json
 	$(PY) launchers/pretrain.py --resume --config configs/pretrain-body.yaml \
-		data.path=$(BODY_DATA) train.out_dir=$(BODY_REGULAR_RUN) model.mid_head_layer=null
+		data.path=$(BODY_DATA) train.out_dir=$(BODY_REGULAR_RUN) model.mini_depth=null
 	$(PY) launchers/summarize.py $(BODY_REGULAR_RUN) --require-body-gate
 
 # The fault matrix (bench/faults.py): kills, a full disk, hung and killed hosts and every bad input,

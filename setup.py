@@ -7,6 +7,8 @@ multi-GB CUDA build.
 
 from setuptools import find_packages, setup
 
+SHIPPED_DIRS = ("configs", "ds_configs")
+SHIPPED = [f"ds_minimodel.{d}" for d in SHIPPED_DIRS]
 BIBLES = ["kjv", "asv", "web", "bbe", "ylt", "dar"]
 
 setup(
@@ -16,8 +18,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["ds_minimodel", "ds_minimodel.*"]),
+    # configs/ and ds_configs/ ship inside the package as ds_minimodel/configs and
+    # ds_minimodel/ds_configs (data only), so an installed package finds them by name from any
+    # directory (ds_minimodel/shipped.py; docs/install-and-test.md).
+    packages=find_packages(include=["ds_minimodel", "ds_minimodel.*"]) + SHIPPED,
+    package_dir={f"ds_minimodel.{d}": d for d in SHIPPED_DIRS},
+    package_data={"ds_minimodel.configs": ["*.yaml"], "ds_minimodel.ds_configs": ["*.json"]},
     include_package_data=True,
+    entry_points={"console_scripts": ["ds-minimodel = ds_minimodel.cli.__main__:main"]},
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.16,<0.20",

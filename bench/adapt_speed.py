@@ -82,12 +82,12 @@ def main(argv=None) -> None:
     ds.init_distributed()
     k = max(1, args.layers // 4)
     cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
-                      intermediate_size=args.intermediate, mid_head_layer=k, kernels=args.kernels,
+                      intermediate_size=args.intermediate, mini_depth=k, kernels=args.kernels,
                       hidden_dropout=0.1, attention_dropout=0.1)
     torch.manual_seed(0)
     full_state = MLMEncoder(cfg).state_dict()
     mini_state, mini_cfg = minijoint_mini(full_state, cfg)
-    full_cfg = dataclasses.replace(cfg, mid_head_layer=None)
+    full_cfg = dataclasses.replace(cfg, mini_depth=None)
     full_state = {n: t for n, t in full_state.items() if not n.startswith("mid_head.")}
     paths = {"full": (full_cfg, full_state), "mini": (mini_cfg, mini_state)}
     if args.minipost_top:

@@ -29,11 +29,11 @@ from bench import flops_check  # noqa: E402
 # (name, model shape, (batch, seq, masked)): distinct dimensions so that no two terms coincide.
 SHAPES = [
     ("tiny", dict(vocab_size=301, hidden_size=48, num_layers=4, num_heads=4, intermediate_size=96,
-                  mid_head_layer=2), (3, 19, 7)),
+                  mini_depth=2), (3, 19, 7)),
     ("narrow-deep", dict(vocab_size=1009, hidden_size=64, num_layers=8, num_heads=8, intermediate_size=256,
-                         mid_head_layer=2), (2, 33, 10)),
+                         mini_depth=2), (2, 33, 10)),
     ("wide", dict(vocab_size=2003, hidden_size=96, num_layers=6, num_heads=6, intermediate_size=384,
-                  mid_head_layer=3), (2, 64, 0)),
+                  mini_depth=3), (2, 64, 0)),
 ]
 
 
@@ -48,13 +48,13 @@ def main(argv=None) -> float:
     worst = 0.0
     for name, shape, (B, T, M) in shapes:
         full = ModelConfig(max_positions=T + 2, attention="explicit", kernels="off", **shape)
-        k = full.mid_head_layer
+        k = full.mini_depth
         for kind in flops.STEP_KINDS:
             cfg = {"minipost_top": lambda: flops.minipost_config(full, k, 1),
                    "adapt_minipost": lambda: flops.minipost_config(full, k, 1),
                    "adapt_mini": lambda: flops.minijoint_config(full),
-                   "adapt_full": lambda: dataclasses.replace(full, mid_head_layer=None)}.get(kind, lambda: full)()
-            kw = dict(minipost_frozen_layers=k if kind == "minipost_top" else None)
+                   "adapt_full": lambda: dataclasses.replace(full, mini_depth=None)}.get(kind, lambda: full)()
+            kw = dict(mini_depth=k if kind == "minipost_top" else None)
             t0 = time.perf_counter()
             fwd, bwd = flops_check.measure_step_flops(cfg, kind, B, T, M, **kw)
             ours = flops.step_flops(cfg, kind, B, T, M, **kw)

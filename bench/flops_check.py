@@ -40,7 +40,7 @@ def param_counts(cfg: ModelConfig) -> dict:
         "embedding_norm": 2 * d,
         "layers": cfg.num_layers * layer,
         "lm_head": head,
-        "mid_head": head if cfg.mid_head_layer else 0,
+        "mid_head": head if cfg.mini_depth else 0,
     }
 
 
@@ -73,7 +73,7 @@ class DeepSpeedEstimate:
 
 
 def deepspeed_profiler_estimate(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
-                                minipost_frozen_layers: int | None = None, num_classes: int = 2,
+                                mini_depth: int | None = None, num_classes: int = 2,
                                 zero3: bool = False, recompute_fwd_factor: float = 0.0) -> DeepSpeedEstimate:
     """DeepSpeed 0.19's flops profiler (deepspeed/profiling/flops_profiler/profiler.py) on this step.
 
@@ -96,7 +96,7 @@ def deepspeed_profiler_estimate(cfg: ModelConfig, kind: str, batch_size: int, se
     This mirrors the kernels="off" model (the plain F.linear decoder) and model.py's task heads
     (SequenceClassifier: Linear, torch.tanh, Linear; QuestionAnswering: one Linear(d, 2)).
     """
-    plan = step_plan(cfg, kind, minipost_frozen_layers=minipost_frozen_layers)
+    plan = step_plan(cfg, kind, mini_depth=mini_depth)
     d, inter, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     B, T, M, C = batch_size, seq_len, num_masked, num_classes
     rows = B * T
@@ -108,7 +108,7 @@ def deepspeed_profiler_estimate(cfg: ModelConfig, kind: str, batch_size: int, se
     elementwise += plan.depth * (2 * ln * rows * d + rows * inter)  # 2 LNs + gelu on [rows, I]
     # 3-D inputs go through Tensor.matmul inside the ZeRO-3 linear: same count again, no bias.
     zero3_extra += plan.depth * per_layer_linear
-    heads = int(plan.final_head) + int(plan.mid_head_layer is not None)
+    heads = int(plan.final_head) + int(plan.mini_depth is not None)
     # MLM head on M rows: dense, gelu, LN, decoder (the reference kernel skips F.linear when M == 0).
     matmul += heads * (2 * M * d * d + 2 * M * d * v)
     elementwise += heads * (M * d + ln * M * d)
@@ -166,7 +166,7 @@ def count_step(model, kind: str, input_ids, labels, *, class_labels=None) -> tup
 
 
 def build_step(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
-               minipost_frozen_layers: int | None = None, num_classes: int = 2, seed: int = 0,
+               mini_depth: int | None = None, num_classes: int = 2, seed: int = 0,
                freeze: Sequence[str] = ()) -> dict:
     """The model a step of `kind` trains (an MLMEncoder, or model.py's SequenceClassifier /
     QuestionAnswering for the fine-tuning kinds), frozen for `kind` (and `freeze` patterns), and
@@ -178,7 +178,7 @@ def build_step(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_m
         model = QuestionAnswering(cfg)
     else:
         model = MLMEncoder(cfg)
-    set_requires_grad_for_step(model, kind, minipost_frozen_layers=minipost_frozen_layers, freeze=freeze)
+    set_requires_grad_for_step(model, kind, mini_depth=mini_depth, freeze=freeze)
     ids, labels = masked_batch(cfg, batch_size, seq_len, num_masked, seed)
     # Class labels, or for finetune_qa the answer start positions (ends: the same, reversed).
     high = seq_len if kind == "finetune_qa" else num_classes
@@ -187,9 +187,9 @@ def build_step(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_m
 
 
 def measure_step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
-                       minipost_frozen_layers: int | None = None, num_classes: int = 2,
+                       mini_depth: int | None = None, num_classes: int = 2,
                        seed: int = 0, freeze: Sequence[str] = ()) -> tuple[int, int]:
     """(forward, backward) FlopCounterMode counts for one real step on random data."""
-    step = build_step(cfg, kind, batch_size, seq_len, num_masked, minipost_frozen_layers=minipost_frozen_layers,
+    step = build_step(cfg, kind, batch_size, seq_len, num_masked, mini_depth=mini_depth,
                       num_classes=num_classes, seed=seed, freeze=freeze)
     return count_step(**step)

@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     ds.init_distributed()
     n, use_ds = args.languages, args.engine == "deepspeed"
     cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
-                      intermediate_size=args.intermediate, mid_head_layer=max(1, args.layers // 4),
+                      intermediate_size=args.intermediate, mini_depth=max(1, args.layers // 4),
                       kernels=args.kernels, hidden_dropout=0.1, attention_dropout=0.1)
     torch.manual_seed(0)
     mini_state, mini_cfg = minijoint_mini(MLMEncoder(cfg).state_dict(), cfg)

@@ -109,7 +109,7 @@ class HFMiniJoint(nn.Module):
 def build_ours(a, max_positions):
     cfg = ModelConfig(vocab_size=a.vocab, hidden_size=a.hidden, num_layers=a.layers, num_heads=a.heads,
                       intermediate_size=a.intermediate, max_positions=max_positions,
-                      mid_head_layer=a.mid_layer, mid_head_weight=a.mid_weight, kernels=a.kernels)
+                      mini_depth=a.mid_layer, mid_head_weight=a.mid_weight, kernels=a.kernels)
     problems = cfg.problems()
     if problems:
         raise SystemExit("bad shape: " + "; ".join(problems))

@@ -44,8 +44,9 @@ class ModelConfig:
     attention_dropout: float = 0.1
     # "sdpa" (fast) or "explicit" (matmul + softmax; what FlopCounterMode can see on CPU).
     attention: str = "sdpa"
-    # MiniJoint: a secondary MLM head after this many layers (1..num_layers-1); None = off.
-    mid_head_layer: Optional[int] = None
+    # MiniJoint: the mini-model depth k (the paper's name): a secondary MLM head after layer k
+    # (1..num_layers-1), so layers 1..k and that head are the mini-model; None = off.
+    mini_depth: Optional[int] = None
     # Loss = final-head MLM + mid_head_weight * mid-head MLM.
     mid_head_weight: float = 1.0
     # MLM head/embedding kernels: "auto" (Triton on CUDA, chunked torch on CPU), "triton",
@@ -75,10 +76,10 @@ class ModelConfig:
             out.append(f"model.kernels must be one of auto|triton|torch|off, got {self.kernels!r}")
         if self.head_strategy not in ("auto", "vocab", "rows"):
             out.append(f"model.head_strategy must be one of auto|vocab|rows, got {self.head_strategy!r}")
-        if self.mid_head_layer is not None and not 1 <= self.mid_head_layer <= self.num_layers - 1:
+        if self.mini_depth is not None and not 1 <= self.mini_depth <= self.num_layers - 1:
             out.append(
-                f"model.mid_head_layer must be in 1..{self.num_layers - 1} (num_layers - 1), "
-                f"got {self.mid_head_layer}"
+                f"model.mini_depth must be in 1..{self.num_layers - 1} (num_layers - 1), "
+                f"got {self.mini_depth}"
             )
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -208,7 +209,7 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig:
-    """Step 1: MiniJoint (model.mid_head_layer set) or plain MLM pretraining."""
+    """Step 1: MiniJoint (model.mini_depth set) or plain MLM pretraining."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -267,7 +268,11 @@ def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in names:
+        if key in _RENAMED.get(cls, {}):
+            # A user's config with an old name is refused, not read: it would otherwise go on
+            # silently meaning something in the user's head that the code no longer calls that.
+            problems.append(f"{prefix}{key} is {prefix}{_RENAMED[cls][key]} now (the mini-model depth k)")
+        elif key not in names:
             moved = _section_of(cls, key)
             hint = f"; it is {moved}.{key} now" if moved else ""
             problems.append(f"unknown key {prefix}{key} (known: {', '.join(sorted(names))}{hint})")
@@ -292,7 +297,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_dotlist(items: list[str]) -> dict:
-    """`["train.steps=10", "model.mid_head_layer=null"]` -> nested dict; values parsed as YAML."""
+    """`["train.steps=10", "model.mini_depth=null"]` -> nested dict; values parsed as YAML."""
     tree: dict = {}
     bad = []
     for item in items:
@@ -350,26 +355,29 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _section_of(cls: type, key: str) -> str | None:
+def _section_of(cls: type, key: str, saved: bool = False) -> str | None:
     """The step section of `cls` that has a field `key` (e.g. AdaptConfig's `adapt` for
-    model_dir): configs of steps 1b-3 kept their own fields at the top level before sections."""
+    model_dir): configs of steps 1b-3 kept their own fields at the top level before sections.
+    `saved`: a saved config's key may also be a section's old name for a field (`_RENAMED`)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp) and tp.__name__.endswith("Settings") and \
-                key in {g.name for g in dataclasses.fields(tp)}:
+                (key in {g.name for g in dataclasses.fields(tp)} or (saved and key in _RENAMED.get(tp, {}))):
             return f.name
     return None
 
 
 def from_dict(cls: type, raw: dict):
     """Rebuild a saved (resolved) config, strictly. A config saved before the steps' settings had
-    their own section (model_dir, through, ... at the top level) is read into that section."""
+    their own section (model_dir, through, ... at the top level) is read into that section, and
+    keys saved under an old name (`_RENAMED`) are read under the new one."""
     raw = dict(raw)
     for key in [k for k in raw if k not in {f.name for f in dataclasses.fields(cls)}]:
-        section = _section_of(cls, key)
+        section = _section_of(cls, key, saved=True)
         if section is not None:
             raw[section] = {**raw.get(section, {}), key: raw.pop(key)}
+    raw = migrate_renamed(cls, raw)
     problems: list[str] = []
     cfg = _build(cls, raw, "", problems)
     if problems:
@@ -398,8 +406,8 @@ class MiniPostSettings:
     # Source: a model directory (model.pt + config.json, e.g. a pretrain run's final/) or a local
     # Hugging Face RoBERTa / XLM-R / BERT directory.
     source: str = "runs/pretrain/final"
-    # Frozen bottom layers taken from the source (k).
-    layers: int = 2
+    # The mini-model depth k: frozen bottom layers 1..k taken from the source.
+    mini_depth: int = 2
     # New trainable layers on top (n); 0 trains only an MLM head over a frozen body (e.g. the
     # head a headless encoder needs before the standard baseline can run through it).
     top_layers: int = 1
@@ -408,8 +416,8 @@ class MiniPostSettings:
 
     def problems(self) -> list[str]:
         out = []
-        if self.layers < 1 or self.top_layers < 0:
-            out.append(f"minipost.layers must be >= 1 and minipost.top_layers >= 0, got {self.layers}, "
+        if self.mini_depth < 1 or self.top_layers < 0:
+            out.append(f"minipost.mini_depth must be >= 1 and minipost.top_layers >= 0, got {self.mini_depth}, "
                        f"{self.top_layers}")
         if self.top_init not in ("copy", "random"):
             out.append(f"minipost.top_init must be 'copy' or 'random', got {self.top_init!r}")
@@ -584,3 +592,28 @@ class FinetuneConfig:
 
     def problems(self) -> list[str]:
         return _section_problems(self) + _fixed_trainables("fine-tuning", self.train)
+
+
+# Fields renamed since configs were first saved: {dataclass: {old key: new key}}. A user's YAML or
+# override with an old key is refused naming the new one (`_build`); a config saved by an older
+# version (a model directory's config.json, a checkpoint's meta.json) is migrated (`from_dict`).
+# The mini-model depth k had a name per place: model.mid_head_layer, minipost.layers.
+_RENAMED: dict[type, dict[str, str]] = {
+    ModelConfig: {"mid_head_layer": "mini_depth"},
+    MiniPostSettings: {"layers": "mini_depth"},
+}
+
+
+def migrate_renamed(cls: type, raw: dict) -> dict:
+    """A copy of saved `raw` (for `cls`) with every old key of `_RENAMED` under its new name, in
+    nested sections too. A key saved under both names keeps the new one's value."""
+    out = dict(raw)
+    for old, new in _RENAMED.get(cls, {}).items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(out.get(f.name), dict):
+            out[f.name] = migrate_renamed(hints[f.name], out[f.name])
+    return out

@@ -166,7 +166,7 @@ class MLMEncoder(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.lm_head = MLMHead(cfg, self.embeddings.word)
-        self.mid_head = MLMHead(cfg, self.embeddings.word) if cfg.mid_head_layer else None
+        self.mid_head = MLMHead(cfg, self.embeddings.word) if cfg.mini_depth else None
 
     def sharing_body(self, vocab_size: int) -> "MLMEncoder":
         """An encoder of another vocabulary over this one's body: every module and parameter is
@@ -207,11 +207,11 @@ class MLMEncoder(nn.Module):
         route "mid": layers 1..k and the mid head only: the MiniJoint mini-model.
         Without labels: {"hidden": last state, "logits": final-head logits over all positions}.
         """
-        k = self.cfg.mid_head_layer
+        k = self.cfg.mini_depth
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
         if route == "mid" and self.mid_head is None:
-            raise ValueError("route 'mid' needs a model with model.mid_head_layer set")
+            raise ValueError("route 'mid' needs a model with model.mini_depth set")
         # One [V, d] gradient for the word table, shared by the lookup and the heads (tied_grad.py).
         tied = kernels.TiedGradient() if labels is not None else None
         states = self.encode(input_ids, attention_mask, depth=k if route == "mid" else None, tied=tied)

@@ -1,7 +1,7 @@
 """Step 1b: a MiniPost mini-model carved from a pretrained encoder (ours or a local HF directory).
 
     python launchers/minipost.py --deepspeed ds_configs/z0.json --config configs/minipost-cpu.yaml \
-        minipost.source=runs/demo/final minipost.layers=2 minipost.top_layers=1
+        minipost.source=runs/demo/final minipost.mini_depth=2 minipost.top_layers=1
 """
 
 import os

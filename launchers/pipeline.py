@@ -52,7 +52,7 @@ def main(argv=None) -> None:
                         "'default' for ten of them): each method's step 2 is one multi-language job")
     p.add_argument("--language-vocab", type=int, default=8000, help="with --languages: each language's vocabulary")
     p.add_argument("--pretrain-config", default=DEMO_CONFIGS[0], help="demo pipeline: both models' pretraining YAML "
-                                                                      "(the MiniJoint one sets model.mid_head_layer)")
+                                                                      "(the MiniJoint one sets model.mini_depth)")
     p.add_argument("--minipost-config", default=DEMO_CONFIGS[1], help="demo pipeline: MiniPost's YAML (its k)")
     p.add_argument("--models-only", action="store_true",
                    help="demo pipeline: only what a study needs (pretraining, MiniPost, fine-tuning; no adaptation, "

@@ -11,7 +11,7 @@ against ours.
 
 The config describes the full model; each step kind runs the model its step really runs (the
 first line of the output names it): the MiniPost kinds (minipost_top, adapt_minipost) its MiniPost
-mini-model, the bottom k layers (--minipost-frozen-layers, default model.mid_head_layer) plus
+mini-model, the bottom k layers (--mini-depth, default model.mini_depth) plus
 --minipost-top-layers new ones; adapt_mini its MiniJoint mini-model (layers 1..k, the mid head as
 the MLM head); adapt_full all layers and the final head. The pretraining kinds honour the config's
 train.freeze patterns, as pretraining does.
@@ -59,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-prob", type=float, default=0.15,
                    help="MLM masking rate over non-special tokens (default 0.15)")
     p.add_argument("--num-classes", type=int, default=2, help="classes of the finetune task head")
-    p.add_argument("--minipost-frozen-layers", type=int, default=None,
-                   help="MiniPost k (default model.mid_head_layer)")
+    p.add_argument("--mini-depth", type=int, default=None,
+                   help="MiniPost k (default model.mini_depth)")
     p.add_argument("--minipost-top-layers", type=int, default=1, help="MiniPost new top layers n (default 1)")
     p.add_argument("--recompute", action="store_true", help="activation checkpointing (hardware FLOPs)")
     p.add_argument("--recompute-fwd-factor", type=float, default=None,
@@ -131,22 +131,22 @@ def _ds_settings(path: str | None) -> tuple[bool, float]:
 
 def _model_line(cfg: ModelConfig) -> str:
     return (f"L={cfg.num_layers} d={cfg.hidden_size} heads={cfg.num_heads} I={cfg.intermediate_size} "
-            f"V={cfg.vocab_size} k={cfg.mid_head_layer} attention={cfg.attention}")
+            f"V={cfg.vocab_size} k={cfg.mini_depth} attention={cfg.attention}")
 
 
 def _step_model(cfg: ModelConfig, args) -> tuple[ModelConfig, int | None, str]:
     """The model the step runs, MiniPost's k, and a description of that model."""
     if args.step == "adapt_mini":
-        if cfg.mid_head_layer is None:
-            raise UserError("step adapt_mini runs a MiniJoint mini-model: the config needs model.mid_head_layer")
-        return flops.minijoint_config(cfg), None, f"MiniJoint mini-model: layers 1..{cfg.mid_head_layer} + mid head"
+        if cfg.mini_depth is None:
+            raise UserError("step adapt_mini runs a MiniJoint mini-model: the config needs model.mini_depth")
+        return flops.minijoint_config(cfg), None, f"MiniJoint mini-model: layers 1..{cfg.mini_depth} + mid head"
     if args.step == "adapt_full":
-        return dataclasses.replace(cfg, mid_head_layer=None), None, "full model: all layers + final head"
+        return dataclasses.replace(cfg, mini_depth=None), None, "full model: all layers + final head"
     if args.step not in ("minipost_top", "adapt_minipost"):
         return cfg, None, ""
-    k = args.minipost_frozen_layers if args.minipost_frozen_layers is not None else cfg.mid_head_layer
+    k = args.mini_depth if args.mini_depth is not None else cfg.mini_depth
     if k is None:
-        raise UserError(f"step {args.step}: set --minipost-frozen-layers (or model.mid_head_layer)")
+        raise UserError(f"step {args.step}: set --mini-depth (or model.mini_depth)")
     mini = flops.minipost_config(cfg, k, args.minipost_top_layers)
     return mini, k, f"MiniPost mini-model: {k} frozen + {mini.num_layers - k} top layers"
 
@@ -157,7 +157,7 @@ def _check(cfg: ModelConfig, k: int | None, freeze: list, args, B: int, T: int, 
         B, T = min(B, 2), min(T, 32)
         M = max(1, flops.expected_masked(B, T, args.mask_prob))
     cfg = dataclasses.replace(cfg, attention="explicit", kernels="off")
-    kw = dict(minipost_frozen_layers=k, num_classes=args.num_classes)
+    kw = dict(mini_depth=k, num_classes=args.num_classes)
     ours = flops.step_flops(cfg, args.step, B, T, M, freeze=freeze, **kw)
     step = flops_check.build_step(cfg, args.step, B, T, M, freeze=freeze, **kw)
     fwd, bwd = flops_check.count_step(**step)
@@ -198,7 +198,7 @@ def main(argv=None) -> None:
         cfg, k, what = _step_model(full, args)
         freeze = list(loaded.train.freeze) if args.step in ("pretrain", "pretrain_joint") else []
         M = flops.expected_masked(B, T, args.mask_prob)
-        kw = dict(minipost_frozen_layers=k, num_classes=args.num_classes)
+        kw = dict(mini_depth=k, num_classes=args.num_classes)
         report = flops.step_flops(cfg, args.step, B, T, M, recompute=args.recompute, freeze=freeze, **kw)
         zero3, rff = _ds_settings(args.deepspeed)
         if args.recompute_fwd_factor is not None:

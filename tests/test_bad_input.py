@@ -54,9 +54,9 @@ def test_wrong_type(tmp_path, capsys, pretrain_main, tiny_corpus):
 
 
 @pytest.mark.parametrize("k", [0, 4, 7])
-def test_mid_head_layer_out_of_range(tmp_path, capsys, pretrain_main, tiny_corpus, k):
-    expect_rejected(capsys, pretrain_main, args(tiny_corpus, tmp_path / "o", f"model.mid_head_layer={k}"),
-                    "model.mid_head_layer", "1..3")
+def test_mini_depth_out_of_range(tmp_path, capsys, pretrain_main, tiny_corpus, k):
+    expect_rejected(capsys, pretrain_main, args(tiny_corpus, tmp_path / "o", f"model.mini_depth={k}"),
+                    "model.mini_depth", "1..3")
 
 
 def test_batch_triple_does_not_multiply_out(tmp_path, capsys, pretrain_main, tiny_corpus):
@@ -320,8 +320,8 @@ def test_minipost_layers_out_of_range(tmp_path, capsys, tiny_model_dir, tiny_cor
     from launchers.minipost import main
 
     expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"minipost.source={tiny_model_dir}",
-                                   f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'o'}", "minipost.layers=9"],
-                    "minipost.layers=9", "4 layers", watch=[tiny_model_dir])
+                                   f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'o'}", "minipost.mini_depth=9"],
+                    "minipost.mini_depth=9", "4 layers", watch=[tiny_model_dir])
 
 
 def test_minipost_corpus_of_another_tokenizer(tmp_path, capsys, tiny_model_dir, tiny_target_corpus):
@@ -418,7 +418,7 @@ def fake_pack(where: Path, tokenizer_dir: Path, hidden: int) -> Path:
     tok = load_tokenizer(str(tokenizer_dir / "tokenizer.model"))
     info = PackInfo(language="ny", method="minijoint", vocab_size=tok.vocab_size, hidden_size=hidden,
                     pad_token_id=tok.pad_id, special={"pad": tok.pad_id}, body_fingerprint="0" * 16,
-                    fingerprint_layers=1, tokenizer_fingerprint=tok.fingerprint())
+                    mini_depth=1, tokenizer_fingerprint=tok.fingerprint())
     return save_pack(where, info, torch.zeros(tok.vocab_size, hidden), torch.zeros(tok.vocab_size),
                      str(tokenizer_dir / "tokenizer.model"))
 

@@ -231,7 +231,7 @@ def test_prepare_data_with_the_ciphered_tokenizer_and_with_known_rows(tokenizers
 
 def _model_cfg(**kw) -> ModelConfig:
     return ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64,
-                       max_positions=80, mid_head_layer=2, hidden_dropout=0.0, attention_dropout=0.0,
+                       max_positions=80, mini_depth=2, hidden_dropout=0.0, attention_dropout=0.0,
                        # Weights 10x BERT's 0.02: outputs that depend on the input and on every
                        # layer (at 0.02 a random model's MLM loss is log V, whatever it is fed).
                        init_std=0.2, **kw)
@@ -264,7 +264,7 @@ def _classifier(encoder: MLMEncoder) -> SequenceClassifier:
 def _pack(tmp_path, model: MLMEncoder, tok, word, bias, k: int):
     info = PackInfo(language="en-cipher", method="full", vocab_size=tok.vocab_size, hidden_size=model.cfg.hidden_size,
                     pad_token_id=tok.pad_id, special=tok.special_role_ids(),
-                    body_fingerprint=fingerprint(model.state_dict(), k), fingerprint_layers=k,
+                    body_fingerprint=fingerprint(model.state_dict(), k), mini_depth=k,
                     tokenizer_fingerprint=tok.fingerprint())
     return load_pack(save_pack(tmp_path / "pack", info, word, bias, tok.path))
 
@@ -331,7 +331,7 @@ def test_carved_minijoint_mini_model_reproduces_the_mid_head_loss(source_model, 
         # Pretraining's forward (route joint): final + w * mid loss, the mid loss logged beside it.
         joint = source_model(inputs, labels, batch["attention_mask"], route="joint")
         body, body_cfg, method, depth = select_body(state, cfg, {"kind": "pretrain"}, "mini", "the test's model")
-        assert (method, depth, body_cfg.num_layers) == ("minijoint", cfg.mid_head_layer, cfg.mid_head_layer)
+        assert (method, depth, body_cfg.num_layers) == ("minijoint", cfg.mini_depth, cfg.mini_depth)
         mini = MLMEncoder(body_cfg).eval()
         mini.load_state_dict(body, strict=True)
         carved = mini(inputs, labels, batch["attention_mask"], route="final")
@@ -339,9 +339,9 @@ def test_carved_minijoint_mini_model_reproduces_the_mid_head_loss(source_model, 
         mid_logits = source_model(inputs, attention_mask=batch["attention_mask"], route="mid")["logits"]
         carved_logits = mini(inputs, attention_mask=batch["attention_mask"], route="final")["logits"]
     assert torch.equal(carved["num_masked"], joint["num_masked"])
-    assert_close_fp32(carved["loss"], joint["mid_loss"], depth=cfg.mid_head_layer + 1, reduction=cfg.vocab_size,
+    assert_close_fp32(carved["loss"], joint["mid_loss"], depth=cfg.mini_depth + 1, reduction=cfg.vocab_size,
                       what="carved mini-model loss")
-    assert_close_fp32(carved_logits, mid_logits, depth=cfg.mid_head_layer + 1, reduction=cfg.intermediate_size,
+    assert_close_fp32(carved_logits, mid_logits, depth=cfg.mini_depth + 1, reduction=cfg.intermediate_size,
                       what="carved mini-model logits")
     # The check can fail: the final head's loss is far from the mid head's.
     assert abs(float(joint["mid_loss"]) - float(joint["final_loss"])) > 0.1

@@ -35,8 +35,8 @@ def test_every_deepspeed_config_resolves(path, world):
 def test_dotlist_overrides_yaml(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("model: {hidden_size: 64, num_heads: 4}\ntrain: {steps: 5}\n")
-    cfg = load_config(PretrainConfig, y, ["train.steps=9", "model.mid_head_layer=2", "optim.lr=1e-4"])
-    assert (cfg.model.hidden_size, cfg.train.steps, cfg.model.mid_head_layer, cfg.optim.lr) == (64, 9, 2, 1e-4)
+    cfg = load_config(PretrainConfig, y, ["train.steps=9", "model.mini_depth=2", "optim.lr=1e-4"])
+    assert (cfg.model.hidden_size, cfg.train.steps, cfg.model.mini_depth, cfg.optim.lr) == (64, 9, 2, 1e-4)
 
 
 def test_ds_batch_triple_derivation():
@@ -54,7 +54,7 @@ def test_config_error_is_a_user_error():
 
 
 @pytest.mark.parametrize("cls, section, fields", [
-    ("MiniPostConfig", "minipost", {"source": "runs/x", "layers": 3, "top_layers": 2, "top_init": "random"}),
+    ("MiniPostConfig", "minipost", {"source": "runs/x", "mini_depth": 3, "top_layers": 2, "top_init": "random"}),
     ("AdaptConfig", "adapt", {"model_dir": "runs/x", "through": "full", "language": "sw", "init": "random"}),
     ("FinetuneConfig", "finetune", {"model_dir": "runs/x", "task": "bible-genre", "max_len": 64, "pooling": "mean"}),
 ])
@@ -85,7 +85,7 @@ def _full_logit_loss(head, hidden, labels):
 def test_minijoint_loss_is_final_plus_weighted_mid(kernels):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=97, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
-                      hidden_dropout=0.0, attention_dropout=0.0, mid_head_layer=1, mid_head_weight=0.7,
+                      hidden_dropout=0.0, attention_dropout=0.0, mini_depth=1, mid_head_weight=0.7,
                       kernels=kernels)
     model = MLMEncoder(cfg)
     ids = torch.randint(5, 97, (3, 11))

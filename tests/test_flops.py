@@ -55,7 +55,7 @@ SHAPES = [(3, 19, 7), (2, 11, 0), (1, 8, 8)]  # (batch, seq, masked): typical, n
 
 def small_cfg(**kw) -> ModelConfig:
     base = dict(vocab_size=301, hidden_size=48, num_layers=4, num_heads=4, intermediate_size=96,
-                max_positions=40, mid_head_layer=K, attention="explicit", kernels="off")
+                max_positions=40, mini_depth=K, attention="explicit", kernels="off")
     return ModelConfig(**(base | kw))
 
 
@@ -64,11 +64,11 @@ def cfg_for(kind: str, **kw) -> ModelConfig:
     the MiniJoint mini-model (layers 1..K, the mid head become its lm_head); adapt_full the full
     model without its mid head (adapt.py drops it); the others the full MiniJoint model."""
     if kind in ("minipost_top", "adapt_minipost"):
-        return small_cfg(num_layers=K + 1, mid_head_layer=None, **kw)
+        return small_cfg(num_layers=K + 1, mini_depth=None, **kw)
     if kind == "adapt_mini":
-        return small_cfg(num_layers=K, mid_head_layer=None, **kw)
+        return small_cfg(num_layers=K, mini_depth=None, **kw)
     if kind == "adapt_full":
-        return small_cfg(mid_head_layer=None, **kw)
+        return small_cfg(mini_depth=None, **kw)
     return small_cfg(**kw)
 
 
@@ -137,7 +137,7 @@ def test_step_flops_equal_flop_counter_mode(kind, shape):
     B, T, M = shape
     cfg = cfg_for(kind)
     fwd, bwd, model = run_counted(cfg, kind, B, T, M)
-    report = flops.step_flops(cfg, kind, B, T, M, minipost_frozen_layers=K, num_classes=3)
+    report = flops.step_flops(cfg, kind, B, T, M, mini_depth=K, num_classes=3)
     assert report.forward == fwd
     assert report.backward == bwd
     assert report.total == fwd + bwd
@@ -150,7 +150,7 @@ def test_step_flops_equal_flop_counter_mode(kind, shape):
 def test_head_only_minipost_counts_exactly():
     """MiniPost with k = L and no top layers trains only the MLM head over a frozen body (the head
     a headless pretrained encoder needs before the standard baseline): no layer backward at all."""
-    cfg = small_cfg(num_layers=K, mid_head_layer=None)
+    cfg = small_cfg(num_layers=K, mini_depth=None)
     torch.manual_seed(0)
     model = MLMEncoder(cfg)
     for name, p in model.named_parameters():
@@ -160,11 +160,11 @@ def test_head_only_minipost_counts_exactly():
         loss = model(ids, labels=labels, route="final")["loss"]
     with FlopCounterMode(display=False) as bwd:
         loss.backward()
-    report = flops.step_flops(cfg, "minipost_top", 3, 19, 7, minipost_frozen_layers=K)
+    report = flops.step_flops(cfg, "minipost_top", 3, 19, 7, mini_depth=K)
     assert (report.forward, report.backward) == (fwd.get_total_flops(), bwd.get_total_flops())
     # Backward: the dense layer's weight gradient and the decoder's input gradient, nothing else.
     assert report.backward == 2 * 7 * cfg.hidden_size ** 2 + 2 * 7 * cfg.hidden_size * cfg.vocab_size
-    names = step_rules.set_requires_grad_for_step(model, "minipost_top", minipost_frozen_layers=K)
+    names = step_rules.set_requires_grad_for_step(model, "minipost_top", mini_depth=K)
     assert all(n.startswith("lm_head.") for n in names) and names
 
 
@@ -172,20 +172,20 @@ def test_head_only_minipost_counts_exactly():
 def test_library_freezing_matches_the_brief(kind):
     cfg = cfg_for(kind)
     model = model_for(cfg, kind)
-    names = step_rules.set_requires_grad_for_step(model, kind, minipost_frozen_layers=K)
+    names = step_rules.set_requires_grad_for_step(model, kind, mini_depth=K)
     assert set(names) == {n for n, _ in model.named_parameters() if brief_trainable(kind, n)}
     assert set(names) == {n for n, p in model.named_parameters() if p.requires_grad}
     # ... and the library's own measurement helper counts the same as the analytic report.
-    fwd, bwd = flops_check.measure_step_flops(cfg, kind, 2, 9, 5, minipost_frozen_layers=K)
-    report = flops.step_flops(cfg, kind, 2, 9, 5, minipost_frozen_layers=K)
+    fwd, bwd = flops_check.measure_step_flops(cfg, kind, 2, 9, 5, mini_depth=K)
+    report = flops.step_flops(cfg, kind, 2, 9, 5, mini_depth=K)
     assert (fwd, bwd) == (report.forward, report.backward)
 
 
 def test_parameter_names_are_the_models():
-    for cfg in (small_cfg(), small_cfg(mid_head_layer=None, num_layers=3), small_cfg(pad_token_id=20)):
+    for cfg in (small_cfg(), small_cfg(mini_depth=None, num_layers=3), small_cfg(pad_token_id=20)):
         assert flops.encoder_parameter_names(cfg) == tuple(n for n, _ in MLMEncoder(cfg).named_parameters())
     state = torch.random.get_rng_state()
-    flops.encoder_parameter_names(small_cfg(num_layers=7, mid_head_layer=3))  # a new structure: builds one
+    flops.encoder_parameter_names(small_cfg(num_layers=7, mini_depth=3))  # a new structure: builds one
     assert torch.equal(torch.random.get_rng_state(), state)  # without touching the run's RNG
 
 
@@ -249,7 +249,7 @@ def source_dir(tiny_corpus, tmp_path_factory):
 
     shards = open_corpus(str(tiny_corpus))
     cfg = ModelConfig(vocab_size=shards.vocab_size, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
-                      max_positions=66, mid_head_layer=K, attention="explicit", kernels="off")
+                      max_positions=66, mini_depth=K, attention="explicit", kernels="off")
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("flops_source") / "final"
     write_model_dir(out, MLMEncoder(cfg).state_dict(), {"model": to_dict(cfg)}, {"kind": "pretrain"},
@@ -290,7 +290,7 @@ def check_real_step(spec, *, num_classes: int = 2, minipost_k=None, freeze=(), m
     B, T = micro["input_ids"].shape
     M = int(micro["labels"].ne(IGNORE_INDEX).sum()) if micro["labels"].dim() == 2 else 0
     assert spec.kind not in ("finetune", "finetune_qa") or M == 0
-    report = flops.step_flops(cfg, spec.kind, B, T, M, minipost_frozen_layers=minipost_k, num_classes=num_classes,
+    report = flops.step_flops(cfg, spec.kind, B, T, M, mini_depth=minipost_k, num_classes=num_classes,
                               freeze=freeze)
     assert (report.forward, report.backward) == (fwd.get_total_flops(), bwd.get_total_flops())
     assert spec.micro_flops(micro) == report.total  # what the job logs (and divides for MFU)
@@ -325,7 +325,7 @@ def test_real_pretraining_step(monkeypatch, tiny_corpus, tmp_path, freeze):
 
 def test_real_minipost_step(monkeypatch, source_dir, tiny_corpus, tmp_path):
     spec = job_spec(monkeypatch, "minipost", "MiniPostConfig", "configs/minipost-tiny.yaml", f"minipost.source={source_dir}",
-                    f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'run'}", f"minipost.layers={K}", "minipost.top_layers=1")
+                    f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'run'}", f"minipost.mini_depth={K}", "minipost.top_layers=1")
     assert spec.kind == "minipost_top" and spec.model_config["num_layers"] == K + 1
     check_real_step(spec, minipost_k=K)
 
@@ -342,11 +342,11 @@ def minipost_dir(source_dir, tmp_path_factory):
     from ds_minimodel.artefacts.surgery import build_minipost
 
     state, cfg, lineage = read_model_dir(source_dir)
-    fresh = MLMEncoder(dataclasses.replace(cfg, num_layers=K + 1, mid_head_layer=None)).state_dict()
+    fresh = MLMEncoder(dataclasses.replace(cfg, num_layers=K + 1, mini_depth=None)).state_dict()
     mini, mini_cfg = build_minipost(state, cfg, K, 1, "copy", fresh)
     out = tmp_path_factory.mktemp("flops_minipost") / "final"
     write_model_dir(out, mini, {"model": to_dict(mini_cfg)},
-                    {"kind": "minipost", "mini_layers": K, "top_layers": 1, "source": str(source_dir),
+                    {"kind": "minipost", "mini_depth": K, "top_layers": 1, "source": str(source_dir),
                      "source_layers": cfg.num_layers, "body_fingerprints": body_fingerprints(state, cfg, K)},
                     lineage["tokenizer"])
     return out
@@ -362,7 +362,7 @@ def test_real_adaptation_step(monkeypatch, source_dir, minipost_dir, tiny_target
                     f"data.path={tiny_target_corpus}", f"train.out_dir={tmp_path / 'run'}",
                     f"adapt.through={'full' if through == 'full' else 'mini'}", "adapt.language=ny")
     assert spec.kind == kind
-    assert (spec.model_config["num_layers"], spec.model_config["mid_head_layer"]) == (layers, None)
+    assert (spec.model_config["num_layers"], spec.model_config["mini_depth"]) == (layers, None)
     check_real_step(spec)
 
 
@@ -383,7 +383,7 @@ def test_the_subtle_input_gradients():
     qkv_input_grad = 2 * B * T * d * 3 * d
     # MiniPost top: layer K+1's qkv weight trains but its input comes from a frozen layer: no
     # input-gradient for it (autograd never asks), but the out/MLP input-gradients do run.
-    top = flops.step_flops(cfg_for("minipost_top"), "minipost_top", B, T, M, minipost_frozen_layers=K)
+    top = flops.step_flops(cfg_for("minipost_top"), "minipost_top", B, T, M, mini_depth=K)
     both = 2 * B * T * d * 3 * d + 2 * B * T * d * d + 2 * 2 * B * T * d * 96
     assert top.components["attn_proj"].weight_grad == both - 2 * 2 * B * T * d * 96
     assert top.components["attn_proj"].input_grad == 2 * B * T * d * d  # out only, not qkv
@@ -407,7 +407,7 @@ def test_cpu_sdpa_gap(kind):
     B, T, M = 3, 19, 7
     cfg = cfg_for(kind, attention="sdpa", attention_dropout=0.0)
     fwd, bwd, _ = run_counted(cfg, kind, B, T, M)
-    report = flops.step_flops(cfg, kind, B, T, M, minipost_frozen_layers=K)
+    report = flops.step_flops(cfg, kind, B, T, M, mini_depth=K)
     attn = report.components["attn_scores"]
     assert attn.forward > 0
     assert fwd + attn.forward == report.forward
@@ -423,7 +423,7 @@ def test_cuda_sdpa_formulas_match_attention_part():
     and our backward plus the one recomputed q@k^T that we book as hardware-only."""
     B, T, d, h = 3, 19, 48, 4
     q = (B, h, T, d // h)
-    cfg = small_cfg(attention="sdpa", num_layers=1, mid_head_layer=None)
+    cfg = small_cfg(attention="sdpa", num_layers=1, mini_depth=None)
     attn = flops.step_flops(cfg, "pretrain", B, T, 0).components["attn_scores"]
     assert sdpa_flop_count(q, q, q) == attn.forward
     assert sdpa_backward_flop_count(q, q, q, q) == attn.backward + attn.recompute
@@ -519,7 +519,7 @@ def test_whole_step_with_chunked_kernels(kind, strategy):
     cfg = cfg_for(kind, kernels="torch", vocab_size=3001, head_strategy=strategy)
     ids, labels = batch(cfg, B, T, M)
     fwd, bwd = recorded_step(model_for(cfg, kind), kind, ids, labels)
-    report = flops.step_flops(cfg, kind, B, T, M, minipost_frozen_layers=K)
+    report = flops.step_flops(cfg, kind, B, T, M, mini_depth=K)
     heads_run = 2 if kind == "pretrain_joint" else 1
     if strategy == "vocab":
         assert fwd.total() == report.forward
@@ -541,8 +541,8 @@ def test_whole_step_with_chunked_kernels(kind, strategy):
 def test_recompute_and_hardware_counts():
     B, T, M = 3, 19, 7
     cfg = cfg_for("minipost_top")
-    plain = flops.step_flops(cfg, "minipost_top", B, T, M, minipost_frozen_layers=K)
-    ckpt = flops.step_flops(cfg, "minipost_top", B, T, M, minipost_frozen_layers=K, recompute=True)
+    plain = flops.step_flops(cfg, "minipost_top", B, T, M, mini_depth=K)
+    ckpt = flops.step_flops(cfg, "minipost_top", B, T, M, mini_depth=K, recompute=True)
     assert ckpt.total == plain.total and plain.recompute == 0
     # Only the top layer is re-run: the frozen layers below every trainable weight get no backward.
     body = sum(plain.components[c].forward for c in ("attn_proj", "attn_scores", "mlp"))
@@ -568,9 +568,9 @@ def test_deepspeed_profiler_estimate_matches_a_real_profiler_run():
     for kind in flops.STEP_KINDS:
         for attention in ("explicit", "sdpa"):
             cfg = cfg_for(kind, attention=attention)
-            step = flops_check.build_step(cfg, kind, B, T, M, minipost_frozen_layers=K)
+            step = flops_check.build_step(cfg, kind, B, T, M, mini_depth=K)
             for zero3 in (False, True):
-                est = flops_check.deepspeed_profiler_estimate(cfg, kind, B, T, M, minipost_frozen_layers=K, zero3=zero3)
+                est = flops_check.deepspeed_profiler_estimate(cfg, kind, B, T, M, mini_depth=K, zero3=zero3)
                 assert est.forward == launcher.run_deepspeed_profiler(step, zero3_linear=zero3), (kind, zero3)
             assert torch.nn.functional.linear is linear  # the ZeRO-3 swap was undone
     ours = flops.step_flops(cfg_for("adapt_mini"), "adapt_mini", B, T, M)
@@ -581,7 +581,7 @@ def test_deepspeed_profiler_estimate_matches_a_real_profiler_run():
 def test_param_counts_and_six_n_rule_match_hugging_face():
     from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 
-    cfg = small_cfg(mid_head_layer=None, max_positions=40)
+    cfg = small_cfg(mini_depth=None, max_positions=40)
     model = MLMEncoder(cfg)
     assert sum(p.numel() for p in model.parameters()) == sum(flops_check.param_counts(cfg).values())
     with_mid = small_cfg()
@@ -613,14 +613,14 @@ def test_report_api():
 def test_errors():
     with pytest.raises(UserError, match="unknown step kind"):
         flops.step_flops(small_cfg(), "adapt", 1, 8, 1)
-    with pytest.raises(UserError, match="mid_head_layer"):
-        flops.step_flops(small_cfg(mid_head_layer=None), "pretrain_joint", 1, 8, 1)
+    with pytest.raises(UserError, match="mini_depth"):
+        flops.step_flops(small_cfg(mini_depth=None), "pretrain_joint", 1, 8, 1)
     with pytest.raises(UserError, match="minijoint_config"):  # adapt_mini runs the carved mini-model
         flops.step_flops(small_cfg(), "adapt_mini", 1, 8, 1)
-    with pytest.raises(UserError, match="mid_head_layer"):
-        flops.minijoint_config(small_cfg(mid_head_layer=None))
+    with pytest.raises(UserError, match="mini_depth"):
+        flops.minijoint_config(small_cfg(mini_depth=None))
     with pytest.raises(UserError, match="frozen layers"):
-        flops.step_flops(small_cfg(), "minipost_top", 1, 8, 1, minipost_frozen_layers=5)
+        flops.step_flops(small_cfg(), "minipost_top", 1, 8, 1, mini_depth=5)
     with pytest.raises(UserError, match="num_masked"):
         flops.step_flops(small_cfg(), "pretrain", 1, 8, 9)
 
@@ -642,7 +642,7 @@ def test_peaks_and_utilisation():
 @pytest.mark.parametrize("name,layers,d,k", [("xlmr-base", 12, 768, 3), ("xlmr-large", 24, 1024, 6)])
 def test_xlmr_configs_parse(name, layers, d, k):
     m = load_config(PretrainConfig, REPO / "configs" / f"{name}.yaml").model
-    assert (m.num_layers, m.hidden_size, m.mid_head_layer, m.vocab_size, m.max_positions) == (layers, d, k, 250002, 514)
+    assert (m.num_layers, m.hidden_size, m.mini_depth, m.vocab_size, m.max_positions) == (layers, d, k, 250002, 514)
     assert m.intermediate_size == 4 * d and m.hidden_size // m.num_heads == 64
 
 

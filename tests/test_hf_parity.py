@@ -132,7 +132,7 @@ def our_model(position_style: str, attention: str = "sdpa", seed: int = 3) -> ML
     cfg = ModelConfig(vocab_size=V, hidden_size=D, num_layers=L, num_heads=H, intermediate_size=I,
                       max_positions=P, position_style=position_style, pad_token_id=1 if position_style == "roberta" else 0,
                       type_vocab_size=1 if position_style == "roberta" else 2, layer_norm_eps=1e-6,
-                      attention=attention, mid_head_layer=1, kernels="off")
+                      attention=attention, mini_depth=1, kernels="off")
     torch.manual_seed(seed)
     return randomise(MLMEncoder(cfg), seed)
 
@@ -180,7 +180,7 @@ def test_export_roundtrip(tmp_path, model_type, attention):
     hf.export_hf(back.state_dict(), back.cfg, out, model_type=model_type)
     assert "sentencepiece.bpe.model" not in os.listdir(out)
     with pytest.raises(UserError, match="mid head at layer 1"):
-        hf.load_hf_pretrained(out, mid_head_layer=2)
+        hf.load_hf_pretrained(out, mini_depth=2)
 
 
 def test_export_refuses_foreign_dir_and_bad_state_dict(tmp_path):
@@ -240,7 +240,7 @@ def test_masked_loss_matches_hf(hf_dirs, model_type):
 def test_bare_encoder_gets_fresh_head(tmp_path, model_type, prefix, fmt):
     ref = randomise(HF[model_type][2](hf_config(model_type)), seed=11)  # with a pooler, which is dropped
     path = save_hf_dir(ref, tmp_path / "bare", fmt=fmt, add_prefix=prefix)
-    ours = hf.load_hf_pretrained(path, mid_head_layer=2)
+    ours = hf.load_hf_pretrained(path, mini_depth=2)
     assert ours.hf_fresh_init == ("lm_head", "mid_head")
     assert ours.lm_head.weight is ours.embeddings.word
     assert torch.equal(ours.lm_head.layer_norm.weight, torch.ones(D)) and not ours.lm_head.bias.any()

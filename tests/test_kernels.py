@@ -324,7 +324,7 @@ def _adapt_losses(impl, steps=10, device="cpu"):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=301, hidden_size=24, num_layers=2, num_heads=2, intermediate_size=48,
                       max_positions=40, hidden_dropout=0.0, attention_dropout=0.0, kernels=impl,
-                      mid_head_layer=1)
+                      mini_depth=1)
     model = MLMEncoder(cfg).to(device)
     initial_word = model.embeddings.word.detach().cpu().clone()
     # Step 2 (adapt): only the word embeddings (tied to the output layer) and the output bias.
@@ -411,7 +411,7 @@ def test_tied_table_gets_one_gradient_buffer(strategy):
 
     cfg = ModelConfig(vocab_size=301, hidden_size=24, num_layers=2, num_heads=2, intermediate_size=48,
                       max_positions=40, hidden_dropout=0.0, attention_dropout=0.0, kernels="torch",
-                      mid_head_layer=1, mid_head_weight=0.7, head_strategy=strategy)
+                      mini_depth=1, mid_head_weight=0.7, head_strategy=strategy)
     torch.manual_seed(0)
     fused = MLMEncoder(cfg)
     plain = MLMEncoder(dataclasses.replace(cfg, kernels="off"))

@@ -313,7 +313,7 @@ def test_transfer_and_study_score_each_pack_in_its_own_language(tiny_model_dir, 
     for code in ("ny", "bn"):
         info = PackInfo(language=code, method="minijoint", vocab_size=tok.vocab_size, hidden_size=cfg.hidden_size,
                         pad_token_id=tok.pad_id, special={"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id},
-                        body_fingerprint=lineage["body_fingerprints"]["1"], fingerprint_layers=1,
+                        body_fingerprint=lineage["body_fingerprints"]["1"], mini_depth=1,
                         tokenizer_fingerprint=tok.fingerprint())
         packs[code] = save_pack(tmp_path / code, info, word * float(source["embeddings.word"].std()),
                                 torch.zeros(tok.vocab_size), tok_path)

@@ -68,9 +68,9 @@ def test_demo_pipeline_plans_the_regular_model_branch(tmp_path):
     assert regular == ["regular-pretrain", "regular-minipost", "regular-adapt-full", "regular-adapt-minipost",
                        "regular-finetune", "regular-evaluate"]
     mj, reg = steps["pretrain"], steps["regular-pretrain"]
-    assert reg[-2:] == ["model.mid_head_layer=null", "optim.lr=1e-4"]  # the user's extras still win
+    assert reg[-2:] == ["model.mini_depth=null", "optim.lr=1e-4"]  # the user's extras still win
     assert [a for a in mj if not a.startswith("train.out_dir")] == \
-        [a for a in reg if not a.startswith("train.out_dir") and a != "model.mid_head_layer=null"]
+        [a for a in reg if not a.startswith("train.out_dir") and a != "model.mini_depth=null"]
     r = work / "regular"
     assert f"train.out_dir={r / 'pretrain'}" in reg
     assert f"minipost.source={r / 'pretrain' / 'final'}" in steps["regular-minipost"]
@@ -100,7 +100,7 @@ def test_models_only_plans_what_a_study_needs_with_its_configs(tmp_path, capsys)
                            "regular-finetune"]
     for name in ("pretrain", "regular-pretrain"):
         assert steps[name][steps[name].index("--config") + 1] == "configs/quick-cpu.yaml"
-    assert steps["regular-pretrain"][-1] == "model.mid_head_layer=null"
+    assert steps["regular-pretrain"][-1] == "model.mini_depth=null"
     assert "configs/minipost-quick.yaml" in steps["regular-minipost"]
     without_regular = [s.name for s in plan_demo(PipelineOptions(work=tmp_path / "w", data_root=tmp_path / "d",
                                                                  models_only=True, regular=False))]

@@ -21,7 +21,7 @@ from tests.helpers import expect_rejected, run_step
 def _tiny_state():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=101, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
-                      mid_head_layer=1, max_positions=40)
+                      mini_depth=1, max_positions=40)
     return MLMEncoder(cfg).state_dict(), cfg
 
 
@@ -65,13 +65,13 @@ def assert_ran_as(run_dir, kind):
     data, train = config["data"], config["train"]
     loader = MLMLoader(TokenShards.open(data["path"]), "train", data["seq_len"], train["micro_batch_size"],
                        train["grad_accum"], 0, 1, train["seed"], data["mask_prob"])
-    k = config["minipost"]["layers"] if kind == "minipost_top" else None
+    k = config["minipost"]["mini_depth"] if kind == "minipost_top" else None
     total = 0
     for record in read_metrics(run_dir, "train"):
         for micro in loader.next_step():
             B, T = micro["input_ids"].shape
             total += step_flops(model_cfg, kind, B, T, int(micro["labels"].ne(-100).sum()),
-                                minipost_frozen_layers=k).total
+                                mini_depth=k).total
         assert record["flops"] == total, record["step"]
 
 
@@ -107,17 +107,17 @@ def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_d
     pack = json.loads((out / "pack" / "pack.json").read_text())
     assert pack["method"] == {"mini": "minijoint", "full": "full"}[through]
     assert_ran_as(out, {"mini": "adapt_mini", "full": "adapt_full"}[through])
-    assert pack["fingerprint_layers"] == k and pack["body_fingerprint"] == lineage["body_fingerprints"][str(k)]
+    assert pack["mini_depth"] == k and pack["body_fingerprint"] == lineage["body_fingerprints"][str(k)]
 
 
 def test_minipost_top_trains_while_bottom_stays_bit_identical(tiny_model_dir, tiny_corpus, tiny_target_corpus,
                                                               tmp_path):
     out = tmp_path / "minipost"
     run_step("minipost", "configs/minipost-tiny.yaml", f"minipost.source={tiny_model_dir}", f"data.path={tiny_corpus}",
-             f"train.out_dir={out}", "minipost.layers=2", "minipost.top_layers=1")
+             f"train.out_dir={out}", "minipost.mini_depth=2", "minipost.top_layers=1")
     source, _, _ = read_model_dir(tiny_model_dir)
     mini, mini_cfg, lineage = read_model_dir(out / "final")
-    assert mini_cfg.num_layers == 3 and lineage["kind"] == "minipost" and lineage["mini_layers"] == 2
+    assert mini_cfg.num_layers == 3 and lineage["kind"] == "minipost" and lineage["mini_depth"] == 2
     for name, tensor in mini.items():
         if name.startswith(("embeddings.", "layers.0.", "layers.1.")):
             assert torch.equal(tensor, source[name]), f"frozen {name} changed"

@@ -133,7 +133,7 @@ def read_batches(cfg: PretrainConfig) -> list[list[list[tuple[torch.Tensor, torc
 
 def reference_run(cfg: PretrainConfig):
     """Plain PyTorch: per-rank chunk losses averaged over ranks and micro-batches, AdamW, clip."""
-    assert cfg.model.mid_head_layer is not None, "the reference trains MiniJoint (route joint): every parameter"
+    assert cfg.model.mini_depth is not None, "the reference trains MiniJoint (route joint): every parameter"
     vocab = json.loads((REPO / cfg.data.path / "index.json").read_text())["vocab_size"]
     torch.manual_seed(cfg.train.seed)
     model = MLMEncoder(dataclasses.replace(cfg.model, vocab_size=vocab))

@@ -366,7 +366,7 @@ def _pack(tmp_path, tiny_target_corpus, model_dir, fingerprint=None):
     word = torch.randn(tok.vocab_size, cfg.hidden_size, generator=g) * float(source["embeddings.word"].std())
     info = PackInfo(language="ny", method="minijoint", vocab_size=tok.vocab_size, hidden_size=cfg.hidden_size,
                     pad_token_id=tok.pad_id, special={"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id},
-                    body_fingerprint=fingerprint or lineage["body_fingerprints"]["1"], fingerprint_layers=1,
+                    body_fingerprint=fingerprint or lineage["body_fingerprints"]["1"], mini_depth=1,
                     tokenizer_fingerprint=tok.fingerprint())
     return save_pack(tmp_path / ("bad_pack" if fingerprint else "pack"), info, word, torch.zeros(tok.vocab_size),
                      tok_path)

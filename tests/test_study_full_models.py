@@ -12,13 +12,13 @@ from ds_minimodel.errors import UserError
 from ds_minimodel.study.full_models import compare_full_models, markdown
 
 
-def _model(root, name, mid_head_layer, flops, losses, ids, correct):
+def _model(root, name, mini_depth, flops, losses, ids, correct):
     """A pretraining run (metrics.jsonl, final/config.json) and a fine-tuned model dir over it; the
     scorer stand-in carries what AccuracyScorer computes for its English test set."""
     run = root / name / "pretrain"
     (run / "final").mkdir(parents=True)
     (run / "final" / "config.json").write_text(json.dumps(
-        {"model": {"mid_head_layer": mid_head_layer}, "train": {"out_dir": str(run)}}))
+        {"model": {"mini_depth": mini_depth}, "train": {"out_dir": str(run)}}))
     rows = [{"kind": "train", "step": 10 * (i + 1), "flops": flops * (i + 1) // len(losses)} for i in range(len(losses))]
     rows += [{"kind": "eval", "step": 10 * (i + 1), "valid_final_loss": v} for i, v in enumerate(losses)]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -46,7 +46,7 @@ def test_mid_head_model_paired_with_the_regular_one_by_example_id(tmp_path):
 
     assert result["reference"] == str(regular.model_dir)
     reg, mj = result["models"]
-    assert (reg["mid_head_layer"], mj["mid_head_layer"]) == (None, 2)
+    assert (reg["mini_depth"], mj["mini_depth"]) == (None, 2)
     assert (reg["pretraining_flops"], mj["pretraining_flops"]) == (1000, 1200)
     assert (reg["pretraining_steps"], reg["valid_final_loss"]) == (20, 5.5)
     assert mj["valid_final_loss_vs_reference"] == pytest.approx(0.2)

@@ -41,7 +41,7 @@ def _number(text: str) -> float:
 def test_study_run_experiments_end_to_end_through_the_default_runner(tiny_model_dir, tiny_corpus,
                                                                       tiny_target_corpus, tmp_path):
     launch("launchers/minipost.py", "--config", "configs/minipost-tiny.yaml", f"minipost.source={tiny_model_dir}",
-           f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'minipost'}", "minipost.layers=1", "minipost.top_layers=1")
+           f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'minipost'}", "minipost.mini_depth=1", "minipost.top_layers=1")
     launch("launchers/finetune.py", "--config", "configs/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}",
            f"train.out_dir={tmp_path / 'finetune'}")
     out = tmp_path / "study"

@@ -60,7 +60,7 @@ def _check_out(out: Path, overwrite: bool, inputs: list[Path]) -> None:
 def _pack_for(pack_dir: str | Path, cfg: ModelConfig, lineage: dict, where: str) -> tuple[PackInfo, dict, Tokenizer]:
     info, tensors, tok = load_pack(pack_dir)
     check_compatible(info, hidden_size=cfg.hidden_size, pad_token_id=cfg.pad_token_id,
-                     body_fingerprint=lineage["body_fingerprints"].get(str(info.fingerprint_layers), "none"),
+                     body_fingerprint=lineage["body_fingerprints"].get(str(info.mini_depth), "none"),
                      where=where)
     return info, tensors, tok
 
@@ -68,7 +68,7 @@ def _pack_for(pack_dir: str | Path, cfg: ModelConfig, lineage: dict, where: str)
 def _plug(state: dict, cfg: ModelConfig, info: PackInfo, tensors: dict) -> tuple[dict, ModelConfig]:
     """The encoder without its mid head, speaking the pack's language."""
     body = {k: v for k, v in state.items() if not k.startswith("mid_head.")}
-    return plug_embeddings(body, dataclasses.replace(cfg, mid_head_layer=None), tensors["word"],
+    return plug_embeddings(body, dataclasses.replace(cfg, mini_depth=None), tensors["word"],
                            tensors["output_bias"], info.pad_token_id)
 
 
@@ -108,7 +108,7 @@ def _write(out: Path, config, tensors: dict[str, torch.Tensor], tok: Tokenizer, 
 def _provenance(kind: str, model_dir, pack_dir, info: PackInfo, cfg: ModelConfig, **extra) -> dict:
     return {"kind": kind, "model_dir": str(model_dir), "pack": str(pack_dir),
             "language": info.language, "method": info.method, "body_fingerprint": info.body_fingerprint,
-            "fingerprint_layers": info.fingerprint_layers, "tokenizer_fingerprint": info.tokenizer_fingerprint,
+            "mini_depth": info.mini_depth, "tokenizer_fingerprint": info.tokenizer_fingerprint,
             "model": dataclasses.asdict(cfg), **extra}
 
 
@@ -117,12 +117,12 @@ def _check_mlm_body(state: dict, lineage: dict, where: str) -> None:
     if kind == "finetune":
         raise UserError(f"{where} is a fine-tuned model: export it with `export.py classifier`, "
                         "and the masked LM from the pretrained model it was fine-tuned from")
-    if kind == "minipost" and int(lineage["mini_layers"]) < int(lineage.get("source_layers", 0)):
-        raise UserError(f"{where} is a MiniPost mini-model ({lineage['mini_layers']} of "
+    if kind == "minipost" and int(lineage["mini_depth"]) < int(lineage.get("source_layers", 0)):
+        raise UserError(f"{where} is a MiniPost mini-model ({lineage['mini_depth']} of "
                         f"{lineage['source_layers']} layers): export the full model it was cut from")
     if "lm_head.bias" not in state or "lm_head" in lineage.get("fresh_heads", []):
         raise UserError(f"{where} has no trained MLM head: export a model that has one (train one first: "
-                        "MiniPost with minipost.layers=L)")
+                        "MiniPost with minipost.mini_depth=L)")
 
 
 def export_mlm(model_dir: str | Path, pack_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ds_minimodel.config import ConfigError, ModelConfig, from_dict
+from ds_minimodel.config import ConfigError, ModelConfig, from_dict, migrate_renamed
 from ds_minimodel.errors import UserError
 from ds_minimodel.staged_dir import staged_dir
 
@@ -111,7 +111,7 @@ def _short(keys, n: int = 4) -> str:
 def config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
     """Our ModelConfig from a transformers config object (or its `to_dict()`).
 
-    `overrides` set fields Hugging Face does not describe (attention, kernels, mid_head_layer, ...).
+    `overrides` set fields Hugging Face does not describe (attention, kernels, mini_depth, ...).
     """
     raw = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
     model_type = raw.get("model_type")
@@ -469,14 +469,14 @@ def _is_previous_export(d: Path) -> bool:
         return False
 
 
-def load_hf_pretrained(path_or_dir: str | os.PathLike, mid_head_layer: int | None = None, *,
+def load_hf_pretrained(path_or_dir: str | os.PathLike, mini_depth: int | None = None, *,
                        overrides: Mapping[str, Any] | None = None):
     """Our `MLMEncoder` from a LOCAL Hugging Face directory (config.json + weights), no network.
 
     Reads model.safetensors / pytorch_model.bin (sharded or not). A directory written by
     `export_hf` comes back exactly: its ds_minimodel.json gives the full ModelConfig and
     mid_head.safetensors the mid head. Otherwise the config comes from config.json
-    (`config_from_hf`), and `mid_head_layer` adds a freshly initialised mid head at that layer
+    (`config_from_hf`), and `mini_depth` adds a freshly initialised mid head at that layer
     (asking for a different layer than an export's saved mid head is an error: its weights
     would be silently dropped). `overrides` set non-architectural ModelConfig fields (attention,
     kernels, dropouts, ...). A checkpoint without an MLM head (bare BertModel / RobertaModel)
@@ -506,19 +506,19 @@ def load_hf_pretrained(path_or_dir: str | os.PathLike, mid_head_layer: int | Non
         if exported:
             meta = read_json_object(marker)
             cfg = from_dict(ModelConfig, meta["model"])
-            if cfg.mid_head_layer is not None and mid_head_layer is not None and mid_head_layer != cfg.mid_head_layer:
+            if cfg.mini_depth is not None and mini_depth is not None and mini_depth != cfg.mini_depth:
                 raise UserError(
-                    f"{marker}: the export has a trained mid head at layer {cfg.mid_head_layer}, "
-                    f"mid_head_layer={mid_head_layer} would drop it"
+                    f"{marker}: the export has a trained mid head at layer {cfg.mini_depth}, "
+                    f"mini_depth={mini_depth} would drop it"
                 )
-            if mid_head_layer is not None:
-                cfg = dataclasses.replace(cfg, mid_head_layer=mid_head_layer)
+            if mini_depth is not None:
+                cfg = dataclasses.replace(cfg, mini_depth=mini_depth)
             unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
             if unknown:
                 raise UserError(f"unknown ModelConfig field(s) in overrides: {', '.join(unknown)}")
             cfg = dataclasses.replace(cfg, **overrides)
         else:
-            overrides.setdefault("mid_head_layer", mid_head_layer)
+            overrides.setdefault("mini_depth", mini_depth)
             cfg = config_from_hf(raw, **overrides)
     except ConfigError as e:
         raise UserError(f"{marker}: {e}") from None
@@ -530,7 +530,7 @@ def load_hf_pretrained(path_or_dir: str | os.PathLike, mid_head_layer: int | Non
         raise UserError(f"{d}: invalid model config: " + "; ".join(problems))
 
     sd, has_head, src = _from_hf(_read_weights(d), model_type, where=str(d))
-    saved_mid = exported and read_json_object(marker)["model"].get("mid_head_layer") is not None
+    saved_mid = exported and migrate_renamed(ModelConfig, read_json_object(marker)["model"]).get("mini_depth") is not None
     if saved_mid:
         if not (d / MID_HEAD_FILE).is_file():
             raise UserError(f"{marker}: says there is a mid head but {MID_HEAD_FILE} is missing")
@@ -560,7 +560,7 @@ def load_hf_pretrained(path_or_dir: str | os.PathLike, mid_head_layer: int | Non
     fresh = []
     if not has_head:
         fresh.append("lm_head")
-    if cfg.mid_head_layer is not None and not saved_mid:
+    if cfg.mini_depth is not None and not saved_mid:
         fresh.append("mid_head")
     allowed = {k for k in want if k.split(".")[0] in fresh}
     missing = [k for k in want if k not in sd and k not in allowed]
@@ -596,7 +596,7 @@ def export_hf(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], cfg: 
     model_type = _default_model_type(cfg, model_type)
     hf_sd = state_dict_to_hf(sd, cfg, model_type)  # validates every tensor against cfg
     mid = None
-    if cfg.mid_head_layer is not None:
+    if cfg.mini_depth is not None:
         mid = {k: sd[k].detach().to("cpu").contiguous().clone() for k in _MID_HEAD_KEYS}
     hf_cfg = hf_config_from(cfg, model_type)
 

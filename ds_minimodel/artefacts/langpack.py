@@ -38,9 +38,10 @@ class PackInfo:
     hidden_size: int
     pad_token_id: int
     special: dict
-    # fingerprint() of the body the embeddings were trained under, and the k it covers.
+    # fingerprint() of the body the embeddings were trained under, and the mini-model depth k it
+    # covers (pack.json written before the rename says "fingerprint_layers": read as mini_depth).
     body_fingerprint: str
-    fingerprint_layers: int
+    mini_depth: int
     tokenizer_fingerprint: str
     provenance: dict = field(default_factory=dict)
     format: int = FORMAT
@@ -70,6 +71,8 @@ def load_pack(path: str | Path) -> tuple[PackInfo, dict[str, torch.Tensor], Toke
         raise UserError(f"{path} is not a language pack (no pack.json)")
     try:
         raw = json.loads(meta.read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and "fingerprint_layers" in raw:  # written by an older version
+            raw.setdefault("mini_depth", raw.pop("fingerprint_layers"))
         info = PackInfo(**raw)
     except (json.JSONDecodeError, TypeError) as e:
         raise UserError(f"{meta} is malformed: {e}") from None
@@ -102,6 +105,6 @@ def check_compatible(info: PackInfo, *, hidden_size: int, pad_token_id: int, bod
         problems.append(f"pad id {info.pad_token_id} != model's {pad_token_id}")
     if info.body_fingerprint != body_fingerprint:
         problems.append(f"trained under body {info.body_fingerprint}, but {where} has body {body_fingerprint} "
-                        f"(layers 1..{info.fingerprint_layers})")
+                        f"(layers 1..{info.mini_depth})")
     if problems:
         raise UserError(f"language pack ({info.language}, {info.method}) does not fit {where}: " + "; ".join(problems))

@@ -24,6 +24,11 @@ from ds_minimodel.config import ModelConfig, from_dict
 from ds_minimodel.errors import UserError
 
 
+# lineage.json keys renamed since directories were first written: {old: new}, read under the new
+# name. MiniPost's depth k was "mini_layers".
+LINEAGE_RENAMED = {"mini_layers": "mini_depth"}
+
+
 def body_fingerprints(state: dict, cfg: ModelConfig, upto: int | None = None) -> dict[str, str]:
     return {str(k): fingerprint(state, k) for k in range(1, (upto or cfg.num_layers) + 1)}
 
@@ -61,6 +66,9 @@ def read_model_dir(path: str | Path) -> tuple[dict, ModelConfig, dict]:
         raise UserError(f"{path}/model.pt is unreadable: {e}") from None
     lineage_file = path / "lineage.json"
     lineage = json.loads(lineage_file.read_text(encoding="utf-8")) if lineage_file.is_file() else {}
+    for old, new in LINEAGE_RENAMED.items():  # written by an older version
+        if old in lineage:
+            lineage.setdefault(new, lineage.pop(old))
     lineage.setdefault("kind", "pretrain")
     if "body_fingerprints" not in lineage:
         lineage["body_fingerprints"] = body_fingerprints(state, cfg)

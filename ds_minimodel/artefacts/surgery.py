@@ -54,7 +54,7 @@ def extract_layers(state: dict, cfg: ModelConfig, k: int) -> tuple[dict, ModelCo
         raise UserError(f"cannot extract {k} layers from a {cfg.num_layers}-layer model")
     out = {n: t for n, t in state.items()
            if n.startswith("embeddings.") or (layer_index(n) is not None and layer_index(n) < k)}
-    return out, dataclasses.replace(cfg, num_layers=k, mid_head_layer=None)
+    return out, dataclasses.replace(cfg, num_layers=k, mini_depth=None)
 
 
 def minijoint_mini(state: dict, cfg: ModelConfig) -> tuple[dict, ModelConfig]:
@@ -63,9 +63,9 @@ def minijoint_mini(state: dict, cfg: ModelConfig) -> tuple[dict, ModelConfig]:
     Its mid head becomes the k-layer model's `lm_head`, so every mini-model (and the full model
     of the baseline) is trained the same way: route "final" over an MLMEncoder.
     """
-    if cfg.mid_head_layer is None:
-        raise UserError("this model has no mid head (model.mid_head_layer): it is not a MiniJoint model")
-    out, mini_cfg = extract_layers(state, cfg, cfg.mid_head_layer)
+    if cfg.mini_depth is None:
+        raise UserError("this model has no mid head (model.mini_depth): it is not a MiniJoint model")
+    out, mini_cfg = extract_layers(state, cfg, cfg.mini_depth)
     for n, t in state.items():
         if n.startswith("mid_head."):
             out["lm_head." + n[len("mid_head."):]] = t
@@ -87,7 +87,7 @@ def build_minipost(state: dict, cfg: ModelConfig, k: int, top_layers: int, top_i
     if top_init == "copy" and k + top_layers > cfg.num_layers:
         raise UserError(f"cannot copy layers {k + 1}..{k + top_layers} from a {cfg.num_layers}-layer model")
     bottom, _ = extract_layers(state, cfg, k)
-    mini_cfg = dataclasses.replace(cfg, num_layers=k + top_layers, mid_head_layer=None)
+    mini_cfg = dataclasses.replace(cfg, num_layers=k + top_layers, mini_depth=None)
     out = dict(bottom)
     for n, t in fresh.items():
         i = layer_index(n)

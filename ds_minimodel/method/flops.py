@@ -229,7 +229,7 @@ def encoder_parameter_names(cfg: ModelConfig) -> tuple:
     """MLMEncoder(cfg).named_parameters() names (the tied decoder weight once, as
     embeddings.word). They depend only on the depth and the mid head: read off a tiny model of
     that structure (built once per structure)."""
-    key = (cfg.num_layers, cfg.mid_head_layer)
+    key = (cfg.num_layers, cfg.mini_depth)
     if key not in _NAMES:
         n = max(8, cfg.pad_token_id + 1)
         tiny = dataclasses.replace(cfg, vocab_size=n, max_positions=n, hidden_size=4, num_heads=1,
@@ -245,7 +245,7 @@ class StepPlan:
 
     kind: str
     depth: int  # layers run
-    mid_head_layer: int | None  # the mid head runs on the output of this layer (None: not run)
+    mini_depth: int | None  # the mid head runs on the output of this layer (None: not run)
     final_head: bool  # the final MLM head runs on the last layer's output
     task_head: str | None  # "classification" (on the last layer's <s>), "span" (every token) or None
     # MLMEncoder parameter names that train (the tied MLM decoder weight is embeddings.word).
@@ -256,17 +256,17 @@ class StepPlan:
         return any(n.startswith(prefix) for n in self.trainable)
 
 
-def step_plan(cfg: ModelConfig, kind: str, *, minipost_frozen_layers: int | None = None,
+def step_plan(cfg: ModelConfig, kind: str, *, mini_depth: int | None = None,
               freeze: Sequence[str] = ()) -> StepPlan:
     """`freeze`: the run's train.freeze patterns (MLM kinds), frozen on top of the kind's rule."""
     check_kind(kind)
     if cfg.vocab_size is None:
         raise UserError("model.vocab_size must be set to count FLOPs (the MLM head is d x vocab)")
-    k = minipost_k(cfg, kind, minipost_frozen_layers)
+    k = minipost_k(cfg, kind, mini_depth)
     route = ROUTE[kind]
-    if route == "joint" and cfg.mid_head_layer is None:
-        raise UserError(f"step {kind} runs the MiniJoint mid head: set model.mid_head_layer")
-    if kind == "adapt_mini" and cfg.mid_head_layer is not None:
+    if route == "joint" and cfg.mini_depth is None:
+        raise UserError(f"step {kind} runs the MiniJoint mid head: set model.mini_depth")
+    if kind == "adapt_mini" and cfg.mini_depth is not None:
         raise UserError("step adapt_mini runs the MiniJoint mini-model (layers 1..k, its mid head as the "
                         "MLM head), not the full model: pass its config, flops.minijoint_config(cfg)")
     if freeze and kind in TASK_HEADS:
@@ -277,7 +277,7 @@ def step_plan(cfg: ModelConfig, kind: str, *, minipost_frozen_layers: int | None
     return StepPlan(
         kind=kind,
         depth=cfg.num_layers,
-        mid_head_layer=cfg.mid_head_layer if route == "joint" else None,
+        mini_depth=cfg.mini_depth if route == "joint" else None,
         final_head=route in ("joint", "final"),
         task_head=TASK_HEADS.get(kind),
         trainable=frozenset(n for n in names if is_trainable(body + n, kind, frozen_layers=k, freeze=freeze)),
@@ -378,8 +378,8 @@ def _flops_of_plan(cfg: ModelConfig, plan: StepPlan, batch_size: int, seq_len: i
         needs_grad.append(g)
     if plan.final_head:
         c["final_head"] = _mlm_head(cfg, plan, "lm_head", M, grad_in=needs_grad[plan.depth])
-    if plan.mid_head_layer is not None:
-        c["mid_head"] = _mlm_head(cfg, plan, "mid_head", M, grad_in=needs_grad[plan.mid_head_layer])
+    if plan.mini_depth is not None:
+        c["mid_head"] = _mlm_head(cfg, plan, "mid_head", M, grad_in=needs_grad[plan.mini_depth])
     if plan.task_head == "classification":
         # Sequence classification on the B <s> states: dense d->d, tanh, out d->C; the head trains.
         c["task_head"] = _linear(B, d, d, grad_input=needs_grad[plan.depth], grad_weight=True)
@@ -392,13 +392,13 @@ def _flops_of_plan(cfg: ModelConfig, plan: StepPlan, batch_size: int, seq_len: i
 
 
 def step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_masked: int, *,
-               minipost_frozen_layers: int | None = None, num_classes: int = 2,
+               mini_depth: int | None = None, num_classes: int = 2,
                recompute: bool = False, freeze: Sequence[str] = ()) -> FlopReport:
     """FLOPs of one step of `kind` on a per-rank micro-batch of `batch_size` x `seq_len` tokens of
     which `num_masked` carry an MLM label.
 
     `cfg` is the model that runs: for the MiniPost kinds the mini-model of k + n layers (see
-    `minipost_config`), with `minipost_frozen_layers` = k (default: cfg.mid_head_layer); for
+    `minipost_config`), with `mini_depth` = k (default: cfg.mini_depth); for
     adapt_mini the MiniJoint mini-model (`minijoint_config`); for adapt_full the full model.
     `recompute`: per-layer activation checkpointing (adds to the hardware count only).
     `freeze`: the run's train.freeze patterns; any parameters, whole layers or parts of them.
@@ -410,7 +410,7 @@ def step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_m
         raise UserError(f"num_masked must be in 0..batch_size*seq_len, got {num_masked}")
     if num_classes <= 0:
         raise UserError(f"num_classes must be positive, got {num_classes}")
-    plan = step_plan(cfg, kind, minipost_frozen_layers=minipost_frozen_layers, freeze=freeze)
+    plan = step_plan(cfg, kind, mini_depth=mini_depth, freeze=freeze)
     return _flops_of_plan(cfg, plan, batch_size, seq_len, num_masked, num_classes, recompute)
 
 
@@ -421,15 +421,15 @@ def minipost_config(cfg: ModelConfig, frozen_layers: int, top_layers: int = 1) -
         raise UserError(f"MiniPost frozen layers must be in 1..{cfg.num_layers - 1}, got {frozen_layers}")
     if top_layers < 1:
         raise UserError(f"MiniPost top layers must be >= 1, got {top_layers}")
-    return dataclasses.replace(cfg, num_layers=frozen_layers + top_layers, mid_head_layer=None)
+    return dataclasses.replace(cfg, num_layers=frozen_layers + top_layers, mini_depth=None)
 
 
 def minijoint_config(cfg: ModelConfig) -> ModelConfig:
     """The MiniJoint mini-model of `cfg` as adaptation runs it (`artefacts.surgery.minijoint_mini`): layers
     1..k with the mid head as its final MLM head."""
-    if cfg.mid_head_layer is None:
-        raise UserError("the MiniJoint mini-model needs model.mid_head_layer (k)")
-    return dataclasses.replace(cfg, num_layers=cfg.mid_head_layer, mid_head_layer=None)
+    if cfg.mini_depth is None:
+        raise UserError("the MiniJoint mini-model needs model.mini_depth (k)")
+    return dataclasses.replace(cfg, num_layers=cfg.mini_depth, mini_depth=None)
 
 
 def expected_masked(batch_size: int, seq_len: int, mask_prob: float) -> int:

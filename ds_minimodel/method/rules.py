@@ -65,13 +65,13 @@ def check_kind(kind: str) -> None:
 
 def minipost_k(cfg: ModelConfig, kind: str, k: int | None) -> int | None:
     """MiniPost's k for minipost_top (its cfg has k + n layers; k defaults to
-    cfg.mid_head_layer), None for the other kinds."""
+    cfg.mini_depth), None for the other kinds."""
     if kind != "minipost_top":
         return None
-    k = k if k is not None else cfg.mid_head_layer
+    k = k if k is not None else cfg.mini_depth
     if k is None:
         raise UserError("step minipost_top needs the number of frozen bottom layers k "
-                        "(minipost_frozen_layers, or model.mid_head_layer)")
+                        "(mini_depth, or model.mini_depth)")
     # k = num_layers: no top layers, only the MLM head trains (a head for a headless encoder).
     if not 1 <= k <= cfg.num_layers:
         raise UserError(f"minipost_top: frozen layers k={k} must be in 1..num_layers "
@@ -132,7 +132,7 @@ def check_freeze_patterns(names: Sequence[str], freeze: Sequence[str]) -> None:
                         f"(names look like {names[0]}, layers.0.fc1.weight)")
 
 
-def set_requires_grad_for_step(model, kind: str, *, minipost_frozen_layers: int | None = None,
+def set_requires_grad_for_step(model, kind: str, *, mini_depth: int | None = None,
                                freeze: Sequence[str] = ()) -> list[str]:
     """Freeze/unfreeze `model` for step `kind` as `is_trainable` says; return the trainable names.
 
@@ -141,7 +141,7 @@ def set_requires_grad_for_step(model, kind: str, *, minipost_frozen_layers: int 
     check_kind(kind)
     encoder = getattr(model, "encoder", model)
     assert (encoder is not model) == (kind in TASK_HEADS), f"step {kind} runs another model than {type(model).__name__}"
-    k = minipost_k(encoder.cfg, kind, minipost_frozen_layers)
+    k = minipost_k(encoder.cfg, kind, mini_depth)
     named = list(model.named_parameters())
     check_freeze_patterns([n for n, _ in named], freeze)
     trainable = []

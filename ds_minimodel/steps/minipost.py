@@ -33,28 +33,28 @@ def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
 
         if load_tokenizer(lineage["tokenizer"]).fingerprint() != shards.tokenizer().fingerprint():
             raise UserError(f"corpus {cfg.data.path} was tokenized with another tokenizer than {cfg.minipost.source}")
-    k, n = cfg.minipost.layers, cfg.minipost.top_layers
+    k, n = cfg.minipost.mini_depth, cfg.minipost.top_layers
     if k > src_cfg.num_layers:
-        raise UserError(f"minipost.layers={k} exceeds the source model's {src_cfg.num_layers} layers")
+        raise UserError(f"minipost.mini_depth={k} exceeds the source model's {src_cfg.num_layers} layers")
     torch.manual_seed(cfg.train.seed)
-    fresh = MLMEncoder(dataclasses.replace(src_cfg, num_layers=k + n, mid_head_layer=None)).state_dict()
+    fresh = MLMEncoder(dataclasses.replace(src_cfg, num_layers=k + n, mini_depth=None)).state_dict()
     mini_state, mini_cfg = build_minipost(state, src_cfg, k, n, cfg.minipost.top_init, fresh)
 
     def make_model(ds_config: dict) -> MLMEncoder:
         model = MLMEncoder(mini_cfg)
         model.load_state_dict(mini_state, strict=True)
         # Embeddings and layers 1..k frozen (lm_head.weight is embeddings.word: frozen with it).
-        set_requires_grad_for_step(model, "minipost_top", minipost_frozen_layers=k)
+        set_requires_grad_for_step(model, "minipost_top", mini_depth=k)
         return model
 
     def finalize(run_dir: Path, checkpointer) -> None:
         fps = {str(i): lineage["body_fingerprints"][str(i)] for i in range(1, k + 1)}
         export_checkpoint(checkpointer.dir, run_dir / "final", tokenizer_path=lineage.get("tokenizer"),
-                          lineage={"kind": "minipost", "mini_layers": k, "top_layers": n,
+                          lineage={"kind": "minipost", "mini_depth": k, "top_layers": n,
                                    "source": str(cfg.minipost.source), "source_layers": src_cfg.num_layers,
                                    "body_fingerprints": fps},
                           hf_export=False)
 
     return run_mlm_job(cfg, mini_cfg, shards, ds_config_path, resume, make_model=make_model, kind="minipost_top",
                        route="final", loss_keys=("loss", "final_loss"), finalize=finalize,
-                       flops_kwargs={"minipost_frozen_layers": k})
+                       flops_kwargs={"mini_depth": k})

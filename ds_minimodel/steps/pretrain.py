@@ -36,7 +36,7 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, seed: int) -> MLMEncode
 def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
     shards = open_corpus(cfg.data.path)
     cfg = dataclasses.replace(cfg, model=resolve_vocab(cfg.model, shards))
-    joint = cfg.model.mid_head_layer is not None
+    joint = cfg.model.mini_depth is not None
     kind = "pretrain_joint" if joint else "pretrain"
 
     def make_model(ds_config: dict) -> MLMEncoder:

@@ -56,7 +56,7 @@ def plugged_model(model, info: PackInfo, tensors: dict, lineage: dict, where: st
     """A copy of the fine-tuned model (classifier or QA) speaking the pack's language."""
     fps = lineage["body_fingerprints"]
     check_compatible(info, hidden_size=model.encoder.cfg.hidden_size, pad_token_id=model.encoder.cfg.pad_token_id,
-                     body_fingerprint=fps.get(str(info.fingerprint_layers), "none"), where=where)
+                     body_fingerprint=fps.get(str(info.mini_depth), "none"), where=where)
     state = model.state_dict()
     enc, cfg = plug_embeddings(_encoder_state(state, "encoder."), model.encoder.cfg, tensors["word"],
                                tensors["output_bias"], info.pad_token_id)
@@ -206,7 +206,7 @@ def evaluate_retrieval(pretrained_dir: str, packs: list[str], pairs=None, layer:
                                                                            language=info.language)
         source = english[torch.tensor([row[p.id] for p in lang_pairs], dtype=torch.long)]
         check_compatible(info, hidden_size=cfg.hidden_size, pad_token_id=cfg.pad_token_id,
-                         body_fingerprint=lineage["body_fingerprints"].get(str(info.fingerprint_layers), "none"),
+                         body_fingerprint=lineage["body_fingerprints"].get(str(info.mini_depth), "none"),
                          where=str(pretrained_dir))
         scores = {}
         for name, t in (("pack", tensors), ("control", random_control(info, tensors))):

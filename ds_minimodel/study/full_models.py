@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ds_minimodel.config import ModelConfig, migrate_renamed
 from ds_minimodel.errors import UserError
 from ds_minimodel.tasks.metrics import paired_difference
 from ds_minimodel.training.metrics import read_metrics
@@ -24,7 +25,7 @@ def _pretraining(pretrained_dir: Path) -> dict:
     run_dir = Path(cfg.get("train", {}).get("out_dir") or pretrained_dir.parent)
     train = read_metrics(run_dir, "train")
     evals = [r for r in read_metrics(run_dir, "eval") if "valid_final_loss" in r]
-    return {"pretrained": str(pretrained_dir), "mid_head_layer": cfg["model"].get("mid_head_layer"),
+    return {"pretrained": str(pretrained_dir), "mini_depth": migrate_renamed(ModelConfig, cfg["model"]).get("mini_depth"),
             "pretraining_steps": train[-1]["step"] if train else None,
             "pretraining_flops": train[-1]["flops"] if train else None,
             "valid_final_loss": evals[-1]["valid_final_loss"] if evals else None}
@@ -47,7 +48,7 @@ def compare_full_models(scorers: list) -> dict | None:
     if len(scorers) < 2:
         return None
     rows = [describe(s) for s in scorers]
-    regular = next((r for r in rows if r["mid_head_layer"] is None), None)
+    regular = next((r for r in rows if r["mini_depth"] is None), None)
     if regular is not None:
         for r in rows:
             if r is regular:
@@ -87,7 +88,7 @@ def markdown(comparison: dict | None) -> list[str]:
         loss = num(r["valid_final_loss"], ".3f")
         if r.get("valid_final_loss_vs_reference") is not None:
             loss += f" ({r['valid_final_loss_vs_reference']:+.3f})"
-        lines.append(f"| `{r['model']}` | {num(r['mid_head_layer'], 'd') if r['mid_head_layer'] is not None else 'none'}"
+        lines.append(f"| `{r['model']}` | {num(r['mini_depth'], 'd') if r['mini_depth'] is not None else 'none'}"
                      f" | {num(r['pretraining_steps'], 'd')} | {num(r['pretraining_flops'], '.3g')} | {loss} | "
                      f"{r['source_accuracy']:.3f} | {vs} |")
     return lines + ["", "The MiniJoint model's pretraining FLOPs include its mid head's; the validation loss is the "

@@ -126,7 +126,7 @@ class MLMLossScorer:
             raise UserError(f"a {info.language} pack's tokenizer is not the one of the validation data "
                             f"({self.tokenizer_fingerprint})")
         check_compatible(info, hidden_size=self.cfg.hidden_size, pad_token_id=self.cfg.pad_token_id,
-                         body_fingerprint=self.lineage["body_fingerprints"].get(str(info.fingerprint_layers), "none"),
+                         body_fingerprint=self.lineage["body_fingerprints"].get(str(info.mini_depth), "none"),
                          where=str(self.model_dir))
         model = plugged_encoder(self.body, self.cfg, tensors, info.pad_token_id)
         parts = [sequence_losses(model, b) for b in self.batches]

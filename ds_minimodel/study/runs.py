@@ -82,7 +82,7 @@ def _info_from_config(config: AdaptConfig, where: str) -> tuple[PackInfo, str]:
                     hidden_size=int(body["embeddings.word"].shape[1]), pad_token_id=tok.pad_id,
                     special={"bos": tok.bos_id, "pad": tok.pad_id, "eos": tok.eos_id, "unk": tok.unk_id,
                              "mask": tok.mask_id},
-                    body_fingerprint=fingerprint(body, k), fingerprint_layers=k,
+                    body_fingerprint=fingerprint(body, k), mini_depth=k,
                     tokenizer_fingerprint=tok.fingerprint(),
                     provenance={"model_dir": config.adapt.model_dir, "through": config.adapt.through,
                                 "init": config.adapt.init})

@@ -236,7 +236,7 @@ class RetrievalScorer:
     def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> float:
 
         check_compatible(info, hidden_size=self.cfg.hidden_size, pad_token_id=self.cfg.pad_token_id,
-                         body_fingerprint=self.lineage["body_fingerprints"].get(str(info.fingerprint_layers), "none"),
+                         body_fingerprint=self.lineage["body_fingerprints"].get(str(info.mini_depth), "none"),
                          where=str(self.pretrained_dir))
         model = plugged_encoder(self.state, self.cfg, tensors, info.pad_token_id)
         pairs = self.pairs_for(info.language)
@@ -266,7 +266,7 @@ class ByBody:
 
     @staticmethod
     def fits(scorer, info: PackInfo) -> bool:
-        return scorer.lineage.get("body_fingerprints", {}).get(str(info.fingerprint_layers)) == info.body_fingerprint
+        return scorer.lineage.get("body_fingerprints", {}).get(str(info.mini_depth)) == info.body_fingerprint
 
     def scorer_for(self, info: PackInfo):
         for s in self.scorers:
@@ -274,7 +274,7 @@ class ByBody:
                 return s
         models = ", ".join(str(getattr(s, "model_dir", getattr(s, "pretrained_dir", "?"))) for s in self.scorers)
         raise UserError(f"no scoring model fits the {info.method} pack ({info.language}, body fingerprint "
-                        f"{info.body_fingerprint} over {info.fingerprint_layers} layers): it was adapted from "
+                        f"{info.body_fingerprint} over {info.mini_depth} layers): it was adapted from "
                         f"another model than {models}")
 
     def balanced_weights(self, language: str) -> np.ndarray:

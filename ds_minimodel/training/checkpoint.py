@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ds_minimodel.config import ModelConfig, migrate_renamed
 from ds_minimodel.errors import UserError
 from ds_minimodel.training import engine as ds
 from ds_minimodel.training import faults
@@ -358,6 +359,9 @@ class Checkpointer:
         tag_dir = self.dir / tag
         meta = read_meta(tag_dir)
         saved_model = meta.get("config", {}).get("model")
+        if isinstance(saved_model, dict) and "languages" not in saved_model:
+            # Written by an older version: read its renamed keys (mid_head_layer) under today's names.
+            saved_model = migrate_renamed(ModelConfig, saved_model)
         if saved_model != expected_model:
             diff = sorted(k for k in set(saved_model or {}) | set(expected_model)
                           if (saved_model or {}).get(k) != expected_model.get(k))

@@ -28,18 +28,18 @@ STEP_KIND = {"minijoint": "adapt_mini", "minipost": "adapt_minipost", "full": "a
 def select_body(state: dict, cfg: ModelConfig, lineage: dict, through: str, where: str):
     """(body state, body config, method, depth k the pack's fingerprint covers)."""
     if through == "full":
-        if lineage.get("kind") == "minipost" and int(lineage["mini_layers"]) < int(lineage.get("source_layers", 0)):
+        if lineage.get("kind") == "minipost" and int(lineage["mini_depth"]) < int(lineage.get("source_layers", 0)):
             raise UserError(f"adapt.through=full needs a full model, but {where} is a MiniPost mini-model")
         if "lm_head.bias" not in state or "lm_head" in lineage.get("fresh_heads", []):
             raise UserError(f"adapt.through=full needs a model with a trained MLM head; {where} has none "
-                            "(train one first: MiniPost with minipost.layers=L, or pretraining)")
+                            "(train one first: MiniPost with minipost.mini_depth=L, or pretraining)")
         body = {n: t for n, t in state.items() if not n.startswith("mid_head.")}
-        return body, dataclasses.replace(cfg, mid_head_layer=None), "full", cfg.num_layers
+        return body, dataclasses.replace(cfg, mini_depth=None), "full", cfg.num_layers
     if lineage.get("kind") == "minipost":
-        return state, cfg, "minipost", int(lineage["mini_layers"])
-    if cfg.mid_head_layer is not None:
+        return state, cfg, "minipost", int(lineage["mini_depth"])
+    if cfg.mini_depth is not None:
         body, body_cfg = minijoint_mini(state, cfg)
-        return body, body_cfg, "minijoint", cfg.mid_head_layer
+        return body, body_cfg, "minijoint", cfg.mini_depth
     raise UserError(f"{where} has no mini-model: it has no mid head (MiniJoint) and is not a MiniPost "
                     "mini-model; use adapt.through=full for the standard baseline")
 
@@ -110,7 +110,7 @@ class Body:
     state: dict
     cfg: ModelConfig
     method: str  # select_body's
-    k: int  # the depth a pack's fingerprint covers
+    mini_depth: int  # k: the depth a pack's fingerprint covers
     fingerprint: str
     source_tokenizer: Tokenizer | None
     kernels: str  # the source model's kernel setting
@@ -168,7 +168,7 @@ def pack_info(cfg: AdaptConfig, body: Body, target_tok: Tokenizer, language: str
                     hidden_size=body.cfg.hidden_size, pad_token_id=target_tok.pad_id,
                     special={"bos": target_tok.bos_id, "pad": target_tok.pad_id, "eos": target_tok.eos_id,
                              "unk": target_tok.unk_id, "mask": target_tok.mask_id},
-                    body_fingerprint=body.fingerprint, fingerprint_layers=body.k,
+                    body_fingerprint=body.fingerprint, mini_depth=body.mini_depth,
                     tokenizer_fingerprint=target_tok.fingerprint(),
                     provenance={"model_dir": str(cfg.adapt.model_dir), "through": cfg.adapt.through,
                                 "init": cfg.adapt.init, **init_record, "steps": cfg.train.steps,
