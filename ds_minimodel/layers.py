@@ -19,6 +19,8 @@ LAYERS = (
     "errors",
     # Directories written all at once (datasets, packs, exports): a failed write leaves nothing.
     "staged_dir",
+    # The configs that ship with the package (configs/, ds_configs/), found by name from anywhere.
+    "shipped",
     # Child processes with their output and failures reported; free ports.
     "subprocess_runner",
     # Named RNG streams taking turns in torch's generators (per-language dropout).
@@ -50,10 +52,11 @@ LAYERS = (
     "analysis",
     # The compute-budget study: runs, scoring, matching, bootstrap, rendering, experiments.
     "study",
-    # The launchers' shared argument handling and entry points.
-    "cli",
-    # The pipelines: each step's launcher in a subprocess, then the report.
+    # The pipelines: each step's module in a subprocess, then the report.
     "pipeline",
+    # The command line: one module per step or tool (python -m ds_minimodel.cli.<step>, the
+    # ds-minimodel console script, launchers/*.py); the top, since it reaches every step.
+    "cli",
     # This list.
     "layers",
 )

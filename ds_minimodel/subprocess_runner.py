@@ -1,5 +1,6 @@
 """Run one pipeline command as a subprocess, its output in a log file: what `make pipeline` and
-`make study` do for every step, so that they exercise exactly the launchers users run.
+`make study` do for every step, so that they exercise exactly the commands users run
+(`python -m ds_minimodel.cli.<step>`).
 
 `run_command(cmd, log, threads=None) -> seconds` is the public, stable signature; the pipeline
 and the study both call it (and the study's tests replace it by an in-process runner of the
@@ -16,26 +17,29 @@ from pathlib import Path
 
 from ds_minimodel.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+# The directory holding the package this process runs: a child puts it first on its path, so it
+# runs the same copy of ds_minimodel as its parent (an installed one, or a checkout's).
+PACKAGE_HOME = Path(__file__).resolve().parents[1]
 
 
 def run_command(cmd: list, log: str | Path, threads: int | None = None) -> float:
-    """Run `cmd` from the repository root with stdout and stderr into `log`; return its
-    wall-clock seconds, or raise a UserError quoting the log's last lines if it fails.
+    """Run `cmd` in this working directory with stdout and stderr into `log`; return its
+    wall-clock seconds, or raise a UserError quoting the log's last lines if it fails. Relative
+    paths in `cmd` mean what they mean here (the steps find configs as shipped.find does).
 
     `threads`: OMP_NUM_THREADS for the command (a single-process step gets every core, each rank
     of a multi-rank launch its share); None means every core. A value the user exported wins.
     """
     threads = threads if threads is not None else (os.cpu_count() or 1)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": os.pathsep.join(filter(None, (str(PACKAGE_HOME), os.environ.get("PYTHONPATH"))))}
     cmd = [str(c) for c in cmd]
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"$ {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]

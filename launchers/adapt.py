@@ -6,22 +6,12 @@
     # several languages in one job, one pack each in train.out_dir/packs/<code>/:
     python launchers/adapt.py --config configs/adapt-cpu.yaml adapt.model_dir=runs/demo/final \
         adapt.languages=[sw,tl,vi] data.path='data/bible-{lang}' train.out_dir=runs/adapt-3
+
+The code is ds_minimodel/cli/adapt.py; the same command runs as `python -m ds_minimodel.cli.adapt`
+or `ds-minimodel adapt` wherever the package is installed.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ds_minimodel.cli import training_main  # noqa: E402
-
-
-def main(argv=None) -> None:
-    from ds_minimodel.config import AdaptConfig
-    from ds_minimodel.steps import adapt
-
-    training_main(argv, __doc__, AdaptConfig, adapt.run)
-
+from ds_minimodel.cli.adapt import main
 
 if __name__ == "__main__":
     main()

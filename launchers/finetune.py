@@ -2,22 +2,12 @@
 
     python launchers/finetune.py --deepspeed ds_configs/z0.json --config configs/finetune-cpu.yaml \
         finetune.model_dir=runs/demo/final finetune.task=bible-genre
+
+The code is ds_minimodel/cli/finetune.py; the same command runs as `python -m ds_minimodel.cli.finetune`
+or `ds-minimodel finetune` wherever the package is installed.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ds_minimodel.cli import training_main  # noqa: E402
-
-
-def main(argv=None) -> None:
-    from ds_minimodel.config import FinetuneConfig
-    from ds_minimodel.steps import finetune
-
-    training_main(argv, __doc__, FinetuneConfig, finetune.run)
-
+from ds_minimodel.cli.finetune import main
 
 if __name__ == "__main__":
     main()

@@ -2,22 +2,12 @@
 
     deepspeed --num_gpus 2 launchers/pretrain.py --deepspeed ds_configs/z3.json \
         --config configs/demo-cpu.yaml train.steps=500
+
+The code is ds_minimodel/cli/pretrain.py; the same command runs as `python -m ds_minimodel.cli.pretrain`
+or `ds-minimodel pretrain` wherever the package is installed.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ds_minimodel.cli import training_main  # noqa: E402
-
-
-def main(argv=None) -> None:
-    from ds_minimodel.config import PretrainConfig
-    from ds_minimodel.steps import pretrain
-
-    training_main(argv, __doc__, PretrainConfig, pretrain.run)
-
+from ds_minimodel.cli.pretrain import main
 
 if __name__ == "__main__":
     main()

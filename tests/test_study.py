@@ -33,17 +33,17 @@ def _finetune(rank, model_dir, out):
 
 
 def _launch(rank, argv):
-    from launchers.adapt import main
+    from ds_minimodel.cli.adapt import main
 
     main(argv)
 
 
 def in_process_runner(calls):
-    """run_experiments' runner without a subprocess: the same adapt launcher, forked in-process."""
+    """run_experiments' runner without a subprocess: the same adapt command, forked in-process."""
     def run(cmd, log):
-        assert cmd[1].endswith("launchers/adapt.py")
+        assert cmd[1:3] == ["-m", "ds_minimodel.cli.adapt"], cmd
         calls.append(cmd)
-        run_ranks(_launch, 1, args=(cmd[2:],))
+        run_ranks(_launch, 1, args=(cmd[3:],))
         return 0.0
     return run
 
@@ -311,7 +311,7 @@ def test_study_plan_sets_seeds_dense_checkpoints_and_parses_as_adapt_config(tiny
         plan_experiments,
     )
     from ds_minimodel.config import AdaptConfig, load_config
-    from launchers.study import parse_steps
+    from ds_minimodel.cli.study import parse_steps
 
     steps = parse_steps(["300", "minijoint=900"])
     assert steps == {"full": 300, "minijoint": 900, "minipost": 300}
@@ -390,7 +390,7 @@ def test_by_body_scores_each_pack_through_its_own_model():
 
     regular, minijoint = scorer("regular", {"2": "r2", "8": "r8"}), scorer("minijoint", {"2": "m2", "8": "m8"})
     by_body = ByBody([regular, minijoint])
-    pack = lambda layers, fp: SimpleNamespace(mini_depth=layers, body_fingerprint=fp,  # noqa: E731
+    pack = lambda layers, fp: SimpleNamespace(fingerprint_layers=layers, body_fingerprint=fp,  # noqa: E731
                                              method="x", language="ny")
     assert by_body.score(pack(8, "r8"), None, None) == "regular"  # the standard baseline, all 8 layers
     assert by_body.score(pack(2, "r2"), None, None) == "regular"  # MiniPost from the regular model

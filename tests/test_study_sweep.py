@@ -22,7 +22,7 @@ def _pretrain_regular(rank, data, out):
     from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
-                      [f"data.path={data}", f"train.out_dir={out}", "model.mini_depth=null"])
+                      [f"data.path={data}", f"train.out_dir={out}", "model.mid_head_layer=null"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
 
 
@@ -38,16 +38,17 @@ def _finetune(rank, model_dir, out):
 def _launch(rank, launcher, argv):
     import importlib
 
-    importlib.import_module(f"launchers.{launcher}").main(argv)
+    importlib.import_module(f"ds_minimodel.cli.{launcher}").main(argv)
 
 
 def in_process_runner(calls):
     """The sweep's runner without a subprocess: each launcher's main, forked in-process."""
     def run(cmd, log):
-        launcher = cmd[1].rsplit("/", 1)[1].removesuffix(".py")
+        assert cmd[1] == "-m" and cmd[2].startswith("ds_minimodel.cli."), cmd
+        launcher = cmd[2].removeprefix("ds_minimodel.cli.")
         assert launcher in ("prepare_data", "minipost", "adapt"), cmd
         calls.append((launcher, cmd))
-        run_ranks(_launch, 1, args=(launcher, cmd[2:]))
+        run_ranks(_launch, 1, args=(launcher, cmd[3:]))
         return 0.0
     return run
 
@@ -178,7 +179,7 @@ def test_sweep_table_merges_into_a_study(sweep_run, tmp_path):
 
 def test_sweep_refuses_bad_axes_and_a_model_with_a_mid_head(tiny_model_dir, tiny_corpus, tmp_path):
     from ds_minimodel.study.sweep import SweepOptions, check_options
-    from launchers.study import parse_sweep
+    from ds_minimodel.cli.study import parse_sweep
 
     assert parse_sweep(["k=1,2,3,4", "vocab=8000,32000"]) == ((1, 2, 3, 4), (8000, 32000))
     for bad in (["k=1,2"], ["k=1,x", "vocab=8"], ["k=1", "k=2", "vocab=8"], ["depth=1", "vocab=8"]):

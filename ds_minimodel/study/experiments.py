@@ -19,10 +19,11 @@ from typing import Callable
 
 import yaml
 
+from ds_minimodel import shipped
 from ds_minimodel.config import INITS, AdaptConfig, AdaptSettings, ConfigError, load_config
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.study.runs import METHODS, adapt_body, split_method
-from ds_minimodel.subprocess_runner import REPO, run_command
+from ds_minimodel.subprocess_runner import run_command
 
 
 @dataclass
@@ -116,7 +117,7 @@ def run_config_problems(config: str, runs: list[list[str]]) -> list[str]:
     (the --config YAML, the run's settings, --set last): a misspelt key or a bad value in --set
     fails before anything trains, with the config file's one-line error, not when the first
     run starts."""
-    path = _repo_path(config, REPO)
+    path = _config_path(config)
     problems: list[str] = []
     for overrides in runs:
         try:
@@ -169,14 +170,13 @@ def _planned_matches(run_dir: Path, overrides: list[str]) -> list[str]:
     return diffs
 
 
-def _repo_path(path: str, repo: Path) -> str:
-    """A path as given when it exists from here, else relative to the repository (like the pipeline's)."""
-    p = Path(path)
-    if p.exists():
-        return str(p.resolve())
-    if (repo / p).exists():
-        return str(repo / p)
-    raise MissingFileError(f"{path} does not exist")
+def _config_path(path: str) -> str:
+    """A config as given when it exists from here, else the package's copy of a configs/... or
+    ds_configs/... name (shipped.find, as every step resolves it), as an absolute path."""
+    p = shipped.find(path)
+    if not p.exists():
+        raise MissingFileError(f"{path} does not exist")
+    return str(p.resolve())
 
 
 def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], float] | None = None,
@@ -216,6 +216,6 @@ def train_runs(plan: list[tuple[Path, list[str]]], config: str, ds_config: str, 
         settings = dict(o.split("=", 1) for o in overrides)
         log(f"[{name}] {'resuming' if resume else 'training'}: {settings['train.steps']} steps, a checkpoint every "
             f"{settings['train.save_every']}, seed {settings['train.seed']}")
-        cmd = [sys.executable, str(REPO / "launchers" / "adapt.py"), "--deepspeed", _repo_path(ds_config, REPO),
-               "--config", _repo_path(config, REPO), *(["--resume"] if resume else []), *overrides]
+        cmd = [sys.executable, "-m", "ds_minimodel.cli.adapt", "--deepspeed", _config_path(ds_config),
+               "--config", _config_path(config), *(["--resume"] if resume else []), *overrides]
         runner(cmd, logs / f"{name}.log")

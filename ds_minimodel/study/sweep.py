@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ds_minimodel import shipped
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.config import AdaptConfig, load_config
 from ds_minimodel.data.recipes import BIBLE_RECIPES
@@ -36,7 +37,7 @@ from ds_minimodel.study.compare import StudyOptions, compare_runs
 from ds_minimodel.study.experiments import run_config_problems, run_settings, train_runs
 from ds_minimodel.study.render import plot_sweep, plug_gaps, sweep_section
 from ds_minimodel.study.runs import adapt_body
-from ds_minimodel.subprocess_runner import REPO, run_command
+from ds_minimodel.subprocess_runner import run_command
 from ds_minimodel.training.checkpoint import write_atomic
 
 
@@ -73,8 +74,8 @@ def check_options(opts: SweepOptions) -> int:
         raise MissingFileError(f"--english-data {opts.english_data} is not a dataset (no index.json)")
     _, cfg, _ = read_model_dir(opts.pretrained)
     problems = []
-    if cfg.mini_depth is not None:
-        problems.append(f"--pretrained {opts.pretrained} has a mid head (layer {cfg.mini_depth}): the sweep "
+    if cfg.mid_head_layer is not None:
+        problems.append(f"--pretrained {opts.pretrained} has a mid head (layer {cfg.mid_head_layer}): the sweep "
                         "carves MiniPost mini-models from a regular model")
     bad_k = [k for k in opts.ks if not 1 <= k < cfg.num_layers]
     if bad_k or not opts.ks or len(set(opts.ks)) != len(opts.ks):
@@ -121,7 +122,7 @@ def prepare_inputs(opts: SweepOptions, runner: Callable[[list, Path], float] | N
             log(f"[data v{v}] already done ({out})")
             continue
         log(f"[data v{v}] {opts.target_recipe}, at most {v} pieces")
-        runner([py, str(REPO / "launchers" / "prepare_data.py"), "--recipe", opts.target_recipe, "--out", str(out),
+        runner([py, "-m", "ds_minimodel.cli.prepare_data", "--recipe", opts.target_recipe, "--out", str(out),
                 "--vocab-size", str(v), "--vocab-limit", "soft", "--overwrite",
                 *(["--max-chars", str(opts.target_max_chars)] if opts.target_max_chars else [])], logs / f"data-v{v}.log")
     for k in opts.ks:
@@ -130,16 +131,16 @@ def prepare_inputs(opts: SweepOptions, runner: Callable[[list, Path], float] | N
             log(f"[minipost k={k}] already done ({out})")
             continue
         log(f"[minipost k={k}] layers 1..{k} of {opts.pretrained} + one new top layer")
-        runner([py, str(REPO / "launchers" / "minipost.py"), "--resume", "--deepspeed", str(REPO / opts.ds_config),
-                "--config", str(REPO / opts.minipost_config), f"minipost.source={Path(opts.pretrained).resolve()}",
-                f"minipost.mini_depth={k}", "minipost.top_layers=1", f"data.path={Path(opts.english_data).resolve()}",
+        runner([py, "-m", "ds_minimodel.cli.minipost", "--resume", "--deepspeed", str(shipped.find(opts.ds_config).resolve()),
+                "--config", str(shipped.find(opts.minipost_config).resolve()), f"minipost.source={Path(opts.pretrained).resolve()}",
+                f"minipost.layers={k}", "minipost.top_layers=1", f"data.path={Path(opts.english_data).resolve()}",
                 f"train.out_dir={out.resolve()}", *opts.minipost_overrides], logs / f"minipost-k{k}.log")
 
 
 def arm_step_flops(opts: SweepOptions, model_dir: Path, through: str, vocab_size: int) -> flops.FlopReport:
     """FLOPs of one micro-batch of an arm (its body at the target vocabulary), with the expected
     number of masked positions."""
-    cfg = load_config(AdaptConfig, REPO / opts.config,
+    cfg = load_config(AdaptConfig, shipped.find(opts.config),
                       [f"adapt.model_dir={model_dir}", f"adapt.through={through}", *opts.overrides])
     _, body_cfg, method, _, _ = adapt_body(cfg, f"sweep arm {model_dir}")
     b, t = cfg.train.micro_batch_size, cfg.data.seq_len

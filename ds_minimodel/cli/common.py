@@ -1,31 +1,14 @@
-"""What every launcher shares: the DeepSpeed-style arguments and one-line errors for bad input."""
+"""What every command shares: the DeepSpeed-style arguments and one-line errors for bad input."""
 
 from __future__ import annotations
 
-import argparse
 import errno
 import sys
 from typing import Callable
 
+from ds_minimodel import shipped
 from ds_minimodel.errors import UserError
-
-
-def training_parser(description: str, default_ds_config: str | None = None) -> argparse.ArgumentParser:
-    """--config YAML, --deepspeed JSON, --resume, and `key.sub=value` overrides.
-
-    `--deepspeed` is a plain path (DeepSpeed's own add_config_arguments would make it a flag),
-    and `--local_rank`, which the deepspeed launcher appends, is accepted and ignored (the
-    environment's LOCAL_RANK is what counts).
-    """
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", help="YAML config (dataclass fields; unknown keys are errors)")
-    p.add_argument("--deepspeed", default=default_ds_config, metavar="JSON",
-                   help="DeepSpeed config (ZeRO stage, batch triple, offload)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest complete checkpoint in train.out_dir")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-    return p
+from ds_minimodel.training.launch_args import training_parser  # below the pipeline, which parses with it
 
 
 # Failures of the machine rather than of our code: a full disk or quota, a read-only or
@@ -64,9 +47,12 @@ def training_main(argv, doc: str, config_cls: type, run: Callable) -> None:
         from ds_minimodel.config import load_config
         from ds_minimodel.training import engine
 
-        cfg = load_config(config_cls, args.config, args.overrides)
+        # configs/... and ds_configs/... names resolve to the package's copies when no such file
+        # is here (shipped.py): an installed package runs from any directory.
+        cfg = load_config(config_cls, shipped.find(args.config), args.overrides)
+        ds_config = args.deepspeed and str(shipped.find(args.deepspeed))
         try:
-            run(cfg, args.deepspeed, resume=args.resume)
+            run(cfg, ds_config, resume=args.resume)
         except BaseException:
             # No closing barrier on the way out of a failure: a peer may be dead or waiting in
             # another collective, and the barrier would hold this rank until the collective
