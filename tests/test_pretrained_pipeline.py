@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ds_minimodel.config import FinetuneConfig, MiniPostConfig, load_config, to_dict
-from ds_minimodel.pipeline import PipelineOptions, mini_depth, plan_pretrained
+from ds_minimodel.pipeline import PipelineOptions, default_mini_depth, plan_pretrained
 from ds_minimodel.tokenizers import load_tokenizer
 from tests.checkpoints import chichewa_lines, english_lines, write_checkpoint
 from tests.conftest import REPO
@@ -49,19 +49,19 @@ def overrides(cmd: list[str]) -> tuple[str, list[str]]:
 
 
 def test_mini_depth_is_a_quarter_rounded():
-    assert [mini_depth(n) for n in (1, 2, 3, 4, 6, 8, 10, 12, 24)] == [1, 1, 1, 1, 2, 2, 3, 3, 6]
+    assert [default_mini_depth(n) for n in (1, 2, 3, 4, 6, 8, 10, 12, 24)] == [1, 1, 1, 1, 2, 2, 3, 3, 6]
 
 
 # The YAMLs `make pipeline-pretrained` used before the pipeline derived depths (all-MiniLM-L6-v2).
 OLD_HEAD_YAML = """
-minipost: {source: minilm, layers: 6, top_layers: 0, top_init: random}
+minipost: {source: minilm, mini_depth: 6, top_layers: 0, top_init: random}
 data: {path: data/bible-en-minilm, seq_len: 128, eval_batches: 8, eval_batch_size: 16}
 optim: {lr: 1.0e-3, warmup_steps: 20, min_lr_ratio: 0.1}
 train: {steps: 150, micro_batch_size: 16, grad_accum: 1, out_dir: runs/head-minilm, log_every: 10,
         eval_every: 50, save_every: 75}
 """
 OLD_MINIPOST_YAML = """
-minipost: {source: minilm, layers: 2, top_layers: 1, top_init: copy}
+minipost: {source: minilm, mini_depth: 2, top_layers: 1, top_init: copy}
 data: {path: data/bible-en-minilm, seq_len: 128, eval_batches: 8, eval_batch_size: 16}
 optim: {lr: 5.0e-4, warmup_steps: 20, min_lr_ratio: 0.1}
 train: {steps: 150, micro_batch_size: 16, grad_accum: 1, out_dir: runs/minipost-minilm, log_every: 10,
@@ -102,7 +102,7 @@ def test_minilm_plan_runs_what_make_pipeline_pretrained_ran(dirs, tmp_path):
         old_file = tmp_path / f"old-{name}.yaml"
         old_file.write_text(yaml)
         # The old commands: the same overrides but no depths (the YAMLs held them).
-        old_overrides = [o for o in new_overrides if not o.startswith(("minipost.layers=", "minipost.top_layers="))]
+        old_overrides = [o for o in new_overrides if not o.startswith(("minipost.mini_depth=", "minipost.top_layers="))]
         assert to_dict(load_config(cls, REPO / config, new_overrides)) == \
             to_dict(load_config(cls, old_file, old_overrides)), name
     assert overrides(cmds["adapt-full"])[1][:3] == [f"adapt.model_dir={work / 'head' / 'final'}", "adapt.through=full",
@@ -122,15 +122,15 @@ def test_e5_plan_follows_the_checkpoint(which, dirs, request, tmp_path):
     assert s.vocab_rows == s.tokenizer_size + 35 and s.special_ids["pad"] == 1
     assert (plan.k, plan.top_layers, plan.layout) == (3, 1, "xlmr")
     cmds = steps_of(plan)
-    assert overrides(cmds["head"])[1][-1:] == ["minipost.layers=12"]
-    assert overrides(cmds["minipost"])[1][-2:] == ["minipost.layers=3", "minipost.top_layers=1"]
+    assert overrides(cmds["head"])[1][-1:] == ["minipost.mini_depth=12"]
+    assert overrides(cmds["minipost"])[1][-2:] == ["minipost.mini_depth=3", "minipost.top_layers=1"]
     assert overrides(cmds["head"])[0] == "configs/minipost-head-pretrained.yaml"
     assert str(tmp_path / "data" / "bible-ny-xlmr") in cmds["data-ny"] and "--special-ids-from" in cmds["data-ny"]
     assert "embedding rows" in plan.summary() and "xlmr (pad 1)" in plan.summary()
     # The user's choices win.
     mine = plan_pretrained(opts_for(tmp_path, k=4, top_layers=2, adapt_steps=7), src)
     cmds = steps_of(mine)
-    assert overrides(cmds["minipost"])[1][-2:] == ["minipost.layers=4", "minipost.top_layers=2"]
+    assert overrides(cmds["minipost"])[1][-2:] == ["minipost.mini_depth=4", "minipost.top_layers=2"]
     assert "train.steps=7" in cmds["adapt-full"] and "train.steps=7" in cmds["adapt-minipost"]
 
 
@@ -142,7 +142,7 @@ def test_roberta_with_an_mlm_head_adapts_through_itself(dirs, tmp_path):
     cmds = steps_of(plan)
     assert "head" not in cmds and plan.prep == {"minipost": "minipost"}
     assert overrides(cmds["adapt-full"])[1][:2] == [f"adapt.model_dir={src}", "adapt.through=full"]
-    assert overrides(cmds["minipost"])[1][-2:] == ["minipost.layers=2", "minipost.top_layers=1"]
+    assert overrides(cmds["minipost"])[1][-2:] == ["minipost.mini_depth=2", "minipost.top_layers=1"]
 
 
 def test_xlmr_with_only_its_sentencepiece_model(tmp_path):
@@ -219,7 +219,7 @@ def test_plan_only_prints_the_commands(dirs, tmp_path, capsys):
 
     main(["--from-pretrained", str(dirs["e5"]), "--work", str(tmp_path / "w"), "--plan"])
     out = capsys.readouterr().out
-    assert "12 layers" in out and "[head]" in out and "minipost.layers=3" in out
+    assert "12 layers" in out and "[head]" in out and "minipost.mini_depth=3" in out
     assert not (tmp_path / "w").exists()
 
 
@@ -229,12 +229,12 @@ def test_step_overrides_reach_only_their_step_after_the_pipeline_settings(dirs, 
     from launchers.pipeline import main
 
     main(["--from-pretrained", str(dirs["e5"]), "--work", str(tmp_path / "w"), "--plan", "--head-steps", "9",
-          "--minipost-steps", "11", "--set", "adapt:data.seq_len=48", "--set", "minipost:minipost.layers=2",
+          "--minipost-steps", "11", "--set", "adapt:data.seq_len=48", "--set", "minipost:minipost.mini_depth=2",
           "--set", "finetune:finetune.pooling=cls"])
     cmds = {line.split("] ")[0][1:]: line.split() for line in capsys.readouterr().out.splitlines()
             if line.startswith("[")}
     assert "train.steps=9" in cmds["head"] and "train.steps=11" in cmds["minipost"]
-    assert cmds["minipost"][-3:] == ["minipost.layers=3", "minipost.top_layers=1", "minipost.layers=2"]
+    assert cmds["minipost"][-3:] == ["minipost.mini_depth=3", "minipost.top_layers=1", "minipost.mini_depth=2"]
     assert cmds["adapt-full"][-1] == cmds["adapt-minipost"][-1] == "data.seq_len=48"
     assert cmds["finetune"][-1] == "finetune.pooling=cls"
     assert not any("seq_len=48" in c or "pooling" in c for c in cmds["head"] + cmds["minipost"])
@@ -302,7 +302,7 @@ def test_e5_like_checkpoint_goes_through_its_planned_steps(dirs, tmp_path):
         config, dotlist = overrides(cmds[name])
         run_step(module, config, *dotlist, *TINY)
     head_state, head_cfg, head_lineage = read_model_dir(tmp_path / "work" / "head" / "final")
-    assert head_lineage["mini_layers"] == head_lineage["source_layers"] == 12
+    assert head_lineage["mini_depth"] == head_lineage["source_layers"] == 12
     assert (head_cfg.vocab_size, head_cfg.pad_token_id) == (plan.source.vocab_rows, 1)
     for method in ("full", "minipost"):
         pack = json.loads((tmp_path / "work" / f"adapt-{method}" / "pack" / "pack.json").read_text())

@@ -390,7 +390,7 @@ def test_by_body_scores_each_pack_through_its_own_model():
 
     regular, minijoint = scorer("regular", {"2": "r2", "8": "r8"}), scorer("minijoint", {"2": "m2", "8": "m8"})
     by_body = ByBody([regular, minijoint])
-    pack = lambda layers, fp: SimpleNamespace(fingerprint_layers=layers, body_fingerprint=fp,  # noqa: E731
+    pack = lambda layers, fp: SimpleNamespace(mini_depth=layers, body_fingerprint=fp,  # noqa: E731
                                              method="x", language="ny")
     assert by_body.score(pack(8, "r8"), None, None) == "regular"  # the standard baseline, all 8 layers
     assert by_body.score(pack(2, "r2"), None, None) == "regular"  # MiniPost from the regular model

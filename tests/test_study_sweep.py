@@ -22,7 +22,7 @@ def _pretrain_regular(rank, data, out):
     from ds_minimodel.steps import pretrain
 
     cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
-                      [f"data.path={data}", f"train.out_dir={out}", "model.mid_head_layer=null"])
+                      [f"data.path={data}", f"train.out_dir={out}", "model.mini_depth=null"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
 
 

@@ -74,8 +74,8 @@ def check_options(opts: SweepOptions) -> int:
         raise MissingFileError(f"--english-data {opts.english_data} is not a dataset (no index.json)")
     _, cfg, _ = read_model_dir(opts.pretrained)
     problems = []
-    if cfg.mid_head_layer is not None:
-        problems.append(f"--pretrained {opts.pretrained} has a mid head (layer {cfg.mid_head_layer}): the sweep "
+    if cfg.mini_depth is not None:
+        problems.append(f"--pretrained {opts.pretrained} has a mid head (layer {cfg.mini_depth}): the sweep "
                         "carves MiniPost mini-models from a regular model")
     bad_k = [k for k in opts.ks if not 1 <= k < cfg.num_layers]
     if bad_k or not opts.ks or len(set(opts.ks)) != len(opts.ks):
@@ -133,7 +133,7 @@ def prepare_inputs(opts: SweepOptions, runner: Callable[[list, Path], float] | N
         log(f"[minipost k={k}] layers 1..{k} of {opts.pretrained} + one new top layer")
         runner([py, "-m", "ds_minimodel.cli.minipost", "--resume", "--deepspeed", str(shipped.find(opts.ds_config).resolve()),
                 "--config", str(shipped.find(opts.minipost_config).resolve()), f"minipost.source={Path(opts.pretrained).resolve()}",
-                f"minipost.layers={k}", "minipost.top_layers=1", f"data.path={Path(opts.english_data).resolve()}",
+                f"minipost.mini_depth={k}", "minipost.top_layers=1", f"data.path={Path(opts.english_data).resolve()}",
                 f"train.out_dir={out.resolve()}", *opts.minipost_overrides], logs / f"minipost-k{k}.log")
 
 
