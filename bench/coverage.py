@@ -46,14 +46,11 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ds_minimodel.errors import InvalidValueError  # noqa: E402
-from ds_minimodel.study.bootstrap import MethodScores, UnitClusters, bootstrap_ratios  # noqa: E402
+from ds_minimodel.errors import InvalidValueError
+from ds_minimodel.study.bootstrap import MethodScores, UnitClusters, bootstrap_ratios
 
 TRUE_RATIO = 2.0
 POINTS = 7  # init + 6 checkpoints, as make study-quick

@@ -5,7 +5,7 @@ flops-profiler convention, which are estimates, not counts).
     OMP_NUM_THREADS=1 python bench/flops_accuracy.py
 
 Models use explicit attention and the plain MLM head (what FlopCounterMode can see on CPU).
-The MiniPost kinds run the mini-model of k frozen + 1 new top layer, adapt_mini the MiniJoint
+The MiniPost kinds run the mini-model of k frozen + 1 new top layer, adapt_minijoint the MiniJoint
 mini-model (layers 1..k + the mid head), adapt_full the full model without its mid head. The last line is
 `flops counter max relative error vs FlopCounterMode: X` (0 when every count is exact).
 """
@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from ds_minimodel.config import ModelConfig  # noqa: E402
-from ds_minimodel.method import flops  # noqa: E402
-from bench import flops_check  # noqa: E402
+from ds_minimodel.config import ModelConfig
+from ds_minimodel.method import flops, flops_check
 
 # (name, model shape, (batch, seq, masked)): distinct dimensions so that no two terms coincide.
 SHAPES = [
@@ -52,7 +48,7 @@ def main(argv=None) -> float:
         for kind in flops.STEP_KINDS:
             cfg = {"minipost_top": lambda: flops.minipost_config(full, k, 1),
                    "adapt_minipost": lambda: flops.minipost_config(full, k, 1),
-                   "adapt_mini": lambda: flops.minijoint_config(full),
+                   "adapt_minijoint": lambda: flops.minijoint_config(full),
                    "adapt_full": lambda: dataclasses.replace(full, mini_depth=None)}.get(kind, lambda: full)()
             kw = dict(mini_depth=k if kind == "minipost_top" else None)
             t0 = time.perf_counter()

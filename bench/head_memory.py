@@ -37,16 +37,13 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ds_minimodel import kernels  # noqa: E402
-from ds_minimodel.kernels import chunked  # noqa: E402
-from ds_minimodel.kernels.profiling import peak_allocated_bytes  # noqa: E402
+from ds_minimodel import kernels
+from ds_minimodel.kernels import chunked
+from ds_minimodel.kernels.profiling import peak_allocated_bytes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

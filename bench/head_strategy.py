@@ -19,16 +19,12 @@ winner; the last line says whether this device agrees with it:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from ds_minimodel import kernels  # noqa: E402
+from ds_minimodel import kernels
 
 
 def head_step(hidden, weight, bias, labels, strategy: str) -> float:

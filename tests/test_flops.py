@@ -37,7 +37,7 @@ from ds_minimodel.config import (
     to_dict,
 )
 from ds_minimodel.errors import UserError
-from ds_minimodel.method import flops
+from ds_minimodel.method import flops, flops_check
 from ds_minimodel.method import rules as step_rules
 from ds_minimodel.model import (
     IGNORE_INDEX,
@@ -46,7 +46,6 @@ from ds_minimodel.model import (
     SequenceClassifier,
 )
 from ds_minimodel.training import utilisation
-from bench import flops_check
 
 REPO = Path(__file__).resolve().parents[1]
 K = 2  # MiniJoint mid head / MiniPost frozen layers
@@ -60,12 +59,12 @@ def small_cfg(**kw) -> ModelConfig:
 
 
 def cfg_for(kind: str, **kw) -> ModelConfig:
-    """The model each kind runs: the MiniPost kinds K frozen layers + 1 new top layer; adapt_mini
+    """The model each kind runs: the MiniPost kinds K frozen layers + 1 new top layer; adapt_minijoint
     the MiniJoint mini-model (layers 1..K, the mid head become its lm_head); adapt_full the full
     model without its mid head (adapt.py drops it); the others the full MiniJoint model."""
     if kind in ("minipost_top", "adapt_minipost"):
         return small_cfg(num_layers=K + 1, mini_depth=None, **kw)
-    if kind == "adapt_mini":
+    if kind == "adapt_minijoint":
         return small_cfg(num_layers=K, mini_depth=None, **kw)
     if kind == "adapt_full":
         return small_cfg(mini_depth=None, **kw)
@@ -85,7 +84,7 @@ def brief_trainable(kind: str, name: str, freeze=()) -> bool:
         return True
     if kind == "minipost_top":  # layers 1..K and embeddings frozen; layers K+1.. and lm_head train
         return (name.startswith("layers.") and int(name.split(".")[1]) >= K) or name.startswith("lm_head.")
-    if kind in ("adapt_mini", "adapt_minipost", "adapt_full"):  # new word table + output bias
+    if kind in ("adapt_minijoint", "adapt_minipost", "adapt_full"):  # new word table + output bias
         return name in ("embeddings.word", "lm_head.bias")
     return False  # eval
 
@@ -352,7 +351,7 @@ def minipost_dir(source_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("through,kind,layers", [("full", "adapt_full", 4), ("mini", "adapt_mini", K),
+@pytest.mark.parametrize("through,kind,layers", [("full", "adapt_full", 4), ("mini", "adapt_minijoint", K),
                                                  ("minipost", "adapt_minipost", K + 1)])
 def test_real_adaptation_step(monkeypatch, source_dir, minipost_dir, tiny_target_corpus, tmp_path, through, kind,
                               layers):
@@ -400,7 +399,7 @@ def test_the_subtle_input_gradients():
     assert pre.backward == 2 * pre.forward
 
 
-@pytest.mark.parametrize("kind", ["pretrain", "minipost_top", "adapt_mini", "eval"])
+@pytest.mark.parametrize("kind", ["pretrain", "minipost_top", "adapt_minijoint", "eval"])
 def test_cpu_sdpa_gap(kind):
     """torch 2.13's FlopCounterMode counts 0 for CPU fused SDPA (no attention dropout): counted +
     our attention part == our total. With dropout in training the math path runs: exact again."""
@@ -508,7 +507,7 @@ def test_chunked_head_model_and_hardware_flops(weight_trainable):
 
 
 @pytest.mark.parametrize("strategy", ["vocab", "rows", "auto"])
-@pytest.mark.parametrize("kind", ["pretrain_joint", "minipost_top", "adapt_mini", "adapt_full"])
+@pytest.mark.parametrize("kind", ["pretrain_joint", "minipost_top", "adapt_minijoint", "adapt_full"])
 def test_whole_step_with_chunked_kernels(kind, strategy):
     """kernels="torch" (vocabulary-chunked head, 3 chunks at V=3001), every GEMM of a real step
     counted: the model FLOPs are step_flops' total (as the plain head's). The "vocab" strategy
@@ -550,12 +549,12 @@ def test_recompute_and_hardware_counts():
     assert ckpt.hardware_total == plain.total + ckpt.recompute
     assert flops.step_flops(cfg_for("eval"), "eval", B, T, M, recompute=True).recompute == 0
     # SDPA's score recompute and the fused head's logits recompute are hardware-only too.
-    fused = flops.step_flops(cfg_for("adapt_mini", attention="sdpa", kernels="torch", head_strategy="vocab"),
-                             "adapt_mini", B, T, M)
-    assert fused.total == flops.step_flops(cfg_for("adapt_mini"), "adapt_mini", B, T, M).total
+    fused = flops.step_flops(cfg_for("adapt_minijoint", attention="sdpa", kernels="torch", head_strategy="vocab"),
+                             "adapt_minijoint", B, T, M)
+    assert fused.total == flops.step_flops(cfg_for("adapt_minijoint"), "adapt_minijoint", B, T, M).total
     assert fused.recompute == K * 2 * B * T * T * 48 + 2 * M * 48 * 301
-    rows = flops.step_flops(cfg_for("adapt_mini", attention="sdpa", kernels="torch", head_strategy="rows"),
-                            "adapt_mini", B, T, M)
+    rows = flops.step_flops(cfg_for("adapt_minijoint", attention="sdpa", kernels="torch", head_strategy="rows"),
+                            "adapt_minijoint", B, T, M)
     assert rows.total == fused.total and rows.recompute == K * 2 * B * T * T * 48  # no logits recompute
 
 
@@ -573,8 +572,8 @@ def test_deepspeed_profiler_estimate_matches_a_real_profiler_run():
                 est = flops_check.deepspeed_profiler_estimate(cfg, kind, B, T, M, mini_depth=K, zero3=zero3)
                 assert est.forward == launcher.run_deepspeed_profiler(step, zero3_linear=zero3), (kind, zero3)
             assert torch.nn.functional.linear is linear  # the ZeRO-3 swap was undone
-    ours = flops.step_flops(cfg_for("adapt_mini"), "adapt_mini", B, T, M)
-    est = flops_check.deepspeed_profiler_estimate(cfg_for("adapt_mini"), "adapt_mini", B, T, M, recompute_fwd_factor=1.0)
+    ours = flops.step_flops(cfg_for("adapt_minijoint"), "adapt_minijoint", B, T, M)
+    est = flops_check.deepspeed_profiler_estimate(cfg_for("adapt_minijoint"), "adapt_minijoint", B, T, M, recompute_fwd_factor=1.0)
     assert est.step == 4 * est.forward and est.step > ours.total
 
 
@@ -615,8 +614,8 @@ def test_errors():
         flops.step_flops(small_cfg(), "adapt", 1, 8, 1)
     with pytest.raises(UserError, match="mini_depth"):
         flops.step_flops(small_cfg(mini_depth=None), "pretrain_joint", 1, 8, 1)
-    with pytest.raises(UserError, match="minijoint_config"):  # adapt_mini runs the carved mini-model
-        flops.step_flops(small_cfg(), "adapt_mini", 1, 8, 1)
+    with pytest.raises(UserError, match="minijoint_config"):  # adapt_minijoint runs the carved mini-model
+        flops.step_flops(small_cfg(), "adapt_minijoint", 1, 8, 1)
     with pytest.raises(UserError, match="mini_depth"):
         flops.minijoint_config(small_cfg(mini_depth=None))
     with pytest.raises(UserError, match="frozen layers"):
@@ -647,10 +646,7 @@ def test_xlmr_configs_parse(name, layers, d, k):
 
 
 def _launcher():
-    spec = importlib.util.spec_from_file_location("profile_flops", REPO / "launchers" / "profile_flops.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("ds_minimodel.cli.profile_flops")  # launchers/profile_flops.py runs it
 
 
 def test_launcher_check_small(capsys):
@@ -662,14 +658,14 @@ def test_launcher_check_small(capsys):
     assert "MiniPost mini-model: 3 frozen + 1 top layers" in out
 
 
-@pytest.mark.parametrize("step,model", [("adapt_mini", "L=3 "), ("adapt_full", "L=12 "), ("finetune", "L=12 ")])
+@pytest.mark.parametrize("step,model", [("adapt_minijoint", "L=3 "), ("adapt_full", "L=12 "), ("finetune", "L=12 ")])
 def test_launcher_profiles_the_model_the_step_runs(capsys, step, model):
     _launcher().main(["--config", str(REPO / "configs" / "xlmr-base.yaml"), "--step", step,
                       "--check", "--check-scale", "small"])
     out = capsys.readouterr().out
     assert "MISMATCH" not in out and out.count("exact") == 3
     assert f"step {step}:" in out and model in out.splitlines()[0]
-    if step == "adapt_mini":
+    if step == "adapt_minijoint":
         assert "(MiniJoint mini-model: layers 1..3 + mid head)" in out
 
 
@@ -689,9 +685,9 @@ def test_launcher_honours_train_freeze(capsys):
 def test_launcher_user_errors(capsys, tmp_path):
     launcher = _launcher()
     with pytest.raises(SystemExit) as e:
-        launcher.main(["--config", str(tmp_path / "missing.yaml"), "--step", "adapt_mini"])
+        launcher.main(["--config", str(tmp_path / "missing.yaml"), "--step", "adapt_minijoint"])
     assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
     with pytest.raises(SystemExit) as e:
-        launcher.main(["--config", str(REPO / "configs" / "xlmr-base.yaml"), "--step", "adapt_mini",
+        launcher.main(["--config", str(REPO / "configs" / "xlmr-base.yaml"), "--step", "adapt_minijoint",
                        "--seq-len", "600"])
     assert e.value.code == 2 and "max_positions" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def _measured(cfg, kind: str, batch: int, seq: int, masked: int) -> tuple[int, i
     """(step FLOPs, of which the MLM head's) counted by FlopCounterMode on a plain-PyTorch model:
     everything the step counts that is not attributed to a transformer layer is the head's (the
     embedding lookups are no matmuls)."""
-    from bench.flops_check import build_step, step_loss
+    from ds_minimodel.method.flops_check import build_step, step_loss
 
     # Explicit attention: CPU SDPA without dropout runs a fused kernel FlopCounterMode does not count.
     step = build_step(dataclasses.replace(cfg, kernels="off", attention="explicit"), kind, batch, seq, masked)

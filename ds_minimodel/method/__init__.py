@@ -5,7 +5,9 @@ rules.py       what each step kind trains: the one rule the steps freeze their m
 flops.py       the analytic FLOP count of every step kind (forward / input-gradient /
                weight-gradient, aware of what is frozen), read by the loop, the steps and the study
 focus_cost.py  FOCUS's one-time cost: the FLOPs of its auxiliary fastText model and combination
+flops_check.py what the count is checked against: one step under torch's FlopCounterMode, and
+               the 6N rule and DeepSpeed profiler's arithmetic (profile_flops prints them, and
+               its --check runs the step; the tests and bench/flops_accuracy.py use it too)
 
-MFU and the hardware peaks sit beside the loop (training/utilisation.py); the check of the count
-against torch's FlopCounterMode is bench/flops_check.py.
+MFU and the hardware peaks sit beside the loop (training/utilisation.py).
 """

@@ -4,7 +4,7 @@ The unit of account is what `torch.utils.flop_counter.FlopCounterMode` counts: e
 product (mm, addmm, bmm, baddbmm, scaled-dot-product attention) costs 2*m*n*k; elementwise ops,
 layer norm, softmax, gelu, tanh, embedding lookups and the embedding's scatter-add backward cost
 nothing. `tests/test_flops.py` holds `step_flops` to that counter with integer equality for every
-step kind, forward and backward separately (the harness that runs it is bench/flops_check.py).
+step kind, forward and backward separately (the harness that runs it is method/flops_check.py).
 
 Each matrix product of a step is charged to one component (see COMPONENTS) and one of three
 parts:

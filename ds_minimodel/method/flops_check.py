@@ -2,7 +2,8 @@
 
 * The real thing: one step of a step kind run under torch's `FlopCounterMode` (`count_step`,
   `build_step`, `measure_step_flops`), which `tests/test_flops.py`, `bench/flops_accuracy.py` and
-  `launchers/profile_flops.py --check` hold the analytic count to.
+  `profile_flops --check` hold the analytic count to. It sits in the library, not in bench/,
+  because the profile_flops command prints these counts to users.
 * Outside estimates: the "6N" rule of Hugging Face's Trainer and the arithmetic of DeepSpeed's
   flops profiler, which `bench/flops_accuracy.py` shows are wrong for frozen layers (DESIGN: the
   profiler assumes backward = 2x forward, and under ZeRO-3 counts linear layers twice).
