@@ -54,10 +54,8 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random init from a config: nothing is downloaded
 
 import torch  # noqa: E402
