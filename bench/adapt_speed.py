@@ -30,7 +30,7 @@ from ds_minimodel.artefacts.surgery import build_minipost, minijoint_mini  # noq
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
 from ds_minimodel.method.flops import step_flops  # noqa: E402
 from ds_minimodel.method.rules import set_requires_grad_for_step  # noqa: E402
-from ds_minimodel.model import MLMEncoder  # noqa: E402
+from ds_minimodel.model import IGNORE_INDEX, MLMEncoder  # noqa: E402
 from ds_minimodel.training import engine as ds  # noqa: E402
 
 KINDS = {"full": "adapt_full", "mini": "adapt_mini", "minipost": "adapt_minipost"}
@@ -95,9 +95,9 @@ def main(argv=None) -> None:
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, args.vocab, (args.batch, args.seq_len), generator=g)
-    labels = torch.where(torch.rand(ids.shape, generator=g) < 0.15, ids, torch.full_like(ids, -100))
+    labels = torch.where(torch.rand(ids.shape, generator=g) < 0.15, ids, torch.full_like(ids, IGNORE_INDEX))
     batch = {"input_ids": ids, "labels": labels}
-    m = int(labels.ne(-100).sum())
+    m = int(labels.ne(IGNORE_INDEX).sum())
     print(f"shapes: hidden {args.hidden}, {args.heads} heads, intermediate {args.intermediate}, {args.layers} layers "
           f"(mini: k={k}), vocab {args.vocab}, batch {args.batch} x {args.seq_len}, {m} masked, "
           f"kernels {args.kernels}, {torch.get_num_threads()} threads")

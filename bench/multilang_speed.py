@@ -44,7 +44,7 @@ from ds_minimodel.artefacts.surgery import (  # noqa: E402
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
 from ds_minimodel.method.flops import step_flops  # noqa: E402
 from ds_minimodel.method.rules import set_requires_grad_for_step  # noqa: E402
-from ds_minimodel.model import MLMEncoder, MultiLanguageMLM  # noqa: E402
+from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, MultiLanguageMLM  # noqa: E402
 from ds_minimodel.training import engine as ds  # noqa: E402
 from ds_minimodel.training import loop  # noqa: E402
 
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
         word = torch.randn(args.vocab, args.hidden, generator=g) * 0.02
         starts[code], lang_cfg = plug_embeddings(mini_state, mini_cfg, word, torch.zeros(args.vocab), cfg.pad_token_id)
         ids = torch.randint(5, args.vocab, (args.batch, args.seq_len), generator=g)
-        labels = torch.where(torch.rand(ids.shape, generator=g) < 0.15, ids, torch.full_like(ids, -100))
+        labels = torch.where(torch.rand(ids.shape, generator=g) < 0.15, ids, torch.full_like(ids, IGNORE_INDEX))
         batches[code] = {"input_ids": ids, "labels": labels}
     lang_cfg = dataclasses.replace(lang_cfg, kernels=args.kernels)
     total = args.steps * args.rounds + 1
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     speedup = math.exp(statistics.fmean(math.log(x) for x in ratios))
     median = {side: {ph: statistics.median(r[ph] for r in rs) for ph in PHASES} for side, rs in rounds.items()}
 
-    m = int(batches[codes[0]]["labels"].ne(-100).sum())
+    m = int(batches[codes[0]]["labels"].ne(IGNORE_INDEX).sum())
     flops = step_flops(lang_cfg, KIND, args.batch, args.seq_len, m).total
     body = sum(t.numel() * t.element_size() for k, t in mini_state.items() if k not in (WORD, *TIED, *BIASES))
     print(f"shapes: MiniJoint mini-model of k={mini_cfg.num_layers} of {args.layers} layers, hidden {args.hidden}, "

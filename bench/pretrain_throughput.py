@@ -62,8 +62,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
-from ds_minimodel.data.masking import IGNORE_INDEX, mask_tokens  # noqa: E402
-from ds_minimodel.model import MLMEncoder  # noqa: E402
+from ds_minimodel.data.masking import mask_tokens  # noqa: E402
+from ds_minimodel.model import IGNORE_INDEX, MLMEncoder  # noqa: E402
 from ds_minimodel.training import engine as ds  # noqa: E402  (imports deepspeed)
 
 # XLM-R's special ids: <s> 0, <pad> 1, </s> 2, <unk> 3; <mask> is the last id (250,001).

@@ -8,6 +8,7 @@ instance or raises a single `ConfigError` listing every unknown key, bad type an
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import typing
@@ -335,6 +336,19 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(raw).__name__}")
+    return raw
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A file holding one JSON object (a saved config, lineage.json, pack.json, study.json, ...), or
+    one UserError line naming the file. The package's one reader of such files."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON and bad UTF-8 alike
+        raise UserError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object")
     return raw
 
 

@@ -30,6 +30,8 @@ from ds_minimodel import kernels
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.rng_streams import RngStreams
 
+# The label of a position no loss is taken at: what torch's cross_entropy skips by default. The one
+# definition (data/masking.py writes it, the loop and the study count masked positions by it).
 IGNORE_INDEX = -100
 
 # Routes through the model (see MLMEncoder.forward).

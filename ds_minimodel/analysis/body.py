@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from ds_minimodel.config import read_json_object
 from ds_minimodel.data.unigram import unigram_baseline
 from ds_minimodel.errors import MissingFileError, UserError
 
@@ -94,4 +95,4 @@ def read_gate(model_dir: str | Path) -> dict | None:
     path = Path(model_dir) / BODY_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))["gate"]
+    return read_json_object(path)["gate"]

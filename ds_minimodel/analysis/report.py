@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ds_minimodel.config import read_json_object
 from ds_minimodel.data.recipes import language_name
 from ds_minimodel.errors import UserError
 from ds_minimodel.training.metrics import read_metrics
@@ -68,7 +69,6 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     standard baseline): its wall-clock is reported next to the step-2 time. `regular`: the
     regular model's branch (pipeline.regular_steps), reported as the paper's comparison
     (`regular_section`)."""
-    import json
 
     import matplotlib
 
@@ -76,7 +76,7 @@ def pipeline_report(work: str | Path, pretrain: str | Path, timings: dict, metho
     import matplotlib.pyplot as plt
 
     work = Path(work)
-    transfer = json.loads((work / "transfer.json").read_text())
+    transfer = read_json_object(work / "transfer.json")
     cls, ret = transfer["classification"], transfer.get("retrieval", {"packs": {}})
     by_method = {v["method"]: (k, v) for k, v in cls["packs"].items()}
     curves = {m: _adapt_curves(work / f"adapt-{m}") for m in methods}
@@ -165,10 +165,9 @@ def regular_section(work: Path, regular: Path, pretrain: Path) -> list[str]:
     (no mid head, pretrained like the MiniJoint one), MiniJoint from its own model, each pack
     plugged into its own model's English fine-tuning; differences paired by verse id. And what the
     mid head costs the full model: its English accuracy and final MLM loss, regular vs MiniJoint."""
-    import json
 
     def results(transfer: Path) -> tuple[dict, dict]:
-        cls = json.loads(transfer.read_text())["classification"]
+        cls = read_json_object(transfer)["classification"]
         return cls, {v["method"]: v for v in cls["packs"].values()}
 
     reg_cls, reg = results(regular / "transfer.json")
@@ -241,7 +240,6 @@ def languages_report(work: str | Path, pretrain: str | Path, timings: dict, meth
     languages is taken on the verses every language has (the same ids in every language): per
     verse, the mean over languages, so its standard error counts each verse once however many
     languages it appears in. Each method's step-2 compute is its one multi-language job's."""
-    import json
 
     import matplotlib
 
@@ -249,7 +247,7 @@ def languages_report(work: str | Path, pretrain: str | Path, timings: dict, meth
     import matplotlib.pyplot as plt
 
     work = Path(work)
-    cls = json.loads((work / "transfer.json").read_text())["classification"]
+    cls = read_json_object(work / "transfer.json")["classification"]
     results = {(v["method"], v["language"]): v for v in cls["packs"].values()}
     missing = [f"{m}/{c}" for m in methods for c in languages if (m, c) not in results]
     if missing:

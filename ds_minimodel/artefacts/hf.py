@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ds_minimodel.config import ConfigError, ModelConfig, from_dict, migrate_renamed
+from ds_minimodel.config import ConfigError, ModelConfig, from_dict, migrate_renamed, read_json_object
 from ds_minimodel.errors import UserError
 from ds_minimodel.staged_dir import staged_dir
 
@@ -434,7 +434,7 @@ def _read_weights(d: Path) -> dict[str, torch.Tensor]:
     for index, loader in (("model.safetensors.index.json", load_st), ("pytorch_model.bin.index.json", load_bin)):
         if (d / index).is_file():
             try:
-                files = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))
+                files = sorted(set(read_json_object(d / index)["weight_map"].values()))
             except (ValueError, KeyError, AttributeError) as e:
                 raise UserError(f"{d / index}: not a valid shard index ({e})") from None
             sd: dict[str, torch.Tensor] = {}
@@ -448,18 +448,6 @@ def _read_weights(d: Path) -> dict[str, torch.Tensor]:
     if (d / "pytorch_model.bin").is_file():
         return load_bin(d / "pytorch_model.bin")
     raise UserError(f"{d}: no model.safetensors or pytorch_model.bin (nor a sharded index) in this directory")
-
-
-def read_json_object(f: Path) -> dict:
-    """A JSON object file of a model directory (config.json, tokenizer_config.json, ...), or one
-    `error:` line naming the file."""
-    try:
-        raw = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{f}: not readable JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{f}: expected a JSON object")
-    return raw
 
 
 def _is_previous_export(d: Path) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ds_minimodel.artefacts import hf
+from ds_minimodel.config import read_json_object
 from ds_minimodel.errors import UserError
 from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.tokenizers.base import ROLES, Tokenizer
@@ -79,7 +80,7 @@ def declared_special_tokens(d: Path) -> dict[str, tuple[str, str]]:
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if not (d / name).is_file():
             continue
-        raw = hf.read_json_object(d / name)
+        raw = read_json_object(d / name)
         for role, keys in ROLE_KEYS.items():
             value = next((raw[k] for k in keys if raw.get(k)), None)
             token = value.get("content") if isinstance(value, dict) else value
@@ -127,7 +128,7 @@ def _weight_names(d: Path) -> list[str]:
     """Tensor names of the checkpoint, without reading the tensors where the format allows."""
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (d / index).is_file():
-            weight_map = hf.read_json_object(d / index).get("weight_map")
+            weight_map = read_json_object(d / index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise UserError(f"{d / index}: not a valid shard index (no weight_map)")
             return list(weight_map)
@@ -156,7 +157,7 @@ def inspect(path: str | Path) -> HFSource:
         raise UserError(f"{d}: no such directory")
     if not (d / "config.json").is_file():
         raise UserError(f"{d}: no config.json: not a Hugging Face model directory")
-    raw = hf.read_json_object(d / "config.json")
+    raw = read_json_object(d / "config.json")
     if "model_type" not in raw and "model" in raw:
         raise UserError(f"{d}: a ds_minimodel model directory, not a Hugging Face one; give its export ({d / 'hf'})")
     _refuse_architecture(d, raw)
@@ -197,7 +198,7 @@ def tokenizer_and_overrides(d: str | Path) -> tuple[Tokenizer | None, dict]:
     d = Path(d)
     if find_tokenizer(d) is None:
         return None, {}
-    raw = hf.read_json_object(d / "config.json")
+    raw = read_json_object(d / "config.json")
     style = hf.MODEL_TYPES.get(raw.get("model_type"), ("bert",))[0]
     tok = source_tokenizer(d)
     rows = raw.get("vocab_size")
@@ -212,7 +213,7 @@ def special_ids_of(path: str | Path) -> dict[str, int]:
         return load_tokenizer(str(p)).special_role_ids()
     if not p.is_dir():
         raise UserError(f"{p}: no such file or directory")
-    if (p / "config.json").is_file() and "model_type" in hf.read_json_object(p / "config.json"):
+    if (p / "config.json").is_file() and "model_type" in read_json_object(p / "config.json"):
         return source_tokenizer(p).special_role_ids()
     if (p / "tokenizer.model").is_file():  # one of our model or dataset directories
         return load_tokenizer(str(p / "tokenizer.model")).special_role_ids()

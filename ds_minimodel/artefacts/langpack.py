@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ds_minimodel.config import read_json_object
 from ds_minimodel.errors import UserError
 from ds_minimodel.staged_dir import staged_dir
 from ds_minimodel.tokenizers import load_tokenizer
@@ -64,18 +65,24 @@ def save_pack(out_dir: str | Path, info: PackInfo, word: torch.Tensor, output_bi
     return out_dir
 
 
+def read_pack_info(meta: Path) -> PackInfo:
+    """A pack's pack.json. One written before the depth's rename says "fingerprint_layers": it is
+    read as mini_depth."""
+    raw = read_json_object(meta)
+    if "fingerprint_layers" in raw:
+        raw.setdefault("mini_depth", raw.pop("fingerprint_layers"))
+    try:
+        return PackInfo(**raw)
+    except TypeError as e:
+        raise UserError(f"{meta} is malformed: {e}") from None
+
+
 def load_pack(path: str | Path) -> tuple[PackInfo, dict[str, torch.Tensor], Tokenizer]:
     path = Path(path)
     meta = path / "pack.json"
     if not meta.is_file():
         raise UserError(f"{path} is not a language pack (no pack.json)")
-    try:
-        raw = json.loads(meta.read_text(encoding="utf-8"))
-        if isinstance(raw, dict) and "fingerprint_layers" in raw:  # written by an older version
-            raw.setdefault("mini_depth", raw.pop("fingerprint_layers"))
-        info = PackInfo(**raw)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise UserError(f"{meta} is malformed: {e}") from None
+    info = read_pack_info(meta)
     if info.format != FORMAT:
         raise UserError(f"{meta} has format {info.format}; this version reads {FORMAT}")
     if "user_bible" in info.provenance:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ds_minimodel.artefacts.surgery import fingerprint
-from ds_minimodel.config import ModelConfig, from_dict
+from ds_minimodel.config import ModelConfig, from_dict, read_json_object
 from ds_minimodel.errors import UserError
 
 
@@ -39,10 +39,7 @@ def read_model_dir(path: str | Path) -> tuple[dict, ModelConfig, dict]:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise UserError(f"{path} is not a model directory (no config.json)")
-    try:
-        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cfg_file} is not valid JSON: {e}") from None
+    raw = read_json_object(cfg_file)
     if "model_type" in raw:  # a Hugging Face directory
         from ds_minimodel.artefacts import hf, hf_source
 
@@ -65,7 +62,7 @@ def read_model_dir(path: str | Path) -> tuple[dict, ModelConfig, dict]:
     except Exception as e:  # truncated or corrupt file: torch raises several types
         raise UserError(f"{path}/model.pt is unreadable: {e}") from None
     lineage_file = path / "lineage.json"
-    lineage = json.loads(lineage_file.read_text(encoding="utf-8")) if lineage_file.is_file() else {}
+    lineage = read_json_object(lineage_file) if lineage_file.is_file() else {}
     for old, new in LINEAGE_RENAMED.items():  # written by an older version
         if old in lineage:
             lineage.setdefault(new, lineage.pop(old))

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ds_minimodel.config import read_json_object
 from ds_minimodel.errors import UserError
 from ds_minimodel.staged_dir import check_empty_or_overwrite, staged_dir
 
@@ -262,7 +263,7 @@ SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
 def check_vocabulary(tokenizer_json: Path, f) -> None:
     """The two packages must describe one vocabulary: tokenizer.json's Unigram pieces and scores,
     id by id, are those the weights file was built with (else ids would index the wrong rows)."""
-    spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    spec = read_json_object(tokenizer_json)
     vocab = spec.get("model", {}).get("vocab")
     if spec.get("model", {}).get("type") != "Unigram" or not isinstance(vocab, list):
         raise UserError(f"{tokenizer_json}: not a Unigram tokenizer.json")

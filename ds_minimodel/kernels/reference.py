@@ -35,11 +35,6 @@ def masked_lm_loss_grads_reference(hidden, weight, bias, labels, grad_output=1.0
     return loss.detach(), h.grad, w.grad, None if b is None else b.grad
 
 
-def embedding_reference(input_ids, weight, padding_idx=None):
-    """The lookup every embedding path must equal (forward and backward): `F.embedding`."""
-    return F.embedding(input_ids, weight, padding_idx=padding_idx)
-
-
 def embedding_backward_reference(grad_output, input_ids, num_embeddings, padding_idx=None):
     """d weight of an embedding lookup: row v is the sum of the output gradients of every token
     whose id is v, accumulated in fp32 and returned in grad_output's dtype; the padding row gets

@@ -10,10 +10,9 @@ variation)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ds_minimodel.config import ModelConfig, migrate_renamed
+from ds_minimodel.config import ModelConfig, migrate_renamed, read_json_object
 from ds_minimodel.errors import UserError
 from ds_minimodel.tasks.metrics import paired_difference
 from ds_minimodel.training.metrics import read_metrics
@@ -21,7 +20,7 @@ from ds_minimodel.training.metrics import read_metrics
 
 def _pretraining(pretrained_dir: Path) -> dict:
     """The pretraining run behind a model directory: its config's train.out_dir holds metrics.jsonl."""
-    cfg = json.loads((pretrained_dir / "config.json").read_text(encoding="utf-8"))
+    cfg = read_json_object(pretrained_dir / "config.json")
     run_dir = Path(cfg.get("train", {}).get("out_dir") or pretrained_dir.parent)
     train = read_metrics(run_dir, "train")
     evals = [r for r in read_metrics(run_dir, "eval") if "valid_final_loss" in r]
@@ -33,7 +32,7 @@ def _pretraining(pretrained_dir: Path) -> dict:
 
 def describe(scorer) -> dict:
     """One AccuracyScorer's model: its pretraining and its English results (per example too)."""
-    finetuned = json.loads((Path(scorer.model_dir) / "config.json").read_text(encoding="utf-8"))
+    finetuned = read_json_object(Path(scorer.model_dir) / "config.json")
     pretrained = Path(finetuned["finetune"]["finetune"]["model_dir"])  # the FinetuneConfig's finetune.model_dir
     if not (pretrained / "config.json").is_file():
         raise UserError(f"{scorer.model_dir} was fine-tuned from {pretrained}, which is not a model directory here")

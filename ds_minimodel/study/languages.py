@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ds_minimodel.config import read_json_object
 from ds_minimodel.errors import UserError
 from ds_minimodel.study.bootstrap import percentile_interval
 from ds_minimodel.study.matching import MIN_DEFINED, interval_withheld
@@ -226,14 +227,13 @@ def summary_lines(result: dict) -> list[str]:
 
 def read_studies(dirs: list[str | Path]) -> dict[str, dict]:
     """{target language: study.json} of each study directory (the language its runs adapted to)."""
-    import json
 
     studies = {}
     for d in dirs:
         path = Path(d) / "study.json"
         if not path.is_file():
             raise UserError(f"--average {d}: no study.json (run that language's study first)")
-        s = json.loads(path.read_text(encoding="utf-8"))
+        s = read_json_object(path)
         langs = {r["language"] for runs in s["runs"].values() for r in runs}
         if len(langs) != 1:
             raise UserError(f"--average {d}: its runs adapt to {sorted(langs)}, not one language")

@@ -4,13 +4,12 @@ A study has one or more runs (seeds) per method."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ds_minimodel.artefacts.langpack import PackInfo
+from ds_minimodel.artefacts.langpack import PackInfo, read_pack_info
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import fingerprint
 from ds_minimodel.config import AdaptConfig, from_dict
@@ -22,7 +21,6 @@ from ds_minimodel.training.checkpoint import consolidate, is_complete, read_meta
 from ds_minimodel.training.metrics import read_metrics
 
 METHODS = ("full", "minijoint", "minipost")
-
 
 def split_method(name: str) -> tuple[str, str | None]:
     """A study method name with its own embedding init: "minipost+focus" -> ("minipost", "focus");
@@ -115,10 +113,7 @@ def open_run(name: str, run_dir: str | Path) -> StudyRun:
         raise UserError(f"{where}: {e}") from None
     pack_json = run_dir / "pack" / "pack.json"
     if pack_json.is_file():
-        try:
-            info = PackInfo(**json.loads(pack_json.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"{pack_json} is malformed: {e}") from None
+        info = read_pack_info(pack_json)
         tokenizer_path = str(run_dir / "pack" / "tokenizer.model")
     else:
         info, tokenizer_path = _info_from_config(config, where)

@@ -48,7 +48,6 @@ from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.tokenizers.layout import layout_for
 from ds_minimodel.training.checkpoint import write_atomic
 
-METRICS = ("accuracy", "retrieval_top1")
 CACHE_FORMAT = 2  # per-unit scores (format 1 kept one number per checkpoint)
 
 

@@ -45,7 +45,6 @@ def _segments(n_a: int, n: int, layout: Layout) -> list[int] | None:
 # --------------------------------------------------------------------------------------------
 # Classification
 
-PAIR_SPECIALS = 4    # <s> A </s></s> B </s> (BERT: 3, [CLS] A [SEP] B [SEP])
 SINGLE_SPECIALS = 2  # <s> A </s>
 
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from ds_minimodel.config import TrainConfig
 from ds_minimodel.errors import UserError
+from ds_minimodel.model import IGNORE_INDEX
 from ds_minimodel.training import faults
 from ds_minimodel.training.checkpoint import Checkpointer
 from ds_minimodel.training.metrics import MetricsLogger
@@ -45,7 +46,7 @@ def flops_counter(model_cfg, kind: str, **kwargs) -> Callable[[dict], int]:
 
     def count(batch: dict) -> int:
         B, T = batch["input_ids"].shape
-        return step_flops(model_cfg, kind, B, T, int(batch["labels"].ne(-100).sum()), **kwargs).total
+        return step_flops(model_cfg, kind, B, T, int(batch["labels"].ne(IGNORE_INDEX).sum()), **kwargs).total
 
     return count
 
