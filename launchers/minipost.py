@@ -10,4 +10,4 @@ or `ds-minimodel minipost` wherever the package is installed.
 from ds_minimodel.cli.minipost import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # a step that returns an exit status (prepare_data) passes it on

@@ -11,4 +11,4 @@ or `ds-minimodel pipeline` wherever the package is installed.
 from ds_minimodel.cli.pipeline import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # a step that returns an exit status (prepare_data) passes it on

@@ -12,4 +12,4 @@ or `ds-minimodel prepare_data` wherever the package is installed.
 from ds_minimodel.cli.prepare_data import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # a step that returns an exit status (prepare_data) passes it on

@@ -11,4 +11,4 @@ or `ds-minimodel profile_flops` wherever the package is installed.
 from ds_minimodel.cli.profile_flops import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # a step that returns an exit status (prepare_data) passes it on

@@ -14,4 +14,4 @@ or `ds-minimodel study` wherever the package is installed.
 from ds_minimodel.cli.study import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # a step that returns an exit status (prepare_data) passes it on

@@ -9,4 +9,4 @@ or `ds-minimodel summarize` wherever the package is installed.
 from ds_minimodel.cli.summarize import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # a step that returns an exit status (prepare_data) passes it on

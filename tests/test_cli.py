@@ -37,7 +37,7 @@ def test_every_launcher_is_thin():
         assert len(imports) == 1, f"{path}: imports something besides ds_minimodel.cli.{path.stem}"
         rest = [n for n in body[1:] if n not in imports]
         assert len(rest) == 1 and isinstance(rest[0], ast.If), f"{path}: more than the __main__ guard"
-        assert ast.unparse(rest[0]) == "if __name__ == '__main__':\n    main()", path
+        assert ast.unparse(rest[0]) == "if __name__ == '__main__':\n    raise SystemExit(main())", path
 
 
 def test_no_sys_path_patching_in_launchers_or_bench():
@@ -81,6 +81,10 @@ def test_console_script_dispatch(capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrian"])
     assert e.value.code == 2 and "unknown step 'pretrian'" in capsys.readouterr().err
+
+    # A step's exit status passes through (prepare_data returns 2 on bad input).
+    assert main(["prepare_data", "--text", "/nonexistent.txt", "--out", "/nonexistent/ds", "--vocab-size", "50"]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
     # prepare-data is prepare_data; the step's own parser answers, named after the step.
     with pytest.raises(SystemExit) as e:

@@ -35,7 +35,9 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    """Run the step named first in argv; returns what the step's main returns (an exit status
+    or None), which the console script's wrapper passes to sys.exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -46,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     # The step's own parser names the program after the step, as `python -m` would.
     sys.argv = [f"ds-minimodel {argv[0]}", *argv[1:]]
-    importlib.import_module(f"ds_minimodel.cli.{step}").main(argv[1:])
+    return importlib.import_module(f"ds_minimodel.cli.{step}").main(argv[1:])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
