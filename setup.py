@@ -5,9 +5,14 @@ machine install `torch==2.13.0` first (the Makefile does), or pip would resolve 
 multi-GB CUDA build.
 """
 
+import os
+
 from setuptools import find_packages, setup
 
-SHIPPED_DIRS = ("configs", "ds_configs")
+# Data directories shipped inside the package (ds_minimodel/<dir>), found by name by
+# ds_minimodel/shipped.py: the configs, and the study specs once studies/ exists.
+SHIPPED_FILES = {"configs": ["*.yaml"], "ds_configs": ["*.json"], "studies": ["*.yaml"]}
+SHIPPED_DIRS = tuple(d for d in SHIPPED_FILES if os.path.isdir(d))
 SHIPPED = [f"ds_minimodel.{d}" for d in SHIPPED_DIRS]
 BIBLES = ["kjv", "asv", "web", "bbe", "ylt", "dar"]
 
@@ -18,12 +23,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # configs/ and ds_configs/ ship inside the package as ds_minimodel/configs and
-    # ds_minimodel/ds_configs (data only), so an installed package finds them by name from any
-    # directory (ds_minimodel/shipped.py; docs/install-and-test.md).
+    # configs/ and ds_configs/ (and studies/) ship inside the package as ds_minimodel/configs, ...
+    # (data only), so an installed package finds them by name from any directory
+    # (ds_minimodel/shipped.py; docs/install-and-test.md).
     packages=find_packages(include=["ds_minimodel", "ds_minimodel.*"]) + SHIPPED,
     package_dir={f"ds_minimodel.{d}": d for d in SHIPPED_DIRS},
-    package_data={"ds_minimodel.configs": ["*.yaml"], "ds_minimodel.ds_configs": ["*.json"]},
+    package_data={f"ds_minimodel.{d}": SHIPPED_FILES[d] for d in SHIPPED_DIRS},
     include_package_data=True,
     entry_points={"console_scripts": ["ds-minimodel = ds_minimodel.cli.__main__:main"]},
     install_requires=[

@@ -1,5 +1,5 @@
-"""The configs that ship with the package: `configs/*.yaml` and `ds_configs/*.json` by name,
-from an installed package as from the checkout.
+"""The configs that ship with the package: `configs/*.yaml` and `ds_configs/*.json` (and the
+study specs, `studies/*.yaml`) by name, from an installed package as from the checkout.
 
 `find("configs/adapt-cpu.yaml")` is the file as given when it exists (an absolute path, or one
 relative to the working directory: a user's own copy wins), else the package's copy. An installed
@@ -16,12 +16,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 # Where the shipped copies may sit: inside an installed package, then beside it (the checkout).
 HOMES = (PACKAGE, PACKAGE.parent)
-SHIPPED_DIRS = ("configs", "ds_configs")
+SHIPPED_DIRS = ("configs", "ds_configs", "studies")  # setup.py ships these that exist
 
 
 def find(name: str | Path | None) -> Path | None:
     """The file `name` names: the path itself when it exists, else the package's copy of a
-    `configs/...` or `ds_configs/...` name; else `name` unchanged, for the loader's own error."""
+    `configs/...`, `ds_configs/...` or `studies/...` name; else `name` unchanged, for the loader's own error."""
     if name is None:
         return None
     path = Path(name)

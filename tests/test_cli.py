@@ -99,7 +99,7 @@ def test_setup_declares_the_console_script_and_the_shipped_configs():
     assert target, "setup.py declares no ds-minimodel console script"
     module = __import__(target.group(1), fromlist=[target.group(2)])
     assert callable(getattr(module, target.group(2)))
-    assert re.search(r'SHIPPED_DIRS = \("configs", "ds_configs"\)', text)
+    assert re.search(r'SHIPPED_FILES = \{"configs": \["\*.yaml"\], "ds_configs": \["\*.json"\]', text)
 
 
 def test_dispatch_runs_from_another_directory(tmp_path):
