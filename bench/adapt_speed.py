@@ -29,11 +29,12 @@ import torch  # noqa: E402
 from ds_minimodel.artefacts.surgery import build_minipost, minijoint_mini  # noqa: E402
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
 from ds_minimodel.method.flops import step_flops  # noqa: E402
+from ds_minimodel.method.methods import ADAPT_KIND, FULL, MINIJOINT, MINIPOST  # noqa: E402
 from ds_minimodel.method.rules import set_requires_grad_for_step  # noqa: E402
 from ds_minimodel.model import IGNORE_INDEX, MLMEncoder  # noqa: E402
 from ds_minimodel.training import engine as ds  # noqa: E402
 
-KINDS = {"full": "adapt_full", "mini": "adapt_mini", "minipost": "adapt_minipost"}
+KINDS = {"full": ADAPT_KIND[FULL], "mini": ADAPT_KIND[MINIJOINT], "minipost": ADAPT_KIND[MINIPOST]}
 
 
 def build(cfg: ModelConfig, state: dict, kind: str) -> MLMEncoder:

@@ -43,12 +43,13 @@ from ds_minimodel.artefacts.surgery import (  # noqa: E402
 )
 from ds_minimodel.config import ModelConfig, OptimConfig  # noqa: E402
 from ds_minimodel.method.flops import step_flops  # noqa: E402
+from ds_minimodel.method.methods import ADAPT_KIND, MINIJOINT  # noqa: E402
 from ds_minimodel.method.rules import set_requires_grad_for_step  # noqa: E402
 from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, MultiLanguageMLM  # noqa: E402
 from ds_minimodel.training import engine as ds  # noqa: E402
 from ds_minimodel.training import loop  # noqa: E402
 
-KIND = "adapt_mini"
+KIND = ADAPT_KIND[MINIJOINT]
 PHASES = ("forward", "backward", "step")
 CLOCK = time.process_time if os.environ.get("BENCH_CPU_TIME") else time.perf_counter
 

@@ -453,6 +453,9 @@ class MiniPostConfig:
 
 # A language code of adapt.languages, and where data.path takes it.
 LANGUAGE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# adapt.through: adapt through the mini-model or the full one (method/methods.py maps each method
+# to one of these).
+THROUGH = ("mini", "full")
 # How adapt.init starts the new embeddings (steps/adapt/common.init_embeddings).
 INITS = ("random", "copy_shared", "focus")
 LANGUAGE_PLACEHOLDER = "{lang}"
@@ -483,8 +486,8 @@ class AdaptSettings:
 
     def problems(self) -> list[str]:
         out = []
-        if self.through not in ("mini", "full"):
-            out.append(f"adapt.through must be 'mini' or 'full', got {self.through!r}")
+        if self.through not in THROUGH:
+            out.append(f"adapt.through must be {' or '.join(map(repr, THROUGH))}, got {self.through!r}")
         if self.init not in INITS:
             out.append(f"adapt.init must be one of {', '.join(map(repr, INITS))}, got {self.init!r}")
         if not isinstance(self.languages, list):

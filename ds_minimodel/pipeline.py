@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING
 from ds_minimodel import shipped
 from ds_minimodel.config import AdaptConfig, ConfigError, FinetuneConfig, MiniPostConfig, PretrainConfig, load_config
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.methods import FULL, METHODS, MINIPOST
 from ds_minimodel.subprocess_runner import run_command, with_free_port
 
 if TYPE_CHECKING:
     from ds_minimodel.artefacts.hf_source import HFSource
-
-METHODS = ("full", "minijoint", "minipost")
 
 
 @dataclass
@@ -202,7 +201,7 @@ def _pretrain(opts: PipelineOptions, pretrain: Path, english: Path, settings: tu
 # from its own. The regular model is the demo's MiniJoint pretraining without the mid head: same
 # data, steps, batch and schedule (so a little less compute: no mid-head MLM).
 REGULAR = "regular"
-REGULAR_METHODS = ("full", "minipost")
+REGULAR_METHODS = (FULL, MINIPOST)
 
 
 def regular_steps(opts: PipelineOptions, english: Path, target: Path) -> list[Step]:
@@ -326,7 +325,7 @@ def run_languages(opts: PipelineOptions, languages: list[str]) -> Path:
     return report
 
 
-PRETRAINED_METHODS = ("full", "minipost")
+PRETRAINED_METHODS = (FULL, MINIPOST)
 
 
 def minilm_dir() -> Path:

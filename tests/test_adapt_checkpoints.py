@@ -92,7 +92,7 @@ def test_export_of_an_adaptation_checkpoint_says_where_the_result_is(stopped_run
     from launchers.consolidate import main
 
     expect_rejected(capsys, main, [str(stopped_run / "checkpoints"), "--out", str(tmp_path / "export")],
-                    "holds only what its adapt_mini run trained", str(stopped_run / "pack"))
+                    "holds only what its adapt_minijoint run trained", str(stopped_run / "pack"))
     assert not (tmp_path / "export").exists()
 
 

@@ -161,7 +161,7 @@ def test_one_job_equals_separate_runs(corpora, dropout_model_dir, tmp_path, engi
     assert [r["flops"] for r in train] == flops
     kinds = {json.loads((run / "checkpoints" / "step_00000006" / "meta.json").read_text())["step_kind"]
              for run in (multi, *alone.values())}
-    assert kinds == {"adapt_mini"}
+    assert kinds == {"adapt_minijoint"}
 
 
 def test_every_language_is_clipped(corpora, dropout_model_dir, tmp_path):

@@ -98,7 +98,7 @@ def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_d
                                                          .read_text())["config"]["model"]))
     model.load_state_dict({**body, "embeddings.word": final["embeddings.word"], "lm_head.weight": final["embeddings.word"],
                            "lm_head.bias": final["lm_head.bias"]}, strict=True)
-    set_requires_grad_for_step(model, {"mini": "adapt_mini", "full": "adapt_full"}[through])
+    set_requires_grad_for_step(model, {"mini": "adapt_minijoint", "full": "adapt_full"}[through])
     meta = json.loads((out / "checkpoints" / "step_00000004" / "meta.json").read_text())
     assert meta["frozen"]["sha256"] == frozen_fingerprint(model)
     assert not torch.equal(final["lm_head.bias"], torch.zeros_like(final["lm_head.bias"]))
@@ -106,7 +106,7 @@ def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_d
     assert first["module"]["embeddings.word"].shape == final["embeddings.word"].shape
     pack = json.loads((out / "pack" / "pack.json").read_text())
     assert pack["method"] == {"mini": "minijoint", "full": "full"}[through]
-    assert_ran_as(out, {"mini": "adapt_mini", "full": "adapt_full"}[through])
+    assert_ran_as(out, {"mini": "adapt_minijoint", "full": "adapt_full"}[through])
     assert pack["mini_depth"] == k and pack["body_fingerprint"] == lineage["body_fingerprints"][str(k)]
 
 

@@ -1,6 +1,8 @@
 """The method's accounting, below both the training loop and the steps (both import it; it
 imports neither):
 
+methods.py     the method vocabulary, one table: full / minijoint / minipost, each one's step
+               kinds (adapt_<method>) and adapt.through; everything else reads the words here
 rules.py       what each step kind trains: the one rule the steps freeze their models by
 flops.py       the analytic FLOP count of every step kind (forward / input-gradient /
                weight-gradient, aware of what is frozen), read by the loop, the steps and the study

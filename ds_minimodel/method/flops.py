@@ -62,6 +62,7 @@ import torch
 from ds_minimodel import kernels
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.methods import ADAPT_KIND, MINIJOINT
 from ds_minimodel.model import MLMEncoder
 
 # STEP_KINDS and ROUTE are also read through this module by the launchers.
@@ -266,8 +267,8 @@ def step_plan(cfg: ModelConfig, kind: str, *, mini_depth: int | None = None,
     route = ROUTE[kind]
     if route == "joint" and cfg.mini_depth is None:
         raise UserError(f"step {kind} runs the MiniJoint mid head: set model.mini_depth")
-    if kind == "adapt_mini" and cfg.mini_depth is not None:
-        raise UserError("step adapt_mini runs the MiniJoint mini-model (layers 1..k, its mid head as the "
+    if kind == ADAPT_KIND[MINIJOINT] and cfg.mini_depth is not None:
+        raise UserError(f"step {kind} runs the MiniJoint mini-model (layers 1..k, its mid head as the "
                         "MLM head), not the full model: pass its config, flops.minijoint_config(cfg)")
     if freeze and kind in TASK_HEADS:
         raise UserError(f"step {kind}: train.freeze patterns are counted for the MLM step kinds only")
@@ -399,7 +400,7 @@ def step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_m
 
     `cfg` is the model that runs: for the MiniPost kinds the mini-model of k + n layers (see
     `minipost_config`), with `mini_depth` = k (default: cfg.mini_depth); for
-    adapt_mini the MiniJoint mini-model (`minijoint_config`); for adapt_full the full model.
+    adapt_minijoint the MiniJoint mini-model (`minijoint_config`); for adapt_full the full model.
     `recompute`: per-layer activation checkpointing (adds to the hardware count only).
     `freeze`: the run's train.freeze patterns; any parameters, whole layers or parts of them.
     """

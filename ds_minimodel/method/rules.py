@@ -8,7 +8,7 @@ it as `step_kind`). Each kind fixes the route through the model and who trains:
   pretrain_joint  MiniJoint: final + w * mid MLM (route joint): everything trains
   minipost_top    a MiniPost mini-model of k + n layers: embeddings and layers 1..k frozen, the
                   n top layers and the MLM head train (its decoder is the frozen word table)
-  adapt_mini      adaptation through a MiniJoint mini-model: layers 1..k with the mid head
+  adapt_minijoint adaptation through a MiniJoint mini-model: layers 1..k with the mid head
                   carved out as the k-layer model's lm_head (`artefacts.surgery.minijoint_mini`)
   adapt_minipost  adaptation through a MiniPost mini-model (k + n layers)
   adapt_full      the standard baseline: adaptation through all L layers and the final head
@@ -17,7 +17,8 @@ it as `step_kind`). Each kind fixes the route through the model and who trains:
   finetune_qa     a QuestionAnswering model: body + span head, frozen like finetune
   eval            forward only (route final)
 
-The three adapt kinds train the same thing, the new word table and the output bias
+The kinds of the three methods (pretrain, pretrain_joint, minipost_top; adapt_<method>) come
+from the method vocabulary (methods.py). The three adapt kinds train the same thing, the new word table and the output bias
 (`lm_head.bias`), over a frozen body of route final; they differ only in the body (the model
 config they run with). On top of the kind's rule, `train.freeze` patterns freeze more.
 """
@@ -29,20 +30,16 @@ from typing import Sequence
 
 from ds_minimodel.config import ModelConfig
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.methods import ADAPT_KIND, FULL, MINIJOINT, MINIPOST, MODEL_KIND
 
-STEP_KINDS = (
-    "pretrain", "pretrain_joint", "minipost_top", "adapt_mini", "adapt_minipost", "adapt_full",
-    "finetune", "finetune_qa", "eval",
-)
+STEP_KINDS = (*MODEL_KIND.values(), *ADAPT_KIND.values(), "finetune", "finetune_qa", "eval")
 
 # Route of MLMEncoder.forward used by each kind (the fine-tuning kinds run encode() + their head).
 ROUTE = {
-    "pretrain": "final",
-    "pretrain_joint": "joint",
-    "minipost_top": "final",
-    "adapt_mini": "final",
-    "adapt_minipost": "final",
-    "adapt_full": "final",
+    MODEL_KIND[FULL]: "final",
+    MODEL_KIND[MINIJOINT]: "joint",
+    MODEL_KIND[MINIPOST]: "final",
+    **{kind: "final" for kind in ADAPT_KIND.values()},
     "finetune": None,
     "finetune_qa": None,
     "eval": "final",
@@ -66,7 +63,7 @@ def check_kind(kind: str) -> None:
 def minipost_k(cfg: ModelConfig, kind: str, k: int | None) -> int | None:
     """MiniPost's k for minipost_top (its cfg has k + n layers; k defaults to
     cfg.mini_depth), None for the other kinds."""
-    if kind != "minipost_top":
+    if kind != MODEL_KIND[MINIPOST]:
         return None
     k = k if k is not None else cfg.mini_depth
     if k is None:
@@ -91,18 +88,18 @@ def _kind_trains(name: str, kind: str, frozen_layers: int | None) -> bool:
         # under the pretrained embedding layer norm and positions must meet them again at
         # transfer. The MLM heads are kept (a pack plugs in by name) but never run.
         return not name[len(ENCODER):].startswith(("embeddings.", "lm_head.", "mid_head."))
-    if kind == "pretrain":  # route final: a mid head, if the model has one, is unused
+    if kind == MODEL_KIND[FULL]:  # route final: a mid head, if the model has one, is unused
         return not name.startswith("mid_head.")
-    if kind == "pretrain_joint":
+    if kind == MODEL_KIND[MINIJOINT]:
         return True
-    if kind == "minipost_top":
+    if kind == MODEL_KIND[MINIPOST]:
         if frozen_layers is None:
             raise UserError("is_trainable(kind='minipost_top') needs frozen_layers (MiniPost's k)")
         i = _layer_index(name)
         if i is not None:
             return i >= frozen_layers  # 0-based: layers k..k+n-1 are the top layers k+1..k+n
         return name.startswith("lm_head.")  # dense, layer norm, bias; its tied weight is embeddings.word
-    if kind in ("adapt_mini", "adapt_minipost", "adapt_full"):
+    if kind in ADAPT_KIND.values():
         return name in ADAPT_TRAINABLE
     return False  # eval
 

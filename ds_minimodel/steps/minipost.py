@@ -15,6 +15,7 @@ from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import build_minipost
 from ds_minimodel.config import MiniPostConfig
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.methods import MINIPOST, MODEL_KIND
 from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
@@ -44,7 +45,7 @@ def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
         model = MLMEncoder(mini_cfg)
         model.load_state_dict(mini_state, strict=True)
         # Embeddings and layers 1..k frozen (lm_head.weight is embeddings.word: frozen with it).
-        set_requires_grad_for_step(model, "minipost_top", mini_depth=k)
+        set_requires_grad_for_step(model, MODEL_KIND[MINIPOST], mini_depth=k)
         return model
 
     def finalize(run_dir: Path, checkpointer) -> None:
@@ -55,6 +56,6 @@ def run(cfg: MiniPostConfig, ds_config_path: str, resume: bool = False) -> Path:
                                    "body_fingerprints": fps},
                           hf_export=False)
 
-    return run_mlm_job(cfg, mini_cfg, shards, ds_config_path, resume, make_model=make_model, kind="minipost_top",
+    return run_mlm_job(cfg, mini_cfg, shards, ds_config_path, resume, make_model=make_model, kind=MODEL_KIND[MINIPOST],
                        route="final", loss_keys=("loss", "final_loss"), finalize=finalize,
                        flops_kwargs={"mini_depth": k})

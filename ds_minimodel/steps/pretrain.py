@@ -11,6 +11,7 @@ import torch
 from ds_minimodel.config import ModelConfig, PretrainConfig
 from ds_minimodel.data.shards import TokenShards
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.methods import FULL, MINIJOINT, MODEL_KIND
 from ds_minimodel.method.rules import set_requires_grad_for_step
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.mlm_job import open_corpus, run_mlm_job
@@ -37,7 +38,7 @@ def run(cfg: PretrainConfig, ds_config_path: str, resume: bool = False) -> Path:
     shards = open_corpus(cfg.data.path)
     cfg = dataclasses.replace(cfg, model=resolve_vocab(cfg.model, shards))
     joint = cfg.model.mini_depth is not None
-    kind = "pretrain_joint" if joint else "pretrain"
+    kind = MODEL_KIND[MINIJOINT] if joint else MODEL_KIND[FULL]
 
     def make_model(ds_config: dict) -> MLMEncoder:
         model = build_model(cfg.model, ds_config, cfg.train.seed)

@@ -14,13 +14,13 @@ from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import fingerprint
 from ds_minimodel.config import AdaptConfig, from_dict
 from ds_minimodel.errors import MissingFileError, UserError
+from ds_minimodel.method.methods import METHODS
 from ds_minimodel.steps.adapt.common import init_embeddings, select_body
 from ds_minimodel.steps.mlm_job import open_corpus
 from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.training.checkpoint import consolidate, is_complete, read_meta
 from ds_minimodel.training.metrics import read_metrics
 
-METHODS = ("full", "minijoint", "minipost")
 
 def split_method(name: str) -> tuple[str, str | None]:
     """A study method name with its own embedding init: "minipost+focus" -> ("minipost", "focus");

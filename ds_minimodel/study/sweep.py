@@ -32,7 +32,7 @@ from ds_minimodel.config import AdaptConfig, load_config
 from ds_minimodel.data.recipes import BIBLE_RECIPES
 from ds_minimodel.errors import InvalidValueError, MissingFileError
 from ds_minimodel.method import flops
-from ds_minimodel.steps.adapt.common import STEP_KIND
+from ds_minimodel.method.methods import ADAPT_KIND
 from ds_minimodel.study.compare import StudyOptions, compare_runs
 from ds_minimodel.study.experiments import run_config_problems, run_settings, train_runs
 from ds_minimodel.study.render import plot_sweep, plug_gaps, sweep_section
@@ -144,7 +144,7 @@ def arm_step_flops(opts: SweepOptions, model_dir: Path, through: str, vocab_size
                       [f"adapt.model_dir={model_dir}", f"adapt.through={through}", *opts.overrides])
     _, body_cfg, method, _, _ = adapt_body(cfg, f"sweep arm {model_dir}")
     b, t = cfg.train.micro_batch_size, cfg.data.seq_len
-    return flops.step_flops(dataclasses.replace(body_cfg, vocab_size=vocab_size), STEP_KIND[method], b, t,
+    return flops.step_flops(dataclasses.replace(body_cfg, vocab_size=vocab_size), ADAPT_KIND[method], b, t,
                             flops.expected_masked(b, t, cfg.data.mask_prob))
 
 

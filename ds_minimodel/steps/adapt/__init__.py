@@ -7,9 +7,9 @@ Every variant trains the same thing, an `MLMEncoder` through route "final" with 
 table and the output bias trainable (`method/rules.py`); they differ only in the body it runs through,
 and record it as their step kind:
 
-  minijoint  adapt_mini      layers 1..k of a MiniJoint model and its mid head (as the k-layer model's head)
-  minipost   adapt_minipost  a MiniPost mini-model: frozen layers 1..k and its trained top of n layers
-  full       adapt_full      the standard baseline (Artetxe et al. 2020): all L layers and the final head
+  minijoint  adapt_minijoint  layers 1..k of a MiniJoint model and its mid head (as the k-layer model's head)
+  minipost   adapt_minipost   a MiniPost mini-model: frozen layers 1..k and its trained top of n layers
+  full       adapt_full       the standard baseline (Artetxe et al. 2020): all L layers and the final head
 """
 
 from __future__ import annotations

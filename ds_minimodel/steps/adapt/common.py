@@ -15,31 +15,28 @@ from ds_minimodel.artefacts.surgery import fingerprint, minijoint_mini, plug_emb
 from ds_minimodel.config import AdaptConfig, ModelConfig
 from ds_minimodel.data.shards import TokenShards
 from ds_minimodel.errors import UserError
+from ds_minimodel.method.methods import ADAPT_KIND, FULL, MINIJOINT, MINIPOST, THROUGH_FULL
 from ds_minimodel.steps.adapt.focus import corpus_documents, focus_init
 from ds_minimodel.tokenizers import load_tokenizer
 from ds_minimodel.tokenizers.base import Tokenizer
 from ds_minimodel.training import engine as ds
 from ds_minimodel.training.job import env_world_size
 
-# The step kind of each body (select_body's method).
-STEP_KIND = {"minijoint": "adapt_mini", "minipost": "adapt_minipost", "full": "adapt_full"}
-
-
 def select_body(state: dict, cfg: ModelConfig, lineage: dict, through: str, where: str):
     """(body state, body config, method, depth k the pack's fingerprint covers)."""
-    if through == "full":
+    if through == THROUGH_FULL:
         if lineage.get("kind") == "minipost" and int(lineage["mini_depth"]) < int(lineage.get("source_layers", 0)):
             raise UserError(f"adapt.through=full needs a full model, but {where} is a MiniPost mini-model")
         if "lm_head.bias" not in state or "lm_head" in lineage.get("fresh_heads", []):
             raise UserError(f"adapt.through=full needs a model with a trained MLM head; {where} has none "
                             "(train one first: MiniPost with minipost.mini_depth=L, or pretraining)")
         body = {n: t for n, t in state.items() if not n.startswith("mid_head.")}
-        return body, dataclasses.replace(cfg, mini_depth=None), "full", cfg.num_layers
+        return body, dataclasses.replace(cfg, mini_depth=None), FULL, cfg.num_layers
     if lineage.get("kind") == "minipost":
-        return state, cfg, "minipost", int(lineage["mini_depth"])
+        return state, cfg, MINIPOST, int(lineage["mini_depth"])
     if cfg.mini_depth is not None:
         body, body_cfg = minijoint_mini(state, cfg)
-        return body, body_cfg, "minijoint", cfg.mini_depth
+        return body, body_cfg, MINIJOINT, cfg.mini_depth
     raise UserError(f"{where} has no mini-model: it has no mid head (MiniJoint) and is not a MiniPost "
                     "mini-model; use adapt.through=full for the standard baseline")
 
@@ -117,7 +114,7 @@ class Body:
 
     @property
     def kind(self) -> str:
-        return STEP_KIND[self.method]
+        return ADAPT_KIND[self.method]
 
 
 def read_body(cfg: AdaptConfig) -> Body:
