@@ -92,7 +92,7 @@ $(DEMO_DATA)/index.json: | install
 demo: install $(DEMO_DATA)/index.json
 	rm -rf $(DEMO_RUN)
 	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(NPROC) launchers/pretrain.py \
-		--deepspeed ds_configs/z3.json --config configs/demo-cpu.yaml \
+		--deepspeed ds_configs/z3.json --config configs/pretrain-demo.yaml \
 		data.path=$(DEMO_DATA) train.out_dir=$(DEMO_RUN)
 	$(PY) launchers/summarize.py $(DEMO_RUN) --require-drop 0.5
 
@@ -243,7 +243,7 @@ study-sweep: install
 		--model $(STUDY_REGULAR)/finetune/final --english-data data/bible-en --target-recipe bible-ny \
 		--out $(STUDY_OUT)/sweep --into-study $(STUDY_OUT) $(SWEEP_ARGS)
 
-# The study on a fresh clone, on its own smaller models (configs/quick-cpu.yaml); everything in
+# The study on a fresh clone, on its own smaller models (configs/pretrain-quick.yaml); everything in
 # runs/pipeline-quick and runs/study-quick is reused when present.
 QUICK_WORK ?= runs/pipeline-quick
 QUICK_OUT ?= runs/study-quick
@@ -252,7 +252,7 @@ QUICK_STEPS ?= full=200 minijoint=600 minipost=600
 .PHONY: study-quick
 study-quick: install
 	$(PY) launchers/pipeline.py --work $(QUICK_WORK) --models-only --nproc $(NPROC) \
-		--pretrain-config configs/quick-cpu.yaml --minipost-config configs/minipost-quick.yaml \
+		--pretrain-config configs/pretrain-quick.yaml --minipost-config configs/minipost-quick.yaml \
 		--pretrain-steps 500 --minipost-steps 100 --finetune-steps 200
 	$(PY) launchers/study.py --run-experiments --pretrained $(QUICK_WORK)/pretrain/final \
 		--baseline-pretrained $(QUICK_WORK)/regular/pretrain/final --minipost $(QUICK_WORK)/regular/minipost/final \

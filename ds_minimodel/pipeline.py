@@ -45,8 +45,8 @@ class PipelineOptions:
     regular: bool = True  # demo pipeline: also the paper's baseline model (no mid head), `regular_steps`
     # Demo pipeline: the models' configs (make study-quick's smaller model), and whether to stop at
     # the models a study needs (pretraining, MiniPost, fine-tuning: no adaptation or transfer).
-    pretrain_config: str = "configs/demo-cpu.yaml"
-    minipost_config: str = "configs/minipost-cpu.yaml"
+    pretrain_config: str = "configs/pretrain-demo.yaml"
+    minipost_config: str = "configs/minipost-demo.yaml"
     models_only: bool = False
     extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides (`step_overrides`)
 
@@ -154,7 +154,7 @@ def _prepare(name: str, recipe: str, out: Path, *tokenizer_args) -> Step:
 def _adapt(opts: PipelineOptions, method: str, model_dir: Path, through: str, target: Path) -> Step:
     out = opts.work / f"adapt-{method}"
     return Step(f"adapt-{method}", out / "pack" / "pack.json",
-                [*cli("adapt"), "--resume", "--deepspeed", "ds_configs/z0.json", "--config", "configs/adapt-cpu.yaml",
+                [*cli("adapt"), "--resume", "--deepspeed", "ds_configs/z0.json", "--config", "configs/adapt-demo.yaml",
                  f"adapt.model_dir={model_dir}", f"adapt.through={through}", f"data.path={target}", f"train.out_dir={out}",
                  f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])])
 
@@ -216,7 +216,7 @@ def regular_steps(opts: PipelineOptions, english: Path, target: Path) -> list[St
     sources = {"full": (pretrain / "final", "full"), "minipost": (minipost.done.parent, "mini")}
     steps = [_pretrain(sub, pretrain, english, settings=("model.mini_depth=null",)), minipost,
              *(_adapt(sub, m, *sources[m], target) for m in REGULAR_METHODS),
-             *_finetune_and_evaluate(sub, "configs/finetune-cpu.yaml", pretrain / "final", _packs(sub, REGULAR_METHODS),
+             *_finetune_and_evaluate(sub, "configs/finetune-demo.yaml", pretrain / "final", _packs(sub, REGULAR_METHODS),
                                      pretrain / "final")]
     return [dataclasses.replace(s, name=f"{REGULAR}-{s.name}") for s in steps]
 
@@ -234,7 +234,7 @@ def plan_demo(opts: PipelineOptions) -> list[Step]:
              _pretrain(opts, pretrain, en),
              minipost,
              *(_adapt(opts, method, *sources[method], ny) for method in METHODS),
-             *_finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final", _packs(opts, METHODS),
+             *_finetune_and_evaluate(opts, "configs/finetune-demo.yaml", pretrain / "final", _packs(opts, METHODS),
                                     pretrain / "final"),
              *(regular_steps(opts, en, ny) if opts.regular else [])]
     if opts.models_only:  # what a study adapts from and scores through (its MiniPost: the regular model's)
@@ -301,12 +301,12 @@ def plan_languages(opts: PipelineOptions, languages: list[str]) -> list[Step]:
         model_dir, through = sources[method]
         steps.append(Step(f"adapt-{method}", out / "packs" / languages[-1] / "pack.json",  # written last
                           [*cli("adapt"), "--resume", "--deepspeed", "ds_configs/z0.json",
-                           "--config", "configs/adapt-cpu.yaml", f"adapt.model_dir={model_dir}",
+                           "--config", "configs/adapt-demo.yaml", f"adapt.model_dir={model_dir}",
                            f"adapt.through={through}", f"adapt.languages=[{','.join(languages)}]",
                            f"data.path={opts.data_root / corpus}", f"train.out_dir={out}",
                            f"train.steps={opts.adapt_steps}", *opts.extra.get("adapt", [])]))
     packs = [opts.work / f"adapt-{m}" / "packs" / c for m in METHODS for c in languages]
-    return check_step_configs(steps + _finetune_and_evaluate(opts, "configs/finetune-cpu.yaml", pretrain / "final",
+    return check_step_configs(steps + _finetune_and_evaluate(opts, "configs/finetune-demo.yaml", pretrain / "final",
                                                              packs, pretrain / "final"))
 
 

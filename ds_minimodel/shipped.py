@@ -1,12 +1,12 @@
 """The configs that ship with the package: `configs/*.yaml` and `ds_configs/*.json` (and the
 study specs, `studies/*.yaml`) by name, from an installed package as from the checkout.
 
-`find("configs/adapt-cpu.yaml")` is the file as given when it exists (an absolute path, or one
+`find("configs/adapt-demo.yaml")` is the file as given when it exists (an absolute path, or one
 relative to the working directory: a user's own copy wins), else the package's copy. An installed
 package carries the two directories as package data (setup.py maps them to
 ds_minimodel/configs and ds_minimodel/ds_configs); an editable install or a plain checkout finds
 them beside the package, at the repository's top. So the pipeline and the study can name
-`configs/adapt-cpu.yaml` in every command they build, and the step finds it from any directory.
+`configs/adapt-demo.yaml` in every command they build, and the step finds it from any directory.
 """
 
 from __future__ import annotations

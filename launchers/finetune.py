@@ -1,6 +1,6 @@
 """Step 3: fine-tune body + classification head on source-language task data (embeddings frozen).
 
-    python launchers/finetune.py --deepspeed ds_configs/z0.json --config configs/finetune-cpu.yaml \
+    python launchers/finetune.py --deepspeed ds_configs/z0.json --config configs/finetune-demo.yaml \
         finetune.model_dir=runs/demo/final finetune.task=bible-genre
 
 The code is ds_minimodel/cli/finetune.py; the same command runs as `python -m ds_minimodel.cli.finetune`

@@ -1,7 +1,7 @@
 """FLOPs of one step of a pipeline step kind, per component, against the usual rules of thumb.
 
-    python launchers/profile_flops.py --config configs/xlmr-base.yaml --step adapt_minijoint
-    python launchers/profile_flops.py --config configs/xlmr-base.yaml --step adapt_full \
+    python launchers/profile_flops.py --config configs/pretrain-xlmr-base.yaml --step adapt_minijoint
+    python launchers/profile_flops.py --config configs/pretrain-xlmr-base.yaml --step adapt_full \
         --batch-size 8 --seq-len 512 --mask-prob 0.15 --check --check-scale small
 
 The code is ds_minimodel/cli/profile_flops.py; the same command runs as `python -m ds_minimodel.cli.profile_flops`

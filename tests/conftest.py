@@ -73,7 +73,7 @@ def _pretrain_tiny(rank, data, out):
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.steps import pretrain
 
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", [f"data.path={data}", f"train.out_dir={out}"])
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml", [f"data.path={data}", f"train.out_dir={out}"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
 
 

@@ -192,7 +192,7 @@ def pretrain_until(rank, data, out, stop):
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.steps import pretrain
 
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", f"train.stop_at_step={stop}"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
 
@@ -296,7 +296,7 @@ def pretrain_with_nan_at(rank, data, out, bad_call):
         return out
 
     MLMEncoder.forward = poisoned
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", "train.save_every=2", "train.grad_accum=1"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
 

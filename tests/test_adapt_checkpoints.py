@@ -33,7 +33,7 @@ def _adapt(rank, model_dir, data, out, engine, ds_json, extra):
     from ds_minimodel.steps import adapt
     from ds_minimodel.training import engine as ds
 
-    cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
+    cfg = load_config(AdaptConfig, REPO / "tests/fixtures/adapt-tiny.yaml",
                       [f"adapt.model_dir={model_dir}", f"data.path={data}", f"train.out_dir={out}", "adapt.language=ny",
                        f"train.engine={engine}", "train.steps=6", "train.save_every=3", "train.keep_last=3",
                        *[e for e in extra if e != "--resume"]])

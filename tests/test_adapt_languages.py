@@ -80,7 +80,7 @@ def _adapt(rank, overrides, ds_json, resume):
     from ds_minimodel.steps import adapt
     from ds_minimodel.training import engine as ds
 
-    cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml", overrides)
+    cfg = load_config(AdaptConfig, REPO / "tests/fixtures/adapt-tiny.yaml", overrides)
     try:
         adapt.run(cfg, str(REPO / "ds_configs" / ds_json), resume=resume)
     finally:
@@ -176,7 +176,7 @@ def test_every_language_is_clipped(corpora, dropout_model_dir, tmp_path):
 
     norms = {}
     for code in LANGUAGES:
-        cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
+        cfg = load_config(AdaptConfig, REPO / "tests/fixtures/adapt-tiny.yaml",
                           [f"adapt.model_dir={dropout_model_dir}", f"data.path={corpora[code]}"])
         shards = TokenShards.open(str(corpora[code]))
         start, model_cfg, _ = start_state(read_body(cfg), shards, cfg)
@@ -232,7 +232,7 @@ def test_resume_refuses_other_languages(corpora, dropout_model_dir, tmp_path):
 def test_bad_language_settings_are_one_line(capsys, tmp_path, overrides, needles):
     from launchers.adapt import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/adapt-tiny.yaml"),
+    expect_rejected(capsys, main, ["--config", str(REPO / "tests/fixtures/adapt-tiny.yaml"),
                                    f"train.out_dir={tmp_path / 'x'}", *overrides], *needles, watch=[tmp_path])
     assert not (tmp_path / "x").exists()
 
@@ -247,7 +247,7 @@ def test_refused_before_anything_is_written(capsys, corpora, tiny_model_dir, tmp
 
     paths = [f"adapt.data_paths.{code}={corpora[code]}" for code in LANGUAGES]
     expect_rejected(capsys, main, ["--deepspeed", str(REPO / "ds_configs" / zero),
-                                   "--config", str(REPO / "configs/adapt-tiny.yaml"),
+                                   "--config", str(REPO / "tests/fixtures/adapt-tiny.yaml"),
                                    f"adapt.model_dir={tiny_model_dir}", f"train.out_dir={tmp_path / 'x'}",
                                    f"adapt.languages=[{','.join(LANGUAGES)}]", *paths, *overrides],
                     needle, watch=[tmp_path])

@@ -30,7 +30,7 @@ def pretrain_main():
     return main
 
 
-def args(data, out, *extra, ds="ds_configs/z0.json", config="configs/tiny.yaml"):
+def args(data, out, *extra, ds="ds_configs/z0.json", config="configs/pretrain-tiny.yaml"):
     return ["--deepspeed", str(REPO / ds), "--config", str(REPO / config) if config else None,
             f"data.path={data}", f"train.out_dir={out}", *extra]
 
@@ -148,7 +148,7 @@ def _resume_with(rank, data, out, extra):
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.steps import pretrain
 
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", "train.steps=2", *extra])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"), resume=bool(extra))
 
@@ -204,7 +204,7 @@ def test_disk_full_on_save(tmp_path, tiny_corpus, record_property):
     run, env, how = disk_full_run(tmp_path, tiny_corpus)
     record_property("simulated_by", how)
     try:
-        line = expect_rejected_cli("pretrain", ["--resume", "--config", "configs/tiny.yaml", f"data.path={tiny_corpus}",
+        line = expect_rejected_cli("pretrain", ["--resume", "--config", "configs/pretrain-tiny.yaml", f"data.path={tiny_corpus}",
                                                 f"train.out_dir={run}"], "checkpoint step_00000006",
                                    "no space left on device", "step_00000003",
                                    watch=[run / "checkpoints", run / "config.yaml"], env=env)
@@ -275,7 +275,7 @@ def run_copy(tiny_model_dir, tmp_path) -> Path:
 def test_resume_from_truncated_checkpoint_cli(run_copy, tiny_corpus):
     shard = run_copy / "checkpoints" / "step_00000006" / "mp_rank_00_model_states.pt"
     os.truncate(shard, shard.stat().st_size // 2)
-    expect_rejected_cli("pretrain", ["--resume", "--config", "configs/tiny.yaml", f"data.path={tiny_corpus}",
+    expect_rejected_cli("pretrain", ["--resume", "--config", "configs/pretrain-tiny.yaml", f"data.path={tiny_corpus}",
                                      f"train.out_dir={run_copy}", "train.steps=8"],
                         "step_00000006 is damaged", "mp_rank_00_model_states.pt", "truncated", watch=[run_copy])
 
@@ -319,7 +319,7 @@ def test_consolidate_into_a_foreign_directory(run_copy, tmp_path, capsys):
 def test_minipost_layers_out_of_range(tmp_path, capsys, tiny_model_dir, tiny_corpus):
     from launchers.minipost import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"minipost.source={tiny_model_dir}",
+    expect_rejected(capsys, main, ["--config", str(REPO / "tests/fixtures/minipost-tiny.yaml"), f"minipost.source={tiny_model_dir}",
                                    f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'o'}", "minipost.mini_depth=9"],
                     "minipost.mini_depth=9", "4 layers", watch=[tiny_model_dir])
 
@@ -327,7 +327,7 @@ def test_minipost_layers_out_of_range(tmp_path, capsys, tiny_model_dir, tiny_cor
 def test_minipost_corpus_of_another_tokenizer(tmp_path, capsys, tiny_model_dir, tiny_target_corpus):
     from launchers.minipost import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"minipost.source={tiny_model_dir}",
+    expect_rejected(capsys, main, ["--config", str(REPO / "tests/fixtures/minipost-tiny.yaml"), f"minipost.source={tiny_model_dir}",
                                    f"data.path={tiny_target_corpus}", f"train.out_dir={tmp_path / 'o'}"],
                     str(tiny_target_corpus), "another tokenizer", watch=[tiny_model_dir])
 
@@ -335,13 +335,13 @@ def test_minipost_corpus_of_another_tokenizer(tmp_path, capsys, tiny_model_dir, 
 def test_minipost_source_is_not_a_model(tmp_path, capsys, tiny_corpus):
     from launchers.minipost import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/minipost-tiny.yaml"), f"minipost.source={tmp_path}",
+    expect_rejected(capsys, main, ["--config", str(REPO / "tests/fixtures/minipost-tiny.yaml"), f"minipost.source={tmp_path}",
                                    f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'o'}"],
                     "not a model directory")
 
 
 def adapt_args(model_dir, data, out, *extra):
-    return ["--config", str(REPO / "configs/adapt-tiny.yaml"), f"adapt.model_dir={model_dir}", f"data.path={data}",
+    return ["--config", str(REPO / "tests/fixtures/adapt-tiny.yaml"), f"adapt.model_dir={model_dir}", f"data.path={data}",
             f"train.out_dir={out}", *extra]
 
 
@@ -353,9 +353,9 @@ def test_adapt_refuses_zero3(tmp_path, capsys, tiny_model_dir, tiny_target_corpu
                     "ZeRO-3", watch=[tiny_model_dir])
 
 
-@pytest.mark.parametrize("launcher, config", [("adapt", "configs/adapt-tiny.yaml"),
-                                              ("minipost", "configs/minipost-tiny.yaml"),
-                                              ("finetune", "configs/finetune-tiny.yaml")])
+@pytest.mark.parametrize("launcher, config", [("adapt", "tests/fixtures/adapt-tiny.yaml"),
+                                              ("minipost", "tests/fixtures/minipost-tiny.yaml"),
+                                              ("finetune", "tests/fixtures/finetune-tiny.yaml")])
 def test_freeze_patterns_refused_where_the_step_fixes_what_trains(tmp_path, capsys, tiny_model_dir, launcher, config):
     """train.freeze is a pretraining option; steps 1b-3 would silently ignore it."""
     import importlib
@@ -380,7 +380,7 @@ def test_adapt_from_a_truncated_model(tmp_path, capsys, tiny_model_dir, tiny_tar
 def test_finetune_model_dir_missing(tmp_path, capsys):
     from launchers.finetune import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/finetune-tiny.yaml"),
+    expect_rejected(capsys, main, ["--config", str(REPO / "tests/fixtures/finetune-tiny.yaml"),
                                    f"finetune.model_dir={tmp_path / 'nowhere'}", f"train.out_dir={tmp_path / 'o'}"],
                     "nowhere", "not a model directory")
 
@@ -388,7 +388,7 @@ def test_finetune_model_dir_missing(tmp_path, capsys):
 def test_finetune_bad_value_and_unknown_key(tmp_path, capsys, tiny_model_dir):
     from launchers.finetune import main
 
-    expect_rejected(capsys, main, ["--config", str(REPO / "configs/finetune-tiny.yaml"), f"finetune.model_dir={tiny_model_dir}",
+    expect_rejected(capsys, main, ["--config", str(REPO / "tests/fixtures/finetune-tiny.yaml"), f"finetune.model_dir={tiny_model_dir}",
                                    f"train.out_dir={tmp_path / 'o'}", "finetune.pooling=max", "finetune.head_dropuot=0.2"],
                     "pooling", "head_dropuot")
 
@@ -397,7 +397,7 @@ def _finetune(rank, model_dir, out):
     from ds_minimodel.config import FinetuneConfig, load_config
     from ds_minimodel.steps import finetune
 
-    cfg = load_config(FinetuneConfig, REPO / "configs/finetune-tiny.yaml",
+    cfg = load_config(FinetuneConfig, REPO / "tests/fixtures/finetune-tiny.yaml",
                       [f"finetune.model_dir={model_dir}", f"train.out_dir={out}", "train.steps=2"])
     finetune.run(cfg, str(REPO / "ds_configs/z0.json"))
 
@@ -487,12 +487,12 @@ def test_pipeline_set_is_checked_against_each_steps_config_before_anything_runs(
     work = tmp_path / "w"
     base = ["--work", str(work), "--data-root", str(tmp_path / "d"), "--plan"]
     expect_rejected(capsys, main, [*base, "--set", "adapt:nosuch.key=1"],
-                    "unknown key nosuch", "configs/adapt-cpu.yaml", "adapt-full")
+                    "unknown key nosuch", "configs/adapt-demo.yaml", "adapt-full")
     line = expect_rejected(capsys, main, [*base, "--set", "pretrain:train.stepz=3", "--set", "minipost:optim.lr=-1",
                                           "--set", "finetune:finetune.pooling=max"],
-                           "unknown key train.stepz", "configs/demo-cpu.yaml", "optim.lr must be positive",
-                           "configs/minipost-cpu.yaml", "finetune.pooling must be 'cls' or 'mean'",
-                           "configs/finetune-cpu.yaml")
+                           "unknown key train.stepz", "configs/pretrain-demo.yaml", "optim.lr must be positive",
+                           "configs/minipost-demo.yaml", "finetune.pooling must be 'cls' or 'mean'",
+                           "configs/finetune-demo.yaml")
     assert "adapt" not in line  # the adaptation steps' configs are fine
     expect_rejected(capsys, main, [*base, "--set", "adapt:train.steps=many"], "train.steps: expected int")
     expect_rejected(capsys, main, [*base, "--languages", "sw,tl", "--set", "adapt:adapt.langauge=sw"],
@@ -514,7 +514,7 @@ def test_study_set_is_checked_against_each_runs_config_before_anything_runs(tmp_
 
     out = tmp_path / "study"
     base = ["--run-experiments", "--pretrained", str(tiny_model_dir), "--target-data", str(tiny_target_corpus),
-            "--model", str(tiny_model_dir), "--config", str(REPO / "configs/adapt-tiny.yaml"), "--seeds", "1",
+            "--model", str(tiny_model_dir), "--config", str(REPO / "tests/fixtures/adapt-tiny.yaml"), "--seeds", "1",
             "--steps", "8", "--out", str(out)]
     expect_rejected(capsys, main, [*base, "--set", "nosuch.key=1"], "unknown key nosuch", "adapt-tiny.yaml")
     expect_rejected(capsys, main, [*base, "--set", "optim.schedule=cubic", "data.seq_lem=16"],

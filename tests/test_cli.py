@@ -146,7 +146,7 @@ def test_pipeline_and_study_launch_modules_not_paths(tmp_path):
 
     calls = []
     run_dir = tmp_path / "adapt-full-s0"
-    train_runs([(run_dir, ["train.steps=3", "train.save_every=1", "train.seed=0"])], "configs/adapt-cpu.yaml",
+    train_runs([(run_dir, ["train.steps=3", "train.save_every=1", "train.seed=0"])], "configs/adapt-demo.yaml",
                "ds_configs/z0.json", tmp_path / "logs", runner=lambda cmd, log: calls.append(cmd), log=lambda s: None)
     (cmd,) = calls
     assert cmd[:3] == [sys.executable, "-m", "ds_minimodel.cli.adapt"]
@@ -155,7 +155,7 @@ def test_pipeline_and_study_launch_modules_not_paths(tmp_path):
 
 def _tiny_pretrain_config() -> Path:
     found = [p for d in ("configs", "tests/fixtures") for p in sorted((REPO / d).glob("*tiny*.yaml"))
-             if "pretrain" in p.name or p.name == "tiny.yaml"]
+             if "pretrain" in p.name or p.name == "pretrain-tiny.yaml"]
     assert found, "no tiny pretraining config"
     return found[0]
 

@@ -14,12 +14,16 @@ from tests.conftest import REPO
 from tests.helpers import assert_close_fp32
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "tests/fixtures").glob("*.yaml")),
+                         ids=lambda p: p.name)
 def test_every_shipped_config_parses(path):
     from ds_minimodel import config
 
-    step_config = {"minipost": config.MiniPostConfig, "adapt": config.AdaptConfig, "finetune": config.FinetuneConfig}
-    cls = step_config.get(path.name.split("-")[0], PretrainConfig)
+    step_config = {"pretrain": PretrainConfig, "minipost": config.MiniPostConfig, "adapt": config.AdaptConfig,
+                   "finetune": config.FinetuneConfig}
+    step, _, profile = path.stem.partition("-")
+    assert step in step_config and profile, f"{path.name} is not named {{step}}-{{profile}}.yaml"
+    cls = step_config[step]
     cfg = load_config(cls, path)
     if cls is PretrainConfig:
         assert cfg.model.hidden_size % cfg.model.num_heads == 0

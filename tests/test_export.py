@@ -120,8 +120,8 @@ def test_tokenizer_json_gives_sentencepiece_ids(tiny_target_corpus, tmp_path, mo
 
 def _finetune_and_adapt(work: Path, body: Path, target_data: Path, through: str) -> dict:
     ft, adapt = work / "ft", work / "adapt"
-    run_step("finetune", "configs/finetune-tiny.yaml", f"finetune.model_dir={body}", f"train.out_dir={ft}")
-    run_step("adapt", "configs/adapt-tiny.yaml", f"adapt.model_dir={body}", f"data.path={target_data}",
+    run_step("finetune", "tests/fixtures/finetune-tiny.yaml", f"finetune.model_dir={body}", f"train.out_dir={ft}")
+    run_step("adapt", "tests/fixtures/adapt-tiny.yaml", f"adapt.model_dir={body}", f"data.path={target_data}",
              f"train.out_dir={adapt}", f"adapt.through={through}", "adapt.language=ny")
     return {"body": body, "finetuned": ft / "final", "pack": adapt / "pack"}
 

@@ -73,7 +73,7 @@ def _pretrain_rank(rank, data, out, resume, kill_rank_at_call=0, fault=None):
             return forward(self, *args, **kwargs)
 
         MLMEncoder.forward = dies
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", "train.save_every=2", "train.grad_accum=1",
                        "model.hidden_dropout=0.1", "train.collective_timeout_s=30"])
     pretrain.run(cfg, str(REPO / "ds_configs/z3.json"), resume=resume)
@@ -162,7 +162,7 @@ def _adapt_rank(rank, model_dir, data, out, resume, fault=None):
 
     if fault:
         os.environ["DSM_FAULT"] = fault
-    cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
+    cfg = load_config(AdaptConfig, REPO / "tests/fixtures/adapt-tiny.yaml",
                       [f"adapt.model_dir={model_dir}", f"data.path={data}", f"train.out_dir={out}", "adapt.language=ny",
                        "train.steps=6", "train.save_every=2", "train.collective_timeout_s=30"])
     adapt.run(cfg, str(REPO / "ds_configs/z2.json"), resume=resume)
@@ -202,7 +202,7 @@ def _resume_tiny(rank, data, out):
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.steps import pretrain
 
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", [f"data.path={data}", f"train.out_dir={out}"])
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml", [f"data.path={data}", f"train.out_dir={out}"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"), resume=True)
 
 
@@ -221,7 +221,7 @@ def test_disk_full_then_space_freed_resumes_like_uninterrupted(tmp_path, tiny_co
     record_property("simulated_by", how)
     try:
         def crash():
-            proc = subprocess.run([sys.executable, "launchers/pretrain.py", "--resume", "--config", "configs/tiny.yaml",
+            proc = subprocess.run([sys.executable, "launchers/pretrain.py", "--resume", "--config", "configs/pretrain-tiny.yaml",
                                    f"data.path={tiny_corpus}", f"train.out_dir={run}"], cwd=REPO,
                                   env={**os.environ, "PYTHONPATH": str(REPO), **env},
                                   capture_output=True, text=True, timeout=300)

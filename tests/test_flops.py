@@ -313,8 +313,8 @@ def brief_trainable_real(kind: str, name: str, k, freeze) -> bool:
 @pytest.mark.parametrize("freeze", [[], FREEZES["whole-layers"], FREEZES["attention-of-one-layer"]],
                          ids=["none", "whole-layers", "part-of-a-layer"])
 def test_real_pretraining_step(monkeypatch, tiny_corpus, tmp_path, freeze):
-    """pretrain.py's model (MiniJoint, tiny.yaml) with train.freeze: the count honours it."""
-    spec = job_spec(monkeypatch, "pretrain", "PretrainConfig", "configs/tiny.yaml", f"data.path={tiny_corpus}",
+    """pretrain.py's model (MiniJoint, pretrain-tiny.yaml) with train.freeze: the count honours it."""
+    spec = job_spec(monkeypatch, "pretrain", "PretrainConfig", "configs/pretrain-tiny.yaml", f"data.path={tiny_corpus}",
                     f"train.out_dir={tmp_path / 'run'}", "model.attention=explicit", "model.kernels='off'",
                     "train.freeze=[" + ",".join(f'"{p}"' for p in freeze) + "]")
     assert spec.kind == "pretrain_joint"
@@ -323,7 +323,7 @@ def test_real_pretraining_step(monkeypatch, tiny_corpus, tmp_path, freeze):
 
 
 def test_real_minipost_step(monkeypatch, source_dir, tiny_corpus, tmp_path):
-    spec = job_spec(monkeypatch, "minipost", "MiniPostConfig", "configs/minipost-tiny.yaml", f"minipost.source={source_dir}",
+    spec = job_spec(monkeypatch, "minipost", "MiniPostConfig", "tests/fixtures/minipost-tiny.yaml", f"minipost.source={source_dir}",
                     f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'run'}", f"minipost.mini_depth={K}", "minipost.top_layers=1")
     assert spec.kind == "minipost_top" and spec.model_config["num_layers"] == K + 1
     check_real_step(spec, minipost_k=K)
@@ -357,7 +357,7 @@ def test_real_adaptation_step(monkeypatch, source_dir, minipost_dir, tiny_target
                               layers):
     """adapt.py's model for each body: the step kind says which, the count is that model's."""
     model_dir = minipost_dir if through == "minipost" else source_dir
-    spec = job_spec(monkeypatch, "adapt", "AdaptConfig", "configs/adapt-tiny.yaml", f"adapt.model_dir={model_dir}",
+    spec = job_spec(monkeypatch, "adapt", "AdaptConfig", "tests/fixtures/adapt-tiny.yaml", f"adapt.model_dir={model_dir}",
                     f"data.path={tiny_target_corpus}", f"train.out_dir={tmp_path / 'run'}",
                     f"adapt.through={'full' if through == 'full' else 'mini'}", "adapt.language=ny")
     assert spec.kind == kind
@@ -367,7 +367,7 @@ def test_real_adaptation_step(monkeypatch, source_dir, minipost_dir, tiny_target
 
 def test_real_finetuning_step(monkeypatch, source_dir, tmp_path):
     """finetune.py's SequenceClassifier (not a stand-in head) on its own padded batches."""
-    spec = job_spec(monkeypatch, "finetune", "FinetuneConfig", "configs/finetune-tiny.yaml",
+    spec = job_spec(monkeypatch, "finetune", "FinetuneConfig", "tests/fixtures/finetune-tiny.yaml",
                     f"finetune.model_dir={source_dir}", f"train.out_dir={tmp_path / 'run'}")
     assert spec.kind == "finetune"
     model = spec.make_model({})
@@ -638,7 +638,7 @@ def test_peaks_and_utilisation():
     assert utilisation.measure_cpu_peak(seconds=0.05, n=128) > 1e6
 
 
-@pytest.mark.parametrize("name,layers,d,k", [("xlmr-base", 12, 768, 3), ("xlmr-large", 24, 1024, 6)])
+@pytest.mark.parametrize("name,layers,d,k", [("pretrain-xlmr-base", 12, 768, 3), ("pretrain-xlmr-large", 24, 1024, 6)])
 def test_xlmr_configs_parse(name, layers, d, k):
     m = load_config(PretrainConfig, REPO / "configs" / f"{name}.yaml").model
     assert (m.num_layers, m.hidden_size, m.mini_depth, m.vocab_size, m.max_positions) == (layers, d, k, 250002, 514)
@@ -650,7 +650,7 @@ def _launcher():
 
 
 def test_launcher_check_small(capsys):
-    _launcher().main(["--config", str(REPO / "configs" / "xlmr-base.yaml"), "--step", "minipost_top",
+    _launcher().main(["--config", str(REPO / "configs" / "pretrain-xlmr-base.yaml"), "--step", "minipost_top",
                       "--check", "--check-scale", "small"])
     out = capsys.readouterr().out
     assert "6N rule" in out and "DeepSpeed profiler" in out and "per token" in out
@@ -660,7 +660,7 @@ def test_launcher_check_small(capsys):
 
 @pytest.mark.parametrize("step,model", [("adapt_minijoint", "L=3 "), ("adapt_full", "L=12 "), ("finetune", "L=12 ")])
 def test_launcher_profiles_the_model_the_step_runs(capsys, step, model):
-    _launcher().main(["--config", str(REPO / "configs" / "xlmr-base.yaml"), "--step", step,
+    _launcher().main(["--config", str(REPO / "configs" / "pretrain-xlmr-base.yaml"), "--step", step,
                       "--check", "--check-scale", "small"])
     out = capsys.readouterr().out
     assert "MISMATCH" not in out and out.count("exact") == 3
@@ -671,7 +671,7 @@ def test_launcher_profiles_the_model_the_step_runs(capsys, step, model):
 
 def test_launcher_honours_train_freeze(capsys):
     """A pretraining config with train.freeze is counted (and checked) with those parameters frozen."""
-    args = ["--config", str(REPO / "configs" / "xlmr-base.yaml"), "--step", "pretrain_joint", "--json"]
+    args = ["--config", str(REPO / "configs" / "pretrain-xlmr-base.yaml"), "--step", "pretrain_joint", "--json"]
     _launcher().main(args)
     plain = json.loads(capsys.readouterr().out)
     _launcher().main(args + ['train.freeze=["layers.0.*","embeddings.*"]'])
@@ -688,6 +688,6 @@ def test_launcher_user_errors(capsys, tmp_path):
         launcher.main(["--config", str(tmp_path / "missing.yaml"), "--step", "adapt_minijoint"])
     assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
     with pytest.raises(SystemExit) as e:
-        launcher.main(["--config", str(REPO / "configs" / "xlmr-base.yaml"), "--step", "adapt_minijoint",
+        launcher.main(["--config", str(REPO / "configs" / "pretrain-xlmr-base.yaml"), "--step", "adapt_minijoint",
                        "--seq-len", "600"])
     assert e.value.code == 2 and "max_positions" in capsys.readouterr().err

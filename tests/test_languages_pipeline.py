@@ -94,12 +94,12 @@ def test_models_only_plans_what_a_study_needs_with_its_configs(tmp_path, capsys)
     from ds_minimodel.pipeline import plan_demo
 
     opts = PipelineOptions(work=tmp_path / "w", data_root=tmp_path / "d", models_only=True,
-                           pretrain_config="configs/quick-cpu.yaml", minipost_config="configs/minipost-quick.yaml")
+                           pretrain_config="configs/pretrain-quick.yaml", minipost_config="configs/minipost-quick.yaml")
     steps = {s.name: [str(c) for c in s.cmd] for s in plan_demo(opts)}
     assert list(steps) == ["data-en", "data-ny", "pretrain", "finetune", "regular-pretrain", "regular-minipost",
                            "regular-finetune"]
     for name in ("pretrain", "regular-pretrain"):
-        assert steps[name][steps[name].index("--config") + 1] == "configs/quick-cpu.yaml"
+        assert steps[name][steps[name].index("--config") + 1] == "configs/pretrain-quick.yaml"
     assert steps["regular-pretrain"][-1] == "model.mini_depth=null"
     assert "configs/minipost-quick.yaml" in steps["regular-minipost"]
     without_regular = [s.name for s in plan_demo(PipelineOptions(work=tmp_path / "w", data_root=tmp_path / "d",

@@ -22,7 +22,7 @@ def run(cmd, tmp_path, timeout=600):
 
 
 def pretrain_args(data, out_dir, ds_config="ds_configs/z3.json"):
-    return ["launchers/pretrain.py", "--deepspeed", ds_config, "--config", "configs/tiny.yaml",
+    return ["launchers/pretrain.py", "--deepspeed", ds_config, "--config", "configs/pretrain-tiny.yaml",
             f"data.path={data}", f"train.out_dir={out_dir}", "train.steps=2", "train.save_every=0"]
 
 
@@ -58,7 +58,7 @@ def _two_ranks(rank, data, out, ds_config):
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.steps import pretrain
 
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", pretrain_args(data, out)[5:])
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml", pretrain_args(data, out)[5:])
     pretrain.run(cfg, str(REPO / ds_config))
 
 

@@ -79,7 +79,7 @@ def assert_ran_as(run_dir, kind):
 def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_dir, tiny_target_corpus, tmp_path,
                                                                    through):
     out = tmp_path / "adapt"
-    run_step("adapt", "configs/adapt-tiny.yaml", f"adapt.model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
+    run_step("adapt", "tests/fixtures/adapt-tiny.yaml", f"adapt.model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
              f"train.out_dir={out}", f"adapt.through={through}", "adapt.language=ny")
     from ds_minimodel.steps.adapt.common import select_body
     from ds_minimodel.training.checkpoint import consolidate
@@ -113,7 +113,7 @@ def test_adaptation_changes_only_the_new_embeddings_and_output_bias(tiny_model_d
 def test_minipost_top_trains_while_bottom_stays_bit_identical(tiny_model_dir, tiny_corpus, tiny_target_corpus,
                                                               tmp_path):
     out = tmp_path / "minipost"
-    run_step("minipost", "configs/minipost-tiny.yaml", f"minipost.source={tiny_model_dir}", f"data.path={tiny_corpus}",
+    run_step("minipost", "tests/fixtures/minipost-tiny.yaml", f"minipost.source={tiny_model_dir}", f"data.path={tiny_corpus}",
              f"train.out_dir={out}", "minipost.mini_depth=2", "minipost.top_layers=1")
     source, _, _ = read_model_dir(tiny_model_dir)
     mini, mini_cfg, lineage = read_model_dir(out / "final")
@@ -127,7 +127,7 @@ def test_minipost_top_trains_while_bottom_stays_bit_identical(tiny_model_dir, ti
     assert_ran_as(out, "minipost_top")
     # Adaptation through the MiniPost mini-model runs, and is recorded, as adapt_minipost.
     adapt = tmp_path / "adapt"
-    run_step("adapt", "configs/adapt-tiny.yaml", f"adapt.model_dir={out / 'final'}", f"data.path={tiny_target_corpus}",
+    run_step("adapt", "tests/fixtures/adapt-tiny.yaml", f"adapt.model_dir={out / 'final'}", f"data.path={tiny_target_corpus}",
              f"train.out_dir={adapt}", "adapt.through=mini", "adapt.language=ny")
     assert json.loads((adapt / "pack" / "pack.json").read_text())["method"] == "minipost"
     assert_ran_as(adapt, "adapt_minipost")
@@ -137,7 +137,7 @@ def test_finetune_then_transfer_and_mismatched_pack_refused(tiny_model_dir, tiny
     from launchers.evaluate import main as evaluate_main
 
     ft = tmp_path / "ft"
-    run_step("finetune", "configs/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}", f"train.out_dir={ft}")
+    run_step("finetune", "tests/fixtures/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}", f"train.out_dir={ft}")
     source, _, _ = read_model_dir(tiny_model_dir)
     tuned = torch.load(ft / "final" / "model.pt", weights_only=True)
     for name in ("embeddings.word", "embeddings.position", "embeddings.layer_norm.weight"):
@@ -145,7 +145,7 @@ def test_finetune_then_transfer_and_mismatched_pack_refused(tiny_model_dir, tiny
     assert not torch.equal(tuned["encoder.layers.3.fc1.weight"], source["layers.3.fc1.weight"])
 
     adapt = tmp_path / "adapt"
-    run_step("adapt", "configs/adapt-tiny.yaml", f"adapt.model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
+    run_step("adapt", "tests/fixtures/adapt-tiny.yaml", f"adapt.model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
              f"train.out_dir={adapt}", "adapt.language=ny")
     result = tmp_path / "transfer.json"
     evaluate_main(["--model", str(ft / "final"), "--pack", str(adapt / "pack"), "--out", str(result)])

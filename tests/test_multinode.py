@@ -107,7 +107,7 @@ def launch_two_hosts(hosts, data, out: Path, *, resume=False, fault_on_b=None, l
         cmd = ["ip", "netns", "exec", ns, f"{BIN}/deepspeed", "--hostfile", str(hostfile), "--no_ssh",
                "--node_rank", str(node), "--num_nodes", "2", "--num_gpus", "1", "--master_addr", MASTER,
                "--master_port", str(_PORT[0]), "launchers/pretrain.py", "--deepspeed", "ds_configs/z3.json",
-               "--config", "configs/tiny.yaml", f"data.path={data}", f"train.out_dir={out}", *OVERRIDES,
+               "--config", "configs/pretrain-tiny.yaml", f"data.path={data}", f"train.out_dir={out}", *OVERRIDES,
                *(["--resume"] if resume else [])]
         log = open(logs / f"{out.name}-{'resume' if resume else 'run'}-node{node}.log", "w")
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -132,7 +132,7 @@ def _single_node_rank(rank, data, out):
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.steps import pretrain
 
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", *OVERRIDES])
     pretrain.run(cfg, str(REPO / "ds_configs/z3.json"))
 
@@ -257,7 +257,7 @@ def test_slurm_script_runs_on_two_hosts(hosts, tiny_corpus, single_node, tmp_pat
            "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": str(4000 + os.getpid() % 1000),
            "SLURM_SUBMIT_DIR": str(REPO), "GPUS_PER_NODE": "1", "TMPDIR": str(tmp_path)}
     env.pop("MASTER_ADDR", None), env.pop("MASTER_PORT", None)
-    proc = subprocess.run(["bash", str(REPO / "launchers/cluster/pretrain.sbatch"), "--config", "configs/tiny.yaml",
+    proc = subprocess.run(["bash", str(REPO / "launchers/cluster/pretrain.sbatch"), "--config", "configs/pretrain-tiny.yaml",
                            f"data.path={tiny_corpus}", f"train.out_dir={out}", *OVERRIDES],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -278,7 +278,7 @@ def test_openmpi_hostfile_runs_on_two_hosts(hosts, tiny_corpus, single_node, tmp
            "launchers/cluster/openmpi.hostfile", "--map-by", "ppr:1:node", "--mca", "plm_rsh_agent",
            str(bin_dir / "ssh"), "-x", "MASTER_PORT=29517", "-x", "PATH", "-x", "PYTHONPATH", "-x", "OMP_NUM_THREADS",
            "-x", "TORCH_EXTENSIONS_DIR", "-x", "DS_ACCELERATOR", sys.executable, "launchers/pretrain.py",
-           "--deepspeed", "ds_configs/z3.json", "--config", "configs/tiny.yaml", f"data.path={tiny_corpus}",
+           "--deepspeed", "ds_configs/z3.json", "--config", "configs/pretrain-tiny.yaml", f"data.path={tiny_corpus}",
            f"train.out_dir={out}", *OVERRIDES]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

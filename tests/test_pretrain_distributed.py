@@ -32,7 +32,7 @@ WORLD = 2
 
 
 def tiny_config(data, out_dir, *extra) -> PretrainConfig:
-    return load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+    return load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml",
                        [f"data.path={data}", f"train.out_dir={out_dir}", *extra])
 
 
@@ -59,7 +59,7 @@ def _pretrain_rank(rank, overrides, ds_config, resume, own_masks):
 
     if own_masks:  # this forked rank only
         ds_minimodel.data.loader.mask_tokens = content_masks
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml", overrides)
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml", overrides)
     pretrain.run(cfg, str(REPO / ds_config), resume=resume)
 
 
@@ -82,7 +82,7 @@ def lr_at(optim: OptimConfig, total_steps: int, step: int) -> float:
 
 
 def test_the_references_schedule_by_hand():
-    """configs/tiny.yaml (lr 1e-3, 2 warm-up steps, 6 steps, linear to 0), and cosine to 0.1."""
+    """configs/pretrain-tiny.yaml (lr 1e-3, 2 warm-up steps, 6 steps, linear to 0), and cosine to 0.1."""
     tiny = OptimConfig(lr=1e-3, warmup_steps=2)
     assert [lr_at(tiny, 6, s) for s in range(6)] == pytest.approx([5e-4, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
     cosine = OptimConfig(lr=1e-3, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
@@ -200,7 +200,7 @@ DECAY = "optim.weight_decay=0.1"
 
 
 # Each stage's run also takes one of the schedules the config offers, so that every shape of the
-# schedule is compared with the reference's at no extra run: configs/tiny.yaml's linear decay to
+# schedule is compared with the reference's at no extra run: configs/pretrain-tiny.yaml's linear decay to
 # 0, cosine to 0.1, linear to 0.2 (2 warm-up steps of 6 in each).
 SCHEDULES = {"ds_configs/z0.json": (), "ds_configs/z1.json": ("optim.schedule=cosine", "optim.min_lr_ratio=0.1"),
              "ds_configs/z2.json": ("optim.min_lr_ratio=0.2",), "ds_configs/z3.json": ("optim.schedule=cosine",),

@@ -300,7 +300,7 @@ def test_shuffled_loader_resumes_where_it_stopped():
 @pytest.fixture(scope="module")
 def qa_model(tiny_model_dir, tmp_path_factory):
     ft = tmp_path_factory.mktemp("qa_ft") / "run"
-    run_step("finetune", "configs/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}", f"train.out_dir={ft}",
+    run_step("finetune", "tests/fixtures/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}", f"train.out_dir={ft}",
              "finetune.task=mlqa", f"finetune.task_path={QA_FIX}", "finetune.max_len=64", "finetune.max_query_len=16", "finetune.doc_stride=24", "finetune.eval_examples=0")
     return ft
 
@@ -339,7 +339,7 @@ def test_bert_family_finetunes_with_token_type_ids(task, bert_tok, tmp_path):
     shutil.copy(tok.path, src / "tokenizer.json")
     fix = QA_FIX if task == "mlqa" else REPO / "tests" / "fixtures" / "tasks"
     out = tmp_path / "ft"
-    run_step("finetune", "configs/finetune-tiny.yaml", f"finetune.model_dir={src}", f"train.out_dir={out}", f"finetune.task={task}",
+    run_step("finetune", "tests/fixtures/finetune-tiny.yaml", f"finetune.model_dir={src}", f"train.out_dir={out}", f"finetune.task={task}",
              f"finetune.task_path={fix}", "finetune.max_len=40", "finetune.max_query_len=12", "finetune.doc_stride=16", "train.steps=2",
              "train.micro_batch_size=4")
     source, _, _ = read_model_dir(src)

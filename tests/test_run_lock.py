@@ -243,7 +243,7 @@ def test_bad_lock_settings_are_bad_input(tmp_path, capsys, monkeypatch, tiny_cor
 
     out = tmp_path / "run"
     out.mkdir()
-    argv = ["--config", str(REPO / "configs/tiny.yaml"), f"data.path={tiny_corpus}", f"train.out_dir={out}"]
+    argv = ["--config", str(REPO / "configs/pretrain-tiny.yaml"), f"data.path={tiny_corpus}", f"train.out_dir={out}"]
     monkeypatch.setenv(run_lock.MODE_ENV, "nfs")
     expect_rejected(capsys, main, argv, "DSM_RUN_LOCK='nfs'", "auto", "lease", watch=[out])
     monkeypatch.setenv(run_lock.MODE_ENV, "lease")
@@ -254,7 +254,7 @@ def test_bad_lock_settings_are_bad_input(tmp_path, capsys, monkeypatch, tiny_cor
 # ---- the real launchers ---------------------------------------------------------------------
 
 def launch_args(data, out, *extra):
-    return ["launchers/pretrain.py", "--deepspeed", "ds_configs/z0.json", "--resume", "--config", "configs/tiny.yaml",
+    return ["launchers/pretrain.py", "--deepspeed", "ds_configs/z0.json", "--resume", "--config", "configs/pretrain-tiny.yaml",
             f"data.path={data}", f"train.out_dir={out}", "train.eval_every=1000000", "train.save_every=20", *extra]
 
 
@@ -326,7 +326,7 @@ def _pretrain_rank(rank, data, out):
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.steps import pretrain
 
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", "train.collective_timeout_s=30"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
 
@@ -432,7 +432,7 @@ def test_a_run_written_between_the_check_and_the_lock_is_refused(tiny_corpus, tm
     finishes there before their process groups form. Once they hold the lock, each must find
     that the directory is no longer what it checked and refuse, writing nothing."""
     out = tmp_path / "run"
-    args = ["--deepspeed", "ds_configs/z0.json", "--config", "configs/tiny.yaml", f"data.path={tiny_corpus}",
+    args = ["--deepspeed", "ds_configs/z0.json", "--config", "configs/pretrain-tiny.yaml", f"data.path={tiny_corpus}",
             f"train.out_dir={out}"]
     late = {kind: subprocess.Popen([PY, "-c", LATE_JOB, *extra, *args], cwd=REPO, env=ENV, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -27,7 +27,7 @@ def _finetune(rank, model_dir, out):
     from ds_minimodel.config import FinetuneConfig, load_config
     from ds_minimodel.steps import finetune
 
-    cfg = load_config(FinetuneConfig, REPO / "configs/finetune-tiny.yaml", [f"finetune.model_dir={model_dir}",
+    cfg = load_config(FinetuneConfig, REPO / "tests/fixtures/finetune-tiny.yaml", [f"finetune.model_dir={model_dir}",
                                                                            f"train.out_dir={out}"])
     finetune.run(cfg, str(REPO / "ds_configs/z0.json"))
 
@@ -61,7 +61,7 @@ def tiny_study(tiny_model_dir, tiny_target_corpus, tmp_path_factory):
     run_ranks(_finetune, 1, args=(tiny_model_dir, root / "ft"))
     opts = ExperimentOptions(out=root / "exp", pretrained=tiny_model_dir, target_data=tiny_target_corpus,
                              methods=("full", "minijoint"), steps={"full": 6, "minijoint": 6}, checkpoints=3,
-                             seeds=SEEDS, config="configs/adapt-tiny.yaml", overrides=["adapt.language=ny"])
+                             seeds=SEEDS, config="tests/fixtures/adapt-tiny.yaml", overrides=["adapt.language=ny"])
     calls = []
     runs = run_experiments(opts, runner=in_process_runner(calls), log=lambda s: None)
     assert len(calls) == 4
@@ -321,7 +321,7 @@ def test_study_plan_sets_seeds_dense_checkpoints_and_parses_as_adapt_config(tiny
     assert [(m, s, d.name) for m, s, d, _ in plan] == [(m, s, f"adapt-{m}-s{s}") for s in (0, 1, 2)
                                                        for m in ("full", "minijoint")]
     for method, seed, run_dir, overrides in plan:
-        cfg = load_config(AdaptConfig, REPO / "configs/adapt-cpu.yaml", overrides)
+        cfg = load_config(AdaptConfig, REPO / "configs/adapt-demo.yaml", overrides)
         n = steps[method]
         assert cfg.train.steps == n and cfg.train.save_every == n // 10 and cfg.train.keep_last >= 10
         assert cfg.train.seed == seed and cfg.train.eval_every == cfg.train.save_every
@@ -353,9 +353,9 @@ def test_study_plan_gives_a_method_its_own_init(tiny_model_dir, tiny_target_corp
                              steps={"full": 30, "minijoint": 90})
     plan = plan_experiments(opts)
     assert [d.name for _, _, d, _ in plan] == ["adapt-full-s0", "adapt-minijoint-s0", "adapt-minijoint-focus-s0"]
-    inits = [load_config(AdaptConfig, REPO / "configs/adapt-cpu.yaml", o).adapt.init for *_, o in plan]
-    assert inits == ["random", "random", "focus"]  # configs/adapt-cpu.yaml says copy_shared
-    assert load_config(AdaptConfig, REPO / "configs/adapt-cpu.yaml", plan[2][3]).train.steps == 90  # minijoint's
+    inits = [load_config(AdaptConfig, REPO / "configs/adapt-demo.yaml", o).adapt.init for *_, o in plan]
+    assert inits == ["random", "random", "focus"]  # configs/adapt-demo.yaml says copy_shared
+    assert load_config(AdaptConfig, REPO / "configs/adapt-demo.yaml", plan[2][3]).train.steps == 90  # minijoint's
     for bad, needle in ((dict(methods=("full", "minijoint+glove")), "unknown method"),
                         (dict(methods=("full", "full")), "twice"),
                         (dict(init="zeros"), "--init"),
@@ -411,7 +411,7 @@ def test_study_plan_adapts_the_baseline_from_its_own_model(tiny_model_dir, tiny_
     shutil.copytree(tiny_model_dir, regular)
     opts = ExperimentOptions(out=tmp_path / "s", pretrained=tiny_model_dir, target_data=tiny_target_corpus,
                              baseline_pretrained=regular, methods=("full", "minijoint"), seeds=(0,))
-    dirs = {m: load_config(AdaptConfig, REPO / "configs/adapt-cpu.yaml", o).adapt.model_dir
+    dirs = {m: load_config(AdaptConfig, REPO / "configs/adapt-demo.yaml", o).adapt.model_dir
             for m, _, _, o in plan_experiments(opts)}
     assert dirs == {"full": str(regular.resolve()), "minijoint": str(Path(tiny_model_dir).resolve())}
     with pytest.raises(UserError, match="--baseline-pretrained"):

@@ -40,9 +40,9 @@ def _number(text: str) -> float:
 
 def test_study_run_experiments_end_to_end_through_the_default_runner(tiny_model_dir, tiny_corpus,
                                                                       tiny_target_corpus, tmp_path):
-    launch("launchers/minipost.py", "--config", "configs/minipost-tiny.yaml", f"minipost.source={tiny_model_dir}",
+    launch("launchers/minipost.py", "--config", "tests/fixtures/minipost-tiny.yaml", f"minipost.source={tiny_model_dir}",
            f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'minipost'}", "minipost.mini_depth=1", "minipost.top_layers=1")
-    launch("launchers/finetune.py", "--config", "configs/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}",
+    launch("launchers/finetune.py", "--config", "tests/fixtures/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}",
            f"train.out_dir={tmp_path / 'finetune'}")
     out = tmp_path / "study"
     # --no-init-point: the tiny classifier answers one class whatever the embeddings (its accuracy is
@@ -51,7 +51,7 @@ def test_study_run_experiments_end_to_end_through_the_default_runner(tiny_model_
     # ratios are defined and the summary lines carry numbers.
     argv = ["launchers/study.py", "--run-experiments", "--pretrained", tiny_model_dir,
             "--minipost", tmp_path / "minipost" / "final", "--model", tmp_path / "finetune" / "final",
-            "--target-data", tiny_target_corpus, "--out", out, "--config", "configs/adapt-tiny.yaml",
+            "--target-data", tiny_target_corpus, "--out", out, "--config", "tests/fixtures/adapt-tiny.yaml",
             "--steps", "full=4", "minijoint=4", "minipost=4", "--checkpoints", "2", "--seeds", "2",
             "--eval-examples", "200", "--loss-sequences", "16", "--no-init-point", "--set", "adapt.language=ny"]
     proc = launch(*argv)

@@ -21,7 +21,7 @@ def _pretrain_regular(rank, data, out):
     from ds_minimodel.config import PretrainConfig, load_config
     from ds_minimodel.steps import pretrain
 
-    cfg = load_config(PretrainConfig, REPO / "configs/tiny.yaml",
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain-tiny.yaml",
                       [f"data.path={data}", f"train.out_dir={out}", "model.mini_depth=null"])
     pretrain.run(cfg, str(REPO / "ds_configs/z0.json"))
 
@@ -30,7 +30,7 @@ def _finetune(rank, model_dir, out):
     from ds_minimodel.config import FinetuneConfig, load_config
     from ds_minimodel.steps import finetune
 
-    cfg = load_config(FinetuneConfig, REPO / "configs/finetune-tiny.yaml",
+    cfg = load_config(FinetuneConfig, REPO / "tests/fixtures/finetune-tiny.yaml",
                       [f"finetune.model_dir={model_dir}", f"train.out_dir={out}"])
     finetune.run(cfg, str(REPO / "ds_configs/z0.json"))
 
@@ -64,8 +64,8 @@ def sweep_run(tiny_corpus, tmp_path_factory):
     run_ranks(_finetune, 1, args=(root / "regular" / "final", root / "ft"))
     opts = SweepOptions(out=root / "sweep", pretrained=root / "regular" / "final", english_data=tiny_corpus,
                         target_recipe="bible-ny", target_max_chars=150_000, ks=(1, 2), vocabs=(150, 300),
-                        full_steps=4, seeds=(0, 1), checkpoints=2, config="configs/adapt-tiny.yaml",
-                        minipost_config="configs/minipost-tiny.yaml", overrides=["adapt.language=ny"])
+                        full_steps=4, seeds=(0, 1), checkpoints=2, config="tests/fixtures/adapt-tiny.yaml",
+                        minipost_config="tests/fixtures/minipost-tiny.yaml", overrides=["adapt.language=ny"])
     calls = []
     result = run_sweep(opts, AccuracyScorer(root / "ft" / "final", eval_examples=120),
                        StudyOptions(bootstrap=40, loss_sequences=8, level=0.9), runner=in_process_runner(calls), log=lambda s: None)
@@ -113,7 +113,7 @@ def test_sweep_budgets_and_head_share_match_flop_counter_mode(sweep_run):
 
     opts, result = sweep_run["opts"], sweep_run["result"]
     _, regular, _ = read_model_dir(opts.pretrained)
-    batch, seq = 4, 32  # configs/adapt-tiny.yaml
+    batch, seq = 4, 32  # tests/fixtures/adapt-tiny.yaml
     masked = expected_masked(batch, seq, 0.15)
     assert {(p["k"], p["vocab"]) for p in result["points"]} == {(k, v) for k in (1, 2) for v in (150, 300)}
     for p in result["points"]:

@@ -21,7 +21,7 @@ def _adapt(rank, model_dir, data, out, engine, extra):
     from ds_minimodel.steps import adapt
     from ds_minimodel.training import engine as ds
 
-    cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
+    cfg = load_config(AdaptConfig, REPO / "tests/fixtures/adapt-tiny.yaml",
                       [f"adapt.model_dir={model_dir}", f"data.path={data}", f"train.out_dir={out}", "adapt.language=ny",
                        f"train.engine={engine}", "train.steps=6", "train.save_every=3", "optim.grad_clip=1.0",
                        *[e for e in extra if e != "--resume"]])
@@ -38,7 +38,7 @@ def run(world, model_dir, data, out, engine, *extra):
     return consolidate(out / "checkpoints")[0], losses
 
 
-# configs/adapt-tiny.yaml trains without weight decay; here the word table decays (its bias does
+# tests/fixtures/adapt-tiny.yaml trains without weight decay; here the word table decays (its bias does
 # not), so each engine's own handling of decay is compared too. Its effect, lr * 0.1 * |w| a step
 # (5e-4 of the largest weights at the peak lr, 1e-4 of a 0.05 weight over the 6 steps), stands
 # well above the bound below (1.3e-4 relative to the largest weight, ~1e-5 on one rank).
@@ -88,10 +88,10 @@ def test_torch_engine_refuses_zero_and_bf16(tiny_model_dir, tiny_target_corpus, 
     from ds_minimodel.steps import adapt
 
     with pytest.raises(ConfigError, match="fp32 only"):
-        load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml", ["train.engine=torch", "train.dtype=bf16"])
+        load_config(AdaptConfig, REPO / "tests/fixtures/adapt-tiny.yaml", ["train.engine=torch", "train.dtype=bf16"])
     with pytest.raises(ConfigError, match="train.engine"):
-        load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml", ["train.engine=jax"])
-    cfg = load_config(AdaptConfig, REPO / "configs/adapt-tiny.yaml",
+        load_config(AdaptConfig, REPO / "tests/fixtures/adapt-tiny.yaml", ["train.engine=jax"])
+    cfg = load_config(AdaptConfig, REPO / "tests/fixtures/adapt-tiny.yaml",
                       [f"adapt.model_dir={tiny_model_dir}", f"data.path={tiny_target_corpus}",
                        f"train.out_dir={tmp_path / 'x'}", "train.engine=torch"])
     with pytest.raises(UserError, match="no ZeRO"):

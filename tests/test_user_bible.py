@@ -301,7 +301,7 @@ def test_prepared_adapted_and_scored(tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "data"
     _prepare(usfm, data)
     adapt = tmp_path / "adapt"
-    run_step("adapt", "configs/adapt-tiny.yaml", f"adapt.model_dir={tiny_model_dir}", f"data.path={data}",
+    run_step("adapt", "tests/fixtures/adapt-tiny.yaml", f"adapt.model_dir={tiny_model_dir}", f"data.path={data}",
              f"train.out_dir={adapt}", f"adapt.language={CODE}", "adapt.init=random")
     pack = json.loads((adapt / "pack" / "pack.json").read_text())
     assert pack["language"] == CODE
@@ -309,11 +309,11 @@ def test_prepared_adapted_and_scored(tiny_model_dir, tmp_path, capsys):
                                                 "sha256": hashlib.sha256(usfm.read_bytes()).hexdigest()}
     # adapt refuses to label the corpus as another language (its index.json says xx-test).
     with pytest.raises(Exception, match="is a xx-test corpus"):
-        run_step("adapt", "configs/adapt-tiny.yaml", f"adapt.model_dir={tiny_model_dir}", f"data.path={data}",
+        run_step("adapt", "tests/fixtures/adapt-tiny.yaml", f"adapt.model_dir={tiny_model_dir}", f"data.path={data}",
                  f"train.out_dir={tmp_path / 'adapt-ny'}", "adapt.language=ny")
 
     ft = tmp_path / "ft"
-    run_step("finetune", "configs/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}", f"train.out_dir={ft}")
+    run_step("finetune", "tests/fixtures/finetune-tiny.yaml", f"finetune.model_dir={tiny_model_dir}", f"train.out_dir={ft}")
     user_bible.forget()  # nothing registered: the pack alone says where its language's verses are
     out = tmp_path / "transfer.json"
     evaluate_main(["--model", str(ft / "final"), "--pack", str(adapt / "pack"), "--pretrained", str(tiny_model_dir),

@@ -10,7 +10,7 @@ mini-model. The demo pipeline also pretrains a regular model (no mid head, the s
 the standard baseline and MiniPost adapt from too, as in the paper (--no-regular skips it).
 
     python launchers/pipeline.py --work runs/pipeline [--reuse-pretrain runs/demo] [--no-regular] [--plan]
-    python launchers/pipeline.py --work runs/pipeline-quick --pretrain-config configs/quick-cpu.yaml \
+    python launchers/pipeline.py --work runs/pipeline-quick --pretrain-config configs/pretrain-quick.yaml \
         --minipost-config configs/minipost-quick.yaml --models-only     # make study-quick's models
     python launchers/pipeline.py --work runs/pipeline-languages --languages sw,tl,vi [--reuse-pretrain runs/demo]
     python launchers/pipeline.py --work runs/pipeline-pretrained --from-pretrained [HF_DIR] [--k 3] [--plan]
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ds_minimodel.cli.common import run_main
 
-DEMO_CONFIGS = ("configs/demo-cpu.yaml", "configs/minipost-cpu.yaml")  # PipelineOptions' defaults
+DEMO_CONFIGS = ("configs/pretrain-demo.yaml", "configs/minipost-demo.yaml")  # PipelineOptions' defaults
 
 
 def main(argv=None) -> None:

@@ -1,7 +1,7 @@
 """Step 1: MiniJoint pretraining under DeepSpeed (deepspeed, torchrun, mpirun or plain python).
 
     deepspeed --num_gpus 2 launchers/pretrain.py --deepspeed ds_configs/z3.json \
-        --config configs/demo-cpu.yaml train.steps=500
+        --config configs/pretrain-demo.yaml train.steps=500
 """
 
 from ds_minimodel.cli.common import training_main

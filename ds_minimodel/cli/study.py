@@ -158,7 +158,7 @@ def main(argv=None) -> None:
                      help="adaptation steps (default full=300 minijoint=900 minipost=900)")
     exp.add_argument("--checkpoints", type=int, default=10, help="evenly spaced checkpoints per run")
     exp.add_argument("--seeds", type=int, default=3, help="runs per method, train.seed 0..N-1")
-    exp.add_argument("--config", default="configs/adapt-cpu.yaml", help="adaptation YAML for every run")
+    exp.add_argument("--config", default="configs/adapt-demo.yaml", help="adaptation YAML for every run")
     exp.add_argument("--deepspeed", default="ds_configs/z0.json")
     exp.add_argument("--set", nargs="+", default=[], metavar="key=value", dest="overrides",
                      help="extra adaptation config overrides for every run")
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
     sw.add_argument("--english-data", help="what each MiniPost top layer trains on (e.g. data/bible-en)")
     sw.add_argument("--target-recipe", help="built-in target corpus, one tokenizer per vocabulary (e.g. bible-ny)")
     sw.add_argument("--target-max-chars", type=int, help="at most this many characters of the target corpus per split")
-    sw.add_argument("--minipost-config", default="configs/minipost-cpu.yaml")
+    sw.add_argument("--minipost-config", default="configs/minipost-demo.yaml")
     sw.add_argument("--budget", type=float, default=1.0,
                     help="each k's FLOP budget as a multiple of the baseline's (without --steps mini=N)")
     sw.add_argument("--into-study", help="a study --out whose study.json and study.md get the sweep table")

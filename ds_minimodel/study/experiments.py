@@ -39,7 +39,7 @@ class ExperimentOptions:
     steps: dict = field(default_factory=lambda: {"full": 300, "minijoint": 900, "minipost": 900})
     checkpoints: int = 10  # per run, evenly spaced (the last one at train.steps)
     seeds: tuple[int, ...] = (0, 1, 2)  # train.seed of each method's runs
-    config: str = "configs/adapt-cpu.yaml"
+    config: str = "configs/adapt-demo.yaml"
     ds_config: str = "ds_configs/z0.json"
     overrides: list = field(default_factory=list)  # extra key=value for every run (e.g. optim.lr=1e-3)
     init: str = "random"  # adapt.init of every method without its own (+INIT)

@@ -55,8 +55,8 @@ class SweepOptions:
     budget: float = 1.0
     seeds: tuple[int, ...] = (0, 1, 2)
     checkpoints: int = 8
-    config: str = "configs/adapt-cpu.yaml"
-    minipost_config: str = "configs/minipost-cpu.yaml"
+    config: str = "configs/adapt-demo.yaml"
+    minipost_config: str = "configs/minipost-demo.yaml"
     ds_config: str = "ds_configs/z0.json"
     overrides: list = field(default_factory=list)  # adapt.py key=value for every run
     minipost_overrides: list = field(default_factory=list)  # minipost.py key=value for every MiniPost

@@ -1,6 +1,6 @@
 """Step 2 for several languages in one job: every language's embeddings over one frozen (mini-)model.
 
-    python launchers/adapt.py --config configs/adapt-cpu.yaml adapt.model_dir=runs/demo/final \
+    python launchers/adapt.py --config configs/adapt-demo.yaml adapt.model_dir=runs/demo/final \
         adapt.languages=[sw,tl,vi] data.path='data/bible-{lang}' train.out_dir=runs/adapt-3
     # or corpora by name: adapt.data_paths='{sw: data/bible-sw, tl: /corpora/tl}'
 
