@@ -273,7 +273,7 @@ def plan_languages(opts: PipelineOptions, languages: list[str]) -> list[Step]:
     multi-language job (adapt.languages) that ends with a pack per language, English fine-tuning
     runs once, and step 4 scores every pack on its own language's held-out verses (the same verse
     ids in every language). Unknown or repeated languages are refused before anything runs."""
-    from ds_minimodel.data.recipes import bible_language
+    from ds_minimodel.data.bibles import bible_language
 
     if not languages:
         raise UserError("--languages: no language given")

@@ -32,14 +32,14 @@ BERT_SPECIALS = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CL
 
 
 def english_lines(n: int = 400) -> list[str]:
-    from ds_minimodel.data.recipes import english_verses
+    from ds_minimodel.data.bibles import english_verses
 
     verses = english_verses("kjv")
     return [verses[k] for k in sorted(verses)[:n]]
 
 
 def chichewa_lines(n: int = 400) -> list[str]:
-    from ds_minimodel.data.recipes import chichewa_verses
+    from ds_minimodel.data.bibles import chichewa_verses
 
     verses = chichewa_verses()
     return [verses[k] for k in sorted(verses)[:n]]

@@ -39,7 +39,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 def _bible_lines(n: int) -> list[str]:
     try:
-        from ds_minimodel.data.recipes import english_verses
+        from ds_minimodel.data.bibles import english_verses
 
         verses = english_verses("kjv")
         return [verses[k] for k in sorted(verses)[:n]]
@@ -54,7 +54,7 @@ def _bible_lines(n: int) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_target_corpus(tmp_path_factory) -> Path:
     """A small Chichewa dataset with its own tokenizer (the new language of the tests)."""
-    from ds_minimodel.data.recipes import chichewa_verses
+    from ds_minimodel.data.bibles import chichewa_verses
     from ds_minimodel.data.shards import write_shards
     from ds_minimodel.tokenizers.sentencepiece import train_tokenizer
 

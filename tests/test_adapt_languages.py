@@ -46,7 +46,7 @@ def _corpus(root: Path, lines: list[str], vocab: int) -> Path:
 
 def _verses(code: str, n: int) -> list[str]:
     try:
-        from ds_minimodel.data.recipes import bible_verses
+        from ds_minimodel.data.bibles import bible_verses
 
         verses = bible_verses(code)
         return [verses[k] for k in sorted(verses)[:n]]

@@ -41,7 +41,7 @@ from ds_minimodel.data.cipher_vocab import (
     segmentation_mismatches,
 )
 from ds_minimodel.data.masking import mask_tokens
-from ds_minimodel.data.recipes import english_verses
+from ds_minimodel.data.bibles import english_verses
 from ds_minimodel.errors import InvalidValueError
 from ds_minimodel.model import MLMEncoder, SequenceClassifier
 from ds_minimodel.steps.adapt.common import select_body
@@ -86,7 +86,7 @@ def test_text_with_cyrillic_letters_is_refused():
 
 
 def test_cipher_language_is_the_ciphered_bible_and_its_tasks():
-    from ds_minimodel.data.recipes import bible_language, bible_verses, language_name
+    from ds_minimodel.data.bibles import bible_language, bible_verses, language_name
     from ds_minimodel.tasks.bible import genre_test_set, verse_retrieval_pairs
 
     kjv = english_verses("kjv")
@@ -111,7 +111,7 @@ def test_cipher_language_is_the_ciphered_bible_and_its_tasks():
 
 
 def test_cipher_recipe_is_the_held_out_translations_without_held_out_chapters():
-    from ds_minimodel.data.recipes import BIBLE_RECIPES, bible_recipe
+    from ds_minimodel.data.bibles import BIBLE_RECIPES, bible_recipe
     from ds_minimodel.data.bible_table import heldout_chapters
 
     assert {"bible-en-cipher", "bible-sw-cipher", "bible-ny-cipher"} <= set(BIBLE_RECIPES)
@@ -205,7 +205,7 @@ def test_prepare_data_with_the_ciphered_tokenizer_and_with_known_rows(tokenizers
     assert len(vocab) == VOCAB and vocab[7].split("\t")[0] == tok.piece(7)  # the readable listing, as trained ones
     # The shards, read back through the id map, are the source's tokens of the plain text.
     ids = [int(i) for i in np.fromfile(out / "train.bin", dtype=np.uint16)[:400]]  # uint16: a vocabulary < 65535
-    from ds_minimodel.data.recipes import bible_recipe
+    from ds_minimodel.data.bibles import bible_recipe
 
     plain = cipher.decipher(bible_recipe("bible-en-cipher")[0]["train"][0].text)  # a chapter: > 400 tokens
     assert [rows[i] for i in ids] == source.encode(plain)[:400]

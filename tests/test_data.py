@@ -15,7 +15,7 @@ from ds_minimodel.data import (
     eval_batches,
     mask_tokens,
     bible_table,
-    recipes,
+    bibles,
     write_shards,
 )
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
@@ -344,7 +344,7 @@ def test_heldout_and_valid_chapters():
 
 @pytest.mark.parametrize("recipe", ["bible-ny", "bible-en"])
 def test_bible_recipe_excludes_heldout(recipe):
-    splits, meta = recipes.bible_recipe(recipe)
+    splits, meta = bibles.bible_recipe(recipe)
     held = bible_table.heldout_chapters()
     valid = bible_table.valid_chapters(heldout=held)
     train_keys = {d.key[1:] for d in splits["train"]}
@@ -356,8 +356,8 @@ def test_bible_recipe_excludes_heldout(recipe):
 
 
 def test_verses_align():
-    ny = recipes.chichewa_verses()
-    en = recipes.english_verses("kjv")
+    ny = bibles.chichewa_verses()
+    en = bibles.english_verses("kjv")
     assert len(ny) == 31104 and len(en) == 31102
     assert en[(1, 1, 1)] == "In the beginning God created the heaven and the earth."
     assert ny[(1, 1, 1)].startswith("Pachiyambi Mulungu")

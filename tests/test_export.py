@@ -27,7 +27,7 @@ from ds_minimodel.artefacts.hf_tokenizer import backend_tokenizer, write_hf_toke
 from ds_minimodel.artefacts.langpack import load_pack
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import plug_embeddings
-from ds_minimodel.data.recipes import chichewa_verses
+from ds_minimodel.data.bibles import chichewa_verses
 from ds_minimodel.model import MLMEncoder
 from ds_minimodel.steps.finetune.common import load_classifier
 from ds_minimodel.steps.transfer import plugged_model

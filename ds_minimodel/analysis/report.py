@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ds_minimodel.config import read_json_object
-from ds_minimodel.data.recipes import language_name
+from ds_minimodel.data.bibles import language_name
 from ds_minimodel.errors import UserError
 from ds_minimodel.training.metrics import read_metrics
 

@@ -25,14 +25,15 @@ One document per chapter and the same held-out chapters as the recipes; index.js
 language on the file's held-out verses (ds_minimodel/data/user_bible.py).
 
 Text files hold one document per non-empty line; a `datasets` dataset one document per row.
-The Bible recipes hold out evaluation chapters (see ds_minimodel/data/recipes.py) from every split.
+The Bible recipes hold out evaluation chapters (see ds_minimodel/data/bibles.py) from every split.
 """
 
 import argparse
 import sys
 
 from ds_minimodel.cli.common import ENVIRONMENT_ERRNOS, environment_error_line
-from ds_minimodel.data.recipes import BIBLE_RECIPES, prepare_dataset
+from ds_minimodel.data.bibles import BIBLE_RECIPES
+from ds_minimodel.data.recipes import prepare_dataset
 from ds_minimodel.errors import UserError
 
 

@@ -1,7 +1,7 @@
 """The Bible's tables: books, chapters and genres, the held-out and validation chapters, and the
 one table of languages (`LANGUAGES`), with the `Document` a recipe is made of.
 
-They are what both the recipes (recipes.py: reading the text, the prepare pipeline) and a user's
+They are what both the Bibles' text and recipes (bibles.py; recipes.py prepares them) and a user's
 own Bible (user_bible.py) build on, kept apart so that neither of those imports the other back.
 
 Books are numbered 1..66 in the standard Protestant order (Genesis = 1, Revelation = 66), the

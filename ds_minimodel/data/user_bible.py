@@ -24,8 +24,8 @@ Malformed files are refused with one line naming the file and line: an unknown b
 duplicate verse, a verse before any chapter (or book), a non-integer chapter or verse, a verse
 with no text, a TSV line without four columns, an unclosed note, or a file with no verses.
 
-A language read this way is used by code (`register`): `recipes.bible_language` and
-`recipes.bible_verses` then serve it like a language of the table, so the genre and retrieval
+A language read this way is used by code (`register`): `bibles.bible_language` and
+`bibles.bible_verses` then serve it like a language of the table, so the genre and retrieval
 tasks build its test set from the file's held-out chapters. `launchers/prepare_data.py
 --bible-file PATH --language CODE` prepares its corpus (`user_bible_recipe`) and records the
 file (path, sha256) in index.json; adaptation copies that record into the pack
@@ -433,7 +433,7 @@ def parse_bible_file_option(value: str) -> tuple[str, str]:
 # A corpus from the file (prepare_data --bible-file), and the pack's record of it
 
 def user_bible_recipe(path: str, code: str, valid_fraction: float = 0.01, seed: int = 0):
-    """(split -> documents, index.json meta) for a user's Bible, as `recipes.bible_recipe` makes
+    """(split -> documents, index.json meta) for a user's Bible, as `bibles.bible_recipe` makes
     them for a language of the table: one document per chapter, the held-out chapters of every
     recipe left out of every split, and validation chapters ranked as `bible_table.valid_chapters`
     ranks them: `valid_fraction` of the file's chapters (for a whole Bible, the recipes' own)."""

@@ -29,7 +29,7 @@ from typing import Callable
 from ds_minimodel import shipped
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.config import AdaptConfig, load_config
-from ds_minimodel.data.recipes import BIBLE_RECIPES
+from ds_minimodel.data.bibles import BIBLE_RECIPES
 from ds_minimodel.errors import InvalidValueError, MissingFileError
 from ds_minimodel.method import flops
 from ds_minimodel.method.methods import ADAPT_KIND

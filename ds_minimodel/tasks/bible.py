@@ -47,7 +47,7 @@ from ds_minimodel.data.bible_table import (
     all_chapters,
     heldout_chapters,
 )
-from ds_minimodel.data.recipes import bible_language, bible_verses, english_verses
+from ds_minimodel.data.bibles import bible_language, bible_verses, english_verses
 from ds_minimodel.errors import InvalidValueError
 from ds_minimodel.tasks.formats import ClassificationExample, TaskData
 
