@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ds_minimodel import shipped
-from ds_minimodel.config import AdaptConfig, ConfigError, FinetuneConfig, MiniPostConfig, PretrainConfig, load_config
+from ds_minimodel.config import (AdaptConfig, ConfigError, FinetuneConfig, MiniPostConfig, PretrainConfig, load_config,
+                                 read_json_object)
 from ds_minimodel.errors import UserError
 from ds_minimodel.method.methods import FULL, METHODS, MINIPOST
 from ds_minimodel.subprocess_runner import run_command, with_free_port
@@ -126,7 +127,7 @@ class _Steps:
         self.work, self.nproc = work, nproc
         (work / "logs").mkdir(parents=True, exist_ok=True)
         self.timings_file = work / "timings.json"
-        self.timings = json.loads(self.timings_file.read_text()) if self.timings_file.exists() else {}
+        self.timings = read_json_object(self.timings_file) if self.timings_file.exists() else {}
 
     def __call__(self, step: Step) -> None:
         if step.done.exists():

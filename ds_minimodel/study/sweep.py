@@ -28,7 +28,7 @@ from typing import Callable
 
 from ds_minimodel import shipped
 from ds_minimodel.artefacts.modeldir import read_model_dir
-from ds_minimodel.config import AdaptConfig, load_config
+from ds_minimodel.config import AdaptConfig, load_config, read_json_object
 from ds_minimodel.data.bibles import BIBLE_RECIPES
 from ds_minimodel.errors import InvalidValueError, MissingFileError
 from ds_minimodel.method import flops
@@ -250,7 +250,7 @@ def merge_into_study(result: dict, out_dir: Path, study_dir: Path) -> bool:
     path = Path(study_dir) / "study.json"
     if not path.is_file():
         return False
-    study = json.loads(path.read_text(encoding="utf-8"))
+    study = read_json_object(path)
     study["sweep"] = {**result, "plot": str(Path(os.path.relpath(out_dir, study_dir)) / "sweep.png")}
     write_atomic(path, json.dumps(study, indent=1))
     write_atomic(Path(study_dir) / "study.md", study_markdown(study))
