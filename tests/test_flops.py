@@ -276,7 +276,7 @@ def job_spec(monkeypatch, module: str, config_cls: str, config_file: str, *overr
     return spec
 
 
-def check_real_step(spec, *, num_classes: int = 2, minipost_k=None, freeze=(), micro_batch: int = 3):
+def check_real_step(spec, *, num_classes: int = 2, mini_depth=None, freeze=(), micro_batch: int = 3):
     """One step of the spec's model on its loader's first micro-batch, under FlopCounterMode,
     against step_flops and the job's own per-micro-batch count; returns the model."""
     cfg = from_dict(ModelConfig, spec.model_config)
@@ -289,7 +289,7 @@ def check_real_step(spec, *, num_classes: int = 2, minipost_k=None, freeze=(), m
     B, T = micro["input_ids"].shape
     M = int(micro["labels"].ne(IGNORE_INDEX).sum()) if micro["labels"].dim() == 2 else 0
     assert spec.kind not in ("finetune", "finetune_qa") or M == 0
-    report = flops.step_flops(cfg, spec.kind, B, T, M, mini_depth=minipost_k, num_classes=num_classes,
+    report = flops.step_flops(cfg, spec.kind, B, T, M, mini_depth=mini_depth, num_classes=num_classes,
                               freeze=freeze)
     assert (report.forward, report.backward) == (fwd.get_total_flops(), bwd.get_total_flops())
     assert spec.micro_flops(micro) == report.total  # what the job logs (and divides for MFU)
@@ -297,8 +297,8 @@ def check_real_step(spec, *, num_classes: int = 2, minipost_k=None, freeze=(), m
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, p in model.named_parameters() if p.grad is not None}
     assert trainable == {n for n, _ in model.named_parameters()
-                         if step_rules.is_trainable(n, spec.kind, frozen_layers=minipost_k, freeze=freeze)}
-    assert trainable == {n for n, _ in model.named_parameters() if brief_trainable_real(spec.kind, n, minipost_k,
+                         if step_rules.is_trainable(n, spec.kind, mini_depth=mini_depth, freeze=freeze)}
+    assert trainable == {n for n, _ in model.named_parameters() if brief_trainable_real(spec.kind, n, mini_depth,
                                                                                           freeze)}
     return model
 
@@ -326,7 +326,7 @@ def test_real_minipost_step(monkeypatch, source_dir, tiny_corpus, tmp_path):
     spec = job_spec(monkeypatch, "minipost", "MiniPostConfig", "tests/fixtures/minipost-tiny.yaml", f"minipost.source={source_dir}",
                     f"data.path={tiny_corpus}", f"train.out_dir={tmp_path / 'run'}", f"minipost.mini_depth={K}", "minipost.top_layers=1")
     assert spec.kind == "minipost_top" and spec.model_config["num_layers"] == K + 1
-    check_real_step(spec, minipost_k=K)
+    check_real_step(spec, mini_depth=K)
 
 
 @pytest.fixture(scope="module")

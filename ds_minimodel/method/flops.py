@@ -74,7 +74,7 @@ from ds_minimodel.method.rules import (  # noqa: F401
     check_freeze_patterns,
     check_kind,
     is_trainable,
-    minipost_k,
+    minipost_depth,
     set_requires_grad_for_step,
 )
 
@@ -263,7 +263,7 @@ def step_plan(cfg: ModelConfig, kind: str, *, mini_depth: int | None = None,
     check_kind(kind)
     if cfg.vocab_size is None:
         raise UserError("model.vocab_size must be set to count FLOPs (the MLM head is d x vocab)")
-    k = minipost_k(cfg, kind, mini_depth)
+    k = minipost_depth(cfg, kind, mini_depth)
     route = ROUTE[kind]
     if route == "joint" and cfg.mini_depth is None:
         raise UserError(f"step {kind} runs the MiniJoint mid head: set model.mini_depth")
@@ -281,7 +281,7 @@ def step_plan(cfg: ModelConfig, kind: str, *, mini_depth: int | None = None,
         mini_depth=cfg.mini_depth if route == "joint" else None,
         final_head=route in ("joint", "final"),
         task_head=TASK_HEADS.get(kind),
-        trainable=frozenset(n for n in names if is_trainable(body + n, kind, frozen_layers=k, freeze=freeze)),
+        trainable=frozenset(n for n in names if is_trainable(body + n, kind, mini_depth=k, freeze=freeze)),
     )
 
 
@@ -415,14 +415,14 @@ def step_flops(cfg: ModelConfig, kind: str, batch_size: int, seq_len: int, num_m
     return _flops_of_plan(cfg, plan, batch_size, seq_len, num_masked, num_classes, recompute)
 
 
-def minipost_config(cfg: ModelConfig, frozen_layers: int, top_layers: int = 1) -> ModelConfig:
-    """The MiniPost mini-model of `cfg`: its bottom `frozen_layers` layers plus `top_layers` new ones,
+def minipost_config(cfg: ModelConfig, mini_depth: int, top_layers: int = 1) -> ModelConfig:
+    """The MiniPost mini-model of `cfg`: its bottom `mini_depth` layers plus `top_layers` new ones,
     with the final MLM head and no mid head."""
-    if not 1 <= frozen_layers < cfg.num_layers:
-        raise UserError(f"MiniPost frozen layers must be in 1..{cfg.num_layers - 1}, got {frozen_layers}")
+    if not 1 <= mini_depth < cfg.num_layers:
+        raise UserError(f"MiniPost frozen layers must be in 1..{cfg.num_layers - 1}, got {mini_depth}")
     if top_layers < 1:
         raise UserError(f"MiniPost top layers must be >= 1, got {top_layers}")
-    return dataclasses.replace(cfg, num_layers=frozen_layers + top_layers, mini_depth=None)
+    return dataclasses.replace(cfg, num_layers=mini_depth + top_layers, mini_depth=None)
 
 
 def minijoint_config(cfg: ModelConfig) -> ModelConfig:

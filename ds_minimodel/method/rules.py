@@ -60,7 +60,7 @@ def check_kind(kind: str) -> None:
         raise UserError(f"unknown step kind {kind!r} (known: {', '.join(STEP_KINDS)})")
 
 
-def minipost_k(cfg: ModelConfig, kind: str, k: int | None) -> int | None:
+def minipost_depth(cfg: ModelConfig, kind: str, k: int | None) -> int | None:
     """MiniPost's k for minipost_top (its cfg has k + n layers; k defaults to
     cfg.mini_depth), None for the other kinds."""
     if kind != MODEL_KIND[MINIPOST]:
@@ -68,7 +68,7 @@ def minipost_k(cfg: ModelConfig, kind: str, k: int | None) -> int | None:
     k = k if k is not None else cfg.mini_depth
     if k is None:
         raise UserError("step minipost_top needs the number of frozen bottom layers k "
-                        "(mini_depth, or model.mini_depth)")
+                        "(pass mini_depth, or set model.mini_depth)")
     # k = num_layers: no top layers, only the MLM head trains (a head for a headless encoder).
     if not 1 <= k <= cfg.num_layers:
         raise UserError(f"minipost_top: frozen layers k={k} must be in 1..num_layers "
@@ -80,7 +80,7 @@ def _layer_index(name: str) -> int | None:
     return int(name.split(".")[1]) if name.startswith("layers.") else None
 
 
-def _kind_trains(name: str, kind: str, frozen_layers: int | None) -> bool:
+def _kind_trains(name: str, kind: str, mini_depth: int | None) -> bool:
     if kind in TASK_HEADS:
         if not name.startswith(ENCODER):
             return True  # the task head
@@ -93,24 +93,24 @@ def _kind_trains(name: str, kind: str, frozen_layers: int | None) -> bool:
     if kind == MODEL_KIND[MINIJOINT]:
         return True
     if kind == MODEL_KIND[MINIPOST]:
-        if frozen_layers is None:
-            raise UserError("is_trainable(kind='minipost_top') needs frozen_layers (MiniPost's k)")
+        if mini_depth is None:
+            raise UserError("is_trainable(kind='minipost_top') needs mini_depth (MiniPost's k)")
         i = _layer_index(name)
         if i is not None:
-            return i >= frozen_layers  # 0-based: layers k..k+n-1 are the top layers k+1..k+n
+            return i >= mini_depth  # 0-based: layers k..k+n-1 are the top layers k+1..k+n
         return name.startswith("lm_head.")  # dense, layer norm, bias; its tied weight is embeddings.word
     if kind in ADAPT_KIND.values():
         return name in ADAPT_TRAINABLE
     return False  # eval
 
 
-def is_trainable(name: str, kind: str, *, frozen_layers: int | None = None, freeze: Sequence[str] = ()) -> bool:
+def is_trainable(name: str, kind: str, *, mini_depth: int | None = None, freeze: Sequence[str] = ()) -> bool:
     """Whether parameter `name` trains in step `kind`.
 
     `name` as the step's model names it (named_parameters(), so the tied MLM decoder weight is
     `embeddings.word`): an MLMEncoder's for the MLM kinds; for the fine-tuning kinds a
     SequenceClassifier's or QuestionAnswering's, `encoder.` + an MLMEncoder name for the body and
-    any other name for the task head. `frozen_layers` is MiniPost's k (minipost_top only).
+    any other name for the task head. `mini_depth` is MiniPost's k (minipost_top only).
     `freeze`: train.freeze patterns (fnmatch), frozen on top of the kind's rule. Modules a kind
     does not run (e.g. the mid head under route final) are frozen, so that every trainable
     parameter gets a gradient.
@@ -118,7 +118,7 @@ def is_trainable(name: str, kind: str, *, frozen_layers: int | None = None, free
     check_kind(kind)
     if any(fnmatch.fnmatchcase(name, p) for p in freeze):
         return False
-    return _kind_trains(name, kind, frozen_layers)
+    return _kind_trains(name, kind, mini_depth)
 
 
 def check_freeze_patterns(names: Sequence[str], freeze: Sequence[str]) -> None:
@@ -138,12 +138,12 @@ def set_requires_grad_for_step(model, kind: str, *, mini_depth: int | None = Non
     check_kind(kind)
     encoder = getattr(model, "encoder", model)
     assert (encoder is not model) == (kind in TASK_HEADS), f"step {kind} runs another model than {type(model).__name__}"
-    k = minipost_k(encoder.cfg, kind, mini_depth)
+    k = minipost_depth(encoder.cfg, kind, mini_depth)
     named = list(model.named_parameters())
     check_freeze_patterns([n for n, _ in named], freeze)
     trainable = []
     for name, p in named:
-        p.requires_grad_(is_trainable(name, kind, frozen_layers=k, freeze=freeze))
+        p.requires_grad_(is_trainable(name, kind, mini_depth=k, freeze=freeze))
         if p.requires_grad:
             trainable.append(name)
     return trainable
