@@ -53,6 +53,9 @@ def test_each_launcher_has_its_module_and_a_dispatch_entry():
     assert sorted(STEPS) == CLI_FILES
 
 
+# In process, runpy warns that the step's module is already imported (other tests imported it);
+# a real `python -m` starts from a fresh interpreter, where that cannot happen.
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")
 @pytest.mark.parametrize("step", CLI_FILES)
 def test_python_dash_m_help(step, capsys, monkeypatch):
     """`python -m ds_minimodel.cli.<step> --help` (run as python -m runs it: the module as __main__)
