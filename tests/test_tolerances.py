@@ -87,7 +87,9 @@ def test_orphaned_deepspeed_shm_buffers_are_removed_live_ones_kept(tmp_path):
     os.utime(live, (old, old))
     with open(live, "r+b") as fh, mmap.mmap(fh.fileno(), 4096):
         removed = remove_orphaned_shm_buffers()
-        assert orphan.name in removed and not orphan.exists()
-        assert live.exists() and fresh.exists()
+        # Gone, by this call or by a concurrent session's (make test-isa runs two pytest sessions
+        # side by side, and either may clean the other's orphan first): the outcome is what counts.
+        assert not orphan.exists()
+        assert live.exists() and fresh.exists() and live.name not in removed and fresh.name not in removed
     for f in (live, fresh):
         f.unlink()
