@@ -44,11 +44,12 @@ def variants(cores: int) -> list[tuple[str, list[str], int, dict]]:
             if ranks > cores:
                 continue
             out.append((f"deepspeed ZeRO-{stage}, {ranks} rank{'s' * (ranks > 1)}",
-                        [ds, "--num_gpus", str(ranks)], ranks, {"__ds": f"ds_configs/z{stage}.json"}))
+                        [ds, "--num_gpus", str(ranks)], ranks,
+                        {"__ds": f"ds_configs/z{stage}.json", "train.engine": "deepspeed"}))
     # bf16 weights and activations (DeepSpeed's bf16 mode; the torch engine trains in fp32 only):
     # worth it where the CPU has bf16 dot products (AVX512-BF16, AMX), a loss elsewhere.
     out.append(("deepspeed ZeRO-0 bf16, 1 rank", [ds, "--num_gpus", "1"], 1,
-                {"__ds": "ds_configs/z0.json", "train.dtype": "bf16"}))
+                {"__ds": "ds_configs/z0.json", "train.engine": "deepspeed", "train.dtype": "bf16"}))
     return out
 
 
