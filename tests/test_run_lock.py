@@ -586,32 +586,42 @@ def test_a_frozen_lease_owner_writes_nothing_after_its_takeover(tmp_path):
         stop(writer)
 
 
+def _tiny_engine():
+    """A one-layer model on the torch engine: enough for a checkpoint to have something to save."""
+    import torch
+
+    from ds_minimodel.config import OptimConfig
+    from ds_minimodel.training.torch_engine import TorchEngine
+
+    return TorchEngine(torch.nn.Linear(2, 2), {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1},
+                       OptimConfig(lr=1e-2, warmup_steps=0), total_steps=4)
+
+
+def _take_over(run):
+    """A newcomer's takeover of a lease: the next generation's record, fresh, of another pid."""
+    now = time.time()
+    (run / ".owner.2.json").write_text(json.dumps({"host": HOST, "pid": 1, "since": now, "heartbeat": now,
+                                                   "lock": "lease", "gen": 2}))
+
+
 def test_checkpoints_and_metrics_lines_are_fenced(tmp_path):
     """While the lease is this process's, a checkpoint and a metrics line are written; once a
     newer generation exists (a takeover), neither writes a byte, even before the heartbeat
     thread notices (here it never runs)."""
-    import torch
-
-    from ds_minimodel.config import OptimConfig
     from ds_minimodel.training.checkpoint import Checkpointer
     from ds_minimodel.training.engine import DistInfo
     from ds_minimodel.training.metrics import MetricsLogger
-    from ds_minimodel.training.torch_engine import TorchEngine
 
     run = tmp_path / "run"
     lock = RunLock(run, mode="lease", heartbeat_s=3600).acquire()
     try:
-        engine = TorchEngine(torch.nn.Linear(2, 2), {"train_micro_batch_size_per_gpu": 1,
-                                                     "gradient_accumulation_steps": 1},
-                             OptimConfig(lr=1e-2, warmup_steps=0), total_steps=4)
+        engine = _tiny_engine()
         checkpointer = Checkpointer(run, DistInfo(0, 1, 0))
         logger = MetricsLogger(run, is_main=True, total_steps=4, progress=False)
         checkpointer.save(engine, 1, {})
         logger.log("train", 1, {})
         assert checkpointer.latest_tag() == "step_00000001"
-        now = time.time()  # a newcomer's takeover: the next generation's record
-        (run / ".owner.2.json").write_text(json.dumps({"host": HOST, "pid": 1, "since": now, "heartbeat": now,
-                                                       "lock": "lease", "gen": 2}))
+        _take_over(run)  # a newcomer's takeover: the next generation's record
         before = tree_hash(run)
         with pytest.raises(RunInUseError, match="lost ownership of train.out_dir .* to pid 1 on host"):
             checkpointer.save(engine, 2, {})
@@ -628,28 +638,20 @@ def test_a_takeover_while_meta_json_is_prepared_stops_the_save_before_it(tmp_pat
     manifest, the frozen body's hash: a fraction of a second), not before it: a takeover during
     that work must leave the checkpoint incomplete (no meta.json), never a complete one in the new
     owner's directory."""
-    import torch
-
-    from ds_minimodel.config import OptimConfig
     from ds_minimodel.training import checkpoint
     from ds_minimodel.training.checkpoint import Checkpointer
     from ds_minimodel.training.engine import DistInfo
-    from ds_minimodel.training.torch_engine import TorchEngine
 
     run = tmp_path / "run"
     lock = RunLock(run, mode="lease", heartbeat_s=3600).acquire()
     try:
-        engine = TorchEngine(torch.nn.Linear(2, 2), {"train_micro_batch_size_per_gpu": 1,
-                                                     "gradient_accumulation_steps": 1},
-                             OptimConfig(lr=1e-2, warmup_steps=0), total_steps=4)
+        engine = _tiny_engine()
         checkpointer = Checkpointer(run, DistInfo(0, 1, 0))
         real_manifest = checkpoint.manifest
 
         def manifest_then_taken_over(tag_dir):
             out = real_manifest(tag_dir)
-            now = time.time()  # a newcomer's takeover while this save lists its files
-            (run / ".owner.2.json").write_text(json.dumps({"host": HOST, "pid": 1, "since": now, "heartbeat": now,
-                                                           "lock": "lease", "gen": 2}))
+            _take_over(run)  # a newcomer's takeover while this save lists its files
             return out
 
         monkeypatch.setattr(checkpoint, "manifest", manifest_then_taken_over)
