@@ -21,6 +21,8 @@ import yaml
 from ds_minimodel.config import read_json_object
 from ds_minimodel.data.unigram import unigram_baseline
 from ds_minimodel.errors import MissingFileError, UserError
+from ds_minimodel.training.checkpoint import write_atomic
+from ds_minimodel.training.metrics import read_metrics
 
 GATE_NATS = 1.0  # the final head's validation loss must lie at least this far below unigram
 GOAL_NATS = 1.5  # what a body should reach (issue 25); reported, not enforced
@@ -32,8 +34,7 @@ def _evals(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise MissingFileError(f"{run_dir} has no metrics.jsonl: not a training run directory")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    evals = [r for r in rows if r.get("kind") == "eval" and any(k in r for k in HEADS)]
+    evals = [r for r in read_metrics(run_dir, "eval") if any(k in r for k in HEADS)]
     if not evals:
         raise UserError(f"{run_dir}/metrics.jsonl has no validation MLM loss (valid_final_loss)")
     return evals
@@ -69,7 +70,7 @@ def write_body_report(run_dir: str | Path, data_path: str | None = None) -> dict
     text = json.dumps(report, indent=1)
     for d in (Path(run_dir), Path(run_dir) / "final"):
         if d.is_dir():
-            (d / BODY_FILE).write_text(text, encoding="utf-8")
+            write_atomic(d / BODY_FILE, text)
     return report
 
 
