@@ -3,8 +3,9 @@ fastest on this machine.
 
     python bench/engine_throughput.py [--config configs/pretrain-body.yaml] [--steps 60]
 
-Each variant is the real launcher run as users run it (a subprocess: this file imports neither
-DeepSpeed nor the training code), for `--steps` steps of the same config, with the same global
+Each variant is the real step run as the pipeline runs it (`python -m ds_minimodel.cli.pretrain`
+or `deepspeed --module ...` in a subprocess, through subprocess_runner; this file never imports
+DeepSpeed), for `--steps` steps of the same config, with the same global
 batch (micro-batch halved on 2 ranks), no checkpoints and no evaluation; its tokens/s is the
 median of the `tokens_per_s` its metrics.jsonl logs over the steps after the first log interval
 (start-up, JIT builds and the first steps' allocations excluded). Variants:
@@ -22,16 +23,16 @@ ran during it: run it on a quiet machine. The last line names the fastest and it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from ds_minimodel.errors import UserError
+from ds_minimodel.subprocess_runner import run_command, with_free_port
+from ds_minimodel.training.metrics import read_metrics
 
 
 def variants(cores: int) -> list[tuple[str, list[str], int, dict]]:
@@ -59,23 +60,17 @@ def run_variant(name, prefix, ranks, extra, config, steps, micro, out_root, core
                  "train.out_dir": out, "train.save_every": 10 ** 9, "train.eval_every": 10 ** 9,
                  "train.log_every": 5, "train.progress": "false", "data.eval_batches": 0,
                  **{k: v for k, v in extra.items() if not k.startswith("__")}}
-    cmd = [*prefix]
-    if "__ds" in extra:
-        from ds_minimodel.subprocess_runner import free_port  # a port free now for the rendezvous
-
-        cmd += ["--master_port", str(free_port()), str(REPO / "launchers/pretrain.py"), "--deepspeed", extra["__ds"]]
+    if "__ds" in extra:  # the deepspeed launcher runs the step as a module, like the pipeline
+        cmd = with_free_port([*prefix, "--module", "ds_minimodel.cli.pretrain", "--deepspeed", extra["__ds"]])
     else:
-        cmd += [str(REPO / "launchers/pretrain.py")]
+        cmd = [*prefix, "-m", "ds_minimodel.cli.pretrain"]
     cmd += ["--config", config, *[f"{k}={v}" for k, v in overrides.items()]]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // ranks)), "DS_ACCELERATOR": "cpu"}
-    log = out_root / (out.name + ".log")
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        tail = log.read_text(errors="replace").splitlines()[-3:]
-        raise SystemExit(f"{name} failed ({proc.returncode}): {' | '.join(tail)}")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    rates = [r["tokens_per_s"] for r in rows if r.get("kind") == "train" and "tokens_per_s" in r][1:]
+    try:
+        run_command(cmd, out_root / (out.name + ".log"), threads=max(1, cores // ranks))
+    except UserError as e:
+        raise SystemExit(f"{name}: {e}") from None
+    rows = read_metrics(out, "train")
+    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]
     if not rates:
         raise SystemExit(f"{name}: no tokens_per_s logged after the first interval (raise --steps)")
     return statistics.median(rates)
@@ -88,6 +83,9 @@ def main(argv=None) -> None:
     p.add_argument("--micro-batch", type=int, default=64, help="global sequences per step")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
+    # Each variant sets its own threads (cores / ranks); an exported value would override them all.
+    os.environ.pop("OMP_NUM_THREADS", None)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     out_root = Path(tempfile.mkdtemp(prefix="engine_throughput_"))
     results = {}
     try:
