@@ -1,4 +1,5 @@
-"""The whole pipeline, English -> Chichewa, as one resumable command (`make pipeline`).
+"""The whole pipeline, English -> Chichewa, as one resumable command (`make pipeline`; its specs are
+studies/pipelines/*.yaml, turned into PipelineOptions' command line by ds_minimodel/specs.py).
 
 Each step runs its real command in a subprocess, as a module of the installed package
 (`python -m ds_minimodel.cli.<step>`; pretraining under `deepspeed --module` on `nproc` ranks), so
@@ -44,7 +45,7 @@ class PipelineOptions:
     top_layers: int = 1  # pretrained pipeline: MiniPost's trained top layers
     language_vocab: int = 8000  # languages pipeline: each new language's vocabulary size
     regular: bool = True  # demo pipeline: also the paper's baseline model (no mid head), `regular_steps`
-    # Demo pipeline: the models' configs (make study-quick's smaller model), and whether to stop at
+    # Demo pipeline: the models' configs (the quick pipeline's smaller model), and whether to stop at
     # the models a study needs (pretraining, MiniPost, fine-tuning: no adaptation or transfer).
     pretrain_config: str = "configs/pretrain-demo.yaml"
     minipost_config: str = "configs/minipost-demo.yaml"
@@ -263,7 +264,7 @@ def run(opts: PipelineOptions) -> Path:
     return report
 
 
-# `make pipeline-languages`: ten of the table's languages, of as many scripts and families as it
+# `make pipeline PIPELINE=languages`: ten of the table's languages, of as many scripts and families as it
 # has (Bantu, Austronesian twice, Austroasiatic, Turkic, Indo-Aryan, Iranian, Semitic, Slavic,
 # Sinitic); Chichewa is `make pipeline`'s.
 DEFAULT_LANGUAGES = ("sw", "tl", "id", "vi", "tr", "hi", "fa", "ar", "ru", "zh")

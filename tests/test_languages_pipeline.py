@@ -1,4 +1,4 @@
-"""`make pipeline-languages` (launchers/pipeline.py --languages): the plan's commands, checked
+"""`make pipeline PIPELINE=languages` (launchers/pipeline.py --languages): the plan's commands, checked
 without training (the multi-language job itself is tests/test_adapt_languages.py's; the report,
 tests/test_report.py's), and bad language lists refused before anything is written."""
 

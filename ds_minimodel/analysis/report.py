@@ -233,7 +233,7 @@ def _prep_cell(step: str | None, timings: dict) -> str:
 
 def languages_report(work: str | Path, pretrain: str | Path, timings: dict, methods: tuple[str, ...],
                      languages: list[str], prep: dict[str, str] | None = None) -> Path:
-    """report.md + languages.png for a finished many-languages pipeline (`make pipeline-languages`).
+    """report.md + languages.png for a finished many-languages pipeline (`make pipeline PIPELINE=languages`).
 
     Per language: each method's zero-shot accuracy, its difference to its random-embedding control
     and to the standard baseline (paired, on that language's test verses). The average over
