@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 
 # Data directories shipped inside the package (ds_minimodel/<dir>), found by name by
 # ds_minimodel/shipped.py: the configs, and the study specs once studies/ exists.
-SHIPPED_FILES = {"configs": ["*.yaml"], "ds_configs": ["*.json"], "studies": ["*.yaml"]}
+SHIPPED_FILES = {"configs": ["*.yaml"], "ds_configs": ["*.json"], "studies": ["*.yaml", "pipelines/*.yaml"]}
 SHIPPED_DIRS = tuple(d for d in SHIPPED_FILES if os.path.isdir(d))
 SHIPPED = [f"ds_minimodel.{d}" for d in SHIPPED_DIRS]
 BIBLES = ["kjv", "asv", "web", "bbe", "ylt", "dar"]

@@ -244,6 +244,8 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             problems.append(f"{key}: expected a mapping, got {value!r}")
             return tp()
         return _build(tp, value, key + ".", problems)
+    if origin in (list, dict) and typing.get_args(tp):
+        return _coerce_container(value, tp, key, problems)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
@@ -263,6 +265,33 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         problems.append(f"{key}: expected a list, got {value!r}")
         return None
     return value
+
+
+def _coerce_container(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """`list[X]` and `dict[str, X]`, element by element (a study spec's languages, its steps per
+    method); a bare `list` or `dict` annotation is checked by its owner's problems() instead."""
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return None
+        (element,) = typing.get_args(tp)
+        # An element that failed its check is left out (its problem is recorded), so that the
+        # owner's problems() sees only checked values.
+        items = [(v, _coerce(v, element, f"{key}[{i}]", problems)) for i, v in enumerate(value)]
+        return [c for v, c in items if c is not None or v is None]
+    if not isinstance(value, dict):
+        problems.append(f"{key}: expected a mapping, got {value!r}")
+        return None
+    _, element = typing.get_args(tp)
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            problems.append(f"{key}: key {k!r} is not a name")
+            continue
+        checked = _coerce(v, element, f"{key}.{k}", problems)
+        if checked is not None or v is None:
+            out[k] = checked
+    return out
 
 
 def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:

@@ -54,6 +54,8 @@ LAYERS = (
     "study",
     # The pipelines: each step's module in a subprocess, then the report.
     "pipeline",
+    # Studies and pipelines as files (studies/*.yaml): strict loading, the commands each runs.
+    "specs",
     # The command line: one module per step or tool (python -m ds_minimodel.cli.<step>, the
     # ds-minimodel console script, launchers/*.py); the top, since it reaches every step.
     "cli",

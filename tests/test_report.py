@@ -75,7 +75,7 @@ def test_report_without_per_example_results(pipeline_dir):
     assert _row(text, "minijoint")[3:5] == ["-", "-"]
 
 
-# ---- the many-languages report (make pipeline-languages) ----------------------------------------
+# ---- the many-languages report (make pipeline PIPELINE=languages) ----------------------------------------
 
 LANGS = ["sw", "tl", "vi"]
 

@@ -13,11 +13,13 @@ the standard baseline and MiniPost adapt from too, as in the paper (--no-regular
     python launchers/pipeline.py --work runs/pipeline-quick --pretrain-config configs/pretrain-quick.yaml \
         --minipost-config configs/minipost-quick.yaml --models-only     # make study-quick's models
     python launchers/pipeline.py --work runs/pipeline-languages --languages sw,tl,vi [--reuse-pretrain runs/demo]
+    python launchers/pipeline.py --spec studies/pipelines/quick.yaml [--plan] [steps.pretrain=100 ...]
     python launchers/pipeline.py --work runs/pipeline-pretrained --from-pretrained [HF_DIR] [--k 3] [--plan]
         [--head-steps N] [--set adapt:data.seq_len=64 ...]
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from ds_minimodel.cli.common import run_main
@@ -25,7 +27,28 @@ from ds_minimodel.cli.common import run_main
 DEMO_CONFIGS = ("configs/pretrain-demo.yaml", "configs/minipost-demo.yaml")  # PipelineOptions' defaults
 
 
-def main(argv=None) -> None:
+def spec_main(argv: list[str]) -> None:
+    """`--spec NAME [--plan] [key=value ...]`: a pipeline written as a file (ds_minimodel/specs.py)."""
+    p = argparse.ArgumentParser(prog="pipeline.py --spec", description="run a pipeline spec (studies/pipelines/*.yaml)")
+    p.add_argument("--spec", required=True, help="studies/pipelines/X.yaml, or X for the shipped one")
+    p.add_argument("--plan", action="store_true", help="print the steps that would run and stop")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. steps.pretrain=100")
+    args = p.parse_args(argv)
+    holder = {}
+
+    def load():
+        from ds_minimodel import specs
+
+        spec = specs.load_pipeline_spec(args.spec, args.overrides)
+        if spec.description:
+            print(f"# {spec.description}", flush=True)
+        holder["argv"] = specs.pipeline_argv(spec) + (["--plan"] if args.plan else [])
+
+    run_main(load)
+    main(holder["argv"])
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="runs/pipeline")
     p.add_argument("--data-root", default="data")
@@ -64,7 +87,14 @@ def main(argv=None) -> None:
     p.add_argument("--plan", action="store_true",
                    help="print the steps that would run (with --from-pretrained: derived from the checkpoint) "
                         "and stop")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--spec" or a.startswith("--spec=") for a in argv):
+        return spec_main(argv)
+    args = build_parser().parse_args(argv)
 
     def body():
         from ds_minimodel.errors import UserError

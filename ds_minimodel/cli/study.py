@@ -28,6 +28,11 @@ Or the ratio averaged over target languages, from one study per language (langua
 
     python launchers/study.py --average runs/study-languages/sw runs/study-languages/tl --out runs/study-languages
 
+Or a study written as a file (studies/*.yaml: its models, languages, methods, steps, seeds and
+metrics; ds_minimodel/specs.py), its pipeline first when it names one; --plan prints the commands:
+
+    python launchers/study.py --spec studies/quick.yaml [--plan] [seeds=1 out=runs/x ...]
+
 Or the k x vocabulary frontier at a fixed depth (sweep.py: a MiniPost per k, a tokenizer per
 vocabulary, standard baseline and every k per vocabulary, all seeds; sweep.json, sweep.md,
 sweep.png, and the table merged into --into-study's study.json and study.md):
@@ -38,6 +43,7 @@ sweep.png, and the table merged into --into-study's study.json and study.md):
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from ds_minimodel.cli.common import run_main
@@ -113,7 +119,41 @@ def average(dirs: list[str], out: Path) -> None:
         print(line, flush=True)
 
 
-def main(argv=None) -> None:
+def spec_main(argv: list[str]) -> None:
+    """`--spec NAME [--plan] [key=value ...]`: a study written as a file (ds_minimodel/specs.py)."""
+    p = argparse.ArgumentParser(prog="study.py --spec", description="run a study spec (studies/*.yaml)")
+    p.add_argument("--spec", required=True, help="studies/X.yaml, or X for the shipped studies/X.yaml")
+    p.add_argument("--plan", action="store_true", help="load the spec and its pipeline, print the commands, stop")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. seeds=1 out=runs/x")
+    args = p.parse_args(argv)
+
+    def body():
+        from ds_minimodel import specs
+
+        spec = specs.load_study_spec(args.spec, args.overrides)
+        commands = specs.study_commands(spec)
+        if args.plan:
+            specs.print_plan(spec.description, commands)
+            if spec.pipeline:
+                from ds_minimodel.cli import pipeline
+
+                print(f"# the pipeline {spec.pipeline}:")
+                pipeline.main(["--spec", spec.pipeline, "--plan"])
+            return
+        missing = [] if spec.pipeline else specs.missing_models(spec)
+        if missing:
+            raise InvalidValueError(f"study {args.spec} needs {', '.join(missing)}"
+                                    f"{f': run {spec.built_by} first' if spec.built_by else ''}")
+        absent = [] if spec.pipeline else specs.missing_data(spec)  # the pipeline prepares its data
+        if absent:
+            raise InvalidValueError(f"study {args.spec}: no dataset in {', '.join(absent)} (no index.json) and no "
+                                    "recipe to make one")
+        specs.run_commands(commands)
+
+    run_main(body)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs", nargs="+", metavar="NAME=DIR", help="existing adaptation run directories")
@@ -171,7 +211,14 @@ def main(argv=None) -> None:
     sw.add_argument("--budget", type=float, default=1.0,
                     help="each k's FLOP budget as a multiple of the baseline's (without --steps mini=N)")
     sw.add_argument("--into-study", help="a study --out whose study.json and study.md get the sweep table")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--spec" or a.startswith("--spec=") for a in argv):
+        return spec_main(argv)
+    args = build_parser().parse_args(argv)
 
     def body():
         if args.average:
