@@ -50,6 +50,10 @@ class PipelineOptions:
     pretrain_config: str = "configs/pretrain-demo.yaml"
     minipost_config: str = "configs/minipost-demo.yaml"
     models_only: bool = False
+    # Demo pipeline: the English and target corpora's recipes (data_root/<recipe>, 8,000 pieces):
+    # the study body's own English (bible-en-body) and a cipher target (bible-en-cipher), say.
+    english_recipe: str = "bible-en"
+    target_recipe: str = "bible-ny"
     extra: dict = field(default_factory=dict)  # step -> list of dotlist overrides (`step_overrides`)
 
 
@@ -226,13 +230,13 @@ def regular_steps(opts: PipelineOptions, english: Path, target: Path) -> list[St
 def plan_demo(opts: PipelineOptions) -> list[Step]:
     """MiniJoint pretraining on English, MiniPost from it, three adaptations, transfer; and (unless
     opts.regular is False) the regular model's branch (`regular_steps`)."""
-    en, ny = opts.data_root / "bible-en", opts.data_root / "bible-ny"
+    en, ny = opts.data_root / opts.english_recipe, opts.data_root / opts.target_recipe
     pretrain = opts.reuse_pretrain or opts.work / "pretrain"
     minipost = _minipost(opts, "minipost", opts.minipost_config, pretrain / "final", en)
     sources = {"full": (pretrain / "final", "full"), "minijoint": (pretrain / "final", "mini"),
                "minipost": (minipost.done.parent, "mini")}
-    steps = [_prepare("data-en", "bible-en", en, "--vocab-size", "8000"),
-             _prepare("data-ny", "bible-ny", ny, "--vocab-size", "8000"),
+    steps = [_prepare("data-en", opts.english_recipe, en, "--vocab-size", "8000"),
+             _prepare("data-ny", opts.target_recipe, ny, "--vocab-size", "8000"),
              _pretrain(opts, pretrain, en),
              minipost,
              *(_adapt(opts, method, *sources[method], ny) for method in METHODS),

@@ -23,8 +23,8 @@ printed before it starts (`--plan` prints them and stops):
 The pipeline, the study and the average are separate processes, as a user would run them; each
 resumes where it stopped, so a spec re-run after an interruption goes on.
 
-The transfer issue adds a body gate, new metrics and a learning-rate pilot: each becomes a
-section of StudySpec, strict like the rest.
+metrics.require_transfer is the transfer check (study/transfer_check.py): no ratio unless the
+bodies passed their gate and the standard baseline beat its random-embedding control.
 """
 
 from __future__ import annotations
@@ -82,10 +82,16 @@ class PipelineSpec:
     nproc: int = 2
     # Finished pretraining runs to start from: the first with final/model.pt is reused (none: train).
     reuse_pretrain: list[str] = field(default_factory=list)
+    # The command that makes reuse_pretrain's run when the pipeline must not pretrain one itself
+    # (its body has a recipe of its own, e.g. make body): without such a run it refuses to start.
+    reuse_built_by: Optional[str] = None
     steps: PipelineSteps = field(default_factory=PipelineSteps)
     # kind demo: both models' pretraining YAML (the MiniJoint one sets model.mini_depth) and MiniPost's.
     pretrain_config: str = "configs/pretrain-demo.yaml"
     minipost_config: str = "configs/minipost-demo.yaml"
+    # kind demo: the English and target corpora's recipes (data_root/<recipe>).
+    english_recipe: str = "bible-en"
+    target_recipe: str = "bible-ny"
     # kind demo: only what a study needs (pretraining, MiniPost, fine-tuning).
     models_only: bool = False
     # kind demo: also the regular model (no mid head) that the standard baseline and MiniPost adapt from.
@@ -115,7 +121,9 @@ class PipelineSpec:
         misplaced = {"languages": (bool(self.languages), "languages"),
                      "source": (self.source is not None, "pretrained"),
                      "mini_depth": (self.mini_depth is not None, "pretrained"),
-                     "models_only": (self.models_only, "demo"), "regular": (not self.regular, "demo")}
+                     "models_only": (self.models_only, "demo"), "regular": (not self.regular, "demo"),
+                     "english_recipe": (self.english_recipe != "bible-en", "demo"),
+                     "target_recipe": (self.target_recipe != "bible-ny", "demo")}
         out += [f"{key} applies to kind {kind}, not {self.kind}"
                 for key, (given, kind) in misplaced.items() if given and kind != self.kind]
         if self.kind == "languages" and not self.languages:
@@ -150,7 +158,8 @@ def pipeline_argv(spec: PipelineSpec) -> list[str]:
     else:
         argv += ["--pretrain-steps", str(s.pretrain)]
     if spec.kind == "demo":
-        argv += ["--pretrain-config", spec.pretrain_config, "--minipost-config", spec.minipost_config]
+        argv += ["--pretrain-config", spec.pretrain_config, "--minipost-config", spec.minipost_config,
+                 "--english-recipe", spec.english_recipe, "--target-recipe", spec.target_recipe]
         argv += ["--models-only"] if spec.models_only else []
         argv += [] if spec.regular else ["--no-regular"]
     if spec.kind == "languages":
@@ -186,11 +195,14 @@ class StudyLanguage:
     vocab_size: int = 8000
     # "hard" (exactly vocab_size pieces) or "soft" (at most: for a small alphabet's corpus).
     vocab_limit: str = "hard"
+    # More prepare_data arguments, e.g. [--known-rows-from, data/bible-en-body] for a cipher language.
+    prepare_args: list[str] = field(default_factory=list)
 
 
 @dataclass
 class StudyMetrics:
     """What is scored at each checkpoint, and how the ratio is read off the curves."""
+    # accuracy, agreement (with the classifier's English answers) or retrieval_top1.
     metric: str = "accuracy"
     # Target = fraction x the baseline's final metric.
     fraction: float = 1.0
@@ -207,6 +219,8 @@ class StudyMetrics:
     init_point: bool = True
     bootstrap: int = 1000
     bootstrap_seed: int = 0
+    # No ratio without transfer: the bodies passed their gate and the baseline beat its control.
+    require_transfer: bool = False
 
 
 @dataclass
@@ -261,8 +275,8 @@ class StudySpec:
         out = []
         if not self.models.pretrained:
             out.append("models.pretrained is required")
-        if self.metrics.metric == "accuracy" and not self.models.classifiers:
-            out.append("metric accuracy needs models.classifiers (fine-tuned classifier directories)")
+        if self.metrics.metric in ("accuracy", "agreement") and not self.models.classifiers:
+            out.append(f"metric {self.metrics.metric} needs models.classifiers (fine-tuned classifier directories)")
         if not self.languages:
             out.append("languages: give at least one target language")
         for i, lang in enumerate(self.languages):
@@ -278,7 +292,7 @@ class StudySpec:
             out.append(f"seeds and checkpoints must be >= 1, got {self.seeds} and {self.checkpoints}")
         out += [f"steps.{m} must be positive, got {n}" for m, n in self.steps.items() if n < 1]
         m = self.metrics
-        for key, value, allowed in (("metric", m.metric, ("accuracy", "retrieval_top1")),
+        for key, value, allowed in (("metric", m.metric, ("accuracy", "agreement", "retrieval_top1")),
                                     ("baseline_at", m.baseline_at, ("crossing", "final")),
                                     ("fit", m.fit, ("isotonic", "raw"))):
             if value not in allowed:
@@ -349,6 +363,7 @@ def study_argv(spec: StudySpec, lang: StudyLanguage) -> list[str]:
     common += ["--eval-examples", str(m.eval_examples)] if m.eval_examples is not None else []
     common += [] if m.loss else ["--no-loss"]
     common += [] if m.init_point else ["--no-init-point"]
+    common += ["--require-transfer"] if m.require_transfer else []
     common += ["--steps", *steps] if steps else []
     overrides = [f"adapt.language={lang.code}", *a.set]
     if spec.sweep is not None:
@@ -373,7 +388,7 @@ def study_commands(spec: StudySpec) -> list[Command]:
         if lang.recipe and spec.sweep is None:
             commands.append(Command(f"data-{lang.code}", _module(
                 "prepare_data", "--recipe", lang.recipe, "--out", data, "--vocab-size", lang.vocab_size,
-                "--vocab-limit", lang.vocab_limit), done=data / "index.json"))
+                "--vocab-limit", lang.vocab_limit, *lang.prepare_args), done=data / "index.json"))
         commands.append(Command(f"study-{lang.code}", _module("study", *study_argv(spec, lang))))
     if len(spec.languages) > 1:
         commands.append(Command("average", _module("study", "--average",

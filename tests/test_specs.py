@@ -22,8 +22,8 @@ CHECKPOINT_PIPELINES = {"pretrained", "multilingual"}
 
 
 def test_the_shipped_specs_are_the_former_make_targets():
-    assert STUDIES == ["demo", "languages", "multilingual", "pretrained", "quick", "smoke", "sweep"]
-    assert PIPELINES == ["demo", "languages", "multilingual", "pretrained", "quick", "smoke"]
+    assert {"demo", "languages", "multilingual", "pretrained", "quick", "smoke", "sweep"} <= set(STUDIES)
+    assert {"demo", "languages", "multilingual", "pretrained", "quick", "smoke"} <= set(PIPELINES)
 
 
 @pytest.mark.parametrize("name", STUDIES)

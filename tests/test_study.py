@@ -416,3 +416,48 @@ def test_study_plan_adapts_the_baseline_from_its_own_model(tiny_model_dir, tiny_
     assert dirs == {"full": str(regular.resolve()), "minijoint": str(Path(tiny_model_dir).resolve())}
     with pytest.raises(UserError, match="--baseline-pretrained"):
         plan_experiments(dataclasses.replace(opts, baseline_pretrained=tmp_path / "missing"))
+
+
+def test_agreement_is_the_share_of_verses_answered_as_their_english_verse(tiny_study, tmp_path, capsys):
+    """AgreementScorer against a reference written here: each target verse and its English verse
+    scored one at a time, unpadded, through the plugged and the source classifier; then the
+    study with --metric agreement reports agreement first, and accuracy beside it."""
+    from ds_minimodel.steps.transfer import plugged_model
+    from ds_minimodel.study.runs import checkpoint_tensors, open_runs
+    from ds_minimodel.study.scoring import AccuracyScorer, AgreementScorer
+    from ds_minimodel.tasks.batching import encode_texts
+    from ds_minimodel.tokenizers import load_tokenizer
+
+    accuracy = AccuracyScorer(tiny_study["model"], eval_examples=60)
+    agreement = AgreementScorer(accuracy)
+    run = open_runs({"minijoint": [tiny_study["runs"]["minijoint"][0]]}, "minijoint")["minijoint"][0]
+    tensors = checkpoint_tensors(run, run.tags[-1])
+    units = agreement.score(run.info, tensors, run.tokenizer_path)
+
+    plugged = plugged_model(accuracy.model, run.info, tensors, accuracy.lineage, str(accuracy.model_dir)).eval()
+    source = accuracy.model.eval()
+    english = {ex.id: ex for ex in accuracy.task.tests[accuracy.task.train_language]}
+
+    def answer(model, example, tokenizer_path):
+        ids = encode_texts([example], load_tokenizer(tokenizer_path), accuracy.max_len, accuracy.layout).ids[0]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+        return int(logits["logits"].argmax(-1))
+
+    test = accuracy._subset(accuracy.task.test_in("ny"))
+    expected = [answer(plugged, ex, run.tokenizer_path) == answer(source, english[ex.id], accuracy.lineage["tokenizer"])
+                for ex in test]
+    assert units.num.tolist() == [float(e) for e in expected]
+    assert 0 < len(expected) == 60
+
+    from launchers.study import main
+
+    main(["--runs", *_run_args(tiny_study["runs"]), "--model", str(tiny_study["model"]), "--metric", "agreement",
+          "--eval-examples", "60", "--bootstrap", "50", "--loss-sequences", "8", "--out", str(tmp_path / "s")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"study minijoint: .+ at matched agreement; .+", out[-1]), out[-1]
+    result = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert list(result["metrics"]) == ["agreement", "accuracy", "balanced_accuracy", "mlm_loss"]
+    refs = result["metrics"]["agreement"]["references"]
+    shares = np.bincount([answer(source, english[ex.id], accuracy.lineage["tokenizer"]) for ex in test]) / len(test)
+    assert refs["one_class_best"] == pytest.approx(shares.max())

@@ -38,8 +38,12 @@ def spec_main(argv: list[str]) -> None:
 
     def load():
         from ds_minimodel import specs
+        from ds_minimodel.errors import UserError
 
         spec = specs.load_pipeline_spec(args.spec, args.overrides)
+        if spec.reuse_built_by and not args.plan and specs.reused_pretrain(spec) is None:
+            raise UserError(f"pipeline {args.spec} starts from a finished run in {' or '.join(spec.reuse_pretrain)}: "
+                            f"run {spec.reuse_built_by} first")
         if spec.description:
             print(f"# {spec.description}", flush=True)
         holder["argv"] = specs.pipeline_argv(spec) + (["--plan"] if args.plan else [])
@@ -73,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-config", default=DEMO_CONFIGS[0], help="demo pipeline: both models' pretraining YAML "
                                                                       "(the MiniJoint one sets model.mini_depth)")
     p.add_argument("--minipost-config", default=DEMO_CONFIGS[1], help="demo pipeline: MiniPost's YAML (its k)")
+    p.add_argument("--english-recipe", default="bible-en", help="demo pipeline: the English corpus's recipe "
+                                                                "(data-root/<recipe>)")
+    p.add_argument("--target-recipe", default="bible-ny", help="demo pipeline: the target corpus's recipe")
     p.add_argument("--models-only", action="store_true",
                    help="demo pipeline: only what a study needs (pretraining, MiniPost, fine-tuning; no adaptation, "
                         "transfer or report)")
@@ -122,7 +129,8 @@ def main(argv=None) -> None:
                                head_steps=args.head_steps, k=args.k, top_layers=args.top_layers,
                                language_vocab=args.language_vocab, regular=not args.no_regular,
                                pretrain_config=args.pretrain_config, minipost_config=args.minipost_config,
-                               models_only=args.models_only,
+                               models_only=args.models_only, english_recipe=args.english_recipe,
+                               target_recipe=args.target_recipe,
                                extra=step_overrides(args.overrides, OVERRIDABLE_PRETRAINED_STEPS if args.from_pretrained
                                                     else OVERRIDABLE_STEPS))
         plan = languages = None
@@ -140,7 +148,9 @@ def main(argv=None) -> None:
             raise UserError("--language-vocab applies to --languages")
         demo_only = [flag for flag, used in (("--no-regular", args.no_regular), ("--models-only", args.models_only),
                                              ("--pretrain-config", args.pretrain_config != DEMO_CONFIGS[0]),
-                                             ("--minipost-config", args.minipost_config != DEMO_CONFIGS[1])) if used]
+                                             ("--minipost-config", args.minipost_config != DEMO_CONFIGS[1]),
+                                             ("--english-recipe", args.english_recipe != "bible-en"),
+                                             ("--target-recipe", args.target_recipe != "bible-ny")) if used]
         if demo_only and (args.from_pretrained or languages is not None):
             raise UserError(f"{', '.join(demo_only)}: for the demo pipeline (not --from-pretrained or --languages)")
         if args.from_pretrained:

@@ -166,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(each pack is scored through the one it was made for)")
     p.add_argument("--pretrained", help="pretrained model directory: the runs' source (--run-experiments) and "
                                         "the encoder for --metric retrieval_top1")
-    p.add_argument("--metric", choices=("accuracy", "retrieval_top1"), default="accuracy")
+    p.add_argument("--metric", choices=("accuracy", "agreement", "retrieval_top1"), default="accuracy",
+                   help="the matched metric: target-language accuracy; agreement, the share of test verses whose "
+                        "answer is the classifier's answer on the English verse (accuracy reported too); or "
+                        "En<->target verse retrieval top-1")
     p.add_argument("--fraction", type=float, default=1.0, help="target = fraction x the baseline's final metric")
     p.add_argument("--baseline", default="full", help="the run the others are compared with")
     p.add_argument("--baseline-at", choices=("crossing", "final"), default="crossing",
@@ -180,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument("--fit", choices=("isotonic", "raw"), default="isotonic",
                    help="cross the target on the curves' monotone fit (default) or on the raw points")
+    p.add_argument("--require-transfer", action="store_true",
+                   help="no ratio without transfer: print ratios only when every body passed its gate (body.json) "
+                        "and the standard baseline beat its random-embedding control, interval above 0 "
+                        "(study/transfer_check.py); otherwise one line saying which failed")
     p.add_argument("--no-loss", action="store_true",
                    help="do not score the full model's MLM loss (the second metric)")
     p.add_argument("--loss-sequences", type=int, default=128, help="validation sequences the MLM loss is scored on")
@@ -235,8 +242,8 @@ def main(argv=None) -> None:
             raise InvalidValueError(f"--loss-sequences must be >= 1, got {args.loss_sequences}")
         if args.run_experiments and args.seeds < 1:
             raise InvalidValueError(f"--seeds must be >= 1, got {args.seeds}")
-        if args.metric == "accuracy" and not args.model:
-            raise InvalidValueError("--metric accuracy needs --model (the fine-tuned classifier directory)")
+        if args.metric in ("accuracy", "agreement") and not args.model:
+            raise InvalidValueError(f"--metric {args.metric} needs --model (the fine-tuned classifier directory)")
         if args.metric == "retrieval_top1" and not args.pretrained:
             raise InvalidValueError("--metric retrieval_top1 needs --pretrained (the pretrained model directory)")
         if args.sweep:
@@ -272,15 +279,18 @@ def main(argv=None) -> None:
             runs = parse_runs(args.runs)
             study_runs.open_runs(runs, args.baseline)  # bad runs fail before the scorer loads anything
         # Build the scorer before any training: a bad --model fails now, not after an hour.
-        if args.metric == "accuracy":
+        if args.metric in ("accuracy", "agreement"):
             scorers = [scoring.AccuracyScorer(m, args.eval_examples, args.seed) for m in args.model]
             scorer = scorers[0] if len(scorers) == 1 else scoring.ByBody(scorers)
+            if args.metric == "agreement":
+                scorer = scoring.AgreementScorer(scorer)
         else:
             scorer = scoring.RetrievalScorer(args.pretrained, args.retrieval_pairs)
         options = compare.StudyOptions(baseline=args.baseline, fraction=args.fraction, baseline_at=args.baseline_at,
                                        include_init=not args.no_init_point, fit=args.fit,
                                        bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
-                                       loss=not args.no_loss, loss_sequences=args.loss_sequences)
+                                       loss=not args.no_loss, loss_sequences=args.loss_sequences,
+                                       require_transfer=args.require_transfer)
         # One study per --out (each adaptation run also locks its own directory), taken once
         # every input is checked: a refused study creates nothing.
         with out_lock:

@@ -447,7 +447,16 @@ def bootstrap_ratios(methods: dict[str, MethodScores], *, baseline: str = "full"
                 entry.update(interval=t["interval"], interval_method="jackknife-t",
                              **{k: t[k] for k in ("log_se", "log_half_width", "seed_variance_share")})
         out[name] = entry
-    return {"methods": out, "seed_resampling": "paired" if is_paired else "independent",
+    # The baseline's own transfer: its gain from its first point (the initial embeddings, when the
+    # study scores them: the random-embedding control) to its final checkpoint, in the better
+    # direction, over the same replicates (a percentile interval: study.py's transfer check).
+    sign = 1.0 if better == "higher" else -1.0
+    first_last = methods[baseline].per_seed.mean(axis=0)
+    gains = sign * (values[baseline][:, -1] - values[baseline][:, 0])
+    baseline_gain = {"point": float(sign * (first_last[-1] - first_last[0])),
+                     "interval": list(percentile_interval(gains, level)), "interval_method": "percentile",
+                     "first": float(first_last[0]), "final": float(first_last[-1])}
+    return {"methods": out, "baseline_gain": baseline_gain, "seed_resampling": "paired" if is_paired else "independent",
             "unit_resampling": unit_resampling, "clusters": n_clusters, "units": n,
             "seeds": sorted({len(m.seeds) for m in methods.values()}), "interval_method": interval,
             "replicates": replicates, "seed": seed, "level": level}

@@ -27,6 +27,7 @@ from ds_minimodel.study.matching import Point, attach_bootstrap, matched_compute
 from ds_minimodel.study.one_time_cost import one_time_costs, with_one_time_costs
 from ds_minimodel.study.render import markdown, plot_curves
 from ds_minimodel.study.runs import StudyRun, open_runs, own_valid_loss
+from ds_minimodel.study import transfer_check
 from ds_minimodel.study.scoring import ByBody, RunScores, ScoreCache, collect_scores
 from ds_minimodel.training.checkpoint import write_atomic
 
@@ -45,6 +46,8 @@ class StudyOptions:
     loss: bool = True  # also the MLM loss through the full model (loss_scoring.py)
     loss_sequences: int = 128
     loss_mask_seed: int = 0
+    # No ratio without transfer (transfer_check.py): the bodies' gate and the baseline's gain.
+    require_transfer: bool = False
 
 
 def json_safe(v):
@@ -153,6 +156,7 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
                                                   "clusters", "seeds", "interval_method")},
                           "description": interval_description(boot)},
             "units": next(iter(methods.values())).num.shape[2],
+            "baseline_gain": boot["baseline_gain"],
             "one_time_cost": with_one_time_costs(methods, costs or {}, match)}
 
 
@@ -194,17 +198,23 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {scorer.metric: _study_metric(opened, scorer, out_dir, opts, opts.fraction, log, costs=costs)}
-    if scorer.metric == "accuracy":
-        metrics["balanced_accuracy"] = _study_metric(opened, scorer, out_dir, opts, opts.fraction, log, balanced=True,
-                                                     costs=costs)
+    # Agreement with English is read from the classifier's answers, which give accuracy too.
+    accuracy = scorer.accuracy if scorer.metric == "agreement" else scorer if scorer.metric == "accuracy" else None
+    if accuracy is not None:
+        if accuracy is not scorer:
+            metrics["accuracy"] = _study_metric(opened, accuracy, out_dir, opts, opts.fraction, log, costs=costs)
+        metrics["balanced_accuracy"] = _study_metric(opened, accuracy, out_dir, opts, opts.fraction, log,
+                                                     balanced=True, costs=costs)
     if loss_scorer is not None:
         metrics[loss_scorer.metric] = _study_metric(opened, loss_scorer, out_dir, opts, 1.0, log,
                                                          costs=costs)
     # Several classifiers (the paper's comparison): what the mid head costs the full model.
-    full_models = compare_full_models(scorer.scorers) if isinstance(scorer, ByBody) and scorer.metric == "accuracy" \
-        else None
+    full_models = compare_full_models(accuracy.scorers) if isinstance(accuracy, ByBody) else None
     plots = plot_curves(metrics, out_dir)
     summary = summarize(metrics, [name for name in opened if name != opts.baseline])
+    bodies = [r.config.adapt.model_dir for rs in opened.values() for r in rs if r.method in ("full", "minijoint")]
+    transfer = transfer_check.check(transfer_check.body_gates(bodies), metrics[scorer.metric].get("baseline_gain"),
+                                    scorer.metric, opts.include_init)
     language = opened[opts.baseline][0].info.language
     result = {
         "metric": scorer.metric, "level": opts.level, "include_init_point": opts.include_init,
@@ -214,6 +224,8 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
                       "steps": r.config.train.steps, "model_dir": r.config.adapt.model_dir, "checkpoints": r.tags}
                      for r in rs] for n, rs in opened.items()},
         "summary": summary,
+        # Checked always, enforced with opts.require_transfer (render.summary_lines).
+        "transfer_check": {**transfer, "required": opts.require_transfer},
         "metrics": metrics,
         "full_models": full_models,
         "one_time_costs": costs,

@@ -9,6 +9,7 @@ from ds_minimodel.study.full_models import markdown as full_models_section
 from ds_minimodel.study.matching import MIN_DEFINED, interval_withheld
 
 METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->target retrieval top-1",
+                "agreement": "agreement with the English answers",
                 "balanced_accuracy": "target-language class-balanced accuracy",
                 "mlm_loss": "target-language MLM loss (full model, plugged)"}
 MATCHED_AT = {"mlm_loss": "MLM loss", "balanced_accuracy": "balanced accuracy"}  # how a summary line names the metric the compute is matched at
@@ -65,6 +66,7 @@ def plot_curves(metrics: dict[str, dict], out_dir: Path) -> list[Path]:
     for i, (metric, study) in enumerate(metrics.items()):
         refs = study.get("references") or {}
         plot_refs = {"majority-class chance": refs["chance_majority"]} if "chance_majority" in refs else \
+            {"one class answered": refs["one_class_best"]} if "one_class_best" in refs else \
             {"chance": refs["chance"]} if "chance" in refs else {}
         if i == 0:
             out.append(_plot(study, "flops", out_dir / "metric_vs_flops.png", plot_refs))
@@ -275,6 +277,15 @@ def plug_gap_section(study: dict) -> list[str]:
 def markdown(study: dict) -> str:
     level = study["level"]
     lines = ["# Compute-budget study: step-2 compute to reach the standard baseline", ""]
+    check = study.get("transfer_check")
+    if check:
+        gain = check.get("baseline_gain") or {}
+        verdict = "passed" if check["passed"] else f"failed: {check['why']}"
+        enforced = "enforced: no ratio is printed when it fails" if check.get("required") else \
+            "not enforced in this study (ratios below are printed either way)"
+        lines += [f"Transfer check ({enforced}): {verdict}. Baseline gain over its initial embeddings: "
+                  f"{_fmt(gain.get('point'), '+.4f')} (95% interval {_fmt((gain.get('interval') or [None])[0], '+.4f')} "
+                  f"to {_fmt((gain.get('interval') or [None, None])[1], '+.4f')}, percentile).", ""]
     for name, per_metric in study["summary"].items():
         for metric, entry in per_metric.items():
             lines.append(f"- {ratio_line(name, entry, metric, level)}")
@@ -316,6 +327,9 @@ def summary_lines(result: dict) -> list[str]:
             if e.get("note"):
                 out.append(f"  {name}: {e['note']}")
     out += one_time_lines(result)
+    check = result.get("transfer_check") or {}
+    if check.get("required") and not check.get("passed"):
+        return out + [f"study: no compute ratio: {check['why']}"]
     for metric in [m for m in result["metrics"] if m != primary] + [primary]:
         for name, per_metric in result["summary"].items():
             out.append(ratio_line(name, per_metric[metric], metric, level))

@@ -24,10 +24,7 @@ from ds_minimodel.artefacts.surgery import plugged_encoder
 from ds_minimodel.config import FinetuneConfig, from_dict
 from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.model import MLMEncoder
-from ds_minimodel.steps.finetune.classification import (
-    correct_flags,
-    load_task,
-)
+from ds_minimodel.steps.finetune.classification import load_task, predictions
 from ds_minimodel.steps.finetune.common import load_classifier
 from ds_minimodel.steps.transfer import mean_pooled, plugged_model
 from ds_minimodel.study.bootstrap import UnitClusters
@@ -126,10 +123,14 @@ class AccuracyScorer:
         # Packed as the model family expects (BERT: [CLS] A [SEP] B [SEP] with segment ids).
         self.layout = layout_for(self.model.encoder.cfg)
         src = encode_texts(src_test, src_tok, self.max_len, self.layout)
-        # Per example: two models' English results pair on the same examples (full_models.py).
-        self.source_correct = np.asarray(correct_flags(self.model, src.ids, [ex.label for ex in src_test],
-                                                       src_tok.pad_id, batch_size, type_ids=src.type_ids), dtype=bool)
+        # Per example: two models' English results pair on the same examples (full_models.py), and
+        # the English answers are what a target verse's answer is held against (agreement).
+        self.source_predictions = np.asarray(predictions(self.model, src.ids, src_tok.pad_id, batch_size,
+                                                         type_ids=src.type_ids), dtype=np.int64)
+        self.source_correct = self.source_predictions == np.array([ex.label for ex in src_test], dtype=np.int64)
         self.source_ids = [ex.id for ex in src_test]
+        self._source_answer = dict(zip(self.source_ids, self.source_predictions.tolist()))
+        self._answers: dict[str, np.ndarray] = {}  # by tensors_key: accuracy and agreement share a forward pass
         self.source_accuracy = float(self.source_correct.mean()) if len(src_test) else 0.0
         self._encoded: dict[tuple[str, str], tuple[list, list | None, list, int]] = {}
         self.identity = {"metric": self.metric, "model": file_id(self.model_dir / "model.pt"), "task": self.task.name,
@@ -171,16 +172,40 @@ class AccuracyScorer:
             enc = encode_texts(test, tok, self.max_len, self.layout)
             order = sorted(range(len(enc.ids)), key=lambda i: (len(enc.ids[i]), i))
             types = [enc.type_ids[i] for i in order] if enc.type_ids is not None else None
-            self._encoded[key] = ([enc.ids[i] for i in order], types, [test[i].label for i in order], tok.pad_id,
-                                  np.array(order))
+            self._encoded[key] = ([enc.ids[i] for i in order], types, tok.pad_id, np.array(order))
         return self._encoded[key]
 
+    def answers(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> np.ndarray:
+        """The classifier's answer on each test example (test-set order, the subset scored) with
+        the pack plugged in."""
+        key = tensors_key(info, tensors)
+        if key not in self._answers:
+            encoded, types, pad_id, order = self._encode(info, tokenizer_path)
+            plugged = plugged_model(self.model, info, tensors, self.lineage, str(self.model_dir))
+            out = np.empty(len(order), dtype=np.int64)
+            out[order] = predictions(plugged, encoded, pad_id, self.batch_size, type_ids=types)
+            self._answers[key] = out  # a few ints per example: accuracy and agreement reuse them
+        return self._answers[key]
+
+    def labels(self, language: str) -> np.ndarray:
+        return np.array([ex.label for ex in self._subset(self.task.test_in(language))], dtype=np.int64)
+
+    def source_answers(self, language: str) -> np.ndarray:
+        """Per test example of `language` (test-set order, the subset scored), the classifier's
+        answer on the parallel English verse (the same verse id)."""
+        test = self._subset(self.task.test_in(language))
+        missing = [ex.id for ex in test if ex.id not in self._source_answer]
+        if missing:
+            raise UserError(f"agreement needs each {language} test verse's English verse; {len(missing)} have none "
+                            f"(first: {missing[0]})")
+        return np.array([self._source_answer[ex.id] for ex in test], dtype=np.int64)
+
     def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
-        encoded, types, labels, pad_id, order = self._encode(info, tokenizer_path)
-        plugged = plugged_model(self.model, info, tensors, self.lineage, str(self.model_dir))
-        flags = np.empty(len(order))
-        flags[order] = correct_flags(plugged, encoded, labels, pad_id, self.batch_size, type_ids=types)
-        return Units(flags, None)
+        return Units((self.answers(info, tensors, tokenizer_path) == self.labels(info.language)).astype(float), None)
+
+    def agree(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
+        answers = self.answers(info, tensors, tokenizer_path)
+        return Units((answers == self.source_answers(info.language)).astype(float), None)
 
 
 class RetrievalScorer:
@@ -245,6 +270,39 @@ class RetrievalScorer:
         ranks = retrieval_ranks(english, target)
         hits = ((ranks["src2tgt"] == 1).double() + (ranks["tgt2src"] == 1).double()) / 2
         return Units(hits.numpy(), None)
+
+
+class AgreementScorer:
+    """Agreement with English: per test verse, 1 when the classifier's answer on the target verse
+    (the pack plugged in) is its answer on the parallel English verse, else 0. The English model's
+    own errors leave the measure (a perfect transfer scores 1 wherever English is wrong too), and
+    a classifier that answers one class whatever the input scores only that class's share of the
+    English answers (references' `one_class_best`). Built over an AccuracyScorer, or a ByBody of
+    them; accuracy and agreement of one table share its forward pass."""
+    metric = "agreement"
+    better = "higher"
+
+    def __init__(self, accuracy):
+        self.accuracy = accuracy
+        self.identity = {**accuracy.identity, "metric": self.metric}
+        first = accuracy.scorers[0] if isinstance(accuracy, ByBody) else accuracy
+        self.lineage, self.model_dir = first.lineage, first.model_dir
+        self._first = first
+
+    def _scorer_for(self, info: PackInfo):
+        return self.accuracy.scorer_for(info) if isinstance(self.accuracy, ByBody) else self.accuracy
+
+    def clusters(self, language: str) -> UnitClusters | None:
+        return self.accuracy.clusters(language)
+
+    def references(self, language: str) -> dict:
+        english = self._first.source_answers(language)
+        shares = np.bincount(english) / max(len(english), 1)
+        return {"source_accuracy": self._first.source_accuracy, "one_class_best": float(shares.max()),
+                "chance_independent": float((shares ** 2).sum()), "test_examples": int(len(english))}
+
+    def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
+        return self._scorer_for(info).agree(info, tensors, tokenizer_path)
 
 
 class ByBody:

@@ -52,27 +52,37 @@ class ClassificationLoader(ShuffledLoader):
         super().__init__(len(encoded), batch, micro_batch_size, grad_accum, rank, world_size, seed)
 
 
-@torch.no_grad()
 def correct_flags(model_or_engine, encoded: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
                   rank: int = 0, world_size: int = 1, type_ids: list[list[int]] | None = None) -> list[bool]:
     """Whether the classifier gets each example right (argmax of its logits == the label), for
-    the examples this rank scores, in order: ranks take interleaved batches of `batch_size`, and
-    every rank runs the same number of forwards (ZeRO-3 gathers parameters in each)."""
+    the examples this rank scores, in order (`predictions`' ranks and batches)."""
+    answers = predictions(model_or_engine, encoded, pad_id, batch_size, rank, world_size, type_ids)
+    mine = [labels[i] for start in range(rank * batch_size, len(encoded), world_size * batch_size)
+            for i in range(start, min(start + batch_size, len(encoded)))]
+    return [a == label for a, label in zip(answers, mine)]
+
+
+@torch.no_grad()
+def predictions(model_or_engine, encoded: list[list[int]], pad_id: int, batch_size: int, rank: int = 0,
+                world_size: int = 1, type_ids: list[list[int]] | None = None) -> list[int]:
+    """The classifier's answer (argmax of its logits) on each example this rank scores, in order:
+    ranks take interleaved batches of `batch_size`, and every rank runs the same number of
+    forwards (ZeRO-3 gathers parameters in each)."""
     was_training = model_or_engine.training
     model_or_engine.eval()
     device = next(model_or_engine.parameters()).device
     enc = EncodedTexts(encoded, type_ids)
     starts = list(range(0, len(encoded), batch_size))
     rounds = -(-len(starts) // world_size)
-    flags: list[bool] = []
+    answers: list[int] = []
     for r in range(rounds):
         i = r * world_size + rank
         chunk = range(starts[i], min(starts[i] + batch_size, len(encoded))) if i < len(starts) else range(0, 1)
         logits = model_or_engine(**loop.to_device(padded_batch(enc, chunk, pad_id), device))["logits"]
         if i < len(starts):  # a rank with no batch left runs a dummy forward and keeps nothing
-            flags += (logits.argmax(-1).cpu() == torch.tensor([labels[j] for j in chunk])).tolist()
+            answers += logits.argmax(-1).cpu().tolist()
     model_or_engine.train(was_training)
-    return flags
+    return answers
 
 
 def accuracy(model_or_engine, encoded: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
