@@ -141,6 +141,7 @@ clean:
 # comments say what each runs; docs/compute-study.md). `make pipeline` is the demo pipeline,
 # `make study` the study over its models; PIPELINE= or STUDY= names another, and PIPELINE_SET= or
 # STUDY_SET= overrides its keys (e.g. STUDY_SET="seeds=1 out=runs/x"). Each resumes where it stopped.
+# make study-quick is the study on ciphered English over make body's gated body (run make body first).
 PIPELINE ?= demo
 STUDY ?= demo
 .PHONY: pipeline study study-quick study-smoke
@@ -149,7 +150,7 @@ pipeline: install
 study: install
 	$(PY) launchers/study.py --spec $(STUDY) $(STUDY_SET)
 study-quick:
-	$(MAKE) study STUDY=quick
+	$(MAKE) study STUDY=cipher-quick
 study-smoke:
 	$(MAKE) study STUDY=smoke
 

@@ -306,7 +306,8 @@ class StudySpec:
             out += [f"unknown method {x} (choose from {', '.join(METHODS)}, each optionally +INIT)" for x in bad]
             if "full" not in self.methods:
                 out.append("methods must include full (the baseline)")
-            out += [f"steps names {k}, not one of methods" for k in self.steps if k not in self.methods]
+            # A method's steps may stay when an override drops the method; a name no method has is a typo.
+            out += [f"steps names {k}, which is no method" for k in self.steps if split_method(k)[0] not in METHODS]
             if any(split_method(x)[0] == "minipost" for x in self.methods) and not self.models.minipost:
                 out.append("method minipost needs models.minipost")
         else:

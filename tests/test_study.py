@@ -418,21 +418,23 @@ def test_study_plan_adapts_the_baseline_from_its_own_model(tiny_model_dir, tiny_
         plan_experiments(dataclasses.replace(opts, baseline_pretrained=tmp_path / "missing"))
 
 
-def test_agreement_is_the_share_of_verses_answered_as_their_english_verse(tiny_study, tmp_path, capsys):
+def test_agreement_is_kappa_of_the_answers_against_the_english_verses_answers(tiny_study, tmp_path, capsys):
     """AgreementScorer against a reference written here: each target verse and its English verse
-    scored one at a time, unpadded, through the plugged and the source classifier; then the
-    study with --metric agreement reports agreement first, and accuracy beside it."""
+    scored one at a time, unpadded, through the plugged and the source classifier; raw agreement is
+    their share of equal answers, kappa tasks/metrics.cohen_kappa of them. Then the study with
+    --metric agreement matches at kappa and reports raw agreement and accuracy beside it."""
     from ds_minimodel.steps.transfer import plugged_model
     from ds_minimodel.study.runs import checkpoint_tensors, open_runs
     from ds_minimodel.study.scoring import AccuracyScorer, AgreementScorer
     from ds_minimodel.tasks.batching import encode_texts
+    from ds_minimodel.tasks.metrics import cohen_kappa
     from ds_minimodel.tokenizers import load_tokenizer
 
     accuracy = AccuracyScorer(tiny_study["model"], eval_examples=60)
-    agreement = AgreementScorer(accuracy)
     run = open_runs({"minijoint": [tiny_study["runs"]["minijoint"][0]]}, "minijoint")["minijoint"][0]
     tensors = checkpoint_tensors(run, run.tags[-1])
-    units = agreement.score(run.info, tensors, run.tokenizer_path)
+    raw = AgreementScorer(accuracy, kappa=False).score(run.info, tensors, run.tokenizer_path)
+    kappa = AgreementScorer(accuracy).score(run.info, tensors, run.tokenizer_path)
 
     plugged = plugged_model(accuracy.model, run.info, tensors, accuracy.lineage, str(accuracy.model_dir)).eval()
     source = accuracy.model.eval()
@@ -445,10 +447,14 @@ def test_agreement_is_the_share_of_verses_answered_as_their_english_verse(tiny_s
         return int(logits["logits"].argmax(-1))
 
     test = accuracy._subset(accuracy.task.test_in("ny"))
-    expected = [answer(plugged, ex, run.tokenizer_path) == answer(source, english[ex.id], accuracy.lineage["tokenizer"])
-                for ex in test]
-    assert units.num.tolist() == [float(e) for e in expected]
-    assert 0 < len(expected) == 60
+    target = [answer(plugged, ex, run.tokenizer_path) for ex in test]
+    source_answers = [answer(source, english[ex.id], accuracy.lineage["tokenizer"]) for ex in test]
+    assert raw.num.tolist() == [float(t == e) for t, e in zip(target, source_answers)] and len(target) == 60
+    classes = accuracy.task.num_labels
+    assert kappa.value == pytest.approx(cohen_kappa(target, source_answers, classes), abs=1e-12)
+    # Any subset's kappa from the summed units, as the bootstrap resamples them.
+    half = slice(0, 30)
+    assert Units_value(kappa, half) == pytest.approx(cohen_kappa(target[half], source_answers[half], classes), abs=1e-12)
 
     from launchers.study import main
 
@@ -457,7 +463,13 @@ def test_agreement_is_the_share_of_verses_answered_as_their_english_verse(tiny_s
     out = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"study minijoint: .+ at matched agreement; .+", out[-1]), out[-1]
     result = json.loads((tmp_path / "s" / "study.json").read_text())
-    assert list(result["metrics"]) == ["agreement", "accuracy", "balanced_accuracy", "mlm_loss"]
-    refs = result["metrics"]["agreement"]["references"]
-    shares = np.bincount([answer(source, english[ex.id], accuracy.lineage["tokenizer"]) for ex in test]) / len(test)
-    assert refs["one_class_best"] == pytest.approx(shares.max())
+    assert list(result["metrics"]) == ["agreement", "raw_agreement", "accuracy", "balanced_accuracy", "mlm_loss"]
+    shares = np.bincount(source_answers) / len(test)
+    assert result["metrics"]["raw_agreement"]["references"]["one_class_best"] == pytest.approx(shares.max())
+    assert "baseline_gain" in result["metrics"]["agreement"] and result["transfer_check"]["required"] is False
+
+
+def Units_value(units, part):
+    from ds_minimodel.study.scoring import Units
+
+    return Units(units.num[part], units.den[part], units.statistic).value

@@ -71,3 +71,40 @@ def test_bootstrap_reports_the_baselines_gain_from_its_first_to_its_last_point()
     assert 0.25 <= lo <= 0.625 <= hi <= 1.0
     lower = bootstrap_ratios(scores, replicates=200, seed=1, better="lower")["baseline_gain"]
     assert lower["point"] == pytest.approx(-0.625)
+
+
+def test_kappa_units_sum_to_cohens_kappa_on_any_subset():
+    from ds_minimodel.study.scoring import Units, kappa_statistic, kappa_units
+    from ds_minimodel.tasks.metrics import cohen_kappa
+
+    rng = np.random.default_rng(0)
+    english = rng.integers(0, 6, 300)
+    target = np.where(rng.random(300) < 0.6, english, rng.integers(0, 6, 300))
+    units = Units(kappa_units(target, english, 6), None, kappa_statistic)
+    assert units.value == pytest.approx(cohen_kappa(target.tolist(), english.tolist(), 6), abs=1e-12)
+    pick = rng.integers(0, 300, 300)  # a bootstrap draw, repeats and all
+    drawn = Units(units.num[pick], None, kappa_statistic)
+    assert drawn.value == pytest.approx(cohen_kappa(target[pick].tolist(), english[pick].tolist(), 6), abs=1e-12)
+    # One class answered whatever the input: kappa 0, however often English answers it too.
+    collapsed = Units(kappa_units(np.zeros(300, dtype=int), english, 6), None, kappa_statistic)
+    assert collapsed.value == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_statistic_metric_goes_through_the_bootstrap():
+    from ds_minimodel.study.scoring import kappa_statistic, kappa_units
+
+    rng = np.random.default_rng(1)
+    english = rng.integers(0, 3, 40)
+
+    def curve(p_right):
+        return [kappa_units(np.where(rng.random(40) < p, english, rng.integers(0, 3, 40)), english, 3) for p in p_right]
+
+    scores = {}
+    for name, ps in (("full", (0.0, 0.5, 0.9)), ("minijoint", (0.0, 0.7, 0.95))):
+        num = np.stack([np.stack(curve(ps)) for _ in range(2)])  # [S=2, P=3, N=40, C=7]
+        flops = np.tile([0.0, 1.0, 2.0], (2, 1)) * (1.0 if name == "full" else 0.4)
+        scores[name] = MethodScores([0, 1], ["init", "a", "b"], np.array([0, 1, 2]), flops, flops.copy(), num,
+                                    np.ones(num.shape[:3]), kappa_statistic)
+    boot = bootstrap_ratios(scores, replicates=100, seed=0)
+    assert boot["baseline_gain"]["point"] > 0.5
+    assert boot["methods"]["minijoint"]["undefined"] < 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 from typing import Callable
@@ -65,3 +66,17 @@ def training_main(argv, doc: str, config_cls: type, run: Callable) -> None:
         engine.shutdown()
 
     run_main(body)
+
+
+def wants_spec(argv: list[str]) -> bool:
+    """Whether a pipeline's or study's arguments name a spec file (ds_minimodel/specs.py)."""
+    return any(a == "--spec" or a.startswith("--spec=") for a in argv)
+
+
+def spec_parser(kind: str, home: str, example: str) -> argparse.ArgumentParser:
+    """`--spec NAME [--plan] [key=value ...]`: the arguments of a pipeline or study spec run."""
+    p = argparse.ArgumentParser(prog=f"{kind}.py --spec", description=f"run a {kind} spec ({home}/*.yaml)")
+    p.add_argument("--spec", required=True, help=f"{home}/X.yaml, or X for the shipped {home}/X.yaml")
+    p.add_argument("--plan", action="store_true", help="load the spec, print the commands it runs, stop")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"spec overrides, e.g. {example}")
+    return p

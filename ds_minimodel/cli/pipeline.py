@@ -22,18 +22,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ds_minimodel.cli.common import run_main
+from ds_minimodel.cli.common import run_main, spec_parser, wants_spec
 
 DEMO_CONFIGS = ("configs/pretrain-demo.yaml", "configs/minipost-demo.yaml")  # PipelineOptions' defaults
 
 
 def spec_main(argv: list[str]) -> None:
     """`--spec NAME [--plan] [key=value ...]`: a pipeline written as a file (ds_minimodel/specs.py)."""
-    p = argparse.ArgumentParser(prog="pipeline.py --spec", description="run a pipeline spec (studies/pipelines/*.yaml)")
-    p.add_argument("--spec", required=True, help="studies/pipelines/X.yaml, or X for the shipped one")
-    p.add_argument("--plan", action="store_true", help="print the steps that would run and stop")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. steps.pretrain=100")
-    args = p.parse_args(argv)
+    args = spec_parser("pipeline", "studies/pipelines", "steps.pretrain=100").parse_args(argv)
     holder = {}
 
     def load():
@@ -99,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a == "--spec" or a.startswith("--spec=") for a in argv):
+    if wants_spec(argv):
         return spec_main(argv)
     args = build_parser().parse_args(argv)
 

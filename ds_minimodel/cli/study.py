@@ -46,7 +46,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ds_minimodel.cli.common import run_main
+from ds_minimodel.cli.common import run_main, spec_parser, wants_spec
 from ds_minimodel.errors import InvalidValueError
 
 DEFAULT_STEPS = {"full": 300, "minijoint": 900, "minipost": 900}
@@ -121,11 +121,7 @@ def average(dirs: list[str], out: Path) -> None:
 
 def spec_main(argv: list[str]) -> None:
     """`--spec NAME [--plan] [key=value ...]`: a study written as a file (ds_minimodel/specs.py)."""
-    p = argparse.ArgumentParser(prog="study.py --spec", description="run a study spec (studies/*.yaml)")
-    p.add_argument("--spec", required=True, help="studies/X.yaml, or X for the shipped studies/X.yaml")
-    p.add_argument("--plan", action="store_true", help="load the spec and its pipeline, print the commands, stop")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. seeds=1 out=runs/x")
-    args = p.parse_args(argv)
+    args = spec_parser("study", "studies", "seeds=1 out=runs/x").parse_args(argv)
 
     def body():
         from ds_minimodel import specs
@@ -223,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a == "--spec" or a.startswith("--spec=") for a in argv):
+    if wants_spec(argv):
         return spec_main(argv)
     args = build_parser().parse_args(argv)
 

@@ -86,6 +86,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Callable
 
 import numpy as np
 
@@ -103,18 +104,26 @@ class MethodScores:
     # masked tokens each batch drew), so a curve's FLOPs, like its seconds, are a mean over seeds.
     flops: np.ndarray
     seconds: np.ndarray  # [S, P]
-    num: np.ndarray  # [S, P, N]
+    num: np.ndarray  # [S, P, N], or [S, P, N, C]: each unit's C components of `statistic`
     den: np.ndarray  # [S, P, N]
+    # The metric of a set of units from their sums: None is sum(num) / sum(den) (accuracy, a mean
+    # loss); else statistic(num sums [..., C], den sums [...]) -> [...] (Cohen's kappa: scoring.py).
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self):
-        s, p, n = self.num.shape
+        s, p, n = self.num.shape[:3]
         assert self.den.shape == (s, p, n) and self.seconds.shape == self.flops.shape == (s, p)
         assert len(self.seeds) == s and len(self.steps) == len(self.tags) == p
+        assert self.num.ndim == (3 if self.statistic is None else 4)
+
+    def metric(self, num_sums: np.ndarray, den_sums: np.ndarray) -> np.ndarray:
+        """The metric of units whose num and den sum to these (any leading shape)."""
+        return num_sums / den_sums if self.statistic is None else self.statistic(num_sums, den_sums)
 
     @property
     def per_seed(self) -> np.ndarray:
         """[S, P]: each seed's metric over every unit."""
-        return self.num.sum(axis=2) / self.den.sum(axis=2)
+        return self.metric(self.num.sum(axis=2), self.den.sum(axis=2))
 
     def curve(self, values: np.ndarray | None = None, flops: np.ndarray | None = None,
               seconds: np.ndarray | None = None) -> list[Point]:
@@ -128,7 +137,8 @@ class MethodScores:
 
 
 def stack_seeds(name: str, seeds: list[int], tags: list[list[str]], steps: list[list[int]], flops: list[list[int]],
-                seconds: list[list[float]], num: list[np.ndarray], den: list[np.ndarray]) -> MethodScores:
+                seconds: list[list[float]], num: list[np.ndarray], den: list[np.ndarray],
+                statistic: Callable | None = None) -> MethodScores:
     """One MethodScores from each seed's run (lists over seeds); the runs must share their
     checkpoint steps, or their average would mix different amounts of training."""
     if len(set(seeds)) != len(seeds):
@@ -138,12 +148,12 @@ def stack_seeds(name: str, seeds: list[int], tags: list[list[str]], steps: list[
         if list(steps[i]) != list(steps[0]):
             raise UserError(f"method {name!r}: seed {seeds[i]} has checkpoints at steps {list(steps[i])}, seed "
                             f"{seeds[0]} at {list(steps[0])}: the seeds of a method must share their checkpoints")
-    shapes = {np.shape(a) for a in num} | {np.shape(a) for a in den}
-    if len(shapes) != 1:
+    shapes = {np.shape(a)[:2] for a in num} | {np.shape(a) for a in den}
+    if len(shapes) != 1 or len({np.shape(a) for a in num}) != 1:
         raise UserError(f"method {name!r}: its seeds were scored on different units ({sorted(shapes)})")
     return MethodScores(list(seeds), list(tags[0]), np.asarray(steps[0]), np.asarray(flops, dtype=np.float64),
                         np.asarray(seconds, dtype=np.float64), np.stack([np.asarray(a, np.float64) for a in num]),
-                        np.stack([np.asarray(a, np.float64) for a in den]))
+                        np.stack([np.asarray(a, np.float64) for a in den]), statistic)
 
 
 def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
@@ -383,7 +393,8 @@ def bootstrap_ratios(methods: dict[str, MethodScores], *, baseline: str = "full"
     per_seed, values, flops, seconds = {}, {}, {}, {}
     for name, m in methods.items():
         # [B, S, P]: each seed's metric over the replicate's units; then the mean over its seeds.
-        per_seed[name] = np.einsum("spn,bn->bsp", m.num, unit_counts) / np.einsum("spn,bn->bsp", m.den, unit_counts)
+        per_seed[name] = m.metric(np.einsum("spn...,bn->bsp...", m.num, unit_counts),
+                                  np.einsum("spn,bn->bsp", m.den, unit_counts))
         c = seed_counts[name]
         values[name] = np.einsum("bs,bsp->bp", c, per_seed[name]) / len(m.seeds)
         flops[name] = c @ m.flops / len(m.seeds)

@@ -28,7 +28,7 @@ from ds_minimodel.study.one_time_cost import one_time_costs, with_one_time_costs
 from ds_minimodel.study.render import markdown, plot_curves
 from ds_minimodel.study.runs import StudyRun, open_runs, own_valid_loss
 from ds_minimodel.study import transfer_check
-from ds_minimodel.study.scoring import ByBody, RunScores, ScoreCache, collect_scores
+from ds_minimodel.study.scoring import AgreementScorer, ByBody, RunScores, ScoreCache, collect_scores
 from ds_minimodel.training.checkpoint import write_atomic
 
 
@@ -102,7 +102,8 @@ def _score_method(runs: list[StudyRun], scorer, cache: ScoreCache, include_init:
     w = 1.0 if weights is None else weights
     scores = stack_seeds(runs[0].name, [s.seed for s in scored], [s.tags for s in scored], [s.steps for s in scored],
                          [s.flops for s in scored], [s.seconds for s in scored],
-                         [[u.num * w for u in s.units] for s in scored], [[u.den * w for u in s.units] for s in scored])
+                         [[u.num * w for u in s.units] for s in scored], [[u.den * w for u in s.units] for s in scored],
+                         getattr(scorer, "statistic", None))
     return scores, scored
 
 
@@ -198,10 +199,13 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {scorer.metric: _study_metric(opened, scorer, out_dir, opts, opts.fraction, log, costs=costs)}
-    # Agreement with English is read from the classifier's answers, which give accuracy too.
+    # Agreement with English (kappa) is read from the classifier's answers, which give raw agreement
+    # and accuracy too.
     accuracy = scorer.accuracy if scorer.metric == "agreement" else scorer if scorer.metric == "accuracy" else None
     if accuracy is not None:
         if accuracy is not scorer:
+            raw = AgreementScorer(accuracy, kappa=False)
+            metrics[raw.metric] = _study_metric(opened, raw, out_dir, opts, opts.fraction, log, costs=costs)
             metrics["accuracy"] = _study_metric(opened, accuracy, out_dir, opts, opts.fraction, log, costs=costs)
         metrics["balanced_accuracy"] = _study_metric(opened, accuracy, out_dir, opts, opts.fraction, log,
                                                      balanced=True, costs=costs)

@@ -9,10 +9,12 @@ from ds_minimodel.study.full_models import markdown as full_models_section
 from ds_minimodel.study.matching import MIN_DEFINED, interval_withheld
 
 METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->target retrieval top-1",
-                "agreement": "agreement with the English answers",
+                "agreement": "agreement with the English answers (Cohen's kappa)",
+                "raw_agreement": "share of verses answered as their English verse",
                 "balanced_accuracy": "target-language class-balanced accuracy",
                 "mlm_loss": "target-language MLM loss (full model, plugged)"}
-MATCHED_AT = {"mlm_loss": "MLM loss", "balanced_accuracy": "balanced accuracy"}  # how a summary line names the metric the compute is matched at
+# How a summary line names the metric the compute is matched at.
+MATCHED_AT = {"mlm_loss": "MLM loss", "balanced_accuracy": "balanced accuracy", "raw_agreement": "raw agreement"}
 
 
 def _label(metric: str) -> str:
@@ -67,6 +69,7 @@ def plot_curves(metrics: dict[str, dict], out_dir: Path) -> list[Path]:
         refs = study.get("references") or {}
         plot_refs = {"majority-class chance": refs["chance_majority"]} if "chance_majority" in refs else \
             {"one class answered": refs["one_class_best"]} if "one_class_best" in refs else \
+            {"one class answered": refs["one_class"]} if "one_class" in refs else \
             {"chance": refs["chance"]} if "chance" in refs else {}
         if i == 0:
             out.append(_plot(study, "flops", out_dir / "metric_vs_flops.png", plot_refs))

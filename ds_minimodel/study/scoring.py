@@ -50,18 +50,40 @@ CACHE_FORMAT = 2  # per-unit scores (format 1 kept one number per checkpoint)
 
 @dataclass
 class Units:
-    """One checkpoint's score per unit: the metric over units U is sum(num[U]) / sum(den[U])."""
+    """One checkpoint's score per unit: the metric over units U is sum(num[U]) / sum(den[U]), or,
+    with a `statistic`, statistic(sum(num[U]), sum(den[U])) where num holds C components per unit
+    ([N, C]: kappa's counts, `kappa_statistic`)."""
     num: np.ndarray
     den: np.ndarray
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self):
         self.num = np.asarray(self.num, dtype=np.float64)
-        self.den = np.ones_like(self.num) if self.den is None else np.asarray(self.den, dtype=np.float64)
-        assert self.num.ndim == 1 and self.num.shape == self.den.shape
+        self.den = np.ones(len(self.num)) if self.den is None else np.asarray(self.den, dtype=np.float64)
+        assert self.num.ndim == (1 if self.statistic is None else 2) and self.den.shape == self.num.shape[:1]
 
     @property
     def value(self) -> float:
-        return float(self.num.sum() / self.den.sum())
+        sums = self.num.sum(axis=0), self.den.sum()
+        return float(sums[0] / sums[1] if self.statistic is None else self.statistic(*sums))
+
+
+def kappa_units(answers: np.ndarray, english: np.ndarray, classes: int) -> np.ndarray:
+    """Per unit, the 2K + 1 counts Cohen's kappa is a function of (summed over any set of units):
+    [agree, one-hot of the target answer (K), one-hot of the English answer (K)]."""
+    eye = np.eye(classes)
+    return np.concatenate([(answers == english)[:, None].astype(float), eye[answers], eye[english]], axis=1)
+
+
+def kappa_statistic(sums: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Cohen's kappa from `kappa_units`' sums [..., 2K + 1] over n units [...]: (p_o - p_e) / (1 -
+    p_e), p_o the agreeing share, p_e the agreement of two raters with these answer shares by
+    chance; 0 where p_e = 1 (both answer one and the same class throughout: tasks/metrics.py)."""
+    k = (sums.shape[-1] - 1) // 2
+    p_o = sums[..., 0] / n
+    p_e = (sums[..., 1:k + 1] * sums[..., k + 1:]).sum(axis=-1) / n ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p_e < 1, (p_o - p_e) / np.where(p_e < 1, 1 - p_e, 1.0), 0.0)
 
 
 def verse_chapter(verse_id: str) -> str | None:
@@ -203,9 +225,6 @@ class AccuracyScorer:
     def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
         return Units((self.answers(info, tensors, tokenizer_path) == self.labels(info.language)).astype(float), None)
 
-    def agree(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
-        answers = self.answers(info, tensors, tokenizer_path)
-        return Units((answers == self.source_answers(info.language)).astype(float), None)
 
 
 class RetrievalScorer:
@@ -273,21 +292,24 @@ class RetrievalScorer:
 
 
 class AgreementScorer:
-    """Agreement with English: per test verse, 1 when the classifier's answer on the target verse
-    (the pack plugged in) is its answer on the parallel English verse, else 0. The English model's
-    own errors leave the measure (a perfect transfer scores 1 wherever English is wrong too), and
-    a classifier that answers one class whatever the input scores only that class's share of the
-    English answers (references' `one_class_best`). Built over an AccuracyScorer, or a ByBody of
-    them; accuracy and agreement of one table share its forward pass."""
-    metric = "agreement"
+    """Agreement with English: per test verse, the classifier's answer on the target verse (the
+    pack plugged in) against its answer on the parallel English verse. `kappa` (metric
+    "agreement", the study's headline for cipher languages): Cohen's kappa, which scores a
+    classifier that answers one class whatever the input 0, however often that class is also the
+    English answer; otherwise (metric "raw_agreement") the share of verses answered alike, reported
+    beside it. The English model's own errors leave both measures (a perfect transfer agrees
+    wherever English is wrong too). Built over an AccuracyScorer, or a ByBody of them; accuracy
+    and both agreements of one table share its forward pass."""
     better = "higher"
 
-    def __init__(self, accuracy):
-        self.accuracy = accuracy
+    def __init__(self, accuracy, kappa: bool = True):
+        self.accuracy, self.kappa = accuracy, kappa
+        self.metric = "agreement" if kappa else "raw_agreement"
+        self.statistic = kappa_statistic if kappa else None
         self.identity = {**accuracy.identity, "metric": self.metric}
         first = accuracy.scorers[0] if isinstance(accuracy, ByBody) else accuracy
-        self.lineage, self.model_dir = first.lineage, first.model_dir
-        self._first = first
+        self.lineage, self.model_dir, self._first = first.lineage, first.model_dir, first
+        self.classes = int(first.task.num_labels)
 
     def _scorer_for(self, info: PackInfo):
         return self.accuracy.scorer_for(info) if isinstance(self.accuracy, ByBody) else self.accuracy
@@ -297,12 +319,17 @@ class AgreementScorer:
 
     def references(self, language: str) -> dict:
         english = self._first.source_answers(language)
-        shares = np.bincount(english) / max(len(english), 1)
-        return {"source_accuracy": self._first.source_accuracy, "one_class_best": float(shares.max()),
-                "chance_independent": float((shares ** 2).sum()), "test_examples": int(len(english))}
+        shares = np.bincount(english, minlength=self.classes) / max(len(english), 1)
+        refs = {"source_accuracy": self._first.source_accuracy, "test_examples": int(len(english))}
+        # A classifier answering one class whatever the input: kappa 0; raw agreement that class's share.
+        return {**refs, "one_class": 0.0} if self.kappa else {**refs, "one_class_best": float(shares.max())}
 
     def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
-        return self._scorer_for(info).agree(info, tensors, tokenizer_path)
+        scorer = self._scorer_for(info)
+        answers, english = scorer.answers(info, tensors, tokenizer_path), scorer.source_answers(info.language)
+        if self.kappa:
+            return Units(kappa_units(answers, english, self.classes), None, kappa_statistic)
+        return Units((answers == english).astype(float), None)
 
 
 class ByBody:
@@ -367,11 +394,12 @@ class ScoreCache:
 
     @staticmethod
     def _stored(units: Units) -> dict:
-        # 0/1 (and 0.5) scores as short numbers; a denominator only where it is not all ones.
-        num = [int(v) if v.is_integer() else v for v in units.num.tolist()]
+        # 0/1 (and 0.5) scores and counts as short numbers; a denominator only where it is not all ones.
+        integral = np.array_equal(units.num, np.round(units.num))
+        num = units.num.astype(np.int64).tolist() if integral else units.num.tolist()
         return {"num": num} if np.all(units.den == 1) else {"num": num, "den": units.den.tolist()}
 
-    def get(self, key: str, compute: Callable[[], Units]) -> Units:
+    def get(self, key: str, compute: Callable[[], Units], statistic: Callable | None = None) -> Units:
         if key not in self.scores:
             self.scores[key] = self._stored(compute())
             if self.path is not None:
@@ -379,7 +407,7 @@ class ScoreCache:
                 write_atomic(self.path, json.dumps({"identity": self.identity, "format": CACHE_FORMAT,
                                                     "scores": self.scores}))
         entry = self.scores[key]
-        return Units(np.array(entry["num"], dtype=np.float64), entry.get("den"))
+        return Units(np.array(entry["num"], dtype=np.float64), entry.get("den"), statistic)
 
 
 @dataclass
@@ -408,7 +436,8 @@ def collect_scores(run: StudyRun, scorer, cache: ScoreCache | None = None, inclu
               [(tag, lambda tag=tag: checkpoint_tensors(run, tag)) for tag in run.tags]
     for tag, load in sources:
         tensors = load()
-        units = cache.get(tensors_key(run.info, tensors), lambda: scorer.score(run.info, tensors, run.tokenizer_path))
+        units = cache.get(tensors_key(run.info, tensors), lambda: scorer.score(run.info, tensors, run.tokenizer_path),
+                          getattr(scorer, "statistic", None))
         step, flops, seconds = (0, 0, 0.0) if tag == INIT_TAG else run.point_meta(tag)
         for field, v in (("tags", tag), ("steps", step), ("flops", flops), ("seconds", seconds), ("units", units)):
             getattr(out, field).append(v)
