@@ -73,6 +73,15 @@ def wants_spec(argv: list[str]) -> bool:
     return any(a == "--spec" or a.startswith("--spec=") for a in argv)
 
 
+def args_or_spec(argv: list[str] | None, build_parser: Callable, spec_main: Callable) -> argparse.Namespace | None:
+    """A pipeline's or study's parsed flags, or None once `spec_main` ran the spec they name."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_spec(argv):
+        spec_main(argv)
+        return None
+    return build_parser().parse_args(argv)
+
+
 def spec_parser(kind: str, home: str, example: str) -> argparse.ArgumentParser:
     """`--spec NAME [--plan] [key=value ...]`: the arguments of a pipeline or study spec run."""
     p = argparse.ArgumentParser(prog=f"{kind}.py --spec", description=f"run a {kind} spec ({home}/*.yaml)")

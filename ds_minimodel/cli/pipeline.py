@@ -19,10 +19,9 @@ the standard baseline and MiniPost adapt from too, as in the paper (--no-regular
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from ds_minimodel.cli.common import run_main, spec_parser, wants_spec
+from ds_minimodel.cli.common import args_or_spec, run_main, spec_parser
 
 DEMO_CONFIGS = ("configs/pretrain-demo.yaml", "configs/minipost-demo.yaml")  # PipelineOptions' defaults
 
@@ -94,10 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if wants_spec(argv):
-        return spec_main(argv)
-    args = build_parser().parse_args(argv)
+    if (args := args_or_spec(argv, build_parser, spec_main)) is None:
+        return  # a spec ran
 
     def body():
         from ds_minimodel.errors import UserError

@@ -43,10 +43,9 @@ sweep.png, and the table merged into --into-study's study.json and study.md):
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from ds_minimodel.cli.common import run_main, spec_parser, wants_spec
+from ds_minimodel.cli.common import args_or_spec, run_main, spec_parser
 from ds_minimodel.errors import InvalidValueError
 
 DEFAULT_STEPS = {"full": 300, "minijoint": 900, "minipost": 900}
@@ -218,10 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if wants_spec(argv):
-        return spec_main(argv)
-    args = build_parser().parse_args(argv)
+    if (args := args_or_spec(argv, build_parser, spec_main)) is None:
+        return  # a spec ran
 
     def body():
         if args.average:
