@@ -1,6 +1,7 @@
 """Test-wide environment: CPU DeepSpeed, one thread, offline, and the shared tiny corpus."""
 
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -16,6 +17,31 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# A build killed half-way (a timed-out run, ^C) leaves torch's file lock behind, and every later
+# build waits on it for ever: the suite then fails as timeouts. The comm op builds in 40-110 s, so
+# a lock 15 minutes old while no compiler runs on this machine belongs to no live build.
+STALE_BUILD_LOCK_S = 900
+
+
+def _compiler_running() -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ninja" in cmd or b"cc1plus" in cmd:
+            return True
+    return False
+
+
+for _lock in Path(os.environ["TORCH_EXTENSIONS_DIR"]).glob("*/lock"):
+    try:
+        if time.time() - _lock.stat().st_mtime > STALE_BUILD_LOCK_S and not _compiler_running():
+            _lock.unlink()
+            print(f"conftest: removed the stale JIT build lock {_lock}")
+    except OSError:
+        pass
 
 REPO = Path(__file__).resolve().parents[1]
 
