@@ -38,7 +38,7 @@ from typing import Optional
 from ds_minimodel import shipped
 from ds_minimodel.config import AdaptConfig, ConfigError, load_config
 from ds_minimodel.errors import UserError
-from ds_minimodel.subprocess_runner import PACKAGE_HOME
+from ds_minimodel.subprocess_runner import child_env
 
 PIPELINE_KINDS = ("demo", "languages", "pretrained")
 
@@ -412,10 +412,7 @@ def missing_data(spec: StudySpec) -> list[str]:
 
 def run_commands(commands: list[Command]) -> None:
     """Each command in this process's Python and working directory, its output on the console."""
-    env_path = str(PACKAGE_HOME)
-    import os
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (env_path, os.environ.get("PYTHONPATH"))))}
+    env = child_env()
     for c in commands:
         if c.done is not None and c.done.exists():
             print(f"[{c.name}] done: {c.done} exists", flush=True)

@@ -22,6 +22,12 @@ from ds_minimodel.errors import UserError
 PACKAGE_HOME = Path(__file__).resolve().parents[1]
 
 
+def child_env() -> dict:
+    """This environment with PACKAGE_HOME first on PYTHONPATH: a child runs this copy of ds_minimodel."""
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (str(PACKAGE_HOME), os.environ.get("PYTHONPATH"))))}
+
+
 def run_command(cmd: list, log: str | Path, threads: int | None = None) -> float:
     """Run `cmd` in this working directory with stdout and stderr into `log`; return its
     wall-clock seconds, or raise a UserError quoting the log's last lines if it fails. Relative
@@ -31,8 +37,7 @@ def run_command(cmd: list, log: str | Path, threads: int | None = None) -> float
     of a multi-rank launch its share); None means every core. A value the user exported wins.
     """
     threads = threads if threads is not None else (os.cpu_count() or 1)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
-           "PYTHONPATH": os.pathsep.join(filter(None, (str(PACKAGE_HOME), os.environ.get("PYTHONPATH"))))}
+    env = {**child_env(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     cmd = [str(c) for c in cmd]
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)

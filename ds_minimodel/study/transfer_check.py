@@ -47,7 +47,3 @@ def check(gates: dict[str, dict | None], baseline_gain: dict | None, metric: str
                           f"{baseline_gain['point']:+.4f} (95% interval {lo:+.4f} to {hi:+.4f}; it must lie above 0)")
     return {"passed": not failed, "why": "; ".join(failed),
             "body_gates": {str(Path(d)): g for d, g in gates.items()}, "baseline_gain": baseline_gain}
-
-
-def line(result: dict) -> str:
-    return f"study: no compute ratio: {result['why']}"
