@@ -499,6 +499,10 @@ def test_plug_gap_is_each_methods_loss_lost_in_the_full_model_beyond_the_baselin
     rows = [line.split(" | ") for line in plug_gap_section(study) if line.startswith("| full") or
             line.startswith("| mini")]
     # by hand: full own 6.1, plugged 6.2, gap +0.1; mini (seed 0 only) own 6.0, plugged 7.0, gap +1.0, beyond +0.9
-    assert rows[0][1:] == ["2", "6.100", "6.200", "+0.100", "+0.000 |"]
-    assert rows[1][1:] == ["1", "6.000", "7.000", "+1.000", "+0.900 |"]
+    assert rows[0][1:] == ["2", "6.100", "6.200", "+0.100", "+0.000", "-", "- |"]
+    assert rows[1][1:] == ["1", "6.000", "7.000", "+1.000", "+0.900", "-", "- |"]
+    # With the bias refit (loss_scoring.refit_losses): its loss and the output side, as given.
+    study["bias_refit"] = {"mini": {"refit": 6.5, "output_side": 0.5}}
+    rows = [line.split(" | ") for line in plug_gap_section(study) if line.startswith("| mini")]
+    assert rows[0][1:] == ["1", "6.000", "7.000", "+1.000", "+0.900", "6.500", "+0.500 |"]
     assert plug_gap_section({"matched": {"baseline": "full"}, "curves": {"mini": study["curves"]["mini"]}}) == []

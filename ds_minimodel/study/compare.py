@@ -22,10 +22,11 @@ from ds_minimodel.study.bootstrap import (
     stack_seeds,
 )
 from ds_minimodel.study.full_models import compare_full_models
-from ds_minimodel.study.loss_scoring import MLMLossScorer
+from ds_minimodel.study.loss_scoring import MLMLossScorer, refit_losses
 from ds_minimodel.study.matching import Point, attach_bootstrap, matched_compute
 from ds_minimodel.study.one_time_cost import one_time_costs, with_one_time_costs
 from ds_minimodel.study.render import markdown, plot_curves
+from ds_minimodel.study.row_scoring import RowPrecisionScorer, has_known_rows
 from ds_minimodel.study.runs import StudyRun, open_runs, own_valid_loss
 from ds_minimodel.study import transfer_check
 from ds_minimodel.study.scoring import AgreementScorer, ByBody, RunScores, ScoreCache, collect_scores
@@ -161,16 +162,28 @@ def _study_metric(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, opts
             "one_time_cost": with_one_time_costs(methods, costs or {}, match)}
 
 
-def _loss_scorer(opened: dict, base, opts: StudyOptions):
-    """The MLM loss through each run's own full model: the baseline's first, then any other a run
-    adapted through or carved its MiniJoint mini-model from (a MiniPost pack fits the model its
-    MiniPost was made from, which the paper's comparison shares with the baseline). One model:
-    its scorer; several: `ByBody` routes each pack to its own."""
+def _body_dirs(opened: dict, base) -> list[str]:
+    """Each run's own full model: the baseline's first, then any other a run adapted through or
+    carved its MiniJoint mini-model from (a MiniPost pack fits the model its MiniPost was made
+    from, which the paper's comparison shares with the baseline)."""
     dirs = [base.config.adapt.model_dir]
     for runs in opened.values():
         for r in runs:
             if r.method in ("full", "minijoint") and r.config.adapt.model_dir not in dirs:
                 dirs.append(r.config.adapt.model_dir)
+    return dirs
+
+
+def _row_scorer(opened: dict, base):
+    """Row precision@1 against each run's own source table (row_scoring.py), for a cipher target."""
+    scorers = [RowPrecisionScorer(d, base.config.data.path) for d in _body_dirs(opened, base)]
+    return scorers[0] if len(scorers) == 1 else ByBody(scorers)
+
+
+def _loss_scorer(opened: dict, base, opts: StudyOptions):
+    """The MLM loss through each run's own full model (`_body_dirs`). One model: its scorer;
+    several: `ByBody` routes each pack to its own."""
+    dirs = _body_dirs(opened, base)
     data = base.config.data
     scorers = [MLMLossScorer.for_run(base, opts.loss_sequences, opts.loss_mask_seed)] + \
         [MLMLossScorer(d, data.path, data.seq_len, data.mask_prob, opts.loss_sequences, data.eval_batch_size,
@@ -212,6 +225,12 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
     if loss_scorer is not None:
         metrics[loss_scorer.metric] = _study_metric(opened, loss_scorer, out_dir, opts, 1.0, log,
                                                          costs=costs)
+        # The output side of the plug gap: each run's final table with the output bias refit.
+        metrics[loss_scorer.metric]["bias_refit"] = refit_losses(opened, loss_scorer, out_dir, log)
+    base = opened[opts.baseline][0]
+    if has_known_rows(base.config.data.path):  # a cipher language: how many rows found their known row
+        rows = _row_scorer(opened, base)
+        metrics[rows.metric] = _study_metric(opened, rows, out_dir, opts, opts.fraction, log, costs=costs)
     # Several classifiers (the paper's comparison): what the mid head costs the full model.
     full_models = compare_full_models(accuracy.scorers) if isinstance(accuracy, ByBody) else None
     plots = plot_curves(metrics, out_dir)

@@ -25,6 +25,15 @@ it, and the majority chapter is the one whose text dominates its loss; the corre
 straddling sequence keeps with its other chapter is a few tokens' worth. With few validation
 sequences there are few clusters (64 sequences of 62 tokens span ~5 chapters): the interval then
 says so, and its test-set part takes Student's t with C - 1 degrees of freedom.
+
+The output bias refit (`refit_losses`, each run's final checkpoint): a mini-model method learns
+its output bias through another head (MiniJoint's mid head, MiniPost's new top), so part of its
+plugged loss is the output side of the plug (a bias that fits another head) and the rest the input
+side (rows the full body reads less well). Refitting only the bias through the full model, on
+masked train sequences of the target corpus, and scoring the same validation sequences again
+separates the two: plugged - refit is the output side. The refit is exact (the objective is convex
+in the bias: L-BFGS to convergence), with a Gaussian prior at the pack's own bias worth one masked
+token per vocabulary entry, so a piece the refit sequences never show keeps the bias it learned.
 """
 
 from __future__ import annotations
@@ -45,8 +54,12 @@ from ds_minimodel.model import IGNORE_INDEX, MLMEncoder, gather_masked
 from ds_minimodel.steps.adapt.common import select_body
 from ds_minimodel.steps.mlm_job import open_corpus
 from ds_minimodel.study.bootstrap import UnitClusters
-from ds_minimodel.study.runs import StudyRun
+from ds_minimodel.study.runs import StudyRun, checkpoint_tensors
 from ds_minimodel.study.scoring import Units, file_id
+
+
+REFIT_SEQUENCES = 512  # masked train sequences the bias is refit on (~4,700 masked tokens at 64 tokens)
+REFIT_ITERATIONS = 100  # L-BFGS iterations (it converges well before on these sizes)
 
 
 def sequence_documents(tokens: np.ndarray, eos: int, sequences: int, body: int) -> np.ndarray:
@@ -61,13 +74,47 @@ def sequence_documents(tokens: np.ndarray, eos: int, sequences: int, body: int) 
 
 
 @torch.no_grad()
+def masked_logits(model: MLMEncoder, batch: dict, bias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits of the batch's masked tokens through the final head [M, V], their gold ids [M]),
+    row-major; without `bias`, the logits before the head's output bias is added."""
+    hidden, gold = gather_masked(model.encode(batch["input_ids"])[-1], batch["labels"])
+    head = model.lm_head
+    if bias:
+        return head(hidden), gold
+    return F.linear(head.layer_norm(F.gelu(head.dense(hidden))), head.weight), gold
+
+
+def refit_output_bias(model: MLMEncoder, batches: list[dict], iterations: int = REFIT_ITERATIONS) -> torch.Tensor:
+    """The final head's output bias [V] minimizing the mean cross-entropy of the batches' masked
+    tokens, everything else fixed, under a Gaussian prior at the model's own bias with the weight
+    of one masked token per entry (the module docstring). Convex in the bias: L-BFGS in float64."""
+    parts = [masked_logits(model, b, bias=False) for b in batches]
+    logits = torch.cat([p[0] for p in parts]).double()
+    gold = torch.cat([p[1] for p in parts])
+    start = model.lm_head.bias.detach().double()
+    bias = start.clone().requires_grad_(True)
+    prior = 0.5 / len(gold)
+    opt = torch.optim.LBFGS([bias], max_iter=iterations, tolerance_grad=1e-10, tolerance_change=1e-14,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def objective():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits + bias, gold) + prior * (bias - start).square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(objective)
+    return bias.detach().to(model.lm_head.bias.dtype)
+
+
+@torch.no_grad()
 def sequence_losses(model: MLMEncoder, batch: dict) -> tuple[np.ndarray, np.ndarray]:
     """(summed cross-entropy of each row's masked tokens, their count) through the final head:
     the same loss `MLMEncoder.forward(route="final")` averages over the batch, kept per row."""
     labels = batch["labels"]
-    hidden, gold = gather_masked(model.encode(batch["input_ids"])[-1], labels)
+    logits, gold = masked_logits(model, batch)
     rows = labels.ne(IGNORE_INDEX).nonzero()[:, 0]  # row-major, the order gather_masked takes them in
-    ce = F.cross_entropy(model.lm_head(hidden).float(), gold, reduction="none").double()
+    ce = F.cross_entropy(logits.float(), gold, reduction="none").double()
     sums = torch.zeros(labels.shape[0], dtype=torch.float64).index_add_(0, rows, ce)
     return sums.numpy(), torch.bincount(rows, minlength=labels.shape[0]).double().numpy()
 
@@ -90,6 +137,8 @@ class MLMLossScorer:
         # The body and head the standard baseline trains through (adapt.through=full).
         self.body, self.cfg, _, _ = select_body(state, cfg, self.lineage, "full", str(model_dir))
         shards = open_corpus(str(data_path))
+        self._refit_source = (shards, seq_len, batch_size, mask_prob, mask_seed)
+        self._refit_batches: list[dict] | None = None
         self.tokenizer_fingerprint = shards.index["tokenizer_fingerprint"]
         self.batches = eval_batches(shards, "valid", seq_len, batch_size, math.ceil(sequences / batch_size), 0, 1,
                                     mask_seed, mask_prob)
@@ -121,13 +170,60 @@ class MLMLossScorer:
         return {"validation_sequences": self.sequences,
                 "masked_tokens": int(sum(int(b["labels"].ne(IGNORE_INDEX).sum()) for b in self.batches))}
 
-    def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
+    def refit_batches(self) -> list[dict]:
+        """REFIT_SEQUENCES masked train sequences spread evenly over the train split (its first
+        ones would all be Genesis), with this scorer's mask seed; built once."""
+        if self._refit_batches is None:
+            shards, seq_len, batch_size, mask_prob, mask_seed = self._refit_source
+            every = eval_batches(shards, "train", seq_len, batch_size, None, 0, 1, mask_seed, mask_prob)
+            want = max(1, math.ceil(REFIT_SEQUENCES / batch_size))
+            self._refit_batches = [every[i] for i in np.linspace(0, len(every) - 1, min(want, len(every))).astype(int)]
+        return self._refit_batches
+
+    def _plugged(self, info: PackInfo, tensors: dict) -> MLMEncoder:
         if info.tokenizer_fingerprint != self.tokenizer_fingerprint:
             raise UserError(f"a {info.language} pack's tokenizer is not the one of the validation data "
                             f"({self.tokenizer_fingerprint})")
         check_compatible(info, hidden_size=self.cfg.hidden_size, pad_token_id=self.cfg.pad_token_id,
                          body_fingerprint=self.lineage["body_fingerprints"].get(str(info.mini_depth), "none"),
                          where=str(self.model_dir))
-        model = plugged_encoder(self.body, self.cfg, tensors, info.pad_token_id)
+        return plugged_encoder(self.body, self.cfg, tensors, info.pad_token_id)
+
+    def refit_score(self, info: PackInfo, tensors: dict) -> Units:
+        """`score`'s units with the output bias refit first (the module docstring)."""
+        model = self._plugged(info, tensors)
+        model.lm_head.bias.data.copy_(refit_output_bias(model, self.refit_batches()))
         parts = [sequence_losses(model, b) for b in self.batches]
         return Units(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def score(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> Units:
+        model = self._plugged(info, tensors)
+        parts = [sequence_losses(model, b) for b in self.batches]
+        return Units(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def refit_losses(opened: dict[str, list[StudyRun]], scorer, out_dir: Path, log) -> dict:
+    """Per method, the plugged MLM loss of each seed's final checkpoint with and without the output
+    bias refit (`scorer`: an MLMLossScorer, or a ByBody of them), cached by the tensors' hash in
+    out_dir/score_cache_mlm_loss_refit.json. {method: {"per_seed": {seed: {"plugged", "refit"}},
+    "plugged", "refit", "output_side"}} (means over seeds; output_side = plugged - refit)."""
+    from ds_minimodel.study.scoring import ScoreCache, tensors_key
+
+    identity = {**scorer.identity, "metric": "mlm_loss_refit", "refit_sequences": REFIT_SEQUENCES,
+                "refit_iterations": REFIT_ITERATIONS}
+    cache, plain = ScoreCache(out_dir / "score_cache_mlm_loss_refit.json", identity), \
+        ScoreCache(out_dir / f"score_cache_{scorer.metric}.json", scorer.identity)
+    out = {}
+    for name, runs in opened.items():
+        per_seed = {}
+        for run in runs:
+            tensors = checkpoint_tensors(run, run.tags[-1])
+            key = tensors_key(run.info, tensors)
+            own = scorer.scorer_for(run.info) if hasattr(scorer, "scorer_for") else scorer
+            plugged = plain.get(key, lambda: own.score(run.info, tensors, run.tokenizer_path)).value
+            refit = cache.get(key, lambda: own.refit_score(run.info, tensors)).value
+            per_seed[str(run.seed)] = {"plugged": plugged, "refit": refit}
+            log(f"  [bias refit] {name} s{run.seed} {run.tags[-1]}: plugged {plugged:.4f}, refit {refit:.4f}")
+        mean = {k: float(np.mean([v[k] for v in per_seed.values()])) for k in ("plugged", "refit")}
+        out[name] = {"per_seed": per_seed, **mean, "output_side": mean["plugged"] - mean["refit"]}
+    return out

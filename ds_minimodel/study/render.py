@@ -12,9 +12,11 @@ METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->
                 "agreement": "agreement with the English answers (Cohen's kappa)",
                 "raw_agreement": "share of verses answered as their English verse",
                 "balanced_accuracy": "target-language class-balanced accuracy",
-                "mlm_loss": "target-language MLM loss (full model, plugged)"}
+                "mlm_loss": "target-language MLM loss (full model, plugged)",
+                "row_precision": "row precision@1 against the known source rows"}
 # How a summary line names the metric the compute is matched at.
-MATCHED_AT = {"mlm_loss": "MLM loss", "balanced_accuracy": "balanced accuracy", "raw_agreement": "raw agreement"}
+MATCHED_AT = {"mlm_loss": "MLM loss", "balanced_accuracy": "balanced accuracy", "raw_agreement": "raw agreement",
+              "row_precision": "row precision@1"}
 
 
 def _label(metric: str) -> str:
@@ -257,8 +259,12 @@ def plug_gaps(study: dict) -> dict[str, dict]:
     if base is None:
         return {}
     offset = base[1] - base[0]
+    refit = study.get("bias_refit") or {}
     return {name: {"own": own, "plugged": plugged, "seeds": n, "gap": plugged - own,
-                   "beyond": plugged - own - offset} for name, (own, plugged, n) in means.items()}
+                   "beyond": plugged - own - offset,
+                   **({"refit": refit[name]["refit"], "output_side": refit[name]["output_side"]}
+                      if name in refit else {})}
+            for name, (own, plugged, n) in means.items()}
 
 
 def plug_gap_section(study: dict) -> list[str]:
@@ -266,15 +272,20 @@ def plug_gap_section(study: dict) -> list[str]:
     gaps = plug_gaps(study)
     if not gaps:
         return []
-    rows = [f"| {name} | {g['seeds']} | {g['own']:.3f} | {g['plugged']:.3f} | {g['gap']:+.3f} | {g['beyond']:+.3f} |"
+    rows = [f"| {name} | {g['seeds']} | {g['own']:.3f} | {g['plugged']:.3f} | {g['gap']:+.3f} | {g['beyond']:+.3f} | "
+            f"{_fmt(g.get('refit'), '.3f')} | {_fmt(g.get('output_side'), '+.3f')} |"
             for name, g in gaps.items()]
     return ["Where each method's embeddings stand at the end (seed means): the validation loss of the model each "
             "run trained through, from its own log (its own validation sequences and masks), and the full model's "
             "with the embeddings plugged in (the table above). The baseline trained through the full model, so its "
-            "gap is sampling alone; the last column is each method's gap beyond it: what is lost when embeddings "
-            "learned through a mini-model go into the full one.", "",
-            "| method | seeds | own final loss | full model, plugged | gap | beyond the baseline's |",
-            "| --- | --- | --- | --- | --- | --- |", *rows, ""]
+            "gap is sampling alone; \"beyond\" is each method's gap beyond it: what is lost when embeddings "
+            "learned through a mini-model go into the full one. The last two columns split that loss: the plugged "
+            "loss again with only the output bias refit through the full model (loss_scoring.py), and the part the "
+            "refit removed (the output side of the plug: a bias learned for another head); what remains is the "
+            "input side.", "",
+            "| method | seeds | own final loss | full model, plugged | gap | beyond the baseline's | plugged, bias "
+            "refit | output side |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
 
 
 def markdown(study: dict) -> str:
