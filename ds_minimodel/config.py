@@ -485,8 +485,9 @@ LANGUAGE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # adapt.through: adapt through the mini-model or the full one (method/methods.py maps each method
 # to one of these).
 THROUGH = ("mini", "full")
-# How adapt.init starts the new embeddings (steps/adapt/common.init_embeddings).
-INITS = ("random", "copy_shared", "focus")
+# How adapt.init starts the new embeddings (steps/adapt/common.init_embeddings). known_rows is a
+# diagnostic for a cipher language: it starts from the answer (the correct source rows).
+INITS = ("random", "copy_shared", "focus", "known_rows")
 LANGUAGE_PLACEHOLDER = "{lang}"
 
 
@@ -503,7 +504,9 @@ class AdaptSettings:
     language: str = "xx"
     # New embeddings: "random" (the paper's), "copy_shared" (vectors of pieces the source vocab
     # also has), or "focus" (those, and FOCUS combinations of them for the other pieces:
-    # steps/adapt/focus.py; needs the `focus` extra, fasttext).
+    # steps/adapt/focus.py; needs the `focus` extra, fasttext). "known_rows", a diagnostic for a
+    # cipher language: every row of its data's known_rows.json starts as its correct source row
+    # (and output bias), the others as "random" (the start-from-truth drift, docs/adaptation.md).
     init: str = "copy_shared"
     # Several target languages in one job (steps/adapt/multi.py), e.g. [sw, tl, vi]: one frozen
     # (mini-)model, every language's own embeddings, one pack each in train.out_dir/packs/<code>/.
@@ -568,7 +571,9 @@ class AdaptConfig:
 
 
 # Fine-tuning tasks: classification (one text or a pair) and extractive QA (SQuAD v1.1 format).
-CLASSIFICATION_TASKS = ("bible-genre", "xnli", "pawsx")
+# The Bible tasks are offline stand-ins (tasks/bible.py) and need no task_path.
+BIBLE_TASKS = ("bible-genre", "bible-testament")
+CLASSIFICATION_TASKS = (*BIBLE_TASKS, "xnli", "pawsx")
 QA_TASKS = ("mlqa", "squad")
 
 
@@ -577,12 +582,13 @@ class FinetuneSettings:
     """What step 3 starts from, on which task, and how the task is fed."""
 
     model_dir: str = "runs/pretrain/final"
-    # "bible-genre" (offline stand-in), "xnli", "pawsx" (sentence-pair classification), or
+    # "bible-genre" or "bible-testament" (offline stand-ins), "xnli", "pawsx" (sentence-pair
+    # classification), or
     # extractive QA: "mlqa" (English SQuAD v1.1 train + MLQA English dev, answers normalised as
     # MLQA's script does) or "squad" (the same files, SQuAD v1.1 normalisation).
     task: str = "bible-genre"
     # Directory of the released task files (xnli / pawsx / mlqa: see tasks/formats.py); unused
-    # for bible-genre.
+    # for the Bible tasks.
     task_path: Optional[str] = None
     # Tokens per sequence, special tokens included (for QA: per question + context window).
     max_len: int = 128
@@ -607,7 +613,7 @@ class FinetuneSettings:
         tasks = CLASSIFICATION_TASKS + QA_TASKS
         if self.task not in tasks:
             out.append(f"finetune.task must be {'|'.join(tasks)}, got {self.task!r}")
-        if self.task != "bible-genre" and not self.task_path:
+        if self.task not in BIBLE_TASKS and not self.task_path:
             out.append(f"finetune.task {self.task} needs finetune.task_path (a directory of the released files)")
         if self.pooling not in ("cls", "mean"):
             out.append(f"finetune.pooling must be 'cls' or 'mean', got {self.pooling!r}")

@@ -5,7 +5,9 @@ anything runs, and the language pack's record (`pack_info`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -13,8 +15,9 @@ from ds_minimodel.artefacts.langpack import PackInfo
 from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.artefacts.surgery import fingerprint, minijoint_mini, plug_embeddings
 from ds_minimodel.config import AdaptConfig, ModelConfig
+from ds_minimodel.data.cipher_vocab import KNOWN_ROWS_FILE, read_known_rows
 from ds_minimodel.data.shards import TokenShards
-from ds_minimodel.errors import UserError
+from ds_minimodel.errors import InvalidValueError, MissingFileError, UserError
 from ds_minimodel.method.methods import ADAPT_KIND, FULL, MINIJOINT, MINIPOST, THROUGH_FULL
 from ds_minimodel.steps.adapt.focus import corpus_documents, focus_init
 from ds_minimodel.tokenizers import load_tokenizer
@@ -41,8 +44,17 @@ def select_body(state: dict, cfg: ModelConfig, lineage: dict, through: str, wher
                     "mini-model; use adapt.through=full for the standard baseline")
 
 
+# The special tokens' id attributes of a Tokenizer: their rows always start as their source rows.
+SPECIAL_ROLES = ("bos_id", "pad_id", "eos_id", "unk_id", "mask_id")
+# init_embeddings' source_bias when the caller passed none. Not None: None says "the body has no
+# usable output bias". The study rebuilds a run's start with init_embeddings; a caller that forgot
+# the bias would rebuild a known_rows start that is not the run's, so that init refuses to guess.
+_NOT_GIVEN = object()
+
+
 def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer | None, target_tok: Tokenizer,
-                    seed: int, corpus: TokenShards | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    seed: int, corpus: TokenShards | None = None,
+                    source_bias=_NOT_GIVEN) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """New [V', d] word table and [V'] output bias, and a record of how they started
     ({"rows_copied": n, ...}: the pack's provenance).
 
@@ -54,6 +66,15 @@ def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer |
     tokenizer lowercases its input. "focus" copies the same shared pieces and starts every other
     piece the target corpus (its train split) uses often enough as FOCUS's combination of them
     (steps/adapt/focus.py).
+
+    "known_rows" is a diagnostic, not a method: it starts from the answer. A cipher language's
+    dataset (data/cipher_vocab.py; `corpus`'s directory) has known_rows.json, which maps target
+    rows to their correct source rows: each of those rows starts as its source row, with the
+    source head's output bias for it (`source_bias`: the bias of the head the run trains through,
+    `Body.state["lm_head.bias"]`; None when the body has none: every bias then stays 0 and the
+    record says so), and the special rows get their source bias too. Every other row is the
+    "random" row, from the same generator draw. Adapting from there measures how far each body
+    pulls the correct table away (the start-from-truth drift, docs/adaptation.md).
     """
     source_word = source_word.detach()
     g = torch.Generator().manual_seed(seed)
@@ -65,10 +86,14 @@ def init_embeddings(how: str, source_word: torch.Tensor, source_tok: Tokenizer |
         if how != "random":
             raise UserError(f"adapt.init={how} needs the source model's tokenizer (tokenizer.model in its directory)")
         return word, bias, record
-    for role in ("bos_id", "pad_id", "eos_id", "unk_id", "mask_id"):
+    for role in SPECIAL_ROLES:
         word[getattr(target_tok, role)] = source_word[getattr(source_tok, role)]
         record["rows_copied"] += 1
     if how == "random":
+        return word, bias, record
+    if how == "known_rows":
+        assert source_bias is not _NOT_GIVEN, "init_embeddings(known_rows) copies the head's bias: pass source_bias"
+        _copy_known_rows(word, bias, record, source_word, source_bias, source_tok, target_tok, corpus)
         return word, bias, record
     if how == "focus" and corpus is None:
         raise UserError("adapt.init=focus needs the target corpus (its train split trains the auxiliary "
@@ -98,6 +123,56 @@ def shared_pieces(source_tok: Tokenizer, target_tok: Tokenizer) -> list[tuple[in
         if j is not None and i not in target_tok.special_ids and j not in source_tok.special_ids:
             shared.append((i, j))
     return shared
+
+
+def _copy_known_rows(word: torch.Tensor, bias: torch.Tensor, record: dict, source_word: torch.Tensor,
+                     source_bias: torch.Tensor | None, source_tok: Tokenizer, target_tok: Tokenizer,
+                     corpus: TokenShards | None) -> None:
+    """init_embeddings' "known_rows" (see its docstring), in place over the "random" start whose
+    special rows are already copied."""
+    rows = known_rows_map(corpus, source_tok, target_tok, source_word.shape[0])
+    target_ids, source_ids = torch.tensor(list(rows), dtype=torch.long), torch.tensor(list(rows.values()),
+                                                                                      dtype=torch.long)
+    word[target_ids] = source_word[source_ids].to(word.dtype)
+    record["rows_copied"] += len(rows)
+    record["rows_known"] = len(rows)
+    if source_bias is None:
+        record.update(bias_copied=0, bias="zeros: the body has no output bias to copy")
+        return
+    source_bias = source_bias.detach()
+    assert source_bias.shape == (source_word.shape[0],), "the head's bias has one entry per source row"
+    for role in SPECIAL_ROLES:
+        bias[getattr(target_tok, role)] = source_bias[getattr(source_tok, role)]
+    bias[target_ids] = source_bias[source_ids].to(bias.dtype)
+    record.update(bias_copied=len(rows) + len(SPECIAL_ROLES), bias="the source head's")
+
+
+def known_rows_map(corpus: TokenShards | None, source_tok: Tokenizer, target_tok: Tokenizer,
+                   source_rows: int) -> dict[int, int]:
+    """{target id: source id} of the target corpus's known_rows.json, refused unless it maps this
+    target tokenizer's rows onto this source model's."""
+    if corpus is None:
+        raise UserError("adapt.init=known_rows needs the target corpus (its directory's known_rows.json)")
+    path = Path(corpus.path) / KNOWN_ROWS_FILE
+    if not path.is_file():
+        raise MissingFileError(f"adapt.init=known_rows needs a cipher language's {KNOWN_ROWS_FILE}, and {corpus.path} "
+                               f"has none (prepare_data.py --recipe bible-<code>-cipher with --cipher-tokenizer "
+                               f"SOURCE or --known-rows-from SOURCE writes it)")
+    try:
+        rows = read_known_rows(corpus.path, target_tok)
+    except UserError as exc:  # malformed, or the map of another target tokenizer
+        raise type(exc)(f"adapt.init=known_rows: {exc}") from None
+    # read_known_rows checks the target side; the source ids must name rows of this model's table.
+    said = json.loads(path.read_text(encoding="utf-8")).get("source_tokenizer") or {}
+    if said.get("fingerprint") != source_tok.fingerprint():
+        raise InvalidValueError(f"adapt.init=known_rows: {path} maps onto source tokenizer {said.get('path')} "
+                                f"({said.get('fingerprint')}), but the model's tokenizer is {source_tok.path} "
+                                f"({source_tok.fingerprint()}): its source ids would name other rows")
+    bad = [(t, s) for t, s in rows.items() if not (0 <= t < target_tok.vocab_size and 0 <= s < source_rows)]
+    if bad:
+        raise InvalidValueError(f"adapt.init=known_rows: {path} maps target row {bad[0][0]} to source row "
+                                f"{bad[0][1]}, outside {target_tok.vocab_size} target and {source_rows} source rows")
+    return rows
 
 
 @dataclass
@@ -153,8 +228,11 @@ def start_state(body: Body, corpus: TokenShards, cfg: AdaptConfig) -> tuple[dict
     """(the model's starting state dict, its config, init_embeddings' record): the body with the
     target language's (the corpus's tokenizer's) new embeddings plugged in."""
     target_tok = corpus.tokenizer()
+    # The head the run trains through is lm_head in every body select_body returns (a MiniJoint
+    # mini-model's is the mid head, renamed): its bias is the known rows' correct output bias.
     word, bias, record = init_embeddings(cfg.adapt.init, body.state["embeddings.word"], body.source_tokenizer,
-                                         target_tok, cfg.train.seed, corpus)
+                                         target_tok, cfg.train.seed, corpus,
+                                         source_bias=body.state.get("lm_head.bias"))
     start, model_cfg = plug_embeddings(body.state, body.cfg, word, bias, target_tok.pad_id)
     return start, dataclasses.replace(model_cfg, kernels=body.kernels), record
 
