@@ -232,6 +232,11 @@ class StudyAdapt:
     init: str = "random"
     # Extra config overrides for every run, e.g. [data.seq_len=64].
     set: list[str] = field(default_factory=list)
+    # Learning rates of the pilot (study/lr_pilot.py), e.g. [1.0e-3, 3.0e-3, 1.0e-2]: each method's
+    # runs train with the rate its short pilot chose, by one rule for all; empty: the config's optim.lr.
+    lr_grid: list[float] = field(default_factory=list)
+    # Steps of each method's pilot runs, e.g. {full: 50, minijoint: 150} (default: a quarter of its steps).
+    pilot_steps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -316,8 +321,26 @@ class StudySpec:
             if not (self.sweep.k and self.sweep.vocab):
                 out.append("sweep.k and sweep.vocab must each list at least one value")
             out += [f"steps names {k}; a sweep takes full and mini" for k in self.steps if k not in ("full", "mini")]
+        out += self._pilot_problems()
         if self.pipeline and self.built_by:
             out.append("give pipeline (run first) or built_by (the models come from elsewhere), not both")
+        return out
+
+    def _pilot_problems(self) -> list[str]:
+        from ds_minimodel.study.runs import METHODS, split_method
+
+        a = self.adapt
+        out = [f"adapt.lr_grid: learning rates must be positive, got {lr}" for lr in a.lr_grid if lr <= 0]
+        out += [f"adapt.lr_grid lists {lr} more than once" for lr in sorted(set(a.lr_grid)) if a.lr_grid.count(lr) > 1]
+        out += [f"adapt.pilot_steps.{m} must be positive, got {n}" for m, n in a.pilot_steps.items() if n < 1]
+        out += [f"adapt.pilot_steps names {m}, which is no method" for m in a.pilot_steps
+                if split_method(m)[0] not in METHODS]
+        if a.pilot_steps and not a.lr_grid:
+            out.append("adapt.pilot_steps needs adapt.lr_grid (the rates the pilot tries)")
+        if a.lr_grid and any(item.split("=", 1)[0].strip() == "optim.lr" for item in a.set):
+            out.append("adapt.set gives optim.lr and adapt.lr_grid asks the pilot to choose it: give one or the other")
+        if a.lr_grid and self.sweep is not None:
+            out.append("adapt.lr_grid: a sweep has no learning-rate pilot")
         return out
 
 
@@ -377,6 +400,8 @@ def study_argv(spec: StudySpec, lang: StudyLanguage) -> list[str]:
             "--init", a.init, "--deepspeed", a.deepspeed, "--set", *overrides]
     argv += ["--baseline-pretrained", models.baseline_pretrained] if models.baseline_pretrained else []
     argv += ["--minipost", models.minipost] if models.minipost else []
+    argv += ["--lr-grid", *map(str, a.lr_grid)] if a.lr_grid else []
+    argv += ["--pilot-steps", *(f"{m}={n}" for m, n in a.pilot_steps.items())] if a.pilot_steps else []
     return argv
 
 

@@ -18,7 +18,11 @@ or run the adaptation runs first (one after another, via the real adapt launcher
     python launchers/study.py --run-experiments --pretrained runs/pipeline/pretrain/final \
         --minipost runs/pipeline/minipost/final --model runs/pipeline/finetune/final \
         --target-data data/bible-ny --out runs/study [--steps full=300 minijoint=900 minipost=900] \
-        [--checkpoints 10] [--seeds 3] [--methods full minijoint minipost minipost+focus] [--init random]
+        [--checkpoints 10] [--seeds 3] [--methods full minijoint minipost minipost+focus] [--init random] \
+        [--lr-grid 1e-3 3e-3 1e-2 [--pilot-steps N|METHOD=N ...]]
+
+(--lr-grid: each method's learning rate from a short pilot over the grid, by one rule for all;
+out/lr_pilot.json, study/lr_pilot.py.)
 
 Writes study.json, study.md, metric_vs_flops.png, metric_vs_wallclock.png and
 mlm_loss_vs_flops.png into --out, and ends with one line per method:
@@ -77,6 +81,25 @@ def parse_steps(items: list[str]) -> dict[str, int]:
             steps[name] = n
         else:
             steps = {m: n for m in steps}
+    return steps
+
+
+def parse_pilot_steps(items: list[str], methods: tuple[str, ...]) -> dict[str, int] | None:
+    """--pilot-steps: `N` (every method) and/or `METHOD=N`, later items winning; None when not
+    given (each method's pilot: a quarter of its steps)."""
+    if not items:
+        return None
+    steps: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            raise InvalidValueError(f"--pilot-steps {item!r}: expected N or METHOD=N") from None
+        if sep:
+            steps[name] = n
+        else:
+            steps.update({m: n for m in methods})
     return steps
 
 
@@ -204,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--deepspeed", default="ds_configs/z0.json")
     exp.add_argument("--set", nargs="+", default=[], metavar="key=value", dest="overrides",
                      help="extra adaptation config overrides for every run")
+    exp.add_argument("--lr-grid", nargs="+", type=float, default=[], metavar="LR",
+                     help="learning rates of a pilot run per method before the real runs; each method trains with "
+                          "the rate whose pilot ended with the lowest validation loss (out/lr_pilot.json)")
+    exp.add_argument("--pilot-steps", nargs="+", default=[], metavar="[METHOD=]N",
+                     help="steps of each pilot run (default: a quarter of the method's --steps)")
     sw = p.add_argument_group("--sweep (also --pretrained: the regular model, --model, --steps, --seeds, "
                               "--checkpoints, --config, --set)")
     sw.add_argument("--english-data", help="what each MiniPost top layer trains on (e.g. data/bible-en)")
@@ -252,6 +280,8 @@ def main(argv=None) -> None:
                                             checkpoints=args.checkpoints, config=args.config,
                                             minipost_config=args.minipost_config, ds_config=args.deepspeed,
                                             overrides=args.overrides)
+            if args.lr_grid or args.pilot_steps:
+                raise InvalidValueError("--lr-grid / --pilot-steps apply to --run-experiments, not --sweep")
             sweep.check_options(sweep_opts)
         elif args.run_experiments:
             if not (args.pretrained and args.target_data):
@@ -266,9 +296,19 @@ def main(argv=None) -> None:
                                                  config=args.config, init=args.init,
                                                  baseline_pretrained=Path(args.baseline_pretrained)
                                                  if args.baseline_pretrained else None,
-                                                 ds_config=args.deepspeed, overrides=args.overrides)
-            experiments.plan_experiments(opts)  # every input checked before the scorer loads or anything trains
+                                                 ds_config=args.deepspeed, overrides=args.overrides,
+                                                 lr_grid=tuple(args.lr_grid),
+                                                 pilot_steps=parse_pilot_steps(args.pilot_steps, methods))
+            # Every input checked before the scorer loads or anything trains (the pilot's runs too).
+            checked = experiments.check_options(opts)
+            experiments.plan_runs(opts, checked)
+            if opts.lr_grid:
+                from ds_minimodel.study import lr_pilot
+
+                lr_pilot.plan_pilot(opts, checked)
         else:
+            if args.lr_grid or args.pilot_steps:
+                raise InvalidValueError("--lr-grid / --pilot-steps apply to --run-experiments (the pilot trains runs)")
             runs = parse_runs(args.runs)
             study_runs.open_runs(runs, args.baseline)  # bad runs fail before the scorer loads anything
         # Build the scorer before any training: a bad --model fails now, not after an hour.

@@ -12,6 +12,7 @@ seed s of every method shares all three, which is what lets the bootstrap pair t
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,35 @@ class ExperimentOptions:
     init: str = "random"  # adapt.init of every method without its own (+INIT)
     # The standard baseline's model (the paper's regular model, no mid head); None: `pretrained`.
     baseline_pretrained: Path | None = None
+    # Learning rates of the pilot (lr_pilot.py): when given, each method's runs train with the
+    # rate its short pilot chose, by the same rule for every method; empty: the config's optim.lr.
+    lr_grid: tuple[float, ...] = ()
+    # Pilot steps: an int (every method) or {method: n}; a method without one gets a quarter of
+    # its own steps (lr_pilot.pilot_steps).
+    pilot_steps: int | dict | None = None
 
 
-def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list[str]]]:
+def plan_experiments(opts: ExperimentOptions, lrs: dict[str, float] | None = None
+                     ) -> list[tuple[str, int, Path, list[str]]]:
     """[(method, seed, run dir, adapt.py overrides)], seed by seed (every method of seed 0 first,
-    so an interrupted study has whole seeds), checked before anything runs."""
+    so an interrupted study has whole seeds), checked before anything runs. lrs: {method: its
+    learning rate} (the pilot's choices), appended to that method's overrides as optim.lr."""
+    return plan_runs(opts, check_options(opts), lrs)
+
+
+@dataclass
+class CheckedMethod:
+    """A study method with what its runs adapt: its steps, source model and body."""
+    method: str
+    steps: int
+    model_dir: Path
+    through: str
+    init: str  # adapt.init of its runs
+
+
+def check_options(opts: ExperimentOptions) -> list[CheckedMethod]:
+    """Every input of the study checked before anything runs (the learning-rate grid too), and
+    each method's source model and body selected as adapt.py will select them."""
     if opts.checkpoints < 1:
         raise InvalidValueError(f"--checkpoints must be >= 1, got {opts.checkpoints}")
     if not opts.seeds:
@@ -70,6 +95,7 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
         raise InvalidValueError(f"--methods {' '.join(opts.methods)} names a method twice")
     if "full" not in opts.methods:
         raise InvalidValueError("the study needs the baseline: --methods must include 'full'")
+    check_lr_grid(opts)
     for label, path in (("--pretrained", opts.pretrained), ("--target-data", opts.target_data),
                         ("--baseline-pretrained", opts.baseline_pretrained or opts.pretrained)):
         if not Path(path).is_dir():
@@ -85,10 +111,9 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
             raise MissingFileError(f"--minipost {opts.minipost} does not exist")
     sources = {"full": (opts.baseline_pretrained or opts.pretrained, "full"), "minijoint": (opts.pretrained, "mini"),
                "minipost": (opts.minipost, "mini")}
-    plan = []
-    per_method = []
+    checked = []
     for method in opts.methods:
-        base, _ = split_method(method)
+        base, init = split_method(method)
         # The body each run will train through, selected as adapt.py will: a model without a mid
         # head (minijoint) or a full model given as --minipost fails here, not after an hour.
         planned = AdaptConfig(adapt=AdaptSettings(model_dir=str(sources[base][0]), through=sources[base][1]))
@@ -98,14 +123,51 @@ def plan_experiments(opts: ExperimentOptions) -> list[tuple[str, int, Path, list
         steps = int(opts.steps.get(method, opts.steps.get(base, 0)))
         if steps < 1:
             raise InvalidValueError(f"steps for {method} must be positive, got {opts.steps.get(method)}")
-        per_method.append((method, steps))
+        checked.append(CheckedMethod(method, steps, Path(sources[base][0]), sources[base][1], init or opts.init))
+    return checked
+
+
+def check_lr_grid(opts: ExperimentOptions) -> None:
+    """The pilot's grid and steps: positive, finite, each rate once; no optim.lr in --set beside
+    a grid (the pilot chooses it); pilot steps only with a grid, each positive, each named method
+    a method."""
+    grid = tuple(opts.lr_grid)
+    if not grid:
+        if opts.pilot_steps not in (None, {}):
+            raise InvalidValueError("--pilot-steps needs --lr-grid (the rates the pilot tries)")
+        return
+    bad = [lr for lr in grid if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0)]
+    if bad:
+        raise InvalidValueError(f"--lr-grid: learning rates must be positive numbers, got {', '.join(map(str, bad))}")
+    if len(set(map(float, grid))) != len(grid):
+        raise InvalidValueError(f"--lr-grid {' '.join(map(str, grid))} names a rate twice")
+    if any(o.split("=", 1)[0] == "optim.lr" for o in opts.overrides):
+        raise InvalidValueError("--set optim.lr and --lr-grid: the pilot chooses each method's learning rate; "
+                                "give one or the other")
+    steps = opts.pilot_steps
+    if isinstance(steps, dict):
+        unknown = [m for m in steps if split_method(m)[0] not in METHODS]
+        if unknown:
+            raise InvalidValueError(f"--pilot-steps names {', '.join(unknown)}, which is no method")
+        values = list(steps.items())
+    else:
+        values = [("every method", steps)] if steps is not None else []
+    bad_steps = [f"{m}={n}" for m, n in values if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+    if bad_steps:
+        raise InvalidValueError(f"--pilot-steps must be positive integers, got {', '.join(bad_steps)}")
+
+
+def plan_runs(opts: ExperimentOptions, checked: list[CheckedMethod], lrs: dict[str, float] | None = None
+              ) -> list[tuple[str, int, Path, list[str]]]:
+    """plan_experiments over methods check_options has checked."""
+    lrs = lrs or {}
+    plan = []
     for seed in opts.seeds:
-        for method, steps in per_method:
-            base, init = split_method(method)
-            run_dir = Path(opts.out) / f"adapt-{method.replace('+', '-')}-s{seed}"
-            plan.append((method, seed, run_dir, run_settings(*sources[base], opts.target_data, run_dir, steps,
-                                                             opts.checkpoints, seed, init or opts.init,
-                                                             opts.overrides)))
+        for m in checked:
+            run_dir = Path(opts.out) / f"adapt-{m.method.replace('+', '-')}-s{seed}"
+            extra = [*opts.overrides, *([f"optim.lr={lrs[m.method]}"] if m.method in lrs else [])]
+            plan.append((m.method, seed, run_dir, run_settings(m.model_dir, m.through, opts.target_data, run_dir,
+                                                               m.steps, opts.checkpoints, seed, m.init, extra)))
     problems = run_config_problems(opts.config, [overrides for *_, overrides in plan])
     if problems:
         raise ConfigError("; ".join(problems))
@@ -150,7 +212,7 @@ def _same_number(a, b) -> bool:
         return False
 
 
-def _planned_matches(run_dir: Path, overrides: list[str]) -> list[str]:
+def settings_diffs(run_dir: Path, overrides: list[str]) -> list[str]:
     """The planned settings that a run already in run_dir was not made with."""
 
     try:
@@ -184,8 +246,15 @@ def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], floa
     """Run (or finish, or reuse) each method's adaptation runs, one after another so that each
     run's wall-clock is measured on an otherwise idle machine. Returns {method: [run dir per seed]}.
     runner(cmd, log_path) runs one command (default: `subprocess_runner.run_command`, as the
-    pipeline does)."""
-    plan = plan_experiments(opts)
+    pipeline does). With opts.lr_grid the learning-rate pilot runs first (lr_pilot.run_pilot,
+    out/pilot and out/lr_pilot.json) and each method's runs train with the rate it chose."""
+    checked = check_options(opts)
+    plan = plan_runs(opts, checked)  # the runs' configs checked before the pilot trains anything
+    if opts.lr_grid:
+        from ds_minimodel.study import lr_pilot  # lr_pilot plans with this module: imported late
+
+        record = lr_pilot.run_pilot(opts, checked, runner, log)
+        plan = plan_runs(opts, checked, {method: entry["chosen"] for method, entry in record["methods"].items()})
     train_runs([(run_dir, overrides) for _, _, run_dir, overrides in plan], opts.config, opts.ds_config,
                Path(opts.out) / "logs", runner, log)
     runs: dict[str, list[Path]] = {}
@@ -206,7 +275,7 @@ def train_runs(plan: list[tuple[Path, list[str]]], config: str, ds_config: str, 
         name = run_dir.name
         resume = (run_dir / "config.yaml").is_file()
         if resume:
-            diffs = _planned_matches(run_dir, overrides)
+            diffs = settings_diffs(run_dir, overrides)
             if diffs:
                 raise UserError(f"{run_dir} holds an adaptation run made with other settings ({'; '.join(diffs)}); "
                                 "remove it or choose another --out")
