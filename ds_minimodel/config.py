@@ -571,7 +571,9 @@ class AdaptConfig:
 
 
 # Fine-tuning tasks: classification (one text or a pair) and extractive QA (SQuAD v1.1 format).
-CLASSIFICATION_TASKS = ("bible-genre", "xnli", "pawsx")
+# The Bible tasks are offline stand-ins (tasks/bible.py) and need no task_path.
+BIBLE_TASKS = ("bible-genre", "bible-testament")
+CLASSIFICATION_TASKS = (*BIBLE_TASKS, "xnli", "pawsx")
 QA_TASKS = ("mlqa", "squad")
 
 
@@ -580,12 +582,13 @@ class FinetuneSettings:
     """What step 3 starts from, on which task, and how the task is fed."""
 
     model_dir: str = "runs/pretrain/final"
-    # "bible-genre" (offline stand-in), "xnli", "pawsx" (sentence-pair classification), or
+    # "bible-genre" or "bible-testament" (offline stand-ins), "xnli", "pawsx" (sentence-pair
+    # classification), or
     # extractive QA: "mlqa" (English SQuAD v1.1 train + MLQA English dev, answers normalised as
     # MLQA's script does) or "squad" (the same files, SQuAD v1.1 normalisation).
     task: str = "bible-genre"
     # Directory of the released task files (xnli / pawsx / mlqa: see tasks/formats.py); unused
-    # for bible-genre.
+    # for the Bible tasks.
     task_path: Optional[str] = None
     # Tokens per sequence, special tokens included (for QA: per question + context window).
     max_len: int = 128
@@ -610,7 +613,7 @@ class FinetuneSettings:
         tasks = CLASSIFICATION_TASKS + QA_TASKS
         if self.task not in tasks:
             out.append(f"finetune.task must be {'|'.join(tasks)}, got {self.task!r}")
-        if self.task != "bible-genre" and not self.task_path:
+        if self.task not in BIBLE_TASKS and not self.task_path:
             out.append(f"finetune.task {self.task} needs finetune.task_path (a directory of the released files)")
         if self.pooling not in ("cls", "mean"):
             out.append(f"finetune.pooling must be 'cls' or 'mean', got {self.pooling!r}")

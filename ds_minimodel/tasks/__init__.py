@@ -3,7 +3,8 @@
 - `formats`: `ClassificationExample`, `QAExample`, `TaskData`; loaders for the released
   XNLI, PAWS-X and MLQA files (`load_task`, `task_data`) and an offline-only Hugging Face
   path (`from_hf_datasets`).
-- `bible`: verse -> genre classification (English train, paired English/target-language test) and
+- `bible`: verse -> genre and verse -> testament classification (English train, paired
+  English/target-language test) and
   English <-> target verse retrieval, in any language of the Bible table, all on chapters held
   out of every training corpus.
 - `metrics`: macro-F1, SQuAD/MLQA exact match and F1, retrieval top-1 and MRR.
@@ -17,6 +18,7 @@ from ds_minimodel.tasks.bible import (
                                         VersePairs,
                                         verse_genre_task,
                                         verse_retrieval_pairs,
+                                        verse_testament_task,
 )
 from ds_minimodel.tasks.formats import (
                                         MLQA_LANGUAGES,
@@ -50,7 +52,7 @@ __all__ = [
     "ClassificationExample", "QAExample", "TaskData", "TASKS", "XNLI_LABELS", "PAWSX_LABELS", "XNLI_LANGUAGES",
     "PAWSX_LANGUAGES", "MLQA_LANGUAGES", "load_task", "task_data", "task_file", "from_hf_datasets",
     "read_xnli_tsv", "read_pawsx_tsv", "read_squad_json",
-    "VersePair", "VersePairs", "verse_genre_task", "verse_retrieval_pairs",
+    "VersePair", "VersePairs", "verse_genre_task", "verse_testament_task", "verse_retrieval_pairs",
     "paired_difference", "macro_f1", "normalize_answer", "exact_match_score", "f1_score", "qa_metrics",
     "retrieval_metrics",
     "EncodedTexts", "encode_texts",

@@ -8,6 +8,9 @@ language's embeddings, evaluate zero-shot) is exercised on:
   letters: `GENRES`), 6 classes. Train and validation are English verses outside the held-out
   chapters; the test sets are the held-out chapters' verses in English *and* in the target
   language, on the same verse ids in the same order, so the accuracies are a paired comparison.
+- `verse_testament_task`: Old (0) or New (1) Testament, 2 classes, on the same splits' chapters
+  and the same test verses as the genre task (an easier question on the same unseen verses,
+  scored by ROC AUC from P(New): bench/metric_signal.py compares the two metrics' signal).
 - `verse_retrieval_pairs`: English <-> target verse pairs from the held-out chapters, for
   bitext retrieval with pooled sentence embeddings (`metrics.retrieval_metrics`).
 
@@ -61,6 +64,14 @@ MAX_TRAIN_PER_CLASS = 1500
 MAX_VALIDATION_PER_CLASS = 200
 VALIDATION_CHAPTER_FRACTION = 0.05
 MAX_RETRIEVAL_PAIRS = 1000
+# The testament task's classes, by book: Matthew (book 40) opens the New Testament.
+TESTAMENTS = ("old", "new")
+FIRST_NEW_TESTAMENT_BOOK = 40
+# As many training verses as the genre task (9,000), two classes of 4,500: the same fine-tuning
+# work, class-balanced (the New Testament has 7,247 training-pool verses, the Old 20,964).
+# Validation: 300 a class (the New Testament's validation chapters hold 350 verses).
+MAX_TESTAMENT_TRAIN_PER_CLASS = 4500
+MAX_TESTAMENT_VALIDATION_PER_CLASS = 300
 
 
 def verse_id(key: Key) -> str:
@@ -110,14 +121,20 @@ def majority_rate(examples: list[ClassificationExample]) -> float:
     return max(Counter(ex.label for ex in examples).values()) / len(examples)
 
 
-def _sample_per_class(keys: list[Key], cap: int | None, salt: str, seed: int) -> list[Key]:
-    # A seeded hash rank rather than random.sample: the same sample on every Python version.
-    by_genre: dict[str, list[Key]] = {g: [] for g in GENRES}
+def testament_of(book: int) -> int:
+    """0 for a book of the Old Testament (Genesis..Malachi, books 1..39), 1 for the New (40..66)."""
+    return int(book >= FIRST_NEW_TESTAMENT_BOOK)
+
+
+def _sample_per_class(keys: list[Key], cap: int | None, salt: str, seed: int, label_of) -> list[Key]:
+    """At most `cap` keys of each class (`label_of(key)`), in verse order. A seeded hash rank
+    rather than random.sample: the same sample on every Python version."""
+    by_class: dict = {}
     for key in keys:
-        by_genre[BOOK_GENRE[key[0]]].append(key)
+        by_class.setdefault(label_of(key), []).append(key)
     out: list[Key] = []
-    for genre in GENRES:
-        ks = sorted(by_genre[genre], key=lambda k: _rank(salt, seed, *k))
+    for members in by_class.values():
+        ks = sorted(members, key=lambda k: _rank(salt, seed, *k))
         out.extend(ks if cap is None else ks[:cap])
     return sorted(out)
 
@@ -125,8 +142,16 @@ def _sample_per_class(keys: list[Key], cap: int | None, salt: str, seed: int) ->
 _LABEL = {g: i for i, g in enumerate(GENRES)}
 
 
-def _genre_examples(keys: list[Key], text: dict[Key, str]) -> list[ClassificationExample]:
-    return [ClassificationExample(text[k], None, _LABEL[BOOK_GENRE[k[0]]], verse_id(k)) for k in keys]
+def _genre_label(key: Key) -> int:
+    return _LABEL[BOOK_GENRE[key[0]]]
+
+
+def _testament_label(key: Key) -> int:
+    return testament_of(key[0])
+
+
+def _examples(keys: list[Key], text: dict[Key, str], label_of) -> list[ClassificationExample]:
+    return [ClassificationExample(text[k], None, label_of(k), verse_id(k)) for k in keys]
 
 
 @lru_cache(maxsize=4)
@@ -143,13 +168,24 @@ def genre_test_ids(translation: str = "kjv") -> tuple[tuple[Key, ...], int]:
     return keys, len(held) - len(keys)
 
 
-def genre_test_set(language: str, translation: str = "kjv") -> tuple[list[ClassificationExample], int]:
-    """(the genre test set in `language`, how many of the test verse ids its Bible lacks): the
-    examples of `genre_test_ids` it has, in verse order ("en": the English `translation`)."""
+def _test_set(language: str, translation: str, label_of) -> tuple[list[ClassificationExample], int]:
     keys, _ = genre_test_ids(translation)
     text = english_verses(translation) if language == SOURCE_LANGUAGE else bible_verses(_target(language))
     kept = [k for k in keys if k in text]
-    return _genre_examples(kept, text), len(keys) - len(kept)
+    return _examples(kept, text, label_of), len(keys) - len(kept)
+
+
+def genre_test_set(language: str, translation: str = "kjv") -> tuple[list[ClassificationExample], int]:
+    """(the genre test set in `language`, how many of the test verse ids its Bible lacks): the
+    examples of `genre_test_ids` it has, in verse order ("en": the English `translation`)."""
+    return _test_set(language, translation, _genre_label)
+
+
+def testament_test_set(language: str, translation: str = "kjv") -> tuple[list[ClassificationExample], int]:
+    """`genre_test_set`'s verses labelled by testament (0 Old, 1 New): every held-out verse but
+    the English verbatim repeats of training text (1,482 of 1,513 for the KJV: 1,122 Old
+    Testament verses in 45 chapters, 360 New in 13)."""
+    return _test_set(language, translation, _testament_label)
 
 
 def verse_genre_task(seed: int = 0, translation: str = "kjv", *,
@@ -168,11 +204,35 @@ def verse_genre_task(seed: int = 0, translation: str = "kjv", *,
     language's. `meta` records the class counts per split, the chance levels and, per target
     language, its test size and the test verses its Bible lacks (`target_tests`).
     """
+    return _verse_task("verse-genre", GENRES, _genre_label, genre_test_set, ("genre-train", "genre-valid-sample"),
+                       seed, translation, max_train_per_class, max_validation_per_class, target_language)
+
+
+def verse_testament_task(seed: int = 0, translation: str = "kjv", *,
+                         max_train_per_class: int | None = MAX_TESTAMENT_TRAIN_PER_CLASS,
+                         max_validation_per_class: int | None = MAX_TESTAMENT_VALIDATION_PER_CLASS,
+                         target_language: str = DEFAULT_TARGET_LANGUAGE) -> TaskData:
+    """Verse -> testament (`TESTAMENTS`: 0 Old, 1 New), on the genre task's chapters: train from
+    the same non-held-out, non-validation chapters (at most `max_train_per_class` a testament,
+    sampled with `seed`), validation from `genre_validation_chapters(seed)`, and the test set
+    the genre task's test verses (`testament_test_set`: all the held-out verses but verbatim
+    repeats), paired English/target like the genre task's. The test chapters cannot grow: they
+    are the only chapters every corpus leaves out. Its test set is unbalanced (3 Old Testament
+    verses to 1 New): score it by ROC AUC, which does not depend on the class shares."""
+    return _verse_task("verse-testament", TESTAMENTS, _testament_label, testament_test_set,
+                       ("testament-train", "testament-valid-sample"), seed, translation, max_train_per_class,
+                       max_validation_per_class, target_language)
+
+
+def _verse_task(name: str, label_names: tuple[str, ...], label_of, test_set, salts: tuple[str, str], seed: int,
+                translation: str, max_train_per_class: int | None, max_validation_per_class: int | None,
+                target_language: str) -> TaskData:
+    """A verse classification task on the held-out split rules (`verse_genre_task`'s doc)."""
     target_language = _target(target_language)
-    for name, cap in (("max_train_per_class", max_train_per_class),
-                      ("max_validation_per_class", max_validation_per_class)):
+    for cap_name, cap in (("max_train_per_class", max_train_per_class),
+                          ("max_validation_per_class", max_validation_per_class)):
         if cap is not None and cap < 1:
-            raise InvalidValueError(f"{name} {cap} must be positive (or None for no cap)")
+            raise InvalidValueError(f"{cap_name} {cap} must be positive (or None for no cap)")
     en = english_verses(translation)
     heldout = _task_heldout()
     valid_chapters = genre_validation_chapters(seed)
@@ -180,10 +240,10 @@ def verse_genre_task(seed: int = 0, translation: str = "kjv", *,
     train_pool = [k for k in en if k[:2] not in heldout and k[:2] not in valid_chapters]
     valid_pool = [k for k in en if k[:2] in valid_chapters]
 
-    train = _genre_examples(_sample_per_class(train_pool, max_train_per_class, "genre-train", seed), en)
-    validation = _genre_examples(_sample_per_class(valid_pool, max_validation_per_class, "genre-valid-sample", seed),
-                                 en)
-    test_en, _ = genre_test_set(SOURCE_LANGUAGE, translation)
+    train = _examples(_sample_per_class(train_pool, max_train_per_class, salts[0], seed, label_of), en, label_of)
+    validation = _examples(_sample_per_class(valid_pool, max_validation_per_class, salts[1], seed, label_of), en,
+                           label_of)
+    test_en, _ = test_set(SOURCE_LANGUAGE, translation)
     meta = {
         "translation": translation,
         "seed": seed,
@@ -191,21 +251,22 @@ def verse_genre_task(seed: int = 0, translation: str = "kjv", *,
         "validation_chapters": len(valid_chapters),
         "caps": {"train_per_class": max_train_per_class, "validation_per_class": max_validation_per_class},
         "test_dropped_duplicates": dropped,
-        "class_counts": {"train": class_counts(train, GENRES), "validation": class_counts(validation, GENRES),
-                         "test": class_counts(test_en, GENRES)},
+        "class_counts": {"train": class_counts(train, label_names),
+                         "validation": class_counts(validation, label_names),
+                         "test": class_counts(test_en, label_names)},
         "sizes": {"train": len(train), "validation": len(validation), "test": len(test_en)},
         # Chance levels on the test set: always answering the most frequent class, and uniform guessing.
-        "chance": {"majority": majority_rate(test_en), "uniform": 1 / len(GENRES)},
+        "chance": {"majority": majority_rate(test_en), "uniform": 1 / len(label_names)},
         "target_tests": {},
     }
 
     def build(language: str) -> list[ClassificationExample]:
-        examples, missing = genre_test_set(language, translation)
+        examples, missing = test_set(language, translation)
         meta["target_tests"][language] = {"examples": len(examples), "missing": missing}
         return examples
 
     test_target = build(target_language)
-    return TaskData("verse-genre", len(GENRES), GENRES, train, validation, test_target, target_language,
+    return TaskData(name, len(label_names), label_names, train, validation, test_target, target_language,
                     SOURCE_LANGUAGE, {SOURCE_LANGUAGE: test_en, target_language: test_target}, meta, build)
 
 

@@ -1,5 +1,5 @@
 """Step 3 for classification: body + a classification head on source-language task data
-(bible-genre, XNLI, PAWS-X), embeddings frozen (see common.py).
+(bible-genre, bible-testament, XNLI, PAWS-X), embeddings frozen (see common.py).
 
 Inputs are packed as the model family expects
 (`tokenizers.layout.layout_for`: RoBERTa `<s> A </s></s> B </s>`, BERT `[CLS] A [SEP] B [SEP]` with
@@ -34,6 +34,10 @@ def load_task(cfg: FinetuneConfig) -> TaskData:
         from ds_minimodel.tasks.bible import verse_genre_task
 
         return verse_genre_task(seed=cfg.train.seed)
+    if cfg.finetune.task == "bible-testament":
+        from ds_minimodel.tasks.bible import verse_testament_task
+
+        return verse_testament_task(seed=cfg.train.seed)
     from ds_minimodel.tasks.formats import task_data
 
     return task_data(cfg.finetune.task, cfg.finetune.task_path, test_languages=["en"], train_language="en")
@@ -62,27 +66,41 @@ def correct_flags(model_or_engine, encoded: list[list[int]], labels: list[int], 
     return [a == label for a, label in zip(answers, mine)]
 
 
-@torch.no_grad()
 def predictions(model_or_engine, encoded: list[list[int]], pad_id: int, batch_size: int, rank: int = 0,
                 world_size: int = 1, type_ids: list[list[int]] | None = None) -> list[int]:
     """The classifier's answer (argmax of its logits) on each example this rank scores, in order:
     ranks take interleaved batches of `batch_size`, and every rank runs the same number of
     forwards (ZeRO-3 gathers parameters in each)."""
+    return _per_example(model_or_engine, encoded, pad_id, batch_size, rank, world_size, type_ids,
+                        lambda logits: logits.argmax(-1).cpu().tolist())
+
+
+def probabilities(model_or_engine, encoded: list[list[int]], pad_id: int, batch_size: int, rank: int = 0,
+                  world_size: int = 1, type_ids: list[list[int]] | None = None) -> list[list[float]]:
+    """The classifier's class probabilities (softmax of its logits, in float64) on each example
+    this rank scores, in `predictions`' order: for a ranking metric (ROC AUC from P(class 1))."""
+    return _per_example(model_or_engine, encoded, pad_id, batch_size, rank, world_size, type_ids,
+                        lambda logits: torch.softmax(logits.double(), dim=-1).cpu().tolist())
+
+
+@torch.no_grad()
+def _per_example(model_or_engine, encoded, pad_id, batch_size, rank, world_size, type_ids, per_batch) -> list:
+    """`per_batch(logits)` of this rank's batches, concatenated (see `predictions`)."""
     was_training = model_or_engine.training
     model_or_engine.eval()
     device = next(model_or_engine.parameters()).device
     enc = EncodedTexts(encoded, type_ids)
     starts = list(range(0, len(encoded), batch_size))
     rounds = -(-len(starts) // world_size)
-    answers: list[int] = []
+    out: list = []
     for r in range(rounds):
         i = r * world_size + rank
         chunk = range(starts[i], min(starts[i] + batch_size, len(encoded))) if i < len(starts) else range(0, 1)
         logits = model_or_engine(**loop.to_device(padded_batch(enc, chunk, pad_id), device))["logits"]
         if i < len(starts):  # a rank with no batch left runs a dummy forward and keeps nothing
-            answers += logits.argmax(-1).cpu().tolist()
+            out += per_batch(logits)
     model_or_engine.train(was_training)
-    return answers
+    return out
 
 
 def accuracy(model_or_engine, encoded: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
