@@ -272,7 +272,7 @@ def test_qa_config_problems_reported_together():
     msg = str(e.value)
     assert "2 config problem(s)" in msg and "doc_stride must be positive" in msg
     assert "finetune.max_len 40 leaves no room for context" in msg and "at least 69" in msg
-    with pytest.raises(ConfigError, match=r"task must be bible-genre\|xnli\|pawsx\|mlqa\|squad"):
+    with pytest.raises(ConfigError, match=r"task must be bible-genre\|bible-testament\|xnli\|pawsx\|mlqa\|squad"):
         load_config(FinetuneConfig, overrides=["finetune.task=qa", "finetune.task_path=x"])
     with pytest.raises(ConfigError, match="finetune.task mlqa needs finetune.task_path"):
         load_config(FinetuneConfig, overrides=["finetune.task=mlqa"])
