@@ -22,6 +22,7 @@ from ds_minimodel.study.bootstrap import (
     stack_seeds,
 )
 from ds_minimodel.study.full_models import compare_full_models
+from ds_minimodel.study.lr_pilot import read_lr_pilot
 from ds_minimodel.study.loss_scoring import MLMLossScorer, refit_losses
 from ds_minimodel.study.matching import Point, attach_bootstrap, matched_compute
 from ds_minimodel.study.one_time_cost import one_time_costs, with_one_time_costs
@@ -239,6 +240,7 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
     transfer = transfer_check.check(transfer_check.body_gates(bodies), metrics[scorer.metric].get("baseline_gain"),
                                     scorer.metric, opts.include_init)
     language = opened[opts.baseline][0].info.language
+    pilot = read_lr_pilot(out_dir)  # each method's learning rate, when the study chose it (lr_pilot.py)
     result = {
         "metric": scorer.metric, "level": opts.level, "include_init_point": opts.include_init,
         "bootstrap_stream": {"stream": bootstrap_stream(language, opts.bootstrap_seed), "language": language,
@@ -252,6 +254,7 @@ def compare_runs(runs: dict[str, list[str | Path] | str | Path], scorer, out_dir
         "metrics": metrics,
         "full_models": full_models,
         "one_time_costs": costs,
+        **({"lr_pilot": pilot} if pilot else {}),
         "method": "each method's curve is its metric at each checkpoint averaged over its seeds; the crossing of "
                   "the target (fraction x the baseline's averaged final metric; for the MLM loss its averaged "
                   "final loss) is found on the curve's monotone (isotonic) fit, linearly interpolated between "

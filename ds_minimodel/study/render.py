@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from ds_minimodel.study.full_models import markdown as full_models_section
+from ds_minimodel.study.lr_pilot import markdown as lr_pilot_section
 from ds_minimodel.study.matching import MIN_DEFINED, interval_withheld
 
 METRIC_LABEL = {"accuracy": "target-language accuracy", "retrieval_top1": "En<->target retrieval top-1",
@@ -315,6 +316,8 @@ def markdown(study: dict) -> str:
             lines += ["References: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                  for k, v in refs.items()) + ".", ""]
     lines += full_models_section(study.get("full_models"))
+    if study.get("lr_pilot"):
+        lines += lr_pilot_section(study["lr_pilot"]) + [""]
     if study.get("sweep"):
         lines += sweep_section(study["sweep"], study["sweep"].get("plot", "sweep.png"))
     lines += ["How: " + study["method"] + " The compute ratio is the baseline's FLOPs to reach the target divided by "

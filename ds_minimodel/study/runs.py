@@ -153,7 +153,7 @@ def _rebuild_init(run: StudyRun):
                         "was trained with")
     source_tok = load_tokenizer(lineage["tokenizer"]) if lineage.get("tokenizer") else None
     return init_embeddings(run.config.adapt.init, body["embeddings.word"], source_tok, target_tok,
-                           run.config.train.seed, corpus)
+                           run.config.train.seed, corpus, source_bias=body.get("lm_head.bias"))
 
 
 def own_valid_loss(run: StudyRun) -> dict[int, float]:
