@@ -294,10 +294,18 @@ def test_bad_spec_values_are_refused_at_once_in_one_line(tmp_path):
         specs.load_study_spec("quick", ["adapt.lr_grid=[1e-3, .nan]"])
     with pytest.raises(ConfigError, match="a sweep has no learning-rate pilot"):
         specs.load_study_spec("sweep", ["adapt.lr_grid=[1e-3]"])
-    # Through the launcher: one `error:` line, exit status 2.
-    proc = subprocess.run([sys.executable, "-m", "ds_minimodel.cli.study", "--spec", "quick", "adapt.lr_grid=[0]",
-                           f"out={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "adapt.lr_grid" in proc.stderr, proc.stderr
+    # Through the launcher: one `error:` line, exit status 2, nothing created. A spec of its own,
+    # without a pipeline and with models that do not exist: were the rate let through, the launcher
+    # would stop on the missing models (another line), never start a pipeline or a study.
+    spec = tmp_path / "pilot.yaml"
+    spec.write_text(f"models: {{pretrained: {tmp_path / 'none'}, classifiers: [{tmp_path / 'none'}]}}\n"
+                    f"languages: [{{code: ny, data: {tmp_path / 'data'}}}]\nmethods: [full]\n"
+                    f"adapt: {{lr_grid: [0, 1.0e-3]}}\nout: {tmp_path / 'out'}\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "ds_minimodel.cli.study", "--spec", str(spec)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "adapt.lr_grid: learning rates must be positive, got 0" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 # ---- a tiny pilot end to end ---------------------------------------------------------------------
