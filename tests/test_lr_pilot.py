@@ -19,7 +19,8 @@ from ds_minimodel.cli import study as study_cli
 from ds_minimodel.config import ConfigError
 from ds_minimodel.errors import UserError
 from ds_minimodel.study import lr_pilot
-from ds_minimodel.study.experiments import CheckedMethod, ExperimentOptions, run_experiments
+from ds_minimodel.study.experiments import CheckedMethod, ExperimentOptions
+from ds_minimodel.study.lr_pilot import run_with_pilot
 from tests.conftest import REPO
 from tests.distributed import run_ranks
 from tests.helpers import expect_rejected
@@ -149,7 +150,7 @@ def test_the_pilot_plans_its_runs_and_the_real_runs_train_with_each_methods_choi
     losses = {("full", 1e-3): 5.5, ("full", 3e-3): 5.25, ("full", 1e-2): "nan",
               ("minijoint", 1e-3): 6.0, ("minijoint", 3e-3): 6.0, ("minijoint", 1e-2): "diverge"}
     calls: list = []
-    runs = run_experiments(opts, runner=fake_runner(calls, losses), log=lambda s: None)
+    runs = run_with_pilot(opts, runner=fake_runner(calls, losses), log=lambda s: None)
 
     pilot = [_settings(c) for c in calls[:6]]
     assert [(Path(s["train.out_dir"]).name) for s in pilot] == \
@@ -181,12 +182,12 @@ def test_the_pilot_plans_its_runs_and_the_real_runs_train_with_each_methods_choi
 
     # Again: every pilot run reused (the diverged one not trained again), every real run reused.
     calls.clear()
-    run_experiments(opts, runner=fake_runner(calls, losses), log=lambda s: None)
+    run_with_pilot(opts, runner=fake_runner(calls, losses), log=lambda s: None)
     assert calls == []
     # Another pilot length: the pilot's runs were made with other settings, refused before training.
     with pytest.raises(UserError, match="full-lr0.001 holds an adaptation run made with other settings.*"
                                         "train.steps=2 \\(planned 5\\)"):
-        run_experiments(dataclasses.replace(opts, pilot_steps=5), runner=fake_runner(calls, losses),
+        run_with_pilot(dataclasses.replace(opts, pilot_steps=5), runner=fake_runner(calls, losses),
                         log=lambda s: None)
     # Another choice: the real runs made with 0.003 are refused.
     calls.clear()
@@ -194,7 +195,7 @@ def test_the_pilot_plans_its_runs_and_the_real_runs_train_with_each_methods_choi
     shutil.rmtree(out / "pilot" / "full-lr0.001")
     with pytest.raises(UserError, match="adapt-full-s3 holds an adaptation run made with other settings.*"
                                         "optim.lr=0.003 \\(planned 0.001\\)"):
-        run_experiments(opts, runner=fake_runner(calls, flipped), log=lambda s: None)
+        run_with_pilot(opts, runner=fake_runner(calls, flipped), log=lambda s: None)
     assert [Path(_settings(c)["train.out_dir"]).name for c in calls] == ["full-lr0.001"]
     assert lr_pilot.read_lr_pilot(out)["methods"]["full"]["chosen"] == 0.001
 
@@ -205,7 +206,7 @@ def test_a_pilot_where_every_rate_diverges_stops_the_study(tmp_path, tiny_model_
                              lr_grid=(1.0, 10.0))
     calls: list = []
     with pytest.raises(UserError, match="pilot of full diverged at every rate of --lr-grid 1.0 10.0"):
-        run_experiments(opts, runner=fake_runner(calls, {("full", 1.0): "diverge", ("full", 10.0): "diverge"}),
+        run_with_pilot(opts, runner=fake_runner(calls, {("full", 1.0): "diverge", ("full", 10.0): "diverge"}),
                         log=lambda s: None)
     assert len(calls) == 2  # no real run trained
     assert lr_pilot.read_lr_pilot(tmp_path / "s")["methods"]["full"]["chosen"] is None
@@ -219,7 +220,7 @@ def test_a_pilot_run_failing_otherwise_stops_the_study(tmp_path, tiny_model_dir,
         raise UserError("step failed (1) after 1 s: out of memory")
 
     with pytest.raises(UserError, match="out of memory"):
-        run_experiments(opts, runner=crash, log=lambda s: None)
+        run_with_pilot(opts, runner=crash, log=lambda s: None)
     assert not (tmp_path / "s" / "lr_pilot.json").exists()
 
 
@@ -335,7 +336,7 @@ def test_a_tiny_pilot_end_to_end(tmp_path, tiny_model_dir, tiny_target_corpus):
                              steps={"full": 4}, checkpoints=2, seeds=(0,), config=TINY_CONFIG,
                              overrides=["adapt.language=ny"], lr_grid=(1e-4, 5e-2), pilot_steps=2)
     calls: list = []
-    runs = run_experiments(opts, runner=in_process_runner(calls), log=lambda s: None)
+    runs = run_with_pilot(opts, runner=in_process_runner(calls), log=lambda s: None)
     assert len(calls) == 3
     record = lr_pilot.read_lr_pilot(out)
     entry = record["methods"]["full"]
@@ -350,5 +351,5 @@ def test_a_tiny_pilot_end_to_end(tmp_path, tiny_model_dir, tiny_target_corpus):
     (real,) = runs["full"]
     assert yaml.safe_load((real / "config.yaml").read_text(encoding="utf-8"))["optim"]["lr"] == entry["chosen"]
     calls.clear()
-    run_experiments(opts, runner=in_process_runner(calls), log=lambda s: None)
+    run_with_pilot(opts, runner=in_process_runner(calls), log=lambda s: None)
     assert calls == []

@@ -336,7 +336,12 @@ def main(argv=None) -> None:
                     print(line, flush=True)
                 return
             if args.run_experiments:
-                runs = experiments.run_experiments(opts)
+                if opts.lr_grid:
+                    from ds_minimodel.study import lr_pilot
+
+                    runs = lr_pilot.run_with_pilot(opts)
+                else:
+                    runs = experiments.run_experiments(opts)
             result = compare.compare_runs(runs, scorer, args.out, options)
         print(f"wrote {Path(args.out) / 'study.json'}, study.md, {', '.join(result['plots'])}")
         for line in render.summary_lines(result):

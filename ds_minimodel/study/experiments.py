@@ -242,19 +242,15 @@ def _config_path(path: str) -> str:
 
 
 def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], float] | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, list[Path]]:
+                    log: Callable[[str], None] = print, lrs: dict[str, float] | None = None) -> dict[str, list[Path]]:
     """Run (or finish, or reuse) each method's adaptation runs, one after another so that each
     run's wall-clock is measured on an otherwise idle machine. Returns {method: [run dir per seed]}.
     runner(cmd, log_path) runs one command (default: `subprocess_runner.run_command`, as the
-    pipeline does). With opts.lr_grid the learning-rate pilot runs first (lr_pilot.run_pilot,
-    out/pilot and out/lr_pilot.json) and each method's runs train with the rate it chose."""
-    checked = check_options(opts)
-    plan = plan_runs(opts, checked)  # the runs' configs checked before the pilot trains anything
-    if opts.lr_grid:
-        from ds_minimodel.study import lr_pilot  # lr_pilot plans with this module: imported late
-
-        record = lr_pilot.run_pilot(opts, checked, runner, log)
-        plan = plan_runs(opts, checked, {method: entry["chosen"] for method, entry in record["methods"].items()})
+    pipeline does). `lrs`: each method's learning rate, as the pilot chose it (a study with
+    opts.lr_grid runs through lr_pilot.run_with_pilot, which chooses them first)."""
+    if opts.lr_grid and lrs is None:
+        raise InvalidValueError("a study with --lr-grid runs its pilot first (lr_pilot.run_with_pilot)")
+    plan = plan_runs(opts, check_options(opts), lrs)
     train_runs([(run_dir, overrides) for _, _, run_dir, overrides in plan], opts.config, opts.ds_config,
                Path(opts.out) / "logs", runner, log)
     runs: dict[str, list[Path]] = {}

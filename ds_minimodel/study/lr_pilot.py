@@ -32,7 +32,9 @@ from ds_minimodel.study.experiments import (
     CheckedMethod,
     ExperimentOptions,
     check_options,
+    plan_runs,
     run_config_problems,
+    run_experiments,
     run_settings,
     settings_diffs,
     train_runs,
@@ -188,3 +190,13 @@ def markdown(record: dict) -> list[str]:
         chosen = "none" if entry["chosen"] is None else lr_tag(entry["chosen"])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {chosen} |")
     return lines
+
+
+def run_with_pilot(opts: ExperimentOptions, runner: Callable[[list, Path], float] | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, list[Path]]:
+    """experiments.run_experiments with each method's learning rate chosen by the pilot first: the
+    real runs' configs are checked before the pilot trains anything."""
+    checked = check_options(opts)
+    plan_runs(opts, checked)
+    record = run_pilot(opts, checked, runner, log)
+    return run_experiments(opts, runner, log, {method: entry["chosen"] for method, entry in record["methods"].items()})
