@@ -412,9 +412,12 @@ def study_commands(spec: StudySpec) -> list[Command]:
     for lang in spec.languages:
         data = _data_dir(spec, lang)
         if lang.recipe and spec.sweep is None:
+            # A given tokenizer (e.g. the ciphered source's: --cipher-tokenizer) has its own vocabulary.
+            given = {"--cipher-tokenizer", "--tokenizer"} & set(lang.prepare_args)
+            vocab = [] if given else ["--vocab-size", lang.vocab_size, "--vocab-limit", lang.vocab_limit]
             commands.append(Command(f"data-{lang.code}", _module(
-                "prepare_data", "--recipe", lang.recipe, "--out", data, "--vocab-size", lang.vocab_size,
-                "--vocab-limit", lang.vocab_limit, *lang.prepare_args), done=data / "index.json"))
+                "prepare_data", "--recipe", lang.recipe, "--out", data, *vocab, *lang.prepare_args),
+                done=data / "index.json"))
         commands.append(Command(f"study-{lang.code}", _module("study", *study_argv(spec, lang))))
     if len(spec.languages) > 1:
         commands.append(Command("average", _module("study", "--average",

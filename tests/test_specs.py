@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ds_minimodel import specs
 from ds_minimodel.cli import pipeline as pipeline_cli
@@ -200,3 +201,19 @@ def test_spec_files_ship_with_the_package():
     text = (REPO / "setup.py").read_text(encoding="utf-8")
     assert '"studies": ["*.yaml", "pipelines/*.yaml"]' in text
     assert Path(specs.spec_path("smoke", "studies/pipelines")).is_file()
+
+
+def test_a_language_with_a_given_tokenizer_is_prepared_without_a_vocabulary_size(tmp_path):
+    """prepare_data refuses --vocab-size beside --cipher-tokenizer (the every-row cipher dataset):
+    the spec leaves it out, and keeps it for a tokenizer the recipe trains."""
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "models": {"pretrained": "runs/body/final", "classifiers": ["runs/c"]},
+        "languages": [{"code": "en-cipher", "data": "data/src", "recipe": "bible-en-cipher",
+                       "prepare_args": ["--cipher-tokenizer", "data/bible-en-body"]},
+                      {"code": "ny", "data": "data/ny", "recipe": "bible-ny"}],
+        "methods": ["full"], "out": "runs/x"}))
+    prepare = {c.name: [str(a) for a in c.cmd] for c in specs.study_commands(specs.load_study_spec(str(spec_file)))
+               if c.name.startswith("data-")}
+    assert "--vocab-size" not in prepare["data-en-cipher"] and "--cipher-tokenizer" in prepare["data-en-cipher"]
+    assert prepare["data-ny"][prepare["data-ny"].index("--vocab-size") + 1] == "8000"
