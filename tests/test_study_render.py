@@ -109,3 +109,17 @@ def test_sweep_plot_names_the_studies_level(monkeypatch, tmp_path):
     plot_sweep({"vocabs": [8000], "ks": [1], "level": 0.9, "points": [point]}, tmp_path / "sweep.png")
     titles = [ax.get_title() for ax in figures[0].axes]
     assert any("90%" in t for t in titles) and not any("95%" in t for t in titles), titles
+
+
+def test_an_enforced_transfer_check_that_failed_withholds_every_ratio_in_study_md():
+    mini = curve((40, 0.4), (80, 0.5), (120, 0.6))  # ratio 2.50 when shown
+    s = study({"full": FULL, "mini": mini}, {"mini": [2.5] * 1000})
+    why = "the standard baseline did not transfer: agreement 0.04 -> 0.08 (95% interval -0.05 to +0.12)"
+    for required, passed, shown in ((True, False, False), (False, False, True), (True, True, True)):
+        s["transfer_check"] = {"required": required, "passed": passed, "why": why, "baseline_gain": {}}
+        md = markdown(s)
+        row = next(x for x in md.splitlines() if x.startswith("| mini |"))
+        assert ("| 2.50 |" in row) == shown and ("compute ratio 2.50" in md) == shown, (required, passed, md)
+        assert (f"- study: no compute ratio: {why}" in md) == (not shown)
+        if not shown:
+            assert "| withheld | withheld |" in row and row.count("withheld") == 3

@@ -203,7 +203,16 @@ def interval_cell(entry: dict) -> str:
     return "none" + (f": {count}" if count else "") + (f" (under {MIN_DEFINED:.0%})" if withheld else "")
 
 
-def _metric_section(study: dict, runs: dict, level: float) -> list[str]:
+WITHHELD = "withheld"  # a ratio cell when the enforced transfer check failed
+
+
+def withheld(result: dict) -> bool:
+    """Whether the study's ratios are withheld: its transfer check was enforced and failed."""
+    check = result.get("transfer_check") or {}
+    return bool(check.get("required") and not check.get("passed"))
+
+
+def _metric_section(study: dict, runs: dict, level: float, withhold: bool = False) -> list[str]:
     m = study["matched"]
     metric, base = study["metric"], m["baseline"]
     against = "own crossing of the target" if m["baseline_at"] == "crossing" else "whole run"
@@ -228,10 +237,11 @@ def _metric_section(study: dict, runs: dict, level: float) -> list[str]:
         entry = {"ratio": e["ratio_value"], "interval": e.get("interval_flops"), "outcome": e.get("outcome"),
                  "ratio_bound": e.get("ratio_bound"), "n": e.get("interval_defined"),
                  "replicates": e.get("interval_replicates")}
+        ratio, interval, seconds = (WITHHELD,) * 3 if withhold else \
+            (ratio_cell(entry), interval_cell(entry), _fmt(e['ratio_seconds'], '.2f'))
         lines.append(f"| {name} | {seeds} | {e['steps']} | {e['final_metric']:.4f} | {e['total_flops']:.3e} | "
-                     f"{_fmt(e['flops_to_target'], '.3e', 'not reached')} | {ratio_cell(entry)} | "
-                     f"{interval_cell(entry)} | {_fmt(e['seconds_to_target'], '.1f', 'not reached')} | "
-                     f"{_fmt(e['ratio_seconds'], '.2f')} | {e.get('note', '')} |")
+                     f"{_fmt(e['flops_to_target'], '.3e', 'not reached')} | {ratio} | {interval} | "
+                     f"{_fmt(e['seconds_to_target'], '.1f', 'not reached')} | {seconds} | {e.get('note', '')} |")
     return lines + [""]
 
 
@@ -301,14 +311,18 @@ def markdown(study: dict) -> str:
         lines += [f"Transfer check ({enforced}): {verdict}. Baseline gain over its initial embeddings: "
                   f"{_fmt(gain.get('point'), '+.4f')} (95% interval {_fmt((gain.get('interval') or [None])[0], '+.4f')} "
                   f"to {_fmt((gain.get('interval') or [None, None])[1], '+.4f')}, percentile).", ""]
-    for name, per_metric in study["summary"].items():
-        for metric, entry in per_metric.items():
-            lines.append(f"- {ratio_line(name, entry, metric, level)}")
-    lines += [f"- {line}" for line in one_time_lines(study)]
+    withhold = withheld(study)
+    if withhold:  # the curves and crossings stay below; the ratios read off them are not shown
+        lines.append(f"- study: no compute ratio: {check['why']}")
+    else:
+        for name, per_metric in study["summary"].items():
+            for metric, entry in per_metric.items():
+                lines.append(f"- {ratio_line(name, entry, metric, level)}")
+        lines += [f"- {line}" for line in one_time_lines(study)]
     lines.append("")
     for metric, s in study["metrics"].items():
-        lines += _metric_section(s, study["runs"], level)
-        lines += one_time_section(s, level)
+        lines += _metric_section(s, study["runs"], level, withhold)
+        lines += [] if withhold else one_time_section(s, level)
         if s["metric"] == "mlm_loss":
             lines += plug_gap_section(s)
         refs = s.get("references") or {}
@@ -343,10 +357,9 @@ def summary_lines(result: dict) -> list[str]:
         for name, e in m["methods"].items():
             if e.get("note"):
                 out.append(f"  {name}: {e['note']}")
+    if withheld(result):
+        return out + [f"study: no compute ratio: {result['transfer_check']['why']}"]
     out += one_time_lines(result)
-    check = result.get("transfer_check") or {}
-    if check.get("required") and not check.get("passed"):
-        return out + [f"study: no compute ratio: {check['why']}"]
     for metric in [m for m in result["metrics"] if m != primary] + [primary]:
         for name, per_metric in result["summary"].items():
             out.append(ratio_line(name, per_metric[metric], metric, level))
