@@ -409,3 +409,22 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait()
+
+
+def _launch_adapt(rank, argv):
+    from ds_minimodel.cli.adapt import main
+
+    main(argv)
+
+
+def in_process_runner(calls):
+    """A study's runner (experiments.train_runs) without a subprocess: the same adapt command,
+    forked in-process; each command is appended to `calls`."""
+    from tests.distributed import run_ranks
+
+    def run(cmd, log):
+        assert cmd[1:3] == ["-m", "ds_minimodel.cli.adapt"], cmd
+        calls.append(cmd)
+        run_ranks(_launch_adapt, 1, args=(cmd[3:],))
+        return 0.0
+    return run

@@ -22,8 +22,7 @@ from ds_minimodel.study import lr_pilot
 from ds_minimodel.study.experiments import CheckedMethod, ExperimentOptions
 from ds_minimodel.study.lr_pilot import run_with_pilot
 from tests.conftest import REPO
-from tests.distributed import run_ranks
-from tests.helpers import expect_rejected
+from tests.helpers import expect_rejected, in_process_runner
 
 TINY_CONFIG = "tests/fixtures/adapt-tiny.yaml"
 
@@ -312,20 +311,6 @@ def test_bad_spec_values_are_refused_at_once_in_one_line(tmp_path):
 # ---- a tiny pilot end to end ---------------------------------------------------------------------
 
 
-def _launch(rank, argv):
-    from ds_minimodel.cli.adapt import main
-
-    main(argv)
-
-
-def in_process_runner(calls):
-    """The adapt command train_runs builds, run in a forked rank instead of a subprocess."""
-    def run(cmd, log):
-        assert cmd[1:3] == ["-m", "ds_minimodel.cli.adapt"], cmd
-        calls.append(cmd)
-        run_ranks(_launch, 1, args=(cmd[3:],))
-        return 0.0
-    return run
 
 
 def test_a_tiny_pilot_end_to_end(tmp_path, tiny_model_dir, tiny_target_corpus):

@@ -16,7 +16,7 @@ import torch
 from ds_minimodel.errors import UserError
 from tests.conftest import REPO
 from tests.distributed import run_ranks
-from tests.helpers import expect_rejected
+from tests.helpers import expect_rejected, in_process_runner
 
 SEEDS = (0, 1)
 
@@ -32,20 +32,6 @@ def _finetune(rank, model_dir, out):
     finetune.run(cfg, str(REPO / "ds_configs/z0.json"))
 
 
-def _launch(rank, argv):
-    from ds_minimodel.cli.adapt import main
-
-    main(argv)
-
-
-def in_process_runner(calls):
-    """run_experiments' runner without a subprocess: the same adapt command, forked in-process."""
-    def run(cmd, log):
-        assert cmd[1:3] == ["-m", "ds_minimodel.cli.adapt"], cmd
-        calls.append(cmd)
-        run_ranks(_launch, 1, args=(cmd[3:],))
-        return 0.0
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -68,39 +68,30 @@ def parse_runs(items: list[str]) -> dict[str, list[str]]:
     return runs
 
 
-def parse_steps(items: list[str]) -> dict[str, int]:
-    """`N` (every method) and/or `METHOD=N`, later items winning."""
-    steps = dict(DEFAULT_STEPS)
+def _per_method(items: list[str], flag: str, steps: dict[str, int], methods=None) -> dict[str, int]:
+    """`N` (every method: `methods`, or those in `steps`) and/or `METHOD=N`, later items winning."""
+    steps = dict(steps)
     for item in items:
         name, sep, value = item.rpartition("=")
         try:
             n = int(value)
         except ValueError:
-            raise InvalidValueError(f"--steps {item!r}: expected N or METHOD=N") from None
+            raise InvalidValueError(f"{flag} {item!r}: expected N or METHOD=N") from None
         if sep:
             steps[name] = n
         else:
-            steps = {m: n for m in steps}
+            steps.update({m: n for m in (methods or list(steps))})
     return steps
+
+
+def parse_steps(items: list[str]) -> dict[str, int]:
+    """--steps over the default steps."""
+    return _per_method(items, "--steps", DEFAULT_STEPS)
 
 
 def parse_pilot_steps(items: list[str], methods: tuple[str, ...]) -> dict[str, int] | None:
-    """--pilot-steps: `N` (every method) and/or `METHOD=N`, later items winning; None when not
-    given (each method's pilot: a quarter of its steps)."""
-    if not items:
-        return None
-    steps: dict[str, int] = {}
-    for item in items:
-        name, sep, value = item.rpartition("=")
-        try:
-            n = int(value)
-        except ValueError:
-            raise InvalidValueError(f"--pilot-steps {item!r}: expected N or METHOD=N") from None
-        if sep:
-            steps[name] = n
-        else:
-            steps.update({m: n for m in methods})
-    return steps
+    """--pilot-steps; None when not given (each method's pilot: a quarter of its steps)."""
+    return _per_method(items, "--pilot-steps", {}, methods) if items else None
 
 
 def parse_sweep(items: list[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
