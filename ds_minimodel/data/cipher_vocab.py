@@ -141,9 +141,11 @@ def known_rows_record(target: Tokenizer, source: Tokenizer, rows: dict[int, int]
             "rows": {str(t): s for t, s in sorted(rows.items())}}
 
 
-def read_known_rows(data_dir: str | Path, tokenizer: Tokenizer | None = None) -> dict[int, int]:
+def read_known_rows(data_dir: str | Path, tokenizer: Tokenizer | None = None,
+                    source: Tokenizer | None = None) -> dict[int, int]:
     """{target id: source id} from a cipher language's dataset directory; with `tokenizer`, refuse
-    a map made for another vocabulary."""
+    a map made for another vocabulary; with `source`, one made onto another source vocabulary
+    (its source ids would name other rows)."""
     path = Path(data_dir) / KNOWN_ROWS_FILE
     if not path.is_file():
         raise MissingFileError(f"{path} does not exist: prepare the cipher language with --cipher-tokenizer or "
@@ -156,4 +158,9 @@ def read_known_rows(data_dir: str | Path, tokenizer: Tokenizer | None = None) ->
     if tokenizer is not None and record.get("target_tokenizer", {}).get("fingerprint") != tokenizer.fingerprint():
         raise InvalidValueError(f"{path} maps the rows of tokenizer {record.get('target_tokenizer')}, not of "
                                 f"{tokenizer.path} ({tokenizer.fingerprint()})")
+    said = record.get("source_tokenizer") or {}
+    if source is not None and said.get("fingerprint") != source.fingerprint():
+        raise InvalidValueError(f"{path} maps onto source tokenizer {said.get('path')} ({said.get('fingerprint')}), "
+                                f"but the model's tokenizer is {source.path} ({source.fingerprint()}): its source "
+                                "ids would name other rows")
     return rows

@@ -56,7 +56,9 @@ class RowPrecisionScorer:
     def _rows(self, tokenizer_path: str, fingerprint: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(target ids, their source ids) in target-id order, for the pack's tokenizer."""
         if fingerprint not in self._known:
-            known = read_known_rows(self.data_path, load_tokenizer(tokenizer_path))
+            source = self.lineage.get("tokenizer")  # the source ids must be ids of this table's rows
+            known = read_known_rows(self.data_path, load_tokenizer(tokenizer_path),
+                                    load_tokenizer(source) if source else None)
             if not known:
                 raise UserError(f"{self.data_path / KNOWN_ROWS_FILE} lists no known row")
             targets = sorted(known)

@@ -5,7 +5,6 @@ anything runs, and the language pack's record (`pack_info`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,15 +158,9 @@ def known_rows_map(corpus: TokenShards | None, source_tok: Tokenizer, target_tok
                                f"has none (prepare_data.py --recipe bible-<code>-cipher with --cipher-tokenizer "
                                f"SOURCE or --known-rows-from SOURCE writes it)")
     try:
-        rows = read_known_rows(corpus.path, target_tok)
-    except UserError as exc:  # malformed, or the map of another target tokenizer
+        rows = read_known_rows(corpus.path, target_tok, source_tok)
+    except UserError as exc:  # malformed, or a map of other target or source tokenizers
         raise type(exc)(f"adapt.init=known_rows: {exc}") from None
-    # read_known_rows checks the target side; the source ids must name rows of this model's table.
-    said = json.loads(path.read_text(encoding="utf-8")).get("source_tokenizer") or {}
-    if said.get("fingerprint") != source_tok.fingerprint():
-        raise InvalidValueError(f"adapt.init=known_rows: {path} maps onto source tokenizer {said.get('path')} "
-                                f"({said.get('fingerprint')}), but the model's tokenizer is {source_tok.path} "
-                                f"({source_tok.fingerprint()}): its source ids would name other rows")
     bad = [(t, s) for t, s in rows.items() if not (0 <= t < target_tok.vocab_size and 0 <= s < source_rows)]
     if bad:
         raise InvalidValueError(f"adapt.init=known_rows: {path} maps target row {bad[0][0]} to source row "
