@@ -29,8 +29,10 @@ bodies passed their gate and the standard baseline beat its random-embedding con
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -273,6 +275,11 @@ class StudySpec:
     metrics: StudyMetrics = field(default_factory=StudyMetrics)
     sweep: Optional[StudySweep] = None
     out: str = "runs/study"
+    # Languages studied at once, each with its share of the cores (OMP_NUM_THREADS = cores / jobs)
+    # and its output in out/logs/<code>.log: a small body's steps use two threads poorly, so two
+    # one-thread studies side by side finish sooner than one after the other. Wall-clock figures
+    # inside each study are then measured beside the other's load.
+    jobs: int = 1
 
     def problems(self) -> list[str]:
         from ds_minimodel.study.runs import METHODS, split_method
@@ -293,6 +300,8 @@ class StudySpec:
                 out.append(f"languages[{i}].vocab_limit must be hard or soft, got {lang.vocab_limit!r}")
         codes = [lang.code for lang in self.languages]
         out += [f"languages lists {c} more than once" for c in sorted(set(codes)) if codes.count(c) > 1]
+        if self.jobs < 1:
+            out.append(f"jobs must be >= 1, got {self.jobs}")
         if self.seeds < 1 or self.checkpoints < 1:
             out.append(f"seeds and checkpoints must be >= 1, got {self.seeds} and {self.checkpoints}")
         out += [f"steps.{m} must be positive, got {n}" for m, n in self.steps.items() if n < 1]
@@ -359,6 +368,10 @@ class Command:
     name: str
     cmd: list[str]
     done: Optional[Path] = None
+    # The language it belongs to: with jobs > 1 each language's commands run in order, beside the
+    # other languages', their output in `log`.
+    lane: Optional[str] = None
+    log: Optional[Path] = None
 
 
 def _module(step: str, *args) -> list[str]:
@@ -410,15 +423,15 @@ def study_commands(spec: StudySpec) -> list[Command]:
     if spec.pipeline:
         commands.append(Command("pipeline", _module("pipeline", "--spec", spec.pipeline)))
     for lang in spec.languages:
-        data = _data_dir(spec, lang)
+        data, lane = _data_dir(spec, lang), {"lane": lang.code, "log": Path(spec.out) / "logs" / f"{lang.code}.log"}
         if lang.recipe and spec.sweep is None:
             # A given tokenizer (e.g. the ciphered source's: --cipher-tokenizer) has its own vocabulary.
             given = {"--cipher-tokenizer", "--tokenizer"} & set(lang.prepare_args)
             vocab = [] if given else ["--vocab-size", lang.vocab_size, "--vocab-limit", lang.vocab_limit]
             commands.append(Command(f"data-{lang.code}", _module(
                 "prepare_data", "--recipe", lang.recipe, "--out", data, *vocab, *lang.prepare_args),
-                done=data / "index.json"))
-        commands.append(Command(f"study-{lang.code}", _module("study", *study_argv(spec, lang))))
+                done=data / "index.json", **lane))
+        commands.append(Command(f"study-{lang.code}", _module("study", *study_argv(spec, lang)), **lane))
     if len(spec.languages) > 1:
         commands.append(Command("average", _module("study", "--average",
                                                    *(_study_dir(spec, lang) for lang in spec.languages),
@@ -438,17 +451,71 @@ def missing_data(spec: StudySpec) -> list[str]:
             if not lang.recipe and not (_data_dir(spec, lang) / "index.json").is_file()]
 
 
-def run_commands(commands: list[Command]) -> None:
-    """Each command in this process's Python and working directory, its output on the console."""
+def run_commands(commands: list[Command], jobs: int = 1) -> None:
+    """Each command in this process's Python and working directory. With jobs == 1 one after the
+    other, their output on the console; with jobs > 1 the languages' commands (those with a lane)
+    `jobs` languages at a time, each language's in order and its output in its log, and the
+    commands without a lane (the pipeline before, the average after) alone."""
     env = child_env()
-    for c in commands:
-        if c.done is not None and c.done.exists():
-            print(f"[{c.name}] done: {c.done} exists", flush=True)
+    if jobs <= 1:
+        for c in commands:
+            _run_one(c, env)
+        return
+    i = 0
+    while i < len(commands):
+        if commands[i].lane is None:
+            _run_one(commands[i], env)
+            i += 1
             continue
-        print(f"[{c.name}] $ {' '.join(c.cmd)}", flush=True)
-        code = subprocess.run(c.cmd, env=env).returncode
-        if code != 0:
-            raise UserError(f"[{c.name}] exited {code}; the spec stops here (run it again to go on)")
+        j = next((k for k in range(i, len(commands)) if commands[k].lane is None), len(commands))
+        _run_lanes(commands[i:j], jobs, env)
+        i = j
+
+
+def _run_one(c: Command, env: dict) -> None:
+    if c.done is not None and c.done.exists():
+        print(f"[{c.name}] done: {c.done} exists", flush=True)
+        return
+    print(f"[{c.name}] $ {' '.join(map(str, c.cmd))}", flush=True)
+    code = subprocess.run(c.cmd, env=env).returncode
+    if code != 0:
+        raise UserError(f"[{c.name}] exited {code}; the spec stops here (run it again to go on)")
+
+
+def _run_lanes(commands: list[Command], jobs: int, env: dict) -> None:
+    """Languages side by side, `jobs` at a time; a language stops at its first failure, the others
+    go on, and the failures are reported together once all have stopped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lanes: dict[str, list[Command]] = {}
+    for c in commands:
+        lanes.setdefault(c.lane, []).append(c)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+    lane_env = {**env, "OMP_NUM_THREADS": threads}
+
+    def run_lane(lane: list[Command]) -> Optional[str]:
+        for c in lane:
+            if c.done is not None and c.done.exists():
+                print(f"[{c.name}] done: {c.done} exists", flush=True)
+                continue
+            c.log.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[{c.name}] $ {' '.join(map(str, c.cmd))}  (log: {c.log}, {threads} threads)", flush=True)
+            t0 = time.perf_counter()
+            with open(c.log, "a", encoding="utf-8") as f:
+                f.write(f"[{c.name}] $ {' '.join(map(str, c.cmd))}\n")
+                f.flush()
+                code = subprocess.run(c.cmd, env=lane_env, stdout=f, stderr=subprocess.STDOUT).returncode
+            seconds = time.perf_counter() - t0
+            if code != 0:
+                tail = c.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+                return f"[{c.name}] exited {code} after {seconds:.0f} s (log {c.log}: {' '.join(tail)})"
+            print(f"[{c.name}] finished in {seconds:.0f} s", flush=True)
+        return None
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        failures = [f for f in pool.map(run_lane, lanes.values()) if f]
+    if failures:
+        raise UserError(f"{'; '.join(failures)}; the spec stops here (run it again to go on)")
 
 
 def print_plan(description: str, commands: list[Command]) -> None:

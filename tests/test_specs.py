@@ -217,3 +217,62 @@ def test_a_language_with_a_given_tokenizer_is_prepared_without_a_vocabulary_size
                if c.name.startswith("data-")}
     assert "--vocab-size" not in prepare["data-en-cipher"] and "--cipher-tokenizer" in prepare["data-en-cipher"]
     assert prepare["data-ny"][prepare["data-ny"].index("--vocab-size") + 1] == "8000"
+
+
+def _waiting_command(tmp_path, me: str, other: str) -> list[str]:
+    """Marks `me` started, then waits (up to 60 s) for `other` to start: it succeeds only when the
+    two run at the same time. Records the OMP_NUM_THREADS it was given."""
+    code = (f"import os, pathlib, time; d = pathlib.Path({str(tmp_path)!r}); (d / '{me}.started').touch(); "
+            f"(d / '{me}.threads').write_text(os.environ.get('OMP_NUM_THREADS', '')); t = time.time()\n"
+            f"while not (d / '{other}.started').exists():\n"
+            f"    assert time.time() - t < 60, 'never ran beside {other}'; time.sleep(0.05)\n"
+            f"print('{me} saw {other}')")
+    return [sys.executable, "-c", code]
+
+
+def test_with_jobs_the_languages_run_side_by_side_each_with_its_share_of_the_cores(tmp_path, monkeypatch):
+    """jobs=2: two languages' commands overlap (each waits for the other to start), each gets
+    cores / 2 threads and its output in its own log; the command after them (the average) runs
+    only once both have finished."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(specs.os, "cpu_count", lambda: 4)
+    logs = {code: tmp_path / "logs" / f"{code}.log" for code in ("a", "b")}
+    after = [sys.executable, "-c", f"import pathlib; d = pathlib.Path({str(tmp_path)!r}); "
+             "assert (d / 'a.done').exists() and (d / 'b.done').exists(); (d / 'average').touch()"]
+    done = [sys.executable, "-c", "import pathlib, sys; pathlib.Path(sys.argv[1]).touch()"]
+    commands = [specs.Command("study-a", _waiting_command(tmp_path, "a", "b"), lane="a", log=logs["a"]),
+                specs.Command("done-a", [*done, str(tmp_path / "a.done")], lane="a", log=logs["a"]),
+                specs.Command("study-b", _waiting_command(tmp_path, "b", "a"), lane="b", log=logs["b"]),
+                specs.Command("done-b", [*done, str(tmp_path / "b.done")], lane="b", log=logs["b"]),
+                specs.Command("average", after)]
+    specs.run_commands(commands, jobs=2)
+    assert (tmp_path / "average").exists()
+    assert (tmp_path / "a.threads").read_text() == (tmp_path / "b.threads").read_text() == "2"
+    assert "a saw b" in logs["a"].read_text() and "b saw a" in logs["b"].read_text()
+
+
+def test_a_failing_language_stops_only_itself_and_is_named_after_the_others_finish(tmp_path):
+    fail = [sys.executable, "-c", "import sys; print('bad corpus'); sys.exit(3)"]
+    touch = [sys.executable, "-c", "import pathlib, sys; pathlib.Path(sys.argv[1]).touch()"]
+    commands = [specs.Command("study-a", fail, lane="a", log=tmp_path / "a.log"),
+                specs.Command("after-a", [*touch, str(tmp_path / "a-after")], lane="a", log=tmp_path / "a.log"),
+                specs.Command("study-b", [*touch, str(tmp_path / "b-ran")], lane="b", log=tmp_path / "b.log"),
+                specs.Command("average", [*touch, str(tmp_path / "average")])]
+    with pytest.raises(specs.UserError, match=r"\[study-a\] exited 3 .*a\.log: bad corpus"):
+        specs.run_commands(commands, jobs=2)
+    assert (tmp_path / "b-ran").exists()
+    assert not (tmp_path / "a-after").exists() and not (tmp_path / "average").exists()
+
+
+def test_a_spec_puts_each_language_in_its_own_lane_and_refuses_zero_jobs(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "models": {"pretrained": "runs/body/final", "classifiers": ["runs/c"]},
+        "languages": [{"code": "de", "recipe": "bible-de"}, {"code": "ny", "data": "data/ny"}],
+        "methods": ["full"], "out": "runs/x", "jobs": 2}))
+    commands = specs.study_commands(specs.load_study_spec(str(spec_file)))
+    assert [(c.name, c.lane) for c in commands] == [("data-de", "de"), ("study-de", "de"), ("study-ny", "ny"),
+                                                   ("average", None)]
+    assert commands[1].log == Path("runs/x/logs/de.log")
+    with pytest.raises(ConfigError, match="jobs must be >= 1"):
+        specs.load_study_spec(str(spec_file), ["jobs=0"])

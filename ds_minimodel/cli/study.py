@@ -157,7 +157,7 @@ def spec_main(argv: list[str]) -> None:
         if absent:
             raise InvalidValueError(f"study {args.spec}: no dataset in {', '.join(absent)} (no index.json) and no "
                                     "recipe to make one")
-        specs.run_commands(commands)
+        specs.run_commands(commands, jobs=spec.jobs)
 
     run_main(body)
 
