@@ -141,9 +141,10 @@ clean:
 # comments say what each runs; docs/compute-study.md). `make pipeline` is the demo pipeline,
 # `make study` the study over its models; PIPELINE= or STUDY= names another, and PIPELINE_SET= or
 # STUDY_SET= overrides its keys (e.g. STUDY_SET="seeds=1 out=runs/x"). Each resumes where it stopped.
-# make study-quick is the study on ciphered English over make body's gated body (run make body first).
+# make study is studies/body-languages.yaml over make body's gated body (run make body first): ciphered
+# English, Chichewa, German and Tagalog; make study-quick the study on ciphered English alone.
 PIPELINE ?= demo
-STUDY ?= demo
+STUDY ?= body-languages
 .PHONY: pipeline study study-quick study-smoke
 pipeline: install
 	$(PY) launchers/pipeline.py --spec $(PIPELINE) $(PIPELINE_SET)
