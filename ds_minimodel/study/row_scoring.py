@@ -25,6 +25,7 @@ from ds_minimodel.artefacts.modeldir import read_model_dir
 from ds_minimodel.data.cipher_vocab import KNOWN_ROWS_FILE, read_known_rows
 from ds_minimodel.errors import MissingFileError, UserError
 from ds_minimodel.study.scoring import Units, file_id
+from ds_minimodel.tasks.metrics import nearest_row_hits
 from ds_minimodel.tokenizers import load_tokenizer
 
 
@@ -79,8 +80,5 @@ class RowPrecisionScorer:
         if word.shape[1] != self.source.shape[1]:
             raise UserError(f"a {info.language} pack of width {word.shape[1]} against the {self.source.shape[1]}-wide "
                             f"table of {self.model_dir}")
-        q = torch.nn.functional.normalize(word[targets], dim=1)
-        k = torch.nn.functional.normalize(self.source, dim=1)
-        nearest = (q @ k.T).argmax(dim=1)
-        return Units((nearest == want).double().numpy(), None)
+        return Units(nearest_row_hits(word, self.source, targets, want).numpy(), None)
 

@@ -116,19 +116,23 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def nearest_row_hits(learned, source, targets, want) -> torch.Tensor:
+    """1.0 where the learned row `targets[i]`'s nearest source row by cosine (over the whole source
+    table) is `want[i]`, else 0.0: the per-row units of row precision@1, in float64."""
+    learned, source = torch.as_tensor(learned).double(), torch.as_tensor(source).double()
+    q = torch.nn.functional.normalize(learned[torch.as_tensor(targets)], dim=1)
+    k = torch.nn.functional.normalize(source, dim=1)
+    return ((q @ k.T).argmax(dim=1) == torch.as_tensor(want)).double()
+
+
 def row_precision_at_1(learned, source, known: Mapping[int, int]) -> tuple[float, int]:
     """For the target rows whose correct source row is known ({target id: source id}), how often
     the learned row's nearest source row by cosine is that one; returns (precision, rows scored).
     Only meaningful where the answer is known, as for a cipher of the source language."""
-    learned, source = torch.as_tensor(learned).double(), torch.as_tensor(source).double()
     if not known:
         raise InvalidValueError("row precision@1 needs at least one target row with a known source row")
-    t = torch.tensor(list(known.keys()))
-    want = torch.tensor(list(known.values()))
-    q = torch.nn.functional.normalize(learned[t], dim=1)
-    k = torch.nn.functional.normalize(source, dim=1)
-    nearest = (q @ k.T).argmax(dim=1)
-    return float((nearest == want).double().mean()), len(known)
+    hits = nearest_row_hits(learned, source, list(known.keys()), list(known.values()))
+    return float(hits.mean()), len(known)
 
 
 def macro_f1(predictions: Sequence[int], labels: Sequence[int], num_labels: int | None = None) -> float:
