@@ -164,20 +164,6 @@ def finetune_record(model_dir: str | Path) -> dict | None:
     return {"train_seconds": float(last["train_seconds"]), "flops": last.get("flops"), "step": last.get("step")}
 
 
-def _forward(scorer, table: Table, per_example: Callable) -> np.ndarray:
-    """`per_example` (classification.predictions or probabilities) of the classifier with the
-    table plugged in, on the scorer's test examples of the table's language, in test-set order
-    (batched by length as the study's AccuracyScorer does)."""
-    from ds_minimodel.steps.transfer import plugged_model
-
-    encoded, types, pad_id, order = scorer._encode(table.info, table.tokenizer_path)
-    plugged = plugged_model(scorer.model, table.info, table.tensors, scorer.lineage, str(scorer.model_dir))
-    values = np.asarray(per_example(plugged, encoded, pad_id, scorer.batch_size, type_ids=types))
-    out = np.empty_like(values)
-    out[order] = values
-    return out
-
-
 def score_task(kind: str, model_dir: str, pairs: list[tuple[Table, Table]], *, eval_examples: int | None,
                draws_for: Callable[[int], np.ndarray], batch_size: int = 32, sample_seed: int = 0) -> dict:
     """Every metric of task `kind` ("genre" | "testament") on every table pair, with its signal."""
@@ -197,8 +183,8 @@ def score_task(kind: str, model_dir: str, pairs: list[tuple[Table, Table]], *, e
         raise UserError(f"the {kind} test set has examples that are not Bible verses: no chapters to resample")
     classes = int(scorer.task.num_labels)
     for before, after in pairs:  # tokenisation is per language and tokenizer: setup, as the English answers
-        scorer._encode(before.info, before.tokenizer_path)
-        scorer._encode(after.info, after.tokenizer_path)
+        scorer.encoded(before.info, before.tokenizer_path)
+        scorer.encoded(after.info, after.tokenizer_path)
     setup = time.process_time() - t0
 
     scoring = 0.0
@@ -207,7 +193,8 @@ def score_task(kind: str, model_dir: str, pairs: list[tuple[Table, Table]], *, e
         row = []
         for table in pair:
             t = time.process_time()
-            row.append(_forward(scorer, table, probabilities if kind == "testament" else predictions))
+            row.append(scorer.per_example(table.info, table.tensors, table.tokenizer_path,
+                                          probabilities if kind == "testament" else predictions))
             scoring += time.process_time() - t
         outputs.append(row)
 

@@ -251,8 +251,8 @@ def test_bench_scores_auc_and_kappa_of_each_table(signal, tiny_testament, built_
     english = scorer.source_answers("en")
     for i, which in enumerate(("before", "after")):
         probs = _one_at_a_time(tiny_testament["model"], tiny_testament[which], test, tiny_testament["max_len"])
-        bench_probs = signal._forward(scorer, signal.tables_from_packs([tiny_testament[which]],
-                                                                       [tiny_testament[which]])[0][0], probabilities)
+        table = signal.tables_from_packs([tiny_testament[which]], [tiny_testament[which]])[0][0]
+        bench_probs = scorer.per_example(table.info, table.tensors, table.tokenizer_path, probabilities)
         np.testing.assert_allclose(bench_probs, probs, atol=1e-5)
         assert auc[which][0] == pytest.approx(_pairwise_auc(bench_probs[:, 1], labels), abs=1e-12)
         assert auc[which][0] == pytest.approx(_pairwise_auc(probs[:, 1], labels), abs=0.01)
@@ -262,7 +262,7 @@ def test_bench_scores_auc_and_kappa_of_each_table(signal, tiny_testament, built_
     # The classifier's own table reproduces its English answers: kappa 1.
     assert kappa["after"][0] == pytest.approx(1.0)
     # probabilities(): softmax rows, in predictions()' order and argmax.
-    encoded, types, pad_id, _ = scorer._encode(signal.tables_from_packs([tiny_testament["after"]],
+    encoded, types, pad_id, _ = scorer.encoded(signal.tables_from_packs([tiny_testament["after"]],
                                                                         [tiny_testament["after"]])[0][0].info,
                                                str(tiny_testament["after"] / "tokenizer.model"))
     p = np.array(probabilities(scorer.model, encoded, pad_id, 7, type_ids=types))

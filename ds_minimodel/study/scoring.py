@@ -185,8 +185,9 @@ class AccuracyScorer:
         """Per test example (test-set order, the subset scored), the chapter of its verse."""
         return chapter_clusters([ex.id for ex in self._subset(self.task.test_in(language))])
 
-    def _encode(self, info: PackInfo, tokenizer_path: str):
-
+    def encoded(self, info: PackInfo, tokenizer_path: str):
+        """The test examples of the pack's language under its tokenizer, sorted by length:
+        (ids, type ids, pad id, order), made once per language and tokenizer and cached."""
         key = (info.language, info.tokenizer_fingerprint)
         if key not in self._encoded:
             tok = load_tokenizer(tokenizer_path)
@@ -197,16 +198,24 @@ class AccuracyScorer:
             self._encoded[key] = ([enc.ids[i] for i in order], types, tok.pad_id, np.array(order))
         return self._encoded[key]
 
+    def per_example(self, info: PackInfo, tensors: dict, tokenizer_path: str, outputs=predictions) -> np.ndarray:
+        """`outputs(model, ids, pad_id, batch_size, type_ids=)` (classification.predictions or
+        probabilities) of the classifier with the pack plugged in, one row per test example in
+        test-set order (the subset scored), computed in batches of similar length."""
+        encoded, types, pad_id, order = self.encoded(info, tokenizer_path)
+        plugged = plugged_model(self.model, info, tensors, self.lineage, str(self.model_dir))
+        values = np.asarray(outputs(plugged, encoded, pad_id, self.batch_size, type_ids=types))
+        out = np.empty_like(values)
+        out[order] = values
+        return out
+
     def answers(self, info: PackInfo, tensors: dict, tokenizer_path: str) -> np.ndarray:
         """The classifier's answer on each test example (test-set order, the subset scored) with
         the pack plugged in."""
         key = tensors_key(info, tensors)
         if key not in self._answers:
-            encoded, types, pad_id, order = self._encode(info, tokenizer_path)
-            plugged = plugged_model(self.model, info, tensors, self.lineage, str(self.model_dir))
-            out = np.empty(len(order), dtype=np.int64)
-            out[order] = predictions(plugged, encoded, pad_id, self.batch_size, type_ids=types)
-            self._answers[key] = out  # a few ints per example: accuracy and agreement reuse them
+            # a few ints per example: accuracy and agreement reuse them
+            self._answers[key] = self.per_example(info, tensors, tokenizer_path).astype(np.int64)
         return self._answers[key]
 
     def labels(self, language: str) -> np.ndarray:
