@@ -175,7 +175,8 @@ def test_the_pilot_plans_its_runs_and_the_real_runs_train_with_each_methods_choi
                       "methods": {"full": {"losses": {"0.001": 5.5, "0.003": 5.25, "0.01": None}, "diverged": [0.01],
                                            "chosen": 0.003},
                                   "minijoint": {"losses": {"0.001": 6.0, "0.003": 6.0, "0.01": None},
-                                                "diverged": [0.01], "chosen": 0.001}}}
+                                                "diverged": [0.01], "chosen": 0.001}},
+                      "first_seed_runs": {}}
     assert lr_pilot.read_lr_pilot(out) == record
     assert (out / "pilot" / "minijoint-lr0.01.diverged").is_file()
 
@@ -197,6 +198,42 @@ def test_the_pilot_plans_its_runs_and_the_real_runs_train_with_each_methods_choi
         run_with_pilot(opts, runner=fake_runner(calls, flipped), log=lambda s: None)
     assert [Path(_settings(c)["train.out_dir"]).name for c in calls] == ["full-lr0.001"]
     assert lr_pilot.read_lr_pilot(out)["methods"]["full"]["chosen"] == 0.001
+
+
+def test_a_whole_schedule_pilot_is_the_first_seeds_run(tmp_path, tiny_model_dir, tiny_target_corpus):
+    """Pilot steps equal to a method's steps: its pilot runs are planned exactly as real runs (the
+    study's checkpoints), and the chosen rate's run is the first seed's run, not trained again; a
+    method with a short pilot is planned as before."""
+    out = tmp_path / "study"
+    opts = ExperimentOptions(out=out, pretrained=tiny_model_dir, target_data=tiny_target_corpus,
+                             methods=("full", "minijoint"), steps={"full": 8, "minijoint": 12}, checkpoints=4,
+                             seeds=(3, 4), config=TINY_CONFIG, overrides=["adapt.language=ny"],
+                             lr_grid=(1e-3, 3e-3), pilot_steps={"full": 8, "minijoint": 3})
+    losses = {("full", 1e-3): 5.5, ("full", 3e-3): 5.25, ("minijoint", 1e-3): 6.0, ("minijoint", 3e-3): 6.5}
+    calls: list = []
+    runs = run_with_pilot(opts, runner=fake_runner(calls, losses), log=lambda s: None)
+    names = [Path(_settings(c)["train.out_dir"]).name for c in calls]
+    assert names == ["full-lr0.001", "full-lr0.003", "minijoint-lr0.001", "minijoint-lr0.003",
+                     "adapt-minijoint-s3", "adapt-full-s4", "adapt-minijoint-s4"]
+    pilot = {n: _settings(c) for n, c in zip(names, calls)}
+    # The whole schedule: the real runs' steps and checkpoints (8 steps in 4: one every 2).
+    assert [(pilot[n]["train.steps"], pilot[n]["train.save_every"]) for n in ("full-lr0.001", "full-lr0.003")] == \
+        [("8", "2")] * 2
+    assert (pilot["minijoint-lr0.001"]["train.steps"], pilot["minijoint-lr0.001"]["train.save_every"]) == ("3", "3")
+    # The pilot run of the chosen rate has exactly the settings the first seed's real run has, but its directory.
+    real_s4 = pilot["adapt-full-s4"]
+    chosen = pilot["full-lr0.003"]
+    assert {k: v for k, v in chosen.items() if k not in ("train.out_dir", "train.seed")} == \
+        {k: v for k, v in real_s4.items() if k not in ("train.out_dir", "train.seed")}
+    assert chosen["train.seed"] == "3"
+    assert runs["full"] == [out / "pilot" / "full-lr0.003", out / "adapt-full-s4"]
+    assert runs["minijoint"] == [out / "adapt-minijoint-s3", out / "adapt-minijoint-s4"]
+    record = lr_pilot.read_lr_pilot(out)
+    assert record["first_seed_runs"] == {"full": str(out / "pilot" / "full-lr0.003")}
+    assert "The pilot of full ran the whole schedule" in "\n".join(lr_pilot.markdown(record))
+    # Again: nothing trains.
+    calls.clear()
+    assert run_with_pilot(opts, runner=fake_runner(calls, losses), log=lambda s: None) == runs and calls == []
 
 
 def test_a_pilot_where_every_rate_diverges_stops_the_study(tmp_path, tiny_model_dir, tiny_target_corpus):
@@ -338,3 +375,21 @@ def test_a_tiny_pilot_end_to_end(tmp_path, tiny_model_dir, tiny_target_corpus):
     calls.clear()
     run_with_pilot(opts, runner=in_process_runner(calls), log=lambda s: None)
     assert calls == []
+
+
+def test_a_tiny_whole_schedule_pilot_end_to_end(tmp_path, tiny_model_dir, tiny_target_corpus):
+    """Through the real adapt launcher: a pilot as long as the runs trains one run per rate and
+    nothing more for the first seed, and the run taken is the chosen rate's, with the study's
+    checkpoints."""
+    out = tmp_path / "study"
+    opts = ExperimentOptions(out=out, pretrained=tiny_model_dir, target_data=tiny_target_corpus, methods=("full",),
+                             steps={"full": 4}, checkpoints=2, seeds=(0,), config=TINY_CONFIG,
+                             overrides=["adapt.language=ny"], lr_grid=(1e-4, 5e-2), pilot_steps=4)
+    calls: list = []
+    runs = run_with_pilot(opts, runner=in_process_runner(calls), log=lambda s: None)
+    assert len(calls) == 2
+    entry = lr_pilot.read_lr_pilot(out)["methods"]["full"]
+    (run_dir,) = runs["full"]
+    assert run_dir == out / "pilot" / f"full-lr{lr_pilot.lr_tag(entry['chosen'])}"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
+    assert (run_dir / "pack" / "pack.json").is_file()

@@ -157,14 +157,18 @@ def check_lr_grid(opts: ExperimentOptions) -> None:
         raise InvalidValueError(f"--pilot-steps must be positive integers, got {', '.join(bad_steps)}")
 
 
-def plan_runs(opts: ExperimentOptions, checked: list[CheckedMethod], lrs: dict[str, float] | None = None
-              ) -> list[tuple[str, int, Path, list[str]]]:
-    """plan_experiments over methods check_options has checked."""
-    lrs = lrs or {}
+def plan_runs(opts: ExperimentOptions, checked: list[CheckedMethod], lrs: dict[str, float] | None = None,
+              first_seed_runs: dict[str, Path] | None = None) -> list[tuple[str, int, Path, list[str]]]:
+    """plan_experiments over methods check_options has checked. `first_seed_runs`: {method: run
+    dir} for a method whose first seed's run is already planned elsewhere (a whole-schedule pilot's
+    run of the chosen rate, lr_pilot.py), with the settings that run would have here."""
+    lrs, first_seed_runs = lrs or {}, first_seed_runs or {}
     plan = []
     for seed in opts.seeds:
         for m in checked:
             run_dir = Path(opts.out) / f"adapt-{m.method.replace('+', '-')}-s{seed}"
+            if seed == opts.seeds[0] and m.method in first_seed_runs:
+                run_dir = Path(first_seed_runs[m.method])
             extra = [*opts.overrides, *([f"optim.lr={lrs[m.method]}"] if m.method in lrs else [])]
             plan.append((m.method, seed, run_dir, run_settings(m.model_dir, m.through, opts.target_data, run_dir,
                                                                m.steps, opts.checkpoints, seed, m.init, extra)))
@@ -242,15 +246,17 @@ def _config_path(path: str) -> str:
 
 
 def run_experiments(opts: ExperimentOptions, runner: Callable[[list, Path], float] | None = None,
-                    log: Callable[[str], None] = print, lrs: dict[str, float] | None = None) -> dict[str, list[Path]]:
+                    log: Callable[[str], None] = print, lrs: dict[str, float] | None = None,
+                    first_seed_runs: dict[str, Path] | None = None) -> dict[str, list[Path]]:
     """Run (or finish, or reuse) each method's adaptation runs, one after another so that each
     run's wall-clock is measured on an otherwise idle machine. Returns {method: [run dir per seed]}.
     runner(cmd, log_path) runs one command (default: `subprocess_runner.run_command`, as the
     pipeline does). `lrs`: each method's learning rate, as the pilot chose it (a study with
-    opts.lr_grid runs through lr_pilot.run_with_pilot, which chooses them first)."""
+    opts.lr_grid runs through lr_pilot.run_with_pilot, which chooses them first); `first_seed_runs`:
+    the whole-schedule pilot's runs that are the first seed's (plan_runs)."""
     if opts.lr_grid and lrs is None:
         raise InvalidValueError("a study with --lr-grid runs its pilot first (lr_pilot.run_with_pilot)")
-    plan = plan_runs(opts, check_options(opts), lrs)
+    plan = plan_runs(opts, check_options(opts), lrs, first_seed_runs)
     train_runs([(run_dir, overrides) for _, _, run_dir, overrides in plan], opts.config, opts.ds_config,
                Path(opts.out) / "logs", runner, log)
     runs: dict[str, list[Path]] = {}
