@@ -180,3 +180,46 @@ def test_average_launcher_writes_the_summary_lines(tmp_path, capsys):
     saved = json.loads((tmp_path / "avg" / "study.json").read_text())
     assert saved["methods"]["minijoint"]["accuracy"]["ratio"] == pytest.approx(4.0)
     assert "| tl | 8.00 |" in (tmp_path / "avg" / "study.md").read_text()
+
+
+def _failed_check(study: dict, required: bool = True) -> dict:
+    return {**study, "transfer_check": {"passed": False, "required": required,
+                                        "why": "the standard baseline did not transfer: agreement 0.04 ..."}}
+
+
+def test_a_language_that_failed_its_enforced_transfer_check_is_left_out_of_the_mean_and_named(tmp_path, capsys):
+    """No ratio without transfer: a language whose study enforced the check and failed it is not
+    averaged (its ratio of 100 would move the mean); one that failed an unenforced check is."""
+    studies = {"sw": _study("sw", {"minijoint": 2.0}, {"minijoint": [2.0, 2.0, 2.0]}),
+               "tl": _study("tl", {"minijoint": 8.0}, {"minijoint": [8.0, 8.0, 8.0]}),
+               "xx": _failed_check(_study("xx", {"minijoint": 100.0}, {"minijoint": [100.0] * 3}))}
+    result = average_studies(studies)
+    entry = result["methods"]["minijoint"]["accuracy"]
+    assert entry["ratio"] == pytest.approx(statistics.geometric_mean([2.0, 8.0]))
+    assert list(entry["per_language"]) == ["sw", "tl"] and result["averaged"] == ["sw", "tl"]
+    assert result["withheld"] == {"xx": studies["xx"]["transfer_check"]["why"]}
+    lines = summary_lines(result)
+    assert lines[0] == f"study: xx left out of the average (no ratio without transfer): {result['withheld']['xx']}"
+    assert "geometric mean over 2 languages" in lines[-1]
+    # Checked but not enforced: averaged like any other.
+    unenforced = average_studies({**studies, "xx": _failed_check(studies["xx"], required=False)})
+    assert unenforced["withheld"] == {} and unenforced["methods"]["minijoint"]["accuracy"]["ratio"] == \
+        pytest.approx(statistics.geometric_mean([2.0, 8.0, 100.0]))
+
+
+def test_with_fewer_than_two_languages_that_transferred_there_is_no_average_and_one_line_says_why(tmp_path, capsys):
+    from launchers.study import main
+
+    for lang, r in (("sw", 2.0), ("tl", 8.0), ("xx", 3.0)):
+        study = _study(lang, {"minijoint": r}, {"minijoint": [r, r, r]})
+        (tmp_path / lang).mkdir()
+        (tmp_path / lang / "study.json").write_text(json.dumps(study if lang == "sw" else _failed_check(study)))
+    main(["--average", *(str(tmp_path / lang) for lang in ("sw", "tl", "xx")), "--out", str(tmp_path / "avg")])
+    out = capsys.readouterr().out
+    assert "study: no compute ratio averaged over languages: the transfer check failed in tl, xx " \
+           "(only sw passed it; an average needs two)" in out
+    assert "compute ratio 2.00" not in out
+    saved = json.loads((tmp_path / "avg" / "study.json").read_text())
+    assert saved["methods"] == {} and set(saved["withheld"]) == {"tl", "xx"}
+    md = (tmp_path / "avg" / "study.md").read_text()
+    assert "no average" in md and "- tl: the standard baseline did not transfer" in md

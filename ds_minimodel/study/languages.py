@@ -26,6 +26,12 @@ language all drew from --bootstrap-seed 0 (the same resampling matrices wherever
 sets have the same sizes): they record no stream and are refused, as are studies whose streams
 coincide and studies whose interval level or target (fraction, baseline_at, fit, init point)
 differ, which would average different quantities.
+
+No ratio without transfer (transfer_check.py). A language whose study enforced the transfer check
+(--require-transfer) and failed it has no ratio to average: it is left out of the mean, named with
+the check's reason ("withheld"), and the mean is over the languages that passed (a smaller set, and
+a selected one: where the baseline transferred). With fewer than two left there is no average, and
+one line says why.
 """
 
 from __future__ import annotations
@@ -128,6 +134,28 @@ def average_studies(studies: dict[str, dict], level: float | None = None) -> dic
     every method and metric that every study has, at the studies' own level (`level` must agree)."""
     if len(studies) < 2:
         raise UserError("an average over languages needs the studies of at least two languages")
+    withheld = {lang: s["transfer_check"]["why"] for lang, s in studies.items() if _withheld(s)}
+    kept = {lang: s for lang, s in studies.items() if lang not in withheld}
+    if len(kept) < 2:
+        first = next(iter(studies.values()))
+        passed = f"only {', '.join(kept)} passed it" if kept else "none passed it"
+        return {"languages": list(studies), "averaged": [], "withheld": withheld, "methods": {},
+                "level": first.get("level") or level or 0.95, "metric": first["metric"],
+                "baseline": first["metrics"][first["metric"]]["matched"]["baseline"],
+                "no_average": f"the transfer check failed in {', '.join(withheld)} ({passed}; an average needs two)",
+                "studies": {lang: s.get("_path", "") for lang, s in studies.items()}}
+    result = _average(kept, level)
+    return {**result, "languages": list(studies), "averaged": list(kept), "withheld": withheld,
+            "studies": {lang: s.get("_path", "") for lang, s in studies.items()}}
+
+
+def _withheld(study: dict) -> bool:
+    """Whether a study's ratios are withheld: it enforced the transfer check and failed it."""
+    check = study.get("transfer_check") or {}
+    return bool(check.get("required")) and not check.get("passed", True)
+
+
+def _average(studies: dict[str, dict], level: float | None) -> dict:
     first = next(iter(studies.values()))
     problems = []
     baselines = {lang: s["metrics"][s["metric"]]["matched"]["baseline"] for lang, s in studies.items()}
@@ -192,8 +220,13 @@ def markdown(result: dict) -> list[str]:
     from ds_minimodel.study.render import MATCHED_AT, interval_cell, ratio_cell
 
     pct = round(result["level"] * 100)
-    langs = result["languages"]
+    langs = result.get("averaged", result["languages"])
+    withheld = result.get("withheld") or {}
+    if result.get("no_average"):
+        return [f"# Compute-budget study over {len(result['languages'])} languages: no average", "",
+                f"No ratio averaged over languages: {result['no_average']}.", "", *_withheld_lines(withheld)]
     lines = [f"# Compute-budget study averaged over {len(langs)} languages ({', '.join(langs)})", "",
+             *_withheld_lines(withheld),
              f"Per method: the geometric mean over languages of the compute ratio at matched metric (each language's "
              f"study: its own runs against the standard baseline `{result['baseline']}`), with a {pct}% percentile "
              "interval over the languages' bootstrap replicates together (n: the replicates whose mean is defined; "
@@ -211,16 +244,28 @@ def markdown(result: dict) -> list[str]:
     return lines
 
 
+def _withheld_lines(withheld: dict[str, str]) -> list[str]:
+    if not withheld:
+        return []
+    return ["Left out of the mean, their ratios withheld (no ratio without transfer):", "",
+            *(f"- {lang}: {why}" for lang, why in withheld.items()), ""]
+
+
 def summary_lines(result: dict) -> list[str]:
-    """The study's line per method, at every metric, the transfer metric last."""
+    """The study's line per method, at every metric, the transfer metric last; first, the languages
+    left out by the transfer check, or the one line saying there is no average."""
     from ds_minimodel.study.render import _ratio_phrase
 
+    if result.get("no_average"):
+        return [f"study: no compute ratio averaged over languages: {result['no_average']}"]
     primary = result["metric"]
-    out = []
+    out = [f"study: {lang} left out of the average (no ratio without transfer): {why}"
+           for lang, why in (result.get("withheld") or {}).items()]
     for name, per_metric in result["methods"].items():
         for metric in sorted(per_metric, key=lambda m: m == primary):
             phrase = _ratio_phrase(per_metric[metric], metric, result["level"],
-                                   f" (geometric mean over {len(result['languages'])} languages)")
+                                   f" (geometric mean over {len(result.get('averaged', result['languages']))} "
+                                   "languages)")
             out.append(f"study {name}: {phrase}")
     return out
 
