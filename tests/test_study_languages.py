@@ -223,3 +223,27 @@ def test_with_fewer_than_two_languages_that_transferred_there_is_no_average_and_
     assert saved["methods"] == {} and set(saved["withheld"]) == {"tl", "xx"}
     md = (tmp_path / "avg" / "study.md").read_text()
     assert "no average" in md and "- tl: the standard baseline did not transfer" in md
+
+
+def test_the_average_shows_every_languages_own_numbers_withheld_or_not():
+    def with_gain(study, first, final, lo, hi, passed):
+        metric = study["metric"]
+        study["metrics"][metric]["baseline_gain"] = {"point": final - first, "interval": [lo, hi], "first": first,
+                                                     "final": final}
+        loss = _study("any", {"minijoint": 1.0}, {"minijoint": [1.0] * 3}, metric="mlm_loss")["metrics"]["mlm_loss"]
+        loss["matched"]["methods"]["full"]["final_metric"] = 4.25
+        loss["matched"]["methods"]["minijoint"]["final_metric"] = 5.5
+        study["metrics"]["mlm_loss"] = loss
+        return {**study, "transfer_check": {"passed": passed, "required": True, "why": "no transfer"}}
+
+    studies = {"sw": with_gain(_study("sw", {"minijoint": 2.0}, {"minijoint": [2.0] * 3}), 0.05, 0.25, 0.1, 0.3, True),
+               "tl": with_gain(_study("tl", {"minijoint": 8.0}, {"minijoint": [8.0] * 3}), 0.05, 0.15, 0.02, 0.2, True),
+               "xx": with_gain(_study("xx", {"minijoint": 9.0}, {"minijoint": [9.0] * 3}), 0.04, 0.08, -0.05, 0.12,
+                               False)}
+    from ds_minimodel.study.languages import markdown
+
+    md = "\n".join(markdown(average_studies(studies)))
+    assert "| language | transfer check | baseline gain | method | accuracy | plugged MLM loss |" in md
+    assert "| xx | failed | 0.040 -> 0.080: +0.040 (-0.050 to +0.120) | minijoint | 0.3000 | 5.5000 |" in md
+    assert "|  |  |  | full | 0.3000 | 4.2500 |" in md
+    assert "| sw | passed | 0.050 -> 0.250: +0.200 (+0.100 to +0.300) |" in md

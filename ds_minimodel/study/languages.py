@@ -136,6 +136,7 @@ def average_studies(studies: dict[str, dict], level: float | None = None) -> dic
         raise UserError("an average over languages needs the studies of at least two languages")
     withheld = {lang: s["transfer_check"]["why"] for lang, s in studies.items() if _withheld(s)}
     kept = {lang: s for lang, s in studies.items() if lang not in withheld}
+    overview = {lang: _overview(s) for lang, s in studies.items()}
     if len(kept) < 2:
         first = next(iter(studies.values()))
         passed = f"only {', '.join(kept)} passed it" if kept else "none passed it"
@@ -143,10 +144,26 @@ def average_studies(studies: dict[str, dict], level: float | None = None) -> dic
                 "level": first.get("level") or level or 0.95, "metric": first["metric"],
                 "baseline": first["metrics"][first["metric"]]["matched"]["baseline"],
                 "no_average": f"the transfer check failed in {', '.join(withheld)} ({passed}; an average needs two)",
-                "studies": {lang: s.get("_path", "") for lang, s in studies.items()}}
+                "overview": overview, "studies": {lang: s.get("_path", "") for lang, s in studies.items()}}
     result = _average(kept, level)
-    return {**result, "languages": list(studies), "averaged": list(kept), "withheld": withheld,
+    return {**result, "languages": list(studies), "averaged": list(kept), "withheld": withheld, "overview": overview,
             "studies": {lang: s.get("_path", "") for lang, s in studies.items()}}
+
+
+# The overview's columns: the transfer metric (the study's own, first), then these where measured.
+OVERVIEW_METRICS = ("row_precision", "mlm_loss")
+
+
+def _overview(study: dict) -> dict:
+    """One language's study in a few numbers: its transfer check, the baseline's gain over its
+    random-embedding control on the transfer metric, and each method's final value of the
+    transfer metric, row precision@1 (a cipher language) and the plugged MLM loss."""
+    primary = study["metric"]
+    check = study.get("transfer_check") or {}
+    final = {metric: {name: m.get("final_metric") for name, m in study["metrics"][metric]["matched"]["methods"].items()}
+             for metric in (primary, *OVERVIEW_METRICS) if metric in study["metrics"]}
+    return {"transfer_check": ("passed" if check.get("passed") else "failed") if check else "not checked",
+            "baseline_gain": study["metrics"][primary].get("baseline_gain"), "final": final}
 
 
 def _withheld(study: dict) -> bool:
@@ -224,7 +241,8 @@ def markdown(result: dict) -> list[str]:
     withheld = result.get("withheld") or {}
     if result.get("no_average"):
         return [f"# Compute-budget study over {len(result['languages'])} languages: no average", "",
-                f"No ratio averaged over languages: {result['no_average']}.", "", *_withheld_lines(withheld)]
+                f"No ratio averaged over languages: {result['no_average']}.", "", *_withheld_lines(withheld),
+                *overview_lines(result)]
     lines = [f"# Compute-budget study averaged over {len(langs)} languages ({', '.join(langs)})", "",
              *_withheld_lines(withheld),
              f"Per method: the geometric mean over languages of the compute ratio at matched metric (each language's "
@@ -233,6 +251,7 @@ def markdown(result: dict) -> list[str]:
              f"none under {MIN_DEFINED:.0%}); then each language's own ratio and interval. A language where the "
              "method never reached the target has a bound (<), and makes the mean a bound; one where it reached it "
              "at 0 FLOPs leaves the mean without a finite value; one with no ratio leaves it undefined.", ""]
+    lines += overview_lines(result)
     for name, per_metric in result["methods"].items():
         for metric, e in per_metric.items():
             at = MATCHED_AT.get(metric, metric)
@@ -242,6 +261,38 @@ def markdown(result: dict) -> list[str]:
                 lines.append(f"| {lang} | {ratio_cell(p)} | {interval_cell(p)} | {p['final_metric']:.4f} |")
             lines.append("")
     return lines
+
+
+def overview_lines(result: dict) -> list[str]:
+    """study.md's table of every language's own numbers (averaged or not): the transfer check, the
+    baseline's gain with its interval, and each method's final values."""
+    overview = result.get("overview") or {}
+    if not overview:
+        return []
+    primary = result["metric"]
+    metrics = [m for m in (primary, *OVERVIEW_METRICS) if any(m in o["final"] for o in overview.values())]
+    names = {"row_precision": "row precision@1", "mlm_loss": "plugged MLM loss"}
+    lines = ["## Every language's own numbers", "",
+             f"Each language's study: its transfer check, the standard baseline's gain in {primary} from its random "
+             "initial embeddings (the control) to its end with the 95% interval, and each method's final values "
+             "(seed means).", "",
+             "| language | transfer check | baseline gain | method | " + " | ".join(names.get(m, m) for m in metrics) + " |",
+             "| --- | --- | --- | --- | " + " | ".join("---:" for _ in metrics) + " |"]
+    for lang, o in overview.items():
+        gain = o.get("baseline_gain")
+        cell = "" if not gain else (f"{gain['first']:.3f} -> {gain['final']:.3f}: {gain['point']:+.3f} "
+                                    f"({_signed(gain['interval'][0])} to {_signed(gain['interval'][1])})")
+        methods = list(o["final"].get(primary, {}))
+        for i, name in enumerate(methods):
+            values = [o["final"].get(m, {}).get(name) for m in metrics]
+            lines.append(f"| {lang if i == 0 else ''} | {o['transfer_check'] if i == 0 else ''} | "
+                         f"{cell if i == 0 else ''} | {name} | "
+                         + " | ".join("" if v is None else f"{v:.4f}" for v in values) + " |")
+    return lines + [""]
+
+
+def _signed(x) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
 
 
 def _withheld_lines(withheld: dict[str, str]) -> list[str]:
