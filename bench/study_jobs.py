@@ -11,7 +11,7 @@ OMP_NUM_THREADS = cores / jobs. The speedup is the first side's wall-clock over 
 process start-up (imports, DeepSpeed's init) is included on both sides, as in a study.
 
     python bench/study_jobs.py --model runs/body/final --data data/bible-en-cipher [--through full]
-        [--steps 150] [--jobs 2] [--set data.seq_len=64 ...]
+        [--steps 150] [--jobs 2] [--set data.seq_len=64 adapt.language=xx ...]
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def run_side(commands: list[list], threads: int, together: bool, logs: Path) -> 
         proc.wait()
         log.close()
         if proc.returncode != 0:
-            raise SystemExit(f"an adaptation run failed ({proc.returncode}): see {log.name}")
+            tail = Path(log.name).read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+            raise SystemExit(f"an adaptation run failed ({proc.returncode}): {' | '.join(tail)}")
     return time.perf_counter() - t0
 
 
@@ -59,7 +60,8 @@ def main(argv=None) -> None:
     p.add_argument("--through", default="full", help="adapt.through: full or mini")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--set", nargs="*", default=["data.seq_len=64"], help="extra adapt.py overrides")
+    p.add_argument("--set", nargs="*", default=["data.seq_len=64", "adapt.language=xx"],
+                   help="extra adapt.py overrides (a study gives adapt.language its language's code)")
     args = p.parse_args(argv)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="study-jobs-") as tmp:
