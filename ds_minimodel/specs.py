@@ -276,9 +276,9 @@ class StudySpec:
     sweep: Optional[StudySweep] = None
     out: str = "runs/study"
     # Languages studied at once, each with its share of the cores (OMP_NUM_THREADS = cores / jobs)
-    # and its output in out/logs/<code>.log: a small body's steps use two threads poorly, so two
-    # one-thread studies side by side finish sooner than one after the other. Wall-clock figures
-    # inside each study are then measured beside the other's load.
+    # and its output in out/logs/<code>.log. Whether that beats one language after the other with
+    # every core depends on how well a step uses threads (bench/study_jobs.py measures it).
+    # Wall-clock figures inside each study are then measured beside the other's load.
     jobs: int = 1
 
     def problems(self) -> list[str]:
