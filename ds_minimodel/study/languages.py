@@ -134,7 +134,9 @@ def average_studies(studies: dict[str, dict], level: float | None = None) -> dic
     every method and metric that every study has, at the studies' own level (`level` must agree)."""
     if len(studies) < 2:
         raise UserError("an average over languages needs the studies of at least two languages")
-    withheld = {lang: s["transfer_check"]["why"] for lang, s in studies.items() if _withheld(s)}
+    from ds_minimodel.study.render import withheld as ratios_withheld  # render imports this module
+
+    withheld = {lang: s["transfer_check"]["why"] for lang, s in studies.items() if ratios_withheld(s)}
     kept = {lang: s for lang, s in studies.items() if lang not in withheld}
     overview = {lang: _overview(s) for lang, s in studies.items()}
     if len(kept) < 2:
@@ -164,12 +166,6 @@ def _overview(study: dict) -> dict:
              for metric in (primary, *OVERVIEW_METRICS) if metric in study["metrics"]}
     return {"transfer_check": ("passed" if check.get("passed") else "failed") if check else "not checked",
             "baseline_gain": study["metrics"][primary].get("baseline_gain"), "final": final}
-
-
-def _withheld(study: dict) -> bool:
-    """Whether a study's ratios are withheld: it enforced the transfer check and failed it."""
-    check = study.get("transfer_check") or {}
-    return bool(check.get("required")) and not check.get("passed", True)
 
 
 def _average(studies: dict[str, dict], level: float | None) -> dict:
